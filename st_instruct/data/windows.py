@@ -1,0 +1,185 @@
+"""Sliding windows over an :class:`STData`: history ``L`` -> horizon ``P``, chronological splits, a train-only
+scaler, null masks and calendar features.
+
+Conventions shared with the field (DESIGN.md §5): the series is cut chronologically into train / validation /
+test segments first, and windows are taken *inside* each segment, so a segment of ``T_s`` steps gives
+``(T_s - L - P) // stride + 1`` windows and no window reads across a split border. The scaler (z-score per
+channel) is fitted on the observed values of the train segment only. Windows are index arrays into one
+scaled copy of the series, never ``L + P`` copies of it; :meth:`STWindows.batch` gathers on demand.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from st_instruct.data.stdata import STData, STDataError
+
+SPLITS = ("train", "validation", "test")
+
+
+def parse_split(split: str | tuple[float, ...] | list[float]) -> tuple[float, float, float]:
+    """``"7:1:2"`` or ``(0.7, 0.1, 0.2)`` -> three fractions summing to 1."""
+    if isinstance(split, str):
+        parts = split.replace(",", ":").split(":")
+        try:
+            numbers = [float(p) for p in parts]
+        except ValueError as err:
+            raise ValueError(f"split {split!r} must look like '7:1:2' (train:validation:test)") from err
+    else:
+        numbers = [float(p) for p in split]
+    if len(numbers) != 3 or any(n < 0 for n in numbers) or sum(numbers) <= 0 or numbers[0] == 0 or numbers[2] == 0:
+        raise ValueError(f"split {split!r} must give three non-negative parts (train:validation:test) with "
+                         "train and test > 0, e.g. '7:1:2'")
+    total = sum(numbers)
+    return (numbers[0] / total, numbers[1] / total, numbers[2] / total)
+
+
+def split_borders(num_steps: int, split: tuple[float, float, float]) -> dict[str, tuple[int, int]]:
+    """Chronological ``[lo, hi)`` step ranges of train / validation / test."""
+    train_end = int(round(num_steps * split[0]))
+    val_end = int(round(num_steps * (split[0] + split[1])))
+    return {"train": (0, train_end), "validation": (train_end, val_end), "test": (val_end, num_steps)}
+
+
+@dataclass
+class StandardScaler:
+    """Z-score per channel: ``(x - mean[c]) / std[c]``; statistics from observed values only."""
+
+    mean: np.ndarray  # [C]
+    std: np.ndarray  # [C]
+
+    @classmethod
+    def fit(cls, values: np.ndarray, observed: np.ndarray) -> StandardScaler:
+        """Fit on ``values [T, N, C]`` where ``observed [T, N, C]`` is True."""
+        C = values.shape[-1]
+        mean = np.zeros(C, dtype=np.float32)
+        std = np.ones(C, dtype=np.float32)
+        for c in range(C):
+            v = values[..., c][observed[..., c]].astype(np.float64)
+            if v.size:
+                mean[c] = v.mean()
+                std[c] = v.std() if v.std() > 1e-8 else 1.0
+        return cls(mean=mean, std=std)
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        return (x - self.mean) / self.std
+
+    def inverse_transform(self, x: np.ndarray) -> np.ndarray:
+        return x * self.std + self.mean
+
+
+@dataclass
+class STWindows:
+    """Windows of one dataset, ready for baselines, sample builders and models.
+
+    Attributes:
+        data: the source dataset.
+        history / horizon / stride: ``L``, ``P`` and the step between consecutive windows.
+        borders: ``{split: (lo, hi)}`` step ranges.
+        starts: ``{split: [B_s]}`` index of the first history step of every window.
+        scaler: fitted on the observed train values.
+        scaled: ``[T, N, C]`` float32 scaled series, unobserved entries set to 0 (the scaled mean).
+        observed: ``[T, N, C]`` bool, True where observed.
+        time_of_day: ``[T]`` int step within the day (0 .. steps_per_day - 1); 0 without a calendar.
+        day_of_week: ``[T]`` int, Monday = 0; 0 without a calendar.
+    """
+
+    data: STData
+    history: int
+    horizon: int
+    stride: int
+    split: tuple[float, float, float]
+    borders: dict[str, tuple[int, int]]
+    starts: dict[str, np.ndarray]
+    scaler: StandardScaler
+    scaled: np.ndarray
+    observed: np.ndarray
+    time_of_day: np.ndarray
+    day_of_week: np.ndarray
+
+    @property
+    def steps_per_day(self) -> int:
+        return self.data.steps_per_day
+
+    @property
+    def time_of_week(self) -> np.ndarray:
+        """``[T]`` slot within the week (0 .. 7 * steps_per_day - 1)."""
+        return self.day_of_week * self.steps_per_day + self.time_of_day
+
+    def num_windows(self, split: str) -> int:
+        return len(self._starts(split))
+
+    def _starts(self, split: str) -> np.ndarray:
+        if split not in self.starts:
+            raise KeyError(f"unknown split {split!r}; expected one of {SPLITS}")
+        return self.starts[split]
+
+    def batch(self, split: str, index: np.ndarray | slice | None = None) -> dict[str, np.ndarray]:
+        """Gather windows of ``split`` (all, or ``index`` into that split's windows).
+
+        Returns a dict of arrays, ``B`` windows:
+            x ``[B, L, N, C]`` scaled history (unobserved = 0); x_mask ``[B, L, N, C]`` bool;
+            y ``[B, P, N, C]`` target in original units (NaN where missing); y_mask ``[B, P, N, C]`` bool;
+            x_tod / x_dow ``[B, L]`` and y_tod / y_dow ``[B, P]`` calendar features; start ``[B]``.
+        """
+        starts = self._starts(split)
+        if index is not None:
+            starts = starts[index]
+        L, P = self.history, self.horizon
+        hist = starts[:, None] + np.arange(L)[None, :]
+        fut = starts[:, None] + L + np.arange(P)[None, :]
+        return {
+            "x": self.scaled[hist],
+            "x_mask": self.observed[hist],
+            "y": self.data.values[fut],
+            "y_mask": self.observed[fut],
+            "x_tod": self.time_of_day[hist],
+            "x_dow": self.day_of_week[hist],
+            "y_tod": self.time_of_day[fut],
+            "y_dow": self.day_of_week[fut],
+            "start": starts,
+        }
+
+
+def calendar_features(data: STData) -> tuple[np.ndarray, np.ndarray]:
+    """``([T] time-of-day step, [T] day-of-week)`` as int64; zeros when the calendar is unknown."""
+    ts = data.time_index()
+    if ts is None:
+        zeros = np.zeros(data.num_steps, dtype=np.int64)
+        return zeros, zeros.copy()
+    seconds = (ts - ts.normalize()).total_seconds().to_numpy()
+    step_seconds = 86400.0 / data.steps_per_day
+    tod = np.minimum((seconds // step_seconds).astype(np.int64), data.steps_per_day - 1)
+    return tod, ts.dayofweek.to_numpy().astype(np.int64)
+
+
+def build_windows(data: STData, history: int, horizon: int, split: str | tuple[float, ...] = "7:1:2",
+                  stride: int = 1) -> STWindows:
+    """Cut ``data`` into chronological splits and index the ``history -> horizon`` windows of each."""
+    if history < 1 or horizon < 1 or stride < 1:
+        raise ValueError(f"history, horizon and stride must be >= 1, found {history}, {horizon}, {stride}")
+    ratios = parse_split(split)
+    borders = split_borders(data.num_steps, ratios)
+    need = history + horizon
+    if data.num_steps < need:
+        raise STDataError(f"dataset {data.name!r}: the series has T={data.num_steps} steps, shorter than "
+                          f"history + horizon = {history} + {horizon} = {need}")
+    starts = {}
+    for name, (lo, hi) in borders.items():
+        length = hi - lo
+        if length < need and not (name == "validation" and length == 0):
+            raise STDataError(
+                f"dataset {data.name!r}: the {name} split has {length} steps ({lo}..{hi}), shorter than "
+                f"history + horizon = {need}; use a longer series, a shorter history/horizon or a different "
+                f"split than {':'.join(f'{r:g}' for r in ratios)}")
+        starts[name] = np.arange(lo, hi - need + 1, stride, dtype=np.int64)
+    observed = data.mask()
+    train_lo, train_hi = borders["train"]
+    scaler = StandardScaler.fit(data.values[train_lo:train_hi], observed[train_lo:train_hi])
+    scaled = np.where(observed, scaler.transform(np.nan_to_num(data.values)), 0.0).astype(np.float32)
+    tod, dow = calendar_features(data)
+    return STWindows(data=data, history=history, horizon=horizon, stride=stride, split=ratios, borders=borders,
+                     starts=starts, scaler=scaler, scaled=scaled, observed=observed, time_of_day=tod,
+                     day_of_week=dow)

@@ -1,0 +1,68 @@
+"""STData validation: bad input gets a clear error naming the dataset and field."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from st_instruct.data.stdata import STData, STDataError
+
+
+def test_two_dimensional_values_become_one_channel():
+    d = STData(values=np.zeros((10, 3)), name="x")
+    assert d.values.shape == (10, 3, 1) and d.values.dtype == np.float32 and d.channels == ["ch0"]
+
+
+def test_inf_is_rejected_with_position():
+    v = np.zeros((5, 2, 1))
+    v[3, 1, 0] = np.inf
+    with pytest.raises(STDataError, match=r"'x'.*1 infinite.*t=3, node=1"):
+        STData(values=v, name="x")
+
+
+def test_adjacency_shape_must_match_node_count():
+    with pytest.raises(STDataError, match=r"adjacency must be \[N, N\] = \[3, 3\].*found \(4, 4\)"):
+        STData(values=np.zeros((5, 3)), name="x", adjacency=np.eye(4))
+
+
+def test_nan_in_adjacency_is_rejected():
+    adj = np.eye(2)
+    adj[0, 1] = np.nan
+    with pytest.raises(STDataError, match="adjacency contains NaN"):
+        STData(values=np.zeros((5, 2)), name="x", adjacency=adj)
+
+
+def test_non_monotonic_timestamps_are_rejected():
+    ts = pd.to_datetime(["2024-01-01 00:00", "2024-01-01 01:00", "2024-01-01 00:30"])
+    with pytest.raises(STDataError, match=r"strictly increasing; timestamps\[2\]"):
+        STData(values=np.zeros((3, 1)), name="x", timestamps=ts)
+
+
+def test_field_lengths_are_checked():
+    with pytest.raises(STDataError, match="channels lists 1 names"):
+        STData(values=np.zeros((3, 2, 2)), name="x", channels=["a"])
+    with pytest.raises(STDataError, match="node_names has 1 entries but values has N=2"):
+        STData(values=np.zeros((3, 2)), name="x", node_names=["a"])
+    with pytest.raises(STDataError, match="coords must have shape"):
+        STData(values=np.zeros((3, 2)), name="x", coords=np.zeros((3, 2)), coord_kind="xy")
+    with pytest.raises(STDataError, match="grid_shape"):
+        STData(values=np.zeros((3, 6)), name="x", grid_shape=(2, 2))
+    with pytest.raises(STDataError, match="frequency 'often'"):
+        STData(values=np.zeros((3, 2)), name="x", freq="often")
+
+
+def test_mask_select_slice_and_grid():
+    v = np.arange(48, dtype=np.float32).reshape(4, 6, 2)
+    v[0, 0, 0] = np.nan
+    d = STData(values=v, name="g", start="2024-01-01", channels=["in", "out"], null_value=1.0, grid_shape=(2, 3))
+    m = d.mask()
+    assert not m[0, 0, 0] and not m[0, 0, 1] and m[0, 1, 0]  # NaN and the declared null 1.0
+    assert d.select_channels(["out"]).values.shape == (4, 6, 1)
+    with pytest.raises(STDataError, match="unknown channel 'speed'; available channels: \\['in', 'out'\\]"):
+        d.select_channels(["speed"])
+    sliced = d.slice_time("2024-01-01 01:00", "2024-01-01 03:00")
+    assert sliced.num_steps == 2 and sliced.start == pd.Timestamp("2024-01-01 01:00")
+    grid = d.as_grid()
+    assert grid.shape == (4, 2, 2, 3)
+    assert grid[2, 1, 1, 2] == v[2, 1 * 3 + 2, 1]
+    with pytest.raises(STDataError, match="selects no steps"):
+        d.slice_time("2030-01-01")

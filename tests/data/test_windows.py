@@ -1,0 +1,101 @@
+"""Windows, chronological splits and the train-only scaler (DESIGN.md §5)."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from st_instruct.data.stdata import STData, STDataError
+from st_instruct.data.windows import build_windows, calendar_features, parse_split, split_borders
+
+
+def make_data(T=200, N=3, C=2, null_value=None, freq="1h", start="2024-01-01"):
+    values = np.arange(T * N * C, dtype=np.float32).reshape(T, N, C)
+    return STData(values=values, name="toy", freq=freq, start=pd.Timestamp(start), null_value=null_value)
+
+
+@pytest.mark.parametrize("L,P,stride", [(12, 12, 1), (5, 3, 1), (12, 12, 4), (1, 1, 1)])
+def test_window_count_per_split(L, P, stride):
+    data = make_data(T=300)
+    w = build_windows(data, L, P, "7:1:2", stride=stride)
+    for split, (lo, hi) in w.borders.items():
+        assert w.num_windows(split) == len(range(0, (hi - lo) - L - P + 1, stride))
+        if stride == 1:
+            assert w.num_windows(split) == (hi - lo) - L - P + 1
+
+
+def test_no_window_crosses_a_split_border():
+    data = make_data(T=300)
+    w = build_windows(data, 12, 12, "7:1:2")
+    for split, (lo, hi) in w.borders.items():
+        b = w.batch(split)
+        first_step = b["start"]
+        last_step = b["start"] + 12 + 12 - 1
+        assert first_step.min() >= lo and last_step.max() <= hi - 1
+        # the last possible window ends exactly at the border
+        assert last_step.max() == hi - 1
+    assert w.borders["train"][1] == w.borders["validation"][0]
+    assert w.borders["validation"][1] == w.borders["test"][0]
+
+
+def test_batch_contents_are_the_series():
+    data = make_data(T=100, N=2, C=1)
+    w = build_windows(data, 4, 2, "6:2:2")
+    b = w.batch("test", np.array([0, 3]))
+    s = w.starts["test"][[0, 3]]
+    np.testing.assert_array_equal(b["y"][:, :, 0, 0], data.values[s[:, None] + 4 + np.arange(2), 0, 0])
+    np.testing.assert_allclose(w.scaler.inverse_transform(b["x"]), data.values[s[:, None] + np.arange(4)], rtol=1e-5)
+    assert b["x"].shape == (2, 4, 2, 1) and b["y"].shape == (2, 2, 2, 1)
+
+
+def test_scaler_fitted_on_train_only():
+    data = make_data(T=100, N=2, C=2)
+    # a huge value in the test split must not move the scaler
+    values = data.values.copy()
+    values[-1] = 1e6
+    w1 = build_windows(data, 4, 4, "7:1:2")
+    w2 = build_windows(STData(values=values, name="toy", start=data.start), 4, 4, "7:1:2")
+    np.testing.assert_array_equal(w1.scaler.mean, w2.scaler.mean)
+    np.testing.assert_array_equal(w1.scaler.std, w2.scaler.std)
+    lo, hi = w1.borders["train"]
+    np.testing.assert_allclose(w1.scaler.mean, data.values[lo:hi].reshape(-1, 2).mean(0), rtol=1e-6)
+
+
+def test_scaler_ignores_nulls_and_masks_them():
+    values = np.full((60, 2, 1), 10.0, dtype=np.float32)
+    values[::2] = 0.0  # declared nulls
+    values[1, 0, 0] = np.nan
+    data = STData(values=values, name="toy", start="2024-01-01", null_value=0.0)
+    w = build_windows(data, 3, 3, "7:1:2")
+    assert w.scaler.mean[0] == pytest.approx(10.0)
+    assert not w.observed[0].any() and not w.observed[1, 0, 0] and w.observed[1, 1, 0]
+    assert (w.scaled[~w.observed] == 0).all()
+    b = w.batch("train")
+    assert (b["y_mask"] == w.observed[b["start"][:, None] + 3 + np.arange(3)]).all()
+
+
+def test_series_shorter_than_window_is_a_clear_error():
+    data = make_data(T=20)
+    with pytest.raises(STDataError, match="shorter than history \\+ horizon = 12 \\+ 12 = 24"):
+        build_windows(data, 12, 12)
+    with pytest.raises(STDataError, match="test split has .* shorter than history \\+ horizon"):
+        build_windows(make_data(T=100), 12, 12, "5:4:1")
+
+
+def test_parse_split():
+    assert parse_split("7:1:2") == pytest.approx((0.7, 0.1, 0.2))
+    assert parse_split((6, 2, 2)) == pytest.approx((0.6, 0.2, 0.2))
+    for bad in ("7:3", "a:b:c", "0:1:1", "7:1:0", "-1:1:2"):
+        with pytest.raises(ValueError, match="split"):
+            parse_split(bad)
+    assert split_borders(100, (0.7, 0.1, 0.2)) == {"train": (0, 70), "validation": (70, 80), "test": (80, 100)}
+
+
+def test_calendar_features():
+    data = make_data(T=48, freq="30min", start="2024-01-07 23:00")  # a Sunday
+    tod, dow = calendar_features(data)
+    assert data.steps_per_day == 48
+    assert tod[0] == 46 and dow[0] == 6
+    assert tod[2] == 0 and dow[2] == 0  # Monday 00:00
+    no_calendar = STData(values=np.zeros((10, 1)), name="x", freq="7D")
+    tod, dow = calendar_features(no_calendar)
+    assert (tod == 0).all() and (dow == 0).all()
