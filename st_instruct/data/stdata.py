@@ -241,7 +241,7 @@ class STData:
             "frequency": self.freq,
             "start": None if ts is None else str(ts[0]),
             "end": None if ts is None else str(ts[-1]),
-            "channels": [f"{c} ({u})" if u else c for c, u in zip(self.channels, self.units)],
+            "channels": [f"{c} ({u})" if u else c for c, u in zip(self.channels, self.units, strict=True)],
             "null value": "NaN" if self.null_value is None else f"NaN or {self.null_value:g}",
             "missing": f"{int((~observed).sum())} of {observed.size} ({100 * (~observed).mean():.2f}%)",
         }

@@ -36,6 +36,15 @@ def parse_split(split: str | tuple[float, ...] | list[float]) -> tuple[float, fl
     return (numbers[0] / total, numbers[1] / total, numbers[2] / total)
 
 
+def format_split(split: tuple[float, float, float]) -> str:
+    """``(0.7, 0.1, 0.2)`` -> ``"7:1:2"``: parts out of 10 (or 100) when exact, else decimals."""
+    for scale in (10, 100):
+        parts = [r * scale for r in split]
+        if all(abs(p - round(p)) < 1e-9 for p in parts):
+            return ":".join(str(round(p)) for p in parts)
+    return ":".join(f"{r:.4g}" for r in split)
+
+
 def split_borders(num_steps: int, split: tuple[float, float, float]) -> dict[str, tuple[int, int]]:
     """Chronological ``[lo, hi)`` step ranges of train / validation / test."""
     train_end = int(round(num_steps * split[0]))
@@ -173,7 +182,7 @@ def build_windows(data: STData, history: int, horizon: int, split: str | tuple[f
             raise STDataError(
                 f"dataset {data.name!r}: the {name} split has {length} steps ({lo}..{hi}), shorter than "
                 f"history + horizon = {need}; use a longer series, a shorter history/horizon or a different "
-                f"split than {':'.join(f'{r:g}' for r in ratios)}")
+                f"split than {format_split(ratios)}")
         starts[name] = np.arange(lo, hi - need + 1, stride, dtype=np.int64)
     observed = data.mask()
     train_lo, train_hi = borders["train"]

@@ -46,10 +46,10 @@ def format_results_table(results: dict[str, dict[str, Any]], horizons: list[int]
         seconds = r.get("fit_seconds", 0.0) + r.get("predict_seconds", 0.0)
         rows.append([model, *(_fmt(r[m]) for m in METRICS),
                      *(_fmt(r["per_horizon"][str(h)]["MAE"]) for h in horizons), f"{seconds:.1f}"])
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=True)]
 
     def line(cells: list[str]) -> str:
-        return "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"
+        return "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
 
     return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)])
 

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from st_instruct.data.stdata import STData, STDataError
-from st_instruct.data.windows import build_windows, calendar_features, parse_split, split_borders
+from st_instruct.data.windows import build_windows, calendar_features, format_split, parse_split, split_borders
 
 
 def make_data(T=200, N=3, C=2, null_value=None, freq="1h", start="2024-01-01"):
@@ -87,6 +87,8 @@ def test_parse_split():
     for bad in ("7:3", "a:b:c", "0:1:1", "7:1:0", "-1:1:2"):
         with pytest.raises(ValueError, match="split"):
             parse_split(bad)
+    assert format_split(parse_split("7:1:2")) == "7:1:2" and format_split(parse_split("6:2:2")) == "6:2:2"
+    assert format_split(parse_split("75:5:20")) == "75:5:20"
     assert split_borders(100, (0.7, 0.1, 0.2)) == {"train": (0, 70), "validation": (70, 80), "test": (80, 100)}
 
 

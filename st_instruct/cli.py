@@ -1,0 +1,135 @@
+"""``st-instruct <verb>``: the command-line face of the package.
+
+Verbs: ``demo`` (the README's main job), ``data list | inspect | download``, ``baselines``.
+Errors caused by the user's input (unknown dataset, bad file, bad split) are printed as one clear line with
+exit code 2 instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from st_instruct.data.stdata import STDataError
+
+
+def _add_window_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--history", type=int, default=12, help="history length L in steps (default 12)")
+    parser.add_argument("--horizon", type=int, default=12, help="forecast horizon P in steps (default 12)")
+    parser.add_argument("--split", default="7:1:2", help="chronological train:validation:test ratios")
+    parser.add_argument("--channels", nargs="+", default=None, help="channel names or indices to keep")
+    parser.add_argument("--start", default=None, help="keep steps from this date on (e.g. 2019-01-01)")
+    parser.add_argument("--end", default=None, help="keep steps before this date (e.g. 2020-01-01)")
+
+
+def _add_source_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", default=None, help="folder holding the named dataset's files")
+
+
+def _cmd_data_list(args: argparse.Namespace) -> None:
+    from st_instruct.data.loaders import list_datasets
+
+    rows = list_datasets()
+    keys = ["name", "shape", "freq", "city", "where"]
+    table = [[str(r.get(k, "")) for k in keys] for r in rows]
+    widths = [max(len(x) for x in col) for col in zip(keys, *table, strict=True)]
+    for cells in [keys, *table]:
+        print("  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)))
+
+
+def _cmd_data_inspect(args: argparse.Namespace) -> None:
+    from st_instruct.data.loaders import get_dataset
+
+    data = get_dataset(args.dataset, data_dir=args.data_dir, freq=args.freq, adjacency=args.adjacency)
+    print(json.dumps(data.summary(), indent=2, default=str))
+
+
+def _cmd_data_download(args: argparse.Namespace) -> None:
+    from st_instruct.data.registry import download_dataset
+
+    path = download_dataset(args.name, cache_dir=args.cache_dir, expected_sha256=args.sha256,
+                            allow_unverified=args.allow_unverified)
+    print(f"{args.name}: ready in {path}")
+
+
+def _run_baselines(dataset: str, args: argparse.Namespace) -> dict:
+    from st_instruct.evaluation.protocols import baseline_report, prepare_windows
+    from st_instruct.evaluation.report import format_results_table, write_results_json
+
+    started = time.perf_counter()
+    windows = prepare_windows(dataset, args.history, args.horizon, args.split, args.channels, args.start, args.end,
+                              data_dir=getattr(args, "data_dir", None))
+    report = baseline_report(windows, args.models, progress=not args.quiet, seed=args.seed)
+    report["wall_seconds"] = round(time.perf_counter() - started, 2)
+    counts = ", ".join(f"{k} {v}" for k, v in report["windows"].items())
+    print(f"\n{report['dataset']} ({report['city']}): {report['history']} -> {report['horizon']} steps, "
+          f"split {report['split']} ({counts} windows), channels {report['channels']}")
+    print(format_results_table(report["results"]))
+    for name, reason in report["skipped"].items():
+        print(f"skipped {name}: {reason}")
+    print(f"wall time {report['wall_seconds']:.1f} s")
+    if args.json:
+        print(f"wrote {write_results_json(report, args.json)}")
+    return report
+
+
+def _cmd_baselines(args: argparse.Namespace) -> None:
+    _run_baselines(args.dataset, args)
+
+
+def _cmd_demo(args: argparse.Namespace) -> None:
+    print("st-instruct demo: every baseline on the embedded synthetic city (no download, no GPU).")
+    _run_baselines("synthetic", args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="st-instruct", description=__doc__.splitlines()[0])
+    verbs = parser.add_subparsers(dest="verb", required=True)
+
+    data = verbs.add_parser("data", help="list, inspect and download datasets")
+    data_verbs = data.add_subparsers(dest="data_verb", required=True)
+    data_verbs.add_parser("list", help="named datasets and where they are found").set_defaults(func=_cmd_data_list)
+    inspect = data_verbs.add_parser("inspect", help="shape, frequency, date range, nulls, graph statistics")
+    inspect.add_argument("dataset", help="a registered name (see `data list`) or a path to .npz/.npy/.h5/.csv")
+    inspect.add_argument("--freq", default=None, help="sampling interval for a file without timestamps, e.g. 5min")
+    inspect.add_argument("--adjacency", default=None, help="N x N matrix (.csv/.npy) or from,to,cost edge list")
+    _add_source_args(inspect)
+    inspect.set_defaults(func=_cmd_data_inspect)
+    download = data_verbs.add_parser("download", help="fetch a dataset into the user cache, checksum verified")
+    download.add_argument("name")
+    download.add_argument("--cache-dir", default=None, help="where to put it (default: the user cache)")
+    download.add_argument("--sha256", default=None, help="expected checksum where the registry has none")
+    download.add_argument("--allow-unverified", action="store_true",
+                          help="accept a file whose checksum is unknown (prints the checksum to pin)")
+    download.set_defaults(func=_cmd_data_download)
+
+    for name, func, helptext in [("baselines", _cmd_baselines, "run every baseline on one dataset"),
+                                 ("demo", _cmd_demo, "the main job on the embedded synthetic city")]:
+        sub = verbs.add_parser(name, help=helptext)
+        if name == "baselines":
+            sub.add_argument("--dataset", required=True, help="a registered name or a path")
+            _add_source_args(sub)
+        _add_window_args(sub)
+        sub.add_argument("--models", nargs="+", default=None, help="subset of baselines (default: all)")
+        sub.add_argument("--seed", type=int, default=0)
+        sub.add_argument("--json", default=None, help="write the results JSON here")
+        sub.add_argument("--quiet", action="store_true", help="no progress bars")
+        sub.set_defaults(func=func)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (STDataError, ValueError, KeyError, FileNotFoundError, OSError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"st-instruct {args.verb}: error: {message}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,329 @@
+"""Forecasting baselines that run in the same harness, on the same windows, as the LLM models (DESIGN.md §5).
+
+Every baseline follows one small protocol: ``fit(windows)`` reads the train split (and the validation split for
+model selection or early stopping, never the test split), ``predict(windows, split)`` returns ``[B, P, N, C]``
+forecasts in *original units* for every window of ``split`` with no NaN, so :func:`run_baselines` can score all
+of them with the same masked metrics against the same targets.
+
+Classical baselines live here; the learned STID baseline lives in :mod:`st_instruct.evaluation.stid`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+import numpy as np
+
+from st_instruct.data.windows import STWindows
+from st_instruct.evaluation.metrics import horizon_metrics
+from st_instruct.evaluation.stid import STIDBaseline
+
+
+class BaselineNotApplicable(ValueError):
+    """Raised by ``fit`` when a baseline cannot forecast these windows (e.g. a seasonal period shorter than the
+    horizon); :func:`run_baselines` records the message and skips the baseline."""
+
+
+class Baseline(Protocol):
+    """What the harness needs from a baseline.
+
+    ``fit(windows)`` uses the train split (validation only for model selection / early stopping) and raises
+    :class:`BaselineNotApplicable` when ``is_applicable(windows)`` is False; ``predict(windows, split)`` returns
+    ``[B, P, N, C]`` float32 forecasts in original units for all ``B`` windows of ``split``, without NaN.
+    """
+
+    name: str
+
+    def is_applicable(self, windows: STWindows) -> bool: ...
+
+    def fit(self, windows: STWindows) -> None: ...
+
+    def predict(self, windows: STWindows, split: str) -> np.ndarray: ...
+
+
+def _target_steps(windows: STWindows, split: str) -> np.ndarray:
+    """``[B, P]`` absolute step index of every target of every window of ``split``."""
+    windows.num_windows(split)  # raises a KeyError naming the known splits
+    return windows.starts[split][:, None] + windows.history + np.arange(windows.horizon)[None, :]
+
+
+class HistoricalAverage:
+    """Mean of the observed train values per (time-of-week slot, node, channel), read at the target timestamps.
+
+    Slots never observed in train fall back to the (node, channel) train mean, and a (node, channel) never
+    observed falls back to the channel mean of the scaler. Without a calendar every step is slot 0, so the
+    forecast is the (node, channel) train mean.
+    """
+
+    name = "historical_average"
+
+    def __init__(self) -> None:
+        self.table: np.ndarray | None = None  # [S, N, C] in original units
+        self.node_mean: np.ndarray | None = None  # [N, C]
+
+    def is_applicable(self, windows: STWindows) -> bool:
+        return True
+
+    def fit(self, windows: STWindows) -> None:
+        lo, hi = windows.borders["train"]
+        observed = windows.observed[lo:hi]
+        values = np.where(observed, np.nan_to_num(windows.data.values[lo:hi]), 0.0).astype(np.float64)
+        counts = observed.sum(0)
+        self.node_mean = np.where(counts > 0, values.sum(0) / np.maximum(counts, 1), windows.scaler.mean[None, :])
+        num_slots = 7 * windows.steps_per_day if windows.data.has_calendar else 1
+        slots = self._slots(windows, np.arange(lo, hi))
+        slot_sums = np.zeros((num_slots,) + values.shape[1:])
+        slot_counts = np.zeros((num_slots,) + values.shape[1:])
+        np.add.at(slot_sums, slots, values)
+        np.add.at(slot_counts, slots, observed)
+        self.table = np.where(slot_counts > 0, slot_sums / np.maximum(slot_counts, 1), self.node_mean[None])
+
+    @staticmethod
+    def _slots(windows: STWindows, steps: np.ndarray) -> np.ndarray:
+        if not windows.data.has_calendar:
+            return np.zeros_like(steps)
+        return windows.time_of_week[steps]
+
+    def at_steps(self, windows: STWindows, steps: np.ndarray) -> np.ndarray:
+        """Historical average at absolute steps ``[...]`` -> ``[..., N, C]`` float32, original units."""
+        if self.table is None:
+            raise RuntimeError("historical_average: call fit(windows) before predict")
+        return self.table[self._slots(windows, steps)].astype(np.float32)
+
+    def predict(self, windows: STWindows, split: str) -> np.ndarray:
+        return self.at_steps(windows, _target_steps(windows, split))
+
+
+class LastValue:
+    """The last observed history value of each (node, channel), repeated over the horizon.
+
+    When the last history step is unobserved the last observed step of the window is used; when the whole
+    window is unobserved, the (node, channel) train mean.
+    """
+
+    name = "last_value"
+
+    def __init__(self) -> None:
+        self.node_mean: np.ndarray | None = None  # [N, C]
+
+    def is_applicable(self, windows: STWindows) -> bool:
+        return True
+
+    def fit(self, windows: STWindows) -> None:
+        average = HistoricalAverage()
+        average.fit(windows)
+        self.node_mean = average.node_mean.astype(np.float32)
+
+    def predict(self, windows: STWindows, split: str) -> np.ndarray:
+        if self.node_mean is None:
+            raise RuntimeError("last_value: call fit(windows) before predict")
+        batch = windows.batch(split)
+        x, x_mask = batch["x"], batch["x_mask"]  # [B, L, N, C]
+        L = x.shape[1]
+        # argmax over the time-reversed mask finds the latest observed step of every (window, node, channel).
+        last = L - 1 - np.argmax(x_mask[:, ::-1], axis=1)  # [B, N, C]
+        value = np.take_along_axis(x, last[:, None], axis=1)[:, 0]
+        value = windows.scaler.inverse_transform(value)
+        value = np.where(x_mask.any(axis=1), value, self.node_mean[None])
+        return np.repeat(value[:, None], windows.horizon, axis=1).astype(np.float32)
+
+
+class SeasonalNaive:
+    """The value one period earlier, ``y[t - period]``, with ``period`` = ``days`` days of steps.
+
+    The value is known at forecast time only when ``period >= horizon``; otherwise ``fit`` raises
+    :class:`BaselineNotApplicable`. Where ``t - period`` falls before the series start or is unobserved, the
+    historical average at ``t`` is used.
+    """
+
+    name: str
+    days: int
+
+    def __init__(self) -> None:
+        self.average: HistoricalAverage | None = None
+
+    def period(self, windows: STWindows) -> int:
+        return self.days * windows.steps_per_day
+
+    def is_applicable(self, windows: STWindows) -> bool:
+        return self.period(windows) >= windows.horizon
+
+    def fit(self, windows: STWindows) -> None:
+        if not self.is_applicable(windows):
+            raise BaselineNotApplicable(
+                f"{self.name}: the period ({self.period(windows)} steps = {self.days} day(s) at "
+                f"{windows.data.freq}) is shorter than the horizon ({windows.horizon} steps), so y[t - period] "
+                "is not yet known at forecast time; use a horizon <= period")
+        self.average = HistoricalAverage()
+        self.average.fit(windows)
+
+    def predict(self, windows: STWindows, split: str) -> np.ndarray:
+        if self.average is None:
+            raise RuntimeError(f"{self.name}: call fit(windows) before predict")
+        steps = _target_steps(windows, split)  # [B, P]
+        source = steps - self.period(windows)
+        valid = source >= 0
+        source = np.maximum(source, 0)
+        known = windows.observed[source] & valid[..., None, None]  # [B, P, N, C]
+        value = np.nan_to_num(windows.data.values[source])
+        return np.where(known, value, self.average.at_steps(windows, steps)).astype(np.float32)
+
+
+class SeasonalNaiveDay(SeasonalNaive):
+    """Seasonal naive with a period of one day."""
+
+    name = "seasonal_naive_day"
+    days = 1
+
+
+class SeasonalNaiveWeek(SeasonalNaive):
+    """Seasonal naive with a period of one week."""
+
+    name = "seasonal_naive_week"
+    days = 7
+
+
+class RidgeBaseline:
+    """Closed-form ridge regression per (node, channel, horizon step) from the ``L`` scaled history values and a
+    bias to the scaled target.
+
+    Unobserved history values enter as 0, the scaled train mean (the convention of :class:`STWindows`).
+    Unobserved *targets* are left out of the fit: every (node, channel, horizon step) is a weighted least
+    squares with weight 1 on observed and 0 on unobserved targets, so a null is never taught as a value and no
+    imputation model is needed. ``alpha`` (the bias is not penalised) is picked from ``alphas`` by the masked
+    MAE in original units on the validation split; without validation windows it is ``default_alpha``.
+    All (node, channel, step) systems are solved at once with a batched ``np.linalg.solve``.
+    """
+
+    name = "ridge"
+
+    def __init__(self, alphas: Sequence[float] = (0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0),
+                 default_alpha: float = 10.0) -> None:
+        self.alphas = tuple(float(a) for a in alphas)
+        self.default_alpha = default_alpha
+        self.alpha: float | None = None
+        self.weights: np.ndarray | None = None  # [N*C, P, L+1]
+        self.validation_mae: dict[float, float] = {}
+
+    def is_applicable(self, windows: STWindows) -> bool:
+        return True
+
+    @staticmethod
+    def _features(x: np.ndarray) -> np.ndarray:
+        """``[B, L, N, C]`` scaled history -> ``[N*C, B, L+1]`` float32 design matrices with a bias column."""
+        B, L, N, C = x.shape
+        feats = np.ones((N * C, B, L + 1), dtype=np.float32)
+        feats[:, :, :L] = x.transpose(2, 3, 0, 1).reshape(N * C, B, L)
+        return feats
+
+    def fit(self, windows: STWindows) -> None:
+        batch = windows.batch("train")
+        X = self._features(batch["x"])  # [K, B, F], K = N*C
+        K, B, F = X.shape
+        # The scaled series holds 0 at unobserved entries, so y * weight needs no further masking.
+        y = windows.scaled[_target_steps(windows, "train")]  # [B, P, N, C]
+        P = y.shape[1]
+        weight = batch["y_mask"].transpose(2, 3, 0, 1).reshape(K, B, P)  # [K, B, P]
+        target = y.transpose(2, 3, 0, 1).reshape(K, B, P)
+        gram = np.empty((K, P, F, F))
+        rhs = np.empty((K, P, F, 1))
+        # One (node, channel) at a time in float64 keeps memory at a few MB; the Gram matrices of its P systems
+        # come from a single [P*F, B] @ [B, F] product on the row-wise Khatri-Rao product of weights and
+        # features, far faster than P small products.
+        for k in range(K):
+            Xk, wk = X[k].astype(np.float64), weight[k].astype(np.float64)
+            weighted = (wk[:, :, None] * Xk[:, None, :]).reshape(B, P * F)
+            gram[k] = (weighted.T @ Xk).reshape(P, F, F)
+            rhs[k, :, :, 0] = (target[k] * wk).T @ Xk
+        penalty = np.ones(F)
+        penalty[-1] = 0.0
+        # A tiny floor keeps systems with no observed target solvable (they then predict the scaled mean, 0).
+        eye = np.eye(F) * 1e-6
+
+        def solve(alpha: float) -> np.ndarray:
+            return np.linalg.solve(gram + alpha * np.diag(penalty) + eye, rhs)[..., 0]  # [K, P, F]
+
+        if windows.num_windows("validation") == 0:
+            self.alpha = self.default_alpha
+            self.weights = solve(self.alpha)
+            return
+        val = windows.batch("validation")
+        X_val = self._features(val["x"])
+        best = None
+        for alpha in self.alphas:
+            weights = solve(alpha)
+            pred = self._predict_from(windows, X_val, weights)
+            mae = float(np.abs(pred - np.nan_to_num(val["y"]))[val["y_mask"]].mean())
+            self.validation_mae[alpha] = mae
+            if best is None or mae < best:
+                best, self.alpha, self.weights = mae, alpha, weights
+
+    @staticmethod
+    def _predict_from(windows: STWindows, X: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """``[K, B, F]`` features and ``[K, P, F]`` weights -> ``[B, P, N, C]`` original units."""
+        N, C = windows.data.num_nodes, windows.data.num_channels
+        scaled = np.matmul(X, weights.transpose(0, 2, 1))  # [K, B, P]
+        scaled = scaled.reshape(N, C, X.shape[1], -1).transpose(2, 3, 0, 1)
+        return windows.scaler.inverse_transform(scaled).astype(np.float32)
+
+    def predict(self, windows: STWindows, split: str) -> np.ndarray:
+        if self.weights is None:
+            raise RuntimeError("ridge: call fit(windows) before predict")
+        return self._predict_from(windows, self._features(windows.batch(split)["x"]), self.weights)
+
+
+BASELINES: dict[str, Callable[..., Baseline]] = {
+    "historical_average": HistoricalAverage,
+    "last_value": LastValue,
+    "seasonal_naive_day": SeasonalNaiveDay,
+    "seasonal_naive_week": SeasonalNaiveWeek,
+    "ridge": RidgeBaseline,
+    "stid": STIDBaseline,
+}
+
+
+def build_baseline(name: str, **kwargs) -> Baseline:
+    """Construct the baseline registered as ``name`` with constructor ``kwargs``."""
+    if name not in BASELINES:
+        raise ValueError(f"unknown baseline {name!r}; known baselines: {sorted(BASELINES)}")
+    return BASELINES[name](**kwargs)
+
+
+def run_baselines(windows: STWindows, names: Sequence[str] | None = None, split: str = "test",
+                  progress: bool = True, seed: int = 0,
+                  options: dict[str, dict] | None = None) -> dict[str, dict]:
+    """Fit every baseline in ``names`` (default: all) and score it on ``split`` with the masked metrics.
+
+    Returns ``{name: {"MAE", "RMSE", "MAPE", "WAPE", "per_horizon", "fit_seconds", "predict_seconds"}}``; a
+    baseline that cannot forecast these windows (:class:`BaselineNotApplicable`) appears as
+    ``{name: {"skipped": reason}}``. ``seed`` and ``progress`` go to the baselines that take them (STID);
+    ``options`` maps a name to further constructor arguments, e.g. ``{"stid": {"max_epochs": 20}}``.
+    """
+    names = list(BASELINES) if names is None else list(names)
+    options = options or {}
+    for name in [*names, *options]:
+        if name not in BASELINES:
+            raise ValueError(f"unknown baseline {name!r}; known baselines: {sorted(BASELINES)}")
+    target = windows.batch(split)
+    results: dict[str, dict] = {}
+    for name in names:
+        factory = BASELINES[name]
+        accepted = inspect.signature(factory).parameters
+        kwargs = {key: value for key, value in (("seed", seed), ("progress", progress)) if key in accepted}
+        baseline = factory(**{**kwargs, **options.get(name, {})})
+        tic = time.perf_counter()
+        try:
+            baseline.fit(windows)
+        except BaselineNotApplicable as err:
+            results[name] = {"skipped": str(err)}
+            continue
+        fit_seconds = time.perf_counter() - tic
+        tic = time.perf_counter()
+        pred = baseline.predict(windows, split)
+        predict_seconds = time.perf_counter() - tic
+        results[name] = {**horizon_metrics(pred, target["y"], target["y_mask"]),
+                         "fit_seconds": fit_seconds, "predict_seconds": predict_seconds}
+    return results

@@ -1,0 +1,49 @@
+"""Evaluation protocols: what is fitted on which windows and which report comes out.
+
+For now the in-domain baseline protocol: one dataset, one chronological split, every baseline fitted on the
+train (and validation) windows and scored on the same test windows. The LLM forecaster's in-domain, zero-shot
+and few-shot protocols reuse :func:`prepare_windows` and the report schema so that every table puts models
+and baselines side by side.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from st_instruct.data.loaders import get_dataset
+from st_instruct.data.stdata import STData
+from st_instruct.data.windows import STWindows, build_windows, format_split
+from st_instruct.evaluation.baselines import run_baselines
+
+
+def prepare_windows(dataset: str | STData, history: int = 12, horizon: int = 12, split: str = "7:1:2",
+                    channels: Sequence[str] | None = None, start: str | None = None, end: str | None = None,
+                    stride: int = 1, data_dir: str | None = None) -> STWindows:
+    """Load ``dataset`` (a name, a path or an :class:`STData`), keep ``channels`` and ``[start, end)``, window it."""
+    data = dataset if isinstance(dataset, STData) else get_dataset(dataset, data_dir=data_dir)
+    data = data.select_channels(list(channels) if channels else None)
+    if start is not None or end is not None:
+        data = data.slice_time(start, end)
+    return build_windows(data, history, horizon, split, stride=stride)
+
+
+def baseline_report(windows: STWindows, models: Sequence[str] | None = None, progress: bool = True,
+                    seed: int = 0) -> dict[str, Any]:
+    """Run the baselines on ``windows`` and return the report dict of :mod:`st_instruct.evaluation.report`."""
+    data = windows.data
+    ts = data.time_index()
+    results = run_baselines(windows, models, split="test", progress=progress, seed=seed)
+    skipped = {name: r["skipped"] for name, r in results.items() if "skipped" in r}
+    return {
+        "dataset": data.name,
+        "city": data.city,
+        "history": windows.history,
+        "horizon": windows.horizon,
+        "split": format_split(windows.split),
+        "channels": data.channels,
+        "time_range": None if ts is None else [str(ts[0]), str(ts[-1])],
+        "windows": {name: windows.num_windows(name) for name in windows.starts},
+        "results": {name: r for name, r in results.items() if "skipped" not in r},
+        "skipped": skipped,
+    }

@@ -1,0 +1,270 @@
+"""Baselines: golden checks of the classical ones, STID training behaviour, and the harness schema."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import require_real_data
+
+from st_instruct.data.loaders import get_dataset
+from st_instruct.data.stdata import STData
+from st_instruct.data.synthetic import generate_synthetic
+from st_instruct.data.windows import build_windows
+from st_instruct.evaluation.baselines import (
+    BASELINES,
+    BaselineNotApplicable,
+    HistoricalAverage,
+    LastValue,
+    RidgeBaseline,
+    SeasonalNaiveDay,
+    SeasonalNaiveWeek,
+    build_baseline,
+    run_baselines,
+)
+from st_instruct.evaluation.metrics import METRICS, horizon_metrics
+from st_instruct.evaluation.stid import STIDBaseline
+
+
+def make_city(weeks: int = 10, nodes: int = 4, channels: int = 2, daily: float = 20.0, ar: float = 8.0,
+              noise: float = 2.0, null_fraction: float = 0.01, calendar: bool = True, seed: int = 0) -> STData:
+    """A tiny hourly city starting on Monday 2024-01-01: per-node level + daily and weekly cycles + AR(1) + noise,
+    with a few NaN nulls. ``ar`` is the stationary standard deviation of the AR(1) term (phi = 0.9)."""
+    rng = np.random.default_rng(seed)
+    T = weeks * 7 * 24
+    t = np.arange(T)
+    hour, dow = t % 24, (t // 24) % 7
+    phase = rng.uniform(0, 2 * np.pi, (nodes, channels))
+    level = rng.uniform(40, 120, (nodes, channels))
+    cycle = daily * np.sin(2 * np.pi * hour[:, None, None] / 24 + phase) + 10.0 * (dow[:, None, None] >= 5)
+    phi = 0.9
+    shocks = rng.normal(0, ar * np.sqrt(1 - phi**2), (T, nodes, channels))
+    ar_term = np.zeros((T, nodes, channels))
+    for i in range(1, T):
+        ar_term[i] = phi * ar_term[i - 1] + shocks[i]
+    values = level + cycle + ar_term + rng.normal(0, noise, (T, nodes, channels))
+    values[rng.random(values.shape) < null_fraction] = np.nan
+    return STData(values=values, name="toy-city", freq="1h", start=pd.Timestamp("2024-01-01") if calendar else None)
+
+
+@pytest.fixture(scope="module")
+def city() -> STData:
+    return make_city()
+
+
+@pytest.fixture(scope="module")
+def windows(city):
+    return build_windows(city, history=12, horizon=6, split="7:1:2")
+
+
+def masked_mae(pred: np.ndarray, batch: dict) -> float:
+    return float(np.abs(pred - np.nan_to_num(batch["y"]))[batch["y_mask"]].mean())
+
+
+def test_historical_average_matches_hand_computed_slot_mean(city, windows):
+    model = HistoricalAverage()
+    model.fit(windows)
+    pred = model.predict(windows, "test")
+    batch = windows.batch("test")
+    b, p, n, c = 5, 2, 1, 0
+    target_time = city.time_index()[batch["start"][b] + windows.history + p]
+    lo, hi = windows.borders["train"]
+    train_times = city.time_index()[lo:hi]
+    same_slot = (train_times.dayofweek == target_time.dayofweek) & (train_times.hour == target_time.hour)
+    series = city.values[lo:hi, n, c][same_slot]
+    assert pred[b, p, n, c] == pytest.approx(np.nanmean(series), rel=1e-5)
+
+
+def test_historical_average_falls_back_to_node_mean(city):
+    values = city.values.copy()
+    lo, hi = 0, int(round(city.num_steps * 0.7))
+    # Node 0 channel 0 is never observed on Mondays at 03:00 in the train split.
+    hole = (np.arange(lo, hi) % (7 * 24)) == 3
+    values[lo:hi][hole, 0, 0] = np.nan
+    windows = build_windows(STData(values=values, name="holes", freq="1h", start=city.start), 12, 6, "7:1:2")
+    model = HistoricalAverage()
+    model.fit(windows)
+    node_mean = np.nanmean(values[lo:hi, 0, 0])
+    assert model.at_steps(windows, np.array([3]))[0, 0, 0] == pytest.approx(node_mean, rel=1e-5)
+    assert model.at_steps(windows, np.array([3]))[0, 1, 0] != pytest.approx(node_mean, rel=1e-5)
+
+
+def test_historical_average_without_calendar_is_train_mean():
+    data = make_city(weeks=4, calendar=False)
+    windows = build_windows(data, 12, 6, "7:1:2")
+    model = HistoricalAverage()
+    model.fit(windows)
+    lo, hi = windows.borders["train"]
+    pred = model.predict(windows, "test")
+    np.testing.assert_allclose(pred[3, 4], np.nanmean(data.values[lo:hi], axis=0), rtol=1e-5)
+
+
+def test_last_value_repeats_last_observed_history_step(windows):
+    model = LastValue()
+    model.fit(windows)
+    pred = model.predict(windows, "test")
+    batch = windows.batch("test")
+    last = windows.data.values[batch["start"] + windows.history - 1]  # [B, N, C]
+    observed = batch["x_mask"][:, -1]
+    for p in range(windows.horizon):
+        np.testing.assert_allclose(pred[:, p][observed], last[observed], rtol=1e-5)
+    # Where the last step is a null, the step before it (if observed) is used.
+    before = windows.data.values[batch["start"] + windows.history - 2]
+    use_before = ~observed & batch["x_mask"][:, -2]
+    assert use_before.any()
+    np.testing.assert_allclose(pred[:, 0][use_before], before[use_before], rtol=1e-5)
+
+
+@pytest.mark.parametrize("model_class, period", [(SeasonalNaiveDay, 24), (SeasonalNaiveWeek, 168)])
+def test_seasonal_naive_reads_one_period_back(windows, model_class, period):
+    model = model_class()
+    model.fit(windows)
+    pred = model.predict(windows, "test")
+    batch = windows.batch("test")
+    steps = batch["start"][:, None] + windows.history + np.arange(windows.horizon)
+    source = windows.data.values[steps - period]  # test windows start well after one week
+    known = ~np.isnan(source)
+    np.testing.assert_allclose(pred[known], source[known], rtol=1e-6)
+    average = HistoricalAverage()
+    average.fit(windows)
+    np.testing.assert_allclose(pred[~known], average.predict(windows, "test")[~known], rtol=1e-6)
+
+
+def test_seasonal_naive_day_not_applicable_when_horizon_exceeds_period(city):
+    windows = build_windows(city, history=12, horizon=36, split="7:1:2")
+    model = SeasonalNaiveDay()
+    assert not model.is_applicable(windows)
+    with pytest.raises(BaselineNotApplicable, match=r"period \(24 steps.*horizon \(36 steps\)"):
+        model.fit(windows)
+    assert SeasonalNaiveWeek().is_applicable(windows)
+    results = run_baselines(windows, names=["seasonal_naive_day", "seasonal_naive_week"], progress=False)
+    assert "skipped" in results["seasonal_naive_day"]
+    assert results["seasonal_naive_week"]["MAE"] > 0
+
+
+def test_ridge_beats_last_value_and_average_on_ar_process():
+    data = make_city(weeks=8, daily=5.0, ar=15.0, noise=3.0)
+    windows = build_windows(data, history=12, horizon=3, split="7:1:2")
+    batch = windows.batch("test")
+    scores = {}
+    for model in (RidgeBaseline(), LastValue(), HistoricalAverage()):
+        model.fit(windows)
+        scores[model.name] = masked_mae(model.predict(windows, "test"), batch)
+    assert scores["ridge"] < scores["last_value"]
+    assert scores["ridge"] < scores["historical_average"]
+
+
+def test_ridge_picks_alpha_on_validation_and_defaults_without_it(city):
+    model = RidgeBaseline(alphas=(0.1, 1e6))
+    model.fit(build_windows(city, 12, 6, "7:1:2"))
+    assert set(model.validation_mae) == {0.1, 1e6}
+    assert model.alpha == min(model.validation_mae, key=model.validation_mae.get)
+    no_val = RidgeBaseline()
+    no_val.fit(build_windows(city, 12, 6, "8:0:2"))
+    assert no_val.alpha == no_val.default_alpha
+
+
+@pytest.mark.parametrize("name", sorted(BASELINES))
+def test_predictions_have_shape_and_no_nan_with_nulls(name):
+    data = make_city(weeks=4, null_fraction=0.2, seed=3)
+    windows = build_windows(data, history=12, horizon=6, split="7:1:2")
+    model = STIDBaseline(max_epochs=2, progress=False) if name == "stid" else build_baseline(name)
+    model.fit(windows)
+    for split in ("validation", "test"):
+        pred = model.predict(windows, split)
+        assert pred.shape == (windows.num_windows(split), 6, data.num_nodes, data.num_channels)
+        assert pred.dtype == np.float32
+        assert not np.isnan(pred).any()
+
+
+def test_build_baseline_rejects_unknown_name():
+    with pytest.raises(ValueError, match="known baselines.*historical_average"):
+        build_baseline("arima")
+
+
+# A short patience makes early stopping trigger on the toy city, so restoring the best weights is exercised.
+STID_OPTIONS = {"seed": 0, "max_epochs": 30, "patience": 2, "progress": False}
+
+
+@pytest.fixture(scope="module")
+def stid(windows):
+    model = STIDBaseline(**STID_OPTIONS)
+    model.fit(windows)
+    return model
+
+
+def test_stid_trains_and_restores_best_weights(stid, windows):
+    losses = [h["train_loss"] for h in stid.history]
+    assert losses[-1] < 0.7 * losses[0]
+    val_losses = [h["val_loss"] for h in stid.history]
+    assert stid.best_epoch == int(np.argmin(val_losses)) + 1
+    assert stid.best_epoch < len(stid.history), "early stopping should have run past the best epoch"
+    # The restored model reproduces the best validation loss, not the last one.
+    batch = windows.batch("validation")
+    scaler = windows.scaler
+    err = np.abs(scaler.transform(stid.predict(windows, "validation")) - scaler.transform(np.nan_to_num(batch["y"])))
+    assert err[batch["y_mask"]].mean() == pytest.approx(min(val_losses), rel=1e-4)
+
+
+def test_stid_is_deterministic_given_seed(stid, windows):
+    again = STIDBaseline(**STID_OPTIONS)
+    again.fit(windows)
+    np.testing.assert_array_equal(again.predict(windows, "test"), stid.predict(windows, "test"))
+    other = STIDBaseline(seed=1, max_epochs=2, progress=False)
+    other.fit(windows)
+    assert not np.array_equal(other.predict(windows, "test"), stid.predict(windows, "test"))
+
+
+def test_stid_beats_historical_average_on_synthetic_city(stid, windows):
+    batch = windows.batch("test")
+    average = HistoricalAverage()
+    average.fit(windows)
+    assert masked_mae(stid.predict(windows, "test"), batch) < masked_mae(average.predict(windows, "test"), batch)
+
+
+def test_stid_without_validation_trains_max_epochs(city):
+    windows = build_windows(city, 12, 6, "8:0:2")
+    model = STIDBaseline(max_epochs=3, patience=1, progress=False)
+    model.fit(windows)
+    assert len(model.history) == 3 and model.best_epoch == 3
+    assert not np.isnan(model.predict(windows, "test")).any()
+
+
+def test_run_baselines_schema(windows):
+    options = {"stid": {"max_epochs": 2}}
+    results = run_baselines(windows, progress=False, options=options)
+    assert list(results) == list(BASELINES)
+    batch = windows.batch("test")
+    for name, result in results.items():
+        assert set(result) == {*METRICS, "per_horizon", "fit_seconds", "predict_seconds"}
+        assert list(result["per_horizon"]) == [str(h) for h in range(1, windows.horizon + 1)]
+        assert set(result["per_horizon"]["1"]) == set(METRICS)
+        assert all(np.isfinite(result[m]) for m in METRICS)
+        assert result["fit_seconds"] >= 0 and result["predict_seconds"] >= 0
+        # Same windows, same targets: the harness score equals scoring the baseline by hand.
+        model = build_baseline(name, **options.get(name, {}), **({"progress": False} if name == "stid" else {}))
+        model.fit(windows)
+        expected = horizon_metrics(model.predict(windows, "test"), batch["y"], batch["y_mask"])
+        assert result["MAE"] == pytest.approx(expected["MAE"])
+    with pytest.raises(ValueError, match="unknown baseline"):
+        run_baselines(windows, names=["nope"])
+
+
+def test_stid_beats_historical_average_on_the_embedded_synthetic_city():
+    windows = build_windows(generate_synthetic("small"), history=12, horizon=12, split="7:1:2")
+    results = run_baselines(windows, ["historical_average", "stid"], progress=False)
+    assert results["stid"]["MAE"] < 0.95 * results["historical_average"]["MAE"]
+
+
+@pytest.mark.integration
+def test_stid_beats_historical_average_on_nyc_taxi():
+    require_real_data("nyc-taxi")
+    data = get_dataset("nyc-taxi").slice_time("2019-01-01", "2020-01-01")
+    windows = build_windows(data, history=12, horizon=12, split="7:1:2")
+    batch = windows.batch("test")
+    average = HistoricalAverage()
+    average.fit(windows)
+    # Six epochs (~15 s) already beat the average by ~10%; the default 10 reach MAE ~20.4 against HA's ~24.6.
+    model = STIDBaseline(max_epochs=6, progress=False)
+    model.fit(windows)
+    assert masked_mae(model.predict(windows, "test"), batch) < masked_mae(average.predict(windows, "test"), batch)
