@@ -33,6 +33,9 @@ def _cmd_data_list(args: argparse.Namespace) -> None:
 
     rows = list_datasets()
     keys = ["name", "shape", "freq", "city", "where"]
+    for r in rows:
+        if r.get("where") is None:
+            r["where"] = f"not here: st-instruct data download {r['name']}"
     table = [[str(r.get(k, "")) for k in keys] for r in rows]
     widths = [max(len(x) for x in col) for col in zip(keys, *table, strict=True)]
     for cells in [keys, *table]:

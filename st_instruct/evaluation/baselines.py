@@ -135,8 +135,9 @@ class SeasonalNaive:
     """The value one period earlier, ``y[t - period]``, with ``period`` = ``days`` days of steps.
 
     The value is known at forecast time only when ``period >= horizon``; otherwise ``fit`` raises
-    :class:`BaselineNotApplicable`. Where ``t - period`` falls before the series start or is unobserved, the
-    historical average at ``t`` is used.
+    :class:`BaselineNotApplicable`. It also refuses a series so short that the first test target looks back
+    before the series start (Los-loop's 7 days for a weekly period): it would silently be the historical
+    average. Where ``t - period`` falls before the start or is unobserved, the historical average at ``t`` is used.
     """
 
     name: str
@@ -148,15 +149,24 @@ class SeasonalNaive:
     def period(self, windows: STWindows) -> int:
         return self.days * windows.steps_per_day
 
+    def _first_test_target(self, windows: STWindows) -> int:
+        return int(windows.borders["test"][0]) + windows.history
+
     def is_applicable(self, windows: STWindows) -> bool:
-        return self.period(windows) >= windows.horizon
+        period = self.period(windows)
+        return period >= windows.horizon and self._first_test_target(windows) - period >= 0
 
     def fit(self, windows: STWindows) -> None:
-        if not self.is_applicable(windows):
+        period = self.period(windows)
+        if period < windows.horizon:
             raise BaselineNotApplicable(
-                f"{self.name}: the period ({self.period(windows)} steps = {self.days} day(s) at "
+                f"{self.name}: the period ({period} steps = {self.days} day(s) at "
                 f"{windows.data.freq}) is shorter than the horizon ({windows.horizon} steps), so y[t - period] "
                 "is not yet known at forecast time; use a horizon <= period")
+        if self._first_test_target(windows) - period < 0:
+            raise BaselineNotApplicable(
+                f"{self.name}: the first test target (step {self._first_test_target(windows)}) would look back "
+                f"{period} steps, before the series start; the series is too short for this period")
         self.average = HistoricalAverage()
         self.average.fit(windows)
 

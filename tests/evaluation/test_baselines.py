@@ -268,3 +268,13 @@ def test_stid_beats_historical_average_on_nyc_taxi():
     model = STIDBaseline(max_epochs=6, progress=False)
     model.fit(windows)
     assert masked_mae(model.predict(windows, "test"), batch) < masked_mae(average.predict(windows, "test"), batch)
+
+
+def test_seasonal_naive_week_not_applicable_when_series_is_shorter_than_its_look_back():
+    short = make_city(weeks=1)
+    windows = build_windows(short, history=12, horizon=12, split="6:2:2")  # first test target: step 112 < 168
+    model = SeasonalNaiveWeek()
+    assert not model.is_applicable(windows)
+    with pytest.raises(BaselineNotApplicable, match="before the series start"):
+        model.fit(windows)
+    assert SeasonalNaiveDay().is_applicable(windows)
