@@ -12,8 +12,6 @@ import json
 import sys
 import time
 
-from st_instruct.data.stdata import STDataError
-
 
 def _add_window_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--history", type=int, default=12, help="history length L in steps (default 12)")
@@ -127,9 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (STDataError, ValueError, KeyError, FileNotFoundError, OSError) as err:
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"st-instruct {args.verb}: error: {message}", file=sys.stderr)
+    except (ValueError, OSError) as err:  # bad input (STDataError, RecipeError, ...) or an unreadable file
+        print(f"st-instruct {args.verb}: error: {err}", file=sys.stderr)
         return 2
     return 0
 

@@ -1,0 +1,299 @@
+"""Instruction prompts for spatio-temporal forecasting: versioned Jinja templates, their context, readable time.
+
+The prompt design follows UrbanGPT (Li et al., "UrbanGPT: Spatio-Temporal Large Language Models", KDD 2024):
+the user turn tells the model the city, what is measured (channels and units), the region and the history
+period in words, and carries a history slot ``<st_start><st_his><st_end>`` whose ``<st_his>`` position receives
+the ST encoder's embedding of the region's history; the assistant turn carries the prediction slot
+``<st_start><st_pre><st_end>`` whose hidden state the regression head reads. The graph form (one ``<st_his>`` and
+one ``<st_pre>`` per node, all nodes of a window in one sample) follows ST-LLM (Liu et al., "Spatial-Temporal
+Large Language Model for Traffic Prediction", MDM 2024).
+
+Templates are files in ``prompts/`` named ``<name>.v<N>.jinja`` (see ``prompts/README.md``). A template defines
+the chat turns as Jinja macros ``system()`` (optional), ``user()`` and ``assistant()``; :meth:`PromptTemplate.render`
+evaluates the file with a context (:func:`dataset_context` + period text + :func:`node_context`) through
+``Template.make_module`` and calls each macro, giving chat ``messages``. Undefined variables are errors
+(``jinja2.StrictUndefined``) that name the template file and the variable.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import numpy as np
+import pandas as pd
+
+import st_instruct
+from st_instruct.data.st_tokens import ST_END, ST_HIS, ST_PRE, ST_START
+from st_instruct.data.stdata import STData
+
+PROMPTS_ENV = "ST_INSTRUCT_PROMPTS"
+TURNS = ("system", "user", "assistant")
+HISTORY_SLOT = f"{ST_START}{ST_HIS}{ST_END}"
+PREDICTION_SLOT = f"{ST_START}{ST_PRE}{ST_END}"
+_FILE_RE = re.compile(r"^(?P<name>[A-Za-z0-9_\-]+)\.v(?P<version>\d+)\.jinja$")
+_MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
+           "November", "December")
+_DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+
+
+class TemplateError(ValueError):
+    """A prompt template cannot be found, loaded or rendered; the message names the template file."""
+
+
+# ---------------------------------------------------------------------------------------------------- templates
+def prompts_dir() -> Path:
+    """``$ST_INSTRUCT_PROMPTS`` if set, else ``prompts/`` at the repository root."""
+    if os.environ.get(PROMPTS_ENV):
+        return Path(os.environ[PROMPTS_ENV]).expanduser()
+    return Path(st_instruct.__file__).resolve().parent.parent / "prompts"
+
+
+def available_templates(directory: str | os.PathLike | None = None) -> dict[str, list[int]]:
+    """``{name: [versions, ascending]}`` of the ``<name>.v<N>.jinja`` files in ``directory`` (default prompts_dir)."""
+    root = Path(directory) if directory is not None else prompts_dir()
+    found: dict[str, list[int]] = {}
+    if root.is_dir():
+        for path in root.iterdir():
+            match = _FILE_RE.match(path.name)
+            if match and path.is_file():
+                found.setdefault(match["name"], []).append(int(match["version"]))
+    return {name: sorted(versions) for name, versions in sorted(found.items())}
+
+
+def _available_text(root: Path) -> str:
+    found = available_templates(root)
+    if not found:
+        return f"no templates (<name>.v<N>.jinja) in {root}"
+    return f"available in {root}: " + ", ".join(f"{n} (versions {', '.join(map(str, v))})" for n, v in found.items())
+
+
+def resolve_template(spec: str | os.PathLike, directory: str | os.PathLike | None = None) -> Path:
+    """Template file of ``spec``: ``"name"`` (highest version), ``"name@N"`` (version N) or a ``.jinja`` path."""
+    text = os.fspath(spec)
+    if text.endswith(".jinja") or os.sep in text or "/" in text:
+        path = Path(text).expanduser()
+        if not path.is_file():
+            raise TemplateError(f"prompt template file {path} does not exist")
+        return path
+    root = Path(directory) if directory is not None else prompts_dir()
+    name, _, version = text.partition("@")
+    versions = available_templates(root).get(name)
+    if not versions:
+        raise TemplateError(f"unknown prompt template {name!r}; {_available_text(root)}")
+    if not version:
+        return root / f"{name}.v{versions[-1]}.jinja"
+    try:
+        number = int(version.removeprefix("v"))
+    except ValueError as err:
+        raise TemplateError(f"prompt template {text!r}: the version after '@' must be a number, e.g. "
+                            f"'{name}@{versions[-1]}'") from err
+    if number not in versions:
+        raise TemplateError(f"prompt template {name!r} has no version {number}; {_available_text(root)}")
+    return root / f"{name}.v{number}.jinja"
+
+
+def _undefined_name(err: jinja2.UndefinedError) -> str:
+    message = str(err)
+    match = re.search(r"has no attribute '([^']+)'", message) or re.search(r"'([^']+)' is undefined", message)
+    return match[1] if match else message
+
+
+@dataclass
+class PromptTemplate:
+    """A loaded template file; :meth:`render` turns a context into chat messages.
+
+    Attributes:
+        name / version: from the file name ``<name>.v<version>.jinja`` (version ``None`` for other file names).
+        path: the file; source: its text (part of the dataset fingerprint).
+    """
+
+    name: str
+    version: int | None
+    path: Path
+    source: str
+    _template: jinja2.Template = field(repr=False)
+
+    def render(self, context: dict[str, Any]) -> list[dict[str, str]]:
+        """``[{"role", "content"}, ...]``: the ``system`` (if the template defines it), ``user`` and ``assistant``
+        macros, each called with ``context`` and stripped of surrounding whitespace."""
+        try:
+            module = self._template.make_module(context)
+            messages = []
+            for role in TURNS:
+                macro = getattr(module, role, None)
+                if macro is None:
+                    if role == "system":
+                        continue
+                    raise TemplateError(f"prompt template {self.path} defines no macro {role}(); a template needs "
+                                        "{% macro user() %} and {% macro assistant() %} (system() is optional)")
+                messages.append({"role": role, "content": str(macro()).strip()})
+            return messages
+        except jinja2.UndefinedError as err:
+            lines = [f.lineno for f in traceback.extract_tb(err.__traceback__) if f.filename == str(self.path)]
+            where = f" (line {lines[-1]})" if lines else ""
+            raise TemplateError(
+                f"prompt template {self.path}{where} uses an undefined variable {_undefined_name(err)!r} "
+                f"({err}); the context provides: {', '.join(sorted(context))}") from err
+
+
+def load_template(spec: str | os.PathLike, directory: str | os.PathLike | None = None) -> PromptTemplate:
+    """Load a template by name (highest version), ``name@N`` or path (see :func:`resolve_template`).
+
+    The environment trims block newlines (``trim_blocks``, ``lstrip_blocks``), does no HTML escaping and makes
+    undefined variables errors (``StrictUndefined``).
+    """
+    path = resolve_template(spec, directory).resolve()
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(path.parent)), undefined=jinja2.StrictUndefined,
+                             trim_blocks=True, lstrip_blocks=True, autoescape=False, keep_trailing_newline=False)
+    try:
+        template = env.get_template(path.name)
+    except jinja2.TemplateSyntaxError as err:
+        raise TemplateError(f"prompt template {path} line {err.lineno}: {err.message}") from err
+    match = _FILE_RE.match(path.name)
+    name = match["name"] if match else path.name.removesuffix(".jinja")
+    return PromptTemplate(name=name, version=int(match["version"]) if match else None, path=path,
+                          source=path.read_text(), _template=template)
+
+
+# ---------------------------------------------------------------------------------------------------- time text
+def describe_freq(freq: str) -> str:
+    """``"1h"`` -> ``"hourly"``, ``"5min"`` -> ``"every 5 minutes"``, ``"1D"`` -> ``"daily"``, ``"7D"`` -> ``"weekly"``."""
+    seconds = int(pd.Timedelta(pd.tseries.frequencies.to_offset(freq)).total_seconds())
+    single = {604800: "weekly", 86400: "daily", 3600: "hourly", 60: "every minute", 1: "every second"}
+    if seconds in single:
+        return single[seconds]
+    for unit, size in (("weeks", 604800), ("days", 86400), ("hours", 3600), ("minutes", 60)):
+        if seconds % size == 0:
+            return f"every {seconds // size} {unit}"
+    return f"every {seconds} seconds"
+
+
+def describe_date(ts: pd.Timestamp) -> str:
+    """``"Tuesday, 8 January 2019"``."""
+    return f"{_DAYS[ts.dayofweek]}, {ts.day} {_MONTHS[ts.month - 1]} {ts.year}"
+
+
+class PeriodText:
+    """Readable text of periods of a series' clock, precomputed per step so a window's text costs a lookup.
+
+    ``PeriodText(timestamps, freq).period(lo, n)`` describes steps ``lo .. lo + n - 1``:
+    ``"Tuesday, 8 January 2019, 07:00 to 18:00, hourly"``; across midnight
+    ``"Tuesday, 8 January 2019, 19:00 to Wednesday, 9 January 2019, 06:00, hourly"``; daily or coarser steps give
+    dates only (``"Monday, 1 January 2024 to Monday, 25 March 2024, weekly"``); one step gives its time only.
+    Without a calendar (``timestamps=None``) steps are named by index: ``"steps 100 to 111, weekly"``.
+    """
+
+    def __init__(self, timestamps: pd.DatetimeIndex | None, freq: str):
+        self.freq_text = describe_freq(freq)
+        self.timestamps = timestamps
+        step = pd.Timedelta(pd.tseries.frequencies.to_offset(freq))
+        self.dates_only = step >= pd.Timedelta("1D")
+        if timestamps is None:
+            self.dates = self.times = None
+            return
+        days = timestamps.normalize()
+        unique_days, inverse = np.unique(days.asi8, return_inverse=True)
+        texts = np.array([describe_date(pd.Timestamp(d)) for d in unique_days], dtype=object)
+        self.days = inverse  # [T] day id, equal ids = same date
+        self.dates = texts[inverse]
+        with_seconds = step % pd.Timedelta("1min") != pd.Timedelta(0) or bool((timestamps.second != 0).any())
+        self.times = np.asarray(timestamps.strftime("%H:%M:%S" if with_seconds else "%H:%M"), dtype=object)
+
+    def period(self, lo: int, num_steps: int) -> str:
+        hi = lo + num_steps - 1
+        if self.dates is None:
+            span = f"step {lo}" if num_steps == 1 else f"steps {lo} to {hi}"
+        elif self.dates_only:
+            span = self.dates[lo] if num_steps == 1 else f"{self.dates[lo]} to {self.dates[hi]}"
+        elif num_steps == 1:
+            span = f"{self.dates[lo]}, {self.times[lo]}"
+        elif self.days[lo] == self.days[hi]:
+            span = f"{self.dates[lo]}, {self.times[lo]} to {self.times[hi]}"
+        else:
+            span = f"{self.dates[lo]}, {self.times[lo]} to {self.dates[hi]}, {self.times[hi]}"
+        return f"{span}, {self.freq_text}"
+
+
+def describe_period(first_timestamp: pd.Timestamp | str | None, num_steps: int, freq: str,
+                    first_step: int = 0) -> str:
+    """Readable text of ``num_steps`` steps of ``freq`` from ``first_timestamp`` (see :class:`PeriodText`).
+
+    ``first_timestamp=None`` (no calendar) names the steps by index from ``first_step``.
+    """
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, found {num_steps}")
+    if first_timestamp is None:
+        return PeriodText(None, freq).period(first_step, num_steps)
+    index = pd.date_range(pd.Timestamp(first_timestamp), periods=num_steps, freq=freq)
+    return PeriodText(index, freq).period(0, num_steps)
+
+
+# ---------------------------------------------------------------------------------------------------- context
+def channels_text(channels: list[str], units: list[str]) -> str:
+    """``"inflow and outflow (trips/hour)"`` when all units agree, else ``"PM2.5 (ug/m3), TEMP (degC) and ..."``."""
+    def join(items: list[str]) -> str:
+        return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
+
+    if len(set(units)) == 1:
+        return join(list(channels)) + (f" ({units[0]})" if units[0] else "")
+    return join([f"{c} ({u})" if u else c for c, u in zip(channels, units, strict=True)])
+
+
+def dataset_context(data: STData, history: int, horizon: int, values_in_text: bool) -> dict[str, Any]:
+    """Template variables that are the same for every sample of a dataset (see ``prompts/README.md``)."""
+    return {
+        "dataset": data.name,
+        "city": data.city,
+        "dataset_description": data.description,
+        "channels": [{"name": c, "unit": u} for c, u in zip(data.channels, data.units, strict=True)],
+        "channel_names": channels_text(data.channels, [""] * data.num_channels),
+        "channels_text": channels_text(data.channels, data.units),
+        "freq": data.freq,
+        "freq_text": describe_freq(data.freq),
+        "history_steps": history,
+        "horizon_steps": horizon,
+        "values_in_text": values_in_text,
+        "his_slot": HISTORY_SLOT,
+        "pre_slot": PREDICTION_SLOT,
+        "st_start": ST_START,
+        "st_his": ST_HIS,
+        "st_pre": ST_PRE,
+        "st_end": ST_END,
+    }
+
+
+def node_context(data: STData, index: int) -> dict[str, Any]:
+    """``{index, name, description, label, location}`` of node ``index``; unknown text fields are ``""``.
+
+    ``label`` is the name, or ``"node <index>"`` without names; ``location`` is ``"row r, column c"`` on a grid,
+    ``"39.9820° N, 116.3970° E"`` for lat/lon coordinates, else ``""``. ``history_values`` is added per sample.
+    """
+    name = data.node_names[index] if data.node_names is not None else ""
+    location = ""
+    if data.grid_shape is not None:
+        row, col = divmod(index, data.grid_shape[1])
+        location = f"row {row}, column {col}"
+    elif data.coords is not None and data.coord_kind == "latlon":
+        lat, lon = data.coords[index]
+        location = f"{abs(lat):.4f}° {'N' if lat >= 0 else 'S'}, {abs(lon):.4f}° {'E' if lon >= 0 else 'W'}"
+    return {
+        "index": int(index),
+        "name": name,
+        "description": data.node_descriptions[index] if data.node_descriptions is not None else "",
+        "label": name or f"node {index}",
+        "location": location,
+    }
+
+
+def format_values(values: np.ndarray, observed: np.ndarray, decimals: int) -> np.ndarray:
+    """Strings of ``values`` (any shape) rounded to ``decimals``, ``"NA"`` where not ``observed``; same shape."""
+    rounded = np.round(np.nan_to_num(values.astype(np.float64)), decimals) + 0.0  # + 0.0 turns -0.0 into 0.0
+    text = np.char.mod(f"%.{max(decimals, 0)}f", rounded).astype(object)
+    text[~observed] = "NA"
+    return text
