@@ -1,6 +1,6 @@
 """``st-instruct <verb>``: the command-line face of the package.
 
-Verbs: ``demo`` (the README's main job), ``data list | inspect | download``, ``baselines``.
+Verbs: ``demo`` (the README's main job), ``data list | inspect | download``, ``baselines``, ``build-data``.
 Errors caused by the user's input (unknown dataset, bad file, bad split) are printed as one clear line with
 exit code 2 instead of a traceback.
 """
@@ -85,6 +85,44 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     _run_baselines("synthetic", args)
 
 
+def _show_sample(sample: dict, tokenizer) -> str:
+    """The exact text the model reads: the chat template applied when there is a tokenizer, else role headers."""
+    if tokenizer is not None and getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(sample["messages"], tokenize=False)
+    return "\n".join(f"[{m['role']}]\n{m['content']}" for m in sample["messages"])
+
+
+def _cmd_build_data(args: argparse.Namespace) -> None:
+    from st_instruct.configs import DataConfig, ModelConfig, parse_recipe
+    from st_instruct.data.builder import build_dataset, dataset_fingerprint
+    from st_instruct.data.st_tokens import add_st_tokens
+    from st_instruct.models.backbones import get_tokenizer
+
+    data_config, model_config = parse_recipe((DataConfig, ModelConfig), [args.recipe, *args.overrides])
+    tokenizer = None
+    if model_config.model_name_or_path:
+        tokenizer = get_tokenizer(model_config.model_name_or_path)
+        add_st_tokens(tokenizer)
+        if model_config.model_max_length:
+            tokenizer.model_max_length = model_config.model_max_length
+    started = time.perf_counter()
+    dataset = build_dataset(data_config, tokenizer)
+    seconds = time.perf_counter() - started
+    output = Path(args.output or Path("outputs") / "data" / dataset_fingerprint(data_config))
+    if data_config.streaming:
+        print(f"streaming dataset built in {seconds:.1f} s (an IterableDatasetDict is not saved to disk)")
+    else:
+        dataset.save_to_disk(str(output))
+        sizes = ", ".join(f"{split} {len(ds)}" for split, ds in dataset.items())
+        print(f"built {sizes} samples in {seconds:.1f} s; saved to {output}")
+    for split in ("train", "validation", "test"):
+        if split not in dataset:
+            continue
+        sample = next(iter(dataset[split]))
+        print(f"\n===== {split}: {sample['sample_id']} =====")
+        print(_show_sample(sample, tokenizer))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="st-instruct", description=__doc__.splitlines()[0])
     verbs = parser.add_subparsers(dest="verb", required=True)
@@ -106,6 +144,12 @@ def build_parser() -> argparse.ArgumentParser:
                           help="accept a file whose checksum is unknown (prints the checksum to pin)")
     download.set_defaults(func=_cmd_data_download)
 
+    build = verbs.add_parser("build-data", help="build the instruction dataset of a recipe and show samples",
+                             description="Any recipe key can be overridden as a flag, e.g. --history 24.")
+    build.add_argument("recipe", help="recipe YAML (see recipes/)")
+    build.add_argument("--output", default=None, help="save_to_disk folder (default outputs/data/<fingerprint>)")
+    build.set_defaults(func=_cmd_build_data)
+
     for name, func, helptext in [("baselines", _cmd_baselines, "run every baseline on one dataset"),
                                  ("demo", _cmd_demo, "the main job on the embedded synthetic city")]:
         sub = verbs.add_parser(name, help=helptext)
@@ -122,7 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args, overrides = build_parser().parse_known_args(argv)
+    if overrides and args.verb != "build-data":
+        build_parser().error(f"unrecognized arguments: {' '.join(overrides)}")
+    args.overrides = overrides
     try:
         args.func(args)
     except (ValueError, OSError) as err:  # bad input (STDataError, RecipeError, ...) or an unreadable file

@@ -75,6 +75,19 @@ class DataConfig:
                               f"{self.stride}")
 
 
+@dataclass
+class ModelConfig:
+    """The backbone (its tokenizer is what the dataset is tokenised with; later issues add the model options)."""
+
+    model_name_or_path: str | None = field(default="smollm2-135m", metadata={
+        "help": "backbone: a registered name (smollm2-135m), a local folder or a hub id; none = no tokenisation"})
+    model_max_length: int | None = field(default=None, metadata={
+        "help": "context length; default the tokenizer's model_max_length"})
+
+
+RECIPE_DATACLASSES: tuple[type, ...] = (DataConfig, ModelConfig)
+
+
 def _known_keys(dataclass_types: tuple[type, ...]) -> list[str]:
     return [f.name for cls in dataclass_types for f in fields(cls)]
 

@@ -1,0 +1,450 @@
+"""Instruction datasets for spatio-temporal forecasting: windows of :class:`STData` -> chat samples + arrays.
+
+UrbanGPT (Li et al., "UrbanGPT: Spatio-Temporal Large Language Models", KDD 2024) trains an LLM on one region per
+sample: a prompt with the city, region and time in words, a ``<st_his>`` token where the ST encoder's embedding
+of the region's history goes, and a ``<st_pre>`` token whose hidden state a regression head turns into the
+forecast. ST-LLM (Liu et al., "Spatial-Temporal Large Language Model for Traffic Prediction", MDM 2024) puts
+every node of a window in one sample, one token per node. :func:`build_dataset` makes both
+(``DataConfig.granularity`` = ``"node"`` / ``"graph"``) as a ``datasets.DatasetDict`` (train / validation /
+test), rendered by a versioned template of ``prompts/`` (:mod:`st_instruct.data.prompts`), cached on disk by a
+fingerprint of everything that determines it (:func:`dataset_fingerprint`).
+
+Sample schema (one row; ``N'`` = nodes in the sample: 1 for ``node``, the (sampled) nodes of the dataset in
+ascending index order for ``graph``; ``L`` history, ``P`` horizon, ``C`` channels, ``K`` coordinate size).
+Arrays are nested Arrow lists; ``with_format("numpy")`` gives them with the shapes below.
+
+==================  =========================  =================================================================
+column              type, shape                meaning
+==================  =========================  =================================================================
+sample_id           str                        ``"<dataset>/<split>/w<window_start:06d>/n<node:03d>"`` (node) or
+                                               ``".../all"`` (graph); unique and stable
+dataset, city       str                        ``STData.name`` and ``STData.city``
+split               str                        ``train`` / ``validation`` / ``test``
+window_start        int64                      step index of the first history step (in the sliced series)
+time_start          str                        ISO time of the first history step, ``""`` without a calendar
+messages            list of {role, content}    chat turns (``system`` if the template has one, ``user``,
+                                               ``assistant``); one ``<st_his>`` and one ``<st_pre>`` per node,
+                                               in the order of ``node_index``
+node_index          int32 ``[N']``             node indices in the dataset, ascending in graph samples
+history             float32 ``[L, N', C]``     scaled (z-score, train-split statistics) history, 0 where missing
+history_mask        bool ``[L, N', C]``        True where observed (not NaN, not the declared null value)
+target              float32 ``[P, N', C]``     scaled target, 0 where missing
+target_mask         bool ``[P, N', C]``        True where observed
+scaler_mean/_std    float32 ``[C]``            original = scaled * std + mean
+coords              float32 ``[N', K]``        per ``DataConfig.coordinates``: ``laplacian`` K = coordinate_dim
+                                               (Laplacian eigenvectors of the full graph; zeros without one),
+                                               ``geo`` K = 2 (lat/lon or planar xy), ``grid`` K = 2 (row, col),
+                                               ``none`` K = 0
+history_tod/_dow    int32 ``[L]``              step of the day (0 .. steps_per_day - 1) / day of week (Mon = 0)
+target_tod/_dow     int32 ``[P]``              same for the horizon (zeros without a calendar)
+steps_per_day       int32                      steps in one day
+==================  =========================  =================================================================
+
+Several datasets are concatenated per split (each keeps its own scaler, hence the per-sample scaler columns).
+Samples are ordered by dataset (config order), then window, then node.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+import pyarrow as pa
+import scipy.sparse as sp
+import xxhash
+
+from st_instruct.configs import DataConfig
+from st_instruct.data.graph import grid_coordinates, laplacian_eigenvectors
+from st_instruct.data.loaders import get_dataset
+from st_instruct.data.prompts import (
+    PeriodText,
+    PromptTemplate,
+    dataset_context,
+    format_values,
+    load_template,
+    node_context,
+)
+from st_instruct.data.registry import default_cache_dir
+from st_instruct.data.stdata import STData, STDataError
+from st_instruct.data.windows import SPLITS, STWindows, build_windows
+
+# Bump when the sample columns or their meaning change: it is part of every fingerprint.
+BUILDER_VERSION = 1
+CHUNK_SAMPLES = 4096  # samples rendered per Arrow record batch
+_NOT_FINGERPRINTED = ("dataset_dir", "dataset_cache_dir", "streaming", "template")  # template: its text instead
+
+
+def sample_features() -> datasets.Features:
+    """The :class:`datasets.Features` of a sample (module docstring)."""
+    f32, i32 = datasets.Value("float32"), datasets.Value("int32")
+    boolean, string = datasets.Value("bool"), datasets.Value("string")
+
+    def nested(value: datasets.Value, depth: int) -> Any:
+        for _ in range(depth):
+            value = datasets.List(value)
+        return value
+
+    return datasets.Features({
+        "sample_id": string, "dataset": string, "city": string, "split": string,
+        "window_start": datasets.Value("int64"), "time_start": string,
+        "messages": datasets.List({"role": string, "content": string}),
+        "node_index": nested(i32, 1),
+        "history": nested(f32, 3), "history_mask": nested(boolean, 3),
+        "target": nested(f32, 3), "target_mask": nested(boolean, 3),
+        "scaler_mean": nested(f32, 1), "scaler_std": nested(f32, 1),
+        "coords": nested(f32, 2),
+        "history_tod": nested(i32, 1), "history_dow": nested(i32, 1),
+        "target_tod": nested(i32, 1), "target_dow": nested(i32, 1),
+        "steps_per_day": i32,
+    })
+
+
+# ---------------------------------------------------------------------------------------------------- sources
+def load_series(config: DataConfig) -> list[STData]:
+    """Every dataset of ``config.dataset_names``, with ``dataset_channels`` and ``[dataset_start, dataset_end)``."""
+    if len(set(config.dataset_names)) != len(config.dataset_names):
+        raise ValueError(f"dataset_names lists a dataset twice: {config.dataset_names}")
+    series = []
+    for name in config.dataset_names:
+        data = get_dataset(name, data_dir=config.dataset_dir, channels=config.dataset_channels)
+        if config.dataset_start is not None or config.dataset_end is not None:
+            data = data.slice_time(config.dataset_start, config.dataset_end)
+        series.append(data)
+    return series
+
+
+def _subsample(count: int, sample: float | None, seed: tuple[int, ...]) -> np.ndarray:
+    """Ascending indices of ``sample`` (fraction <= 1 or count > 1) out of ``count``, drawn with ``seed``."""
+    if sample is None or count == 0:
+        return np.arange(count)
+    keep = max(1, int(round(sample * count))) if sample <= 1 else min(int(sample), count)
+    if keep >= count:
+        return np.arange(count)
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(count, size=keep, replace=False))
+
+
+def node_coordinates(data: STData, kind: str, dim: int) -> np.ndarray:
+    """``[N, K]`` float32 coordinates of every node (see the ``coords`` column in the module docstring)."""
+    N = data.num_nodes
+    if kind == "laplacian":
+        adj = data.dense_adjacency()
+        return np.zeros((N, dim), np.float32) if adj is None else laplacian_eigenvectors(adj, dim)
+    if kind == "geo":
+        if data.coords is None or data.coord_kind not in ("latlon", "xy"):
+            raise STDataError(f"dataset {data.name!r}: coordinates='geo' needs lat/lon or xy node coordinates, "
+                              f"the dataset has {data.coord_kind or 'none'}; use coordinates: laplacian, grid "
+                              "or none")
+        return data.coords.astype(np.float32)
+    if kind == "grid":
+        if data.grid_shape is None:
+            raise STDataError(f"dataset {data.name!r}: coordinates='grid' needs a grid dataset (grid_shape); use "
+                              "coordinates: laplacian, geo or none")
+        return grid_coordinates(*data.grid_shape).astype(np.float32)
+    if kind == "none":
+        return np.zeros((N, 0), np.float32)
+    raise ValueError(f"coordinates must be laplacian, geo, grid or none, found {kind!r}")
+
+
+@dataclass
+class SourcePlan:
+    """One dataset, windowed and sub-sampled, with everything precomputed that every sample reuses.
+
+    Attributes:
+        windows: the dataset's windows (scaler fitted on its train split).
+        nodes: ``[N']`` kept node indices, ascending.
+        window_index: ``{split: [B_s]}`` kept windows (indices into ``windows.starts[split]``), ascending.
+        coords: ``[N', K]`` coordinates of the kept nodes.
+        nodes_context: template context of each kept node.
+        base_context: template variables shared by all samples of the dataset.
+        period: readable period text per step.
+        scaled / observed: ``[T, N', C]`` scaled values and masks of the kept nodes.
+        value_text: ``[T, N', C]`` rounded original values as text (``"NA"`` missing), only with values_in_text.
+        iso: ``[T]`` ISO timestamps (``""`` without a calendar).
+    """
+
+    data: STData
+    windows: STWindows
+    nodes: np.ndarray
+    window_index: dict[str, np.ndarray]
+    coords: np.ndarray
+    nodes_context: list[dict[str, Any]]
+    base_context: dict[str, Any]
+    period: PeriodText
+    scaled: np.ndarray
+    observed: np.ndarray
+    value_text: np.ndarray | None
+    iso: np.ndarray
+
+
+def plan_source(data: STData, config: DataConfig) -> SourcePlan:
+    """Window ``data`` per ``config``, pick its nodes and windows (seeded by ``sample_seed`` and the dataset name)."""
+    windows = build_windows(data, config.history, config.horizon, config.split, config.stride)
+    name_seed = zlib.crc32(data.name.encode())
+    nodes = _subsample(data.num_nodes, config.node_sample, (config.sample_seed, name_seed, 0))
+    window_index = {split: _subsample(windows.num_windows(split), config.window_sample,
+                                      (config.sample_seed, name_seed, 1 + i)) for i, split in enumerate(SPLITS)}
+    timestamps = data.time_index()
+    base = dataset_context(data, config.history, config.horizon, config.values_in_text)
+    base.update(granularity=config.granularity, dataset_num_nodes=data.num_nodes,
+                num_nodes=len(nodes) if config.granularity == "graph" else 1)
+    observed = windows.observed[:, nodes]
+    value_text = None
+    if config.values_in_text:
+        value_text = format_values(data.values[:, nodes], observed, config.values_decimals)
+    iso = (np.full(data.num_steps, "", dtype=object) if timestamps is None
+           else np.datetime_as_string(timestamps.to_numpy(), unit="s").astype(object))
+    return SourcePlan(
+        data=data, windows=windows, nodes=nodes, window_index=window_index,
+        coords=node_coordinates(data, config.coordinates, config.coordinate_dim)[nodes],
+        nodes_context=[node_context(data, int(i)) for i in nodes], base_context=base,
+        period=PeriodText(timestamps, data.freq), scaled=np.ascontiguousarray(windows.scaled[:, nodes]),
+        observed=np.ascontiguousarray(observed), value_text=value_text, iso=iso)
+
+
+# ---------------------------------------------------------------------------------------------------- samples
+def _history_values(plan: SourcePlan, start: int, length: int, j: int) -> list[dict[str, str]]:
+    """``[{channel, unit, text}]`` of kept node ``j`` over steps ``start .. start + length - 1``."""
+    block = plan.value_text[start:start + length, j]
+    return [{"channel": ch, "unit": unit, "text": ", ".join(block[:, c])}
+            for c, (ch, unit) in enumerate(zip(plan.data.channels, plan.data.units, strict=True))]
+
+
+def _window_messages(plan: SourcePlan, start: int, template: PromptTemplate, granularity: str,
+                     ) -> list[list[dict[str, str]]]:
+    """Chat messages of every sample of the window starting at ``start`` (one per node, or one for the graph)."""
+    L, P = plan.windows.history, plan.windows.horizon
+    context = dict(plan.base_context)
+    context.update(history_period=plan.period.period(start, L), target_period=plan.period.period(start + L, P),
+                   time_start=plan.iso[start], window_start=start)
+    with_values = plan.value_text is not None
+    if granularity == "graph":
+        if with_values:
+            nodes = [{**n, "history_values": _history_values(plan, start, L, j)}
+                     for j, n in enumerate(plan.nodes_context)]
+        else:
+            nodes = [{**n, "history_values": []} for n in plan.nodes_context]
+        context["nodes"] = nodes
+        return [template.render(context)]
+    out = []
+    for j, node in enumerate(plan.nodes_context):
+        context["node"] = {**node, "history_values": _history_values(plan, start, L, j) if with_values else []}
+        out.append(template.render(context))
+    return out
+
+
+def sample_columns(plan: SourcePlan, split: str, window_index: np.ndarray, template: PromptTemplate,
+                   granularity: str) -> dict[str, Any]:
+    """Column arrays of the samples of windows ``window_index`` of ``split``: ``S = B * N'`` (node) or ``B``.
+
+    Arrays come flat in sample order with their per-sample shape (``history`` ``[S, L, N', C]``, ...); strings
+    and messages as Python lists.
+    """
+    w = plan.windows
+    L, P, C = w.history, w.horizon, plan.data.num_channels
+    starts = w.starts[split][window_index]
+    B, n = len(starts), len(plan.nodes)
+    hist = starts[:, None] + np.arange(L)[None, :]
+    fut = starts[:, None] + L + np.arange(P)[None, :]
+    arrays = {"history": plan.scaled[hist], "history_mask": plan.observed[hist],  # [B, L, n, C]
+              "target": plan.scaled[fut], "target_mask": plan.observed[fut]}
+    calendar = {"history_tod": w.time_of_day[hist], "history_dow": w.day_of_week[hist],
+                "target_tod": w.time_of_day[fut], "target_dow": w.day_of_week[fut]}
+    messages = [m for s in starts.tolist() for m in _window_messages(plan, s, template, granularity)]
+    name = plan.data.name
+    if granularity == "node":
+        S = B * n
+        arrays = {k: v.transpose(0, 2, 1, 3).reshape(S, v.shape[1], 1, C) for k, v in arrays.items()}
+        calendar = {k: np.repeat(v, n, axis=0) for k, v in calendar.items()}
+        node_index = np.tile(plan.nodes, B).reshape(S, 1)
+        coords = np.tile(plan.coords, (B, 1)).reshape(S, 1, -1)
+        sample_starts = np.repeat(starts, n)
+        sample_ids = [f"{name}/{split}/w{s:06d}/n{i:03d}" for s in starts.tolist() for i in plan.nodes.tolist()]
+    else:
+        S = B
+        node_index = np.tile(plan.nodes, (B, 1))
+        coords = np.broadcast_to(plan.coords, (B, *plan.coords.shape))
+        sample_starts = starts
+        sample_ids = [f"{name}/{split}/w{s:06d}/all" for s in starts.tolist()]
+    columns: dict[str, Any] = {
+        "sample_id": sample_ids, "dataset": [name] * S, "city": [plan.data.city] * S, "split": [split] * S,
+        "window_start": sample_starts.astype(np.int64), "time_start": plan.iso[sample_starts].tolist(),
+        "messages": messages, "node_index": node_index.astype(np.int32), **arrays,
+        "scaler_mean": np.broadcast_to(w.scaler.mean.astype(np.float32), (S, C)),
+        "scaler_std": np.broadcast_to(w.scaler.std.astype(np.float32), (S, C)),
+        "coords": coords.astype(np.float32, copy=False),
+        **{k: v.astype(np.int32) for k, v in calendar.items()},
+        "steps_per_day": np.full(S, w.steps_per_day, dtype=np.int32),
+    }
+    return columns
+
+
+def _nested_list(values: np.ndarray, arrow_type: pa.DataType) -> pa.Array:
+    """``values [S, d1, ..., dk]`` -> an Arrow list<...list<x>> array of ``S`` rows, built from the flat buffer."""
+    shape = values.shape
+    array = pa.array(np.ascontiguousarray(values).reshape(-1), type=arrow_type)
+    for level in range(len(shape) - 1, 0, -1):
+        lists = int(np.prod(shape[:level]))
+        offsets = np.arange(lists + 1, dtype=np.int32) * shape[level]
+        array = pa.ListArray.from_arrays(pa.array(offsets), array)
+    return array
+
+
+def _messages_array(messages: list[list[dict[str, str]]]) -> pa.Array:
+    counts = np.fromiter((len(m) for m in messages), dtype=np.int32, count=len(messages))
+    flat = [turn for m in messages for turn in m]
+    struct = pa.StructArray.from_arrays(
+        [pa.array([t["role"] for t in flat], pa.string()), pa.array([t["content"] for t in flat], pa.string())],
+        names=["role", "content"])
+    offsets = np.zeros(len(messages) + 1, dtype=np.int32)
+    np.cumsum(counts, out=offsets[1:])
+    return pa.ListArray.from_arrays(pa.array(offsets), struct)
+
+
+def record_batch(columns: dict[str, Any], schema: pa.Schema) -> pa.RecordBatch:
+    """Arrow record batch of :func:`sample_columns` output, in ``schema`` (``sample_features().arrow_schema``)."""
+    arrays = []
+    for f in schema:
+        value = columns[f.name]
+        if f.name == "messages":
+            arrays.append(_messages_array(value))
+        elif isinstance(value, list):
+            arrays.append(pa.array(value, f.type))
+        elif value.ndim == 1:
+            arrays.append(pa.array(value, f.type))
+        else:
+            leaf = f.type
+            while pa.types.is_list(leaf):
+                leaf = leaf.value_type
+            arrays.append(_nested_list(value, leaf))
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+def _chunks(plan: SourcePlan, split: str, granularity: str) -> Iterator[np.ndarray]:
+    per_window = len(plan.nodes) if granularity == "node" else 1
+    step = max(1, CHUNK_SAMPLES // per_window)
+    index = plan.window_index[split]
+    for lo in range(0, len(index), step):
+        yield index[lo:lo + step]
+
+
+def build_split_table(plans: list[SourcePlan], split: str, template: PromptTemplate, granularity: str) -> pa.Table:
+    """All samples of ``split`` of every source, concatenated, as one Arrow table."""
+    schema = sample_features().arrow_schema
+    batches = [record_batch(sample_columns(plan, split, chunk, template, granularity), schema)
+               for plan in plans for chunk in _chunks(plan, split, granularity)]
+    return pa.Table.from_batches(batches, schema=schema)
+
+
+def iter_split_samples(plans: list[SourcePlan], split: str, template: PromptTemplate, granularity: str,
+                       ) -> Iterator[dict[str, Any]]:
+    """Samples of ``split`` one by one, as dicts of the schema's columns (numpy arrays), in the Arrow build's order."""
+    for plan in plans:
+        for chunk in _chunks(plan, split, granularity):
+            columns = sample_columns(plan, split, chunk, template, granularity)
+            for i in range(len(columns["sample_id"])):
+                yield {key: value[i] for key, value in columns.items()}
+
+
+# ---------------------------------------------------------------------------------------------------- fingerprint
+def _data_hash(data: STData) -> str:
+    """xxh3-128 of the values, clock, graph, coordinates and text of ``data``."""
+    h = xxhash.xxh3_128()
+    h.update(np.ascontiguousarray(data.values))
+    meta = {k: getattr(data, k) for k in ("name", "city", "freq", "channels", "units", "node_names",
+                                           "node_descriptions", "coord_kind", "null_value", "grid_shape",
+                                           "description")}
+    meta["start"] = None if data.start is None else str(data.start)
+    h.update(json.dumps(meta, sort_keys=True, default=str).encode())
+    if data.timestamps is not None:
+        h.update(np.ascontiguousarray(data.timestamps.asi8))
+    if data.coords is not None:
+        h.update(np.ascontiguousarray(data.coords))
+    if data.adjacency is not None:
+        if sp.issparse(data.adjacency):
+            adj = sp.csr_array(data.adjacency)
+            for part in (adj.data, adj.indices, adj.indptr):
+                h.update(np.ascontiguousarray(part))
+        else:
+            h.update(np.ascontiguousarray(data.adjacency))
+    return h.hexdigest()
+
+
+def _fingerprint(config: DataConfig, series: list[STData], template: PromptTemplate) -> str:
+    fields = {k: v for k, v in dataclasses.asdict(config).items() if k not in _NOT_FINGERPRINTED}
+    payload = {"builder_version": BUILDER_VERSION, "config": fields, "data": [_data_hash(d) for d in series],
+               "template": hashlib.sha256(template.source.encode()).hexdigest()}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def dataset_fingerprint(config: DataConfig) -> str:
+    """Hex digest of what determines the built dataset: the config fields that matter, the data content (values,
+    clock, graph, metadata), the template file text and :data:`BUILDER_VERSION`. Loads the datasets to hash them."""
+    return _fingerprint(config, load_series(config), load_template(config.template))
+
+
+def built_cache_root(config: DataConfig) -> Path:
+    """``config.dataset_cache_dir``, else ``$ST_INSTRUCT_CACHE/built``, else ``~/.cache/st_instruct/built``."""
+    if config.dataset_cache_dir:
+        return Path(config.dataset_cache_dir).expanduser()
+    if os.environ.get("ST_INSTRUCT_CACHE"):
+        return Path(os.environ["ST_INSTRUCT_CACHE"]).expanduser() / "built"
+    return default_cache_dir().parent / "built"
+
+
+# ---------------------------------------------------------------------------------------------------- build
+def _streaming_split(plans: list[SourcePlan], split: str, template: PromptTemplate,
+                     granularity: str) -> datasets.IterableDataset:
+    def generate():  # a closure: the plans already hold the windowed data in memory
+        yield from iter_split_samples(plans, split, template, granularity)
+
+    return datasets.IterableDataset.from_generator(generate, features=sample_features())
+
+
+def build_dataset(config: DataConfig, tokenizer: Any = None,
+                  ) -> datasets.DatasetDict | datasets.IterableDatasetDict:
+    """Build (or load from the fingerprint cache) the instruction dataset described by ``config``.
+
+    Returns a ``DatasetDict`` with ``train`` / ``validation`` / ``test`` (schema in the module docstring), read
+    from ``<cache root>/<fingerprint>`` (:func:`built_cache_root`), where a first build saves it. With
+    ``config.streaming`` an ``IterableDatasetDict`` of the same samples, generated lazily and not cached. With a
+    ``tokenizer``, ``st_instruct.training.tokenize.tokenize_dataset`` adds the token columns (after the cache).
+    """
+    series = load_series(config)
+    template = load_template(config.template)
+    plans = [plan_source(data, config) for data in series]
+    if config.streaming:
+        result: Any = datasets.IterableDatasetDict(
+            {split: _streaming_split(plans, split, template, config.granularity) for split in SPLITS})
+    else:
+        path = built_cache_root(config) / _fingerprint(config, series, template)
+        if not (path / "dataset_dict.json").is_file():
+            built = datasets.DatasetDict({split: datasets.Dataset(
+                build_split_table(plans, split, template, config.granularity), split=datasets.Split(split))
+                for split in SPLITS})
+            partial = path.with_name(f"{path.name}.partial-{os.getpid()}")
+            built.save_to_disk(str(partial))
+            shutil.rmtree(path, ignore_errors=True)
+            os.replace(partial, path)
+        result = datasets.load_from_disk(str(path))
+    if tokenizer is not None:
+        from st_instruct.training.tokenize import tokenize_dataset
+
+        result = tokenize_dataset(result, tokenizer, max_length=None)
+    return result
+
+
+def push_dataset(dataset_dict: datasets.DatasetDict, repo_id: str, token: str | None = None,
+                 private: bool | None = None) -> None:
+    """Upload a built dataset to the Hugging Face Hub (``DatasetDict.push_to_hub``)."""
+    dataset_dict.push_to_hub(repo_id, token=token, private=private)
