@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 
 def _add_window_args(parser: argparse.ArgumentParser) -> None:

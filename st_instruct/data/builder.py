@@ -422,13 +422,14 @@ def build_dataset(config: DataConfig, tokenizer: Any = None,
     """
     series = load_series(config)
     template = load_template(config.template)
-    plans = [plan_source(data, config) for data in series]
     if config.streaming:
+        plans = [plan_source(data, config) for data in series]
         result: Any = datasets.IterableDatasetDict(
             {split: _streaming_split(plans, split, template, config.granularity) for split in SPLITS})
     else:
         path = built_cache_root(config) / _fingerprint(config, series, template)
         if not (path / "dataset_dict.json").is_file():
+            plans = [plan_source(data, config) for data in series]
             built = datasets.DatasetDict({split: datasets.Dataset(
                 build_split_table(plans, split, template, config.granularity), split=datasets.Split(split))
                 for split in SPLITS})
