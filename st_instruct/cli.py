@@ -95,7 +95,7 @@ def _show_sample(sample: dict, tokenizer) -> str:
 
 def _cmd_build_data(args: argparse.Namespace) -> None:
     from st_instruct.configs import DataConfig, ModelConfig, parse_recipe
-    from st_instruct.data.builder import build_dataset, dataset_fingerprint
+    from st_instruct.data.builder import build_dataset
     from st_instruct.data.st_tokens import add_st_tokens
     from st_instruct.models.backbones import get_tokenizer
 
@@ -109,7 +109,7 @@ def _cmd_build_data(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     dataset = build_dataset(data_config, tokenizer)
     seconds = time.perf_counter() - started
-    output = Path(args.output or Path("outputs") / "data" / dataset_fingerprint(data_config))
+    output = Path(args.output or Path("outputs") / "data" / Path(args.recipe).stem)
     if data_config.streaming:
         print(f"streaming dataset built in {seconds:.1f} s (an IterableDatasetDict is not saved to disk)")
     else:
@@ -148,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     build = verbs.add_parser("build-data", help="build the instruction dataset of a recipe and show samples",
                              description="Any recipe key can be overridden as a flag, e.g. --history 24.")
     build.add_argument("recipe", help="recipe YAML (see recipes/)")
-    build.add_argument("--output", default=None, help="save_to_disk folder (default outputs/data/<fingerprint>)")
+    build.add_argument("--output", default=None, help="save_to_disk folder (default outputs/data/<recipe name>)")
     build.set_defaults(func=_cmd_build_data)
 
     for name, func, helptext in [("baselines", _cmd_baselines, "run every baseline on one dataset"),

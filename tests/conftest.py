@@ -19,3 +19,30 @@ def require_real_data(name: str) -> Path:
         pytest.skip(reason=f"{name}: real data not found in $ST_INSTRUCT_DATA or ../shared/data (next to the "
                     "repository or the working directory); see ../shared/data/README.md")
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_dir(tmp_path_factory) -> Path:
+    """The locally trained test tokenizer (tests/tiny.py), trained once per session and saved here."""
+    from tiny import build_test_tokenizer
+
+    path = tmp_path_factory.mktemp("tiny_tokenizer")
+    build_test_tokenizer().save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def tiny_tokenizer(tiny_tokenizer_dir):
+    """A fresh copy of the test tokenizer (ChatML template, no ST tokens), free to change."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+
+
+@pytest.fixture
+def st_tokenizer(tiny_tokenizer):
+    """The test tokenizer with the ST special tokens added."""
+    from st_instruct.data.st_tokens import add_st_tokens
+
+    add_st_tokens(tiny_tokenizer)
+    return tiny_tokenizer

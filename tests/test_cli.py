@@ -64,3 +64,30 @@ def test_bad_input_is_one_clear_line(argv, expected, capsys):
     err = capsys.readouterr().err
     assert expected in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_build_data_saves_and_shows_three_rendered_samples(tmp_path, capsys, tiny_tokenizer_dir, monkeypatch):
+    from datasets import load_from_disk
+
+    monkeypatch.setenv("ST_INSTRUCT_CACHE", str(tmp_path / "cache"))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("# st-instruct build-data r.yaml\ndataset_names: [synthetic-small]\nwindow_sample: 5\n"
+                      f"model_name_or_path: {tiny_tokenizer_dir}\n")
+    out = tmp_path / "built"
+    assert main(["build-data", str(recipe), "--output", str(out), "--horizon", "6"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("<|im_start|>assistant") == 3  # one rendered sample per split, through the chat template
+    assert "===== train: synthetic-small/train/" in printed
+    built = load_from_disk(str(out))
+    assert len(built["train"]) == 5 * 12  # 5 windows x 12 nodes
+    sample = built["train"].with_format("numpy")[0]
+    assert sample["target"].shape == (6, 1, 2)  # the --horizon flag overrode the default 12
+    assert {"input_ids", "labels", "his_positions", "pre_positions"} <= set(built["train"].column_names)
+
+
+def test_build_data_recipe_typo_is_one_clear_line(tmp_path, capsys):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("dataset_names: [synthetic-small]\ngranulrity: graph\n")
+    assert main(["build-data", str(recipe)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown key 'granulrity'; did you mean 'granularity'?" in err and len(err.strip().splitlines()) == 1

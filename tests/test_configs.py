@@ -1,4 +1,4 @@
-"""Recipe parsing (DESIGN.md §3): default < YAML < flag, unknown keys named, unique field names, every recipe parses."""
+"""Recipe parsing (DESIGN.md §3): default < YAML < flag, unknown keys named, unique fields, every recipe parses."""
 
 from pathlib import Path
 

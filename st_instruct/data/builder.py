@@ -22,6 +22,8 @@ dataset, city       str                        ``STData.name`` and ``STData.city
 split               str                        ``train`` / ``validation`` / ``test``
 window_start        int64                      step index of the first history step (in the sliced series)
 time_start          str                        ISO time of the first history step, ``""`` without a calendar
+template            str                        the template that rendered ``messages``: ``"forecast_node@1"``
+                                               (or the file path for a template outside ``prompts/`` naming)
 messages            list of {role, content}    chat turns (``system`` if the template has one, ``user``,
                                                ``assistant``); one ``<st_his>`` and one ``<st_pre>`` per node,
                                                in the order of ``node_index``
@@ -40,8 +42,10 @@ target_tod/_dow     int32 ``[P]``              same for the horizon (zeros witho
 steps_per_day       int32                      steps in one day
 ==================  =========================  =================================================================
 
-Several datasets are concatenated per split (each keeps its own scaler, hence the per-sample scaler columns).
-Samples are ordered by dataset (config order), then window, then node.
+Integer columns are stored as int32 (``window_start`` int64); ``with_format("numpy")`` returns integer arrays as
+int64, as ``datasets`` does for every integer column. Several datasets are concatenated per split (each keeps its
+own scaler, hence the per-sample scaler columns). Samples are ordered by dataset (config order), then window, then
+node.
 """
 
 from __future__ import annotations
@@ -69,12 +73,14 @@ from st_instruct.data.loaders import get_dataset
 from st_instruct.data.prompts import (
     PeriodText,
     PromptTemplate,
+    TemplateError,
     dataset_context,
     format_values,
     load_template,
     node_context,
 )
 from st_instruct.data.registry import default_cache_dir
+from st_instruct.data.st_tokens import ST_HIS, ST_PRE
 from st_instruct.data.stdata import STData, STDataError
 from st_instruct.data.windows import SPLITS, STWindows, build_windows
 
@@ -96,7 +102,7 @@ def sample_features() -> datasets.Features:
 
     return datasets.Features({
         "sample_id": string, "dataset": string, "city": string, "split": string,
-        "window_start": datasets.Value("int64"), "time_start": string,
+        "window_start": datasets.Value("int64"), "time_start": string, "template": string,
         "messages": datasets.List({"role": string, "content": string}),
         "node_index": nested(i32, 1),
         "history": nested(f32, 3), "history_mask": nested(boolean, 3),
@@ -202,8 +208,11 @@ def plan_source(data: STData, config: DataConfig) -> SourcePlan:
     value_text = None
     if config.values_in_text:
         value_text = format_values(data.values[:, nodes], observed, config.values_decimals)
-    iso = (np.full(data.num_steps, "", dtype=object) if timestamps is None
-           else np.datetime_as_string(timestamps.to_numpy(), unit="s").astype(object))
+    if timestamps is None:
+        iso = np.full(data.num_steps, "", dtype=object)
+    else:  # local wall-clock time, like the prompt text
+        wall = timestamps.tz_localize(None) if timestamps.tz is not None else timestamps
+        iso = np.datetime_as_string(wall.to_numpy(), unit="s").astype(object)
     return SourcePlan(
         data=data, windows=windows, nodes=nodes, window_index=window_index,
         coords=node_coordinates(data, config.coordinates, config.coordinate_dim)[nodes],
@@ -235,12 +244,27 @@ def _window_messages(plan: SourcePlan, start: int, template: PromptTemplate, gra
         else:
             nodes = [{**n, "history_values": []} for n in plan.nodes_context]
         context["nodes"] = nodes
-        return [template.render(context)]
+        out = [template.render(context)]
+        _check_slots(out[0], len(nodes), template, plan.data.name, start)
+        return out
     out = []
     for j, node in enumerate(plan.nodes_context):
         context["node"] = {**node, "history_values": _history_values(plan, start, L, j) if with_values else []}
         out.append(template.render(context))
+        _check_slots(out[-1], 1, template, plan.data.name, start)
     return out
+
+
+def _check_slots(messages: list[dict[str, str]], nodes: int, template: PromptTemplate, dataset: str,
+                 start: int) -> None:
+    """One ``<st_his>`` per node in the prompt and one ``<st_pre>`` per node in the answer: the model's contract."""
+    his = sum(m["content"].count(ST_HIS) for m in messages if m["role"] != "assistant")
+    pre = sum(m["content"].count(ST_PRE) for m in messages if m["role"] == "assistant")
+    if his != nodes or pre != nodes:
+        raise TemplateError(
+            f"prompt template {template.path} wrote {his} {ST_HIS} in the prompt and {pre} {ST_PRE} in the answer "
+            f"for a sample of {nodes} node(s) ({dataset}, window at step {start}); it must write one {ST_HIS} per "
+            f"node in the system/user turns and one {ST_PRE} per node in the assistant turn")
 
 
 def sample_columns(plan: SourcePlan, split: str, window_index: np.ndarray, template: PromptTemplate,
@@ -279,6 +303,7 @@ def sample_columns(plan: SourcePlan, split: str, window_index: np.ndarray, templ
     columns: dict[str, Any] = {
         "sample_id": sample_ids, "dataset": [name] * S, "city": [plan.data.city] * S, "split": [split] * S,
         "window_start": sample_starts.astype(np.int64), "time_start": plan.iso[sample_starts].tolist(),
+        "template": [template.spec] * S,
         "messages": messages, "node_index": node_index.astype(np.int32), **arrays,
         "scaler_mean": np.broadcast_to(w.scaler.mean.astype(np.float32), (S, C)),
         "scaler_std": np.broadcast_to(w.scaler.std.astype(np.float32), (S, C)),
@@ -367,7 +392,7 @@ def _data_hash(data: STData) -> str:
     meta["start"] = None if data.start is None else str(data.start)
     h.update(json.dumps(meta, sort_keys=True, default=str).encode())
     if data.timestamps is not None:
-        h.update(np.ascontiguousarray(data.timestamps.asi8))
+        h.update(np.ascontiguousarray(data.timestamps.to_numpy().astype("datetime64[ns]")))
     if data.coords is not None:
         h.update(np.ascontiguousarray(data.coords))
     if data.adjacency is not None:
@@ -403,12 +428,12 @@ def built_cache_root(config: DataConfig) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------------- build
-def _streaming_split(plans: list[SourcePlan], split: str, template: PromptTemplate,
-                     granularity: str) -> datasets.IterableDataset:
-    def generate():  # a closure: the plans already hold the windowed data in memory
-        yield from iter_split_samples(plans, split, template, granularity)
-
-    return datasets.IterableDataset.from_generator(generate, features=sample_features())
+def _generate_split(config_json: str, split: str) -> Iterator[dict[str, Any]]:
+    """Generator of a streaming split: loads and windows the data when iteration starts, from a JSON config, so the
+    generator is cheap to hash and to pickle (DataLoader workers) and holds no data until it runs."""
+    config = DataConfig(**json.loads(config_json))
+    plans = [plan_source(data, config) for data in load_series(config)]
+    yield from iter_split_samples(plans, split, load_template(config.template), config.granularity)
 
 
 def build_dataset(config: DataConfig, tokenizer: Any = None,
@@ -417,22 +442,26 @@ def build_dataset(config: DataConfig, tokenizer: Any = None,
 
     Returns a ``DatasetDict`` with ``train`` / ``validation`` / ``test`` (schema in the module docstring), read
     from ``<cache root>/<fingerprint>`` (:func:`built_cache_root`), where a first build saves it. With
-    ``config.streaming`` an ``IterableDatasetDict`` of the same samples, generated lazily and not cached. With a
+    ``config.streaming`` an ``IterableDatasetDict`` of the same samples, generated lazily (the data are loaded
+    when iteration starts; rendered samples never pile up in memory) and not cached. With a
     ``tokenizer``, ``st_instruct.training.tokenize.tokenize_dataset`` adds the token columns (after the cache).
     """
-    series = load_series(config)
     template = load_template(config.template)
     if config.streaming:
-        plans = [plan_source(data, config) for data in series]
-        result: Any = datasets.IterableDatasetDict(
-            {split: _streaming_split(plans, split, template, config.granularity) for split in SPLITS})
+        config_json = json.dumps(dataclasses.asdict(config))
+        result: Any = datasets.IterableDatasetDict({split: datasets.IterableDataset.from_generator(
+            _generate_split, features=sample_features(), gen_kwargs={"config_json": config_json, "split": split})
+            for split in SPLITS})
     else:
-        path = built_cache_root(config) / _fingerprint(config, series, template)
+        series = load_series(config)
+        fingerprint = _fingerprint(config, series, template)
+        path = built_cache_root(config) / fingerprint
         if not (path / "dataset_dict.json").is_file():
             plans = [plan_source(data, config) for data in series]
+            # An explicit fingerprint: without one, datasets hashes the whole table (seconds per 100k samples).
             built = datasets.DatasetDict({split: datasets.Dataset(
-                build_split_table(plans, split, template, config.granularity), split=datasets.Split(split))
-                for split in SPLITS})
+                build_split_table(plans, split, template, config.granularity), split=datasets.Split(split),
+                fingerprint=f"{fingerprint}-{split}") for split in SPLITS})
             partial = path.with_name(f"{path.name}.partial-{os.getpid()}")
             built.save_to_disk(str(partial))
             shutil.rmtree(path, ignore_errors=True)

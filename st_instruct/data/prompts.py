@@ -111,12 +111,14 @@ class PromptTemplate:
     Attributes:
         name / version: from the file name ``<name>.v<version>.jinja`` (version ``None`` for other file names).
         path: the file; source: its text (part of the dataset fingerprint).
+        spec: what pins this file: ``"name@version"`` when found in the prompts folder, else the path.
     """
 
     name: str
     version: int | None
     path: Path
     source: str
+    spec: str
     _template: jinja2.Template = field(repr=False)
 
     def render(self, context: dict[str, Any]) -> list[dict[str, str]]:
@@ -135,7 +137,8 @@ class PromptTemplate:
                 messages.append({"role": role, "content": str(macro()).strip()})
             return messages
         except jinja2.UndefinedError as err:
-            lines = [f.lineno for f in traceback.extract_tb(err.__traceback__) if f.filename == str(self.path)]
+            lines = [self._template.get_corresponding_lineno(f.lineno)
+                     for f in traceback.extract_tb(err.__traceback__) if f.filename == str(self.path)]
             where = f" (line {lines[-1]})" if lines else ""
             raise TemplateError(
                 f"prompt template {self.path}{where} uses an undefined variable {_undefined_name(err)!r} "
@@ -157,13 +160,15 @@ def load_template(spec: str | os.PathLike, directory: str | os.PathLike | None =
         raise TemplateError(f"prompt template {path} line {err.lineno}: {err.message}") from err
     match = _FILE_RE.match(path.name)
     name = match["name"] if match else path.name.removesuffix(".jinja")
-    return PromptTemplate(name=name, version=int(match["version"]) if match else None, path=path,
-                          source=path.read_text(), _template=template)
+    version = int(match["version"]) if match else None
+    by_name = not os.fspath(spec).endswith(".jinja") and version is not None
+    return PromptTemplate(name=name, version=version, path=path, source=path.read_text(),
+                          spec=f"{name}@{version}" if by_name else str(path), _template=template)
 
 
 # ---------------------------------------------------------------------------------------------------- time text
 def describe_freq(freq: str) -> str:
-    """``"1h"`` -> ``"hourly"``, ``"5min"`` -> ``"every 5 minutes"``, ``"1D"`` -> ``"daily"``, ``"7D"`` -> ``"weekly"``."""
+    """Readable interval: ``"1h"`` -> ``"hourly"``, ``"5min"`` -> ``"every 5 minutes"``, ``"7D"`` -> ``"weekly"``."""
     seconds = int(pd.Timedelta(pd.tseries.frequencies.to_offset(freq)).total_seconds())
     single = {604800: "weekly", 86400: "daily", 3600: "hourly", 60: "every minute", 1: "every second"}
     if seconds in single:
@@ -197,8 +202,9 @@ class PeriodText:
         if timestamps is None:
             self.dates = self.times = None
             return
-        days = timestamps.normalize()
-        unique_days, inverse = np.unique(days.asi8, return_inverse=True)
+        if timestamps.tz is not None:  # describe local wall-clock time
+            timestamps = timestamps.tz_localize(None)
+        unique_days, inverse = np.unique(timestamps.normalize().to_numpy(), return_inverse=True)
         texts = np.array([describe_date(pd.Timestamp(d)) for d in unique_days], dtype=object)
         self.days = inverse  # [T] day id, equal ids = same date
         self.dates = texts[inverse]
@@ -294,6 +300,10 @@ def node_context(data: STData, index: int) -> dict[str, Any]:
 def format_values(values: np.ndarray, observed: np.ndarray, decimals: int) -> np.ndarray:
     """Strings of ``values`` (any shape) rounded to ``decimals``, ``"NA"`` where not ``observed``; same shape."""
     rounded = np.round(np.nan_to_num(values.astype(np.float64)), decimals) + 0.0  # + 0.0 turns -0.0 into 0.0
-    text = np.char.mod(f"%.{max(decimals, 0)}f", rounded).astype(object)
+    # series repeat few distinct values (counts, one-decimal readings): format each distinct value once
+    unique, inverse = np.unique(rounded.reshape(-1), return_inverse=True)
+    digits = max(decimals, 0)
+    text = np.array([f"{v:.{digits}f}" for v in unique.tolist()], dtype=object)[inverse.reshape(-1)]
+    text = text.reshape(values.shape)
     text[~observed] = "NA"
     return text

@@ -20,6 +20,7 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 from functools import partial
+from operator import itemgetter
 from typing import Any
 
 from st_instruct.data.st_tokens import STTokenIds, st_token_ids
@@ -27,6 +28,8 @@ from st_instruct.data.st_tokens import STTokenIds, st_token_ids
 IGNORE_INDEX = -100
 # transformers stores "no limit" as int(1e30); any model_max_length this large is not a real context length
 _NO_LIMIT = int(1e9)
+
+_start, _end = itemgetter(0), itemgetter(1)
 
 TOKENIZED_COLUMNS = ("input_ids", "labels", "his_positions", "pre_positions")
 
@@ -102,7 +105,8 @@ def _tokenize_columns(batch: Any, tokenizer: Any, limit: int | None, ids: STToke
 
 def _describe(sample_id: Any, index: int, template: Any) -> str:
     name = repr(sample_id) if sample_id is not None else f"#{index} of its batch"
-    return f"sample {name} rendered with template {template if template is not None else '(unnamed)'!r}"
+    rendered = f"template {template!r}" if template is not None else "an unnamed template"
+    return f"sample {name} rendered with {rendered}"
 
 
 def _tokenize_batch(
@@ -144,8 +148,7 @@ def _tokenize_batch(
             raise TokenizationError(
                 f"{what} is {len(input_ids)} tokens, longer than the context length {limit} of the tokenizer/backbone "
                 "(max_length); shorten the template, sample fewer nodes (node_sample) or raise max_length")
-        starts = [span[0] for span in encoding.offsets]
-        ends = [span[1] for span in encoding.offsets]
+        offsets = encoding.offsets  # character spans [start, end) in text, sorted
         labels = [IGNORE_INDEX] * len(input_ids)
         for i in turns[b]:
             prompt = next(prompts)
@@ -154,9 +157,9 @@ def _tokenize_batch(
                     f"{what}: the chat template renders the prompt before assistant turn {i} (add_generation_prompt="
                     "True) differently from the same part of the full conversation, so the answer cannot be located; "
                     f"use a template whose generation prompt is a prefix of the conversation.\nprompt ends "
-                    f"{prompt[-80:]!r}\nconversation there {text[len(prompt) - 80:len(prompt)]!r}")
-            first = bisect_right(ends, len(prompt))
-            if first < len(starts) and starts[first] < len(prompt):
+                    f"{prompt[-80:]!r}\nconversation there {text[max(0, len(prompt) - 80):len(prompt)]!r}")
+            first = bisect_right(offsets, len(prompt), key=_end)
+            if first < len(offsets) and offsets[first][0] < len(prompt):
                 raise TokenizationError(
                     f"{what}: a token straddles the end of the prompt before assistant turn {i}, so the prompt's "
                     "token ids are not a prefix of the conversation's; end the template's generation prompt with a "
@@ -172,12 +175,12 @@ def _tokenize_batch(
             if begin < 0:
                 raise TokenizationError(f"{what}: the chat template changes the text of assistant turn {i}, so it "
                                         "cannot be found in the rendered conversation to be labelled")
-            first, stop = bisect_right(ends, begin), bisect_left(starts, begin + len(content))
+            first = bisect_right(offsets, begin, key=_end)
+            stop = bisect_left(offsets, begin + len(content), key=_start)
             if stop < len(input_ids) and input_ids[stop] in end_of_turn:
                 stop += 1
             labels[first:stop] = input_ids[first:stop]
-        his = [k for k, token in enumerate(input_ids) if token == ids.his]
-        pre = [k for k, token in enumerate(input_ids) if token == ids.pre]
+        his, pre = _positions(input_ids, ids.his), _positions(input_ids, ids.pre)
         if num_nodes is not None and not len(his) == len(pre) == num_nodes[b]:
             raise TokenizationError(
                 f"{what} has {len(his)} <st_his> and {len(pre)} <st_pre> tokens but {num_nodes[b]} nodes (N' = "
@@ -187,6 +190,16 @@ def _tokenize_batch(
         out["his_positions"].append(his)
         out["pre_positions"].append(pre)
     return out
+
+
+def _positions(input_ids: list[int], token: int) -> list[int]:
+    """Indices of ``token`` in ``input_ids``, in order (``list.index`` scans in C)."""
+    found: list[int] = []
+    try:
+        while True:
+            found.append(input_ids.index(token, found[-1] + 1 if found else 0))
+    except ValueError:
+        return found
 
 
 def _end_of_turn_ids(tokenizer: Any, ids: STTokenIds) -> set[int]:

@@ -1,0 +1,188 @@
+"""Prompt templates: resolution and versioning, strict rendering, readable time, golden rendered samples."""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import require_real_data
+
+from st_instruct.configs import DataConfig
+from st_instruct.data import builder
+from st_instruct.data.prompts import (
+    PROMPTS_ENV,
+    TemplateError,
+    available_templates,
+    channels_text,
+    describe_freq,
+    describe_period,
+    format_values,
+    load_template,
+    node_context,
+    prompts_dir,
+)
+from st_instruct.data.st_tokens import ST_HIS, ST_PRE
+from st_instruct.data.synthetic import generate_synthetic
+
+GOLDEN = Path(__file__).resolve().parent.parent / "golden"
+UPDATE_GOLDEN = os.environ.get("ST_INSTRUCT_UPDATE_GOLDEN") == "1"  # rewrite the files instead of comparing
+
+MINIMAL = """{% macro user() %}Hello {{ who }}{% endmacro %}
+{% macro assistant() %}{{ pre_slot }}{% endmacro %}
+"""
+
+
+def as_text(sample_id: str, messages: list[dict[str, str]]) -> str:
+    parts = [f"# {sample_id}"] + [f"=== {m['role']} ===\n{m['content']}" for m in messages]
+    return "\n".join(parts) + "\n"
+
+
+def check_golden(name: str, text: str) -> None:
+    path = GOLDEN / name
+    if UPDATE_GOLDEN:
+        path.write_text(text)
+    assert path.is_file(), f"{path} missing; run with ST_INSTRUCT_UPDATE_GOLDEN=1 once and read it"
+    assert text == path.read_text()
+
+
+def window_sample(config: DataConfig, split: str, window: int, sample: int = 0) -> str:
+    """Golden text of sample ``sample`` of window ``window`` (index into the split's windows)."""
+    plan = builder.plan_source(builder.load_series(config)[0], config)
+    columns = builder.sample_columns(plan, split, np.array([window]), load_template(config.template),
+                                     config.granularity)
+    return as_text(columns["sample_id"][sample], columns["messages"][sample])
+
+
+# ---------------------------------------------------------------------------------------------------- golden
+def test_golden_node_synthetic():
+    # test window 0 starts on Wednesday 2024-02-14 19:00 (step 1075) and crosses midnight; zone 7 misses one value
+    config = DataConfig(dataset_names=["synthetic-small"], values_in_text=True)
+    check_golden("forecast_node_synthetic_small.txt", window_sample(config, "test", 0, sample=7))
+
+
+def test_golden_graph_synthetic():
+    config = DataConfig(dataset_names=["synthetic-small"], granularity="graph", template="forecast_graph",
+                        node_sample=4)
+    check_golden("forecast_graph_synthetic_small.txt", window_sample(config, "test", 0))
+
+
+@pytest.mark.integration
+def test_golden_node_nyc_taxi():
+    require_real_data("nyc-taxi")
+    # window 175 of 2019 starts on Tuesday 8 January 2019, 07:00; node 0 is Alphabet City
+    config = DataConfig(dataset_names=["nyc-taxi"], dataset_start="2019-01-01", dataset_end="2020-01-01")
+    check_golden("forecast_node_nyc_taxi.txt", window_sample(config, "train", 175, sample=0))
+
+
+# ---------------------------------------------------------------------------------------------------- resolution
+def test_shipped_templates_resolve_and_have_one_slot_per_node():
+    assert {"forecast_node", "forecast_graph"} <= set(available_templates())
+    assert prompts_dir() == Path(__file__).resolve().parents[2] / "prompts"
+    config = DataConfig(dataset_names=["synthetic-small"], granularity="graph", template="forecast_graph",
+                        node_sample=5)
+    plan = builder.plan_source(builder.load_series(config)[0], config)
+    for granularity, template, nodes in (("node", "forecast_node", 1), ("graph", "forecast_graph", 5)):
+        messages = builder.sample_columns(plan, "train", np.array([0]), load_template(template),
+                                          granularity)["messages"][0]
+        roles = [m["role"] for m in messages]
+        assert roles == ["system", "user", "assistant"]
+        user, answer = messages[1]["content"], messages[2]["content"]
+        assert (user.count(ST_HIS), user.count(ST_PRE)) == (nodes, 0)
+        assert (answer.count(ST_HIS), answer.count(ST_PRE)) == (0, nodes)
+
+
+def write(directory: Path, name: str, text: str) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / name).write_text(text)
+    return directory / name
+
+
+def test_version_pinning_with_env_dir(tmp_path, monkeypatch):
+    write(tmp_path, "greet.v1.jinja", MINIMAL)
+    write(tmp_path, "greet.v2.jinja", MINIMAL.replace("Hello", "Hi"))
+    write(tmp_path, "notes.txt", "not a template")
+    monkeypatch.setenv(PROMPTS_ENV, str(tmp_path))
+    assert available_templates() == {"greet": [1, 2]}
+    latest, pinned = load_template("greet"), load_template("greet@1")
+    assert (latest.name, latest.version, pinned.version) == ("greet", 2, 1)
+    assert (latest.spec, pinned.spec) == ("greet@2", "greet@1")
+    context = {"who": "you", "pre_slot": "<p>"}
+    assert latest.render(context) == [{"role": "user", "content": "Hi you"}, {"role": "assistant", "content": "<p>"}]
+    assert pinned.render(context)[0]["content"] == "Hello you"
+    by_path = load_template(str(tmp_path / "greet.v1.jinja"))
+    assert by_path.render(context) == pinned.render(context)
+    assert by_path.spec == str((tmp_path / "greet.v1.jinja").resolve())
+
+
+def test_unknown_template_lists_available(tmp_path, monkeypatch):
+    write(tmp_path, "greet.v1.jinja", MINIMAL)
+    monkeypatch.setenv(PROMPTS_ENV, str(tmp_path))
+    with pytest.raises(TemplateError, match=r"unknown prompt template 'forecats'.*greet \(versions 1\)"):
+        load_template("forecats")
+    with pytest.raises(TemplateError, match=r"has no version 3.*greet \(versions 1\)"):
+        load_template("greet@3")
+    with pytest.raises(TemplateError, match="does not exist"):
+        load_template(str(tmp_path / "missing.jinja"))
+
+
+def test_undefined_variable_names_template_and_variable(tmp_path):
+    path = write(tmp_path, "bad.v1.jinja", MINIMAL.replace("{{ who }}", "{{ who }} from {{ cty }}"))
+    with pytest.raises(TemplateError) as err:
+        load_template(path).render({"who": "you", "pre_slot": ""})
+    message = str(err.value)
+    assert str(path) in message and "'cty'" in message and "line 1" in message
+    attr = write(tmp_path, "attr.v1.jinja", MINIMAL.replace("{{ who }}", "{{ node.nmae }}"))
+    with pytest.raises(TemplateError, match=r"attr\.v1\.jinja.*undefined variable 'nmae'"):
+        load_template(attr).render({"node": {"name": "x"}, "pre_slot": ""})
+
+
+def test_template_without_user_macro_and_syntax_error(tmp_path):
+    path = write(tmp_path, "half.v1.jinja", "{% macro assistant() %}x{% endmacro %}")
+    with pytest.raises(TemplateError, match=r"half\.v1\.jinja defines no macro user\(\)"):
+        load_template(path).render({})
+    broken = write(tmp_path, "broken.v1.jinja", "{% macro user() %}{{ x {% endmacro %}")
+    with pytest.raises(TemplateError, match=r"broken\.v1\.jinja line 1"):
+        load_template(broken)
+
+
+# ---------------------------------------------------------------------------------------------------- text
+@pytest.mark.parametrize(("start", "steps", "freq", "expected"), [
+    ("2019-01-08 07:00", 12, "1h", "Tuesday, 8 January 2019, 07:00 to 18:00, hourly"),
+    ("2019-01-08 19:00", 12, "1h", "Tuesday, 8 January 2019, 19:00 to Wednesday, 9 January 2019, 06:00, hourly"),
+    ("2012-03-07 23:30", 12, "5min", "Wednesday, 7 March 2012, 23:30 to Thursday, 8 March 2012, 00:25, "
+                                     "every 5 minutes"),
+    ("2024-01-01", 4, "7D", "Monday, 1 January 2024 to Monday, 22 January 2024, weekly"),
+    ("2024-02-28", 3, "1D", "Wednesday, 28 February 2024 to Friday, 1 March 2024, daily"),
+    ("2019-01-08 07:00", 1, "1h", "Tuesday, 8 January 2019, 07:00, hourly"),
+    ("2019-01-08 07:00:30", 2, "30s", "Tuesday, 8 January 2019, 07:00:30 to 07:01:00, every 30 seconds"),
+])
+def test_describe_period(start, steps, freq, expected):
+    assert describe_period(pd.Timestamp(start), steps, freq) == expected
+
+
+def test_describe_period_without_calendar_and_freq_text():
+    assert describe_period(None, 12, "7D", first_step=100) == "steps 100 to 111, weekly"
+    assert describe_period(None, 1, "1h") == "step 0, hourly"
+    assert [describe_freq(f) for f in ("5min", "1h", "2h", "1D", "7D", "1min", "15s")] == [
+        "every 5 minutes", "hourly", "every 2 hours", "daily", "weekly", "every minute", "every 15 seconds"]
+
+
+def test_channels_text_and_values_text():
+    assert channels_text(["inflow", "outflow"], ["trips/hour"] * 2) == "inflow and outflow (trips/hour)"
+    assert channels_text(["PM2.5", "TEMP", "x"], ["ug/m3", "degC", ""]) == "PM2.5 (ug/m3), TEMP (degC) and x"
+    values = np.array([1.26, -0.04, np.nan, 3.0, 7.0])
+    observed = np.array([True, True, False, True, False])
+    assert format_values(values, observed, 1).tolist() == ["1.3", "0.0", "NA", "3.0", "NA"]
+    assert format_values(values, observed, 0).tolist() == ["1", "0", "NA", "3", "NA"]
+
+
+def test_node_context_names_and_locations():
+    grid = generate_synthetic("grid", num_steps=48)
+    assert node_context(grid, 11)["location"] == "row 1, column 3"
+    small = generate_synthetic("small", num_steps=48)
+    node = node_context(small, 2)
+    assert node["label"] == node["name"] == small.node_names[2] and node["location"] == ""
+    nameless = generate_synthetic("small", num_steps=48)
+    nameless.node_names = None
+    assert node_context(nameless, 4)["label"] == "node 4"
