@@ -46,3 +46,25 @@ def st_tokenizer(tiny_tokenizer):
 
     add_st_tokens(tiny_tokenizer)
     return tiny_tokenizer
+
+
+@pytest.fixture
+def hub_server(monkeypatch, tmp_path):
+    """A local stand-in of the Hugging Face Hub HTTP API on 127.0.0.1 (tests/hub_server.py; there is no hub access
+    here, DESIGN §8), with ``.url``, ``.token`` and ``.repo_files(repo_id) -> {path: bytes}``.
+
+    For the test's duration ``$HF_ENDPOINT`` points at it (huggingface_hub read the variable at import, so code
+    under test must pass ``endpoint=`` or re-read it, as ``st_instruct.hub`` does), the session-wide offline mode
+    is lifted for huggingface_hub, and no token of this machine (``$HF_TOKEN``, the saved login) is visible.
+    """
+    import huggingface_hub.constants as hf_constants
+    from hub_server import HubStandIn
+
+    server = HubStandIn().start()
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(hf_constants, "HF_TOKEN_PATH", str(tmp_path / "no_saved_hf_token"))
+    yield server
+    server.stop()

@@ -1,0 +1,189 @@
+"""Model cards and hub pushes, against the local stand-in of the Hub API (tests/hub_server.py, DESIGN §8)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import socket
+from pathlib import Path
+
+import pytest
+import yaml
+
+from st_instruct.hub import REQUIRED_FILES, HubError, check_model_dir, push_to_hub, write_model_card
+
+REPO = "st-user/smoke-forecaster"
+REPORT = {"dataset": "synthetic-small", "history": 12, "horizon": 12,
+          "results": {"stlink-smollm2": {"MAE": 3.25, "RMSE": 5.5, "MAPE": 0.21, "WAPE": None},
+                      "historical_average": {"MAE": 4.0, "RMSE": 6.0, "MAPE": 0.3, "WAPE": 0.25}}}
+RECIPE = {"backbone": "smollm2-135m", "st_encoder": "patch", "freeze_plan": "lora", "lora_r": 8,
+          "dataset": "synthetic-small", "learning_rate": 2e-4}
+
+
+def fingerprint(directory: Path) -> dict[str, str]:
+    """Every file under ``directory`` -> sha256 of its bytes."""
+    return {p.relative_to(directory).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def local_files(directory: Path) -> dict[str, bytes]:
+    return {p.relative_to(directory).as_posix(): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def model_dir(tmp_path, st_tokenizer) -> Path:
+    """A small but realistic saved forecaster: adapter, ST modules, tokenizer, config, recipe, model card."""
+    import torch
+    from safetensors.torch import save_file
+
+    root = tmp_path / "smoke-forecaster"
+    root.mkdir()
+    gen = torch.Generator().manual_seed(0)
+    save_file({"st_encoder.patch.weight": torch.randn(32, 24, generator=gen),
+               "projector.weight": torch.randn(64, 32, generator=gen),
+               "head.w3.weight": torch.randn(12, 128, generator=gen)}, root / "st_modules.safetensors")
+    save_file({"base_model.model.layers.0.self_attn.q_proj.lora_A.weight": torch.randn(8, 64, generator=gen),
+               "base_model.model.layers.0.self_attn.q_proj.lora_B.weight": torch.zeros(64, 8)},
+              root / "adapter_model.safetensors")
+    (root / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 8, "lora_alpha": 16,
+                                                          "target_modules": ["q_proj", "v_proj"]}, indent=2))
+    (root / "st_forecaster_config.json").write_text(json.dumps({"backbone": "smollm2-135m", "history": 12,
+                                                                "horizon": 12, "channels": 2}, indent=2))
+    (root / "recipe.yaml").write_text(yaml.safe_dump(RECIPE))
+    st_tokenizer.save_pretrained(root)
+    write_model_card(root, base_model="HuggingFaceTB/SmolLM2-135M-Instruct", datasets=["synthetic-small"],
+                     metrics=REPORT, recipe=RECIPE)
+    return root
+
+
+@pytest.mark.parametrize("upload_mode", ["regular", "lfs"])
+def test_push_delivers_every_file_byte_for_byte(hub_server, model_dir, tmp_path, monkeypatch, upload_mode):
+    from huggingface_hub import HfApi, constants, hf_hub_download
+
+    if upload_mode == "lfs":  # the git-LFS path: the stand-in has no Xet storage (see tests/hub_server.py)
+        monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+        hub_server.upload_mode = "lfs"
+    before = fingerprint(model_dir)
+
+    url = push_to_hub(model_dir, REPO, token=hub_server.token)  # endpoint from $HF_ENDPOINT, set by the fixture
+
+    assert re.fullmatch(rf"{hub_server.url}/{REPO}/commit/[0-9a-f]{{40}}", url)
+    assert hub_server.repo_files(REPO) == local_files(model_dir)
+    expected_lfs = {"st_modules.safetensors", "adapter_model.safetensors"} if upload_mode == "lfs" else set()
+    assert hub_server.lfs_paths(REPO) == expected_lfs
+    assert fingerprint(model_dir) == before
+
+    api = HfApi(endpoint=hub_server.url, token=hub_server.token)
+    assert sorted(api.list_repo_files(REPO)) == sorted(before)
+    info = api.model_info(REPO)
+    assert info.sha == url.rsplit("/", 1)[1]
+    assert info.card_data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert info.library_name == "st_instruct"
+    for name in ("st_modules.safetensors", "st_forecaster_config.json", "tokenizer.json"):
+        path = hf_hub_download(REPO, name, endpoint=hub_server.url, token=hub_server.token,
+                               cache_dir=tmp_path / "hf_cache")
+        assert Path(path).read_bytes() == (model_dir / name).read_bytes()
+
+
+def test_second_push_commits_only_changes(hub_server, model_dir):
+    first = push_to_hub(model_dir, REPO, token=hub_server.token, endpoint=hub_server.url)
+    commits = hub_server.commits(REPO)
+
+    assert push_to_hub(model_dir, REPO, token=hub_server.token, endpoint=hub_server.url) == first
+    assert hub_server.commits(REPO) == commits  # nothing changed: no empty commit
+
+    write_model_card(model_dir, base_model="HuggingFaceTB/SmolLM2-135M-Instruct", datasets=["synthetic-small"],
+                     metrics=None, recipe=RECIPE, description="Retrained.")
+    third = push_to_hub(model_dir, REPO, token=hub_server.token, endpoint=hub_server.url, commit_message="card")
+    assert third != first
+    assert hub_server.commits(REPO)[-1] == (third.rsplit("/", 1)[1], "card")
+    assert hub_server.repo_files(REPO) == local_files(model_dir)
+
+
+def test_no_token_is_a_clear_error_and_nothing_is_sent(hub_server, model_dir):
+    before = fingerprint(model_dir)
+    with pytest.raises(HubError, match=r"no Hugging Face token: pass --token, set HF_TOKEN or run `hf auth login`"
+                                       r"; nothing was uploaded and .*smoke-forecaster is unchanged"):
+        push_to_hub(model_dir, REPO)
+    assert hub_server.requests == []
+    assert fingerprint(model_dir) == before
+
+
+def test_token_from_environment(hub_server, model_dir, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", hub_server.token)
+    push_to_hub(model_dir, REPO)
+    assert hub_server.repo_files(REPO) == local_files(model_dir)
+
+
+def test_wrong_token_is_rejected(hub_server, model_dir):
+    before = fingerprint(model_dir)
+    with pytest.raises(HubError, match=rf"the Hub at {hub_server.url} rejected the token \(401\).*unchanged"):
+        push_to_hub(model_dir, REPO, token="hf_not_the_right_one")
+    assert hub_server.repos == {}
+    assert fingerprint(model_dir) == before
+
+
+def test_unreachable_hub_names_the_endpoint(model_dir, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # offline mode would stop the request before the socket
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        endpoint = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    before = fingerprint(model_dir)
+    with pytest.raises(HubError, match=rf"cannot reach the Hub at {endpoint} \(ConnectError.*smoke-forecaster is "
+                                       "unchanged"):
+        push_to_hub(model_dir, REPO, token="hf_any", endpoint=endpoint)
+    assert fingerprint(model_dir) == before
+
+
+def test_offline_mode_is_a_clear_error(hub_server, model_dir, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(HubError, match=r"offline mode is on \(HF_HUB_OFFLINE=1\)"):
+        push_to_hub(model_dir, REPO, token=hub_server.token)
+    assert hub_server.requests == []
+
+
+def test_incomplete_directory_names_missing_files(hub_server, model_dir, tmp_path):
+    (model_dir / "st_forecaster_config.json").unlink()
+    for path in model_dir.glob("*.safetensors"):
+        path.unlink()
+    with pytest.raises(HubError, match=r"missing st_forecaster_config.json, \*\.safetensors"):
+        push_to_hub(model_dir, REPO, token=hub_server.token)
+    with pytest.raises(HubError, match="no such directory"):
+        push_to_hub(tmp_path / "nowhere", REPO, token=hub_server.token)
+    assert hub_server.requests == []
+    assert REQUIRED_FILES == ("README.md", "st_forecaster_config.json", "*.safetensors")
+
+
+def test_complete_directory_passes_the_check(model_dir):
+    assert check_model_dir(model_dir) == model_dir
+
+
+def test_model_card_front_matter_recipe_and_metrics(model_dir):
+    text = (model_dir / "README.md").read_text()
+    front, body = re.fullmatch(r"---\n(.*?)\n---\n(.*)", text, re.DOTALL).groups()
+    meta = yaml.safe_load(front)
+    assert meta == {"library_name": "st_instruct", "base_model": "HuggingFaceTB/SmolLM2-135M-Instruct",
+                    "datasets": ["synthetic-small"],
+                    "tags": ["time-series-forecasting", "spatio-temporal", "st_instruct"],
+                    "pipeline_tag": "time-series-forecasting"}
+    assert "from st_instruct.hub import" in body
+    recipe_block = re.search(r"```yaml\n(.*?)```", body, re.DOTALL).group(1)
+    assert yaml.safe_load(recipe_block) == RECIPE
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in body.splitlines() if line.startswith("| ") and "model" not in line.split("|")[1]}
+    assert rows["stlink-smollm2"][:4] == ["3.250", "5.500", "0.210", "n/a"]
+    assert rows["historical_average"][:4] == ["4.000", "6.000", "0.300", "0.250"]
+    assert "synthetic-small" in body and "history 12 -> horizon 12" in body
+
+
+def test_model_card_without_metrics_or_recipe(tmp_path):
+    path = write_model_card(tmp_path / "m", base_model="gpt2", datasets=[], metrics=None, recipe=None)
+    text = path.read_text()
+    assert path.name == "README.md"
+    assert "(not evaluated yet)" in text and "(not recorded)" in text
+    assert yaml.safe_load(text.split("---\n")[1])["datasets"] == []
