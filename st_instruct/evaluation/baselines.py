@@ -13,7 +13,7 @@ from __future__ import annotations
 import inspect
 import time
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Literal, Protocol, overload
 
 import numpy as np
 
@@ -302,15 +302,29 @@ def build_baseline(name: str, **kwargs) -> Baseline:
     return BASELINES[name](**kwargs)
 
 
+@overload
+def run_baselines(windows: STWindows, names: Sequence[str] | None = ..., split: str = ..., progress: bool = ...,
+                  seed: int = ..., options: dict[str, dict] | None = ...,
+                  return_predictions: Literal[False] = ...) -> dict[str, dict]: ...
+
+
+@overload
+def run_baselines(windows: STWindows, names: Sequence[str] | None = ..., split: str = ..., progress: bool = ...,
+                  seed: int = ..., options: dict[str, dict] | None = ..., *,
+                  return_predictions: Literal[True]) -> tuple[dict[str, dict], dict[str, np.ndarray]]: ...
+
+
 def run_baselines(windows: STWindows, names: Sequence[str] | None = None, split: str = "test",
-                  progress: bool = True, seed: int = 0,
-                  options: dict[str, dict] | None = None) -> dict[str, dict]:
+                  progress: bool = True, seed: int = 0, options: dict[str, dict] | None = None,
+                  return_predictions: bool = False) -> dict[str, dict] | tuple[dict[str, dict], dict[str, np.ndarray]]:
     """Fit every baseline in ``names`` (default: all) and score it on ``split`` with the masked metrics.
 
     Returns ``{name: {"MAE", "RMSE", "MAPE", "WAPE", "per_horizon", "fit_seconds", "predict_seconds"}}``; a
     baseline that cannot forecast these windows (:class:`BaselineNotApplicable`) appears as
     ``{name: {"skipped": reason}}``. ``seed`` and ``progress`` go to the baselines that take them (STID);
     ``options`` maps a name to further constructor arguments, e.g. ``{"stid": {"max_epochs": 20}}``.
+    With ``return_predictions`` the result is ``(results, {name: [B, P, N, C] forecast in original units})``,
+    skipped baselines absent from the second dict (for plots of forecast vs truth).
     """
     names = list(BASELINES) if names is None else list(names)
     options = options or {}
@@ -319,6 +333,7 @@ def run_baselines(windows: STWindows, names: Sequence[str] | None = None, split:
             raise ValueError(f"unknown baseline {name!r}; known baselines: {sorted(BASELINES)}")
     target = windows.batch(split)
     results: dict[str, dict] = {}
+    predictions: dict[str, np.ndarray] = {}
     for name in names:
         factory = BASELINES[name]
         accepted = inspect.signature(factory).parameters
@@ -336,4 +351,6 @@ def run_baselines(windows: STWindows, names: Sequence[str] | None = None, split:
         predict_seconds = time.perf_counter() - tic
         results[name] = {**horizon_metrics(pred, target["y"], target["y_mask"]),
                          "fit_seconds": fit_seconds, "predict_seconds": predict_seconds}
-    return results
+        if return_predictions:
+            predictions[name] = pred
+    return (results, predictions) if return_predictions else results

@@ -28,13 +28,14 @@ def prepare_windows(dataset: str | STData, history: int = 12, horizon: int = 12,
     return build_windows(data, history, horizon, split, stride=stride)
 
 
-def baseline_report(windows: STWindows, models: Sequence[str] | None = None, progress: bool = True,
-                    seed: int = 0) -> dict[str, Any]:
-    """Run the baselines on ``windows`` and return the report dict of :mod:`st_instruct.evaluation.report`."""
+def make_report(windows: STWindows, results: dict[str, dict]) -> dict[str, Any]:
+    """The report dict of :mod:`st_instruct.evaluation.report` for ``results`` (``{model: metrics}``, as from
+    :func:`run_baselines`, models' entries beside them) scored on the test windows of ``windows``.
+
+    Entries holding ``"skipped"`` go to ``report["skipped"]``; callers may add keys such as ``"protocol"``.
+    """
     data = windows.data
     ts = data.time_index()
-    results = run_baselines(windows, models, split="test", progress=progress, seed=seed)
-    skipped = {name: r["skipped"] for name, r in results.items() if "skipped" in r}
     return {
         "dataset": data.name,
         "city": data.city,
@@ -45,5 +46,11 @@ def baseline_report(windows: STWindows, models: Sequence[str] | None = None, pro
         "time_range": None if ts is None else [str(ts[0]), str(ts[-1])],
         "windows": {name: windows.num_windows(name) for name in windows.starts},
         "results": {name: r for name, r in results.items() if "skipped" not in r},
-        "skipped": skipped,
+        "skipped": {name: r["skipped"] for name, r in results.items() if "skipped" in r},
     }
+
+
+def baseline_report(windows: STWindows, models: Sequence[str] | None = None, progress: bool = True,
+                    seed: int = 0) -> dict[str, Any]:
+    """Run the baselines on ``windows`` and return the report dict of :mod:`st_instruct.evaluation.report`."""
+    return make_report(windows, run_baselines(windows, models, split="test", progress=progress, seed=seed))

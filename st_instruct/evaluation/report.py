@@ -8,15 +8,23 @@ Schema (``st-instruct baselines --json``, later ``st-instruct evaluate``)::
                          "per_horizon": {"1": {...}, ...}, "fit_seconds": float, "predict_seconds": float}},
      "skipped": {MODEL: reason}}
 
-NaN metrics (nothing observed) are written as ``null``.
+NaN metrics (nothing observed) are written as ``null``. Optional keys: ``"city"``, ``"protocol"`` (e.g.
+``"in-domain"``, ``"zero-shot (trained on nyc-taxi)"``, ``"few-shot 5%"``), ``"wall_seconds"``.
+
+:func:`write_evaluation_outputs` writes one evaluation's folder: ``results.json``, ``report.md`` and the PNG
+figures of :mod:`st_instruct.evaluation.plots`.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from st_instruct.evaluation.metrics import METRICS
 
@@ -25,6 +33,25 @@ def _fmt(value: float | None, digits: int = 3) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
     return f"{value:.{digits}f}"
+
+
+def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=True)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
+
+    return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)])
+
+
+def _best_first(results: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Model names by averaged MAE, missing (NaN / ``None`` from JSON) last."""
+    def key(model: str) -> tuple[bool, float]:
+        mae = results[model].get("MAE")
+        missing = mae is None or math.isnan(mae)
+        return missing, 0.0 if missing else mae
+
+    return sorted(results, key=key)
 
 
 def format_results_table(results: dict[str, dict[str, Any]], horizons: list[int] | None = None) -> str:
@@ -40,18 +67,35 @@ def format_results_table(results: dict[str, dict[str, Any]], horizons: list[int]
         horizons = sorted({steps[0], steps[-1]}) if steps else []
     header = ["model", *METRICS, *(f"MAE@{h}" for h in horizons), "time (s)"]
     rows = []
-    order = sorted(results, key=lambda m: (math.isnan(results[m]["MAE"]), results[m]["MAE"]))
-    for model in order:
+    for model in _best_first(results):
         r = results[model]
         seconds = r.get("fit_seconds", 0.0) + r.get("predict_seconds", 0.0)
         rows.append([model, *(_fmt(r[m]) for m in METRICS),
                      *(_fmt(r["per_horizon"][str(h)]["MAE"]) for h in horizons), f"{seconds:.1f}"])
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=True)]
+    return _markdown_table(header, rows)
 
-    def line(cells: list[str]) -> str:
-        return "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
 
-    return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)])
+def horizon_steps_to_show(horizon: int, most: int = 12) -> list[int]:
+    """Every step ``1..horizon`` when there are at most ``most``, else ``most`` evenly spread steps from 1 to
+    ``horizon`` inclusive."""
+    if horizon <= most:
+        return list(range(1, horizon + 1))
+    return sorted({int(round(s)) for s in np.linspace(1, horizon, most)})
+
+
+def format_horizon_table(results: dict[str, dict[str, Any]], metric: str = "MAE",
+                         steps: list[int] | None = None) -> str:
+    """A markdown table of ``metric`` per horizon step: models (best averaged MAE first) x steps
+    (default :func:`horizon_steps_to_show`)."""
+    scored = {m: r for m, r in results.items() if r.get("per_horizon")}
+    if not scored:
+        return "(no results)"
+    if steps is None:
+        horizon = max(int(h) for r in scored.values() for h in r["per_horizon"])
+        steps = horizon_steps_to_show(horizon)
+    rows = [[model, *(_fmt(scored[model]["per_horizon"].get(str(h), {}).get(metric)) for h in steps)]
+            for model in _best_first(scored)]
+    return _markdown_table(["model", *(f"{metric}@{h}" for h in steps)], rows)
 
 
 def _json_safe(obj: Any) -> Any:
@@ -70,3 +114,100 @@ def write_results_json(report: dict[str, Any], path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(_json_safe(report), indent=2) + "\n")
     return path
+
+
+def _setup_lines(report: Mapping[str, Any]) -> list[str]:
+    lines = []
+    dataset = report.get("dataset")
+    if dataset is not None:
+        city = f" (city: {report['city']})" if report.get("city") else ""
+        lines.append(f"- **Dataset**: `{dataset}`{city}")
+    if report.get("protocol"):
+        lines.append(f"- **Protocol**: {report['protocol']}")
+    if "history" in report and "horizon" in report:
+        lines.append(f"- **History -> horizon**: {report['history']} -> {report['horizon']} steps")
+    if report.get("split"):
+        lines.append(f"- **Split** (train:validation:test, chronological): {report['split']}")
+    if report.get("windows"):
+        counts = ", ".join(f"{name} {count}" for name, count in report["windows"].items())
+        lines.append(f"- **Windows**: {counts}")
+    if report.get("channels"):
+        lines.append(f"- **Channels**: {', '.join(map(str, report['channels']))}")
+    if report.get("time_range"):
+        start, end = report["time_range"]
+        lines.append(f"- **Time range**: {start} to {end}")
+    if report.get("wall_seconds") is not None:
+        lines.append(f"- **Wall time**: {report['wall_seconds']:.1f} s")
+    return lines
+
+
+def write_markdown_report(report: dict[str, Any], path: str | Path, plots: Sequence[str | Path] | None = None,
+                          title: str | None = None) -> Path:
+    """Write ``report`` (the schema above) as a markdown page: the setup, the results table, the MAE per horizon
+    step, the skipped baselines with their reasons and ``plots`` embedded by links relative to ``path``.
+
+    Creates parent folders; returns ``path``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    results = report.get("results", {})
+    heading = title or f"Evaluation on {report.get('dataset', 'a dataset')}"
+    parts = [f"# {heading}", "", "## Setup", "", *_setup_lines(report), "",
+             "## Results on the test windows", "",
+             "Masked metrics in original units (nulls excluded), averaged over windows, horizon steps, nodes and "
+             "channels; MAPE and WAPE in %; best MAE first; time = fit + predict.", "",
+             format_results_table(results), "", "## MAE per horizon step", "", format_horizon_table(results), ""]
+    skipped = report.get("skipped") or {}
+    if skipped:
+        parts += ["## Skipped", "", *(f"- `{name}`: {reason}" for name, reason in skipped.items()), ""]
+    if plots:
+        parts += ["## Figures", ""]
+        for plot in plots:
+            link = Path(os.path.relpath(Path(plot).resolve(), path.parent.resolve())).as_posix()
+            caption = Path(plot).stem.replace("_", " ")
+            parts += [f"![{caption}]({link})", ""]
+    path.write_text("\n".join(parts))
+    return path
+
+
+def write_evaluation_outputs(report: dict[str, Any], out_dir: str | Path, target: np.ndarray | None = None,
+                             predictions: Mapping[str, np.ndarray] | None = None, mask: np.ndarray | None = None,
+                             node_names: Sequence[str] | None = None, times: np.ndarray | None = None,
+                             units: str = "") -> dict[str, Path]:
+    """Write one evaluation into ``out_dir``: ``results.json``, ``error_per_horizon.png``, ``forecasts.png``
+    (only when ``target`` and ``predictions`` are given) and ``report.md`` linking the figures.
+
+    Args:
+        report: the schema above.
+        target / mask: ``[B, P, N, C]`` test targets in original units and their observed mask
+            (``STWindows.batch("test")["y"]`` / ``["y_mask"]``).
+        predictions: ``{model: [B, P, N, C]}`` on the same windows, e.g. from
+            ``run_baselines(..., return_predictions=True)`` plus the model's own.
+        node_names / times / units: passed to :func:`st_instruct.evaluation.plots.plot_forecasts` (``times``
+            from :func:`st_instruct.evaluation.plots.window_times`); the forecasts show channel 0.
+    Returns:
+        ``{"results", "error_per_horizon", "forecasts" (when drawn), "report"}`` -> written paths.
+    """
+    from st_instruct.evaluation.plots import model_colors, plot_error_per_horizon, plot_forecasts
+
+    if (target is None) != (predictions is None):
+        raise ValueError("give both target and predictions to plot forecasts, or neither")
+    out_dir = Path(out_dir)
+    results = report.get("results", {})
+    order = _best_first(results)
+    names = [*order, *(m for m in (predictions or {}) if m not in results)]
+    colors = model_colors(names)
+    dataset = report.get("dataset", "")
+    paths = {"results": write_results_json(report, out_dir / "results.json")}
+    paths["error_per_horizon"] = plot_error_per_horizon(
+        out_dir / "error_per_horizon.png", results, title=f"{dataset}: MAE per horizon step (test windows)",
+        colors=colors)
+    if target is not None and predictions is not None:
+        channel = (report.get("channels") or ["channel 0"])[0]
+        shown = {m: predictions[m] for m in names if m in predictions}
+        paths["forecasts"] = plot_forecasts(
+            out_dir / "forecasts.png", target, shown, mask=mask, node_names=node_names, times=times, units=units,
+            title=f"{dataset}: {channel}, forecast vs truth (test windows)", colors=colors)
+    figures = [p for key, p in paths.items() if key != "results"]
+    paths["report"] = write_markdown_report(report, out_dir / "report.md", plots=figures)
+    return paths

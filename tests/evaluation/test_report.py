@@ -1,0 +1,156 @@
+"""Evaluation report: the markdown page, the output folder of one evaluation, and the baselines' predictions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from st_instruct.data.synthetic import generate_synthetic
+from st_instruct.data.windows import build_windows
+from st_instruct.evaluation.baselines import run_baselines
+from st_instruct.evaluation.metrics import METRICS, horizon_metrics
+from st_instruct.evaluation.plots import window_times
+from st_instruct.evaluation.protocols import make_report
+from st_instruct.evaluation.report import (
+    format_horizon_table,
+    format_results_table,
+    horizon_steps_to_show,
+    write_evaluation_outputs,
+    write_markdown_report,
+    write_results_json,
+)
+
+MODELS = ["historical_average", "last_value"]
+
+
+def metrics(base: float, horizon: int) -> dict:
+    steps = {str(h): {m: base + h for m in METRICS} for h in range(1, horizon + 1)}
+    return {**{m: base + 1.0 for m in METRICS}, "per_horizon": steps, "fit_seconds": 0.5, "predict_seconds": 0.1}
+
+
+def toy_report(horizon: int = 6) -> dict:
+    return {
+        "dataset": "nyc-bike", "city": "New York", "protocol": "zero-shot (trained on nyc-taxi)",
+        "history": 12, "horizon": horizon, "split": "7:1:2", "channels": ["inflow", "outflow"],
+        "time_range": ["2019-01-01 00:00:00", "2019-12-31 23:00:00"],
+        "windows": {"train": 6109, "validation": 853, "test": 1729},
+        "results": {"st_llm": metrics(10.0, horizon), "stid": metrics(20.0, horizon),
+                    "broken": {**metrics(0.0, horizon), "MAE": float("nan")}},
+        "skipped": {"seasonal_naive_week": "no week to look back on"},
+    }
+
+
+def assert_png(path: Path) -> None:
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(path) as image:
+        assert image.size[0] > 300 and image.size[1] > 200
+        assert np.asarray(image.convert("L"), dtype=np.float64).var() > 0
+
+
+def test_horizon_steps_to_show():
+    assert horizon_steps_to_show(6) == [1, 2, 3, 4, 5, 6]
+    assert horizon_steps_to_show(12) == list(range(1, 13))
+    steps = horizon_steps_to_show(48)
+    assert len(steps) == 12 and steps[0] == 1 and steps[-1] == 48 and steps == sorted(steps)
+
+
+def test_format_horizon_table_rows_and_order():
+    table = format_horizon_table(toy_report(horizon=24)["results"]).splitlines()
+    header = [cell.strip() for cell in table[0].strip("|").split("|")]
+    assert header == ["model", *(f"MAE@{h}" for h in horizon_steps_to_show(24))]
+    assert [line.split("|")[1].strip() for line in table[2:]] == ["st_llm", "stid", "broken"]
+    assert "| 11.000 " in table[2]  # st_llm at step 1: 10 + 1
+    assert format_horizon_table({}) == "(no results)"
+
+
+def test_markdown_report_contents(tmp_path):
+    report = toy_report()
+    figures = tmp_path / "out" / "figs"
+    figures.mkdir(parents=True)
+    plots = [figures / "error_per_horizon.png", figures / "forecasts.png"]
+    path = write_markdown_report(report, tmp_path / "out" / "report.md", plots=plots, title="Zero-shot on bikes")
+    text = path.read_text()
+    assert text.startswith("# Zero-shot on bikes\n")
+    for line in ["- **Dataset**: `nyc-bike` (city: New York)", "- **Protocol**: zero-shot (trained on nyc-taxi)",
+                 "- **History -> horizon**: 12 -> 6 steps", "7:1:2", "- **Windows**: train 6109, validation 853, "
+                 "test 1729", "- **Channels**: inflow, outflow", "2019-01-01 00:00:00 to 2019-12-31 23:00:00"]:
+        assert line in text
+    assert format_results_table(report["results"]) in text
+    assert format_horizon_table(report["results"]) in text
+    assert "| MAE@1 " in text and "| MAE@6 " in text
+    for model in ["st_llm", "stid", "broken"]:
+        assert f"| {model} " in text
+    assert "- `seasonal_naive_week`: no week to look back on" in text
+    assert "![error per horizon](figs/error_per_horizon.png)" in text
+    assert "![forecasts](figs/forecasts.png)" in text
+
+
+def test_markdown_report_from_json_with_nulls(tmp_path):
+    # NaN metrics become null in JSON; the report of a reloaded file must still render (missing last).
+    loaded = json.loads(write_results_json(toy_report(), tmp_path / "r.json").read_text())
+    assert loaded["results"]["broken"]["MAE"] is None
+    del loaded["protocol"], loaded["skipped"]
+    text = write_markdown_report(loaded, tmp_path / "r.md").read_text()
+    assert text.startswith("# Evaluation on nyc-bike")
+    assert "Protocol" not in text and "## Skipped" not in text and "## Figures" not in text
+    rows = [line.split("|")[1].strip() for line in text.splitlines() if line.startswith("| ")]
+    assert rows[1:4] == ["st_llm", "stid", "broken"]
+
+
+@pytest.fixture(scope="module")
+def small_run() -> dict:
+    data = generate_synthetic("small")
+    windows = build_windows(data, history=12, horizon=6)
+    results, predictions = run_baselines(windows, MODELS, progress=False, return_predictions=True)
+    return {"data": data, "windows": windows, "results": results, "predictions": predictions}
+
+
+def test_run_baselines_return_predictions(small_run):
+    windows, results, predictions = small_run["windows"], small_run["results"], small_run["predictions"]
+    target = windows.batch("test")
+    assert sorted(predictions) == sorted(MODELS)
+    for name, pred in predictions.items():
+        assert pred.shape == target["y"].shape
+        assert results[name]["MAE"] == pytest.approx(horizon_metrics(pred, target["y"], target["y_mask"])["MAE"])
+    default = run_baselines(windows, ["historical_average"], progress=False)
+    assert isinstance(default, dict) and default["historical_average"]["MAE"] == results["historical_average"]["MAE"]
+
+
+def test_make_report_moves_skipped(small_run):
+    report = make_report(small_run["windows"], {**small_run["results"], "x": {"skipped": "why"}})
+    assert set(report["results"]) == set(MODELS) and report["skipped"] == {"x": "why"}
+    assert (report["history"], report["horizon"], report["split"]) == (12, 6, "7:1:2")
+
+
+def test_write_evaluation_outputs_on_real_baseline_run(small_run, tmp_path):
+    data, windows = small_run["data"], small_run["windows"]
+    report = {**make_report(windows, small_run["results"]), "protocol": "in-domain"}
+    test = windows.batch("test")
+    paths = write_evaluation_outputs(report, tmp_path / "eval", test["y"], small_run["predictions"],
+                                     test["y_mask"], node_names=data.node_names, times=window_times(windows),
+                                     units=data.units[0])
+    assert set(paths) == {"results", "report", "error_per_horizon", "forecasts"}
+    assert [p.name for p in paths.values()] == ["results.json", "error_per_horizon.png", "forecasts.png",
+                                                 "report.md"]
+    assert all(p.parent == tmp_path / "eval" for p in paths.values())
+    saved = json.loads(paths["results"].read_text())
+    assert set(saved["results"]) == set(MODELS) and saved["protocol"] == "in-domain"
+    assert set(saved["results"]["last_value"]["per_horizon"]) == {str(h) for h in range(1, 7)}
+    assert_png(paths["error_per_horizon"])
+    assert_png(paths["forecasts"])
+    text = paths["report"].read_text()
+    assert "![error per horizon](error_per_horizon.png)" in text and "![forecasts](forecasts.png)" in text
+    assert "- **Protocol**: in-domain" in text and "12 -> 6 steps" in text
+    assert all(f"| {model} " in text for model in MODELS)
+
+
+def test_write_evaluation_outputs_without_arrays(tmp_path):
+    paths = write_evaluation_outputs(toy_report(), tmp_path)
+    assert set(paths) == {"results", "report", "error_per_horizon"}
+    assert "forecasts" not in paths["report"].read_text()
+    with pytest.raises(ValueError, match="both target and predictions"):
+        write_evaluation_outputs(toy_report(), tmp_path, target=np.zeros((1, 6, 1, 1)))
