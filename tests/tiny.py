@@ -99,3 +99,41 @@ def st_sample(sample_id: str = "s0", num_nodes: int = 1, history: int = 12, hori
         "window_start": seed,
         "steps_per_day": 24,
     }
+
+
+def build_tiny_backbone(arch: str = "llama", vocab_size: int = 800, hidden_size: int = 32, num_layers: int = 2,
+                        seed: int = 0):
+    """A randomly initialised causal LM of the ``llama``, ``qwen2`` or ``gpt2`` family, built from config."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    if arch == "gpt2":
+        return GPT2LMHeadModel(GPT2Config(vocab_size=vocab_size, n_embd=hidden_size, n_layer=num_layers, n_head=4,
+                                          n_positions=2048, bos_token_id=0, eos_token_id=0, resid_pdrop=0.0,
+                                          embd_pdrop=0.0, attn_pdrop=0.0))
+    common = dict(vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+                  num_hidden_layers=num_layers, num_attention_heads=4, num_key_value_heads=2,
+                  max_position_embeddings=2048)
+    if arch == "llama":
+        return LlamaForCausalLM(LlamaConfig(**common))
+    if arch == "qwen2":
+        return Qwen2ForCausalLM(Qwen2Config(**common))
+    raise ValueError(f"no tiny {arch!r} backbone; use llama, qwen2 or gpt2")
+
+
+def build_tiny_forecaster(tokenizer, arch: str = "llama", history: int = 12, horizon: int = 12, channels: int = 2,
+                          coord_dim: int = 8, seed: int = 0, **config):
+    """An ``STForecaster`` on a tiny backbone whose vocabulary covers ``tokenizer`` (which must hold the ST tokens)."""
+    import torch
+
+    from st_instruct.data.st_tokens import st_token_ids
+    from st_instruct.models.forecaster import STForecaster, STForecasterConfig
+
+    ids = st_token_ids(tokenizer)
+    backbone = build_tiny_backbone(arch, vocab_size=len(tokenizer), seed=seed)
+    settings = dict(encoder_dim=16, head_dim=32) | config
+    torch.manual_seed(seed + 1)
+    return STForecaster(backbone, STForecasterConfig(history=history, horizon=horizon, channels=channels,
+                                                     coord_dim=coord_dim, his_token_id=ids.his,
+                                                     pre_token_id=ids.pre, **settings))

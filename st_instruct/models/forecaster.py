@@ -1,0 +1,248 @@
+"""The LLM forecaster: a causal-LM backbone with an ST encoder, a projector and a regression head attached.
+
+UrbanGPT (Li et al., "UrbanGPT: Spatio-Temporal Large Language Models", KDD 2024) and ST-LLM (Liu et al.,
+"Spatial-Temporal Large Language Model for Traffic Prediction", MDM 2024) in one model:
+
+1. the ST encoder (:mod:`st_instruct.models.st_encoders`) turns each node's history into one vector, the projector
+   maps it to the backbone's width, and it replaces the word embedding of that node's ``<st_his>`` token;
+2. one forward pass of the backbone (teacher-forced: the answer, with its ``<st_pre>`` tokens, is part of the
+   input; no text is generated);
+3. the regression head (:mod:`st_instruct.models.regression_head`) reads the last hidden states at each node's
+   ``<st_his>`` and ``<st_pre>`` tokens and returns the forecast ``[B, P, N, C]`` in scaled units.
+
+The ST parts are named submodules (``st_encoder``, ``st_projector``, ``regression_head``) beside ``backbone``
+(DESIGN.md §4), saved on their own by :func:`save_st_modules`; the backbone (or its PEFT adapter) is saved by
+transformers / PEFT. The trainer's loss is ``λ_reg · masked_mae_loss + λ_lm · LM loss``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers.utils import ModelOutput
+
+from st_instruct.models.patching import hidden_size, input_embeddings, unwrap
+from st_instruct.models.regression_head import RegressionHead
+from st_instruct.models.st_encoders import ENCODERS, DilatedTCNEncoder, STProjector
+
+ST_MODULES_FILE = "st_modules.safetensors"
+ST_CONFIG_FILE = "st_forecaster_config.json"
+ST_MODULE_NAMES = ("st_encoder", "st_projector", "regression_head")
+
+
+@dataclass
+class STForecasterConfig:
+    """Shapes and sizes of the ST parts of an :class:`STForecaster` (saved as ``st_forecaster_config.json``).
+
+    ``history`` / ``horizon`` / ``channels`` / ``coord_dim`` are ``L`` / ``P`` / ``C`` / ``K`` of the data;
+    ``his_token_id`` / ``pre_token_id`` the ids of ``<st_his>`` / ``<st_pre>`` in the tokenizer
+    (``st_token_ids(tokenizer)``). ``encoder`` is ``"patch"`` (ST-LLM) or ``"tcn"`` (UrbanGPT); ``encoder_dim`` the
+    width of each of its four parts (output ``4 * encoder_dim``); ``steps_per_day`` the rows of the time-of-day
+    table (288 = 5-minute resolution; coarser data is mapped onto it). ``tcn_layers`` / ``tcn_kernel_size`` only
+    matter for ``"tcn"``; ``projector_layers`` is 1 (linear) or 2 (MLP); ``head_dim`` the width of ``W1`` / ``W2``.
+    """
+
+    history: int
+    horizon: int
+    channels: int
+    coord_dim: int
+    his_token_id: int
+    pre_token_id: int
+    encoder: str = "patch"
+    encoder_dim: int = 64
+    steps_per_day: int = 288
+    tcn_layers: int = 3
+    tcn_kernel_size: int = 2
+    projector_layers: int = 1
+    head_dim: int = 128
+
+    def __post_init__(self) -> None:
+        if self.encoder not in ENCODERS:
+            raise ValueError(f"encoder must be one of {sorted(ENCODERS)}, found {self.encoder!r}")
+        for key in ("history", "horizon", "channels", "encoder_dim", "steps_per_day", "head_dim"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be >= 1, found {getattr(self, key)}")
+
+    def save(self, directory: str | Path) -> None:
+        Path(directory, ST_CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, directory: str | Path) -> STForecasterConfig:
+        path = Path(directory, ST_CONFIG_FILE)
+        if not path.is_file():
+            raise FileNotFoundError(f"{directory} holds no {ST_CONFIG_FILE}; it is written by save_st_modules")
+        values = json.loads(path.read_text())
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"{path}: unknown keys {unknown}; it was written by another version of st_instruct")
+        return cls(**values)
+
+
+@dataclass
+class STForecasterOutput(ModelOutput):
+    """``loss`` LM loss (when labels are given), ``logits`` [B, S or logits_to_keep, V], ``predictions``
+    [B, P, N, C] scaled, ``hidden_states`` the backbone's per-layer states when asked for."""
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    predictions: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+
+
+class STForecaster(nn.Module):
+    """A causal-LM backbone (plain or PEFT-wrapped) plus ``st_encoder``, ``st_projector`` and ``regression_head``.
+
+    Node-count agnostic: ``N`` may differ between batches (and between the data it was trained and tested on).
+    """
+
+    def __init__(self, backbone: nn.Module, config: STForecasterConfig) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.st_config = config  # not `config`: HF trainers read model.config as a transformers config
+        kwargs: dict[str, Any] = {"dim": config.encoder_dim, "steps_per_day": config.steps_per_day}
+        if ENCODERS[config.encoder] is DilatedTCNEncoder:
+            kwargs.update(layers=config.tcn_layers, kernel_size=config.tcn_kernel_size)
+        width = hidden_size(unwrap(backbone).config)
+        device = input_embeddings(backbone).weight.device
+        self.st_encoder = ENCODERS[config.encoder](config.history, config.channels, config.coord_dim, **kwargs)
+        self.st_projector = STProjector(self.st_encoder.out_dim, width, config.projector_layers)
+        self.regression_head = RegressionHead(width, config.horizon, config.channels, config.head_dim)
+        for name in ST_MODULE_NAMES:
+            getattr(self, name).to(device)
+
+    def embed_inputs(self, input_ids: torch.Tensor, his_positions: torch.Tensor, node_mask: torch.Tensor,
+                     node_embeddings: torch.Tensor) -> torch.Tensor:
+        """Word embeddings of ``input_ids`` [B, S] with the row of each real node's ``<st_his>`` token (positions
+        [B, N], ``node_mask`` [B, N]) replaced by ``node_embeddings`` [B, N, H] -> [B, S, H].
+
+        An out-of-place ``index_put`` over the real nodes only: the embedding output stays untouched for autograd,
+        and padded nodes (whose position is 0, a real token) never write anything.
+        """
+        embeds = input_embeddings(self.backbone)(input_ids)
+        batch_index, node_index = node_mask.nonzero(as_tuple=True)
+        values = node_embeddings[batch_index, node_index].to(embeds.dtype)
+        return embeds.index_put((batch_index, his_positions[batch_index, node_index]), values)
+
+    def _check_positions(self, input_ids: torch.Tensor, his_positions: torch.Tensor, pre_positions: torch.Tensor,
+                         node_mask: torch.Tensor) -> None:
+        """Every real node's positions must hold ``<st_his>`` / ``<st_pre>``: otherwise the encoder would overwrite,
+        and the head read, arbitrary tokens without any error."""
+        batch_index, node_index = node_mask.nonzero(as_tuple=True)
+        for kind, positions, token_id in (("his", his_positions, self.st_config.his_token_id),
+                                          ("pre", pre_positions, self.st_config.pre_token_id)):
+            found = input_ids[batch_index, positions[batch_index, node_index]]
+            if not bool((found == token_id).all()):
+                raise ValueError(f"{kind}_positions point at tokens {sorted(set(found.tolist()) - {token_id})}, not "
+                                 f"at <st_{kind}> (id {token_id}); the data was tokenised with another tokenizer than "
+                                 "the one this model's config was built with")
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, his_positions: torch.Tensor,
+                pre_positions: torch.Tensor, node_mask: torch.Tensor, history: torch.Tensor,
+                history_mask: torch.Tensor, history_tod: torch.Tensor, history_dow: torch.Tensor,
+                coords: torch.Tensor, labels: torch.Tensor | None = None, steps_per_day: torch.Tensor | None = None,
+                output_hidden_states: bool = False, logits_to_keep: int = 0, **unused: Any) -> STForecasterOutput:
+        """One teacher-forced pass. Shapes as ``STDataCollator`` gives them: ``input_ids`` / ``attention_mask`` /
+        ``labels`` [B, S], positions and ``node_mask`` [B, N], ``history`` / ``history_mask`` [B, L, N, C],
+        ``history_tod`` / ``history_dow`` [B, L], ``coords`` [B, N, K], ``steps_per_day`` [B].
+
+        Other batch keys (``target``, ``scaler_*``, ...) are accepted and ignored, so ``model(**batch)`` works.
+        ``logits_to_keep=1`` (without ``labels``) skips the vocabulary projection for all but the last token:
+        the forecast needs no logits, and on a real vocabulary they dominate the cost of a pass.
+        """
+        if labels is not None and logits_to_keep:
+            raise ValueError("logits_to_keep drops the logits the LM loss needs; pass labels=None with it")
+        self._check_positions(input_ids, his_positions, pre_positions, node_mask)
+        nodes = self.st_encoder(history, history_mask, history_tod, history_dow, coords, node_mask, steps_per_day)
+        embeds = self.embed_inputs(input_ids, his_positions, node_mask, self.st_projector(nodes))
+        out = self.backbone(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels,
+                            output_hidden_states=True, use_cache=False, logits_to_keep=logits_to_keep)
+        # hidden_states[-1] is after the final norm: what the LM head reads
+        predictions = self.regression_head.from_hidden_states(out.hidden_states[-1], his_positions, pre_positions,
+                                                              node_mask)
+        return STForecasterOutput(loss=out.loss, logits=out.logits, predictions=predictions,
+                                  hidden_states=out.hidden_states if output_hidden_states else None)
+
+    def predict(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Forecasts [B, P, N, C] in original units (``scaled * scaler_std + scaler_mean``), one pass in eval mode
+        without gradients; zero on padded nodes. ``batch`` is an ``STDataCollator`` batch on any device."""
+        device = input_embeddings(self.backbone).weight.device
+        inputs = {key: value.to(device) if isinstance(value, torch.Tensor) else value
+                  for key, value in batch.items() if key != "labels"}
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                scaled = self(**inputs, logits_to_keep=1).predictions
+        finally:
+            self.train(was_training)
+        return inverse_scale(scaled, inputs["scaler_mean"], inputs["scaler_std"]) * inputs["node_mask"][
+            :, None, :, None]
+
+
+def inverse_scale(scaled: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """[B, P, N, C] scaled values and per-sample z-score statistics [B, C] -> original units."""
+    return scaled * std[:, None, None, :].to(scaled.dtype) + mean[:, None, None, :].to(scaled.dtype)
+
+
+def regression_mask(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """[B, P, N, C] bool: observed target entries of real nodes (``target_mask & node_mask``)."""
+    return batch["target_mask"].bool() & batch["node_mask"].bool()[:, None, :, None]
+
+
+def masked_mae_loss(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean absolute error over the entries where ``mask`` is True (all [B, P, N, C], scaled units); 0 with a
+    gradient when nothing is observed, so a batch of gaps cannot turn the loss into NaN."""
+    weight = mask.to(prediction.dtype)
+    return ((prediction - target.to(prediction.dtype)).abs() * weight).sum() / weight.sum().clamp(min=1)
+
+
+def st_state_dict(model: STForecaster) -> dict[str, torch.Tensor]:
+    """The weights of the ST modules, keyed ``<module name>.<parameter name>``, on the CPU."""
+    return {f"{name}.{key}": value.detach().cpu().contiguous()
+            for name in ST_MODULE_NAMES for key, value in getattr(model, name).state_dict().items()}
+
+
+def save_st_modules(model: STForecaster, directory: str | Path) -> None:
+    """Write ``st_modules.safetensors`` (encoder, projector, head) and ``st_forecaster_config.json``."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file(st_state_dict(model), str(directory / ST_MODULES_FILE), metadata={"format": "pt"})
+    model.st_config.save(directory)
+
+
+def load_st_modules(model: STForecaster, directory: str | Path) -> STForecaster:
+    """Load what :func:`save_st_modules` wrote into ``model`` (whose config must match); returns ``model``."""
+    directory = Path(directory)
+    missing = [name for name in (ST_CONFIG_FILE, ST_MODULES_FILE) if not (directory / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{directory} lacks {', '.join(missing)}: not a directory written by "
+                                "save_st_modules (or an incomplete copy of one)")
+    saved = dataclasses.asdict(STForecasterConfig.load(directory))
+    current = dataclasses.asdict(model.st_config)
+    differ = [f"{key}: saved {saved[key]!r}, model {current[key]!r}" for key in saved if saved[key] != current[key]]
+    if differ:
+        raise ValueError(f"the ST modules in {directory} were saved for another configuration ({'; '.join(differ)}); "
+                         "build the model with STForecasterConfig.load(directory) or use load_st_forecaster")
+    state = load_file(str(directory / ST_MODULES_FILE))
+    for name in ST_MODULE_NAMES:
+        module = getattr(model, name)
+        prefix = f"{name}."
+        part = {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
+        try:
+            module.load_state_dict(part, strict=True)
+        except RuntimeError as err:  # a backbone of another width, or a file from another version
+            raise ValueError(f"{directory / ST_MODULES_FILE} does not fit this model's {name}: {err}") from err
+    return model
+
+
+def load_st_forecaster(backbone: nn.Module, directory: str | Path) -> STForecaster:
+    """An :class:`STForecaster` on ``backbone`` with the config and ST weights saved in ``directory``."""
+    return load_st_modules(STForecaster(backbone, STForecasterConfig.load(directory)), directory)

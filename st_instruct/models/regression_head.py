@@ -1,0 +1,56 @@
+"""The regression head read from the prediction tokens, after UrbanGPT (Li et al., "UrbanGPT: Spatio-Temporal Large
+Language Models", KDD 2024).
+
+UrbanGPT does not decode numbers as text: it takes the LLM's last hidden states at a node's ``<ST_HIS>`` and
+``<ST_PRE>`` tokens and regresses the forecast,
+
+    Ŷ = W3 · [σ(W1 · H_his), σ(W2 · H_pre)],
+
+so prediction is one teacher-forced forward pass. σ is LeakyReLU, as in UrbanGPT's released code (a plain ReLU can
+leave units dead from the start, because the hidden states of a pretrained LLM are large and of either sign).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def gather_positions(hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Rows of ``hidden`` [B, S, H] at ``positions`` [B, N] (token indices) -> [B, N, H]."""
+    index = positions.long()[..., None].expand(-1, -1, hidden.shape[-1])
+    return hidden.gather(1, index)
+
+
+class RegressionHead(nn.Module):
+    """UrbanGPT's head: hidden states at ``<st_his>`` and ``<st_pre>`` -> ``[B, P, N, C]`` forecasts (scaled units).
+
+    Args:
+        hidden_size: the backbone's hidden size ``H``.
+        horizon: forecast steps ``P``.
+        channels: channels ``C`` per step.
+        dim: width of ``W1`` and ``W2``'s outputs.
+    """
+
+    def __init__(self, hidden_size: int, horizon: int, channels: int, dim: int = 128) -> None:
+        super().__init__()
+        self.horizon, self.channels = horizon, channels
+        self.his = nn.Linear(hidden_size, dim)  # W1
+        self.pre = nn.Linear(hidden_size, dim)  # W2
+        self.out = nn.Linear(2 * dim, horizon * channels)  # W3
+        self.act = nn.LeakyReLU()
+
+    def forward(self, his_hidden: torch.Tensor, pre_hidden: torch.Tensor) -> torch.Tensor:
+        """``his_hidden``, ``pre_hidden`` [B, N, H] (one row per node) -> [B, P, N, C]."""
+        features = torch.cat([self.act(self.his(his_hidden)), self.act(self.pre(pre_hidden))], dim=-1)
+        batch, nodes, _ = features.shape
+        return self.out(features).reshape(batch, nodes, self.horizon, self.channels).transpose(1, 2)
+
+    def from_hidden_states(self, hidden: torch.Tensor, his_positions: torch.Tensor, pre_positions: torch.Tensor,
+                           node_mask: torch.Tensor) -> torch.Tensor:
+        """Last-layer hidden states ``hidden`` [B, S, H], token positions [B, N] and ``node_mask`` [B, N] ->
+        [B, P, N, C], zero on padded nodes (whose positions are padding and point at an arbitrary token)."""
+        dtype = self.out.weight.dtype  # a bf16 backbone may feed an fp32 head
+        prediction = self(gather_positions(hidden, his_positions).to(dtype),
+                          gather_positions(hidden, pre_positions).to(dtype))
+        return prediction * node_mask[:, None, :, None].to(dtype)

@@ -1,0 +1,39 @@
+"""Shared fixtures of the model tests: one ST tokenizer and small built datasets (synthetic cities, real builder)."""
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def st_tok(tiny_tokenizer_dir):
+    """The test tokenizer with the ST tokens, shared by the session: tests must not change it."""
+    from transformers import AutoTokenizer
+
+    from st_instruct.data.st_tokens import add_st_tokens
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    add_st_tokens(tokenizer)
+    return tokenizer
+
+
+@pytest.fixture(scope="session")
+def built(st_tok, tmp_path_factory):
+    """Tokenised train splits built by the real builder: ``node`` (synthetic-small, N'=1), ``graph12``
+    (synthetic-small, N'=12) and ``graph48`` (synthetic, N'=48); a few windows each."""
+    from st_instruct.configs import DataConfig
+    from st_instruct.data.builder import build_dataset
+
+    cache = str(tmp_path_factory.mktemp("built"))
+    specs = {"node": ("synthetic-small", "node"), "graph12": ("synthetic-small", "graph"),
+             "graph48": ("synthetic", "graph")}
+    return {key: build_dataset(DataConfig(dataset_names=[name], granularity=granularity, window_sample=2,
+                                          template=f"forecast_{granularity}", dataset_cache_dir=cache),
+                               st_tok)["train"]
+            for key, (name, granularity) in specs.items()}
+
+
+@pytest.fixture(scope="session")
+def collate(st_tok):
+    """``collate(rows)`` -> an STDataCollator batch."""
+    from st_instruct.training.collator import STDataCollator
+
+    return STDataCollator(st_tok)
