@@ -86,10 +86,15 @@ def _convert_gguf_tokenizer(name: str, target: Path) -> None:
     path = gguf_path(name)
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     tokenizer.model_max_length = _gguf_context_length(path)
+    _save_pretrained_atomically(tokenizer, target)
+
+
+def _save_pretrained_atomically(obj, target: Path) -> None:
+    """``obj.save_pretrained`` into a folder beside ``target``, then rename it into place: processes converting at
+    the same time never see a half-written folder (the first rename wins, later ones discard their copy)."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    # write beside the target and rename, so processes converting at the same time never see a half-written folder
-    staging = Path(tempfile.mkdtemp(prefix=".tokenizer-", dir=target.parent))
-    tokenizer.save_pretrained(staging)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    obj.save_pretrained(staging)
     try:
         staging.rename(target)
     except OSError:  # another process finished first
@@ -104,7 +109,8 @@ def _gguf_context_length(path: Path) -> int:
     return int(fields[f"{architecture}.context_length"].contents())
 
 
-def get_backbone(name_or_path: str, num_layers: int | None = None, dtype: torch.dtype = torch.float32) -> Any:
+def get_backbone(name_or_path: str, num_layers: int | None = None, dtype: torch.dtype = torch.float32, *,
+                 load_in_4bit: bool = False) -> Any:
     """A pretrained causal LM (``PreTrainedModel``) by registered name (``BACKBONES``), local folder or hub id.
 
     Args:
@@ -112,7 +118,11 @@ def get_backbone(name_or_path: str, num_layers: int | None = None, dtype: torch.
             transformers checkpoint, or a hub id (only from the local hub cache when ``HF_HUB_OFFLINE`` is set).
         num_layers: keep only the first ``num_layers`` decoder layers (ST-LLM / GPT4TS truncate the backbone);
             ``None`` keeps them all.
-        dtype: parameter dtype.
+        dtype: parameter dtype (with ``load_in_4bit``: of the parameters left unquantised, and the compute dtype).
+        load_in_4bit: quantise every linear layer but the LM head to 4-bit NF4 with bitsandbytes while loading, for
+            QLoRA (Dettmers et al., NeurIPS 2023; the ``qlora`` freeze plan). bitsandbytes 0.50 does this on the CPU
+            too, with its pure-torch kernels: it saves memory, not time (a LoRA step on SmolLM2's first 6 layers was
+            about 4x slower than in fp32).
 
     Raises:
         ValueError: the name is neither registered, nor a folder, nor loadable; the message lists the names.
@@ -125,8 +135,14 @@ def get_backbone(name_or_path: str, num_layers: int | None = None, dtype: torch.
             _convert_gguf_model(name_or_path, Path(source))
     else:
         source = name_or_path
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    if load_in_4bit:
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                                           bnb_4bit_compute_dtype=dtype)
     try:
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except OSError as err:  # not a folder, no such hub id, or offline without it in the hub cache
         raise ValueError(
             f"unknown backbone {name_or_path!r}: not a registered name ({', '.join(sorted(BACKBONES))}), not a folder "
@@ -149,10 +165,4 @@ def _convert_gguf_model(name: str, target: Path) -> None:
         del config.quantization_config
     plain = type(loaded)(config)
     plain.load_state_dict(loaded.state_dict())
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".model-", dir=target.parent))
-    plain.save_pretrained(staging)
-    try:
-        staging.rename(target)
-    except OSError:  # another process finished first
-        shutil.rmtree(staging, ignore_errors=True)
+    _save_pretrained_atomically(plain, target)

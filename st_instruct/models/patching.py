@@ -30,6 +30,8 @@ DECODER_LAYERS: dict[str, str] = {
 # attribute names of the self-attention and feed-forward blocks inside one decoder layer
 ATTENTION_NAMES = {"gpt2": "attn", "gpt_neo": "attn"}  # default "self_attn"
 FEED_FORWARD_NAME = "mlp"  # every family above
+# class-name endings of normalisation modules: each family defines its own RMSNorm class (LlamaRMSNorm, ...)
+NORM_CLASS_SUFFIXES = ("LayerNorm", "RMSNorm")
 
 
 class UnsupportedArchitectureError(ValueError):
@@ -119,3 +121,65 @@ def truncate_layers(model: nn.Module, num_layers: int) -> nn.Module:
         config.layer_types = list(config.layer_types)[:num_layers]
     assert len(decoder_layers(model)) == num_layers == config.num_hidden_layers
     return model
+
+
+def layer_norms(model: nn.Module) -> list[nn.Module]:
+    """Every normalisation module of the backbone, final norm included: ``nn.LayerNorm`` / ``nn.RMSNorm`` and the
+    families' own classes (``LlamaRMSNorm``, ``Qwen2RMSNorm``, Qwen3's ``q_norm`` / ``k_norm``, GPT-2's ``ln_*``).
+
+    Matched by class so a family that names its norms differently still counts; raises if none is found.
+    """
+    norms = [module for module in unwrap(model).modules()
+             if isinstance(module, (nn.LayerNorm, nn.RMSNorm)) or type(module).__name__.endswith(NORM_CLASS_SUFFIXES)]
+    if not norms:
+        raise UnsupportedArchitectureError(f"found no LayerNorm / RMSNorm module in {type(unwrap(model)).__name__}; "
+                                           f"add its norm class suffix to {__name__}.NORM_CLASS_SUFFIXES")
+    return norms
+
+
+def _is_projection(module: nn.Module) -> bool:
+    # bitsandbytes' Linear4bit subclasses nn.Linear; GPT-2 uses transformers' Conv1D (a transposed Linear); a PEFT
+    # LoRA layer holds the original projection as its `base_layer`
+    module = getattr(module, "base_layer", module)
+    return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
+
+
+def _projections_below(module: nn.Module, prefix: str) -> list[str]:
+    """Paths of the outermost linear projections below ``module`` (never their insides)."""
+    found = []
+    for name, child in module.named_children():
+        path = f"{prefix}.{name}"
+        found.extend([path] if _is_projection(child) else _projections_below(child, path))
+    return found
+
+
+def _projection_names(model: nn.Module, kind: str) -> list[str]:
+    """Paths, relative to a decoder layer, of the linear projections inside the ``kind`` block (``"attention"`` or
+    ``"feed-forward"``) of every decoder layer, in order of first appearance; the same with or without LoRA."""
+    names: list[str] = []
+    for layer in decoder_layers(model):
+        block = attention_module(model, layer) if kind == "attention" else feed_forward_module(layer)
+        block_path = next(path for path, module in layer.named_modules() if module is block)
+        names.extend(name for name in _projections_below(block, block_path) if name not in names)
+    if not names:
+        raise UnsupportedArchitectureError(f"found no linear projection in the {kind} blocks of "
+                                           f"{type(unwrap(model)).__name__}")
+    return names
+
+
+def attention_projection_names(model: nn.Module) -> list[str]:
+    """The linear projections of the self-attention blocks as paths below a decoder layer, usable as PEFT
+    ``target_modules`` (which match by suffix): ``self_attn.{q,k,v,o}_proj`` for Llama / Qwen2, ``attn.c_attn`` and
+    ``attn.c_proj`` for GPT-2 (whose MLP also has a ``c_proj``: the block prefix keeps it out)."""
+    return _projection_names(model, "attention")
+
+
+def feed_forward_projection_names(model: nn.Module) -> list[str]:
+    """The linear projections of the feed-forward blocks as paths below a decoder layer (``mlp.gate_proj``,
+    ``mlp.up_proj``, ``mlp.down_proj`` for Llama / Qwen2; ``mlp.c_fc``, ``mlp.c_proj`` for GPT-2)."""
+    return _projection_names(model, "feed-forward")
+
+
+def is_loaded_in_4bit(model: nn.Module) -> bool:
+    """Whether the (unwrapped) model was loaded with a bitsandbytes 4-bit ``quantization_config``."""
+    return bool(getattr(unwrap(model), "is_loaded_in_4bit", False))

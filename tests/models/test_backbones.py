@@ -10,10 +10,14 @@ from st_instruct.models.backbones import BACKBONES, get_backbone, get_tokenizer,
 from st_instruct.models.patching import (
     UnsupportedArchitectureError,
     attention_module,
+    attention_projection_names,
     decoder_layers,
     feed_forward_module,
+    feed_forward_projection_names,
     hidden_size,
     input_embeddings,
+    is_loaded_in_4bit,
+    layer_norms,
     truncate_layers,
 )
 
@@ -96,6 +100,28 @@ def test_module_paths_see_through_peft():
     layers = decoder_layers(model)
     wrapped = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"]))
     assert decoder_layers(wrapped) is layers and input_embeddings(wrapped) is model.get_input_embeddings()
+
+
+@pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")  # raised inside peft
+@pytest.mark.filterwarnings("ignore:fan_in_fan_out is set to False:UserWarning")
+@pytest.mark.parametrize(("arch", "attention", "feed_forward", "norms"), [
+    ("llama", ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"],
+     ["mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"], ["input_layernorm", "post_attention_layernorm", "norm"]),
+    ("gpt2", ["attn.c_attn", "attn.c_proj"], ["mlp.c_fc", "mlp.c_proj"], ["ln_1", "ln_2", "ln_f"]),
+])
+def test_norm_and_projection_paths(arch, attention, feed_forward, norms):
+    """The helpers behind the freeze plans: every norm (final one included), the projections of each block as
+    PEFT target paths below a layer (the same once LoRA wraps them)."""
+    from peft import LoraConfig, get_peft_model
+
+    model = build_tiny_backbone(arch, num_layers=3)
+    assert attention_projection_names(model) == attention and feed_forward_projection_names(model) == feed_forward
+    found = {name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+             if any(module is norm for norm in layer_norms(model))}
+    assert found == set(norms) and len(layer_norms(model)) == 2 * 3 + 1
+    wrapped = get_peft_model(model, LoraConfig(r=2, target_modules=attention + feed_forward))
+    assert attention_projection_names(wrapped) == attention and feed_forward_projection_names(wrapped) == feed_forward
+    assert not is_loaded_in_4bit(wrapped)
 
 
 def test_unsupported_architecture_is_named():

@@ -1,0 +1,270 @@
+"""Freeze plans: which parameters of an :class:`~st_instruct.models.forecaster.STForecaster` train.
+
+Every plan trains the ST modules (``st_encoder``, ``st_projector``, ``regression_head``), which are siblings of the
+backbone and never wrapped by PEFT, and decides what of the backbone trains:
+
+``frozen``
+    nothing: UrbanGPT (Li et al., "UrbanGPT: Spatio-Temporal Large Language Models", KDD 2024) keeps the LLM
+    frozen and trains the ST dependency encoder, the projector and the regression head.
+``lora``
+    low-rank adapters on the attention projections of every decoder layer, the base weights frozen: LoRA (Hu et al.,
+    "LoRA: Low-Rank Adaptation of Large Language Models", ICLR 2022) through ``peft``; ``model.backbone`` becomes a
+    ``PeftModel``.
+``pfa``
+    partially frozen attention: ST-LLM (Liu et al., "Spatial-Temporal Large Language Model for Traffic
+    Prediction", MDM 2024) trains every LayerNorm / RMSNorm (final norm included) and the whole attention block of
+    the last ``U`` decoder layers; feed-forward blocks, embeddings, earlier attention and the LM head stay frozen.
+    (ST-LLM's code only sets flags inside the blocks, which leaves GPT-2's position embeddings and final norm
+    trainable by default; the final norm is trained here, the position embeddings are not, as the paper describes.)
+``full``
+    every parameter.
+``qlora``
+    LoRA on a backbone whose linear layers were quantised to 4-bit NF4 while loading: QLoRA (Dettmers et al.,
+    "QLoRA: Efficient Finetuning of Quantized LLMs", NeurIPS 2023), through bitsandbytes
+    (``get_backbone(..., load_in_4bit=True)``) and ``peft.prepare_model_for_kbit_training``. Works on the CPU.
+
+:func:`apply_freeze_plan` sets ``requires_grad`` in place and returns a :class:`FreezeReport`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from st_instruct.models.forecaster import ST_MODULE_NAMES, STForecaster
+from st_instruct.models.patching import (
+    attention_module,
+    attention_projection_names,
+    decoder_layers,
+    feed_forward_projection_names,
+    input_embeddings,
+    is_loaded_in_4bit,
+    layer_norms,
+    unwrap,
+)
+
+FREEZE_PLANS = ("frozen", "lora", "pfa", "full", "qlora")
+# recipe-friendly names in lora_target_modules, expanded per architecture (st_instruct.models.patching)
+LORA_TARGET_ALIASES = {"attention": attention_projection_names, "mlp": feed_forward_projection_names}
+ADAPTER_GROUP = "adapter"  # PEFT adapter weights: saved by the PeftModel's save_pretrained
+BACKBONE_GROUP = "backbone"  # trained base weights of the backbone: saved with the backbone itself
+
+
+@dataclass(frozen=True)
+class FreezeReport:
+    """What a freeze plan left trainable.
+
+    ``groups`` maps ``st_encoder`` / ``st_projector`` / ``regression_head`` / ``adapter`` (PEFT adapter weights) /
+    ``backbone`` (trained base weights) to the names (as in ``model.named_parameters()``) of its trainable
+    parameters; empty groups are left out. Counts are numbers of weights; a 4-bit weight counts as one, not half
+    a byte.
+    """
+
+    plan: str
+    groups: dict[str, list[str]]
+    group_counts: dict[str, int]
+    trainable: int
+    total: int
+
+    @property
+    def trainable_names(self) -> list[str]:
+        return [name for names in self.groups.values() for name in names]
+
+    def summary(self) -> str:
+        """One line for the log, e.g. ``freeze plan 'pfa': 14,632 of 81,448 parameters trainable (17.96%) --
+        st_encoder 5,648, st_projector 2,080, regression_head 3,672, backbone 3,232``."""
+        share = 100 * self.trainable / max(self.total, 1)
+        parts = ", ".join(f"{group} {count:,}" for group, count in self.group_counts.items())
+        return (f"freeze plan {self.plan!r}: {self.trainable:,} of {self.total:,} parameters trainable "
+                f"({share:.2f}%) -- {parts}")
+
+
+def apply_freeze_plan(model: STForecaster, plan: str, *, lora_r: int = 8, lora_alpha: int = 16,
+                      lora_dropout: float = 0.05, lora_target_modules: Sequence[str] | None = None,
+                      pfa_last_layers: int = 2, train_st_token_embeddings: bool = False) -> FreezeReport:
+    """Set which parameters of ``model`` train, in place, following ``plan`` (one of :data:`FREEZE_PLANS`).
+
+    For ``lora`` / ``qlora`` (and ``train_st_token_embeddings``) ``model.backbone`` is replaced by a ``PeftModel``
+    around it. Applying a plan again is idempotent: a backbone that already carries the adapter the call asks for
+    (this function's own, or one loaded with ``PeftModel.from_pretrained``) is kept and only the flags are set;
+    one that carries another adapter is refused.
+
+    Args:
+        model: the forecaster; its ST modules always train.
+        plan: ``frozen``, ``lora``, ``pfa``, ``full`` or ``qlora`` (see the module docstring).
+        lora_r, lora_alpha, lora_dropout: rank, scaling numerator and dropout of the LoRA adapters.
+        lora_target_modules: PEFT ``target_modules`` (names matched as suffixes of module paths); the aliases
+            ``attention`` and ``mlp`` stand for the attention / feed-forward projections of the backbone's family.
+            ``None``: the attention projections (``q_proj``/``k_proj``/``v_proj``/``o_proj``; GPT-2 ``attn.c_attn``,
+            ``attn.c_proj``).
+        pfa_last_layers: ``U`` of PFA, the number of last decoder layers whose attention trains (0: norms only).
+        train_st_token_embeddings: also train the input embedding row of ``<st_pre>``, the token whose hidden
+            states the regression head reads, as UrbanGPT lets its ST token embeddings learn. (``<st_his>`` rows are
+            replaced by the projector's output, so they have nothing to learn; UrbanGPT also trains its start / end
+            tokens, whose ids ``STForecasterConfig`` does not hold.) Done by a PEFT trainable-tokens delta on that
+            one row, so the backbone becomes a ``PeftModel`` under every plan; ``full`` trains all rows anyway and
+            refuses it.
+
+    Returns:
+        a :class:`FreezeReport`.
+
+    Raises:
+        ValueError: an unknown plan, ``pfa_last_layers`` outside ``0..layers``, ``qlora`` on a backbone not loaded
+            in 4-bit (``lora`` / ``pfa`` / ``full`` on one that is), a backbone already carrying another adapter.
+    """
+    if plan not in FREEZE_PLANS:
+        raise ValueError(f"unknown freeze plan {plan!r}; choose one of {', '.join(FREEZE_PLANS)}")
+    backbone = model.backbone
+    quantised = is_loaded_in_4bit(backbone)
+    if plan == "qlora" and not quantised:
+        raise ValueError("plan 'qlora' needs a backbone loaded in 4-bit: set model_load_in_4bit: true in the recipe "
+                         "(get_backbone(..., load_in_4bit=True)), or use plan 'lora' on a full-precision backbone")
+    if quantised and plan not in ("qlora", "frozen"):
+        raise ValueError(f"the backbone is loaded in 4-bit, whose weights cannot train: plan {plan!r} does not fit "
+                         "it; use plan 'qlora' (LoRA on the 4-bit base) or 'frozen', or load the backbone in full "
+                         "precision")
+    if plan == "full" and train_st_token_embeddings:
+        raise ValueError("plan 'full' trains every embedding row already; drop train_st_token_embeddings")
+    if plan == "pfa" and not 0 <= pfa_last_layers <= len(decoder_layers(backbone)):
+        raise ValueError(f"pfa_last_layers must be between 0 and the backbone's {len(decoder_layers(backbone))} "
+                         f"decoder layers, found {pfa_last_layers}")
+
+    wanted = _peft_config(model, plan, lora_r, lora_alpha, lora_dropout, lora_target_modules,
+                          train_st_token_embeddings)
+    if _is_peft_model(backbone):
+        _check_same_adapter(backbone, wanted, plan)
+    elif wanted is not None:
+        from peft import get_peft_model, prepare_model_for_kbit_training
+
+        if plan == "qlora":
+            # freezes the base, upcasts fp16/bf16 leftovers to fp32; gradient checkpointing is the trainer's switch
+            backbone = prepare_model_for_kbit_training(backbone, use_gradient_checkpointing=False)
+        model.backbone = backbone = get_peft_model(backbone, wanted)
+
+    adapter = _adapter_parameters(backbone)
+    base_trainable = _base_trainable(backbone, plan, pfa_last_layers)
+    for parameter in backbone.parameters():
+        parameter.requires_grad_(id(parameter) in adapter or id(parameter) in base_trainable)
+    for name in ST_MODULE_NAMES:
+        getattr(model, name).requires_grad_(True)
+    return _report(model, plan, adapter)
+
+
+def _peft_config(model: STForecaster, plan: str, r: int, alpha: int, dropout: float,
+                 targets: Sequence[str] | None, train_tokens: bool) -> Any:
+    """The PEFT config the plan asks for (LoRA, trainable tokens, or ``None``)."""
+    tokens = [model.st_config.pre_token_id] if train_tokens else None
+    rows = input_embeddings(model.backbone).weight.shape[0]
+    if tokens is not None and tokens[0] >= rows:
+        raise ValueError(f"<st_pre> has id {tokens[0]}, outside the backbone's {rows} embedding rows; add the ST "
+                         "tokens to the model with add_st_tokens(tokenizer, backbone)")
+    if plan in ("lora", "qlora"):
+        from peft import LoraConfig
+
+        return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, task_type="CAUSAL_LM",
+                          target_modules=_lora_targets(model.backbone, targets),
+                          trainable_token_indices=tokens)
+    if tokens is not None:
+        from peft import TrainableTokensConfig
+
+        embedding = next(name for name, module in unwrap(model.backbone).named_modules()
+                         if module is input_embeddings(model.backbone))
+        return TrainableTokensConfig(target_modules=[embedding.rsplit(".", 1)[-1]], token_indices=tokens)
+    return None
+
+
+def _lora_targets(backbone: nn.Module, targets: Sequence[str] | None) -> list[str]:
+    names: list[str] = []
+    for target in targets if targets is not None else ["attention"]:
+        expanded = LORA_TARGET_ALIASES[target](backbone) if target in LORA_TARGET_ALIASES else [target]
+        names.extend(name for name in expanded if name not in names)
+    if not names:
+        raise ValueError("lora_target_modules is empty; leave it unset for the attention projections")
+    return names
+
+
+def _is_peft_model(module: nn.Module) -> bool:
+    from peft import PeftModel
+
+    return isinstance(module, PeftModel)
+
+
+# the settings that define an adapter; PEFT fills in others (e.g. fan_in_fan_out for GPT-2's Conv1D) by itself
+_ADAPTER_FIELDS = ("peft_type", "r", "lora_alpha", "lora_dropout", "target_modules", "trainable_token_indices",
+                   "token_indices")
+
+
+def _check_same_adapter(backbone: nn.Module, wanted: Any, plan: str) -> None:
+    """Refuse a PEFT-wrapped backbone whose active adapter is not the one ``plan`` would create."""
+    existing = backbone.peft_config[backbone.active_adapter]
+    if wanted is None:
+        raise ValueError(f"the backbone already carries a PEFT {existing.peft_type.value} adapter, which plan "
+                         f"{plan!r} does not use; build the model again from the plain backbone (or "
+                         "merge_and_unload() it first)")
+    differ = [f"{key}: has {getattr(existing, key, None)!r}, asked {getattr(wanted, key, None)!r}"
+              for key in _ADAPTER_FIELDS if _normalised(getattr(existing, key, None))
+              != _normalised(getattr(wanted, key, None))]
+    if differ:
+        raise ValueError(f"the backbone already carries a PEFT adapter that differs from what plan {plan!r} asks for "
+                         f"({'; '.join(differ)}); build the model again from the plain backbone to change it")
+
+
+def _normalised(value: Any) -> Any:
+    if isinstance(value, (list, tuple, set)):
+        return sorted(value)
+    return value
+
+
+def _adapter_parameters(backbone: nn.Module) -> set[int]:
+    """``id`` of every PEFT adapter parameter (LoRA A/B, trainable-token deltas) in ``backbone``."""
+    if not _is_peft_model(backbone):
+        return set()
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    ids = set()
+    for module in backbone.modules():
+        if isinstance(module, BaseTunerLayer):
+            for attribute in module.adapter_layer_names:
+                ids.update(id(parameter) for parameter in getattr(module, attribute).parameters())
+    return ids
+
+
+def _base_trainable(backbone: nn.Module, plan: str, last_layers: int) -> set[int]:
+    """``id`` of every base (non-adapter) backbone parameter that ``plan`` trains."""
+    if plan == "full":
+        return {id(parameter) for parameter in backbone.parameters()}
+    if plan != "pfa":
+        return set()
+    modules = list(layer_norms(backbone))
+    layers = decoder_layers(backbone)
+    modules += [attention_module(backbone, layer) for layer in list(layers)[len(layers) - last_layers:]]
+    return {id(parameter) for module in modules for parameter in module.parameters()}
+
+
+def _count(parameter: nn.Parameter) -> int:
+    # bitsandbytes packs two 4-bit weights per byte of its storage dtype
+    if type(parameter).__name__ == "Params4bit":
+        return parameter.numel() * 2 * parameter.element_size()
+    return parameter.numel()
+
+
+def _report(model: STForecaster, plan: str, adapter: set[int]) -> FreezeReport:
+    groups: dict[str, list[str]] = {}
+    counts: dict[str, int] = {}
+    trainable = total = 0
+    for name, parameter in model.named_parameters():
+        total += _count(parameter)
+        if not parameter.requires_grad:
+            continue
+        top = name.split(".", 1)[0]
+        group = top if top in ST_MODULE_NAMES else ADAPTER_GROUP if id(parameter) in adapter else BACKBONE_GROUP
+        groups.setdefault(group, []).append(name)
+        counts[group] = counts.get(group, 0) + _count(parameter)
+        trainable += _count(parameter)
+    order = [*ST_MODULE_NAMES, ADAPTER_GROUP, BACKBONE_GROUP]
+    return FreezeReport(plan=plan, groups={group: groups[group] for group in order if group in groups},
+                        group_counts={group: counts[group] for group in order if group in counts},
+                        trainable=trainable, total=total)
