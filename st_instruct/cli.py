@@ -1,6 +1,7 @@
 """``st-instruct <verb>``: the command-line face of the package.
 
-Verbs: ``demo`` (the README's main job), ``data list | inspect | download``, ``baselines``, ``build-data``.
+Verbs: ``demo`` (the README's main job), ``data list | inspect | download``, ``baselines``, ``build-data``,
+``train``.
 Errors caused by the user's input (unknown dataset, bad file, bad split) are printed as one clear line with
 exit code 2 instead of a traceback.
 """
@@ -94,12 +95,13 @@ def _show_sample(sample: dict, tokenizer) -> str:
 
 
 def _cmd_build_data(args: argparse.Namespace) -> None:
-    from st_instruct.configs import DataConfig, ModelConfig, parse_recipe
+    from st_instruct.configs import parse_recipe, train_dataclasses
     from st_instruct.data.builder import build_dataset
     from st_instruct.data.st_tokens import add_st_tokens
     from st_instruct.models.backbones import get_tokenizer
 
-    data_config, model_config = parse_recipe((DataConfig, ModelConfig), [args.recipe, *args.overrides])
+    # a training recipe builds its own dataset: parse its training arguments too, and ignore them
+    data_config, model_config, _ = parse_recipe(train_dataclasses(), [args.recipe, *args.overrides])
     tokenizer = None
     if model_config.model_name_or_path:
         tokenizer = get_tokenizer(model_config.model_name_or_path)
@@ -122,6 +124,13 @@ def _cmd_build_data(args: argparse.Namespace) -> None:
         sample = next(iter(dataset[split]))
         print(f"\n===== {split}: {sample['sample_id']} =====")
         print(_show_sample(sample, tokenizer))
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    from st_instruct.configs import parse_recipe, train_dataclasses
+    from st_instruct.training.run import train
+
+    train(*parse_recipe(train_dataclasses(), [args.recipe, *args.overrides]))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -150,6 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("recipe", help="recipe YAML (see recipes/)")
     build.add_argument("--output", default=None, help="save_to_disk folder (default outputs/data/<recipe name>)")
     build.set_defaults(func=_cmd_build_data)
+    train = verbs.add_parser("train", help="train the LLM forecaster of a recipe (one process)",
+                             description="Any recipe key can be overridden as a flag, e.g. --max_steps 10. For "
+                             "several processes: accelerate launch scripts/sft.py RECIPE.yaml")
+    train.add_argument("recipe", help="training recipe YAML (see recipes/*_sft.yaml)")
+    train.set_defaults(func=_cmd_train)
 
     for name, func, helptext in [("baselines", _cmd_baselines, "run every baseline on one dataset"),
                                  ("demo", _cmd_demo, "the main job on the embedded synthetic city")]:
@@ -168,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args, overrides = build_parser().parse_known_args(argv)
-    if overrides and args.verb != "build-data":
+    if overrides and args.verb not in ("build-data", "train"):
         build_parser().error(f"unrecognized arguments: {' '.join(overrides)}")
     args.overrides = overrides
     try:

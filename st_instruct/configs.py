@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import sys
 from dataclasses import dataclass, field, fields
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,10 @@ import yaml
 
 GRANULARITIES = ("node", "graph")
 COORDINATE_KINDS = ("laplacian", "geo", "grid", "none")
+# mirrored from st_instruct.training.freeze.FREEZE_PLANS and st_instruct.models.st_encoders.ENCODERS (a test checks
+# they agree) so reading a recipe imports neither torch-heavy module
+FREEZE_PLAN_NAMES = ("frozen", "lora", "pfa", "full", "qlora")
+ST_ENCODER_NAMES = ("patch", "tcn")
 
 
 class RecipeError(ValueError):
@@ -77,15 +82,67 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """The backbone (its tokenizer is what the dataset is tokenised with; later issues add the model options)."""
+    """The forecaster: backbone, which of its parameters train (freeze plan), the ST modules and the loss weights.
+
+    The backbone's tokenizer is also what the dataset is tokenised with. The loss is
+    ``loss_reg_weight * masked MAE + loss_lm_weight * LM cross-entropy on the answer`` (UrbanGPT).
+    """
 
     model_name_or_path: str | None = field(default="smollm2-135m", metadata={
         "help": "backbone: a registered name (smollm2-135m), a local folder or a hub id; none = no tokenisation"})
     model_max_length: int | None = field(default=None, metadata={
         "help": "context length; default the tokenizer's model_max_length"})
+    model_num_layers: int | None = field(default=None, metadata={
+        "help": "keep only the first K decoder layers (ST-LLM / GPT4TS); default all"})
+    model_load_in_4bit: bool = field(default=False, metadata={
+        "help": "load the backbone in 4 bits with bitsandbytes (with freeze_plan: qlora)"})
+    freeze_plan: str = field(default="lora", metadata={
+        "help": "which backbone parameters train: frozen (UrbanGPT) | lora | pfa (ST-LLM) | full | qlora; the ST "
+                "encoder, projector and head always train"})
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank"})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling numerator (scale = alpha / r)"})
+    lora_dropout: float = field(default=0.05, metadata={"help": "dropout on the LoRA branch"})
+    lora_target_modules: list[str] | None = field(default=None, metadata={
+        "help": "module names LoRA adapts (default: the attention and feed-forward projections)"})
+    pfa_last_layers: int = field(default=2, metadata={
+        "help": "PFA: attention trains in the last U layers (LayerNorms train everywhere)"})
+    st_encoder: str = field(default="patch", metadata={
+        "help": "ST encoder: patch (ST-LLM linear patch embedding) | tcn (UrbanGPT gated dilated convolutions)"})
+    st_encoder_dim: int = field(default=64, metadata={
+        "help": "width of each of the encoder's four parts (its output is 4x this)"})
+    st_projector_layers: int = field(default=1, metadata={
+        "help": "ST -> text projector: 1 = linear (UrbanGPT), 2 = MLP"})
+    head_dim: int = field(default=128, metadata={"help": "width of the regression head's W1 / W2"})
+    loss_reg_weight: float = field(default=1.0, metadata={"help": "lambda_reg: weight of the masked MAE"})
+    loss_lm_weight: float = field(default=0.1, metadata={
+        "help": "lambda_lm: weight of the LM loss on the answer text (0 skips the LM head)"})
+
+    def __post_init__(self) -> None:
+        if self.freeze_plan not in FREEZE_PLAN_NAMES:
+            raise RecipeError(f"freeze_plan must be one of {FREEZE_PLAN_NAMES}, found {self.freeze_plan!r}")
+        if self.st_encoder not in ST_ENCODER_NAMES:
+            raise RecipeError(f"st_encoder must be one of {ST_ENCODER_NAMES}, found {self.st_encoder!r}")
+        if self.model_num_layers is not None and self.model_num_layers < 1:
+            raise RecipeError(f"model_num_layers must be >= 1 (or null for all), found {self.model_num_layers}")
+        if self.loss_reg_weight < 0 or self.loss_lm_weight < 0 or self.loss_reg_weight + self.loss_lm_weight == 0:
+            raise RecipeError(f"loss weights must be >= 0 and not both 0, found loss_reg_weight "
+                              f"{self.loss_reg_weight}, loss_lm_weight {self.loss_lm_weight}")
+        if self.freeze_plan == "qlora" and not self.model_load_in_4bit:
+            self.model_load_in_4bit = True  # QLoRA is LoRA on a 4-bit backbone by definition
 
 
 RECIPE_DATACLASSES: tuple[type, ...] = (DataConfig, ModelConfig)
+
+
+def train_dataclasses() -> tuple[type, ...]:
+    """``(DataConfig, ModelConfig, trl.SFTConfig)``: the schema of a training recipe, one flat YAML.
+
+    A function, not a constant, so importing this module does not import TRL (seconds). ``st-instruct build-data``
+    parses with it too and ignores the ``SFTConfig``, so a training recipe also builds its own dataset.
+    """
+    from trl import SFTConfig
+
+    return (DataConfig, ModelConfig, SFTConfig)
 
 
 def _known_keys(dataclass_types: tuple[type, ...]) -> list[str]:
@@ -124,11 +181,29 @@ def load_recipe_file(path: str | Path, dataclass_types: tuple[type, ...]) -> dic
     return config
 
 
+def cpu_training_defaults(given: set[str]) -> dict[str, Any]:
+    """Defaults of ``SFTConfig`` fields for a machine without CUDA, for the keys a recipe and its flags left unset.
+
+    TRL turns bf16 and activation (gradient) checkpointing on by default, and ``TrainingArguments`` refuses bf16
+    without a GPU; multi-process runs on CPU need ``use_cpu`` (DESIGN.md §8). Deriving these from the hardware keeps
+    the recipe the same on a laptop, on 2 CPU processes and on 8 GPUs. Empty when CUDA is available.
+    """
+    import torch
+
+    if torch.cuda.is_available():
+        return {}
+    defaults: dict[str, Any] = {"bf16": False, "use_cpu": True}
+    if not {"activation_checkpointing", "gradient_checkpointing"} & given:
+        defaults["activation_checkpointing"] = False
+    return {key: value for key, value in defaults.items() if key not in given}
+
+
 def parse_recipe(dataclass_types: tuple[type, ...], args: list[str] | None = None) -> tuple[Any, ...]:
     """``[RECIPE.yaml] [--key value ...]`` -> one instance per dataclass type.
 
     The recipe may be given as the first positional argument or with ``--config``; flags override it. Built on
-    TRL's ``TrlParser`` so training recipes can include ``SFTConfig`` fields unchanged.
+    TRL's ``TrlParser`` so training recipes include ``SFTConfig`` fields unchanged; with ``SFTConfig`` among the
+    types, :func:`cpu_training_defaults` apply under the recipe on a machine without CUDA.
     """
     from trl import TrlParser
 
@@ -136,13 +211,56 @@ def parse_recipe(dataclass_types: tuple[type, ...], args: list[str] | None = Non
     args = list(sys.argv[1:] if args is None else args)
     if args and not args[0].startswith("-"):
         args = ["--config", args[0], *args[1:]]
+    given = {arg[2:].split("=")[0].replace("-", "_") for arg in args if arg.startswith("--")}
     if "--config" in args:
         i = args.index("--config")
         if i + 1 >= len(args):
             raise RecipeError("--config needs a recipe path")
-        load_recipe_file(args[i + 1], dataclass_types)  # names the offending key before TRL sees it
+        given |= set(load_recipe_file(args[i + 1], dataclass_types))  # names the offending key before TRL sees it
     parser = TrlParser(dataclass_types)
+    if any(cls.__name__ == "SFTConfig" for cls in dataclass_types):
+        parser.set_defaults_with_config(**cpu_training_defaults(given))
     try:
         return tuple(parser.parse_args_and_config(args))
     except SystemExit as err:  # argparse exits on an unknown or malformed flag after printing the usage
         raise RecipeError(f"bad command-line flags {args}: see the message above") from err
+    except RecipeError:
+        raise
+    except ValueError as err:  # a dataclass's own check (TrainingArguments: bf16 without a GPU, ...)
+        raise RecipeError(f"recipe {args[args.index('--config') + 1] if '--config' in args else '(none)'}: {err}"
+                          ) from err
+
+
+def recipe_dict(*configs: Any) -> dict[str, Any]:
+    """The resolved values of parsed recipe dataclasses as one flat mapping that :func:`parse_recipe` reads back.
+
+    Every field of our dataclasses. Of ``TrainingArguments`` (hundreds of fields): those that differ from a default
+    instance on this machine, plus the precision and device choices (``bf16``, ``use_cpu``,
+    ``activation_checkpointing``) whatever they are; never ``hub_token``.
+    """
+    out: dict[str, Any] = {}
+    for config in configs:
+        if not hasattr(config, "to_dict"):
+            out.update({f.name: _plain(getattr(config, f.name)) for f in fields(config)})
+            continue
+        reference = type(config)(**cpu_training_defaults(set())).to_dict()
+        values = config.to_dict()  # resolved and serialisable; hides every *_token value
+        always = {"bf16", "use_cpu", "activation_checkpointing"}
+        for f in fields(config):
+            name = f.name
+            if not f.init or name in ("hub_token", "gradient_checkpointing") or name not in values:
+                continue
+            if name in always or values[name] != reference.get(name):
+                out[name] = _plain(getattr(config, name) if name.endswith("_token") else values[name])
+    return out
+
+
+def _plain(value: Any) -> Any:
+    """YAML-safe form of a config value (enums by value, tuples as lists)."""
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return value

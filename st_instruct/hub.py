@@ -26,12 +26,12 @@ from st_instruct.evaluation.report import format_results_table
 REQUIRED_FILES: tuple[str, ...] = ("README.md", "st_forecaster_config.json", "*.safetensors")
 CARD_TAGS = ["time-series-forecasting", "spatio-temporal", "st_instruct"]
 LOAD_SNIPPET = """```python
-from st_instruct.hub import get_forecaster
+from huggingface_hub import snapshot_download
+from st_instruct.models.saving import load_forecaster
 
-model = get_forecaster("USER/{name}")  # the Hub repo id, or the local directory
-```
-
-or evaluate it beside the baselines: `st-instruct evaluate --model {name} --dataset NAME`."""
+model, tokenizer = load_forecaster(snapshot_download("USER/{name}"))  # or the local directory
+predictions = model.predict(batch)  # [B, P, N, C] in original units; batch from STDataCollator
+```"""
 
 
 class HubError(OSError):

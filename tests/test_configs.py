@@ -3,10 +3,25 @@
 from pathlib import Path
 
 import pytest
+import torch
+import yaml
 
-from st_instruct.configs import RECIPE_DATACLASSES, DataConfig, RecipeError, check_unique_fields, parse_recipe
+from st_instruct.configs import (
+    FREEZE_PLAN_NAMES,
+    RECIPE_DATACLASSES,
+    ST_ENCODER_NAMES,
+    DataConfig,
+    ModelConfig,
+    RecipeError,
+    check_unique_fields,
+    parse_recipe,
+    recipe_dict,
+    train_dataclasses,
+)
 
-RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
+RECIPE_DIR = Path(__file__).resolve().parents[1] / "recipes"
+RECIPES = sorted(RECIPE_DIR.glob("*.yaml"))
+ACCELERATE_CONFIGS = sorted((RECIPE_DIR / "accelerate").glob("*.yaml"))
 
 
 def write(tmp_path, text):
@@ -50,6 +65,7 @@ def test_bad_values_are_rejected():
 
 def test_field_names_are_unique_across_recipe_dataclasses():
     check_unique_fields(RECIPE_DATACLASSES)
+    check_unique_fields(train_dataclasses())  # TRL's SFTConfig (TrainingArguments) included
     from dataclasses import dataclass
 
     @dataclass
@@ -64,7 +80,51 @@ def test_field_names_are_unique_across_recipe_dataclasses():
 def test_every_shipped_recipe_parses_and_opens_with_its_command(recipe):
     first_line = recipe.read_text().splitlines()[0]
     assert first_line.startswith("# ") and ("st-instruct" in first_line or "accelerate launch" in first_line)
-    parse_recipe(RECIPE_DATACLASSES, [str(recipe)])
+    parse_recipe(train_dataclasses(), [str(recipe)])
+
+
+@pytest.mark.parametrize("config", ACCELERATE_CONFIGS, ids=[p.name for p in ACCELERATE_CONFIGS])
+def test_accelerate_configs_open_with_their_launch_command(config):
+    text = config.read_text()
+    assert text.startswith(f"# accelerate launch --config_file recipes/accelerate/{config.name} scripts/sft.py ")
+    settings = yaml.safe_load(text)
+    assert settings["distributed_type"] in ("NO", "MULTI_GPU", "DEEPSPEED") and "use_cpu" not in settings
+    assert {p.name for p in ACCELERATE_CONFIGS} == {"single.yaml", "ddp.yaml", "zero2.yaml", "zero3.yaml"}
+
+
+def test_model_config_choices_mirror_the_modules_and_are_checked():
+    from st_instruct.models.st_encoders import ENCODERS
+    from st_instruct.training.freeze import FREEZE_PLANS
+
+    assert FREEZE_PLAN_NAMES == tuple(FREEZE_PLANS) and set(ST_ENCODER_NAMES) == set(ENCODERS)
+    with pytest.raises(RecipeError, match="freeze_plan must be one of"):
+        ModelConfig(freeze_plan="lorra")
+    with pytest.raises(RecipeError, match="st_encoder must be one of"):
+        ModelConfig(st_encoder="gru")
+    with pytest.raises(RecipeError, match="not both 0"):
+        ModelConfig(loss_reg_weight=0, loss_lm_weight=0)
+    assert ModelConfig(freeze_plan="qlora").model_load_in_4bit
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CPU defaults apply only without CUDA")
+def test_training_arguments_get_cpu_defaults_under_the_recipe(tmp_path):
+    path = write(tmp_path, "max_steps: 3\n")
+    _, _, args = parse_recipe(train_dataclasses(), [str(path)])
+    assert not args.bf16 and args.use_cpu and not args.activation_checkpointing  # TRL's defaults are bf16 + on
+    _, _, args = parse_recipe(train_dataclasses(), [str(path), "--gradient_checkpointing", "true"])
+    assert args.activation_checkpointing  # the deprecated alias still wins over the CPU default
+    with pytest.raises(RecipeError, match="bf16"):  # TrainingArguments' own check, reported as a recipe error
+        parse_recipe(train_dataclasses(), [str(write(tmp_path, "bf16: true\nuse_cpu: false\n"))])
+
+
+def test_resolved_recipe_reads_back_the_same(tmp_path):
+    path = write(tmp_path, "dataset_names: [synthetic-small]\nmax_steps: 3\nlora_r: 4\nreport_to: [tensorboard]\n")
+    configs = parse_recipe(train_dataclasses(), [str(path), "--learning_rate", "0.01"])
+    resolved = recipe_dict(*configs)
+    assert resolved["learning_rate"] == 0.01 and resolved["lora_r"] == 4 and "hub_token" not in resolved
+    assert "per_device_eval_batch_size" not in resolved  # TrainingArguments defaults are left out
+    again = parse_recipe(train_dataclasses(), [str(write(tmp_path, yaml.safe_dump(resolved)))])
+    assert again[:2] == configs[:2] and recipe_dict(*again) == resolved
 
 
 def test_recipes_exist():

@@ -171,7 +171,7 @@ def test_model_card_front_matter_recipe_and_metrics(model_dir):
                     "datasets": ["synthetic-small"],
                     "tags": ["time-series-forecasting", "spatio-temporal", "st_instruct"],
                     "pipeline_tag": "time-series-forecasting"}
-    assert "from st_instruct.hub import" in body
+    assert "from st_instruct.models.saving import load_forecaster" in body
     recipe_block = re.search(r"```yaml\n(.*?)```", body, re.DOTALL).group(1)
     assert yaml.safe_load(recipe_block) == RECIPE
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]

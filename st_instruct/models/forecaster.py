@@ -118,6 +118,21 @@ class STForecaster(nn.Module):
         for name in ST_MODULE_NAMES:
             getattr(self, name).to(device)
 
+    # What the HF / TRL trainers read from the model they train, delegated to the transformers backbone.
+    @property
+    def config(self) -> Any:
+        """The backbone's transformers config (trainers set ``use_cache`` and special token ids on it)."""
+        return unwrap(self.backbone).config
+
+    def add_model_tags(self, tags: list[str] | str) -> None:
+        """Hub tags, kept on the backbone (``SFTTrainer`` adds its own)."""
+        unwrap(self.backbone).add_model_tags(tags)
+
+    def activation_checkpointing_enable(self, **kwargs: Any) -> None:
+        """Recompute the backbone's layer activations in the backward pass (``Trainer`` calls this when
+        ``activation_checkpointing`` / ``gradient_checkpointing`` is on)."""
+        unwrap(self.backbone).activation_checkpointing_enable(**kwargs)
+
     def embed_inputs(self, input_ids: torch.Tensor, his_positions: torch.Tensor, node_mask: torch.Tensor,
                      node_embeddings: torch.Tensor) -> torch.Tensor:
         """Word embeddings of ``input_ids`` [B, S] with the row of each real node's ``<st_his>`` token (positions
@@ -148,16 +163,18 @@ class STForecaster(nn.Module):
                 pre_positions: torch.Tensor, node_mask: torch.Tensor, history: torch.Tensor,
                 history_mask: torch.Tensor, history_tod: torch.Tensor, history_dow: torch.Tensor,
                 coords: torch.Tensor, labels: torch.Tensor | None = None, steps_per_day: torch.Tensor | None = None,
-                output_hidden_states: bool = False, logits_to_keep: int = 0, **unused: Any) -> STForecasterOutput:
+                output_hidden_states: bool = False, logits_to_keep: int | torch.Tensor = 0,
+                **unused: Any) -> STForecasterOutput:
         """One teacher-forced pass. Shapes as ``STDataCollator`` gives them: ``input_ids`` / ``attention_mask`` /
         ``labels`` [B, S], positions and ``node_mask`` [B, N], ``history`` / ``history_mask`` [B, L, N, C],
         ``history_tod`` / ``history_dow`` [B, L], ``coords`` [B, N, K], ``steps_per_day`` [B].
 
         Other batch keys (``target``, ``scaler_*``, ...) are accepted and ignored, so ``model(**batch)`` works.
         ``logits_to_keep=1`` (without ``labels``) skips the vocabulary projection for all but the last token:
-        the forecast needs no logits, and on a real vocabulary they dominate the cost of a pass.
+        the forecast needs no logits, and on a real vocabulary they dominate the cost of a pass. A 1-D tensor of
+        positions keeps the logits there only (``STSFTTrainer`` computes the LM loss at the labelled ones).
         """
-        if labels is not None and logits_to_keep:
+        if labels is not None and (torch.is_tensor(logits_to_keep) or logits_to_keep):
             raise ValueError("logits_to_keep drops the logits the LM loss needs; pass labels=None with it")
         self._check_positions(input_ids, his_positions, pre_positions, node_mask)
         nodes = self.st_encoder(history, history_mask, history_tod, history_dow, coords, node_mask, steps_per_day)

@@ -1,0 +1,192 @@
+"""Save a trained :class:`STForecaster` as one directory, load it back, and restore a checkpoint in place.
+
+A saved forecaster (the trainer's checkpoints and the final output directory alike) holds:
+
+- ``st_backbone.json``: where the backbone came from (``model_name_or_path``, ``num_layers``, ``load_in_4bit``) and
+  how its weights are stored (``format``);
+- the backbone's weights, by ``format``: ``"adapter"`` -- a PEFT adapter (``adapter_config.json``,
+  ``adapter_model.safetensors``) for the base backbone; ``"full"`` -- the whole transformers model
+  (``config.json``, ``model*.safetensors``); ``"base"`` -- nothing, the backbone was frozen, so it is the base
+  backbone itself;
+- ``st_modules.safetensors`` + ``st_forecaster_config.json`` (:func:`save_st_modules`): encoder, projector, head;
+- the tokenizer with the ST special tokens.
+
+For ``"adapter"`` and ``"base"`` the base backbone is rebuilt as training built it -- :func:`get_backbone`, then
+:func:`add_st_tokens` with the base tokenizer, whose new embedding rows are deterministic (the mean of the others) --
+so adapters stay small (no copy of a resized embedding table) and reload to identical predictions.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from st_instruct.models.forecaster import (
+    ST_CONFIG_FILE,
+    ST_MODULE_NAMES,
+    ST_MODULES_FILE,
+    STForecaster,
+    load_st_forecaster,
+    load_st_modules,
+    save_st_modules,
+)
+from st_instruct.models.patching import unwrap
+
+BACKBONE_FILE = "st_backbone.json"
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+FORMATS = ("adapter", "full", "base")
+
+
+@dataclass
+class BackboneSource:
+    """How a forecaster's base backbone is rebuilt: ``get_backbone(model_name_or_path, num_layers, ...)``."""
+
+    model_name_or_path: str
+    num_layers: int | None = None
+    load_in_4bit: bool = False
+
+
+def is_peft_model(module: torch.nn.Module) -> bool:
+    return unwrap(module) is not module
+
+
+def backbone_format(model: STForecaster) -> str:
+    """``"adapter"`` for a PEFT-wrapped backbone, ``"base"`` when no backbone parameter trains, else ``"full"``.
+
+    Raises for a PEFT-wrapped backbone whose base weights also train: its adapter would not hold them.
+    """
+    if is_peft_model(model.backbone):
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        adapter = {id(p) for module in model.backbone.modules() if isinstance(module, BaseTunerLayer)
+                   for name in module.adapter_layer_names for p in getattr(module, name).parameters()}
+        base = [name for name, p in model.backbone.named_parameters() if p.requires_grad and id(p) not in adapter]
+        if base:
+            raise ValueError(f"the PEFT-wrapped backbone also trains base weights ({base[:3]}...), which its adapter "
+                             "does not save; train them through PEFT (modules_to_save) or without an adapter")
+        return "adapter"
+    return "full" if any(p.requires_grad for p in model.backbone.parameters()) else "base"
+
+
+def save_forecaster(model: STForecaster, directory: str | Path, source: BackboneSource, tokenizer: Any = None,
+                    state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write ``model`` (and ``tokenizer``) to ``directory`` in the layout of the module docstring; returns it.
+
+    ``state_dict`` is the whole forecaster's state (keys ``backbone.*``, ``st_encoder.*``, ...) when the live
+    parameters are not the full ones (DeepSpeed ZeRO-3 gathers them into it); by default the model's own.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    kind = backbone_format(model)
+    backbone_state = None
+    if state_dict is not None:
+        backbone_state = {key[len("backbone."):]: value for key, value in state_dict.items()
+                          if key.startswith("backbone.")}
+    if kind == "adapter":
+        model.backbone.save_pretrained(directory, state_dict=backbone_state, save_embedding_layers=False)
+    elif kind == "full":
+        unwrap(model.backbone).save_pretrained(directory, state_dict=backbone_state)
+    if state_dict is None:
+        save_st_modules(model, directory)
+    else:
+        st_state = {key: value.detach().cpu().contiguous() for key, value in state_dict.items()
+                    if key.split(".", 1)[0] in ST_MODULE_NAMES}
+        save_file(st_state, str(directory / ST_MODULES_FILE), metadata={"format": "pt"})
+        model.st_config.save(directory)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(directory)
+    (directory / BACKBONE_FILE).write_text(json.dumps({**asdict(source), "format": kind}, indent=2) + "\n")
+    return directory
+
+
+def read_backbone_source(directory: str | Path) -> tuple[BackboneSource, str]:
+    """``(source, format)`` from ``st_backbone.json``; ``FileNotFoundError`` naming every missing file."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{directory}: no such directory; pass a forecaster saved by st_instruct (a training "
+                                "output directory or one of its checkpoint-N folders)")
+    missing = [name for name in (BACKBONE_FILE, ST_CONFIG_FILE, ST_MODULES_FILE) if not (directory / name).is_file()]
+    meta = json.loads((directory / BACKBONE_FILE).read_text()) if BACKBONE_FILE not in missing else {}
+    kind = meta.pop("format", None)
+    if kind == "adapter":
+        missing += [name for name in ADAPTER_FILES if not (directory / name).is_file()]
+    elif kind == "full" and not list(directory.glob("model*.safetensors")):
+        missing.append("model.safetensors")
+    if missing:
+        raise FileNotFoundError(f"{directory} is not a complete saved forecaster: missing {', '.join(missing)} "
+                                "(was the copy interrupted, or is this another kind of directory?)")
+    if kind not in FORMATS:
+        raise ValueError(f"{directory / BACKBONE_FILE}: format must be one of {FORMATS}, found {kind!r}")
+    return BackboneSource(**meta), kind
+
+
+def build_base_backbone(source: BackboneSource) -> tuple[Any, Any]:
+    """``(backbone, tokenizer)`` as training starts from: the base backbone with the ST tokens added."""
+    from st_instruct.data.st_tokens import add_st_tokens
+    from st_instruct.models.backbones import get_backbone, get_tokenizer
+
+    tokenizer = get_tokenizer(source.model_name_or_path)
+    extra = {"load_in_4bit": True} if source.load_in_4bit else {}
+    backbone = get_backbone(source.model_name_or_path, num_layers=source.num_layers, **extra)
+    add_st_tokens(tokenizer, backbone)
+    return backbone, tokenizer
+
+
+def load_forecaster(directory: str | Path) -> tuple[STForecaster, Any]:
+    """``(model in eval mode, tokenizer)`` from a directory written by :func:`save_forecaster`."""
+    from peft import PeftModel
+    from transformers import AutoTokenizer
+
+    directory = Path(directory)
+    source, kind = read_backbone_source(directory)
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    if kind == "full":
+        from st_instruct.models.backbones import get_backbone
+
+        backbone = get_backbone(str(directory))
+    else:
+        backbone, base_tokenizer = build_base_backbone(source)
+        if base_tokenizer.get_vocab() != tokenizer.get_vocab():
+            raise ValueError(f"the tokenizer saved in {directory} differs from the one of its base backbone "
+                             f"{source.model_name_or_path!r}; was the base model changed since training?")
+        if kind == "adapter":
+            backbone = PeftModel.from_pretrained(backbone, directory)
+    return load_st_forecaster(backbone, directory).eval(), tokenizer
+
+
+def load_forecaster_weights(model: STForecaster, directory: str | Path) -> STForecaster:
+    """Copy the weights saved in ``directory`` into ``model`` in place (resuming from a checkpoint); the model must
+    have the same structure (same freeze plan, same ST config). Returns ``model``."""
+    from peft import set_peft_model_state_dict
+
+    directory = Path(directory)
+    _, kind = read_backbone_source(directory)
+    if kind != backbone_format(model):
+        raise ValueError(f"{directory} holds a {kind!r} backbone but the model to restore has a "
+                         f"{backbone_format(model)!r} one; resume with the recipe (freeze_plan) it was trained with")
+    if kind == "adapter":
+        result = set_peft_model_state_dict(model.backbone, load_file(str(directory / ADAPTER_FILES[1])))
+        if result.unexpected_keys:
+            raise ValueError(f"{directory / ADAPTER_FILES[1]} holds weights this model's adapter lacks: "
+                             f"{result.unexpected_keys[:5]}")
+    elif kind == "full":
+        _load_full_backbone(unwrap(model.backbone), directory)
+    return load_st_modules(model, directory)
+
+
+def _load_full_backbone(backbone: torch.nn.Module, directory: Path) -> None:
+    state: dict[str, torch.Tensor] = {}
+    for path in sorted(directory.glob("model*.safetensors")):
+        state.update(load_file(str(path)))
+    result = backbone.load_state_dict(state, strict=False)
+    loaded = {t.data_ptr() for name, t in backbone.state_dict().items() if name in state}
+    params = backbone.state_dict()
+    untied = [name for name in result.missing_keys if params[name].data_ptr() not in loaded]  # tied: not saved
+    if untied or result.unexpected_keys:
+        raise ValueError(f"the backbone saved in {directory} does not fit the model: missing {untied[:5]}, "
+                         f"unexpected {result.unexpected_keys[:5]}")

@@ -1,0 +1,126 @@
+"""``STSFTTrainer``: TRL's ``SFTTrainer`` training an :class:`STForecaster` on the regression + LM loss.
+
+UrbanGPT (Li et al., "UrbanGPT: Spatio-Temporal Large Language Models", KDD 2024) trains the LLM on
+``λ_reg · MAE(Ŷ, Y) + λ_lm · CE(answer text)``; here the MAE is masked (missing targets and padded nodes do not
+count, :func:`regression_mask`) and computed in scaled units. Both come out of ONE forward pass:
+
+- the forecast ``Ŷ`` from the regression head at the ``<st_pre>`` tokens;
+- the LM cross-entropy from logits computed only at the positions whose next token carries a label (the answer is
+  a few tokens out of hundreds; on a 49k vocabulary the full logits would cost more than the backbone's layers). It
+  equals the backbone's own ``labels=`` loss (a test checks it).
+
+Everything else is the stock trainer: the optimizer, schedules, gradient accumulation, TensorBoard and progress
+bars, ``accelerate`` / DeepSpeed. The dataset arrives tokenised by :func:`st_instruct.data.builder.build_dataset`, so
+TRL's own preparation is switched off and :class:`STDataCollator` batches it. Checkpoints are saved by
+:func:`save_forecaster` (adapter or backbone, ST modules, tokenizer) beside the trainer's optimizer, scheduler and
+RNG states, and :func:`load_forecaster_weights` restores them, so ``resume_from_checkpoint`` continues to the same
+weights as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from trl import SFTConfig, SFTTrainer
+
+from st_instruct.models.forecaster import STForecaster, masked_mae_loss, regression_mask
+from st_instruct.models.saving import BackboneSource, load_forecaster_weights, save_forecaster
+from st_instruct.training.collator import STDataCollator
+from st_instruct.training.tokenize import IGNORE_INDEX
+
+TRAINING_ARGS_NAME = "training_args.bin"  # as transformers.Trainer names it
+
+
+def lm_loss_positions(labels: torch.Tensor) -> torch.Tensor:
+    """``[K]`` positions ``k`` whose next token ``labels[:, k + 1]`` is labelled in any row of ``labels`` [B, S]."""
+    return (labels[:, 1:] != IGNORE_INDEX).any(dim=0).nonzero().squeeze(1)
+
+
+class STSFTTrainer(SFTTrainer):
+    """Train an :class:`STForecaster` on ``loss_reg_weight · masked MAE + loss_lm_weight · LM loss``.
+
+    Args:
+        model: the forecaster, its freeze plan already applied (``apply_freeze_plan``).
+        args: TRL ``SFTConfig``; ``remove_unused_columns`` is forced off (the ST columns must reach the collator) and
+            dataset preparation skipped (the builder tokenised the data). Packing and padding-free batches do not
+            apply to ST samples and are refused.
+        train_dataset / eval_dataset: splits of ``build_dataset(data_config, tokenizer)``.
+        processing_class: the tokenizer with the ST tokens (saved with every checkpoint).
+        backbone_source: how the base backbone is rebuilt when loading a checkpoint (written to it).
+        loss_reg_weight / loss_lm_weight: λ_reg and λ_lm.
+
+    Logs ``loss_reg`` and ``loss_lm`` (unweighted, averaged over the logging interval) beside ``loss``.
+    """
+
+    # compute_loss returns the mean over one micro-batch; Trainer divides it by the accumulation steps
+    loss_is_scaled_for_ga = False
+
+    def __init__(self, model: STForecaster, args: SFTConfig, train_dataset: Any, processing_class: Any,
+                 backbone_source: BackboneSource, loss_reg_weight: float = 1.0, loss_lm_weight: float = 0.1,
+                 eval_dataset: Any = None, callbacks: list | None = None) -> None:
+        if args.packing or args.padding_free:
+            raise ValueError("packing / padding_free concatenate samples, but each ST sample carries its own arrays "
+                             "and token positions; set packing: false and padding_free: false")
+        if loss_reg_weight < 0 or loss_lm_weight < 0 or loss_reg_weight + loss_lm_weight == 0:
+            raise ValueError(f"loss weights must be >= 0 and not both 0, found {loss_reg_weight}, {loss_lm_weight}")
+        args.remove_unused_columns = False
+        args.dataset_kwargs = {**(args.dataset_kwargs or {}), "skip_prepare_dataset": True}
+        self.backbone_source = backbone_source
+        self.loss_reg_weight = float(loss_reg_weight)
+        self.loss_lm_weight = float(loss_lm_weight)
+        super().__init__(model=model, args=args, data_collator=STDataCollator(processing_class),
+                         train_dataset=train_dataset, eval_dataset=eval_dataset, processing_class=processing_class,
+                         callbacks=callbacks)
+        # SFTTrainer patches a fused LM head onto the model's forward; it only acts on `fused_lm_head=True`, which
+        # this trainer never passes, so drop it and keep the forecaster's forward as written.
+        vars(self.model).pop("forward", None)
+
+    def compute_loss(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], return_outputs: bool = False,
+                     num_items_in_batch: Any = None) -> torch.Tensor | tuple[torch.Tensor, Any]:
+        """``λ_reg · masked MAE + λ_lm · LM loss`` of one micro-batch (an ``STDataCollator`` batch), one forward."""
+        mode = "train" if model.training else "eval"
+        labels = inputs["labels"]
+        features = {key: value for key, value in inputs.items() if key != "labels"}
+        if self.loss_lm_weight > 0:
+            positions = lm_loss_positions(labels)
+            outputs = model(**features, logits_to_keep=positions)
+            targets = labels[:, positions + 1]
+            count = (targets != IGNORE_INDEX).sum()
+            lm_loss = F.cross_entropy(outputs.logits.float().flatten(0, 1), targets.flatten(),
+                                      ignore_index=IGNORE_INDEX, reduction="sum") / count.clamp(min=1)
+        else:  # skip the vocabulary projection altogether
+            outputs = model(**features, logits_to_keep=1)
+            lm_loss = outputs.predictions.new_zeros(())
+        reg_loss = masked_mae_loss(outputs.predictions, inputs["target"], regression_mask(inputs))
+        loss = self.loss_reg_weight * reg_loss + self.loss_lm_weight * lm_loss
+        for name, value in (("loss_reg", reg_loss), ("loss_lm", lm_loss)):
+            self._metrics[mode][name].append(self.accelerator.gather_for_metrics(value.detach()[None]).mean().item())
+        return (loss, outputs) if return_outputs else loss
+
+    def prediction_step(self, model: torch.nn.Module, inputs: dict[str, Any], prediction_loss_only: bool,
+                        ignore_keys: list[str] | None = None) -> tuple[torch.Tensor, None, None]:
+        """Evaluation reports the loss only: forecasts are scored by ``st_instruct.evaluation`` in original units."""
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+    def create_model_card(self, *args: Any, **kwargs: Any) -> None:
+        """No TRL model card: the training entry writes st_instruct's (``st_instruct.hub.write_model_card``)."""
+
+    def _save(self, output_dir: str | None = None, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+        """Checkpoint / final weights as :func:`save_forecaster` writes them, plus the training arguments."""
+        if not self.args.should_save:
+            return
+        output_dir = output_dir or self.args.output_dir
+        save_forecaster(self.model, output_dir, self.backbone_source, self.processing_class, state_dict=state_dict)
+        torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: torch.nn.Module | None = None) -> None:
+        load_forecaster_weights(model if model is not None else self.model, resume_from_checkpoint)
+
+    def _load_best_model(self) -> None:
+        load_forecaster_weights(self.model, self.state.best_model_checkpoint)
