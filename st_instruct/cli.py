@@ -1,7 +1,7 @@
 """``st-instruct <verb>``: the command-line face of the package.
 
 Verbs: ``demo`` (the README's main job), ``data list | inspect | download``, ``baselines``, ``build-data``,
-``train``.
+``train``, ``push``.
 Errors caused by the user's input (unknown dataset, bad file, bad split) are printed as one clear line with
 exit code 2 instead of a traceback.
 """
@@ -133,6 +133,13 @@ def _cmd_train(args: argparse.Namespace) -> None:
     train(*parse_recipe(train_dataclasses(), [args.recipe, *args.overrides]))
 
 
+def _cmd_push(args: argparse.Namespace) -> None:
+    from st_instruct.hub import push_to_hub
+
+    url = push_to_hub(args.directory, args.repo_id, token=args.token, private=args.private)
+    print(f"pushed {args.directory} to {args.repo_id}: {url}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="st-instruct", description=__doc__.splitlines()[0])
     verbs = parser.add_subparsers(dest="verb", required=True)
@@ -164,6 +171,12 @@ def build_parser() -> argparse.ArgumentParser:
                              "several processes: accelerate launch scripts/sft.py RECIPE.yaml")
     train.add_argument("recipe", help="training recipe YAML (see recipes/*_sft.yaml)")
     train.set_defaults(func=_cmd_train)
+    push = verbs.add_parser("push", help="push a trained forecaster folder to the Hugging Face Hub")
+    push.add_argument("directory", help="the output folder of `st-instruct train`")
+    push.add_argument("--repo-id", required=True, help="USER/NAME of the model repo (created if needed)")
+    push.add_argument("--token", default=None, help="Hub token (default $HF_TOKEN or the saved login)")
+    push.add_argument("--private", action="store_true", help="create the repo private")
+    push.set_defaults(func=_cmd_push)
 
     for name, func, helptext in [("baselines", _cmd_baselines, "run every baseline on one dataset"),
                                  ("demo", _cmd_demo, "the main job on the embedded synthetic city")]:

@@ -9,7 +9,9 @@ import socket
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
+from safetensors.torch import save_file
 
 from st_instruct.hub import REQUIRED_FILES, HubError, check_model_dir, push_to_hub, write_model_card
 
@@ -187,3 +189,21 @@ def test_model_card_without_metrics_or_recipe(tmp_path):
     assert path.name == "README.md"
     assert "(not evaluated yet)" in text and "(not recorded)" in text
     assert yaml.safe_load(text.split("---\n")[1])["datasets"] == []
+
+
+def test_push_verb_of_the_cli(tmp_path, hub_server, capsys):
+    """`st-instruct push DIR --repo-id` through the local Hub stand-in (no hub access here, DESIGN.md §8)."""
+    from st_instruct.cli import main
+
+    directory = tmp_path / "model"
+    directory.mkdir()
+    write_model_card(directory, base_model="HuggingFaceTB/SmolLM2-135M-Instruct", datasets=["synthetic"],
+                     metrics=None, recipe=None)
+    (directory / "st_forecaster_config.json").write_text("{}")
+    save_file({"w": torch.zeros(2)}, str(directory / "st_modules.safetensors"))
+    assert main(["push", str(directory), "--repo-id", "user/cli-model", "--token", hub_server.token]) == 0
+    assert "pushed" in capsys.readouterr().out
+    files = hub_server.repo_files("user/cli-model")
+    assert files["st_modules.safetensors"] == (directory / "st_modules.safetensors").read_bytes()
+    assert main(["push", str(directory), "--repo-id", "user/cli-model"]) == 2  # no token: one clear line
+    assert "no Hugging Face token" in capsys.readouterr().err
