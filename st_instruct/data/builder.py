@@ -464,8 +464,14 @@ def build_dataset(config: DataConfig, tokenizer: Any = None,
                 fingerprint=f"{fingerprint}-{split}") for split in SPLITS})
             partial = path.with_name(f"{path.name}.partial-{os.getpid()}")
             built.save_to_disk(str(partial))
-            shutil.rmtree(path, ignore_errors=True)
-            os.replace(partial, path)
+            try:  # atomic; never removes a complete copy that another process (rank) may be loading right now
+                os.replace(partial, path)
+            except OSError:  # the folder exists: another rank saved the same build first, or a broken leftover
+                if (path / "dataset_dict.json").is_file():
+                    shutil.rmtree(partial, ignore_errors=True)
+                else:
+                    shutil.rmtree(path, ignore_errors=True)
+                    os.replace(partial, path)
         result = datasets.load_from_disk(str(path))
     if tokenizer is not None:
         from st_instruct.training.tokenize import tokenize_dataset
