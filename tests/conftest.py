@@ -68,3 +68,15 @@ def hub_server(monkeypatch, tmp_path):
     monkeypatch.setattr(hf_constants, "HF_TOKEN_PATH", str(tmp_path / "no_saved_hf_token"))
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def st_tok(tiny_tokenizer_dir):
+    """The test tokenizer with the ST tokens, shared by the session: tests must not change it."""
+    from transformers import AutoTokenizer
+
+    from st_instruct.data.st_tokens import add_st_tokens
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    add_st_tokens(tokenizer)
+    return tokenizer

@@ -1,18 +1,6 @@
-"""Shared fixtures of the model tests: one ST tokenizer and small built datasets (synthetic cities, real builder)."""
+"""Shared fixtures of the model tests: small built datasets (synthetic cities, real builder)."""
 
 import pytest
-
-
-@pytest.fixture(scope="session")
-def st_tok(tiny_tokenizer_dir):
-    """The test tokenizer with the ST tokens, shared by the session: tests must not change it."""
-    from transformers import AutoTokenizer
-
-    from st_instruct.data.st_tokens import add_st_tokens
-
-    tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
-    add_st_tokens(tokenizer)
-    return tokenizer
 
 
 @pytest.fixture(scope="session")

@@ -27,14 +27,8 @@ PEFT_PREFIX = "backbone.base_model.model."
 
 
 @pytest.fixture(scope="module")
-def tok(tiny_tokenizer_dir):
-    from transformers import AutoTokenizer
-
-    from st_instruct.data.st_tokens import add_st_tokens
-
-    tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
-    add_st_tokens(tokenizer)
-    return tokenizer
+def tok(st_tok):
+    return st_tok
 
 
 @pytest.fixture(scope="module")
