@@ -1,7 +1,7 @@
 """``st-instruct <verb>``: the command-line face of the package.
 
 Verbs: ``demo`` (the README's main job), ``data list | inspect | download``, ``baselines``, ``build-data``,
-``train``, ``push``.
+``train``, ``evaluate``, ``push``.
 Errors caused by the user's input (unknown dataset, bad file, bad split) are printed as one clear line with
 exit code 2 instead of a traceback.
 """
@@ -133,6 +133,30 @@ def _cmd_train(args: argparse.Namespace) -> None:
     train(*parse_recipe(train_dataclasses(), [args.recipe, *args.overrides]))
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> None:
+    from st_instruct.evaluation.forecaster_eval import evaluate_forecaster
+    from st_instruct.evaluation.report import format_results_table, write_evaluation_outputs, write_results_json
+
+    started = time.perf_counter()
+    report, arrays = evaluate_forecaster(args.model, args.dataset, data_dir=args.data_dir, channels=args.channels,
+                                         start=args.start, end=args.end, max_windows=args.max_windows,
+                                         batch_size=args.batch_size, split_name=args.split_name, models=args.models,
+                                         progress=not args.quiet, seed=args.seed)
+    report["wall_seconds"] = round(time.perf_counter() - started, 2)
+    output = Path(args.output or Path(args.model) / f"eval-{Path(args.dataset).stem}")
+    paths = write_evaluation_outputs(report, output, target=arrays["target"], predictions=arrays["predictions"],
+                                     mask=arrays["mask"], node_names=arrays["node_names"], times=arrays["times"])
+    counts = ", ".join(f"{k} {v}" for k, v in report["windows"].items())
+    print(f"\n{report['dataset']} ({report['city']}), {report['protocol']}: {report['history']} -> "
+          f"{report['horizon']} steps, split {report['split']} ({counts} windows), channels {report['channels']}")
+    print(format_results_table(report["results"]))
+    for name, reason in report["skipped"].items():
+        print(f"skipped {name}: {reason}")
+    print(f"wall time {report['wall_seconds']:.1f} s; wrote {paths['results']}, {paths['report']} and the figures")
+    if args.json:
+        print(f"wrote {write_results_json(report, args.json)}")
+
+
 def _cmd_push(args: argparse.Namespace) -> None:
     from st_instruct.hub import push_to_hub
 
@@ -171,6 +195,26 @@ def build_parser() -> argparse.ArgumentParser:
                              "several processes: accelerate launch scripts/sft.py RECIPE.yaml")
     train.add_argument("recipe", help="training recipe YAML (see recipes/*_sft.yaml)")
     train.set_defaults(func=_cmd_train)
+    evaluate = verbs.add_parser("evaluate", help="a trained forecaster beside the baselines on the same test windows",
+                                description="In-domain when the dataset was among the training datasets, else "
+                                "zero-shot. Windowing, template and coordinates come from the model's recipe.yaml.")
+    evaluate.add_argument("--model", required=True, help="the output folder of `st-instruct train` (or a checkpoint)")
+    evaluate.add_argument("--dataset", required=True, help="a registered name or a path")
+    _add_source_args(evaluate)
+    evaluate.add_argument("--channels", nargs="+", default=None, help="channel names or indices to keep")
+    evaluate.add_argument("--start", default=None, help="keep steps from this date on (e.g. 2019-01-01)")
+    evaluate.add_argument("--end", default=None, help="keep steps before this date (e.g. 2020-01-01)")
+    evaluate.add_argument("--split-name", default="test", help="which split to score (default test)")
+    evaluate.add_argument("--batch-size", type=int, default=16, help="samples per forward pass (default 16)")
+    evaluate.add_argument("--max-windows", type=int, default=None,
+                          help="at most this many windows per split, sampled as the builder samples (default all)")
+    evaluate.add_argument("--models", nargs="+", default=None, help="subset of baselines (default: all)")
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--json", default=None, help="also write the results JSON here")
+    evaluate.add_argument("--output", default=None, help="folder for results.json, report.md and the figures "
+                          "(default MODEL/eval-<dataset>)")
+    evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
+    evaluate.set_defaults(func=_cmd_evaluate)
     push = verbs.add_parser("push", help="push a trained forecaster folder to the Hugging Face Hub")
     push.add_argument("directory", help="the output folder of `st-instruct train`")
     push.add_argument("--repo-id", required=True, help="USER/NAME of the model repo (created if needed)")

@@ -1,0 +1,176 @@
+"""Evaluate a trained LLM forecaster beside the baselines on the same test windows (``st-instruct evaluate``).
+
+The forecaster directory (a training output or a ``checkpoint-N`` folder with a ``recipe.yaml`` beside or in it)
+gives the model, its tokenizer and the resolved recipe. The recipe's windowing (history, horizon, split, stride),
+prompt (template, granularity, values in text) and coordinates are kept; the dataset is replaced by the one to
+evaluate on, with every node. Protocol: ``"in-domain"`` when the dataset was among the training datasets, else
+``"zero-shot (trained on X)"``.
+
+The forecaster predicts every (window, node) sample of the test split in one teacher-forced forward pass per
+batch (no generation); its ``[P, N', C]`` forecasts are scattered into ``[B, P, N, C]`` by ``window_start`` and
+``node_index``, aligned with :func:`~st_instruct.evaluation.protocols.prepare_windows`'s test windows. The
+baselines are fitted as in ``st-instruct baselines`` and scored on exactly the same windows, targets and masks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from st_instruct.configs import DataConfig
+from st_instruct.evaluation.metrics import horizon_metrics
+
+MODEL_NAME = "st_forecaster"
+
+
+def find_recipe(model_dir: str | Path) -> Path:
+    """``recipe.yaml`` of a saved forecaster: in ``model_dir`` or, for a ``checkpoint-N`` folder, its parent."""
+    from st_instruct.training.run import RECIPE_FILE
+
+    model_dir = Path(model_dir)
+    for candidate in (model_dir / RECIPE_FILE, model_dir.parent / RECIPE_FILE):
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"{model_dir} has no {RECIPE_FILE} (nor its parent folder): the evaluation needs the "
+                            "recipe the forecaster was trained with (written by `st-instruct train`)")
+
+
+def trained_data_config(model_dir: str | Path) -> DataConfig:
+    """The :class:`DataConfig` of the recipe a forecaster was trained with (keys checked as ``train`` does)."""
+    from st_instruct.configs import load_recipe_file, train_dataclasses
+
+    values = load_recipe_file(find_recipe(model_dir), train_dataclasses())
+    names = {f.name for f in dataclasses.fields(DataConfig)}
+    return DataConfig(**{key: value for key, value in values.items() if key in names})
+
+
+def evaluation_config(trained: DataConfig, dataset: str, data_dir: str | None = None,
+                      channels: Sequence[str] | None = None, start: str | None = None, end: str | None = None,
+                      max_windows: int | None = None) -> tuple[DataConfig, str]:
+    """``(config, protocol)``: the trained recipe's data config pointed at ``dataset`` (all nodes; at most
+    ``max_windows`` windows per split, seeded as the builder samples them).
+
+    In-domain, the recipe's data folder, channels and time range apply unless given; zero-shot, only the given ones.
+    """
+    in_domain = dataset in trained.dataset_names
+    protocol = "in-domain" if in_domain else f"zero-shot (trained on {', '.join(trained.dataset_names)})"
+    if max_windows is not None and max_windows < 1:
+        raise ValueError(f"--max-windows must be >= 1, found {max_windows}")
+    # window_sample: a count > 1, or a fraction; a tiny fraction keeps exactly one window
+    window_sample = None if max_windows is None else (float(max_windows) if max_windows > 1 else 1e-9)
+    config = dataclasses.replace(
+        trained, dataset_names=[dataset],
+        dataset_dir=data_dir if data_dir is not None else (trained.dataset_dir if in_domain else None),
+        dataset_channels=list(channels) if channels else (trained.dataset_channels if in_domain else None),
+        dataset_start=start if start is not None else (trained.dataset_start if in_domain else None),
+        dataset_end=end if end is not None else (trained.dataset_end if in_domain else None),
+        node_sample=None, window_sample=window_sample, streaming=False)
+    return config, protocol
+
+
+def scatter_predictions(model: Any, tokenizer: Any, samples: Any, starts: np.ndarray, num_nodes: int,
+                        batch_size: int = 16) -> tuple[np.ndarray, np.ndarray, float]:
+    """Predict every sample of ``samples`` (a tokenised split) and place it in its window and nodes.
+
+    Returns ``(pred [B, P, N, C] float32, covered [B, N] bool, predict seconds)`` with ``B = len(starts)`` the
+    windows of the split in ``starts`` order; windows / nodes without a sample stay NaN / False.
+    """
+    from st_instruct.training.collator import STDataCollator
+
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, found {batch_size}")
+    config = model.st_config
+    row_of = {int(s): i for i, s in enumerate(starts)}
+    pred = np.full((len(starts), config.horizon, num_nodes, config.channels), np.nan, dtype=np.float32)
+    covered = np.zeros((len(starts), num_nodes), dtype=bool)
+    collator = STDataCollator(tokenizer)
+    seconds = 0.0
+    for lo in range(0, len(samples), batch_size):
+        rows = [samples[i] for i in range(lo, min(lo + batch_size, len(samples)))]
+        batch = collator(rows)
+        tic = time.perf_counter()
+        out = model.predict(batch).float().cpu().numpy()  # [b, P, Nmax, C]
+        seconds += time.perf_counter() - tic
+        node_index = batch["node_index"].numpy()
+        node_mask = batch["node_mask"].numpy()
+        for b, row in enumerate(rows):
+            start = int(row["window_start"])
+            if start not in row_of:
+                raise ValueError(f"sample {row['sample_id']!r} starts at step {start}, not a test window of the "
+                                 "evaluation windows (the data or the split differ from the recipe's)")
+            r = row_of[start]
+            nodes = node_index[b][node_mask[b]]
+            pred[r][:, nodes] = out[b][:, node_mask[b]]
+            covered[r, nodes] = True
+    return pred, covered, seconds
+
+
+def evaluate_forecaster(model_dir: str | Path, dataset: str, data_dir: str | None = None,
+                        channels: Sequence[str] | None = None, start: str | None = None, end: str | None = None,
+                        max_windows: int | None = None, batch_size: int = 16, split_name: str = "test",
+                        models: Sequence[str] | None = None, progress: bool = True, seed: int = 0,
+                        ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Score the forecaster in ``model_dir`` and the baselines ``models`` (default all) on the same windows.
+
+    Returns ``(report, arrays)``: the report of :func:`~st_instruct.evaluation.protocols.make_report` with the
+    forecaster as ``"st_forecaster"`` and ``report["protocol"]``; ``arrays`` holds ``target``, ``mask``,
+    ``predictions`` (``{model: [B, P, N, C]}``), ``times`` and ``node_names`` for
+    :func:`~st_instruct.evaluation.report.write_evaluation_outputs`.
+    """
+    from st_instruct.data.builder import build_dataset
+    from st_instruct.evaluation.baselines import run_baselines
+    from st_instruct.evaluation.plots import window_times
+    from st_instruct.evaluation.protocols import make_report, prepare_windows
+    from st_instruct.models.forecaster import STForecasterConfig
+    from st_instruct.models.saving import load_forecaster, read_backbone_source
+
+    read_backbone_source(model_dir)  # names the missing files before anything slow
+    trained = trained_data_config(model_dir)
+    config, protocol = evaluation_config(trained, dataset, data_dir, channels, start, end, max_windows)
+    windows = prepare_windows(dataset, config.history, config.horizon, config.split, config.dataset_channels,
+                              config.dataset_start, config.dataset_end, stride=config.stride,
+                              data_dir=config.dataset_dir)
+    if split_name not in windows.starts:
+        raise ValueError(f"unknown split {split_name!r}; the splits are {sorted(windows.starts)}")
+    data = windows.data
+    trained_channels = STForecasterConfig.load(model_dir).channels  # checked before the (slow) model load
+    if data.num_channels != trained_channels:
+        raise ValueError(f"dataset {dataset!r} has {data.num_channels} channel(s) {data.channels}, but the forecaster "
+                         f"in {model_dir} was trained on {trained_channels}; pick a dataset (or --channels) "
+                         "with as many channels as the model")
+    if windows.num_windows(split_name) == 0:
+        raise ValueError(f"dataset {dataset!r} has no {split_name} window of {config.history} + {config.horizon} "
+                         "steps")
+    model, tokenizer = load_forecaster(model_dir)
+    samples = build_dataset(config, tokenizer)[split_name]
+    starts = windows.starts[split_name]
+    pred, covered, predict_seconds = scatter_predictions(model, tokenizer, samples, starts, data.num_nodes, batch_size)
+    rows = np.flatnonzero(covered.any(axis=1))  # the evaluated windows
+    target = windows.batch(split_name, rows)
+    mask = target["y_mask"] & covered[rows][:, None, :, None]
+    pred = np.nan_to_num(pred[rows])  # uncovered nodes are masked out
+    baseline_results, baseline_preds = run_baselines(windows, models, split=split_name, progress=progress,
+                                                     seed=seed, return_predictions=True)
+    results: dict[str, dict] = {MODEL_NAME: {**horizon_metrics(pred, target["y"], mask), "fit_seconds": 0.0,
+                                             "predict_seconds": predict_seconds}}
+    predictions = {MODEL_NAME: pred}
+    for name, result in baseline_results.items():
+        if "skipped" in result:
+            results[name] = result
+            continue
+        predictions[name] = baseline_preds[name][rows]
+        results[name] = {**horizon_metrics(predictions[name], target["y"], mask),
+                         "fit_seconds": result["fit_seconds"], "predict_seconds": result["predict_seconds"]}
+    report = make_report(windows, results)
+    report["windows"][split_name] = int(len(rows))
+    report["protocol"] = protocol
+    report["model"] = str(model_dir)
+    report["trained_on"] = list(trained.dataset_names)
+    arrays = {"target": target["y"], "mask": mask, "predictions": predictions,
+              "times": window_times(windows, split_name)[rows], "node_names": data.node_names}
+    return report, arrays

@@ -1,0 +1,102 @@
+"""``st-instruct evaluate``: a tiny forecaster trained once by the smoke recipe, scored beside the baselines on the
+same windows in-domain and zero-shot; channel mismatch and incomplete model folders are clear errors."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tiny import build_tiny_backbone
+from transformers import AutoTokenizer
+
+from st_instruct.cli import main
+from st_instruct.configs import parse_recipe, train_dataclasses
+from st_instruct.evaluation.baselines import run_baselines
+from st_instruct.evaluation.forecaster_eval import MODEL_NAME, evaluate_forecaster
+from st_instruct.evaluation.metrics import horizon_metrics
+from st_instruct.evaluation.plots import window_times
+from st_instruct.evaluation.protocols import prepare_windows
+from st_instruct.training.run import train
+
+SMOKE = Path(__file__).resolve().parents[2] / "recipes" / "smoke_sft.yaml"
+BASELINES = ["historical_average", "last_value", "ridge"]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, tiny_tokenizer_dir):
+    """A forecaster trained for 2 steps by the smoke recipe on a tiny Llama (synthetic-small, 2 channels)."""
+    tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    backbone = tmp_path_factory.mktemp("tiny_llama")
+    build_tiny_backbone("llama", vocab_size=len(tokenizer), hidden_size=64).save_pretrained(backbone)
+    tokenizer.save_pretrained(backbone)
+    output = tmp_path_factory.mktemp("trained")
+    flags = ["--model_name_or_path", str(backbone), "--dataset_cache_dir", str(tmp_path_factory.mktemp("built")),
+             "--report_to", "none", "--output_dir", str(output), "--max_steps", "2", "--save_strategy", "no"]
+    return train(*parse_recipe(train_dataclasses(), [str(SMOKE), *flags]))
+
+
+def test_in_domain_report_scores_model_and_baselines_on_the_same_windows(model_dir, tmp_path, capsys):
+    out = tmp_path / "eval"
+    code = main(["evaluate", "--model", str(model_dir), "--dataset", "synthetic-small", "--max-windows", "3",
+                 "--models", *BASELINES, "--output", str(out), "--json", str(tmp_path / "r.json"), "--quiet"])
+    assert code == 0
+    report = json.loads((out / "results.json").read_text())
+    assert json.loads((tmp_path / "r.json").read_text()) == report
+    assert report["protocol"] == "in-domain"
+    assert report["dataset"] == "synthetic-small" and report["horizon"] == 12 and report["windows"]["test"] == 3
+    assert set(report["results"]) == {MODEL_NAME, *BASELINES}
+    for result in report["results"].values():
+        assert {"MAE", "RMSE", "MAPE", "WAPE", "per_horizon", "fit_seconds", "predict_seconds"} <= set(result)
+        assert len(result["per_horizon"]) == 12 and result["MAE"] is not None
+    assert report["results"][MODEL_NAME]["fit_seconds"] == 0
+    assert (out / "report.md").is_file() and (out / "forecasts.png").is_file()
+    assert MODEL_NAME in (out / "report.md").read_text() and MODEL_NAME in capsys.readouterr().out
+
+
+def test_forecaster_covers_every_node_of_the_sampled_windows_and_baselines_are_restricted(model_dir):
+    report, arrays = evaluate_forecaster(model_dir, "synthetic-small", max_windows=2, models=["last_value"],
+                                         progress=False)
+    target, mask = arrays["target"], arrays["mask"]
+    assert target.shape == (2, 12, 12, 2) and mask.shape == target.shape
+    for pred in arrays["predictions"].values():
+        assert pred.shape == target.shape and np.isfinite(pred).all()
+    # the baseline is scored on exactly those windows: its full-split forecasts restricted to them
+    windows = prepare_windows("synthetic-small")
+    all_times = window_times(windows)[:, 0]
+    rows = [int(np.flatnonzero(all_times == t)[0]) for t in arrays["times"][:, 0]]
+    _, full = run_baselines(windows, ["last_value"], progress=False, return_predictions=True)
+    np.testing.assert_array_equal(arrays["predictions"]["last_value"], full["last_value"][rows])
+    np.testing.assert_array_equal(target, windows.batch("test", np.array(rows))["y"])
+    metrics = horizon_metrics(full["last_value"][rows], target, mask)
+    assert report["results"]["last_value"]["MAE"] == pytest.approx(metrics["MAE"])
+    assert report["windows"]["test"] == 2
+
+
+def test_zero_shot_on_another_city_with_other_node_count(model_dir, tmp_path):
+    report, arrays = evaluate_forecaster(model_dir, "synthetic", max_windows=2, models=["last_value"],
+                                         progress=False)
+    assert report["protocol"] == "zero-shot (trained on synthetic-small)"
+    assert arrays["target"].shape[2] == 48 and report["windows"]["test"] == 2
+    assert set(report["results"]) == {MODEL_NAME, "last_value"}
+
+
+def test_channel_mismatch_is_one_clear_line(model_dir, tmp_path, capsys):
+    code = main(["evaluate", "--model", str(model_dir), "--dataset", "synthetic-motorway", "--max-windows", "2",
+                 "--models", "last_value", "--output", str(tmp_path / "e"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "1 channel" in err and "trained on 2" in err
+
+
+def test_incomplete_model_folder_is_a_clear_error(model_dir, tmp_path, capsys):
+    broken = tmp_path / "broken"
+    shutil.copytree(model_dir, broken)
+    (broken / "st_modules.safetensors").unlink()
+    code = main(["evaluate", "--model", str(broken), "--dataset", "synthetic-small", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "missing st_modules.safetensors" in err
+    (broken / "recipe.yaml").unlink()
+    shutil.copy(model_dir / "st_modules.safetensors", broken)
+    code = main(["evaluate", "--model", str(broken), "--dataset", "synthetic-small", "--quiet"])
+    assert code == 2 and "recipe.yaml" in capsys.readouterr().err
