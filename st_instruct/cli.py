@@ -59,23 +59,31 @@ def _cmd_data_download(args: argparse.Namespace) -> None:
 
 def _run_baselines(dataset: str, args: argparse.Namespace) -> dict:
     from st_instruct.evaluation.protocols import baseline_report, prepare_windows
-    from st_instruct.evaluation.report import format_results_table, write_results_json
+    from st_instruct.evaluation.report import write_results_json
 
     started = time.perf_counter()
     windows = prepare_windows(dataset, args.history, args.horizon, args.split, args.channels, args.start, args.end,
                               data_dir=getattr(args, "data_dir", None))
     report = baseline_report(windows, args.models, progress=not args.quiet, seed=args.seed)
     report["wall_seconds"] = round(time.perf_counter() - started, 2)
-    counts = ", ".join(f"{k} {v}" for k, v in report["windows"].items())
-    print(f"\n{report['dataset']} ({report['city']}): {report['history']} -> {report['horizon']} steps, "
-          f"split {report['split']} ({counts} windows), channels {report['channels']}")
-    print(format_results_table(report["results"]))
-    for name, reason in report["skipped"].items():
-        print(f"skipped {name}: {reason}")
+    _print_report(report)
     print(f"wall time {report['wall_seconds']:.1f} s")
     if args.json:
         print(f"wrote {write_results_json(report, args.json)}")
     return report
+
+
+def _print_report(report: dict) -> None:
+    """The setup line, the results table (best MAE first) and the skipped baselines of a results report."""
+    from st_instruct.evaluation.report import format_results_table
+
+    counts = ", ".join(f"{k} {v}" for k, v in report["windows"].items())
+    protocol = f", {report['protocol']}" if report.get("protocol") else ""
+    print(f"\n{report['dataset']} ({report['city']}){protocol}: {report['history']} -> {report['horizon']} steps, "
+          f"split {report['split']} ({counts} windows), channels {report['channels']}")
+    print(format_results_table(report["results"]))
+    for name, reason in report["skipped"].items():
+        print(f"skipped {name}: {reason}")
 
 
 def _cmd_baselines(args: argparse.Namespace) -> None:
@@ -135,7 +143,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     from st_instruct.evaluation.forecaster_eval import evaluate_forecaster
-    from st_instruct.evaluation.report import format_results_table, write_evaluation_outputs, write_results_json
+    from st_instruct.evaluation.report import write_evaluation_outputs, write_results_json
 
     started = time.perf_counter()
     report, arrays = evaluate_forecaster(args.model, args.dataset, data_dir=args.data_dir, channels=args.channels,
@@ -146,12 +154,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     output = Path(args.output or Path(args.model) / f"eval-{Path(args.dataset).stem}")
     paths = write_evaluation_outputs(report, output, target=arrays["target"], predictions=arrays["predictions"],
                                      mask=arrays["mask"], node_names=arrays["node_names"], times=arrays["times"])
-    counts = ", ".join(f"{k} {v}" for k, v in report["windows"].items())
-    print(f"\n{report['dataset']} ({report['city']}), {report['protocol']}: {report['history']} -> "
-          f"{report['horizon']} steps, split {report['split']} ({counts} windows), channels {report['channels']}")
-    print(format_results_table(report["results"]))
-    for name, reason in report["skipped"].items():
-        print(f"skipped {name}: {reason}")
+    _print_report(report)
     print(f"wall time {report['wall_seconds']:.1f} s; wrote {paths['results']}, {paths['report']} and the figures")
     if args.json:
         print(f"wrote {write_results_json(report, args.json)}")
