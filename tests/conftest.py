@@ -80,3 +80,17 @@ def st_tok(tiny_tokenizer_dir):
     tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
     add_st_tokens(tokenizer)
     return tokenizer
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone_dir(tmp_path_factory, tiny_tokenizer_dir):
+    """A tiny random Llama and the test tokenizer in one folder: a backbone by path, as a recipe names one. Hidden
+    size 64: bitsandbytes' CPU inference path packs 4-bit weights in blocks of 64 inputs (qlora)."""
+    from tiny import build_tiny_backbone
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    path = tmp_path_factory.mktemp("tiny_llama")
+    build_tiny_backbone("llama", vocab_size=len(tokenizer), hidden_size=64).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

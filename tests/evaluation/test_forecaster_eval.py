@@ -7,8 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tiny import build_tiny_backbone
-from transformers import AutoTokenizer
 
 from st_instruct.cli import main
 from st_instruct.configs import parse_recipe, train_dataclasses
@@ -24,12 +22,9 @@ BASELINES = ["historical_average", "last_value", "ridge"]
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, tiny_tokenizer_dir):
+def model_dir(tmp_path_factory, tiny_backbone_dir):
     """A forecaster trained for 2 steps by the smoke recipe on a tiny Llama (synthetic-small, 2 channels)."""
-    tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
-    backbone = tmp_path_factory.mktemp("tiny_llama")
-    build_tiny_backbone("llama", vocab_size=len(tokenizer), hidden_size=64).save_pretrained(backbone)
-    tokenizer.save_pretrained(backbone)
+    backbone = tiny_backbone_dir
     output = tmp_path_factory.mktemp("trained")
     flags = ["--model_name_or_path", str(backbone), "--dataset_cache_dir", str(tmp_path_factory.mktemp("built")),
              "--report_to", "none", "--output_dir", str(output), "--max_steps", "2", "--save_strategy", "no"]

@@ -17,8 +17,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny import build_tiny_backbone
-from transformers import AutoTokenizer
 
 from st_instruct.models.saving import load_forecaster
 
@@ -80,13 +78,8 @@ WRAPPER = textwrap.dedent('''
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory, tiny_tokenizer_dir):
-    """A tiny random Llama and the test tokenizer in one folder, named by path as a recipe names a backbone."""
-    tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
-    path = tmp_path_factory.mktemp("tiny_llama_mp")
-    build_tiny_backbone("llama", vocab_size=len(tokenizer), hidden_size=64).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+def tiny_dir(tiny_backbone_dir):
+    return tiny_backbone_dir
 
 
 def free_port() -> int:

@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from tiny import build_tiny_backbone
-from transformers import AutoTokenizer, TrainerCallback
+from transformers import TrainerCallback
 
 from st_instruct.cli import main
 from st_instruct.configs import parse_recipe, train_dataclasses
@@ -24,14 +23,8 @@ SMOKE = Path(__file__).resolve().parents[2] / "recipes" / "smoke_sft.yaml"
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory, tiny_tokenizer_dir):
-    """A tiny random Llama and the test tokenizer in one folder: a backbone by path, as a recipe names one. Hidden
-    size 64: bitsandbytes' CPU inference path packs 4-bit weights in blocks of 64 inputs (qlora)."""
-    tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
-    path = tmp_path_factory.mktemp("tiny_llama")
-    build_tiny_backbone("llama", vocab_size=len(tokenizer), hidden_size=64).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+def tiny_dir(tiny_backbone_dir):
+    return tiny_backbone_dir
 
 
 @pytest.fixture(scope="module")
