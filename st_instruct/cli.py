@@ -91,8 +91,16 @@ def _cmd_baselines(args: argparse.Namespace) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
-    print("st-instruct demo: every baseline on the embedded synthetic city (no download, no GPU).")
-    _run_baselines("synthetic", args)
+    import st_instruct
+
+    recipe = Path(st_instruct.__file__).resolve().parent.parent / "recipes" / "demo_sft.yaml"
+    print(f"st-instruct demo: train the LLM forecaster of {recipe.name} on the embedded synthetic city (SmolLM2 on "
+          "the CPU, a few minutes), then evaluate it beside every baseline on the same test windows.", flush=True)
+    started = time.perf_counter()
+    args.recipe = str(recipe)
+    args.model, args.dataset = _cmd_train(args), "synthetic"
+    _cmd_evaluate(args)
+    print(f"demo done in {time.perf_counter() - started:.0f} s")
 
 
 def _show_sample(sample: dict, tokenizer) -> str:
@@ -134,11 +142,11 @@ def _cmd_build_data(args: argparse.Namespace) -> None:
         print(_show_sample(sample, tokenizer))
 
 
-def _cmd_train(args: argparse.Namespace) -> None:
+def _cmd_train(args: argparse.Namespace) -> Path:
     from st_instruct.configs import parse_recipe, train_dataclasses
     from st_instruct.training.run import train
 
-    train(*parse_recipe(train_dataclasses(), [args.recipe, *args.overrides]))
+    return train(*parse_recipe(train_dataclasses(), [args.recipe, *args.overrides]))
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
@@ -146,12 +154,25 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     from st_instruct.evaluation.report import write_evaluation_outputs, write_results_json
 
     started = time.perf_counter()
-    report, arrays = evaluate_forecaster(args.model, args.dataset, data_dir=args.data_dir, channels=args.channels,
+    model_dir = Path(args.model)
+    if args.few_shot is not None:
+        from st_instruct.training.few_shot import few_shot_finetune
+
+        tuned = args.few_shot_output or model_dir.parent / f"{model_dir.name}-few-shot-{Path(args.dataset).stem}-" \
+                                                           f"{args.few_shot:g}"
+        print(f"few-shot: fine-tuning {model_dir} on the first {args.few_shot:g} of {args.dataset}'s train split "
+              f"into {tuned}")
+        model_dir = few_shot_finetune(model_dir, args.dataset, args.few_shot, tuned, data_dir=args.data_dir,
+                                      channels=args.channels, start=args.start, end=args.end,
+                                      steps=args.few_shot_steps, broadcast_channels=args.broadcast_channels,
+                                      seed=args.seed)
+    report, arrays = evaluate_forecaster(model_dir, args.dataset, data_dir=args.data_dir, channels=args.channels,
                                          start=args.start, end=args.end, max_windows=args.max_windows,
                                          batch_size=args.batch_size, split_name=args.split_name, models=args.models,
-                                         progress=not args.quiet, seed=args.seed)
+                                         progress=not args.quiet, seed=args.seed,
+                                         broadcast_channels=args.broadcast_channels)
     report["wall_seconds"] = round(time.perf_counter() - started, 2)
-    output = Path(args.output or Path(args.model) / f"eval-{Path(args.dataset).stem}")
+    output = Path(args.output or model_dir / f"eval-{Path(args.dataset).stem}")
     paths = write_evaluation_outputs(report, output, target=arrays["target"], predictions=arrays["predictions"],
                                      mask=arrays["mask"], node_names=arrays["node_names"], times=arrays["times"])
     _print_report(report)
@@ -213,6 +234,15 @@ def build_parser() -> argparse.ArgumentParser:
                           help="at most this many windows per split, sampled as the builder samples (default all)")
     evaluate.add_argument("--models", nargs="+", default=None, help="subset of baselines (default: all)")
     evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--broadcast-channels", action="store_true",
+                          help="forecast a one-channel dataset with a multi-channel model: the series fills every "
+                          "input channel and the outputs are averaged")
+    evaluate.add_argument("--few-shot", type=float, default=None, metavar="FRACTION",
+                          help="first fine-tune on this fraction of the dataset's train split (e.g. 0.05), then test")
+    evaluate.add_argument("--few-shot-steps", type=int, default=None,
+                          help="optimizer steps of the few-shot fine-tuning (default: one pass over its samples)")
+    evaluate.add_argument("--few-shot-output", default=None, help="folder of the few-shot model (default: beside "
+                          "MODEL, named MODEL-few-shot-<dataset>-<fraction>)")
     evaluate.add_argument("--json", default=None, help="also write the results JSON here")
     evaluate.add_argument("--output", default=None, help="folder for results.json, report.md and the figures "
                           "(default MODEL/eval-<dataset>)")
@@ -225,24 +255,31 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--private", action="store_true", help="create the repo private")
     push.set_defaults(func=_cmd_push)
 
-    for name, func, helptext in [("baselines", _cmd_baselines, "run every baseline on one dataset"),
-                                 ("demo", _cmd_demo, "the main job on the embedded synthetic city")]:
-        sub = verbs.add_parser(name, help=helptext)
-        if name == "baselines":
-            sub.add_argument("--dataset", required=True, help="a registered name or a path")
-            _add_source_args(sub)
-        _add_window_args(sub)
+    baselines = verbs.add_parser("baselines", help="run every baseline on one dataset")
+    baselines.add_argument("--dataset", required=True, help="a registered name or a path")
+    _add_source_args(baselines)
+    _add_window_args(baselines)
+    baselines.set_defaults(func=_cmd_baselines)
+    demo = verbs.add_parser("demo", help="the main job: train the forecaster on the synthetic city, then evaluate",
+                            description="Trains recipes/demo_sft.yaml (any recipe key can be overridden as a flag, "
+                            "e.g. --max_steps 20), then evaluates it beside the baselines on the synthetic test "
+                            "split.")
+    demo.add_argument("--max-windows", type=int, default=None, help="at most this many test windows (default all)")
+    demo.add_argument("--batch-size", type=int, default=16, help="samples per forward pass (default 16)")
+    demo.add_argument("--output", default=None, help="folder for the evaluation (default <output_dir>/eval-synthetic)")
+    demo.set_defaults(func=_cmd_demo, data_dir=None, channels=None, start=None, end=None, split_name="test",
+                      broadcast_channels=False, few_shot=None, few_shot_steps=None, few_shot_output=None)
+    for sub in (baselines, demo):
         sub.add_argument("--models", nargs="+", default=None, help="subset of baselines (default: all)")
         sub.add_argument("--seed", type=int, default=0)
         sub.add_argument("--json", default=None, help="write the results JSON here")
         sub.add_argument("--quiet", action="store_true", help="no progress bars")
-        sub.set_defaults(func=func)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args, overrides = build_parser().parse_known_args(argv)
-    if overrides and args.verb not in ("build-data", "train"):
+    if overrides and args.verb not in ("build-data", "train", "demo"):
         build_parser().error(f"unrecognized arguments: {' '.join(overrides)}")
     args.overrides = overrides
     try:

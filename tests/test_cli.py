@@ -91,3 +91,19 @@ def test_build_data_recipe_typo_is_one_clear_line(tmp_path, capsys):
     assert main(["build-data", str(recipe)]) == 2
     err = capsys.readouterr().err
     assert "unknown key 'granulrity'; did you mean 'granularity'?" in err and len(err.strip().splitlines()) == 1
+
+
+def test_demo_trains_the_demo_recipe_then_prints_it_beside_the_baselines(tmp_path, capsys, tiny_backbone_dir):
+    """The README's main job, shortened: the demo recipe with a tiny Llama for SmolLM2 and 2 steps instead of 200
+    (the full run on the real SmolLM2 takes minutes; it is what the README's first command does)."""
+    code = main(["demo", "--model_name_or_path", str(tiny_backbone_dir), "--model_num_layers", "2",
+                 "--max_steps", "2", "--output_dir", str(tmp_path / "model"), "--dataset_cache_dir",
+                 str(tmp_path / "built"), "--report_to", "none",
+                 "--max-windows", "2", "--models", "historical_average", "last_value", "--quiet"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    table = printed[printed.index("| model"):]
+    assert "st_forecaster" in table and "historical_average" in table and "last_value" in table
+    report = json.loads((tmp_path / "model" / "eval-synthetic" / "results.json").read_text())
+    assert report["protocol"] == "in-domain" and report["dataset"] == "synthetic"
+    assert report["windows"]["test"] == 2 and (tmp_path / "model" / "adapter_model.safetensors").is_file()

@@ -10,6 +10,7 @@ scaled copy of the series, never ``L + P`` copies of it; :meth:`STWindows.batch`
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -116,6 +117,18 @@ class STWindows:
     def time_of_week(self) -> np.ndarray:
         """``[T]`` slot within the week (0 .. 7 * steps_per_day - 1)."""
         return self.day_of_week * self.steps_per_day + self.time_of_day
+
+    def first_train_windows(self, count: int) -> STWindows:
+        """A copy whose train split keeps only its first ``count`` windows (few-shot), the train border ending
+        with the last step they cover; the scaler, the other splits and the series are unchanged."""
+        train = self.starts["train"]
+        if not 1 <= count <= len(train):
+            raise ValueError(f"the few-shot train split needs 1 .. {len(train)} windows of {self.data.name!r}, "
+                             f"found {count}")
+        kept = train[:count]
+        border = (self.borders["train"][0], int(kept[-1]) + self.history + self.horizon)
+        return dataclasses.replace(self, starts={**self.starts, "train": kept},
+                                   borders={**self.borders, "train": border})
 
     def num_windows(self, split: str) -> int:
         return len(self._starts(split))

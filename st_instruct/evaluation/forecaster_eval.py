@@ -24,6 +24,7 @@ import numpy as np
 
 from st_instruct.configs import DataConfig
 from st_instruct.evaluation.metrics import horizon_metrics
+from st_instruct.training.few_shot import read_few_shot
 
 MODEL_NAME = "st_forecaster"
 
@@ -74,27 +75,34 @@ def evaluation_config(trained: DataConfig, dataset: str, data_dir: str | None = 
 
 
 def scatter_predictions(model: Any, tokenizer: Any, samples: Any, starts: np.ndarray, num_nodes: int,
-                        batch_size: int = 16) -> tuple[np.ndarray, np.ndarray, float]:
+                        batch_size: int = 16, broadcast_channels: bool = False
+                        ) -> tuple[np.ndarray, np.ndarray, float]:
     """Predict every sample of ``samples`` (a tokenised split) and place it in its window and nodes.
 
     Returns ``(pred [B, P, N, C] float32, covered [B, N] bool, predict seconds)`` with ``B = len(starts)`` the
-    windows of the split in ``starts`` order; windows / nodes without a sample stay NaN / False.
+    windows of the split in ``starts`` order; windows / nodes without a sample stay NaN / False. With
+    ``broadcast_channels`` the samples have one channel, fed to every input channel of the model, and the forecast
+    is the mean of its outputs (``C = 1``).
     """
-    from st_instruct.training.collator import STDataCollator
+    from st_instruct.training.collator import STDataCollator, mean_over_channels
 
     if batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, found {batch_size}")
     config = model.st_config
     row_of = {int(s): i for i, s in enumerate(starts)}
-    pred = np.full((len(starts), config.horizon, num_nodes, config.channels), np.nan, dtype=np.float32)
+    channels = 1 if broadcast_channels else config.channels
+    pred = np.full((len(starts), config.horizon, num_nodes, channels), np.nan, dtype=np.float32)
     covered = np.zeros((len(starts), num_nodes), dtype=bool)
-    collator = STDataCollator(tokenizer)
+    collator = STDataCollator(tokenizer, broadcast_channels=config.channels if broadcast_channels else None)
     seconds = 0.0
     for lo in range(0, len(samples), batch_size):
         rows = [samples[i] for i in range(lo, min(lo + batch_size, len(samples)))]
         batch = collator(rows)
         tic = time.perf_counter()
-        out = model.predict(batch).float().cpu().numpy()  # [b, P, Nmax, C]
+        forecast = model.predict(batch)  # [b, P, Nmax, C]
+        if broadcast_channels:
+            forecast = mean_over_channels(forecast)
+        out = forecast.float().cpu().numpy()
         seconds += time.perf_counter() - tic
         node_index = batch["node_index"].numpy()
         node_mask = batch["node_mask"].numpy()
@@ -114,12 +122,18 @@ def evaluate_forecaster(model_dir: str | Path, dataset: str, data_dir: str | Non
                         channels: Sequence[str] | None = None, start: str | None = None, end: str | None = None,
                         max_windows: int | None = None, batch_size: int = 16, split_name: str = "test",
                         models: Sequence[str] | None = None, progress: bool = True, seed: int = 0,
-                        ) -> tuple[dict[str, Any], dict[str, Any]]:
+                        broadcast_channels: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
     """Score the forecaster in ``model_dir`` and the baselines ``models`` (default all) on the same windows.
+
+    ``broadcast_channels`` lets a multi-channel model forecast a one-channel dataset (zero-shot across modes, e.g.
+    taxi pickups/drop-offs -> loop speeds): the series fills every input channel and the outputs are averaged. A
+    few-shot folder (``few_shot.json``, :mod:`st_instruct.training.few_shot`) evaluated on its target dataset is
+    reported as few-shot, with the baselines fitted on the same few-shot train windows.
 
     Returns ``(report, arrays)``: the report of :func:`~st_instruct.evaluation.protocols.make_report` with the
     forecaster as ``"st_forecaster"`` and ``report["protocol"]``; ``arrays`` holds ``target``, ``mask``,
-    ``predictions`` (``{model: [B, P, N, C]}``), ``times`` and ``node_names`` for
+    ``predictions`` (``{model: [B, P, N, C]}``), ``starts`` (each window's first history step), ``times`` and
+    ``node_names`` for
     :func:`~st_instruct.evaluation.report.write_evaluation_outputs`.
     """
     from st_instruct.data.builder import build_dataset
@@ -132,6 +146,10 @@ def evaluate_forecaster(model_dir: str | Path, dataset: str, data_dir: str | Non
     read_backbone_source(model_dir)  # names the missing files before anything slow
     trained = trained_data_config(model_dir)
     config, protocol = evaluation_config(trained, dataset, data_dir, channels, start, end, max_windows)
+    few_shot = read_few_shot(model_dir)
+    if few_shot is not None and few_shot["dataset"] == dataset:
+        protocol = (f"few-shot ({few_shot['fraction']:g} of the train split: the first {few_shot['train_windows']} "
+                    f"windows; pre-trained on {', '.join(few_shot['pretrained_on'])})")
     windows = prepare_windows(dataset, config.history, config.horizon, config.split, config.dataset_channels,
                               config.dataset_start, config.dataset_end, stride=config.stride,
                               data_dir=config.dataset_dir)
@@ -139,22 +157,29 @@ def evaluate_forecaster(model_dir: str | Path, dataset: str, data_dir: str | Non
         raise ValueError(f"unknown split {split_name!r}; the splits are {sorted(windows.starts)}")
     data = windows.data
     trained_channels = STForecasterConfig.load(model_dir).channels  # checked before the (slow) model load
-    if data.num_channels != trained_channels:
+    if broadcast_channels and data.num_channels != 1:
+        raise ValueError(f"--broadcast-channels feeds a one-channel dataset to the model, but {dataset!r} has "
+                         f"{data.num_channels} channels {data.channels}; pick one with --channels")
+    if data.num_channels != trained_channels and not broadcast_channels:
         raise ValueError(f"dataset {dataset!r} has {data.num_channels} channel(s) {data.channels}, but the forecaster "
                          f"in {model_dir} was trained on {trained_channels}; pick a dataset (or --channels) "
-                         "with as many channels as the model")
+                         "with as many channels as the model, or --broadcast-channels for a one-channel dataset")
     if windows.num_windows(split_name) == 0:
         raise ValueError(f"dataset {dataset!r} has no {split_name} window of {config.history} + {config.horizon} "
                          "steps")
     model, tokenizer = load_forecaster(model_dir)
     samples = build_dataset(config, tokenizer)[split_name]
     starts = windows.starts[split_name]
-    pred, covered, predict_seconds = scatter_predictions(model, tokenizer, samples, starts, data.num_nodes, batch_size)
+    pred, covered, predict_seconds = scatter_predictions(model, tokenizer, samples, starts, data.num_nodes, batch_size,
+                                                         broadcast_channels)
     rows = np.flatnonzero(covered.any(axis=1))  # the evaluated windows
     target = windows.batch(split_name, rows)
     mask = target["y_mask"] & covered[rows][:, None, :, None]
     pred = np.nan_to_num(pred[rows])  # uncovered nodes are masked out
-    baseline_results, baseline_preds = run_baselines(windows, models, split=split_name, progress=progress,
+    fit_windows = windows
+    if protocol.startswith("few-shot"):
+        fit_windows = windows.first_train_windows(few_shot["train_windows"])
+    baseline_results, baseline_preds = run_baselines(fit_windows, models, split=split_name, progress=progress,
                                                      seed=seed, return_predictions=True)
     results: dict[str, dict] = {MODEL_NAME: {**horizon_metrics(pred, target["y"], mask), "fit_seconds": 0.0,
                                              "predict_seconds": predict_seconds}}
@@ -171,6 +196,11 @@ def evaluate_forecaster(model_dir: str | Path, dataset: str, data_dir: str | Non
     report["protocol"] = protocol
     report["model"] = str(model_dir)
     report["trained_on"] = list(trained.dataset_names)
-    arrays = {"target": target["y"], "mask": mask, "predictions": predictions,
+    if protocol.startswith("few-shot"):
+        report["few_shot"] = few_shot
+        report["windows"]["train"] = few_shot["train_windows"]
+    if broadcast_channels:
+        report["broadcast_channels"] = f"one channel fed to the model's {trained_channels} and its outputs averaged"
+    arrays = {"target": target["y"], "mask": mask, "predictions": predictions, "starts": starts[rows],
               "times": window_times(windows, split_name)[rows], "node_names": data.node_names}
     return report, arrays

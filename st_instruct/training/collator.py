@@ -54,14 +54,23 @@ class STDataCollator:
       Padded nodes hold zeros.
 
     With the HF ``Trainer`` set ``remove_unused_columns=False``, or the ST columns never reach the collator.
+
+    ``broadcast_channels=C`` feeds one-channel samples to a model trained on ``C`` channels: ``history``,
+    ``target``, their masks and the scaler statistics are repeated along the channel axis (the model then reads the
+    same series in every input channel and predicts it ``C`` times; :func:`mean_over_channels` reduces the
+    forecast). Samples that already have ``C`` channels pass unchanged; any other count is an error.
     """
 
-    def __init__(self, tokenizer: Any, pad_to_multiple_of: int | None = None) -> None:
+    def __init__(self, tokenizer: Any, pad_to_multiple_of: int | None = None,
+                 broadcast_channels: int | None = None) -> None:
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         if pad is None:
             raise ValueError("the tokenizer has neither a pad nor an eos token; set tokenizer.pad_token")
         self.pad_token_id = int(pad)
         self.pad_to_multiple_of = pad_to_multiple_of
+        if broadcast_channels is not None and broadcast_channels < 1:
+            raise ValueError(f"broadcast_channels must be >= 1, found {broadcast_channels}")
+        self.broadcast_channels = broadcast_channels
 
     def __call__(self, samples: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
         if not samples:
@@ -102,7 +111,30 @@ class STDataCollator:
                 batch[key] = _stack(values, dtype, key, names)
             else:
                 batch[key] = _pad_nodes(values, node_axis, most, dtype, names, key, nodes)
+        if self.broadcast_channels is not None:
+            _broadcast_channels(batch, self.broadcast_channels)
         return batch
+
+
+CHANNEL_ARRAYS = ("history", "history_mask", "target", "target_mask", "scaler_mean", "scaler_std")
+
+
+def _broadcast_channels(batch: dict[str, torch.Tensor], channels: int) -> None:
+    """Repeat one-channel arrays of ``batch`` (in place) along their last, channel, axis to ``channels``."""
+    for key in CHANNEL_ARRAYS:
+        if key not in batch:
+            continue
+        found = batch[key].shape[-1]
+        if found == 1 and channels > 1:
+            batch[key] = batch[key].expand(*batch[key].shape[:-1], channels).contiguous()
+        elif found != channels:
+            raise ValueError(f"{key!r} has {found} channels (shape {tuple(batch[key].shape)}); broadcasting feeds "
+                             f"one-channel data to a {channels}-channel model, so it needs 1 or {channels}")
+
+
+def mean_over_channels(forecast: torch.Tensor) -> torch.Tensor:
+    """[..., C] forecasts of a broadcast one-channel batch -> [..., 1], the mean of the model's ``C`` outputs."""
+    return forecast.mean(dim=-1, keepdim=True)
 
 
 _SAME_SHAPES = "batch samples with the same history length L, horizon P, channels C and coordinates K together"

@@ -18,9 +18,11 @@ RECIPE_FILE = "recipe.yaml"
 TRAINER_STATE_FILE = "trainer_state.json"
 
 
-def build_forecaster(data_config: DataConfig, model_config: ModelConfig, seed: int) -> tuple[Any, Any, Any, Any]:
+def build_forecaster(data_config: DataConfig, model_config: ModelConfig, seed: int,
+                     channels: int | None = None) -> tuple[Any, Any, Any, Any]:
     """``(model, tokenizer, dataset, freeze report)``: the backbone with the ST tokens, the tokenised dataset, and
-    an :class:`STForecaster` sized for it (``C``, ``K`` read from the data) with the recipe's freeze plan applied.
+    an :class:`STForecaster` sized for it (``C``, ``K`` read from the data; ``channels`` overrides ``C`` for a model
+    fed broadcast one-channel data) with the recipe's freeze plan applied.
 
     ``seed`` seeds the random initialisation of the ST modules and adapters.
     """
@@ -44,7 +46,7 @@ def build_forecaster(data_config: DataConfig, model_config: ModelConfig, seed: i
     dataset = build_dataset(data_config, tokenizer)
     sample = next(iter(dataset["train"]))
     st_config = STForecasterConfig(
-        history=data_config.history, horizon=data_config.horizon, channels=len(sample["scaler_mean"]),
+        history=data_config.history, horizon=data_config.horizon, channels=channels or len(sample["scaler_mean"]),
         coord_dim=len(sample["coords"][0]), his_token_id=ids.his, pre_token_id=ids.pre,
         encoder=model_config.st_encoder, encoder_dim=model_config.st_encoder_dim,
         projector_layers=model_config.st_projector_layers, head_dim=model_config.head_dim)

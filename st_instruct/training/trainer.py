@@ -51,6 +51,7 @@ class STSFTTrainer(SFTTrainer):
         processing_class: the tokenizer with the ST tokens (saved with every checkpoint).
         backbone_source: how the base backbone is rebuilt when loading a checkpoint (written to it).
         loss_reg_weight / loss_lm_weight: λ_reg and λ_lm.
+        broadcast_channels: train a ``C``-channel model on one-channel data (``STDataCollator``'s option).
 
     Logs ``loss_reg`` and ``loss_lm`` (unweighted, averaged over the logging interval) beside ``loss``.
     """
@@ -60,7 +61,8 @@ class STSFTTrainer(SFTTrainer):
 
     def __init__(self, model: STForecaster, args: SFTConfig, train_dataset: Any, processing_class: Any,
                  backbone_source: BackboneSource, loss_reg_weight: float = 1.0, loss_lm_weight: float = 0.1,
-                 eval_dataset: Any = None, callbacks: list | None = None) -> None:
+                 eval_dataset: Any = None, callbacks: list | None = None,
+                 broadcast_channels: int | None = None) -> None:
         if args.packing or args.padding_free:
             raise ValueError("packing / padding_free concatenate samples, but each ST sample carries its own arrays "
                              "and token positions; set packing: false and padding_free: false")
@@ -71,7 +73,8 @@ class STSFTTrainer(SFTTrainer):
         self.backbone_source = backbone_source
         self.loss_reg_weight = float(loss_reg_weight)
         self.loss_lm_weight = float(loss_lm_weight)
-        super().__init__(model=model, args=args, data_collator=STDataCollator(processing_class),
+        collator = STDataCollator(processing_class, broadcast_channels=broadcast_channels)
+        super().__init__(model=model, args=args, data_collator=collator,
                          train_dataset=train_dataset, eval_dataset=eval_dataset, processing_class=processing_class,
                          callbacks=callbacks)
         # SFTTrainer patches a fused LM head onto the model's forward; it only acts on `fused_lm_head=True`, which

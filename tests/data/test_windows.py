@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 
 from st_instruct.data.stdata import STData, STDataError
+from st_instruct.data.synthetic import generate_synthetic
 from st_instruct.data.windows import build_windows, calendar_features, format_split, parse_split, split_borders
 
 
@@ -101,3 +102,15 @@ def test_calendar_features():
     no_calendar = STData(values=np.zeros((10, 1)), name="x", freq="7D")
     tod, dow = calendar_features(no_calendar)
     assert (tod == 0).all() and (dow == 0).all()
+
+
+def test_first_train_windows_keeps_the_earliest_windows_and_refuses_impossible_counts():
+    windows = build_windows(generate_synthetic("small"), 12, 12)
+    few = windows.first_train_windows(5)
+    np.testing.assert_array_equal(few.starts["train"], windows.starts["train"][:5])
+    assert few.borders["train"] == (windows.borders["train"][0], int(windows.starts["train"][4]) + 24)
+    np.testing.assert_array_equal(few.starts["test"], windows.starts["test"])
+    assert few.scaler is windows.scaler and windows.num_windows("train") > 5  # the original is untouched
+    for count in (0, windows.num_windows("train") + 1):
+        with pytest.raises(ValueError, match="few-shot train split needs 1"):
+            windows.first_train_windows(count)

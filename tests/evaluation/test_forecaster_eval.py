@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from st_instruct.cli import main
 from st_instruct.configs import parse_recipe, train_dataclasses
@@ -95,3 +96,77 @@ def test_incomplete_model_folder_is_a_clear_error(model_dir, tmp_path, capsys):
     shutil.copy(model_dir / "st_modules.safetensors", broken)
     code = main(["evaluate", "--model", str(broken), "--dataset", "synthetic-small", "--quiet"])
     assert code == 2 and "recipe.yaml" in capsys.readouterr().err
+
+
+def test_broadcast_channels_forecasts_a_one_channel_dataset_with_the_two_channel_model(model_dir, tmp_path, capsys):
+    """synthetic-motorway has one speed channel; the model was trained on two. The flag feeds the speed to both
+    input channels and averages the two outputs: the forecast is the mean of the model's own outputs on the
+    duplicated batch, and the report says so."""
+    from st_instruct.data.builder import build_dataset
+    from st_instruct.evaluation.forecaster_eval import evaluation_config, trained_data_config
+    from st_instruct.models.saving import load_forecaster
+    from st_instruct.training.collator import STDataCollator
+
+    report, arrays = evaluate_forecaster(model_dir, "synthetic-motorway", max_windows=2, models=["last_value"],
+                                         progress=False, broadcast_channels=True)
+    assert report["protocol"].startswith("zero-shot") and "averaged" in report["broadcast_channels"]
+    pred = arrays["predictions"][MODEL_NAME]
+    assert pred.shape == arrays["target"].shape and pred.shape[-1] == 1 and np.isfinite(pred).all()
+    # by hand: one sample, both channels filled with the speed, the mean of the two outputs
+    model, tokenizer = load_forecaster(model_dir)
+    config, _ = evaluation_config(trained_data_config(model_dir), "synthetic-motorway", max_windows=2)
+    sample = build_dataset(config, tokenizer)["test"][0]
+    batch = STDataCollator(tokenizer)([sample])
+    assert batch["history"].shape[-1] == 1
+    for key in ("history", "history_mask", "target", "target_mask", "scaler_mean", "scaler_std"):
+        batch[key] = torch.cat([batch[key], batch[key]], dim=-1)
+    expected = model.predict(batch).mean(-1)[0]  # [P, N'] for the sample's node
+    row = list(arrays["starts"]).index(sample["window_start"])
+    node = sample["node_index"][0]
+    np.testing.assert_allclose(pred[row, :, node, 0], expected[:, 0].numpy(), rtol=1e-5, atol=1e-4)
+
+
+def test_broadcast_refuses_a_multi_channel_dataset_and_mismatch_names_the_flag(model_dir, tmp_path, capsys):
+    with pytest.raises(ValueError, match="one-channel dataset"):
+        evaluate_forecaster(model_dir, "synthetic", max_windows=1, models=["last_value"], progress=False,
+                            broadcast_channels=True)
+    main(["evaluate", "--model", str(model_dir), "--dataset", "synthetic-motorway", "--max-windows", "1", "--quiet"])
+    assert "--broadcast-channels" in capsys.readouterr().err
+
+
+def test_few_shot_fine_tunes_on_the_first_windows_then_reports_beside_baselines_fitted_on_them(model_dir, tmp_path):
+    tuned = tmp_path / "tuned"
+    code = main(["evaluate", "--model", str(model_dir), "--dataset", "synthetic-small", "--few-shot", "0.005",
+                 "--few-shot-steps", "2", "--few-shot-output", str(tuned), "--max-windows", "2",
+                 "--models", "historical_average", "--output", str(tmp_path / "e"), "--quiet"])
+    assert code == 0
+    record = json.loads((tuned / "few_shot.json").read_text())
+    windows = prepare_windows("synthetic-small")
+    kept = int(np.ceil(0.005 * windows.num_windows("train")))
+    assert record["train_windows"] == kept and record["steps"] == 2
+    assert record["train_samples"] == kept * windows.data.num_nodes  # node prompts: every node of those windows
+    report = json.loads((tmp_path / "e" / "results.json").read_text())
+    assert report["protocol"].startswith(f"few-shot (0.005 of the train split: the first {kept} windows")
+    assert report["windows"]["train"] == kept
+    # the fine-tuned weights moved away from the source model's
+    from safetensors.torch import load_file
+
+    before, after = load_file(model_dir / "st_modules.safetensors"), load_file(tuned / "st_modules.safetensors")
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    # the historical average was fitted on those windows only: as run by hand on the truncated windows
+    few = windows.first_train_windows(kept)
+    assert few.borders["train"] == (0, int(few.starts["train"][-1]) + 24)
+    _, ha = run_baselines(few, ["historical_average"], progress=False, return_predictions=True)
+    _, ha_full = run_baselines(windows, ["historical_average"], progress=False, return_predictions=True)
+    _, arrays = evaluate_forecaster(tuned, "synthetic-small", max_windows=2, models=["historical_average"],
+                                    progress=False)
+    rows = [list(windows.starts["test"]).index(s) for s in arrays["starts"]]
+    np.testing.assert_allclose(arrays["predictions"]["historical_average"], ha["historical_average"][rows])
+    assert not np.allclose(ha["historical_average"][rows], ha_full["historical_average"][rows])
+
+
+def test_few_shot_fraction_out_of_range_is_a_clear_error(model_dir, tmp_path, capsys):
+    code = main(["evaluate", "--model", str(model_dir), "--dataset", "synthetic-small", "--few-shot", "1.5",
+                 "--few-shot-output", str(tmp_path / "t"), "--quiet"])
+    assert code == 2 and "(0, 1]" in capsys.readouterr().err
+    assert not (tmp_path / "t").exists()

@@ -94,3 +94,18 @@ def test_eos_pads_when_there_is_no_pad_token(st_tokenizer):
     samples = [tokenised(st_tokenizer, "a"), tokenised(st_tokenizer, "b" * 30)]
     batch = STDataCollator(st_tokenizer)(samples)
     check_text(batch, samples, st_tokenizer.eos_token_id)
+
+
+def test_broadcast_channels_repeats_a_one_channel_sample_and_refuses_other_counts(st_tokenizer):
+    one = tokenised(st_tokenizer, "speed", num_nodes=2, channels=1)
+    batch = STDataCollator(st_tokenizer, broadcast_channels=3)([one])
+    assert batch["history"].shape == (1, 12, 2, 3) and batch["scaler_mean"].shape == (1, 3)
+    for key in ("history", "history_mask", "target", "target_mask", "scaler_mean", "scaler_std"):
+        for c in range(3):
+            np.testing.assert_array_equal(batch[key][..., c].numpy(), np.asarray(one[key])[None, ..., 0])
+    two = tokenised(st_tokenizer, "flows", num_nodes=2, channels=2)
+    with pytest.raises(ValueError, match=r"'history' has 2 channels .* needs 1 or 3"):
+        STDataCollator(st_tokenizer, broadcast_channels=3)([two])
+    # samples that already have the model's channels pass unchanged
+    same = STDataCollator(st_tokenizer, broadcast_channels=2)([two])
+    np.testing.assert_array_equal(same["history"][0].numpy(), two["history"])

@@ -1,0 +1,109 @@
+"""Few-shot adaptation: fine-tune a trained forecaster on the first fraction of a target dataset's train split.
+
+``st-instruct evaluate --model DIR --dataset NAME --few-shot 0.05`` calls :func:`few_shot_finetune`, then evaluates
+the result on the target's test split. The protocol of the few-shot forecasting literature (ST-LLM, UniST,
+UrbanGPT): the model sees only the *earliest* ``fraction`` of the target's training windows (a contiguous stretch,
+so no window overlaps the validation or test periods), then is tested on the usual test split.
+
+The forecaster is rebuilt as the recipe built it (same backbone, freeze plan, ST module sizes), its trained weights
+restored, and trained on with the recipe's optimiser settings for ``steps`` optimizer steps (default: one pass over
+the few-shot samples). The output folder is a normal forecaster folder plus ``few_shot.json`` (source model,
+fraction, the number of train windows used); :func:`~st_instruct.evaluation.forecaster_eval.evaluate_forecaster`
+reads it, names the protocol and fits the baselines on the same few-shot windows. The z-score statistics of the
+target still come from its whole train split (as the windows are built), a mild advantage shared by every model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+FEW_SHOT_FILE = "few_shot.json"
+
+
+def read_few_shot(model_dir: str | Path) -> dict[str, Any] | None:
+    """The ``few_shot.json`` of a forecaster folder (or of a checkpoint's parent), or None for a plain model."""
+    model_dir = Path(model_dir)
+    for candidate in (model_dir / FEW_SHOT_FILE, model_dir.parent / FEW_SHOT_FILE):
+        if candidate.is_file():
+            return json.loads(candidate.read_text())
+    return None
+
+
+def few_shot_train_windows(num_train_windows: int, fraction: float) -> int:
+    """How many of the first train windows a few-shot ``fraction`` keeps (at least one)."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"--few-shot must be a fraction in (0, 1], found {fraction}")
+    return max(1, math.ceil(fraction * num_train_windows))
+
+
+def few_shot_finetune(model_dir: str | Path, dataset: str, fraction: float, output_dir: str | Path, *,
+                      data_dir: str | None = None, channels: list[str] | None = None, start: str | None = None,
+                      end: str | None = None, steps: int | None = None, broadcast_channels: bool = False,
+                      seed: int = 0) -> Path:
+    """Fine-tune the forecaster in ``model_dir`` on the first ``fraction`` of ``dataset``'s train windows and save
+    it to ``output_dir`` (returned). ``steps`` optimizer steps (default one pass over the few-shot samples);
+    ``broadcast_channels`` trains a multi-channel model on a one-channel dataset (see ``STDataCollator``)."""
+    import yaml
+
+    from st_instruct.configs import parse_recipe, recipe_dict, train_dataclasses
+    from st_instruct.data.windows import build_windows
+    from st_instruct.evaluation.forecaster_eval import evaluation_config, find_recipe
+    from st_instruct.hub import write_model_card
+    from st_instruct.models.forecaster import STForecasterConfig
+    from st_instruct.models.saving import load_forecaster_weights, read_backbone_source
+    from st_instruct.training.run import RECIPE_FILE, backbone_source, build_forecaster
+    from st_instruct.training.trainer import STSFTTrainer
+
+    read_backbone_source(model_dir)  # names missing files before anything slow
+    few_shot_train_windows(1, fraction)  # checks the fraction
+    if steps is not None and steps < 1:
+        raise ValueError(f"--few-shot-steps must be >= 1, found {steps}")
+    output_dir = Path(output_dir)
+    recipe_path = str(find_recipe(model_dir))
+    data_config, model_config, sft_config = parse_recipe(train_dataclasses(), [recipe_path])
+    target, _ = evaluation_config(data_config, dataset, data_dir, channels, start, end)
+    trained_channels = STForecasterConfig.load(model_dir).channels
+    model, tokenizer, built, _ = build_forecaster(target, model_config, seed,
+                                                  channels=trained_channels if broadcast_channels else None)
+    if model.st_config.channels != trained_channels:
+        raise ValueError(f"dataset {dataset!r} has {model.st_config.channels} channel(s) but the forecaster in "
+                         f"{model_dir} was trained on {trained_channels}; pick matching --channels, or pass "
+                         "--broadcast-channels for a one-channel dataset")
+    load_forecaster_weights(model, model_dir)
+
+    windows = build_windows(_load(target), target.history, target.horizon, target.split, stride=target.stride)
+    kept = few_shot_train_windows(windows.num_windows("train"), fraction)
+    last_start = int(windows.starts["train"][kept - 1])
+    train = built["train"].filter(lambda start: start <= last_start, input_columns="window_start")
+    per_step = sft_config.per_device_train_batch_size * sft_config.gradient_accumulation_steps
+    steps = steps or max(1, math.ceil(len(train) / per_step))
+    # the recipe's optimiser settings, with this run's length, folder and seed (and no checkpoints or evaluation)
+    _, _, sft_config = parse_recipe(train_dataclasses(), [
+        recipe_path, "--output_dir", str(output_dir), "--max_steps", str(steps), "--save_strategy", "no",
+        "--eval_strategy", "no", "--seed", str(seed)])
+    trainer = STSFTTrainer(model, sft_config, train, tokenizer, backbone_source(model_config),
+                           loss_reg_weight=model_config.loss_reg_weight, loss_lm_weight=model_config.loss_lm_weight,
+                           broadcast_channels=trained_channels if broadcast_channels else None)
+    trainer.train()
+    trainer.save_model(str(output_dir))
+    trainer.save_state()
+    recipe = recipe_dict(target, model_config, sft_config)
+    (output_dir / RECIPE_FILE).write_text(yaml.safe_dump(recipe, sort_keys=False))
+    record = {"source_model": str(model_dir), "pretrained_on": list(data_config.dataset_names), "dataset": dataset,
+              "fraction": fraction, "train_windows": kept, "of_train_windows": windows.num_windows("train"),
+              "train_samples": len(train), "steps": sft_config.max_steps, "broadcast_channels": broadcast_channels}
+    (output_dir / FEW_SHOT_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    write_model_card(output_dir, base_model=model_config.model_name_or_path,
+                     datasets=[*data_config.dataset_names, dataset], metrics=None, recipe=recipe)
+    return output_dir
+
+
+def _load(config: Any) -> Any:
+    """The one series of a single-dataset data config, loaded as the builder loads it."""
+    from st_instruct.data.builder import load_series
+
+    (series,) = load_series(config)
+    return series
