@@ -80,10 +80,9 @@ def markdown(evaluations: dict[str, dict]) -> str:
             if "skipped" in result:
                 lines.append(f"| {case} | {model} | skipped: {result['skipped']} | | | |")
                 continue
-            mape = result["MAPE"] * 100 if result["MAPE"] == result["MAPE"] else float("nan")
-            last = result["per_horizon"]["MAE"][-1]
-            lines.append(f"| {case} | {model} | {result['MAE']:.2f} | {result['RMSE']:.2f} | {mape:.1f} | "
-                         f"{last:.2f} |")
+            mape = "n/a" if result["MAPE"] is None else f"{result['MAPE']:.1f}"  # metrics give MAPE in %
+            last = result["per_horizon"][str(len(result["per_horizon"]))]["MAE"]
+            lines.append(f"| {case} | {model} | {result['MAE']:.2f} | {result['RMSE']:.2f} | {mape} | {last:.2f} |")
     return "\n".join(lines)
 
 

@@ -17,7 +17,8 @@ from typing import Any
 import yaml
 
 GRANULARITIES = ("node", "graph")
-COORDINATE_KINDS = ("laplacian", "geo", "grid", "none")
+COORDINATE_KINDS = ("laplacian", "geo", "grid", "learned", "none")
+MRFFN_INITS = ("kmeans", "random")
 # mirrored from st_instruct.training.freeze.FREEZE_PLANS and st_instruct.models.st_encoders.ENCODERS (a test checks
 # they agree) so reading a recipe imports neither torch-heavy module
 FREEZE_PLAN_NAMES = ("frozen", "lora", "pfa", "full", "qlora")
@@ -56,8 +57,10 @@ class DataConfig:
         "help": "windows to keep per split: fraction or count"})
     sample_seed: int = field(default=0, metadata={"help": "seed of node/window sampling"})
     coordinates: str = field(default="laplacian", metadata={
-        "help": "spatial coordinates per node: laplacian | geo | grid | none"})
-    coordinate_dim: int = field(default=8, metadata={"help": "number of Laplacian eigenvectors"})
+        "help": "spatial coordinates per node: laplacian | geo | grid | learned (a trained table per node id: "
+                "not transferable to other node sets) | none"})
+    coordinate_dim: int = field(default=8, metadata={
+        "help": "number of Laplacian eigenvectors / width of the learned node table"})
     dataset_cache_dir: str | None = field(default=None, metadata={
         "help": "where built datasets are cached by fingerprint (default: the user cache)"})
     streaming: bool = field(default=False, metadata={"help": "build an IterableDataset instead of Arrow tables"})
@@ -116,6 +119,25 @@ class ModelConfig:
     loss_reg_weight: float = field(default=1.0, metadata={"help": "lambda_reg: weight of the masked MAE"})
     loss_lm_weight: float = field(default=0.1, metadata={
         "help": "lambda_lm: weight of the LM loss on the answer text (0 skips the LM head)"})
+    revin: bool = field(default=False, metadata={
+        "help": "RevIN: normalise each node's history by its own mean/std (learnable affine), de-normalise the "
+                "forecast"})
+    se_attention: bool = field(default=False, metadata={
+        "help": "ST-LINK SE-Attention: also rotate q/k of the ST tokens by angles from the node coordinates"})
+    se_pairs: int = field(default=8, metadata={
+        "help": "SE-Attention: how many rotary frequency pairs (the lowest-frequency ones) carry the spatial angle"})
+    se_learned_scale: bool = field(default=True, metadata={"help": "SE-Attention: a learned angle scale per head"})
+    se_init_scale: float = field(default=0.1, metadata={
+        "help": "SE-Attention: initial size of the spatial angles (1 = unit-variance angles per unit coordinate)"})
+    mrffn: bool = field(default=False, metadata={
+        "help": "ST-LINK MRFFN: memory-retrieval feed-forward in the decoder layers of mrffn_layers"})
+    mrffn_layers: list[int] = field(default_factory=lambda: [-1], metadata={
+        "help": "MRFFN: decoder layers whose MLP gets a memory (negative counts from the last)"})
+    mrffn_slots: int = field(default=64, metadata={"help": "MRFFN: memory slots M"})
+    mrffn_key_dim: int = field(default=64, metadata={"help": "MRFFN: width of the memory keys"})
+    mrffn_top_k: int | None = field(default=4, metadata={"help": "MRFFN: slots retrieved per token (null = all)"})
+    mrffn_init: str = field(default="kmeans", metadata={
+        "help": "MRFFN memory init: kmeans (of encoded training history windows) | random"})
 
     def __post_init__(self) -> None:
         if self.freeze_plan not in FREEZE_PLAN_NAMES:
@@ -127,6 +149,16 @@ class ModelConfig:
         if self.loss_reg_weight < 0 or self.loss_lm_weight < 0 or self.loss_reg_weight + self.loss_lm_weight == 0:
             raise RecipeError(f"loss weights must be >= 0 and not both 0, found loss_reg_weight "
                               f"{self.loss_reg_weight}, loss_lm_weight {self.loss_lm_weight}")
+        if self.mrffn and not self.mrffn_layers:
+            raise RecipeError("mrffn: true needs at least one layer in mrffn_layers")
+        if self.mrffn_init not in MRFFN_INITS:
+            raise RecipeError(f"mrffn_init must be one of {MRFFN_INITS}, found {self.mrffn_init!r}")
+        for key in ("se_pairs", "mrffn_slots", "mrffn_key_dim"):
+            if getattr(self, key) < 1:
+                raise RecipeError(f"{key} must be >= 1, found {getattr(self, key)}")
+        if self.mrffn_top_k is not None and not 1 <= self.mrffn_top_k <= self.mrffn_slots:
+            raise RecipeError(f"mrffn_top_k must be in 1 .. mrffn_slots ({self.mrffn_slots}) or null, found "
+                              f"{self.mrffn_top_k}")
         if self.freeze_plan == "qlora" and not self.model_load_in_4bit:
             self.model_load_in_4bit = True  # QLoRA is LoRA on a 4-bit backbone by definition
 

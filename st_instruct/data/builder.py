@@ -36,7 +36,8 @@ scaler_mean/_std    float32 ``[C]``            original = scaled * std + mean
 coords              float32 ``[N', K]``        per ``DataConfig.coordinates``: ``laplacian`` K = coordinate_dim
                                                (Laplacian eigenvectors of the full graph; zeros without one),
                                                ``geo`` K = 2 (lat/lon or planar xy), ``grid`` K = 2 (row, col),
-                                               ``none`` K = 0
+                                               ``none`` / ``learned`` K = 0 (``learned``: the model keeps
+                                               a trained table indexed by ``node_index``)
 history_tod/_dow    int32 ``[L]``              step of the day (0 .. steps_per_day - 1) / day of week (Mon = 0)
 target_tod/_dow     int32 ``[P]``              same for the horizon (zeros without a calendar)
 steps_per_day       int32                      steps in one day
@@ -157,9 +158,9 @@ def node_coordinates(data: STData, kind: str, dim: int) -> np.ndarray:
             raise STDataError(f"dataset {data.name!r}: coordinates='grid' needs a grid dataset (grid_shape); use "
                               "coordinates: laplacian, geo or none")
         return grid_coordinates(*data.grid_shape).astype(np.float32)
-    if kind == "none":
+    if kind in ("none", "learned"):  # learned: the model's own table, indexed by node_index
         return np.zeros((N, 0), np.float32)
-    raise ValueError(f"coordinates must be laplacian, geo, grid or none, found {kind!r}")
+    raise ValueError(f"coordinates must be laplacian, geo, grid, learned or none, found {kind!r}")
 
 
 @dataclass

@@ -17,6 +17,7 @@ transformers / PEFT. The trainer's loss is ``λ_reg · masked_mae_loss + λ_lm �
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from dataclasses import dataclass
@@ -28,13 +29,24 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers.utils import ModelOutput
 
+from st_instruct.models.mrffn import memory_layers, memory_modules, wrap_mlps
 from st_instruct.models.patching import hidden_size, input_embeddings, unwrap
 from st_instruct.models.regression_head import RegressionHead
-from st_instruct.models.st_encoders import ENCODERS, DilatedTCNEncoder, STProjector
+from st_instruct.models.se_attention import (
+    build_spatial_rotation,
+    enable_se_attention,
+    normalize_coords,
+    se_attention_enabled,
+    spatial_context,
+    token_coords,
+)
+from st_instruct.models.st_encoders import ENCODERS, DilatedTCNEncoder, RevIN, STProjector
 
 ST_MODULES_FILE = "st_modules.safetensors"
 ST_CONFIG_FILE = "st_forecaster_config.json"
-ST_MODULE_NAMES = ("st_encoder", "st_projector", "regression_head")
+# the ST modules held by the forecaster itself; optional ones are None when the config switches them off. MRFFN
+# memories live inside the backbone's decoder layers and are listed by st_modules() as "st_memory.layers.<i>".
+ST_MODULE_NAMES = ("st_encoder", "st_projector", "regression_head", "st_revin", "st_node_table", "st_spatial")
 
 
 @dataclass
@@ -47,6 +59,14 @@ class STForecasterConfig:
     width of each of its four parts (output ``4 * encoder_dim``); ``steps_per_day`` the rows of the time-of-day
     table (288 = 5-minute resolution; coarser data is mapped onto it). ``tcn_layers`` / ``tcn_kernel_size`` only
     matter for ``"tcn"``; ``projector_layers`` is 1 (linear) or 2 (MLP); ``head_dim`` the width of ``W1`` / ``W2``.
+
+    Options (ST-LINK and friends, all off by default): ``revin`` (:class:`RevIN` around encoder and head);
+    ``node_table_size`` > 0 replaces the data's coordinates by a learned ``[node_table_size, coord_dim]`` table
+    indexed by node id (``coordinates: learned``; ties the model to one node set); ``se_attention`` with
+    ``se_pairs`` / ``se_learned_scale`` / ``se_init_scale`` (:mod:`st_instruct.models.se_attention`; the angle
+    projection starts at ``se_init_scale`` times that module's default, so the pretrained backbone starts close to
+    itself); ``mrffn_layers`` with
+    ``mrffn_slots`` / ``mrffn_key_dim`` / ``mrffn_top_k`` (:mod:`st_instruct.models.mrffn`).
     """
 
     history: int
@@ -62,6 +82,16 @@ class STForecasterConfig:
     tcn_kernel_size: int = 2
     projector_layers: int = 1
     head_dim: int = 128
+    revin: bool = False
+    node_table_size: int = 0
+    se_attention: bool = False
+    se_pairs: int = 8
+    se_learned_scale: bool = True
+    se_init_scale: float = 0.1
+    mrffn_layers: list[int] | None = None
+    mrffn_slots: int = 64
+    mrffn_key_dim: int = 64
+    mrffn_top_k: int | None = 4
 
     def __post_init__(self) -> None:
         if self.encoder not in ENCODERS:
@@ -97,6 +127,17 @@ class STForecasterOutput(ModelOutput):
     hidden_states: tuple[torch.Tensor, ...] | None = None
 
 
+def add_memories(backbone: nn.Module, config: STForecasterConfig) -> None:
+    """Wrap the MLPs of ``config.mrffn_layers`` with MRFFN memories (idempotent; nothing when off). Must run before a
+    PEFT adapter is applied or loaded: LoRA target names then include the wrapped MLP (``mlp.base.*``)."""
+    if not config.mrffn_layers:
+        return
+    if unwrap(backbone) is not backbone and not memory_modules(backbone):
+        raise ValueError("MRFFN memories must be added before the PEFT adapter (its LoRA target names include the "
+                         "wrapped MLP); build the forecaster on the plain backbone")
+    wrap_mlps(backbone, config.mrffn_layers, config.mrffn_slots, config.mrffn_key_dim, config.mrffn_top_k)
+
+
 class STForecaster(nn.Module):
     """A causal-LM backbone (plain or PEFT-wrapped) plus ``st_encoder``, ``st_projector`` and ``regression_head``.
 
@@ -115,8 +156,33 @@ class STForecaster(nn.Module):
         self.st_encoder = ENCODERS[config.encoder](config.history, config.channels, config.coord_dim, **kwargs)
         self.st_projector = STProjector(self.st_encoder.out_dim, width, config.projector_layers)
         self.regression_head = RegressionHead(width, config.horizon, config.channels, config.head_dim)
-        for name in ST_MODULE_NAMES:
-            getattr(self, name).to(device)
+        self.st_revin = RevIN(config.channels) if config.revin else None
+        self.st_node_table = None
+        if config.node_table_size:
+            self.st_node_table = nn.Embedding(config.node_table_size, config.coord_dim)
+            nn.init.normal_(self.st_node_table.weight, std=0.1)
+        self.st_spatial = None
+        if config.se_attention:
+            if config.coord_dim < 1:
+                raise ValueError("se_attention rotates by node coordinates, but coord_dim is 0 (coordinates: none); "
+                                 "use laplacian, geo, grid or learned coordinates")
+            self.st_spatial = build_spatial_rotation(backbone, config.coord_dim, config.se_pairs,
+                                                     config.se_learned_scale)
+            with torch.no_grad():
+                self.st_spatial.weight.mul_(config.se_init_scale)
+            enable_se_attention(backbone, self.st_spatial)
+        add_memories(backbone, config)
+        for module in self.st_modules().values():
+            module.to(device)
+
+    def st_modules(self) -> dict[str, nn.Module]:
+        """Every ST module that is on, by name: the forecaster's own (:data:`ST_MODULE_NAMES`) and the MRFFN memory
+        of each wrapped decoder layer (``st_memory.layers.<i>``). They train in every freeze plan and are saved in
+        ``st_modules.safetensors``."""
+        modules = {name: getattr(self, name) for name in ST_MODULE_NAMES if getattr(self, name) is not None}
+        for index, mlp in memory_layers(self.backbone).items():
+            modules[f"st_memory.layers.{index}"] = mlp.st_memory
+        return modules
 
     # What the HF / TRL trainers read from the model they train, delegated to the transformers backbone.
     @property
@@ -145,6 +211,35 @@ class STForecaster(nn.Module):
         batch_index, node_index = node_mask.nonzero(as_tuple=True)
         values = node_embeddings[batch_index, node_index].to(embeds.dtype)
         return embeds.index_put((batch_index, his_positions[batch_index, node_index]), values)
+
+    def node_coordinates(self, coords: torch.Tensor, node_mask: torch.Tensor,
+                         node_index: torch.Tensor | None) -> torch.Tensor:
+        """``coords`` [B, N, K] of the batch, or with a learned node table its rows at ``node_index`` [B, N]."""
+        if self.st_node_table is None:
+            return coords
+        size = self.st_node_table.num_embeddings
+        if node_index is None:
+            raise ValueError("coordinates: learned needs the batch's node_index (STDataCollator adds it)")
+        index = node_index.long() * node_mask.long()  # padded nodes read row 0, then are zeroed by the encoder
+        if int(index.max()) >= size:
+            raise ValueError(f"node index {int(index.max())} is beyond the learned node table of {size} nodes: "
+                             "'coordinates: learned' ties a model to the node set it was trained on; use laplacian, "
+                             "geo or grid coordinates to run on other graphs")
+        return self.st_node_table(index)
+
+    def spatial_context(self, coords: torch.Tensor, his_positions: torch.Tensor, pre_positions: torch.Tensor,
+                        node_mask: torch.Tensor, length: int) -> contextlib.AbstractContextManager:
+        """With SE-Attention: the context in which the backbone's ST tokens (each node's ``<st_his>`` and
+        ``<st_pre>``) are rotated by their node's coordinates, centred and scaled per sample
+        (:func:`normalize_coords`: spatial offsets, not absolute positions, matter); text tokens are not rotated.
+        Without it, a context that does nothing."""
+        if self.st_spatial is None:
+            return contextlib.nullcontext()
+        if not se_attention_enabled(self.backbone):  # a PEFT wrapper applied after construction keeps it; checked
+            enable_se_attention(self.backbone, self.st_spatial)
+        token_coordinates, st_mask = token_coords(normalize_coords(coords, node_mask), [his_positions, pre_positions],
+                                                  node_mask, length)
+        return spatial_context(self.backbone, self.st_spatial, token_coordinates, st_mask)
 
     def _check_positions(self, input_ids: torch.Tensor, his_positions: torch.Tensor, pre_positions: torch.Tensor,
                          node_mask: torch.Tensor) -> None:
@@ -177,13 +272,20 @@ class STForecaster(nn.Module):
         if labels is not None and (torch.is_tensor(logits_to_keep) or logits_to_keep):
             raise ValueError("logits_to_keep drops the logits the LM loss needs; pass labels=None with it")
         self._check_positions(input_ids, his_positions, pre_positions, node_mask)
+        coords = self.node_coordinates(coords, node_mask, unused.get("node_index"))
+        stats = None
+        if self.st_revin is not None:
+            history, stats = self.st_revin.normalise(history, history_mask)
         nodes = self.st_encoder(history, history_mask, history_tod, history_dow, coords, node_mask, steps_per_day)
         embeds = self.embed_inputs(input_ids, his_positions, node_mask, self.st_projector(nodes))
-        out = self.backbone(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels,
-                            output_hidden_states=True, use_cache=False, logits_to_keep=logits_to_keep)
+        with self.spatial_context(coords, his_positions, pre_positions, node_mask, input_ids.shape[1]):
+            out = self.backbone(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels,
+                                output_hidden_states=True, use_cache=False, logits_to_keep=logits_to_keep)
         # hidden_states[-1] is after the final norm: what the LM head reads
         predictions = self.regression_head.from_hidden_states(out.hidden_states[-1], his_positions, pre_positions,
                                                               node_mask)
+        if stats is not None:
+            predictions = self.st_revin.denormalise(predictions, stats)
         return STForecasterOutput(loss=out.loss, logits=out.logits, predictions=predictions,
                                   hidden_states=out.hidden_states if output_hidden_states else None)
 
@@ -221,14 +323,27 @@ def masked_mae_loss(prediction: torch.Tensor, target: torch.Tensor, mask: torch.
     return ((prediction - target.to(prediction.dtype)).abs() * weight).sum() / weight.sum().clamp(min=1)
 
 
-def st_state_dict(model: STForecaster) -> dict[str, torch.Tensor]:
-    """The weights of the ST modules, keyed ``<module name>.<parameter name>``, on the CPU."""
-    return {f"{name}.{key}": value.detach().cpu().contiguous()
-            for name in ST_MODULE_NAMES for key, value in getattr(model, name).state_dict().items()}
+def st_state_dict(model: STForecaster, state_dict: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """The weights of the ST modules (:meth:`STForecaster.st_modules`), keyed ``<module name>.<parameter name>``, on
+    the CPU. From the live modules, or picked out of ``state_dict`` (the whole forecaster's, keyed as
+    ``model.state_dict()``; what a trainer gathers under ZeRO-3)."""
+    modules = model.st_modules()
+    if state_dict is None:
+        return {f"{name}.{key}": value.detach().cpu().contiguous()
+                for name, module in modules.items() for key, value in module.state_dict().items()}
+    path_of = {id(module): path for path, module in model.named_modules()}
+    prefixes = {f"{path_of[id(module)]}.": name for name, module in modules.items()}
+    picked = {}
+    for key, value in state_dict.items():
+        for prefix, name in prefixes.items():
+            if key.startswith(prefix):
+                picked[f"{name}.{key[len(prefix):]}"] = value.detach().cpu().contiguous()
+    return picked
 
 
 def save_st_modules(model: STForecaster, directory: str | Path) -> None:
-    """Write ``st_modules.safetensors`` (encoder, projector, head) and ``st_forecaster_config.json``."""
+    """Write ``st_modules.safetensors`` (encoder, projector, head and the optional ST modules) and
+    ``st_forecaster_config.json``."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     save_file(st_state_dict(model), str(directory / ST_MODULES_FILE), metadata={"format": "pt"})
@@ -249,8 +364,7 @@ def load_st_modules(model: STForecaster, directory: str | Path) -> STForecaster:
         raise ValueError(f"the ST modules in {directory} were saved for another configuration ({'; '.join(differ)}); "
                          "build the model with STForecasterConfig.load(directory) or use load_st_forecaster")
     state = load_file(str(directory / ST_MODULES_FILE))
-    for name in ST_MODULE_NAMES:
-        module = getattr(model, name)
+    for name, module in model.st_modules().items():
         prefix = f"{name}."
         part = {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
         try:

@@ -5,15 +5,21 @@ architecture family means adding one row to :data:`DECODER_LAYERS` (and the atte
 names if they differ), and a transformers release that moves a module breaks exactly one place. A PEFT-wrapped
 model (``PeftModel``) is unwrapped to the transformers model underneath first.
 
+It also holds the attention seam of SE-Attention (:mod:`st_instruct.models.se_attention`): each family's attention
+geometry and RoPE layout, switching ``config._attn_implementation`` and handing extra keyword arguments through the
+transformer body to the attention function.
+
 Supported ``model_type`` families: Llama (SmolLM2), Mistral, Qwen2/Qwen3, Gemma/Gemma2, Phi-3 (``model.layers``)
 and GPT-2 / GPT-Neo (``transformer.h``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 # model_type -> path of the decoder-layer ModuleList below the *ForCausalLM model
 DECODER_LAYERS: dict[str, str] = {
@@ -183,3 +189,87 @@ def feed_forward_projection_names(model: nn.Module) -> list[str]:
 def is_loaded_in_4bit(model: nn.Module) -> bool:
     """Whether the (unwrapped) model was loaded with a bitsandbytes 4-bit ``quantization_config``."""
     return bool(getattr(unwrap(model), "is_loaded_in_4bit", False))
+
+
+# --- attention geometry and the attention-implementation seam (SE-Attention, DESIGN.md §4) ----------------------
+
+# families whose attention has no rotary position embedding (GPT-2 adds learned absolute position embeddings)
+NO_ROPE = ("gpt2", "gpt_neo")
+
+
+def attention_geometry(model: nn.Module) -> tuple[int, int, int]:
+    """``(num_heads, num_kv_heads, head_dim)`` of the backbone's self-attention, read from its config: query heads,
+    key/value heads (fewer with grouped-query attention, equal without: GPT-2 has no ``num_key_value_heads``) and
+    the width of one head (``config.head_dim`` where the family sets it, as Gemma does, else hidden / heads)."""
+    config = unwrap(model).config.get_text_config()
+    heads = int(config.num_attention_heads)
+    kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
+    head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // heads)
+    return heads, kv_heads, head_dim
+
+
+def uses_rope(model: nn.Module) -> bool:
+    """Whether the backbone rotates queries and keys with rotary position embeddings (every family but GPT-2 /
+    GPT-Neo). Raises for partial RoPE (``partial_rotary_factor`` < 1, e.g. some Phi checkpoints): its frequency
+    pairs are ``(j, j + rotary_dim / 2)``, not the ``(j, j + head_dim / 2)`` that HF's ``rotate_half`` uses on a
+    fully rotated head, so a rotation of those planes would not commute with the backbone's."""
+    if model_type(model) in NO_ROPE:
+        return False
+    config = unwrap(model).config.get_text_config()
+    rope = getattr(config, "rope_parameters", None) or {}
+    factor = rope.get("partial_rotary_factor", getattr(config, "partial_rotary_factor", 1.0)) or 1.0
+    if factor < 1.0:
+        raise UnsupportedArchitectureError(f"{type(unwrap(model)).__name__} rotates only {factor:.0%} of each head "
+                                           "(partial_rotary_factor < 1); SE-Attention supports fully rotary heads")
+    return True
+
+
+def attention_implementation(model: nn.Module) -> str:
+    """The attention implementation the backbone's config selects (``"sdpa"``, ``"eager"``, a registered name)."""
+    return unwrap(model).config._attn_implementation
+
+
+def set_attention_implementation(model: nn.Module, name: str) -> int:
+    """Select the attention function registered as ``name`` in ``transformers.AttentionInterface`` (and the mask
+    function registered under the same name) for every attention module of ``model``; returns how many of the
+    decoder layers' attention modules now read ``name`` from their config.
+
+    transformers >= 5 dispatches attention through ``ALL_ATTENTION_FUNCTIONS[config._attn_implementation]`` in
+    Llama / Mistral / Qwen / Gemma / Phi-3 and GPT-2; ``set_attn_implementation`` sets the config of the model and
+    of its sub-models. GPT-Neo keeps its own attention classes, so it counts 0 there.
+    """
+    unwrap(model).set_attn_implementation(name)
+    return count_attention_implementation(model, name)
+
+
+def count_attention_implementation(model: nn.Module, name: str) -> int:
+    """How many decoder-layer attention modules of ``model`` dispatch to the attention implementation ``name``."""
+    return sum(getattr(getattr(attention_module(model, layer), "config", None), "_attn_implementation", None) == name
+               for layer in decoder_layers(model))
+
+
+def base_model(model: nn.Module) -> nn.Module:
+    """The transformer body below the LM head (``LlamaModel`` at ``model.model``, ``GPT2Model`` at
+    ``model.transformer``): the module whose forward receives ``past_key_values`` and hands every extra keyword
+    argument on to each decoder layer, its attention module and finally the attention function."""
+    return unwrap(model).base_model
+
+
+def add_forward_kwargs(model: nn.Module, make_kwargs: Callable[[int], dict[str, Any]]) -> RemovableHandle:
+    """Add ``make_kwargs(past_length)`` to the keyword arguments of every call of the backbone's body
+    (:func:`base_model`); remove it with the returned handle's ``remove()``.
+
+    ``past_length`` is the number of positions already in the key/value cache (0 without one), so the added values
+    can tell which absolute positions the call's new tokens sit at: ``position_ids`` cannot (with left padding
+    ``generate`` counts them from the first real token). The body forwards extra keyword arguments to the
+    attention function, where an ``AttentionInterface`` function reads them; a hook on the body (not on the
+    ``*ForCausalLM`` model) also fires under a PEFT wrapper, which calls the inner model's ``forward`` directly.
+    Gradient checkpointing keeps each layer's keyword arguments for the recomputation, so the values added here
+    reach the recomputed attention too.
+    """
+
+    def hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:
+        past = kwargs.get("past_key_values")
+        return args, {**kwargs, **make_kwargs(past.get_seq_length() if past is not None else 0)}
+
+    return base_model(model).register_forward_pre_hook(hook, with_kwargs=True)

@@ -28,13 +28,15 @@ from safetensors.torch import load_file, save_file
 
 from st_instruct.models.forecaster import (
     ST_CONFIG_FILE,
-    ST_MODULE_NAMES,
     ST_MODULES_FILE,
     STForecaster,
-    load_st_forecaster,
+    STForecasterConfig,
+    add_memories,
     load_st_modules,
     save_st_modules,
+    st_state_dict,
 )
+from st_instruct.models.mrffn import is_memory_parameter
 from st_instruct.models.patching import unwrap
 
 BACKBONE_FILE = "st_backbone.json"
@@ -65,12 +67,14 @@ def backbone_format(model: STForecaster) -> str:
 
         adapter = {id(p) for module in model.backbone.modules() if isinstance(module, BaseTunerLayer)
                    for name in module.adapter_layer_names for p in getattr(module, name).parameters()}
-        base = [name for name, p in model.backbone.named_parameters() if p.requires_grad and id(p) not in adapter]
+        base = [name for name, p in model.backbone.named_parameters()
+                if p.requires_grad and id(p) not in adapter and not is_memory_parameter(name)]
         if base:
             raise ValueError(f"the PEFT-wrapped backbone also trains base weights ({base[:3]}...), which its adapter "
                              "does not save; train them through PEFT (modules_to_save) or without an adapter")
         return "adapter"
-    return "full" if any(p.requires_grad for p in model.backbone.parameters()) else "base"
+    return "full" if any(p.requires_grad for name, p in model.backbone.named_parameters()
+                         if not is_memory_parameter(name)) else "base"
 
 
 def save_forecaster(model: STForecaster, directory: str | Path, source: BackboneSource, tokenizer: Any = None,
@@ -94,9 +98,7 @@ def save_forecaster(model: STForecaster, directory: str | Path, source: Backbone
     if state_dict is None:
         save_st_modules(model, directory)
     else:
-        st_state = {key: value.detach().cpu().contiguous() for key, value in state_dict.items()
-                    if key.split(".", 1)[0] in ST_MODULE_NAMES}
-        save_file(st_state, str(directory / ST_MODULES_FILE), metadata={"format": "pt"})
+        save_file(st_state_dict(model, state_dict), str(directory / ST_MODULES_FILE), metadata={"format": "pt"})
         model.st_config.save(directory)
     if tokenizer is not None:
         tokenizer.save_pretrained(directory)
@@ -144,19 +146,18 @@ def load_forecaster(directory: str | Path) -> tuple[STForecaster, Any]:
 
     directory = Path(directory)
     source, kind = read_backbone_source(directory)
+    config = STForecasterConfig.load(directory)
     tokenizer = AutoTokenizer.from_pretrained(directory)
-    if kind == "full":
-        from st_instruct.models.backbones import get_backbone
-
-        backbone = get_backbone(str(directory))
-    else:
-        backbone, base_tokenizer = build_base_backbone(source)
-        if base_tokenizer.get_vocab() != tokenizer.get_vocab():
-            raise ValueError(f"the tokenizer saved in {directory} differs from the one of its base backbone "
-                             f"{source.model_name_or_path!r}; was the base model changed since training?")
-        if kind == "adapter":
-            backbone = PeftModel.from_pretrained(backbone, directory)
-    return load_st_forecaster(backbone, directory).eval(), tokenizer
+    backbone, base_tokenizer = build_base_backbone(source)
+    if base_tokenizer.get_vocab() != tokenizer.get_vocab():
+        raise ValueError(f"the tokenizer saved in {directory} differs from the one of its base backbone "
+                         f"{source.model_name_or_path!r}; was the base model changed since training?")
+    add_memories(backbone, config)  # before the adapter: its LoRA names include the wrapped MLPs
+    if kind == "adapter":
+        backbone = PeftModel.from_pretrained(backbone, directory)
+    elif kind == "full":
+        _load_full_backbone(backbone, directory)
+    return load_st_modules(STForecaster(backbone, config), directory).eval(), tokenizer
 
 
 def load_forecaster_weights(model: STForecaster, directory: str | Path) -> STForecaster:

@@ -177,3 +177,38 @@ class STProjector(nn.Module):
 
 
 ENCODERS: dict[str, type[nn.Module]] = {"patch": PatchEmbeddingEncoder, "tcn": DilatedTCNEncoder}
+
+
+class RevIN(nn.Module):
+    """Reversible instance normalisation (Kim et al., "Reversible Instance Normalization for Accurate Time-Series
+    Forecasting against Distribution Shift", ICLR 2022), per node and channel, with a learnable affine per channel.
+
+    :meth:`normalise` scales each (sample, node, channel) history by the mean and standard deviation of its own
+    observed steps (gaps are ignored; a node with no observed step keeps mean 0, std 1) and applies ``gamma``,
+    ``beta``; :meth:`denormalise` inverts that on the forecast. Starting from ``gamma = 1``, ``beta = 0``. Inputs are
+    already z-scored by the dataset's train statistics, so this removes each window's own level and spread: the
+    encoder sees shapes, and the level comes back at the head.
+    """
+
+    def __init__(self, channels: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.ones(channels))
+        self.beta = nn.Parameter(torch.zeros(channels))
+        self.eps = eps
+
+    def normalise(self, history: torch.Tensor, history_mask: torch.Tensor
+                  ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """[B, L, N, C] history and mask -> (normalised history (gaps 0), (mean, std) each [B, 1, N, C])."""
+        mask = history_mask.to(history.dtype)
+        count = mask.sum(dim=1, keepdim=True)
+        mean = (history * mask).sum(dim=1, keepdim=True) / count.clamp(min=1)
+        var = (((history - mean) * mask) ** 2).sum(dim=1, keepdim=True) / count.clamp(min=1)
+        std = torch.where(count > 1, (var + self.eps).sqrt(), torch.ones_like(var))
+        normalised = ((history - mean) / std * self.gamma + self.beta) * mask
+        return normalised, (mean, std)
+
+    def denormalise(self, forecast: torch.Tensor, stats: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """[B, P, N, C] forecast in normalised units -> the units the history had before :meth:`normalise`."""
+        mean, std = stats
+        gamma = torch.where(self.gamma.abs() < self.eps, torch.full_like(self.gamma, self.eps), self.gamma)
+        return (forecast - self.beta) / gamma * std + mean

@@ -35,6 +35,7 @@ from typing import Any
 from torch import nn
 
 from st_instruct.models.forecaster import ST_MODULE_NAMES, STForecaster
+from st_instruct.models.mrffn import MEMORY_MODULE_NAME, is_memory_parameter
 from st_instruct.models.patching import (
     attention_module,
     attention_projection_names,
@@ -49,6 +50,7 @@ from st_instruct.models.patching import (
 FREEZE_PLANS = ("frozen", "lora", "pfa", "full", "qlora")
 # recipe-friendly names in lora_target_modules, expanded per architecture (st_instruct.models.patching)
 LORA_TARGET_ALIASES = {"attention": attention_projection_names, "mlp": feed_forward_projection_names}
+MEMORY_GROUP = MEMORY_MODULE_NAME  # MRFFN memories inside the backbone: ST weights, trained in every plan
 ADAPTER_GROUP = "adapter"  # PEFT adapter weights: saved by the PeftModel's save_pretrained
 BACKBONE_GROUP = "backbone"  # trained base weights of the backbone: saved with the backbone itself
 
@@ -148,8 +150,8 @@ def apply_freeze_plan(model: STForecaster, plan: str, *, lora_r: int = 8, lora_a
     base_trainable = _base_trainable(backbone, plan, pfa_last_layers)
     for parameter in backbone.parameters():
         parameter.requires_grad_(id(parameter) in adapter or id(parameter) in base_trainable)
-    for name in ST_MODULE_NAMES:
-        getattr(model, name).requires_grad_(True)
+    for module in model.st_modules().values():  # incl. MRFFN memories inside the backbone
+        module.requires_grad_(True)
     return _report(model, plan, adapter)
 
 
@@ -260,11 +262,16 @@ def _report(model: STForecaster, plan: str, adapter: set[int]) -> FreezeReport:
         if not parameter.requires_grad:
             continue
         top = name.split(".", 1)[0]
-        group = top if top in ST_MODULE_NAMES else ADAPTER_GROUP if id(parameter) in adapter else BACKBONE_GROUP
+        if top in ST_MODULE_NAMES:
+            group = top
+        elif is_memory_parameter(name):
+            group = MEMORY_GROUP
+        else:
+            group = ADAPTER_GROUP if id(parameter) in adapter else BACKBONE_GROUP
         groups.setdefault(group, []).append(name)
         counts[group] = counts.get(group, 0) + _count(parameter)
         trainable += _count(parameter)
-    order = [*ST_MODULE_NAMES, ADAPTER_GROUP, BACKBONE_GROUP]
+    order = [*ST_MODULE_NAMES, MEMORY_GROUP, ADAPTER_GROUP, BACKBONE_GROUP]
     return FreezeReport(plan=plan, groups={group: groups[group] for group in order if group in groups},
                         group_counts={group: counts[group] for group in order if group in counts},
                         trainable=trainable, total=total)

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -45,18 +46,79 @@ def build_forecaster(data_config: DataConfig, model_config: ModelConfig, seed: i
     ids = add_st_tokens(tokenizer, backbone)
     dataset = build_dataset(data_config, tokenizer)
     sample = next(iter(dataset["train"]))
+    learned = data_config.coordinates == "learned"
     st_config = STForecasterConfig(
         history=data_config.history, horizon=data_config.horizon, channels=channels or len(sample["scaler_mean"]),
-        coord_dim=len(sample["coords"][0]), his_token_id=ids.his, pre_token_id=ids.pre,
-        encoder=model_config.st_encoder, encoder_dim=model_config.st_encoder_dim,
-        projector_layers=model_config.st_projector_layers, head_dim=model_config.head_dim)
+        coord_dim=data_config.coordinate_dim if learned else len(sample["coords"][0]), his_token_id=ids.his,
+        pre_token_id=ids.pre, encoder=model_config.st_encoder, encoder_dim=model_config.st_encoder_dim,
+        projector_layers=model_config.st_projector_layers, head_dim=model_config.head_dim, revin=model_config.revin,
+        node_table_size=learned_node_table_size(data_config) if learned else 0,
+        se_attention=model_config.se_attention, se_pairs=model_config.se_pairs,
+        se_learned_scale=model_config.se_learned_scale, se_init_scale=model_config.se_init_scale,
+        mrffn_layers=list(model_config.mrffn_layers) if model_config.mrffn else None,
+        mrffn_slots=model_config.mrffn_slots, mrffn_key_dim=model_config.mrffn_key_dim,
+        mrffn_top_k=model_config.mrffn_top_k)
     set_seed(seed)
     model = STForecaster(backbone, st_config)
+    if model_config.mrffn and model_config.mrffn_init == "kmeans":
+        init_memories_from_data(model, dataset["train"], tokenizer, seed=seed)
     report = apply_freeze_plan(model, model_config.freeze_plan, lora_r=model_config.lora_r,
                                lora_alpha=model_config.lora_alpha, lora_dropout=model_config.lora_dropout,
                                lora_target_modules=model_config.lora_target_modules,
                                pfa_last_layers=model_config.pfa_last_layers)
     return model, tokenizer, dataset, report
+
+
+def learned_node_table_size(data_config: DataConfig) -> int:
+    """Rows of the learned node table of ``coordinates: learned``: the node count of the one training dataset."""
+    from st_instruct.data.builder import load_series
+
+    series = load_series(data_config)
+    if len(series) != 1:
+        raise RecipeError(f"coordinates: learned gives every node id of one dataset its own trained row; with "
+                          f"{len(series)} datasets ({', '.join(data_config.dataset_names)}) the ids collide: use "
+                          "laplacian, geo or grid coordinates")
+    return series[0].num_nodes
+
+
+def init_memories_from_data(model: Any, train_dataset: Any, tokenizer: Any, patterns_per_slot: int = 16,
+                            batch_size: int = 8, seed: int = 0) -> None:
+    """Initialise every MRFFN memory from "key historical patterns" (ST-LINK): the k-means centroids of what its
+    wrapped MLP reads at the ``<st_his>`` tokens of training samples -- history windows encoded by the (freshly
+    built) model -- with ``patterns_per_slot`` times as many patterns as slots, samples drawn with ``seed``."""
+    import numpy as np
+    import torch
+
+    from st_instruct.models.mrffn import init_memory_from_patterns, memory_modules, recorded_inputs
+    from st_instruct.models.regression_head import gather_positions
+    from st_instruct.training.collator import STDataCollator
+
+    wrappers = memory_modules(model.backbone)
+    wanted = patterns_per_slot * max(w.st_memory.slots for w in wrappers)
+    order = np.random.default_rng(seed).permutation(len(train_dataset))
+    collator = STDataCollator(tokenizer)
+    patterns: list[list[torch.Tensor]] = [[] for _ in wrappers]
+    found = 0
+    for lo in range(0, len(order), batch_size):
+        batch = collator([train_dataset[int(i)] for i in order[lo:lo + batch_size]])
+        records = []
+        with contextlib.ExitStack() as stack:
+            records = [stack.enter_context(recorded_inputs(w)) for w in wrappers]
+            model.predict(batch)
+        mask = batch["node_mask"]
+        for rows, record in zip(patterns, records, strict=True):
+            hidden = record[0]
+            rows.append(gather_positions(hidden, batch["his_positions"].to(hidden.device))[mask.to(hidden.device)]
+                        .float().cpu())
+        found += int(mask.sum())
+        if found >= wanted:
+            break
+    slots = max(w.st_memory.slots for w in wrappers)
+    if found < slots:
+        raise RecipeError(f"mrffn_init: kmeans needs at least mrffn_slots = {slots} encoded history windows, the "
+                          f"training split gives {found}; lower mrffn_slots or use mrffn_init: random")
+    for wrapper, rows in zip(wrappers, patterns, strict=True):
+        init_memory_from_patterns(wrapper, torch.cat(rows), seed=seed)
 
 
 def backbone_source(model_config: ModelConfig) -> Any:

@@ -39,6 +39,27 @@ def lm_loss_positions(labels: torch.Tensor) -> torch.Tensor:
     return (labels[:, 1:] != IGNORE_INDEX).any(dim=0).nonzero().squeeze(1)
 
 
+def forecaster_loss(model: torch.nn.Module, inputs: dict[str, torch.Tensor], loss_reg_weight: float,
+                    loss_lm_weight: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Any]:
+    """``(loss, regression loss, LM loss, outputs)`` of one ``STDataCollator`` batch in one forward pass:
+    ``loss_reg_weight · masked MAE + loss_lm_weight · LM loss`` (the logits are computed at the labelled positions
+    only, and not at all when ``loss_lm_weight`` is 0)."""
+    labels = inputs["labels"]
+    features = {key: value for key, value in inputs.items() if key != "labels"}
+    if loss_lm_weight > 0:
+        positions = lm_loss_positions(labels)
+        outputs = model(**features, logits_to_keep=positions)
+        targets = labels[:, positions + 1]
+        count = (targets != IGNORE_INDEX).sum()
+        lm_loss = F.cross_entropy(outputs.logits.float().flatten(0, 1), targets.flatten(),
+                                  ignore_index=IGNORE_INDEX, reduction="sum") / count.clamp(min=1)
+    else:  # skip the vocabulary projection altogether
+        outputs = model(**features, logits_to_keep=1)
+        lm_loss = outputs.predictions.new_zeros(())
+    reg_loss = masked_mae_loss(outputs.predictions, inputs["target"], regression_mask(inputs))
+    return loss_reg_weight * reg_loss + loss_lm_weight * lm_loss, reg_loss, lm_loss, outputs
+
+
 class STSFTTrainer(SFTTrainer):
     """Train an :class:`STForecaster` on ``loss_reg_weight · masked MAE + loss_lm_weight · LM loss``.
 
@@ -85,20 +106,7 @@ class STSFTTrainer(SFTTrainer):
                      num_items_in_batch: Any = None) -> torch.Tensor | tuple[torch.Tensor, Any]:
         """``λ_reg · masked MAE + λ_lm · LM loss`` of one micro-batch (an ``STDataCollator`` batch), one forward."""
         mode = "train" if model.training else "eval"
-        labels = inputs["labels"]
-        features = {key: value for key, value in inputs.items() if key != "labels"}
-        if self.loss_lm_weight > 0:
-            positions = lm_loss_positions(labels)
-            outputs = model(**features, logits_to_keep=positions)
-            targets = labels[:, positions + 1]
-            count = (targets != IGNORE_INDEX).sum()
-            lm_loss = F.cross_entropy(outputs.logits.float().flatten(0, 1), targets.flatten(),
-                                      ignore_index=IGNORE_INDEX, reduction="sum") / count.clamp(min=1)
-        else:  # skip the vocabulary projection altogether
-            outputs = model(**features, logits_to_keep=1)
-            lm_loss = outputs.predictions.new_zeros(())
-        reg_loss = masked_mae_loss(outputs.predictions, inputs["target"], regression_mask(inputs))
-        loss = self.loss_reg_weight * reg_loss + self.loss_lm_weight * lm_loss
+        loss, reg_loss, lm_loss, outputs = forecaster_loss(model, inputs, self.loss_reg_weight, self.loss_lm_weight)
         for name, value in (("loss_reg", reg_loss), ("loss_lm", lm_loss)):
             self._metrics[mode][name].append(self.accelerator.gather_for_metrics(value.detach()[None]).mean().item())
         return (loss, outputs) if return_outputs else loss
