@@ -7,7 +7,9 @@ Usage::
 Stages, each one CLI command in its own process (so wall time and peak memory belong to it alone; the child's
 maximum resident set size comes from ``os.wait4``):
 
-1. ``st-instruct train recipes/stlink_sft.yaml`` -- nyc-taxi 2019, 12 -> 12, SmolLM2-135M first 6 layers, LoRA.
+1. ``st-instruct train recipes/stlink_sft.yaml --se_attention false --mrffn false`` -- the base forecaster (the
+   recipe with ST-LINK's modules off; ``--stlink`` keeps them on): nyc-taxi 2019, 12 -> 12, SmolLM2-135M first 6
+   layers, LoRA.
    Figures: wall time, optimizer steps, seconds per step (the trainer's ``train_runtime`` / steps), peak RSS.
    ``--reuse`` skips it when the output folder already holds a trained model (its old figures are kept).
 2. ``st-instruct evaluate`` in-domain on the nyc-taxi 2019 test split: the forecaster beside historical average,
@@ -31,6 +33,7 @@ import time
 from pathlib import Path
 
 RECIPE = "recipes/stlink_sft.yaml"
+BASE_FORECASTER = ["--se_attention", "false", "--mrffn", "false"]  # the recipe without ST-LINK's modules
 EVALUATIONS = {
     "nyc-taxi-2019 (in-domain)": ["--dataset", "nyc-taxi", "--start", "2019-01-01", "--end", "2020-01-01"],
     "nyc-bike-2019 (zero-shot)": ["--dataset", "nyc-bike", "--start", "2019-01-01", "--end", "2020-01-01"],
@@ -93,6 +96,7 @@ def main() -> int:
     parser.add_argument("--max-steps", type=int, default=None, help="override the recipe's max_steps (a quick look)")
     parser.add_argument("--only", nargs="+", default=None, choices=list(EVALUATIONS), help="evaluations to run")
     parser.add_argument("--train-only", action="store_true", help="stop after training (evaluate later with --reuse)")
+    parser.add_argument("--stlink", action="store_true", help="train the recipe as it is (SE-Attention and MRFFN on)")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -106,8 +110,8 @@ def main() -> int:
         print(f"reusing the trained model in {model_dir}")
         bench["train"] = previous.get("train", {"note": "reused a model trained earlier; figures not recorded"})
     else:
-        command = [*cli, "train", RECIPE, "--output_dir", str(model_dir), "--report_to", "none",
-                   "--disable_tqdm", "true"]
+        command = [*cli, "train", RECIPE, *([] if args.stlink else BASE_FORECASTER), "--output_dir", str(model_dir),
+                   "--report_to", "none", "--disable_tqdm", "true"]
         if args.max_steps is not None:
             command += ["--max_steps", str(args.max_steps)]
         print("training:", " ".join(command[2:]), flush=True)

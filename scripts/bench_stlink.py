@@ -28,10 +28,10 @@ import sys
 import time
 from pathlib import Path
 
-from bench_forecaster import RECIPE, run, train_figures
+from bench_forecaster import BASE_FORECASTER, RECIPE, run, train_figures
 
 VARIANTS = {
-    "plain": ["--se_attention", "false", "--mrffn", "false"],
+    "plain": BASE_FORECASTER,
     "+SE-Attention": ["--se_attention", "true", "--mrffn", "false"],
     "+MRFFN": ["--se_attention", "false", "--mrffn", "true"],
     "ST-LINK (both)": ["--se_attention", "true", "--mrffn", "true"],

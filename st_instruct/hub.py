@@ -88,6 +88,11 @@ def _nan_if_none(value: Any) -> float:
     return math.nan if value is None else float(value)
 
 
+# what a training output folder holds besides the model: checkpoints (optimizer states, several times the
+# adapter's size) and TensorBoard event files stay local
+PUSH_IGNORE = ["checkpoint-*", "checkpoint-*/**", "runs/**"]
+
+
 def check_model_dir(directory: str | Path) -> Path:
     """``directory`` as a Path if it holds every ``REQUIRED_FILES`` pattern; else ``HubError`` naming the gaps."""
     directory = Path(directory)
@@ -104,7 +109,8 @@ def push_to_hub(directory: str | Path, repo_id: str, *, token: str | None = None
                 endpoint: str | None = None, commit_message: str | None = None) -> str:
     """Upload the saved forecaster in ``directory`` to the Hub model repo ``repo_id``; return the commit URL.
 
-    The repo is created if needed. The token is ``token``, else ``$HF_TOKEN``, else the one saved by
+    The repo is created if needed; ``checkpoint-N`` folders and TensorBoard ``runs/`` are not uploaded
+    (:data:`PUSH_IGNORE`). The token is ``token``, else ``$HF_TOKEN``, else the one saved by
     ``hf auth login``. Files unchanged since the last push are not committed again. Raises ``HubError``
     (incomplete directory, no token, token rejected, Hub unreachable); the directory is only ever read.
     """
@@ -119,7 +125,7 @@ def push_to_hub(directory: str | Path, repo_id: str, *, token: str | None = None
     api = HfApi(endpoint=endpoint, token=token)
     try:
         api.create_repo(repo_id, private=private, exist_ok=True)
-        info = api.upload_folder(repo_id=repo_id, folder_path=directory,
+        info = api.upload_folder(repo_id=repo_id, folder_path=directory, ignore_patterns=PUSH_IGNORE,
                                  commit_message=commit_message or f"Upload st_instruct forecaster {directory.name}")
     except Exception as err:
         hub_error = _hub_error(err, endpoint, repo_id, f"{directory} is unchanged")

@@ -88,6 +88,15 @@ def test_push_delivers_every_file_byte_for_byte(hub_server, model_dir, tmp_path,
         assert Path(path).read_bytes() == (model_dir / name).read_bytes()
 
 
+def test_checkpoints_and_tensorboard_runs_stay_local(hub_server, model_dir):
+    pushed = local_files(model_dir)
+    for extra in ("checkpoint-2/optimizer.pt", "checkpoint-2/adapter_model.safetensors", "runs/Nov21/events.out"):
+        (model_dir / extra).parent.mkdir(parents=True, exist_ok=True)
+        (model_dir / extra).write_bytes(b"not for the hub")
+    push_to_hub(model_dir, REPO, token=hub_server.token, endpoint=hub_server.url)
+    assert hub_server.repo_files(REPO) == pushed
+
+
 def test_second_push_commits_only_changes(hub_server, model_dir):
     first = push_to_hub(model_dir, REPO, token=hub_server.token, endpoint=hub_server.url)
     commits = hub_server.commits(REPO)
