@@ -120,16 +120,20 @@ def main() -> int:
     parser.add_argument("--windows", type=int, default=300, help="test windows per evaluation (same for all)")
     parser.add_argument("--overhead-steps", type=int, default=20, help="timed steps per model in the overhead test")
     parser.add_argument("--skip-overhead", action="store_true")
+    parser.add_argument("--skip-zero-shot", action="store_true")
+    parser.add_argument("--seed", type=int, default=0, help="training seed of every variant (run-to-run spread)")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     cli = [sys.executable, "-m", "st_instruct.cli"]
-    bench: dict = {"recipe": RECIPE, "steps": args.steps, "windows": args.windows, "variants": {}}
+    bench: dict = {"recipe": RECIPE, "steps": args.steps, "windows": args.windows, "seed": args.seed, "variants": {}}
     result_path = out / "bench_stlink.json"
 
-    for name, switches in VARIANTS.items():
+    for name in args.variants:
         model_dir = out / slug(name)
-        command = [*cli, "train", RECIPE, *switches, "--max_steps", str(args.steps), "--output_dir", str(model_dir),
+        command = [*cli, "train", RECIPE, *VARIANTS[name], "--seed", str(args.seed), "--max_steps", str(args.steps),
+                   "--output_dir", str(model_dir),
                    "--report_to", "none", "--disable_tqdm", "true", "--save_strategy", "no"]
         print(f"training {name}", flush=True)
         status = run(command, out / f"train-{slug(name)}.log")
@@ -145,7 +149,7 @@ def main() -> int:
 
     full = out / slug("ST-LINK (both)")
     bench["zero_shot"] = {}
-    if (full / "st_modules.safetensors").is_file():
+    if (full / "st_modules.safetensors").is_file() and not args.skip_zero_shot:
         for case, case_args in ZERO_SHOT.items():
             print(f"zero-shot ST-LINK on {case}", flush=True)
             bench["zero_shot"][case] = evaluate(cli, full, case_args, args.windows, out, f"zero-shot-{case}")
@@ -159,8 +163,9 @@ def main() -> int:
         result_path.write_text(json.dumps(bench, indent=2) + "\n")
 
     rows = {name: entry.get("nyc-taxi", {}) for name, entry in bench["variants"].items()}
-    entries = [(name, name, "st_forecaster") for name in VARIANTS]
-    entries += [("STID", "plain", "stid"), ("historical average", "plain", "historical_average")]
+    entries = [(name, name, "st_forecaster") for name in args.variants]
+    first = args.variants[0]
+    entries += [("STID", first, "stid"), ("historical average", first, "historical_average")]
     print(f"\nnyc-taxi 2019, 12 -> 12, {args.steps} steps each, {args.windows} test windows\n")
     print(table(rows, entries))
     for case, report in bench["zero_shot"].items():
