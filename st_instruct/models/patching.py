@@ -38,6 +38,9 @@ ATTENTION_NAMES = {"gpt2": "attn", "gpt_neo": "attn"}  # default "self_attn"
 FEED_FORWARD_NAME = "mlp"  # every family above
 # class-name endings of normalisation modules: each family defines its own RMSNorm class (LlamaRMSNorm, ...)
 NORM_CLASS_SUFFIXES = ("LayerNorm", "RMSNorm")
+# keyword under which a body's forward receives the key/value cache: transformers 5.24 renamed ``past_key_values``
+# to ``cache`` (the old name still accepted through a deprecation shim until 5.40); both are looked up
+CACHE_KWARGS = ("cache", "past_key_values")
 
 
 class UnsupportedArchitectureError(ValueError):
@@ -250,7 +253,7 @@ def count_attention_implementation(model: nn.Module, name: str) -> int:
 
 def base_model(model: nn.Module) -> nn.Module:
     """The transformer body below the LM head (``LlamaModel`` at ``model.model``, ``GPT2Model`` at
-    ``model.transformer``): the module whose forward receives ``past_key_values`` and hands every extra keyword
+    ``model.transformer``): the module whose forward receives the key/value cache (:data:`CACHE_KWARGS`) and hands every extra keyword
     argument on to each decoder layer, its attention module and finally the attention function."""
     return unwrap(model).base_model
 
@@ -269,7 +272,7 @@ def add_forward_kwargs(model: nn.Module, make_kwargs: Callable[[int], dict[str, 
     """
 
     def hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:
-        past = kwargs.get("past_key_values")
+        past = next((kwargs[name] for name in CACHE_KWARGS if kwargs.get(name) is not None), None)
         return args, {**kwargs, **make_kwargs(past.get_seq_length() if past is not None else 0)}
 
     return base_model(model).register_forward_pre_hook(hook, with_kwargs=True)
