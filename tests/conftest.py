@@ -1,6 +1,7 @@
 """Shared test set-up: no network, no hub, real data only from $ST_INSTRUCT_DATA or ../shared/data."""
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -94,3 +95,47 @@ def tiny_backbone_dir(tmp_path_factory, tiny_tokenizer_dir):
     build_tiny_backbone("llama", vocab_size=len(tokenizer), hidden_size=64).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+# ------------------------------------------------------------------ the bad-input suite (tests/bad_input/)
+# Every case runs ``st-instruct`` in-process and checks the whole answer: the exit code, that the one error line
+# names the culprit (file, key, flag or shape) and what to do, that no traceback was printed, and -- where the case
+# writes -- that no partial output remains.
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+    @property
+    def error_lines(self) -> list[str]:
+        """The lines of stderr that carry the error (progress bars and warnings excluded)."""
+        return [line for line in self.err.splitlines() if ": error: " in line]
+
+
+def assert_clean_failure(result: CliResult, *culprits: str, code: int = 2) -> str:
+    """``result`` failed with ``code``, with exactly one error line naming every one of ``culprits`` (case
+    sensitive substrings) and no traceback anywhere; returns the error line."""
+    assert "Traceback" not in result.err + result.out, result.err
+    assert result.code == code, (result.code, result.err)
+    assert len(result.error_lines) == 1, result.err
+    line = result.error_lines[0]
+    for culprit in culprits:
+        assert culprit in line, (culprit, line)
+    return line
+
+
+@pytest.fixture
+def cli(capsys):
+    """``cli(*argv) -> CliResult``: ``st-instruct`` with these arguments, in this process."""
+    from st_instruct.cli import main
+
+    def run(*argv: str) -> CliResult:
+        capsys.readouterr()
+        code = main([str(a) for a in argv])
+        captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err)
+
+    return run
