@@ -253,8 +253,8 @@ def count_attention_implementation(model: nn.Module, name: str) -> int:
 
 def base_model(model: nn.Module) -> nn.Module:
     """The transformer body below the LM head (``LlamaModel`` at ``model.model``, ``GPT2Model`` at
-    ``model.transformer``): the module whose forward receives the key/value cache (:data:`CACHE_KWARGS`) and hands every extra keyword
-    argument on to each decoder layer, its attention module and finally the attention function."""
+    ``model.transformer``): the module whose forward receives the key/value cache (:data:`CACHE_KWARGS`) and hands
+    every extra keyword argument on to each decoder layer, its attention module and finally the attention function."""
     return unwrap(model).base_model
 
 
