@@ -28,6 +28,32 @@ def _add_source_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", default=None, help="folder holding the named dataset's files")
 
 
+def _add_dataset_spec_args(parser: argparse.ArgumentParser) -> None:
+    """The dataset specification flags (``st_instruct.data.loaders.DATASET_SPEC_KEYS``), the same in every verb;
+    ``build-data`` / ``train`` take them too, as the recipe keys ``dataset_<key>``
+    (:func:`st_instruct.configs.dataset_flags_as_recipe_keys`)."""
+    group = parser.add_argument_group("dataset specification (for a series file; applies on top of a named one)")
+    group.add_argument("--adjacency", default=None, help="N x N matrix (.csv/.npy/.npz) or from,to[,cost] edge list")
+    group.add_argument("--freq", default=None, help="the step of a series without timestamps, e.g. 15min, 1h, 1D")
+    group.add_argument("--series-start", default=None,
+                       help="timestamp of the first step of a series without timestamps, e.g. 2024-03-04")
+    group.add_argument("--null-value", default=None,
+                       help="value meaning 'not observed' besides NaN, e.g. 0 (nan: none); default the dataset's")
+    group.add_argument("--channel-names", nargs="+", default=None, help="one name per channel (default ch0 ...)")
+    group.add_argument("--nodes", default=None, help="nodes .csv: a name column, optionally latitude,longitude or "
+                       "x,y; one row per node in node order")
+    group.add_argument("--no-calendar", action="store_true", help="run without a calendar: time features zero, "
+                       "calendar baselines skipped (without it an unknown calendar is refused, never assumed)")
+
+
+def _spec_kwargs(args: argparse.Namespace) -> dict:
+    """The dataset specification flags given, as ``get_dataset`` keywords."""
+    from st_instruct.data.loaders import DATASET_SPEC_KEYS
+
+    values = {key: getattr(args, key, None) for key in DATASET_SPEC_KEYS}
+    return {key: value for key, value in values.items() if value is not None and value is not False}
+
+
 def _cmd_data_list(args: argparse.Namespace) -> None:
     from st_instruct.data.loaders import list_datasets
 
@@ -45,7 +71,7 @@ def _cmd_data_list(args: argparse.Namespace) -> None:
 def _cmd_data_inspect(args: argparse.Namespace) -> None:
     from st_instruct.data.loaders import get_dataset
 
-    data = get_dataset(args.dataset, data_dir=args.data_dir, freq=args.freq, adjacency=args.adjacency)
+    data = get_dataset(args.dataset, data_dir=args.data_dir, **_spec_kwargs(args))
     print(json.dumps(data.summary(), indent=2, default=str))
 
 
@@ -63,7 +89,7 @@ def _run_baselines(dataset: str, args: argparse.Namespace) -> dict:
 
     started = time.perf_counter()
     windows = prepare_windows(dataset, args.history, args.horizon, args.split, args.channels, args.start, args.end,
-                              data_dir=getattr(args, "data_dir", None))
+                              data_dir=getattr(args, "data_dir", None), spec=_spec_kwargs(args))
     report = baseline_report(windows, args.models, progress=not args.quiet, seed=args.seed)
     report["wall_seconds"] = round(time.perf_counter() - started, 2)
     _print_report(report)
@@ -75,13 +101,17 @@ def _run_baselines(dataset: str, args: argparse.Namespace) -> dict:
 
 def _print_report(report: dict) -> None:
     """The setup line, the results table (best MAE first) and the skipped baselines of a results report."""
-    from st_instruct.evaluation.report import format_results_table
+    from st_instruct.evaluation.report import format_results_table, undefined_lines
 
     counts = ", ".join(f"{k} {v}" for k, v in report["windows"].items())
     protocol = f", {report['protocol']}" if report.get("protocol") else ""
     print(f"\n{report['dataset']} ({report['city']}){protocol}: {report['history']} -> {report['horizon']} steps, "
           f"split {report['split']} ({counts} windows), channels {report['channels']}")
+    if report.get("calendar"):
+        print(f"calendar: {report['calendar']}")
     print(format_results_table(report["results"]))
+    for line in undefined_lines(report["results"]):
+        print(f"n/a {line.removeprefix('- ')}")
     for name, reason in report["skipped"].items():
         print(f"skipped {name}: {reason}")
 
@@ -115,6 +145,7 @@ def _cmd_build_data(args: argparse.Namespace) -> None:
     from st_instruct.data.builder import build_dataset
     from st_instruct.data.st_tokens import add_st_tokens
     from st_instruct.models.backbones import get_tokenizer
+    from st_instruct.outputs import check_writable, staged_output
 
     # a training recipe builds its own dataset: parse its training arguments too, and ignore them
     data_config, model_config, _ = parse_recipe(train_dataclasses(), [args.recipe, *args.overrides])
@@ -124,14 +155,17 @@ def _cmd_build_data(args: argparse.Namespace) -> None:
         add_st_tokens(tokenizer)
         if model_config.model_max_length:
             tokenizer.model_max_length = model_config.model_max_length
+    output = Path(args.output or Path("outputs") / "data" / Path(args.recipe).stem)
+    if not data_config.streaming:
+        check_writable(output, args.overwrite, "--overwrite")  # before the build: fail fast
     started = time.perf_counter()
     dataset = build_dataset(data_config, tokenizer)
     seconds = time.perf_counter() - started
-    output = Path(args.output or Path("outputs") / "data" / Path(args.recipe).stem)
     if data_config.streaming:
         print(f"streaming dataset built in {seconds:.1f} s (an IterableDatasetDict is not saved to disk)")
     else:
-        dataset.save_to_disk(str(output))
+        with staged_output(output, overwrite=args.overwrite, flag="--overwrite") as staging:
+            dataset.save_to_disk(str(staging))
         sizes = ", ".join(f"{split} {len(ds)}" for split, ds in dataset.items())
         print(f"built {sizes} samples in {seconds:.1f} s; saved to {output}")
     for split in ("train", "validation", "test"):
@@ -146,7 +180,9 @@ def _cmd_train(args: argparse.Namespace) -> Path:
     from st_instruct.configs import parse_recipe, train_dataclasses
     from st_instruct.training.run import train
 
-    return train(*parse_recipe(train_dataclasses(), [args.recipe, *args.overrides]))
+    # a flag, not a recipe key: recipe.yaml is saved with the model and must not overwrite anything when re-run
+    configs = parse_recipe(train_dataclasses(), [args.recipe, *args.overrides])
+    return train(*configs, overwrite_output_dir=args.overwrite)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
@@ -165,12 +201,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         model_dir = few_shot_finetune(model_dir, args.dataset, args.few_shot, tuned, data_dir=args.data_dir,
                                       channels=args.channels, start=args.start, end=args.end,
                                       steps=args.few_shot_steps, broadcast_channels=args.broadcast_channels,
-                                      seed=args.seed)
+                                      seed=args.seed, spec=_spec_kwargs(args))
     report, arrays = evaluate_forecaster(model_dir, args.dataset, data_dir=args.data_dir, channels=args.channels,
                                          start=args.start, end=args.end, max_windows=args.max_windows,
                                          batch_size=args.batch_size, split_name=args.split_name, models=args.models,
                                          progress=not args.quiet, seed=args.seed,
-                                         broadcast_channels=args.broadcast_channels)
+                                         broadcast_channels=args.broadcast_channels, spec=_spec_kwargs(args))
     report["wall_seconds"] = round(time.perf_counter() - started, 2)
     output = Path(args.output or model_dir / f"eval-{Path(args.dataset).stem}")
     paths = write_evaluation_outputs(report, output, target=arrays["target"], predictions=arrays["predictions"],
@@ -197,9 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     data_verbs.add_parser("list", help="named datasets and where they are found").set_defaults(func=_cmd_data_list)
     inspect = data_verbs.add_parser("inspect", help="shape, frequency, date range, nulls, graph statistics")
     inspect.add_argument("dataset", help="a registered name (see `data list`) or a path to .npz/.npy/.h5/.csv")
-    inspect.add_argument("--freq", default=None, help="sampling interval for a file without timestamps, e.g. 5min")
-    inspect.add_argument("--adjacency", default=None, help="N x N matrix (.csv/.npy) or from,to,cost edge list")
     _add_source_args(inspect)
+    _add_dataset_spec_args(inspect)
     inspect.set_defaults(func=_cmd_data_inspect)
     download = data_verbs.add_parser("download", help="fetch a dataset into the user cache, checksum verified")
     download.add_argument("name")
@@ -210,12 +245,18 @@ def build_parser() -> argparse.ArgumentParser:
     download.set_defaults(func=_cmd_data_download)
 
     build = verbs.add_parser("build-data", help="build the instruction dataset of a recipe and show samples",
-                             description="Any recipe key can be overridden as a flag, e.g. --history 24.")
+                             description="Any recipe key can be overridden as a flag, e.g. --history 24. The "
+                             "dataset specification flags of the other verbs (--freq, --series-start, --adjacency, "
+                             "--null-value, --channel-names, --nodes, --no-calendar) set the recipe keys dataset_freq "
+                             "etc. and apply to every dataset of dataset_names.")
     build.add_argument("recipe", help="recipe YAML (see recipes/)")
     build.add_argument("--output", default=None, help="save_to_disk folder (default outputs/data/<recipe name>)")
+    build.add_argument("--overwrite", action="store_true",
+                       help="replace a non-empty --output folder (once the new dataset is completely saved)")
     build.set_defaults(func=_cmd_build_data)
     train = verbs.add_parser("train", help="train the LLM forecaster of a recipe (one process)",
-                             description="Any recipe key can be overridden as a flag, e.g. --max_steps 10. For "
+                             description="Any recipe key can be overridden as a flag, e.g. --max_steps 10 (the "
+                             "dataset flags --freq, --series-start, ... too, as in build-data). For "
                              "several processes: accelerate launch scripts/sft.py RECIPE.yaml")
     train.add_argument("recipe", help="training recipe YAML (see recipes/*_sft.yaml)")
     train.set_defaults(func=_cmd_train)
@@ -228,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--channels", nargs="+", default=None, help="channel names or indices to keep")
     evaluate.add_argument("--start", default=None, help="keep steps from this date on (e.g. 2019-01-01)")
     evaluate.add_argument("--end", default=None, help="keep steps before this date (e.g. 2020-01-01)")
+    _add_dataset_spec_args(evaluate)
     evaluate.add_argument("--split-name", default="test", help="which split to score (default test)")
     evaluate.add_argument("--batch-size", type=int, default=16, help="samples per forward pass (default 16)")
     evaluate.add_argument("--max-windows", type=int, default=None,
@@ -259,6 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     baselines.add_argument("--dataset", required=True, help="a registered name or a path")
     _add_source_args(baselines)
     _add_window_args(baselines)
+    _add_dataset_spec_args(baselines)
     baselines.set_defaults(func=_cmd_baselines)
     demo = verbs.add_parser("demo", help="the main job: train the forecaster on the synthetic city, then evaluate",
                             description="Trains recipes/demo_sft.yaml (any recipe key can be overridden as a flag, "
@@ -274,6 +317,11 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--seed", type=int, default=0)
         sub.add_argument("--json", default=None, help="write the results JSON here")
         sub.add_argument("--quiet", action="store_true", help="no progress bars")
+    for sub in (train, demo):
+        sub.add_argument("--overwrite", action="store_true",
+                         help="train although output_dir is not empty: the new run trains in a temporary sibling "
+                         "folder that replaces output_dir only once its final save is complete (without it, a "
+                         "non-empty output_dir is refused unless resume_from_checkpoint resumes from it)")
     return parser
 
 

@@ -42,12 +42,32 @@ class DataConfig:
     dataset_channels: list[str] | None = field(default=None, metadata={"help": "channels to keep (default all)"})
     dataset_start: str | None = field(default=None, metadata={"help": "keep steps from this date on"})
     dataset_end: str | None = field(default=None, metadata={"help": "keep steps before this date"})
+    # The dataset specification (st_instruct.data.loaders.DATASET_SPEC_KEYS; CLI flags --adjacency, --freq, ...).
+    # It applies to EACH dataset of dataset_names: several path datasets needing different specs are not supported.
+    dataset_adjacency: str | None = field(default=None, metadata={
+        "help": "adjacency file replacing the graph: N x N matrix (.csv/.npy/.npz) or from,to[,cost] edge list"})
+    dataset_freq: str | None = field(default=None, metadata={
+        "help": "the step of a series without timestamps, e.g. 15min, 1h, 1D"})
+    dataset_series_start: str | None = field(default=None, metadata={
+        "help": "timestamp of the first step of a series without timestamps, e.g. 2024-03-04"})
+    dataset_null_value: str | None = field(default=None, metadata={
+        "help": "value meaning 'not observed' besides NaN (e.g. 0); nan declares none; default the dataset's own"})
+    dataset_channel_names: list[str] | None = field(default=None, metadata={
+        "help": "one name per channel of a series file (default ch0, ch1, ...)"})
+    dataset_nodes: str | None = field(default=None, metadata={
+        "help": "nodes .csv: a name column, optionally latitude,longitude or x,y; one row per node in node order"})
+    dataset_no_calendar: bool = field(default=False, metadata={
+        "help": "run without a calendar: time features zero, calendar baselines skipped (else an unknown "
+                "calendar is refused)"})
     history: int = field(default=12, metadata={"help": "history length L in steps"})
     horizon: int = field(default=12, metadata={"help": "forecast horizon P in steps"})
     split: str = field(default="7:1:2", metadata={"help": "chronological train:validation:test ratios"})
     stride: int = field(default=1, metadata={"help": "steps between consecutive windows"})
     template: str = field(default="forecast_node", metadata={
-        "help": "prompt template in prompts/ (latest version), 'name@N' to pin version N, or a .jinja path"})
+        "help": "prompt template in prompts/ (latest version), 'name@N' to pin version N, or a .jinja path (a path "
+                "outside prompts/ and $ST_INSTRUCT_PROMPTS only as a --template flag)"})
+    template_sha256: str | None = field(default=None, metadata={
+        "help": "sha256 of the template file; recorded by training, checked whenever it is set"})
     granularity: str = field(default="node", metadata={
         "help": "'node': one region/sensor per sample (UrbanGPT); 'graph': all nodes of a window (ST-LLM)"})
     values_in_text: bool = field(default=False, metadata={"help": "also write the history values into the text"})
@@ -153,9 +173,19 @@ class ModelConfig:
             raise RecipeError("mrffn: true needs at least one layer in mrffn_layers")
         if self.mrffn_init not in MRFFN_INITS:
             raise RecipeError(f"mrffn_init must be one of {MRFFN_INITS}, found {self.mrffn_init!r}")
-        for key in ("se_pairs", "mrffn_slots", "mrffn_key_dim"):
+        for key in ("se_pairs", "mrffn_slots", "mrffn_key_dim", "head_dim", "st_encoder_dim", "lora_r",
+                    "lora_alpha"):
             if getattr(self, key) < 1:
                 raise RecipeError(f"{key} must be >= 1, found {getattr(self, key)}")
+        if self.st_projector_layers not in (1, 2):
+            raise RecipeError(f"st_projector_layers must be 1 (linear) or 2 (MLP), found {self.st_projector_layers}")
+        if not 0 <= self.lora_dropout < 1:
+            raise RecipeError(f"lora_dropout must be in [0, 1), found {self.lora_dropout}")
+        if self.pfa_last_layers < 0:
+            raise RecipeError(f"pfa_last_layers must be >= 0, found {self.pfa_last_layers}")
+        if self.model_max_length is not None and self.model_max_length < 1:
+            raise RecipeError(f"model_max_length must be >= 1 (or null for the tokenizer's), found "
+                              f"{self.model_max_length}")
         if self.mrffn_top_k is not None and not 1 <= self.mrffn_top_k <= self.mrffn_slots:
             raise RecipeError(f"mrffn_top_k must be in 1 .. mrffn_slots ({self.mrffn_slots}) or null, found "
                               f"{self.mrffn_top_k}")
@@ -230,37 +260,210 @@ def cpu_training_defaults(given: set[str]) -> dict[str, Any]:
     return {key: value for key, value in defaults.items() if key not in given}
 
 
+class _ParserError(Exception):
+    """argparse's complaint about one value (raised instead of printing the usage and exiting)."""
+
+
+def _value_kind(action: Any) -> str | None:
+    """What a flag's value must be, in words, from its argparse ``type`` (None when any value is accepted)."""
+    if _is_bool_type(action.type):
+        return "true or false"
+    return {int: "an integer", float: "a number", str: "a string"}.get(action.type)
+
+
+def _is_bool_type(kind: Any) -> bool:
+    """HfArgumentParser's ``string_to_bool`` (TRL and transformers each have a copy)."""
+    return getattr(kind, "__name__", None) == "string_to_bool"
+
+
+def _check_recipe_types(path: str, config: dict[str, Any], actions: dict[str, Any],
+                        dataclass_types: tuple[type, ...]) -> None:
+    """Raise a :class:`RecipeError` naming ``path``, the key, the value and the expected type for a recipe value
+    argparse would pass through unchecked (a list for a number, ``1.5`` for an integer, null for a required key);
+    a string is left to argparse's own conversion (reported by :func:`parse_recipe`)."""
+    # the declared annotations: HfArgumentParser rewrites the fields' .type in place
+    annotations = {name: str(hint) for cls in dataclass_types for klass in reversed(cls.__mro__)
+                   for name, hint in vars(klass).get("__annotations__", {}).items()}
+    optional = {f.name: "None" in annotations.get(f.name, "") or "Optional" in annotations.get(f.name, "")
+                or f.default is None for cls in dataclass_types for f in fields(cls)}
+    for key, value in config.items():
+        action = actions.get(key)
+        kind = _value_kind(action) if action is not None else None
+        many = action is not None and action.nargs in ("+", "*")
+        if kind is None or (not many and any(word in annotations.get(key, "") for word in ("list", "dict"))):
+            continue  # e.g. TRL's report_to: str | list[str]
+        expected = f"a list of {kind.removeprefix('an ').removeprefix('a ')}s" if many else kind
+        if value is None:
+            if optional.get(key, True):
+                continue
+            bad = True
+        elif many:
+            items = value if isinstance(value, list) else [value] if action.type is str else None
+            # argparse converts a string default, never the strings inside a list default: check those here
+            bad = items is None or any(not _fits(item, action.type) or not _converts(item, action.type)
+                                       for item in items)
+        else:
+            bad = not _fits(value, action.type)
+        if bad:
+            raise RecipeError(f"recipe {path}: key {key!r} must be {expected}, found {value!r} "
+                              f"({type(value).__name__}); fix the value in the recipe (or override it with --{key})")
+
+
+def _fits(value: Any, kind: Any) -> bool:
+    """Whether a YAML value can fill an argparse value of ``kind`` (strings: argparse converts and checks them)."""
+    if isinstance(value, str):
+        return True
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if _is_bool_type(kind):
+        return isinstance(value, bool)
+    return not isinstance(value, (list, dict))  # str: a scalar (YAML dates and numbers read as text)
+
+
+def _converts(item: Any, kind: Any) -> bool:
+    """Whether a string item of a list converts with ``kind`` (``int("last")`` does not); non-strings: True."""
+    import argparse
+
+    if not isinstance(item, str):
+        return True
+    try:
+        kind(item)
+    except (TypeError, ValueError, argparse.ArgumentTypeError):
+        return False
+    return True
+
+
+def _check_recipe_template(path: str, config: dict[str, Any]) -> None:
+    """A recipe file may only name templates in the trusted folders (prompts/, $ST_INSTRUCT_PROMPTS): a shared
+    recipe (or model folder) must not make this machine render a file of its choosing."""
+    from st_instruct.data.prompts import PROMPTS_ENV, is_trusted_template, names_a_path
+
+    value = config.get("template")
+    if isinstance(value, str) and names_a_path(value) and not is_trusted_template(value):
+        raise RecipeError(f"recipe {path}: key 'template' names {value}, a file outside prompts/ and "
+                          f"${PROMPTS_ENV}, which a recipe file may not do; name a shipped template (e.g. "
+                          f"forecast_node), put the file in the folder ${PROMPTS_ENV} names, or pass --template "
+                          f"{value} on the command line if you trust it")
+
+
+def _check_flags(args: list[str], known: list[str]) -> None:
+    """Every ``--key`` flag names a recipe key (``--no_<key>`` negates a boolean); close names suggested."""
+    for arg in args:
+        if not arg.startswith("--") or arg == "--config":
+            continue
+        name = arg[2:].split("=")[0].replace("-", "_")
+        if name in known or (name.startswith("no_") and name[3:] in known):
+            continue
+        close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+        hint = f"; did you mean {' or '.join('--' + c for c in close)}?" if close else ""
+        raise RecipeError(f"unknown flag --{name}{hint} Any recipe key can be given as a flag (see the recipe's "
+                          "keys or `--help`)")
+
+
+def _check_template_sha256(configs: tuple[Any, ...]) -> None:
+    from st_instruct.data.prompts import file_sha256, resolve_template
+
+    for config in configs:
+        if isinstance(config, DataConfig) and config.template_sha256:
+            path = resolve_template(config.template)
+            digest = file_sha256(path)
+            if digest != config.template_sha256:
+                raise RecipeError(f"template_sha256 is {config.template_sha256}, but the template {path} has sha256 "
+                                  f"{digest}: the file changed since the recipe was written; restore it, or drop "
+                                  "template_sha256 to accept the new text")
+
+
+def dataset_flags_as_recipe_keys(args: list[str]) -> list[str]:
+    """The dataset flags of the other verbs (``--freq 15min``, ``--series-start``, ``--no-calendar``, ``--start``,
+    ``--channels``, ...; ``st_instruct.data.loaders.DATASET_SPEC_KEYS`` and the slicing flags) written as their
+    ``DataConfig`` recipe keys (``--dataset_freq 15min``), so ``train`` / ``build-data`` / ``scripts/sft.py`` take the
+    same names as ``baselines`` and ``evaluate``. They apply to every dataset of ``dataset_names``."""
+    from st_instruct.data.loaders import DATASET_SPEC_KEYS
+
+    keys = (*DATASET_SPEC_KEYS, "start", "end", "channels")
+    flags = {f"--{key.replace('_', '-')}": f"--dataset_{key}" for key in keys}
+    out = []
+    for arg in args:
+        name, eq, value = arg.partition("=")
+        if name == "--no-calendar":
+            out += ["--dataset_no_calendar", value if eq else "true"]
+        elif name in flags:
+            out.append(f"{flags[name]}{eq}{value}")
+        else:
+            out.append(arg)
+    return out
+
+
 def parse_recipe(dataclass_types: tuple[type, ...], args: list[str] | None = None) -> tuple[Any, ...]:
     """``[RECIPE.yaml] [--key value ...]`` -> one instance per dataclass type.
 
-    The recipe may be given as the first positional argument or with ``--config``; flags override it. Built on
+    The recipe may be given as the first positional argument or with ``--config``; flags override it, the dataset
+    flags of the other verbs among them (:func:`dataset_flags_as_recipe_keys`). Built on
     TRL's ``TrlParser`` so training recipes include ``SFTConfig`` fields unchanged; with ``SFTConfig`` among the
     types, :func:`cpu_training_defaults` apply under the recipe on a machine without CUDA.
+
+    Every mistake is one :class:`RecipeError` line naming the recipe (or flag), the key, the value and what is
+    expected -- never argparse's usage text. A recipe file may only name templates in ``prompts/`` or
+    ``$ST_INSTRUCT_PROMPTS`` (a ``--template`` flag may name any file); a set ``template_sha256`` must match the
+    template's file.
     """
     from trl import TrlParser
+
+    class RecipeParser(TrlParser):
+        def error(self, message: str):  # argparse would print the usage and exit
+            raise _ParserError(message)
 
     check_unique_fields(dataclass_types)
     args = list(sys.argv[1:] if args is None else args)
     if args and not args[0].startswith("-"):
         args = ["--config", args[0], *args[1:]]
-    given = {arg[2:].split("=")[0].replace("-", "_") for arg in args if arg.startswith("--")}
+    if DataConfig in dataclass_types:
+        args = dataset_flags_as_recipe_keys(args)
+    flags = {arg[2:].split("=")[0].replace("-", "_") for arg in args if arg.startswith("--")} - {"config"}
+    _check_flags(args, _known_keys(dataclass_types))
+    recipe, config = None, {}
     if "--config" in args:
         i = args.index("--config")
         if i + 1 >= len(args):
             raise RecipeError("--config needs a recipe path")
-        given |= set(load_recipe_file(args[i + 1], dataclass_types))  # names the offending key before TRL sees it
-    parser = TrlParser(dataclass_types)
+        recipe = args[i + 1]
+        config = load_recipe_file(recipe, dataclass_types)  # names the offending key before TRL sees it
+    parser = RecipeParser(dataclass_types)
+    actions = {action.dest: action for action in parser._actions if action.option_strings
+               and not action.option_strings[0].startswith("--no_")}
+    if recipe is not None:
+        from_file = {key: value for key, value in config.items() if key not in flags}
+        _check_recipe_types(recipe, from_file, actions, dataclass_types)
+        _check_recipe_template(recipe, from_file)
     if any(cls.__name__ == "SFTConfig" for cls in dataclass_types):
-        parser.set_defaults_with_config(**cpu_training_defaults(given))
+        parser.set_defaults_with_config(**cpu_training_defaults(flags | set(config)))
     try:
-        return tuple(parser.parse_args_and_config(args))
-    except SystemExit as err:  # argparse exits on an unknown or malformed flag after printing the usage
-        raise RecipeError(f"bad command-line flags {args}: see the message above") from err
+        parsed = tuple(parser.parse_args_and_config(args))
+    except _ParserError as err:
+        raise RecipeError(_parser_message(str(err), recipe, set(config) - flags)) from None
     except RecipeError:
         raise
     except ValueError as err:  # a dataclass's own check (TrainingArguments: bf16 without a GPU, ...)
-        raise RecipeError(f"recipe {args[args.index('--config') + 1] if '--config' in args else '(none)'}: {err}"
-                          ) from err
+        raise RecipeError(f"recipe {recipe or '(none)'}: {err}") from err
+    _check_template_sha256(parsed)
+    return parsed
+
+
+def _parser_message(message: str, recipe: str | None, file_keys: set[str]) -> str:
+    """argparse's ``argument --history/--history: invalid int value: 'abc'`` as a line naming where it came from."""
+    import re
+
+    match = re.match(r"argument (--[\w-]+)(?:/--[\w-]+)*: (.*)", message)
+    if match is None:
+        return f"{message} (see `st-instruct VERB --help`)"
+    key, problem = match[1][2:].replace("-", "_"), match[2]
+    for argparse_word, kind in (("int", "an integer"), ("float", "a number"), ("string_to_bool", "true or false")):
+        problem = re.sub(rf"invalid {argparse_word} value: (.*)", rf"must be {kind}, found \1", problem)
+    if recipe is not None and key in file_keys:
+        return f"recipe {recipe}: key {key!r}: {problem}; fix the value in the recipe (or override it with --{key})"
+    return f"flag --{key}: {problem}"
 
 
 def recipe_dict(*configs: Any) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from st_instruct.cli import main
@@ -34,7 +35,8 @@ def test_baselines_on_a_file_path_with_options(tmp_path, capsys):
     np.savez(path, data=values)
     out = tmp_path / "r.json"
     assert main(["baselines", "--dataset", str(path), "--history", "6", "--horizon", "3", "--split", "6:2:2",
-                 "--models", "last_value", "ridge", "--json", str(out), "--quiet"]) == 0
+                 "--models", "last_value", "ridge", "--json", str(out), "--quiet", "--freq", "1h",
+                 "--series-start", "2024-01-01"]) == 0
     report = json.loads(out.read_text())
     assert report["horizon"] == 3 and report["split"] == "6:2:2"
     assert set(report["results"]) == {"last_value", "ridge"}
@@ -107,3 +109,92 @@ def test_demo_trains_the_demo_recipe_then_prints_it_beside_the_baselines(tmp_pat
     report = json.loads((tmp_path / "model" / "eval-synthetic" / "results.json").read_text())
     assert report["protocol"] == "in-domain" and report["dataset"] == "synthetic"
     assert report["windows"]["test"] == 2 and (tmp_path / "model" / "adapter_model.safetensors").is_file()
+
+
+# ------------------------------------------------------------------------------------------ dataset specification
+def _speeds(tmp_path, steps: int = 96 * 7 * 3, nodes: int = 3):
+    """A ``[T, N]`` .npz of 15-minute speeds with no timestamps (a daily cycle + noise) and a 0/1 adjacency csv."""
+    rng = np.random.default_rng(1)
+    t = np.arange(steps)
+    values = 50 + 10 * np.sin(2 * np.pi * t / 96)[:, None] + rng.normal(0, 2, (steps, nodes))
+    np.savez(tmp_path / "speeds.npz", data=values.astype(np.float32))
+    adj = np.ones((nodes, nodes), dtype=int) - np.eye(nodes, dtype=int)
+    np.savetxt(tmp_path / "adj.csv", adj, delimiter=",", fmt="%d")
+    return tmp_path / "speeds.npz", tmp_path / "adj.csv", values.astype(np.float32)
+
+
+def test_inspect_shows_the_calendar_of_a_15_minute_file(tmp_path, capsys):
+    path, adj, _ = _speeds(tmp_path)
+    assert main(["data", "inspect", str(path), "--adjacency", str(adj), "--freq", "15T", "--series-start",
+                 "2024-03-04", "--nodes", str(_nodes(tmp_path, 3)), "--channel-names", "speed"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["frequency"] == "15min" and info["start"] == "2024-03-04 00:00:00"
+    assert info["calendar"].startswith("2024-03-04 00:00:00 to 2024-03-24 23:45:00")
+    assert info["graph"]["edges (non-zero off-diagonal)"] == 6 and info["coordinates"] == "latlon"
+    assert info["channels"] == ["speed"]
+
+
+def _nodes(tmp_path, n):
+    path = tmp_path / "nodes.csv"
+    path.write_text("name,latitude,longitude\n" + "".join(f"s{i},34.0{i},-118.0{i}\n" for i in range(n)))
+    return path
+
+
+def test_baselines_on_a_15_minute_file_use_its_calendar(tmp_path):
+    path, adj, _ = _speeds(tmp_path)
+    out = tmp_path / "r.json"
+    assert main(["baselines", "--dataset", str(path), "--adjacency", str(adj), "--freq", "15min", "--series-start",
+                 "2024-03-04", "--models", "historical_average", "seasonal_naive_day", "seasonal_naive_week",
+                 "last_value", "--json", str(out), "--quiet"]) == 0
+    report = json.loads(out.read_text())
+    assert set(report["results"]) == {"historical_average", "seasonal_naive_day", "seasonal_naive_week", "last_value"}
+    assert report["calendar"].startswith("2024-03-04") and report["time_range"][0] == "2024-03-04 00:00:00"
+    # a daily cycle of 96 steps: the calendar baselines know it, the last value does not
+    assert report["results"]["seasonal_naive_day"]["MAE"] < report["results"]["last_value"]["MAE"]
+
+
+def test_baselines_with_no_calendar_skip_the_calendar_ones_with_a_reason(tmp_path, capsys):
+    path, _, _ = _speeds(tmp_path)
+    out = tmp_path / "r.json"
+    assert main(["baselines", "--dataset", str(path), "--no-calendar", "--models", "historical_average",
+                 "seasonal_naive_day", "last_value", "ridge", "--json", str(out), "--quiet"]) == 0
+    report = json.loads(out.read_text())
+    assert set(report["results"]) == {"last_value", "ridge"}
+    assert set(report["skipped"]) == {"historical_average", "seasonal_naive_day"}
+    assert all("--no-calendar" in reason for reason in report["skipped"].values())
+    assert report["calendar"].startswith("none (--no-calendar)")
+    printed = capsys.readouterr().out
+    assert "calendar: none (--no-calendar)" in printed and "skipped historical_average" in printed
+
+
+@pytest.mark.parametrize("freq,steps", [("h", 24 * 7 * 3), ("D", 120)])
+def test_baselines_on_hourly_and_daily_csv_with_a_timestamp_column(tmp_path, freq, steps):
+    stamps = pd.date_range("2023-01-02", periods=steps, freq=freq)
+    rng = np.random.default_rng(0)
+    rows = "".join(f"{s},{v[0]:.2f},{v[1]:.2f}\n" for s, v in zip(stamps, rng.uniform(1, 9, (steps, 2)), strict=True))
+    (tmp_path / "s.csv").write_text("time,a,b\n" + rows)
+    out = tmp_path / "r.json"
+    horizon = ["--horizon", "1", "--history", "3"] if freq == "D" else []
+    assert main(["baselines", "--dataset", str(tmp_path / "s.csv"), "--models", "historical_average",
+                 "seasonal_naive_day", "last_value", "--json", str(out), "--quiet", *horizon]) == 0
+    report = json.loads(out.read_text())
+    assert {"historical_average", "seasonal_naive_day", "last_value"} == set(report["results"])
+    assert report["time_range"][0] == "2023-01-02 00:00:00"
+
+
+def test_build_data_takes_the_friendly_dataset_flags(tmp_path, capsys, monkeypatch):
+    from datasets import load_from_disk
+
+    monkeypatch.setenv("ST_INSTRUCT_CACHE", str(tmp_path / "cache"))
+    path, adj, _ = _speeds(tmp_path)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"dataset_names: ['{path}']\nmodel_name_or_path: null\nwindow_sample: 3\n")
+    out = tmp_path / "built"
+    assert main(["build-data", str(recipe), "--output", str(out), "--freq", "15min", "--series-start",
+                 "2024-03-04 06:00", "--adjacency", str(adj), "--channel-names", "speed"]) == 0
+    printed = capsys.readouterr().out
+    assert "Measured every 15 minutes: speed" in printed and "2024" in printed
+    sample = load_from_disk(str(out))["train"].with_format("numpy")[0]
+    first = int(sample["window_start"])  # 06:00 is step 24 of the day; 15-minute steps
+    assert sample["history_tod"].tolist() == [(24 + first + i) % 96 for i in range(12)]
+    assert int(sample["steps_per_day"]) == 96

@@ -41,6 +41,21 @@ def test_precedence_default_then_yaml_then_flag(tmp_path):
     assert data.horizon == 6
 
 
+def test_the_dataset_flags_of_the_other_verbs_set_their_recipe_keys(tmp_path):
+    """``train`` / ``build-data`` / ``scripts/sft.py`` take ``--freq`` etc. as ``baselines`` and ``evaluate`` do."""
+    path = write(tmp_path, "dataset_names: [speeds.npz]\ndataset_freq: 5min\n")
+    (data, *_) = parse_recipe(RECIPE_DATACLASSES, [
+        str(path), "--freq", "15min", "--series-start=2024-03-04", "--adjacency", "adj.csv", "--null-value", "0",
+        "--channel-names", "speed", "--nodes", "nodes.csv", "--no-calendar", "--start", "2024-03-05",
+        "--end", "2024-03-09", "--channels", "speed"])
+    assert (data.dataset_freq, data.dataset_series_start, data.dataset_adjacency) == ("15min", "2024-03-04",
+                                                                                       "adj.csv")
+    assert (data.dataset_null_value, data.dataset_channel_names, data.dataset_nodes) == ("0", ["speed"],
+                                                                                         "nodes.csv")
+    assert data.dataset_no_calendar is True
+    assert (data.dataset_start, data.dataset_end, data.dataset_channels) == ("2024-03-05", "2024-03-09", ["speed"])
+
+
 def test_unknown_key_is_named_with_a_suggestion(tmp_path):
     path = write(tmp_path, "dataset_names: [synthetic]\nhistroy: 24\n")
     with pytest.raises(RecipeError, match=r"recipe .*recipe.yaml: unknown key 'histroy'; did you mean 'history'\?"):
@@ -129,3 +144,32 @@ def test_resolved_recipe_reads_back_the_same(tmp_path):
 
 def test_recipes_exist():
     assert RECIPES, "recipes/*.yaml is empty"
+
+
+@pytest.mark.parametrize(("line", "culprits"), [
+    ("history: null", ["'history'", "None", "integer"]),
+    ("revin: 3", ["'revin'", "3", "true or false"]),
+    ("mrffn_layers: [last]", ["'mrffn_layers'", "'last'", "integer"]),
+    ("lora_dropout: 1.5", ["lora_dropout", "1.5"]),
+    ("st_projector_layers: 3", ["st_projector_layers", "3"]),
+])
+def test_recipe_type_errors_name_the_key_and_value(tmp_path, line, culprits):
+    path = tmp_path / "r.yaml"
+    path.write_text(f"dataset_names: [synthetic-small]\n{line}\n")
+    with pytest.raises(RecipeError) as err:
+        parse_recipe((DataConfig, ModelConfig), [str(path)])
+    for culprit in culprits:
+        assert culprit in str(err.value)
+
+
+def test_recipe_template_path_only_from_a_flag(tmp_path):
+    custom = tmp_path / "mine.jinja"
+    custom.write_text((Path(__file__).resolve().parents[1] / "prompts" / "forecast_node.v1.jinja").read_text())
+    path = tmp_path / "r.yaml"
+    path.write_text(f"template: {custom}\n")
+    with pytest.raises(RecipeError, match=r"key 'template' names .*--template"):
+        parse_recipe((DataConfig, ModelConfig), [str(path)])
+    data, _ = parse_recipe((DataConfig, ModelConfig), [str(path), "--template", str(custom)])
+    assert data.template == str(custom)
+    shipped, _ = parse_recipe((DataConfig, ModelConfig), [str(path), "--template", "forecast_node@1"])
+    assert shipped.template == "forecast_node@1"

@@ -39,8 +39,9 @@ coords              float32 ``[N', K]``        per ``DataConfig.coordinates``: `
                                                ``none`` / ``learned`` K = 0 (``learned``: the model keeps
                                                a trained table indexed by ``node_index``)
 history_tod/_dow    int32 ``[L]``              step of the day (0 .. steps_per_day - 1) / day of week (Mon = 0)
-target_tod/_dow     int32 ``[P]``              same for the horizon (zeros without a calendar)
-steps_per_day       int32                      steps in one day
+target_tod/_dow     int32 ``[P]``              same for the horizon (zeros with ``no_calendar``; an unknown
+                                               calendar is refused, never assumed)
+steps_per_day       int32                      steps in one day (0 when the step is unknown)
 ==================  =========================  =================================================================
 
 Integer columns are stored as int32 (``window_start`` int64); ``with_format("numpy")`` returns integer arrays as
@@ -55,7 +56,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import shutil
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -70,7 +70,7 @@ import xxhash
 
 from st_instruct.configs import DataConfig
 from st_instruct.data.graph import grid_coordinates, laplacian_eigenvectors
-from st_instruct.data.loaders import get_dataset
+from st_instruct.data.loaders import dataset_spec, get_dataset
 from st_instruct.data.prompts import (
     PeriodText,
     PromptTemplate,
@@ -84,11 +84,13 @@ from st_instruct.data.registry import default_cache_dir
 from st_instruct.data.st_tokens import ST_HIS, ST_PRE
 from st_instruct.data.stdata import STData, STDataError
 from st_instruct.data.windows import SPLITS, STWindows, build_windows
+from st_instruct.outputs import clean_stale_siblings, staged_output
 
 # Bump when the sample columns or their meaning change: it is part of every fingerprint.
 BUILDER_VERSION = 1
 CHUNK_SAMPLES = 4096  # samples rendered per Arrow record batch
-_NOT_FINGERPRINTED = ("dataset_dir", "dataset_cache_dir", "streaming", "template")  # template: its text instead
+# the template (and its checksum) enter the fingerprint as the template's text instead
+_NOT_FINGERPRINTED = ("dataset_dir", "dataset_cache_dir", "streaming", "template", "template_sha256")
 
 
 def sample_features() -> datasets.Features:
@@ -118,12 +120,23 @@ def sample_features() -> datasets.Features:
 
 # ---------------------------------------------------------------------------------------------------- sources
 def load_series(config: DataConfig) -> list[STData]:
-    """Every dataset of ``config.dataset_names``, with ``dataset_channels`` and ``[dataset_start, dataset_end)``."""
+    """Every dataset of ``config.dataset_names``, with ``dataset_channels`` and ``[dataset_start, dataset_end)``.
+
+    The dataset specification keys (``dataset_freq``, ``dataset_series_start``, ``dataset_adjacency``, ...;
+    :data:`~st_instruct.data.loaders.DATASET_SPEC_KEYS`) apply to each dataset of the list."""
     if len(set(config.dataset_names)) != len(config.dataset_names):
         raise ValueError(f"dataset_names lists a dataset twice: {config.dataset_names}")
     series = []
+    spec = dataset_spec(config)
     for name in config.dataset_names:
-        data = get_dataset(name, data_dir=config.dataset_dir, channels=config.dataset_channels)
+        try:
+            data = get_dataset(name, data_dir=config.dataset_dir, channels=config.dataset_channels, **spec)
+        except STDataError as err:
+            if spec and len(config.dataset_names) > 1:  # one spec for several datasets: say which one it broke
+                raise STDataError(f"{err} (the dataset_* specification keys {sorted(spec)} apply to every dataset "
+                                  f"of dataset_names; here they do not fit {name!r}: give one path dataset per "
+                                  "recipe when they need different specifications)") from err
+            raise
         if config.dataset_start is not None or config.dataset_end is not None:
             data = data.slice_time(config.dataset_start, config.dataset_end)
         series.append(data)
@@ -310,7 +323,7 @@ def sample_columns(plan: SourcePlan, split: str, window_index: np.ndarray, templ
         "scaler_std": np.broadcast_to(w.scaler.std.astype(np.float32), (S, C)),
         "coords": coords.astype(np.float32, copy=False),
         **{k: v.astype(np.int32) for k, v in calendar.items()},
-        "steps_per_day": np.full(S, w.steps_per_day, dtype=np.int32),
+        "steps_per_day": np.full(S, w.steps_per_day if w.data.freq is not None else 0, dtype=np.int32),
     }
     return columns
 
@@ -429,6 +442,10 @@ def built_cache_root(config: DataConfig) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------------- build
+def _complete_build(path: Path) -> bool:
+    return (path / "dataset_dict.json").is_file()
+
+
 def _generate_split(config_json: str, split: str) -> Iterator[dict[str, Any]]:
     """Generator of a streaming split: loads and windows the data when iteration starts, from a JSON config, so the
     generator is cheap to hash and to pickle (DataLoader workers) and holds no data until it runs."""
@@ -457,22 +474,17 @@ def build_dataset(config: DataConfig, tokenizer: Any = None,
         series = load_series(config)
         fingerprint = _fingerprint(config, series, template)
         path = built_cache_root(config) / fingerprint
-        if not (path / "dataset_dict.json").is_file():
+        clean_stale_siblings(path.parent)  # partial copies of killed builds, of any fingerprint
+        if not _complete_build(path):
             plans = [plan_source(data, config) for data in series]
             # An explicit fingerprint: without one, datasets hashes the whole table (seconds per 100k samples).
             built = datasets.DatasetDict({split: datasets.Dataset(
                 build_split_table(plans, split, template, config.granularity), split=datasets.Split(split),
                 fingerprint=f"{fingerprint}-{split}") for split in SPLITS})
-            partial = path.with_name(f"{path.name}.partial-{os.getpid()}")
-            built.save_to_disk(str(partial))
-            try:  # atomic; never removes a complete copy that another process (rank) may be loading right now
-                os.replace(partial, path)
-            except OSError:  # the folder exists: another rank saved the same build first, or a broken leftover
-                if (path / "dataset_dict.json").is_file():
-                    shutil.rmtree(partial, ignore_errors=True)
-                else:
-                    shutil.rmtree(path, ignore_errors=True)
-                    os.replace(partial, path)
+            # one rename into place; a complete copy another process (rank) saved meanwhile is kept, as it may be
+            # loading it right now; a broken leftover is replaced
+            with staged_output(path, keep=_complete_build) as partial:
+                built.save_to_disk(str(partial))
         result = datasets.load_from_disk(str(path))
     if tokenizer is not None:
         from st_instruct.training.tokenize import tokenize_dataset

@@ -10,13 +10,17 @@ Series files (``[T, N]`` or ``[T, N, C]``):
   number (a purely numeric first row is data). A first column that is not numeric is parsed as timestamps.
 
 Clock: timestamps found in the file are used as they are (STData rejects non-increasing ones) and the step is
-inferred from them. Without timestamps the calendar is unknown (``start=None``) and the step defaults to
-``1h``; both are said in the description, and ``freq=`` / ``start=`` set them.
+inferred from them. Without timestamps the step and the calendar are unknown (``freq=None``, ``start=None``) until
+``freq=`` / ``series_start=`` (``--freq`` / ``--series-start``) give them; nothing is assumed, and whatever needs a
+calendar refuses such data unless the user chose ``--no-calendar`` (:meth:`STData.require_calendar`).
 
 Adjacency files (``[N, N]`` for a series of ``N`` nodes): a matrix as ``.npy`` / ``.npz`` / ``.csv`` (with or
 without a header row), or a ``from,to[,cost]`` edge list ``.csv``, recognised by its header or by having two or
 three columns and a row count other than ``N``. Edge costs are distances and become Gaussian-kernel weights
 (:func:`~st_instruct.data.graph.edge_list_to_dense`); two columns give a 0/1 graph.
+Nodes files (:func:`load_nodes_file`): a ``.csv`` with a ``name`` column and optionally ``latitude,longitude``
+(degrees) or ``x,y`` (planar) columns, one row per node in node order.
+
 Every error names the file and says what was expected.
 """
 
@@ -29,10 +33,9 @@ import numpy as np
 import pandas as pd
 
 from st_instruct.data.graph import edge_list_to_dense
-from st_instruct.data.stdata import STData, STDataError
+from st_instruct.data.stdata import STData, STDataError, normalize_freq
 
 SERIES_SUFFIXES = (".npz", ".npy", ".h5", ".hdf5", ".csv")
-DEFAULT_FREQ = "1h"
 MISSING_CELLS = ("", "NA", "NaN", "nan", "null")  # csv cells read as NaN
 
 
@@ -134,23 +137,30 @@ def _read_series_csv(path: Path) -> tuple[np.ndarray, pd.DatetimeIndex | None, l
     return numeric.to_numpy(dtype=np.float64), timestamps, header
 
 
-def _infer_freq(ts: pd.DatetimeIndex) -> str:
-    """Pandas offset of regular timestamps, else their median step (STData checks the order itself)."""
+def infer_freq(ts: pd.DatetimeIndex) -> str | None:
+    """Canonical step of regular timestamps (``"1h"``, ``"1D"``, ``"15min"``), else their median step; ``None``
+    for a single timestamp (STData checks the order itself)."""
     try:
-        freq = pd.infer_freq(ts)
+        freq = pd.infer_freq(ts)  # "h", "D", "15min": normalised below so pd.Timedelta(freq) always works
     except (ValueError, TypeError):
         freq = None
     if freq:
-        return freq
+        try:
+            return normalize_freq(freq)
+        except STDataError:  # a calendar rule such as "MS" (month start) is no fixed step: use the median
+            pass
     steps = np.asarray(ts[1:] - ts[:-1])  # timedelta64, whatever the index's resolution
     step = pd.Timedelta(np.median(steps.astype("timedelta64[ns]").astype(np.int64)), unit="ns") if len(
         steps) else pd.Timedelta(0)
-    return pd.tseries.frequencies.to_offset(step).freqstr if step > pd.Timedelta(0) else DEFAULT_FREQ
+    return normalize_freq(pd.tseries.frequencies.to_offset(step).freqstr) if step > pd.Timedelta(0) else None
 
 
 def load_series_file(path: str | os.PathLike, *, freq: str | None = None,
-                     start: str | pd.Timestamp | None = None) -> STData:
-    """Load a .npz / .npy / .h5 / .hdf5 / .csv series as an STData ``[T, N, C]`` named after the file stem."""
+                     series_start: str | pd.Timestamp | None = None) -> STData:
+    """Load a .npz / .npy / .h5 / .hdf5 / .csv series as an STData ``[T, N, C]`` named after the file stem.
+
+    ``freq`` / ``series_start`` (``--freq`` / ``--series-start``) give the clock of a file without timestamps;
+    ``series_start`` on a file with its own timestamps is an error."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in SERIES_SUFFIXES:
@@ -176,22 +186,26 @@ def load_series_file(path: str | os.PathLike, *, freq: str | None = None,
     if not np.issubdtype(values.dtype, np.number):
         raise STDataError(f"{path}: values must be numeric, found dtype {values.dtype}")
     notes = [f"Loaded from {path}."]
+    if freq is not None:
+        freq = normalize_freq(freq)
     if timestamps is not None:
-        freq = freq or _infer_freq(timestamps)
-        if start is not None:
-            raise STDataError(f"{path} has its own timestamps (first {timestamps[0]}); start= cannot move them, "
-                              "leave it out")
-    else:
-        if freq is None:
-            notes.append(f"The file has no timestamps; the step is assumed to be {DEFAULT_FREQ} (pass freq=).")
-        if start is None:
-            notes.append("The calendar is unknown (pass start=).")
+        if series_start is not None:
+            raise STDataError(f"{path} has its own timestamps (first {timestamps[0]}); --series-start "
+                              "(dataset_series_start) cannot move them, leave it out")
+        inferred = infer_freq(timestamps)
+        if freq is not None and inferred is not None and pd.infer_freq(timestamps) is not None and (
+                pd.Timedelta(freq) != pd.Timedelta(inferred)):
+            raise STDataError(f"{path} has its own timestamps every {inferred}; --freq (dataset_freq) {freq} "
+                              "contradicts them, leave it out")
+        freq = freq or inferred
+    elif freq is None or series_start is None:
+        notes.append("The file has no timestamps and its calendar is unknown (give --freq and --series-start).")
     if names is not None and len(names) != values.shape[1]:
         names = None  # a header that does not match the columns is not trustworthy as node names
     try:
-        return STData(values=values, name=path.stem, freq=freq or DEFAULT_FREQ,
-                      start=None if timestamps is not None else start, timestamps=timestamps, node_names=names,
-                      description=" ".join(notes), meta={"source_file": str(path)})
+        return STData(values=values, name=path.stem, freq=freq,
+                      start=None if timestamps is not None else series_start, timestamps=timestamps,
+                      node_names=names, description=" ".join(notes), meta={"source_file": str(path)})
     except STDataError as err:
         raise STDataError(f"{path}: {err}") from err
 
@@ -218,7 +232,7 @@ def load_adjacency_file(path: str | os.PathLike, num_nodes: int) -> np.ndarray:
     if adj.shape != (num_nodes, num_nodes):
         raise STDataError(f"adjacency file {path} has shape {tuple(adj.shape)} but the dataset has N={num_nodes} "
                           f"nodes; give an [{num_nodes}, {num_nodes}] matrix or an edge list over nodes "
-                          f"0..{num_nodes - 1}")
+                          f"0..{num_nodes - 1} (a csv edge list with a from,to[,cost] header)")
     if not np.isfinite(adj).all():
         i, j = np.argwhere(~np.isfinite(adj))[0]
         raise STDataError(f"adjacency file {path} contains NaN or inf (first at row {i}, column {j}); "
@@ -242,7 +256,8 @@ def _read_adjacency_csv(path: Path, num_nodes: int) -> np.ndarray:
         numeric = body.replace("", np.nan).astype(np.float64).to_numpy()
     except ValueError as err:
         raise STDataError(f"adjacency file {path} holds a cell that is not a number: {err}") from err
-    is_edge_list = named_edges or (numeric.shape[1] in (2, 3) and numeric.shape != (num_nodes, num_nodes))
+    # a square table without a from,to header is a matrix (of the wrong size, if not N x N), not 2 or 3 edges
+    is_edge_list = named_edges or (numeric.shape[1] in (2, 3) and numeric.shape[0] != numeric.shape[1])
     if not is_edge_list:
         return numeric
     if not np.isfinite(numeric).all():
@@ -251,3 +266,49 @@ def _read_adjacency_csv(path: Path, num_nodes: int) -> np.ndarray:
         return edge_list_to_dense(numeric, num_nodes, weights="gaussian" if numeric.shape[1] == 3 else "binary")
     except ValueError as err:
         raise STDataError(f"adjacency file {path} (read as a from,to[,cost] edge list): {err}") from err
+
+
+def load_nodes_file(path: str | os.PathLike, num_nodes: int) -> tuple[list[str], np.ndarray | None, str | None]:
+    """``(names [N], coords [N, 2] or None, coord_kind)`` from a nodes ``.csv`` (``--nodes`` / ``dataset_nodes``).
+
+    Columns: ``name`` (required), then ``latitude,longitude`` (degrees, kind ``latlon``) or ``x,y`` (planar,
+    kind ``xy``); one row per node, in node order. Every error names the file and what was expected.
+    """
+    path = Path(path)
+    expected = (f"a .csv with a 'name' column and optionally latitude,longitude or x,y columns, one row per node "
+                f"({num_nodes} rows) in node order")
+    if not path.is_file():
+        raise STDataError(f"no such nodes file (--nodes / dataset_nodes): {path}")
+    if path.suffix.lower() != ".csv":
+        raise STDataError(f"nodes file {path}: expected {expected}")
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except Exception as err:
+        raise _cannot_read(path, ".csv", err) from err
+    columns = [str(c).strip().lower() for c in table.columns]
+    table.columns = columns
+    if "name" not in columns:
+        raise STDataError(f"nodes file {path} has the columns {columns} and no 'name' column; expected {expected}")
+    if len(table) != num_nodes:
+        raise STDataError(f"nodes file {path} has {len(table)} rows but the dataset has N={num_nodes} nodes; "
+                          f"expected {expected}")
+    names = [str(n).strip() for n in table["name"]]
+    pairs = [(a, b, kind) for a, b, kind in (("latitude", "longitude", "latlon"), ("x", "y", "xy"))
+             if a in columns or b in columns]
+    if not pairs:
+        return names, None, None
+    if len(pairs) > 1:
+        raise STDataError(f"nodes file {path} has both latitude,longitude and x,y columns; keep one pair")
+    a, b, kind = pairs[0]
+    if a not in columns or b not in columns:
+        raise STDataError(f"nodes file {path} has {a if a in columns else b!r} without {b if a in columns else a!r};"
+                          f" coordinates need both columns {a},{b}")
+    coords = table[[a, b]].apply(pd.to_numeric, errors="coerce").to_numpy(np.float64)
+    if not np.isfinite(coords).all():
+        row, col = np.argwhere(~np.isfinite(coords))[0]
+        raise STDataError(f"nodes file {path}: {(a, b)[col]} of row {row + 1} ({names[row]!r}) is "
+                          f"{table[(a, b)[col]].iloc[row]!r}, not a number")
+    if kind == "latlon" and ((np.abs(coords[:, 0]) > 90).any() or (np.abs(coords[:, 1]) > 180).any()):
+        raise STDataError(f"nodes file {path}: latitude must lie in [-90, 90] and longitude in [-180, 180] degrees "
+                          "(latitude first); give planar coordinates as x,y")
+    return names, coords, kind

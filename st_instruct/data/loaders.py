@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from st_instruct.data.files import SERIES_SUFFIXES, load_adjacency_file, load_series_file
+from st_instruct.data.files import SERIES_SUFFIXES, load_adjacency_file, load_nodes_file, load_series_file
 from st_instruct.data.graph import edge_list_to_dense, gaussian_kernel_adjacency, grid_coordinates, haversine_km
 from st_instruct.data.registry import (
     BEIJING_STATIONS,
@@ -30,7 +30,7 @@ from st_instruct.data.registry import (
     synthetic_names,
     unknown_name_message,
 )
-from st_instruct.data.stdata import STData, STDataError
+from st_instruct.data.stdata import STData, STDataError, normalize_freq, parse_timestamp
 
 # 16 compass points, clockwise from north in 22.5 degree steps (the convention of the UCI files' `wd` column).
 WIND_DEGREES = {p: 22.5 * i for i, p in enumerate(
@@ -152,8 +152,9 @@ def _load_pedalme(root: Path) -> STData:
         raise STDataError(f"{path}: X must be [T, N], found shape {x.shape}")
     adjacency = np.zeros((x.shape[1], x.shape[1]), np.float32)
     adjacency[edges[:, 0], edges[:, 1]] = weights
+    # the file carries no dates: the registry declares it calendar-free rather than inventing a start
     return STData(values=x, adjacency=adjacency, node_names=[f"location {i}" for i in range(x.shape[1])],
-                  **_spec_fields("pedalme-london"))
+                  no_calendar=True, **_spec_fields("pedalme-london"))
 
 
 def _load_pems(name: str, root: Path) -> STData:
@@ -197,25 +198,72 @@ def _load_synthetic(name: str) -> STData:
     return generate_synthetic(city)
 
 
+DATASET_SPEC_KEYS = ("adjacency", "freq", "series_start", "null_value", "channel_names", "nodes", "no_calendar")
+"""What a user can say about a dataset where it is used: the keyword arguments of :func:`get_dataset`, the CLI
+flags ``--adjacency --freq --series-start --null-value --channel-names --nodes --no-calendar`` of every verb
+that reads a dataset, and the recipe keys ``dataset_<key>`` of :class:`~st_instruct.configs.DataConfig`."""
+
+
+def spec_flag(key: str) -> str:
+    """``"series_start"`` -> ``"--series-start (dataset_series_start)"``: how errors name a spec key."""
+    return f"--{key.replace('_', '-')} (dataset_{key})"
+
+
+def dataset_spec(config: object) -> dict:
+    """The :data:`DATASET_SPEC_KEYS` set in a config with ``dataset_<key>`` fields (a ``DataConfig``), as
+    :func:`get_dataset` keyword arguments; unset (``None`` / ``False``) keys are left out."""
+    values = {key: getattr(config, f"dataset_{key}") for key in DATASET_SPEC_KEYS}
+    return {key: value for key, value in values.items() if value is not None and value is not False}
+
+
+def parse_null_value(value: float | str | None) -> float | None:
+    """``None`` (keep the dataset's own), a number, or NaN (``"nan"``: no declared null besides NaN)."""
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError) as err:
+        raise STDataError(f"{spec_flag('null_value')} {value!r} is not a number; give the value that means "
+                          "'not observed' (e.g. 0), or nan for none besides NaN") from err
+
+
 def get_dataset(name_or_path: str | os.PathLike, *, data_dir: str | os.PathLike | None = None,
-                freq: str | None = None, start: str | pd.Timestamp | None = None,
-                adjacency: str | os.PathLike | np.ndarray | None = None, null_value: float | None = None,
-                channels: list[str] | list[int] | None = None) -> STData:
+                freq: str | None = None, series_start: str | pd.Timestamp | None = None,
+                adjacency: str | os.PathLike | np.ndarray | None = None, null_value: float | str | None = None,
+                channel_names: list[str] | None = None, nodes: str | os.PathLike | None = None,
+                no_calendar: bool = False, channels: list[str] | list[int] | None = None) -> STData:
     """Load a named dataset or a file as an :class:`STData` with values ``[T, N, C]``.
+
+    The keyword arguments from ``freq`` to ``no_calendar`` are the one dataset specification
+    (:data:`DATASET_SPEC_KEYS`); errors name the CLI flag and the recipe key of a bad one.
 
     Args:
         name_or_path: a registered name (``nyc-taxi``, ``los-loop``, ...), ``synthetic`` / ``synthetic-<city>``,
             or a path to a ``.npz`` / ``.npy`` / ``.h5`` / ``.hdf5`` / ``.csv`` series (:mod:`.files`).
         data_dir: directory laid out like ``../shared/data`` to read a named dataset from (else the resolution
             order of :func:`~st_instruct.data.registry.resolve_dataset_dir`).
-        freq / start: override the step and the timestamp of ``values[0]``.
+        freq: the step (``"15min"``, ``"1h"``, ``"H"``, ``"D"``...); for data with regular timestamps it must
+            agree with them.
+        series_start: timestamp of ``values[0]`` for data without timestamps of their own.
         adjacency: an ``[N, N]`` array or a file (:func:`~st_instruct.data.files.load_adjacency_file`) that
             replaces the dataset's graph.
         null_value: a declared null besides NaN (e.g. 0 for flows); ``None`` keeps the dataset's own, and
-            ``float("nan")`` declares none.
+            NaN (``"nan"``) declares none.
+        channel_names: one name per channel, replacing ``ch0, ch1, ...`` (applied before ``channels``).
+        nodes: a nodes ``.csv`` (:func:`~st_instruct.data.files.load_nodes_file`): node names and coordinates.
+        no_calendar: run without a calendar: drop the dataset's clock (time features zero, calendar baselines
+            skipped). Without it an unknown calendar is refused wherever one is needed, never assumed.
         channels: keep these channels (names or indices), in this order.
     """
     key = os.fspath(name_or_path)
+    if no_calendar and series_start is not None:
+        raise STDataError(f"{spec_flag('series_start')} and {spec_flag('no_calendar')} contradict each other; "
+                          "give one of them")
+    if freq is not None:
+        freq = normalize_freq(freq, f"frequency {spec_flag('freq')}")
+    if series_start is not None:
+        series_start = parse_timestamp(series_start, spec_flag("series_start"))
+    null_value = parse_null_value(null_value)
     if key in _LOADERS:
         data = _LOADERS[key](resolve_dataset_dir(key, data_dir))
     elif key == "synthetic" or key.startswith("synthetic-"):
@@ -223,25 +271,41 @@ def get_dataset(name_or_path: str | os.PathLike, *, data_dir: str | os.PathLike 
     elif Path(key).suffix.lower() in SERIES_SUFFIXES or Path(key).exists():
         if Path(key).is_dir():
             raise STDataError(f"{key} is a directory; give a series file, or a dataset name with data_dir={key!r}")
-        data = load_series_file(key, freq=freq, start=start)
+        data = load_series_file(key, freq=freq, series_start=series_start)
     else:
         raise UnknownDatasetError(unknown_name_message(key, "; or give a path to a .npz/.npy/.h5/.csv file"))
     updates: dict = {}
-    if freq is not None:
+    if freq is not None and freq != data.freq:
+        if data.timestamps is not None and pd.infer_freq(data.timestamps) is not None:
+            raise STDataError(f"{key} has its own timestamps every {data.freq}; {spec_flag('freq')} {freq} "
+                              "contradicts them, leave it out")
         updates["freq"] = freq
-    if start is not None:
+    if series_start is not None:
         if data.timestamps is not None:
             raise STDataError(f"{key} has its own timestamps ({data.timestamps[0]} .. {data.timestamps[-1]}); "
-                              "start= cannot move them, leave it out")
-        updates["start"] = pd.Timestamp(start)
+                              f"{spec_flag('series_start')} cannot move them, leave it out")
+        updates["start"] = series_start
+    if no_calendar:
+        updates.update(start=None, timestamps=None, no_calendar=True)
     if null_value is not None:
-        updates["null_value"] = None if np.isnan(null_value) else float(null_value)
+        updates["null_value"] = None if np.isnan(null_value) else null_value
     if adjacency is not None:
         adj = (load_adjacency_file(adjacency, data.num_nodes) if isinstance(adjacency, (str, os.PathLike))
                else np.asarray(adjacency, np.float32))
         updates["adjacency"] = adj
         updates["meta"] = {**data.meta, "adjacency_source": os.fspath(adjacency) if not isinstance(
             adjacency, np.ndarray) else "array"}
+    if channel_names is not None:
+        names = [str(c) for c in channel_names]
+        if len(names) != data.num_channels or len(set(names)) != len(names):
+            raise STDataError(f"{spec_flag('channel_names')} gives {len(names)} names {names} but {key} has "
+                              f"{data.num_channels} channel(s); give one distinct name per channel")
+        updates.update(channels=names)
+    if nodes is not None:
+        node_names, coords, coord_kind = load_nodes_file(nodes, data.num_nodes)
+        updates.update(node_names=node_names, node_descriptions=None)
+        if coords is not None:
+            updates.update(coords=coords, coord_kind=coord_kind)
     if updates:
         data = replace(data, **updates)
     return data.select_channels(channels)

@@ -13,10 +13,19 @@ the chat turns as Jinja macros ``system()`` (optional), ``user()`` and ``assista
 evaluates the file with a context (:func:`dataset_context` + period text + :func:`node_context`) through
 ``Template.make_module`` and calls each macro, giving chat ``messages``. Undefined variables are errors
 (``jinja2.StrictUndefined``) that name the template file and the variable.
+
+Nothing in a template is executed beyond Jinja expressions: templates render in an
+``ImmutableSandboxedEnvironment`` (no attribute starting with ``_``, no ``str.format`` escapes, no mutation of the
+context), so a crafted file cannot reach ``os``, ``subprocess`` or ``open``. Which files may be rendered at all is
+decided where the template is named: a recipe *file* may only name templates in :func:`trusted_template_dirs`
+(``configs.parse_recipe``; any path given as a ``--template`` flag is the user's own choice), and a saved forecaster
+renders only the copy it ships (:data:`TEMPLATE_COPY_FILE`) or a trusted template, whichever matches the
+``template_sha256`` of its recipe (:func:`model_template`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import traceback
@@ -25,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import jinja2.sandbox
 import numpy as np
 import pandas as pd
 
@@ -33,6 +43,7 @@ from st_instruct.data.st_tokens import ST_END, ST_HIS, ST_PRE, ST_START
 from st_instruct.data.stdata import STData
 
 PROMPTS_ENV = "ST_INSTRUCT_PROMPTS"
+TEMPLATE_COPY_FILE = "prompt_template.jinja"  # the copy of its template a trained forecaster's folder ships
 TURNS = ("system", "user", "assistant")
 HISTORY_SLOT = f"{ST_START}{ST_HIS}{ST_END}"
 PREDICTION_SLOT = f"{ST_START}{ST_PRE}{ST_END}"
@@ -47,11 +58,42 @@ class TemplateError(ValueError):
 
 
 # ---------------------------------------------------------------------------------------------------- templates
+def package_prompts_dir() -> Path:
+    """``prompts/`` at the repository root: the shipped templates."""
+    return Path(st_instruct.__file__).resolve().parent.parent / "prompts"
+
+
 def prompts_dir() -> Path:
     """``$ST_INSTRUCT_PROMPTS`` if set, else ``prompts/`` at the repository root."""
     if os.environ.get(PROMPTS_ENV):
         return Path(os.environ[PROMPTS_ENV]).expanduser()
-    return Path(st_instruct.__file__).resolve().parent.parent / "prompts"
+    return package_prompts_dir()
+
+
+def trusted_template_dirs() -> list[Path]:
+    """The folders whose templates a recipe file may name: the package's ``prompts/`` and ``$ST_INSTRUCT_PROMPTS``
+    (the user's explicit template folder), resolved."""
+    dirs = [package_prompts_dir()]
+    if os.environ.get(PROMPTS_ENV):
+        dirs.append(Path(os.environ[PROMPTS_ENV]).expanduser().resolve())
+    return dirs
+
+
+def is_trusted_template(path: str | os.PathLike) -> bool:
+    """Whether ``path`` (symlinks resolved) lies in one of :func:`trusted_template_dirs`."""
+    resolved = Path(path).expanduser().resolve()
+    return any(resolved.is_relative_to(root) for root in trusted_template_dirs())
+
+
+def names_a_path(spec: str | os.PathLike) -> bool:
+    """Whether a ``template`` value is a file path (``.jinja`` or a separator) rather than ``name`` / ``name@N``."""
+    text = os.fspath(spec)
+    return text.endswith(".jinja") or os.sep in text or "/" in text
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def available_templates(directory: str | os.PathLike | None = None) -> dict[str, list[int]]:
@@ -76,7 +118,7 @@ def _available_text(root: Path) -> str:
 def resolve_template(spec: str | os.PathLike, directory: str | os.PathLike | None = None) -> Path:
     """Template file of ``spec``: ``"name"`` (highest version), ``"name@N"`` (version N) or a ``.jinja`` path."""
     text = os.fspath(spec)
-    if text.endswith(".jinja") or os.sep in text or "/" in text:
+    if names_a_path(text):
         path = Path(text).expanduser()
         if not path.is_file():
             raise TemplateError(f"prompt template file {path} does not exist")
@@ -136,28 +178,45 @@ class PromptTemplate:
                                         "{% macro user() %} and {% macro assistant() %} (system() is optional)")
                 messages.append({"role": role, "content": str(macro()).strip()})
             return messages
+        except jinja2.sandbox.SecurityError as err:  # before UndefinedError: an unsafe attribute is both
+            raise TemplateError(f"prompt template {self.path}{self._where(err)} tried something the sandbox forbids "
+                                f"({err}); templates may only use the context's variables, see prompts/README.md"
+                                ) from err
         except jinja2.UndefinedError as err:
-            lines = [self._template.get_corresponding_lineno(f.lineno)
-                     for f in traceback.extract_tb(err.__traceback__) if f.filename == str(self.path)]
-            where = f" (line {lines[-1]})" if lines else ""
             raise TemplateError(
-                f"prompt template {self.path}{where} uses an undefined variable {_undefined_name(err)!r} "
+                f"prompt template {self.path}{self._where(err)} uses an undefined variable {_undefined_name(err)!r} "
                 f"({err}); the context provides: {', '.join(sorted(context))}") from err
+        except jinja2.TemplateError as err:  # a missing include, a sandbox limit (range), ...
+            raise TemplateError(f"prompt template {self.path}{self._where(err)}: {err}") from err
+        except (ArithmeticError, LookupError, TypeError) as err:  # an expression of the template failed
+            raise TemplateError(f"prompt template {self.path}{self._where(err)}: {type(err).__name__}: {err}"
+                                ) from err
+
+    def _where(self, err: BaseException) -> str:
+        """`` (line N)`` of the template line that raised ``err``, or ``""``."""
+        lines = [self._template.get_corresponding_lineno(f.lineno)
+                 for f in traceback.extract_tb(err.__traceback__) if f.filename == str(self.path)]
+        return f" (line {lines[-1]})" if lines else ""
 
 
 def load_template(spec: str | os.PathLike, directory: str | os.PathLike | None = None) -> PromptTemplate:
     """Load a template by name (highest version), ``name@N`` or path (see :func:`resolve_template`).
 
-    The environment trims block newlines (``trim_blocks``, ``lstrip_blocks``), does no HTML escaping and makes
-    undefined variables errors (``StrictUndefined``).
+    The environment is sandboxed (``ImmutableSandboxedEnvironment``: see the module docstring), trims block newlines
+    (``trim_blocks``, ``lstrip_blocks``), does no HTML escaping and makes undefined variables errors
+    (``StrictUndefined``). Which files may be loaded is checked by the callers that know where ``spec`` came from
+    (``configs.parse_recipe``, :func:`model_template`).
     """
     path = resolve_template(spec, directory).resolve()
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(path.parent)), undefined=jinja2.StrictUndefined,
-                             trim_blocks=True, lstrip_blocks=True, autoescape=False, keep_trailing_newline=False)
+    env = jinja2.sandbox.ImmutableSandboxedEnvironment(
+        loader=jinja2.FileSystemLoader(str(path.parent)), undefined=jinja2.StrictUndefined, trim_blocks=True,
+        lstrip_blocks=True, autoescape=False, keep_trailing_newline=False)
     try:
         template = env.get_template(path.name)
     except jinja2.TemplateSyntaxError as err:
         raise TemplateError(f"prompt template {path} line {err.lineno}: {err.message}") from err
+    except UnicodeDecodeError as err:
+        raise TemplateError(f"prompt template {path} is not UTF-8 text ({err.reason} at byte {err.start})") from err
     match = _FILE_RE.match(path.name)
     name = match["name"] if match else path.name.removesuffix(".jinja")
     version = int(match["version"]) if match else None
@@ -166,9 +225,76 @@ def load_template(spec: str | os.PathLike, directory: str | os.PathLike | None =
                           spec=f"{name}@{version}" if by_name else str(path), _template=template)
 
 
+# ---------------------------------------------------------------------------------------------------- model folders
+def save_template_copy(output_dir: str | os.PathLike, data_config: Any) -> Path:
+    """Copy the template of ``data_config`` into a forecaster folder as :data:`TEMPLATE_COPY_FILE` and record its
+    sha256 in ``data_config.template_sha256`` (in place, so the ``recipe.yaml`` written next carries it); returns
+    the copy. Loading the folder later renders only this copy or a trusted template with the same checksum
+    (:func:`model_template`)."""
+    source = resolve_template(data_config.template)
+    data = source.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if data_config.template_sha256 not in (None, digest):
+        raise TemplateError(f"prompt template {source} has sha256 {digest}, but template_sha256 is "
+                            f"{data_config.template_sha256}: the file changed since the recipe was written")
+    target = Path(output_dir) / TEMPLATE_COPY_FILE
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
+    partial.write_bytes(data)
+    os.replace(partial, target)
+    data_config.template_sha256 = digest
+    return target
+
+
+def _trusted_by_sha(digest: str, preferred: Path | None) -> Path | None:
+    """A template in :func:`trusted_template_dirs` whose sha256 is ``digest`` (``preferred`` first), or None."""
+    candidates = [preferred] if preferred is not None else []
+    for root in trusted_template_dirs():
+        if root.is_dir():
+            candidates += sorted(root.glob("*.jinja"))
+    return next((path for path in candidates if path.is_file() and file_sha256(path) == digest), None)
+
+
+def model_template(recipe_path: str | os.PathLike, spec: str, sha256: str | None) -> Path:
+    """The template file a saved forecaster may render: the ``recipe.yaml`` at ``recipe_path`` names ``spec`` with
+    checksum ``sha256``; returns the trusted template with that checksum (the one ``spec`` names when it is trusted),
+    else the folder's own copy (:data:`TEMPLATE_COPY_FILE`, beside the recipe) when its checksum matches.
+
+    Raises :class:`TemplateError` when the recipe has no checksum (a folder saved before checksums were recorded)
+    or when neither file matches it; nothing is rendered then.
+    """
+    recipe_path = Path(recipe_path)
+    folder = recipe_path.parent
+    named = None
+    if not names_a_path(spec) or is_trusted_template(spec):
+        try:
+            named = resolve_template(spec).resolve()
+        except TemplateError:
+            named = None
+    if not sha256:
+        how = "check the template it was trained with, then add `template_sha256: <sha256 of that file>` to it"
+        if named is not None and is_trusted_template(named):
+            how += f" (the shipped {named.name} has sha256 {file_sha256(named)})"
+        raise TemplateError(f"{recipe_path} names the template {spec!r} without template_sha256 (saved by an older "
+                            f"st_instruct), so it is not rendered: {how}; or re-train the model")
+    trusted = _trusted_by_sha(sha256, named if named is not None and is_trusted_template(named) else None)
+    if trusted is not None:
+        return trusted
+    copy = folder / TEMPLATE_COPY_FILE
+    if copy.is_file() and file_sha256(copy) == sha256:
+        return copy
+    found = f"its {copy.name} has sha256 {file_sha256(copy)}" if copy.is_file() else f"it has no {copy.name}"
+    raise TemplateError(f"{folder}: the recipe's template {spec!r} must have template_sha256 {sha256}, but {found} "
+                        "and no template in prompts/ has it; the folder was altered or copied incompletely: "
+                        "copy it again from where it was trained, or re-train")
+
+
 # ---------------------------------------------------------------------------------------------------- time text
-def describe_freq(freq: str) -> str:
-    """Readable interval: ``"1h"`` -> ``"hourly"``, ``"5min"`` -> ``"every 5 minutes"``, ``"7D"`` -> ``"weekly"``."""
+def describe_freq(freq: str | None) -> str:
+    """Readable interval: ``"1h"`` -> ``"hourly"``, ``"5min"`` -> ``"every 5 minutes"``, ``"7D"`` -> ``"weekly"``;
+    ``None`` (unknown step) -> ``"at an unknown interval"``."""
+    if freq is None:
+        return "at an unknown interval"
     seconds = int(pd.Timedelta(pd.tseries.frequencies.to_offset(freq)).total_seconds())
     single = {604800: "weekly", 86400: "daily", 3600: "hourly", 60: "every minute", 1: "every second"}
     if seconds in single:
@@ -191,14 +317,14 @@ class PeriodText:
     ``"Tuesday, 8 January 2019, 07:00 to 18:00, hourly"``; across midnight
     ``"Tuesday, 8 January 2019, 19:00 to Wednesday, 9 January 2019, 06:00, hourly"``; daily or coarser steps give
     dates only (``"Monday, 1 January 2024 to Monday, 25 March 2024, weekly"``); one step gives its time only.
-    Without a calendar (``timestamps=None``) steps are named by index: ``"steps 100 to 111, weekly"``.
+    Without a calendar (``timestamps=None``) steps are named by index: ``"steps 100 to 111 (time unknown), weekly"``.
     """
 
-    def __init__(self, timestamps: pd.DatetimeIndex | None, freq: str):
+    def __init__(self, timestamps: pd.DatetimeIndex | None, freq: str | None):
         self.freq_text = describe_freq(freq)
         self.timestamps = timestamps
-        step = pd.Timedelta(pd.tseries.frequencies.to_offset(freq))
-        self.dates_only = step >= pd.Timedelta("1D")
+        step = None if freq is None else pd.Timedelta(pd.tseries.frequencies.to_offset(freq))
+        self.dates_only = step is not None and step >= pd.Timedelta("1D")
         if timestamps is None:
             self.dates = self.times = None
             return
@@ -208,13 +334,14 @@ class PeriodText:
         texts = np.array([describe_date(pd.Timestamp(d)) for d in unique_days], dtype=object)
         self.days = inverse  # [T] day id, equal ids = same date
         self.dates = texts[inverse]
-        with_seconds = step % pd.Timedelta("1min") != pd.Timedelta(0) or bool((timestamps.second != 0).any())
+        with_seconds = (step is not None and step % pd.Timedelta("1min") != pd.Timedelta(0)) or bool(
+            (timestamps.second != 0).any())
         self.times = np.asarray(timestamps.strftime("%H:%M:%S" if with_seconds else "%H:%M"), dtype=object)
 
     def period(self, lo: int, num_steps: int) -> str:
         hi = lo + num_steps - 1
         if self.dates is None:
-            span = f"step {lo}" if num_steps == 1 else f"steps {lo} to {hi}"
+            span = f"step {lo} (time unknown)" if num_steps == 1 else f"steps {lo} to {hi} (time unknown)"
         elif self.dates_only:
             span = self.dates[lo] if num_steps == 1 else f"{self.dates[lo]} to {self.dates[hi]}"
         elif num_steps == 1:

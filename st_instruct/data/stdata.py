@@ -7,6 +7,7 @@ bad input fails with a message naming the dataset and the field instead of deep 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -30,10 +31,15 @@ class STData:
             marks a declared null. ``inf`` is never allowed. A ``[T, N]`` array is read as one channel.
         name: dataset name (``nyc-taxi``, a file stem, ...).
         city: free text, e.g. ``"New York City (Manhattan)"``.
-        freq: sampling interval as a pandas offset string (``"5min"``, ``"1h"``, ``"7D"``).
-        start: timestamp of ``values[0]``; ``None`` when the calendar is unknown (then time-of-day and
-            day-of-week features are unavailable and zero).
+        freq: sampling interval as a pandas offset string (``"5min"``, ``"1h"``, ``"7D"``; also ``"h"``, ``"H"``,
+            ``"15T"``, ``"D"``), stored in one canonical form (``"1h"``, ``"15min"``, ``"1D"``); ``None`` when the
+            step is unknown (a file without timestamps and no ``--freq``).
+        start: timestamp of ``values[0]``; ``None`` when unknown.
         timestamps: explicit ``[T]`` timestamps instead of ``start`` (must be strictly increasing).
+        no_calendar: the user chose to run without a calendar (``--no-calendar``): time-of-day / day-of-week
+            features are zero and the calendar baselines are skipped. Without it, a dataset whose calendar is
+            unknown (no timestamps, and ``freq`` or ``start`` missing) is *refused* by everything that needs a
+            calendar (:meth:`require_calendar`), never given an assumed one.
         channels / units: one name and one unit per channel.
         node_names / node_descriptions: one string per node where known.
         coords: ``[N, 2]`` node coordinates; ``coord_kind`` says whether they are ``latlon`` (degrees,
@@ -48,9 +54,10 @@ class STData:
     values: np.ndarray
     name: str
     city: str = ""
-    freq: str = "1h"
+    freq: str | None = None
     start: pd.Timestamp | None = None
     timestamps: pd.DatetimeIndex | None = None
+    no_calendar: bool = False
     channels: list[str] = field(default_factory=list)
     units: list[str] = field(default_factory=list)
     node_names: list[str] | None = None
@@ -89,7 +96,8 @@ class STData:
         if T == 0 or N == 0 or C == 0:
             self._fail(f"values are empty, shape {values.shape}")
 
-        self.freq = _check_freq(self.freq, self.name)
+        if self.freq is not None:
+            self.freq = normalize_freq(self.freq, f"dataset {self.name!r}: frequency")
         if self.timestamps is not None:
             ts = pd.DatetimeIndex(self.timestamps)
             if len(ts) != T:
@@ -103,7 +111,9 @@ class STData:
             if self.start is None:
                 self.start = ts[0]
         if self.start is not None:
-            self.start = pd.Timestamp(self.start)
+            self.start = parse_timestamp(self.start, f"dataset {self.name!r}: start")
+        if self.no_calendar and self.start is not None:
+            self._fail("no_calendar=True (--no-calendar) but a start / timestamps are given; drop one of them")
 
         if not self.channels:
             self.channels = [f"ch{i}" for i in range(C)]
@@ -160,19 +170,54 @@ class STData:
 
     @property
     def has_calendar(self) -> bool:
-        return self.start is not None
+        """True when every step has a known timestamp (timestamps, or a start and a frequency)."""
+        return self.timestamps is not None or (self.start is not None and self.freq is not None)
 
     def time_index(self) -> pd.DatetimeIndex | None:
         """``[T]`` timestamps, or ``None`` when the calendar is unknown."""
         if self.timestamps is not None:
             return self.timestamps
-        if self.start is None:
+        if self.start is None or self.freq is None:
             return None
         return pd.date_range(self.start, periods=self.num_steps, freq=self.freq)
+
+    def calendar_text(self) -> str:
+        """One line on the clock, e.g. ``"2024-03-04 00:00:00 to 2024-03-10 23:45:00, every 15min"``, or what
+        is missing and which flags give it (``data inspect`` shows this; it never refuses)."""
+        ts = self.time_index()
+        if ts is not None:
+            return f"{ts[0]} to {ts[-1]}, every {self.freq or 'irregular step'}"
+        if self.no_calendar:
+            return "none (--no-calendar): no time-of-day / day-of-week features, calendar baselines skipped"
+        return f"unknown (give {' and '.join(self._missing_clock())}, or --no-calendar to run without one)"
+
+    def _missing_clock(self) -> list[str]:
+        missing = []
+        if self.freq is None:
+            missing.append("--freq (the step, e.g. 15min)")
+        if self.start is None:
+            missing.append("--series-start (the timestamp of the first step, e.g. 2024-03-04)")
+        return missing
+
+    def require_calendar(self, purpose: str = "time-of-day / day-of-week features and the calendar baselines"
+                         ) -> bool:
+        """True with a calendar, False when the user chose ``no_calendar``; else raise :class:`STDataError`
+        naming the flags to give (``--freq`` / ``--series-start``, recipe keys ``dataset_freq`` /
+        ``dataset_series_start``) or ``--no-calendar``. A calendar is never assumed."""
+        if self.has_calendar:
+            return True
+        if self.no_calendar:
+            return False
+        self._fail(f"its calendar is unknown (no timestamps in the data) and {purpose} need one; give "
+                   f"{' and '.join(self._missing_clock())} (recipe keys dataset_freq / dataset_series_start), or "
+                   "--no-calendar (dataset_no_calendar: true) to run without a calendar")
+        return False  # unreachable: _fail raises
 
     @property
     def steps_per_day(self) -> int:
         """Number of steps in one day (at least 1, e.g. 288 for 5-minute data, 1 for weekly data)."""
+        if self.freq is None:
+            self._fail("the step is unknown, so steps per day are too; give --freq (e.g. 15min)")
         return max(1, int(round(pd.Timedelta("1D") / pd.Timedelta(self.freq))))
 
     # ------------------------------------------------------------------ masks
@@ -204,12 +249,15 @@ class STData:
                        units=[self.units[i] for i in index])
 
     def slice_time(self, start: str | pd.Timestamp | None = None, end: str | pd.Timestamp | None = None) -> STData:
-        """Keep steps with ``start <= timestamp < end`` (either bound optional)."""
+        """Keep steps with ``start <= timestamp < end`` (either bound optional; ``--start`` / ``--end``)."""
         ts = self.time_index()
         if ts is None:
-            self._fail("cannot slice by date: the dataset has no calendar (start is unknown)")
-        lo = 0 if start is None else int(ts.searchsorted(pd.Timestamp(start), side="left"))
-        hi = len(ts) if end is None else int(ts.searchsorted(pd.Timestamp(end), side="left"))
+            self._fail(f"cannot slice by date (--start / --end, recipe keys dataset_start / dataset_end): the "
+                       f"calendar is {self.calendar_text()}")
+        lo = 0 if start is None else int(ts.searchsorted(parse_timestamp(start, "--start (dataset_start)"),
+                                                         side="left"))
+        hi = len(ts) if end is None else int(ts.searchsorted(parse_timestamp(end, "--end (dataset_end)"),
+                                                             side="left"))
         if hi <= lo:
             self._fail(f"the time range [{start}, {end}) selects no steps; the data covers {ts[0]} to {ts[-1]}")
         return replace(self, values=self.values[lo:hi], start=ts[lo],
@@ -238,7 +286,8 @@ class STData:
             "name": self.name,
             "city": self.city,
             "shape [T, N, C]": list(self.values.shape),
-            "frequency": self.freq,
+            "frequency": self.freq or "unknown (give --freq)",
+            "calendar": self.calendar_text(),
             "start": None if ts is None else str(ts[0]),
             "end": None if ts is None else str(ts[-1]),
             "channels": [f"{c} ({u})" if u else c for c, u in zip(self.channels, self.units, strict=True)],
@@ -269,12 +318,36 @@ class STData:
         return info
 
 
-def _check_freq(freq: str, name: str) -> str:
+_LEGACY_UNITS = {"H": "h", "T": "min", "S": "s", "L": "ms", "U": "us", "N": "ns"}  # aliases pandas 3 dropped
+
+
+def normalize_freq(freq: str, what: str = "frequency (--freq / dataset_freq)") -> str:
+    """A fixed sampling interval in one canonical form: ``"h"``, ``"1h"``, ``"H"`` -> ``"1h"``;
+    ``"15T"`` / ``"15min"`` -> ``"15min"``; ``"D"`` -> ``"1D"``. Parsed once, through
+    ``pandas.tseries.frequencies.to_offset``, so every later ``pd.Timedelta(freq)`` works; ``what`` names the
+    source (flag, key or file) in the error."""
+    text = str(freq).strip()
+    match = re.fullmatch(r"(\d*)\s*([A-Za-z]+)", text)
+    if match and match[2] in _LEGACY_UNITS:
+        text = f"{match[1]}{_LEGACY_UNITS[match[2]]}"
     try:
-        delta = pd.Timedelta(pd.tseries.frequencies.to_offset(freq))
+        offset = pd.tseries.frequencies.to_offset(text)
+        delta = pd.Timedelta(offset)
     except (ValueError, TypeError) as err:
-        raise STDataError(f"dataset {name!r}: frequency {freq!r} is not a pandas offset such as '5min', '1h', '7D'"
+        raise STDataError(f"{what} {freq!r} is not a fixed interval such as '5min', '15min', '1h', '1D' or '7D'"
                           ) from err
     if delta <= pd.Timedelta(0):
-        raise STDataError(f"dataset {name!r}: frequency {freq!r} must be positive")
-    return freq
+        raise STDataError(f"{what} {freq!r} must be positive")
+    return offset.freqstr if offset.freqstr[0].isdigit() else f"1{offset.freqstr}"
+
+
+def parse_timestamp(value: str | pd.Timestamp, what: str) -> pd.Timestamp:
+    """``value`` as a timestamp; an error naming ``what`` (the flag or key) for text that is not a date."""
+    try:
+        stamp = pd.Timestamp(value)
+    except (ValueError, TypeError) as err:
+        raise STDataError(f"{what} {value!r} is not a date/time such as 2024-03-04 or '2024-03-04 06:00'"
+                          ) from err
+    if stamp is pd.NaT:
+        raise STDataError(f"{what} {value!r} is not a date/time such as 2024-03-04 or '2024-03-04 06:00'")
+    return stamp

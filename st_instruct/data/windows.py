@@ -92,8 +92,8 @@ class STWindows:
         scaler: fitted on the observed train values.
         scaled: ``[T, N, C]`` float32 scaled series, unobserved entries set to 0 (the scaled mean).
         observed: ``[T, N, C]`` bool, True where observed.
-        time_of_day: ``[T]`` int step within the day (0 .. steps_per_day - 1); 0 without a calendar.
-        day_of_week: ``[T]`` int, Monday = 0; 0 without a calendar.
+        time_of_day: ``[T]`` int step within the day (0 .. steps_per_day - 1); 0 with ``no_calendar``.
+        day_of_week: ``[T]`` int, Monday = 0; 0 with ``no_calendar``.
     """
 
     data: STData
@@ -112,6 +112,12 @@ class STWindows:
     @property
     def steps_per_day(self) -> int:
         return self.data.steps_per_day
+
+    @property
+    def has_calendar(self) -> bool:
+        """False when the data run with ``no_calendar`` (time features are zero); windows are never built on an
+        unknown calendar (:func:`build_windows` refuses)."""
+        return self.data.has_calendar
 
     @property
     def time_of_week(self) -> np.ndarray:
@@ -166,11 +172,13 @@ class STWindows:
 
 
 def calendar_features(data: STData) -> tuple[np.ndarray, np.ndarray]:
-    """``([T] time-of-day step, [T] day-of-week)`` as int64; zeros when the calendar is unknown."""
-    ts = data.time_index()
-    if ts is None:
+    """``([T] time-of-day step, [T] day-of-week)`` as int64; zeros when the user chose ``no_calendar``.
+
+    An unknown calendar is refused (:meth:`STData.require_calendar` names the flags to give), never assumed."""
+    if not data.require_calendar():
         zeros = np.zeros(data.num_steps, dtype=np.int64)
         return zeros, zeros.copy()
+    ts = data.time_index()
     seconds = (ts - ts.normalize()).total_seconds().to_numpy()
     step_seconds = 86400.0 / data.steps_per_day
     tod = np.minimum((seconds // step_seconds).astype(np.int64), data.steps_per_day - 1)
@@ -197,11 +205,24 @@ def build_windows(data: STData, history: int, horizon: int, split: str | tuple[f
                 f"history + horizon = {need}; use a longer series, a shorter history/horizon or a different "
                 f"split than {format_split(ratios)}")
         starts[name] = np.arange(lo, hi - need + 1, stride, dtype=np.int64)
+    tod, dow = calendar_features(data)  # refuses an unknown calendar before any work
     observed = data.mask()
+    _check_observed(data, observed, borders)
     train_lo, train_hi = borders["train"]
     scaler = StandardScaler.fit(data.values[train_lo:train_hi], observed[train_lo:train_hi])
     scaled = np.where(observed, scaler.transform(np.nan_to_num(data.values)), 0.0).astype(np.float32)
-    tod, dow = calendar_features(data)
     return STWindows(data=data, history=history, horizon=horizon, stride=stride, split=ratios, borders=borders,
                      starts=starts, scaler=scaler, scaled=scaled, observed=observed, time_of_day=tod,
                      day_of_week=dow)
+
+
+def _check_observed(data: STData, observed: np.ndarray, borders: dict[str, tuple[int, int]]) -> None:
+    """Refuse a series (or a split) with no observed value: its scaler, forecasts and metrics would be empty."""
+    null = "NaN" if data.null_value is None else f"NaN or the null value {data.null_value:g}"
+    if not observed.any():
+        raise STDataError(f"dataset {data.name!r}: every one of its {observed.size} values is missing ({null}); "
+                          "check the file, or the declared null value (--null-value / dataset_null_value)")
+    for name, (lo, hi) in borders.items():
+        if hi > lo and not observed[lo:hi].any():
+            raise STDataError(f"dataset {data.name!r}: the {name} split (steps {lo}..{hi}) has no observed value "
+                              f"(all {null}); use another --split or time range (--start / --end)")

@@ -50,12 +50,28 @@ def _target_steps(windows: STWindows, split: str) -> np.ndarray:
     return windows.starts[split][:, None] + windows.history + np.arange(windows.horizon)[None, :]
 
 
+def _train_node_mean(windows: STWindows) -> np.ndarray:
+    """``[N, C]`` float64 mean of the observed train values; the scaler's channel mean where never observed."""
+    lo, hi = windows.borders["train"]
+    observed = windows.observed[lo:hi]
+    values = np.where(observed, np.nan_to_num(windows.data.values[lo:hi]), 0.0).astype(np.float64)
+    counts = observed.sum(0)
+    return np.where(counts > 0, values.sum(0) / np.maximum(counts, 1), windows.scaler.mean[None, :])
+
+
+def _require_calendar(name: str, windows: STWindows, needs: str) -> None:
+    """Skip (:class:`BaselineNotApplicable`) a calendar baseline on data run with ``--no-calendar``."""
+    if not windows.has_calendar:
+        raise BaselineNotApplicable(f"{name}: needs {needs}, but the data run without a calendar (--no-calendar); "
+                                    "give --freq and --series-start instead to run it")
+
+
 class HistoricalAverage:
     """Mean of the observed train values per (time-of-week slot, node, channel), read at the target timestamps.
 
     Slots never observed in train fall back to the (node, channel) train mean, and a (node, channel) never
-    observed falls back to the channel mean of the scaler. Without a calendar every step is slot 0, so the
-    forecast is the (node, channel) train mean.
+    observed falls back to the channel mean of the scaler. Needs a calendar: skipped with ``--no-calendar``
+    (it would only be a per-node mean under a calendar name).
     """
 
     name = "historical_average"
@@ -65,33 +81,27 @@ class HistoricalAverage:
         self.node_mean: np.ndarray | None = None  # [N, C]
 
     def is_applicable(self, windows: STWindows) -> bool:
-        return True
+        return windows.has_calendar
 
     def fit(self, windows: STWindows) -> None:
+        _require_calendar(self.name, windows, "the time of week of every step")
         lo, hi = windows.borders["train"]
         observed = windows.observed[lo:hi]
         values = np.where(observed, np.nan_to_num(windows.data.values[lo:hi]), 0.0).astype(np.float64)
-        counts = observed.sum(0)
-        self.node_mean = np.where(counts > 0, values.sum(0) / np.maximum(counts, 1), windows.scaler.mean[None, :])
-        num_slots = 7 * windows.steps_per_day if windows.data.has_calendar else 1
-        slots = self._slots(windows, np.arange(lo, hi))
+        self.node_mean = _train_node_mean(windows)
+        num_slots = 7 * windows.steps_per_day
+        slots = windows.time_of_week[lo:hi]
         slot_sums = np.zeros((num_slots,) + values.shape[1:])
         slot_counts = np.zeros((num_slots,) + values.shape[1:])
         np.add.at(slot_sums, slots, values)
         np.add.at(slot_counts, slots, observed)
         self.table = np.where(slot_counts > 0, slot_sums / np.maximum(slot_counts, 1), self.node_mean[None])
 
-    @staticmethod
-    def _slots(windows: STWindows, steps: np.ndarray) -> np.ndarray:
-        if not windows.data.has_calendar:
-            return np.zeros_like(steps)
-        return windows.time_of_week[steps]
-
     def at_steps(self, windows: STWindows, steps: np.ndarray) -> np.ndarray:
         """Historical average at absolute steps ``[...]`` -> ``[..., N, C]`` float32, original units."""
         if self.table is None:
             raise RuntimeError("historical_average: call fit(windows) before predict")
-        return self.table[self._slots(windows, steps)].astype(np.float32)
+        return self.table[windows.time_of_week[steps]].astype(np.float32)
 
     def predict(self, windows: STWindows, split: str) -> np.ndarray:
         return self.at_steps(windows, _target_steps(windows, split))
@@ -113,9 +123,7 @@ class LastValue:
         return True
 
     def fit(self, windows: STWindows) -> None:
-        average = HistoricalAverage()
-        average.fit(windows)
-        self.node_mean = average.node_mean.astype(np.float32)
+        self.node_mean = _train_node_mean(windows).astype(np.float32)
 
     def predict(self, windows: STWindows, split: str) -> np.ndarray:
         if self.node_mean is None:
@@ -134,7 +142,8 @@ class LastValue:
 class SeasonalNaive:
     """The value one period earlier, ``y[t - period]``, with ``period`` = ``days`` days of steps.
 
-    The value is known at forecast time only when ``period >= horizon``; otherwise ``fit`` raises
+    Needs a calendar (skipped with ``--no-calendar``). The value is known at forecast time only when
+    ``period >= horizon``; otherwise ``fit`` raises
     :class:`BaselineNotApplicable`. It also refuses a series so short that the first test target looks back
     before the series start (Los-loop's 7 days for a weekly period): it would silently be the historical
     average. Where ``t - period`` falls before the start or is unobserved, the historical average at ``t`` is used.
@@ -153,10 +162,14 @@ class SeasonalNaive:
         return int(windows.borders["test"][0]) + windows.history
 
     def is_applicable(self, windows: STWindows) -> bool:
+        if not windows.has_calendar:
+            return False
         period = self.period(windows)
         return period >= windows.horizon and self._first_test_target(windows) - period >= 0
 
     def fit(self, windows: STWindows) -> None:
+        _require_calendar(self.name, windows, f"the step to know how many steps make {self.days} day(s) and the "
+                          "time of week for its fallback")
         period = self.period(windows)
         if period < windows.horizon:
             raise BaselineNotApplicable(

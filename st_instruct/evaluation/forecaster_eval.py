@@ -42,24 +42,51 @@ def find_recipe(model_dir: str | Path) -> Path:
 
 
 def trained_data_config(model_dir: str | Path) -> DataConfig:
-    """The :class:`DataConfig` of the recipe a forecaster was trained with (keys checked as ``train`` does)."""
-    from st_instruct.configs import load_recipe_file, train_dataclasses
+    """The :class:`DataConfig` of the recipe a forecaster was trained with (keys checked as ``train`` does).
 
-    values = load_recipe_file(find_recipe(model_dir), train_dataclasses())
+    Its ``template`` is the file the folder may render: the trusted template or the folder's own copy whose sha256
+    is the recipe's ``template_sha256`` (:func:`~st_instruct.data.prompts.model_template`; raises otherwise).
+    """
+    from st_instruct.configs import load_recipe_file, train_dataclasses
+    from st_instruct.data.prompts import model_template
+
+    recipe = find_recipe(model_dir)
+    values = load_recipe_file(recipe, train_dataclasses())
     names = {f.name for f in dataclasses.fields(DataConfig)}
-    return DataConfig(**{key: value for key, value in values.items() if key in names})
+    config = DataConfig(**{key: value for key, value in values.items() if key in names})
+    return dataclasses.replace(config, template=str(model_template(recipe, config.template, config.template_sha256)))
+
+
+def _same_dataset(a: str, b: str) -> bool:
+    """Same registered name, or two spellings (relative / absolute) of the same existing file."""
+    if a == b:
+        return True
+    pa, pb = Path(a).expanduser(), Path(b).expanduser()
+    return pa.is_file() and pb.is_file() and pa.resolve() == pb.resolve()
 
 
 def evaluation_config(trained: DataConfig, dataset: str, data_dir: str | None = None,
                       channels: Sequence[str] | None = None, start: str | None = None, end: str | None = None,
-                      max_windows: int | None = None) -> tuple[DataConfig, str]:
+                      max_windows: int | None = None, spec: dict[str, Any] | None = None) -> tuple[DataConfig, str]:
     """``(config, protocol)``: the trained recipe's data config pointed at ``dataset`` (all nodes; at most
     ``max_windows`` windows per split, seeded as the builder samples them).
 
-    In-domain, the recipe's data folder, channels and time range apply unless given; zero-shot, only the given ones.
+    In-domain, the recipe's data folder, channels, time range and dataset specification (``dataset_freq``,
+    ``dataset_series_start``, ``dataset_adjacency``, ...) apply unless given; zero-shot, only the given ones.
+    ``spec`` holds the given specification as :func:`~st_instruct.data.loaders.get_dataset` keywords.
     """
-    in_domain = dataset in trained.dataset_names
+    from st_instruct.data.loaders import DATASET_SPEC_KEYS
+
+    in_domain = any(_same_dataset(dataset, name) for name in trained.dataset_names)
     protocol = "in-domain" if in_domain else f"zero-shot (trained on {', '.join(trained.dataset_names)})"
+    spec = spec or {}
+    unknown = sorted(set(spec) - set(DATASET_SPEC_KEYS))
+    if unknown:
+        raise ValueError(f"unknown dataset specification keys {unknown}; known: {', '.join(DATASET_SPEC_KEYS)}")
+    defaults = DataConfig()
+    spec_fields = {f"dataset_{key}": spec[key] if key in spec else (
+        getattr(trained, f"dataset_{key}") if in_domain else getattr(defaults, f"dataset_{key}"))
+        for key in DATASET_SPEC_KEYS}
     if max_windows is not None and max_windows < 1:
         raise ValueError(f"--max-windows must be >= 1, found {max_windows}")
     # window_sample: a count > 1, or a fraction; a tiny fraction keeps exactly one window
@@ -70,7 +97,7 @@ def evaluation_config(trained: DataConfig, dataset: str, data_dir: str | None = 
         dataset_channels=list(channels) if channels else (trained.dataset_channels if in_domain else None),
         dataset_start=start if start is not None else (trained.dataset_start if in_domain else None),
         dataset_end=end if end is not None else (trained.dataset_end if in_domain else None),
-        node_sample=None, window_sample=window_sample, streaming=False)
+        node_sample=None, window_sample=window_sample, streaming=False, **spec_fields)
     return config, protocol
 
 
@@ -122,8 +149,12 @@ def evaluate_forecaster(model_dir: str | Path, dataset: str, data_dir: str | Non
                         channels: Sequence[str] | None = None, start: str | None = None, end: str | None = None,
                         max_windows: int | None = None, batch_size: int = 16, split_name: str = "test",
                         models: Sequence[str] | None = None, progress: bool = True, seed: int = 0,
-                        broadcast_channels: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
+                        broadcast_channels: bool = False, spec: dict[str, Any] | None = None
+                        ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Score the forecaster in ``model_dir`` and the baselines ``models`` (default all) on the same windows.
+
+    ``spec``: the dataset specification given for this evaluation (``get_dataset`` keywords such as ``freq``,
+    ``series_start``); in-domain the recipe's own specification fills the rest (:func:`evaluation_config`).
 
     ``broadcast_channels`` lets a multi-channel model forecast a one-channel dataset (zero-shot across modes, e.g.
     taxi pickups/drop-offs -> loop speeds): the series fills every input channel and the outputs are averaged. A
@@ -137,6 +168,7 @@ def evaluate_forecaster(model_dir: str | Path, dataset: str, data_dir: str | Non
     :func:`~st_instruct.evaluation.report.write_evaluation_outputs`.
     """
     from st_instruct.data.builder import build_dataset
+    from st_instruct.data.loaders import dataset_spec
     from st_instruct.evaluation.baselines import run_baselines
     from st_instruct.evaluation.plots import window_times
     from st_instruct.evaluation.protocols import make_report, prepare_windows
@@ -145,14 +177,14 @@ def evaluate_forecaster(model_dir: str | Path, dataset: str, data_dir: str | Non
 
     read_backbone_source(model_dir)  # names the missing files before anything slow
     trained = trained_data_config(model_dir)
-    config, protocol = evaluation_config(trained, dataset, data_dir, channels, start, end, max_windows)
+    config, protocol = evaluation_config(trained, dataset, data_dir, channels, start, end, max_windows, spec)
     few_shot = read_few_shot(model_dir)
     if few_shot is not None and few_shot["dataset"] == dataset:
         protocol = (f"few-shot ({few_shot['fraction']:g} of the train split: the first {few_shot['train_windows']} "
                     f"windows; pre-trained on {', '.join(few_shot['pretrained_on'])})")
     windows = prepare_windows(dataset, config.history, config.horizon, config.split, config.dataset_channels,
                               config.dataset_start, config.dataset_end, stride=config.stride,
-                              data_dir=config.dataset_dir)
+                              data_dir=config.dataset_dir, spec=dataset_spec(config))
     if split_name not in windows.starts:
         raise ValueError(f"unknown split {split_name!r}; the splits are {sorted(windows.starts)}")
     data = windows.data
@@ -165,8 +197,10 @@ def evaluate_forecaster(model_dir: str | Path, dataset: str, data_dir: str | Non
                          f"in {model_dir} was trained on {trained_channels}; pick a dataset (or --channels) "
                          "with as many channels as the model, or --broadcast-channels for a one-channel dataset")
     if windows.num_windows(split_name) == 0:
-        raise ValueError(f"dataset {dataset!r} has no {split_name} window of {config.history} + {config.horizon} "
-                         "steps")
+        lo, hi = windows.borders[split_name]
+        raise ValueError(f"dataset {dataset!r} has no {split_name} window: the {split_name} split has {hi - lo} "
+                         f"steps ({lo}..{hi}) and a window needs {config.history} + {config.horizon}; choose another "
+                         "--split-name, or a recipe split with a longer one")
     model, tokenizer = load_forecaster(model_dir)
     samples = build_dataset(config, tokenizer)[split_name]
     starts = windows.starts[split_name]

@@ -19,9 +19,16 @@ from st_instruct.evaluation.baselines import run_baselines
 
 def prepare_windows(dataset: str | STData, history: int = 12, horizon: int = 12, split: str = "7:1:2",
                     channels: Sequence[str] | None = None, start: str | None = None, end: str | None = None,
-                    stride: int = 1, data_dir: str | None = None) -> STWindows:
-    """Load ``dataset`` (a name, a path or an :class:`STData`), keep ``channels`` and ``[start, end)``, window it."""
-    data = dataset if isinstance(dataset, STData) else get_dataset(dataset, data_dir=data_dir)
+                    stride: int = 1, data_dir: str | None = None, spec: dict[str, Any] | None = None) -> STWindows:
+    """Load ``dataset`` (a name, a path or an :class:`STData`) with the dataset specification ``spec``
+    (:func:`~st_instruct.data.loaders.get_dataset` keywords: ``freq``, ``series_start``, ``adjacency``, ...),
+    keep ``channels`` and ``[start, end)``, window it (an unknown calendar is refused there)."""
+    if isinstance(dataset, STData):
+        if spec:
+            raise ValueError("prepare_windows: spec= describes a dataset to load; an STData is already described")
+        data = dataset
+    else:
+        data = get_dataset(dataset, data_dir=data_dir, **(spec or {}))
     data = data.select_channels(list(channels) if channels else None)
     if start is not None or end is not None:
         data = data.slice_time(start, end)
@@ -44,6 +51,7 @@ def make_report(windows: STWindows, results: dict[str, dict]) -> dict[str, Any]:
         "split": format_split(windows.split),
         "channels": data.channels,
         "time_range": None if ts is None else [str(ts[0]), str(ts[-1])],
+        "calendar": data.calendar_text() + ("" if data.has_calendar else "; stid runs without time embeddings"),
         "windows": {name: windows.num_windows(name) for name in windows.starts},
         "results": {name: r for name, r in results.items() if "skipped" not in r},
         "skipped": {name: r["skipped"] for name, r in results.items() if "skipped" in r},

@@ -8,8 +8,10 @@ Schema (``st-instruct baselines --json``, later ``st-instruct evaluate``)::
                          "per_horizon": {"1": {...}, ...}, "fit_seconds": float, "predict_seconds": float}},
      "skipped": {MODEL: reason}}
 
-NaN metrics (nothing observed) are written as ``null``. Optional keys: ``"city"``, ``"protocol"`` (e.g.
-``"in-domain"``, ``"zero-shot (trained on nyc-taxi)"``, ``"few-shot 5%"``), ``"wall_seconds"``.
+NaN metrics (nothing observed, or WAPE of an all-zero truth) are written as ``null`` -- the file is strict JSON,
+never ``NaN`` / ``Infinity`` -- and ``results[MODEL]["undefined"]`` (``{metric: reason}``) says why. Optional
+keys: ``"city"``, ``"protocol"`` (e.g. ``"in-domain"``, ``"zero-shot (trained on nyc-taxi)"``,
+``"few-shot 5%"``), ``"wall_seconds"``.
 
 :func:`write_evaluation_outputs` writes one evaluation's folder: ``results.json``, ``report.md`` and the PNG
 figures of :mod:`st_instruct.evaluation.plots`.
@@ -27,10 +29,13 @@ from typing import Any
 import numpy as np
 
 from st_instruct.evaluation.metrics import METRICS
+from st_instruct.outputs import OutputExistsError, staged_output, write_text_atomic
+
+EVALUATION_FILES = ("results.json", "report.md", "error_per_horizon.png", "forecasts.png")
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "n/a"
     return f"{value:.{digits}f}"
 
@@ -99,7 +104,12 @@ def format_horizon_table(results: dict[str, dict[str, Any]], metric: str = "MAE"
 
 
 def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, float) and math.isnan(obj):
+    """``obj`` with NaN / infinity as None and numpy scalars and arrays as Python values (strict JSON)."""
+    if isinstance(obj, np.ndarray):
+        return _json_safe(obj.tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
         return None
     if isinstance(obj, dict):
         return {k: _json_safe(v) for k, v in obj.items()}
@@ -108,12 +118,22 @@ def _json_safe(obj: Any) -> Any:
     return obj
 
 
+def results_json_text(report: dict[str, Any]) -> str:
+    """``report`` as strict, indented JSON (NaN and infinity as ``null``; never ``NaN`` / ``Infinity``)."""
+    return json.dumps(_json_safe(report), indent=2, allow_nan=False) + "\n"
+
+
 def write_results_json(report: dict[str, Any], path: str | Path) -> Path:
-    """Write ``report`` (the schema above) as indented JSON, NaN as ``null``; creates parent folders."""
+    """Write ``report`` (the schema above) as indented strict JSON, NaN as ``null``; creates parent folders."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_json_safe(report), indent=2) + "\n")
+    write_text_atomic(path, results_json_text(report))
     return path
+
+
+def undefined_lines(results: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """One markdown bullet per model with undefined (``n/a``) metrics and the reasons."""
+    return [f"- `{model}`: " + "; ".join(f"{metric} undefined: {reason}" for metric, reason in r["undefined"].items())
+            for model, r in results.items() if r.get("undefined")]
 
 
 def _setup_lines(report: Mapping[str, Any]) -> list[str]:
@@ -156,7 +176,11 @@ def write_markdown_report(report: dict[str, Any], path: str | Path, plots: Seque
              "## Results on the test windows", "",
              "Masked metrics in original units (nulls excluded), averaged over windows, horizon steps, nodes and "
              "channels; MAPE and WAPE in %; best MAE first; time = fit + predict.", "",
-             format_results_table(results), "", "## MAE per horizon step", "", format_horizon_table(results), ""]
+             format_results_table(results), ""]
+    undefined = undefined_lines(results)
+    if undefined:
+        parts += ["n/a = undefined on these windows:", "", *undefined, ""]
+    parts += ["## MAE per horizon step", "", format_horizon_table(results), ""]
     skipped = report.get("skipped") or {}
     if skipped:
         parts += ["## Skipped", "", *(f"- `{name}`: {reason}" for name, reason in skipped.items()), ""]
@@ -198,16 +222,23 @@ def write_evaluation_outputs(report: dict[str, Any], out_dir: str | Path, target
     names = [*order, *(m for m in (predictions or {}) if m not in results)]
     colors = model_colors(names)
     dataset = report.get("dataset", "")
-    paths = {"results": write_results_json(report, out_dir / "results.json")}
-    paths["error_per_horizon"] = plot_error_per_horizon(
-        out_dir / "error_per_horizon.png", results, title=f"{dataset}: MAE per horizon step (test windows)",
-        colors=colors)
-    if target is not None and predictions is not None:
-        channel = (report.get("channels") or ["channel 0"])[0]
-        shown = {m: predictions[m] for m in names if m in predictions}
-        paths["forecasts"] = plot_forecasts(
-            out_dir / "forecasts.png", target, shown, mask=mask, node_names=node_names, times=times, units=units,
-            title=f"{dataset}: {channel}, forecast vs truth (test windows)", colors=colors)
-    figures = [p for key, p in paths.items() if key != "results"]
-    paths["report"] = write_markdown_report(report, out_dir / "report.md", plots=figures)
-    return paths
+    # staged: a crash leaves the previous evaluation (or nothing), never a part; a re-run replaces an earlier
+    # evaluation once complete, but never a folder holding anything else
+    others = sorted(p.name for p in out_dir.iterdir() if p.name not in EVALUATION_FILES) if out_dir.is_dir() else []
+    if others:
+        raise OutputExistsError(f"{out_dir} holds {', '.join(others[:5])}, not only an earlier evaluation's files; "
+                                "nothing was written: choose an empty or new --output folder")
+    with staged_output(out_dir, overwrite=True) as staging:
+        paths = {"results": write_results_json(report, staging / "results.json")}
+        paths["error_per_horizon"] = plot_error_per_horizon(
+            staging / "error_per_horizon.png", results, title=f"{dataset}: MAE per horizon step (test windows)",
+            colors=colors)
+        if target is not None and predictions is not None:
+            channel = (report.get("channels") or ["channel 0"])[0]
+            shown = {m: predictions[m] for m in names if m in predictions}
+            paths["forecasts"] = plot_forecasts(
+                staging / "forecasts.png", target, shown, mask=mask, node_names=node_names, times=times, units=units,
+                title=f"{dataset}: {channel}, forecast vs truth (test windows)", colors=colors)
+        figures = [p for key, p in paths.items() if key != "results"]
+        paths["report"] = write_markdown_report(report, staging / "report.md", plots=figures)
+    return {key: out_dir / path.name for key, path in paths.items()}

@@ -73,7 +73,10 @@ def get_tokenizer(name_or_path: str) -> Any:
     from transformers import AutoTokenizer
 
     if name_or_path not in BACKBONES:
-        return AutoTokenizer.from_pretrained(name_or_path)
+        try:
+            return AutoTokenizer.from_pretrained(name_or_path)
+        except (OSError, ValueError) as err:  # no such folder / hub id (offline: not cached), or no tokenizer in it
+            raise ValueError(_not_loadable(name_or_path, "tokenizer", err)) from err
     cached = model_cache_dir() / name_or_path / "tokenizer"
     if not (cached / "tokenizer_config.json").is_file():
         _convert_gguf_tokenizer(name_or_path, cached)
@@ -143,13 +146,29 @@ def get_backbone(name_or_path: str, num_layers: int | None = None, dtype: torch.
                                                            bnb_4bit_compute_dtype=dtype)
     try:
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
-    except OSError as err:  # not a folder, no such hub id, or offline without it in the hub cache
-        raise ValueError(
-            f"unknown backbone {name_or_path!r}: not a registered name ({', '.join(sorted(BACKBONES))}), not a folder "
-            f"holding a transformers checkpoint, and not loadable as a hub id ({err})") from err
+    except (OSError, ValueError) as err:  # no such folder / hub id (offline: not cached), or no model in it
+        raise ValueError(_not_loadable(name_or_path, "checkpoint", err)) from err
     if num_layers is not None:
+        layers = getattr(model.config, "num_hidden_layers", None)
+        if layers is not None and num_layers > layers:
+            raise ValueError(f"model_num_layers is {num_layers}, but the backbone {name_or_path!r} has only {layers} "
+                             f"decoder layers; use at most {layers} (or null for all)")
         truncate_layers(model, num_layers)
     return model
+
+
+def _not_loadable(name: str, what: str, err: Exception) -> str:
+    """The one line for a backbone name that is neither registered, nor a usable folder, nor a reachable hub id."""
+    registered = ", ".join(sorted(BACKBONES))
+    if Path(name).expanduser().is_dir():
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        return (f"backbone folder {name} holds no loadable transformers {what} ({first}); point model_name_or_path "
+                f"at a folder written by save_pretrained, or use a registered name ({registered})")
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    hub = ("hub ids load only from the local Hugging Face cache while HF_HUB_OFFLINE is set" if offline else
+           "as a hub id it could not be downloaded (hub ids need the network, or a copy in the Hugging Face cache)")
+    return (f"unknown backbone {name!r}: not a registered name ({registered}), not a local folder, and {hub}; "
+            "fix model_name_or_path (a registered name or a folder holding a transformers checkpoint)")
 
 
 def _convert_gguf_model(name: str, target: Path) -> None:

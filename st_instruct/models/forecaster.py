@@ -108,7 +108,13 @@ class STForecasterConfig:
         path = Path(directory, ST_CONFIG_FILE)
         if not path.is_file():
             raise FileNotFoundError(f"{directory} holds no {ST_CONFIG_FILE}; it is written by save_st_modules")
-        values = json.loads(path.read_text())
+        try:
+            values = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"{path} is not valid JSON ({err}): the file is corrupt or truncated; copy the model "
+                             "folder again or re-train") from err
+        if not isinstance(values, dict):
+            raise ValueError(f"{path} must hold a JSON object of the ST configuration, found {type(values).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -363,7 +369,13 @@ def load_st_modules(model: STForecaster, directory: str | Path) -> STForecaster:
     if differ:
         raise ValueError(f"the ST modules in {directory} were saved for another configuration ({'; '.join(differ)}); "
                          "build the model with STForecasterConfig.load(directory) or use load_st_forecaster")
-    state = load_file(str(directory / ST_MODULES_FILE))
+    from safetensors import SafetensorError
+
+    try:
+        state = load_file(str(directory / ST_MODULES_FILE))
+    except SafetensorError as err:
+        raise ValueError(f"{directory / ST_MODULES_FILE} is corrupt or truncated ({err}); copy the model folder "
+                         "again (completely) or re-train") from err
     for name, module in model.st_modules().items():
         prefix = f"{name}."
         part = {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}

@@ -146,14 +146,19 @@ class MemoryFFN(nn.Module):
         return out + self.st_memory(x).to(out.dtype)
 
 
+class LayerIndexError(ValueError, IndexError):
+    """A decoder layer index beyond the backbone (a ValueError: bad recipe input, reported as one line)."""
+
+
 def _layer_indices(layers: Sequence[int], count: int) -> list[int]:
     """``layers`` (negative indices count from the end) as indices ``0 <= i < count``, checked."""
     if not layers:
         raise ValueError("name at least one decoder layer to wrap (e.g. [-1] for the last)")
     bad = [index for index in layers if not -count <= index < count]
     if bad:
-        raise IndexError(f"memory layer indices {bad} are out of range: the backbone has {count} decoder layers "
-                         f"(valid: 0..{count - 1}, or -{count}..-1 counted from the end)")
+        raise LayerIndexError(f"mrffn_layers {list(layers)}: memory layer indices {bad} are out of range: the "
+                              f"backbone has {count} decoder layers (after any model_num_layers truncation); use "
+                              f"0..{count - 1}, or -{count}..-1 counted from the end")
     indices = [index % count for index in layers]
     if len(set(indices)) != len(indices):
         raise ValueError(f"memory layers {list(layers)} name the same decoder layer twice (as {indices})")

@@ -19,7 +19,7 @@ so adapters stay small (no copy of a resized embedding table) and reload to iden
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -113,7 +113,9 @@ def read_backbone_source(directory: str | Path) -> tuple[BackboneSource, str]:
         raise FileNotFoundError(f"{directory}: no such directory; pass a forecaster saved by st_instruct (a training "
                                 "output directory or one of its checkpoint-N folders)")
     missing = [name for name in (BACKBONE_FILE, ST_CONFIG_FILE, ST_MODULES_FILE) if not (directory / name).is_file()]
-    meta = json.loads((directory / BACKBONE_FILE).read_text()) if BACKBONE_FILE not in missing else {}
+    meta = read_json_file(directory / BACKBONE_FILE) if BACKBONE_FILE not in missing else {}
+    if not isinstance(meta, dict):
+        raise ValueError(f"{directory / BACKBONE_FILE} must hold a JSON object, found {type(meta).__name__}")
     kind = meta.pop("format", None)
     if kind == "adapter":
         missing += [name for name in ADAPTER_FILES if not (directory / name).is_file()]
@@ -124,7 +126,36 @@ def read_backbone_source(directory: str | Path) -> tuple[BackboneSource, str]:
                                 "(was the copy interrupted, or is this another kind of directory?)")
     if kind not in FORMATS:
         raise ValueError(f"{directory / BACKBONE_FILE}: format must be one of {FORMATS}, found {kind!r}")
+    weights = [ST_MODULES_FILE, *([ADAPTER_FILES[1]] if kind == "adapter" else [])]
+    weights += sorted(p.name for p in directory.glob("model*.safetensors")) if kind == "full" else []
+    for name in weights:
+        check_safetensors(directory / name)
+    unknown = sorted(set(meta) - {f.name for f in fields(BackboneSource)})
+    if unknown or "model_name_or_path" not in meta:
+        raise ValueError(f"{directory / BACKBONE_FILE} must hold model_name_or_path (and num_layers, load_in_4bit, "
+                         f"format), found keys {sorted(meta)}; it was not written by this version of st_instruct")
     return BackboneSource(**meta), kind
+
+
+def read_json_file(path: Path) -> Any:
+    """The JSON in ``path``; a ValueError naming the file when it is not valid JSON (a truncated copy, an edit)."""
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON ({err}): the file is corrupt or truncated; copy the model folder "
+                         "again or re-train") from err
+
+
+def check_safetensors(path: Path) -> None:
+    """Raise a ValueError naming ``path`` when it is not a complete safetensors file (header and data readable)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt"):
+            pass
+    except SafetensorError as err:
+        raise ValueError(f"{path} is corrupt or truncated ({err}); copy the model folder again (completely) or "
+                         "re-train") from err
 
 
 def build_base_backbone(source: BackboneSource) -> tuple[Any, Any]:

@@ -42,15 +42,18 @@ def few_shot_train_windows(num_train_windows: int, fraction: float) -> int:
 def few_shot_finetune(model_dir: str | Path, dataset: str, fraction: float, output_dir: str | Path, *,
                       data_dir: str | None = None, channels: list[str] | None = None, start: str | None = None,
                       end: str | None = None, steps: int | None = None, broadcast_channels: bool = False,
-                      seed: int = 0) -> Path:
+                      seed: int = 0, spec: dict[str, Any] | None = None) -> Path:
     """Fine-tune the forecaster in ``model_dir`` on the first ``fraction`` of ``dataset``'s train windows and save
     it to ``output_dir`` (returned). ``steps`` optimizer steps (default one pass over the few-shot samples);
-    ``broadcast_channels`` trains a multi-channel model on a one-channel dataset (see ``STDataCollator``)."""
+    ``broadcast_channels`` trains a multi-channel model on a one-channel dataset (see ``STDataCollator``); ``spec``
+    is the dataset specification given for ``dataset`` (``get_dataset`` keywords; in-domain the recipe's fills the
+    rest, see ``evaluation_config``), saved in the new folder's recipe.yaml so its evaluation uses it too."""
     import yaml
 
     from st_instruct.configs import parse_recipe, recipe_dict, train_dataclasses
+    from st_instruct.data.prompts import save_template_copy
     from st_instruct.data.windows import build_windows
-    from st_instruct.evaluation.forecaster_eval import evaluation_config, find_recipe
+    from st_instruct.evaluation.forecaster_eval import evaluation_config, find_recipe, trained_data_config
     from st_instruct.hub import write_model_card
     from st_instruct.models.forecaster import STForecasterConfig
     from st_instruct.models.saving import load_forecaster_weights, read_backbone_source
@@ -63,8 +66,9 @@ def few_shot_finetune(model_dir: str | Path, dataset: str, fraction: float, outp
         raise ValueError(f"--few-shot-steps must be >= 1, found {steps}")
     output_dir = Path(output_dir)
     recipe_path = str(find_recipe(model_dir))
-    data_config, model_config, sft_config = parse_recipe(train_dataclasses(), [recipe_path])
-    target, _ = evaluation_config(data_config, dataset, data_dir, channels, start, end)
+    template = trained_data_config(model_dir).template  # the checksum-verified file (refuses an unverified one)
+    data_config, model_config, sft_config = parse_recipe(train_dataclasses(), [recipe_path, "--template", template])
+    target, _ = evaluation_config(data_config, dataset, data_dir, channels, start, end, spec=spec)
     trained_channels = STForecasterConfig.load(model_dir).channels
     model, tokenizer, built, _ = build_forecaster(target, model_config, seed,
                                                   channels=trained_channels if broadcast_channels else None)
@@ -82,14 +86,15 @@ def few_shot_finetune(model_dir: str | Path, dataset: str, fraction: float, outp
     steps = steps or max(1, math.ceil(len(train) / per_step))
     # the recipe's optimiser settings, with this run's length, folder and seed (and no checkpoints or evaluation)
     _, _, sft_config = parse_recipe(train_dataclasses(), [
-        recipe_path, "--output_dir", str(output_dir), "--max_steps", str(steps), "--save_strategy", "no",
-        "--eval_strategy", "no", "--seed", str(seed)])
+        recipe_path, "--template", template, "--output_dir", str(output_dir), "--max_steps", str(steps),
+        "--save_strategy", "no", "--eval_strategy", "no", "--seed", str(seed)])
     trainer = STSFTTrainer(model, sft_config, train, tokenizer, backbone_source(model_config),
                            loss_reg_weight=model_config.loss_reg_weight, loss_lm_weight=model_config.loss_lm_weight,
                            broadcast_channels=trained_channels if broadcast_channels else None)
     trainer.train()
     trainer.save_model(str(output_dir))
     trainer.save_state()
+    save_template_copy(output_dir, target)  # the few-shot folder ships its template too
     recipe = recipe_dict(target, model_config, sft_config)
     (output_dir / RECIPE_FILE).write_text(yaml.safe_dump(recipe, sort_keys=False))
     record = {"source_model": str(model_dir), "pretrained_on": list(data_config.dataset_names), "dataset": dataset,

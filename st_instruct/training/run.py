@@ -7,6 +7,9 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +20,8 @@ from st_instruct.configs import DataConfig, ModelConfig, RecipeError, recipe_dic
 
 RECIPE_FILE = "recipe.yaml"
 TRAINER_STATE_FILE = "trainer_state.json"
+OPTIMIZER_FILE, SCHEDULER_FILE = "optimizer.pt", "scheduler.pt"  # as transformers.Trainer names them
+OVERWRITE_FLAG = "--overwrite"  # of `st-instruct train` / `demo` and scripts/sft.py; not a recipe key (see train)
 
 
 def build_forecaster(data_config: DataConfig, model_config: ModelConfig, seed: int,
@@ -129,51 +134,181 @@ def backbone_source(model_config: ModelConfig) -> Any:
                           model_config.model_load_in_4bit)
 
 
-def resolve_resume(value: str | bool | None) -> str | bool | None:
-    """``resume_from_checkpoint`` of the recipe: a checkpoint folder (checked now, with a clear error), ``true`` /
-    ``last`` for the latest ``checkpoint-N`` in the recipe's ``output_dir``, or nothing."""
-    from st_instruct.models.saving import read_backbone_source
+def checkpoint_missing(folder: str | Path) -> list[str]:
+    """The files ``folder`` lacks to resume training exactly: the forecaster's weights (as :func:`save_forecaster`
+    writes them), the optimizer and scheduler states (``optimizer.pt`` / ``scheduler.pt``, or DeepSpeed's
+    ``global_stepN/``), the RNG state (``rng_state.pth``, ``rng_state_<rank>.pth`` on several processes) and a
+    readable ``trainer_state.json``. Empty for a complete ``checkpoint-N`` folder."""
+    from st_instruct.models.forecaster import ST_CONFIG_FILE, ST_MODULES_FILE
+    from st_instruct.models.saving import ADAPTER_FILES, BACKBONE_FILE
 
+    folder = Path(folder)
+    if not folder.is_dir():
+        return [f"{folder.name}/ (no such folder)"]
+    missing = [name for name in (BACKBONE_FILE, ST_CONFIG_FILE, ST_MODULES_FILE) if not (folder / name).is_file()]
+    try:
+        kind = json.loads((folder / BACKBONE_FILE).read_text()).get("format")
+    except (OSError, ValueError, AttributeError):
+        kind = None
+    if kind == "adapter":
+        missing += [name for name in ADAPTER_FILES if not (folder / name).is_file()]
+    elif kind == "full" and not list(folder.glob("model*.safetensors")):
+        missing.append("model.safetensors")
+    deepspeed = any(path.is_dir() for path in folder.glob("global_step*"))
+    if not deepspeed:
+        missing += [name for name in (OPTIMIZER_FILE, SCHEDULER_FILE) if not (folder / name).is_file()]
+    if not list(folder.glob("rng_state*.pth")):
+        missing.append("rng_state.pth")
+    try:
+        int(json.loads((folder / TRAINER_STATE_FILE).read_text())["global_step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        missing.append(TRAINER_STATE_FILE)
+    return missing
+
+
+def checkpoint_folders(output_dir: str | Path) -> list[Path]:
+    """The ``checkpoint-N`` folders of ``output_dir``, newest (highest N) first."""
+    output_dir = Path(output_dir)
+    found = [p for p in output_dir.glob("checkpoint-*") if p.is_dir() and p.name[len("checkpoint-"):].isdigit()]
+    return sorted(found, key=lambda p: int(p.name[len("checkpoint-"):]), reverse=True)
+
+
+def resolve_resume(value: str | bool | None, output_dir: str | Path, announce: bool = True) -> str | None:
+    """The checkpoint folder ``resume_from_checkpoint`` resumes from, or ``None``.
+
+    A path must hold the full training state (:func:`checkpoint_missing`), else ``FileNotFoundError`` naming what is
+    missing. ``true`` / ``last`` picks the last *complete* ``checkpoint-N`` of ``output_dir`` (newer incomplete ones,
+    from a run killed while saving, are skipped) and, with ``announce``, prints which one.
+    """
     if value in (None, False, "", "false", "none"):
         return None
     if value in (True, "true", "last"):
-        return True
-    read_backbone_source(value)  # names the missing files
-    if not Path(value, TRAINER_STATE_FILE).is_file():
-        raise FileNotFoundError(f"{value} lacks {TRAINER_STATE_FILE}: not a checkpoint-N folder of a training run "
-                                "(the optimizer and step count are needed to resume)")
+        checkpoints = checkpoint_folders(output_dir)
+        for checkpoint in checkpoints:
+            if not checkpoint_missing(checkpoint):
+                skipped = [p.name for p in checkpoints[:checkpoints.index(checkpoint)]]
+                if announce:
+                    note = f" (skipping incomplete {', '.join(skipped)})" if skipped else ""
+                    print(f"resuming from {checkpoint}, the last complete checkpoint{note}")
+                return str(checkpoint)
+        found = (f"its {', '.join(p.name for p in checkpoints)} lack files (was the run killed while saving?)"
+                 if checkpoints else "it holds no checkpoint-N folder")
+        raise FileNotFoundError(f"resume_from_checkpoint: {value} found no complete checkpoint in {output_dir}: "
+                                f"{found}; train without resume_from_checkpoint (into a new output_dir)")
+    missing = checkpoint_missing(value)
+    if missing:
+        raise FileNotFoundError(f"resume_from_checkpoint {value} lacks {', '.join(missing)}: resuming needs a "
+                                "complete checkpoint-N folder of a training run (weights, optimizer, scheduler, RNG "
+                                "and trainer state); pass one, or resume_from_checkpoint: true for the last complete "
+                                "one in output_dir")
     return str(value)
 
 
-def train(data_config: DataConfig, model_config: ModelConfig, sft_config: Any) -> Path:
+def describe_output(output: Path) -> str:
+    """What a non-empty training output folder holds, for the refusal to train into it."""
+    from st_instruct.models.saving import BACKBONE_FILE
+
+    checkpoints = ", ".join(p.name for p in checkpoint_folders(output))
+    resume = f"{checkpoints}: to continue from them, pass --resume_from_checkpoint true" if checkpoints else ""
+    if (output / BACKBONE_FILE).is_file():
+        return "a trained model" + (f" and {resume}" if resume else "")
+    return resume or f"{len(list(output.iterdir()))} entries"
+
+
+def _same_on_every_process(value: str) -> str:
+    """``value`` of the main process on every process of a distributed run."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+    return value
+
+
+def discard_failed_run(run_dir: Path, created: bool) -> None:
+    """After a failed run: keep ``run_dir`` if it holds checkpoints (work to resume from; says how), else remove
+    it if this run created it, or what this run put into it (it was empty)."""
+    checkpoints = checkpoint_folders(run_dir) if run_dir.is_dir() else []
+    if checkpoints:
+        print(f"training failed; kept {', '.join(p.name for p in checkpoints)} in {run_dir}: resume with "
+              "--resume_from_checkpoint true", file=sys.stderr)
+    elif created:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    elif run_dir.is_dir():
+        for entry in run_dir.iterdir():
+            shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+
+
+def train(data_config: DataConfig, model_config: ModelConfig, sft_config: Any,
+          overwrite_output_dir: bool = False) -> Path:
     """Train the forecaster of a recipe and save it; returns ``sft_config.output_dir``.
 
     The output directory holds the backbone's adapter (or weights), ``st_modules.safetensors`` +
     ``st_forecaster_config.json``, the tokenizer, ``recipe.yaml`` (every resolved value; it trains again as it is)
     and a model card (``README.md``); ``checkpoint-N`` folders hold the same plus the optimizer state.
+
+    Nothing is overwritten unasked: a non-empty ``output_dir`` is refused unless the run resumes from one of its
+    checkpoints (``resume_from_checkpoint``) or ``overwrite_output_dir`` is set. With ``overwrite_output_dir`` the
+    new run trains in a temporary sibling (``.NAME.partial-HOST-PID``: checkpoint rotation never sees the old run's
+    checkpoints) that replaces the old folder only once its final save is complete; a failed or killed overwriting
+    run leaves the old folder as it was (and its own checkpoints are discarded). The final save is staged and moved
+    in with ``st_backbone.json`` last (:func:`st_instruct.outputs.staged_into`). A run that fails before its first
+    checkpoint removes the folder it created; one that fails later keeps its checkpoints. Only the main process
+    writes and moves.
     """
+    from st_instruct.data.prompts import save_template_copy
     from st_instruct.hub import write_model_card
+    from st_instruct.models.saving import BACKBONE_FILE
+    from st_instruct.outputs import check_writable, clean_stale_siblings, commit, is_nonempty, sibling, staged_into
     from st_instruct.training.trainer import STSFTTrainer
 
-    resume = resolve_resume(sft_config.resume_from_checkpoint)
-    model, tokenizer, dataset, report = build_forecaster(data_config, model_config, sft_config.seed)
-    if sft_config.process_index == 0:
-        if not torch.cuda.is_available():
-            print(f"no CUDA device: training on the CPU (bf16 {sft_config.bf16}, activation checkpointing "
-                  f"{sft_config.activation_checkpointing}; see configs.cpu_training_defaults)")
-        print(report.summary())
-    evaluate = sft_config.eval_strategy != "no"
-    trainer = STSFTTrainer(model, sft_config, dataset["train"], tokenizer, backbone_source(model_config),
-                           loss_reg_weight=model_config.loss_reg_weight, loss_lm_weight=model_config.loss_lm_weight,
-                           eval_dataset=dataset["validation"] if evaluate else None)
-    trainer.train(resume_from_checkpoint=resume)
     output = Path(sft_config.output_dir)
-    trainer.save_model(str(output))
-    trainer.save_state()  # trainer_state.json: the log history
-    if trainer.is_world_process_zero():
-        recipe = recipe_dict(data_config, model_config, sft_config)
-        (output / RECIPE_FILE).write_text(yaml.safe_dump(recipe, sort_keys=False))
-        write_model_card(output, base_model=model_config.model_name_or_path, datasets=data_config.dataset_names,
-                         metrics=None, recipe=recipe)
-        print(f"saved the forecaster to {output}")
+    main = sft_config.process_index == 0
+    if main:
+        clean_stale_siblings(output.parent, output.name)
+        clean_stale_siblings(output, "final")
+    resume = resolve_resume(sft_config.resume_from_checkpoint, output, announce=main)
+    replacing = resume is None and is_nonempty(output)
+    if replacing:
+        check_writable(output, overwrite_output_dir, OVERWRITE_FLAG, describe_output(output))
+    run_dir = Path(_same_on_every_process(str(sibling(output)))) if replacing else output
+    created = not run_dir.exists()
+    sft_config.output_dir = str(run_dir)
+    try:
+        model, tokenizer, dataset, report = build_forecaster(data_config, model_config, sft_config.seed)
+        if main:
+            if not torch.cuda.is_available():
+                print(f"no CUDA device: training on the CPU (bf16 {sft_config.bf16}, activation checkpointing "
+                      f"{sft_config.activation_checkpointing}; see configs.cpu_training_defaults)")
+            print(report.summary())
+        evaluate = sft_config.eval_strategy != "no"
+        trainer = STSFTTrainer(model, sft_config, dataset["train"], tokenizer, backbone_source(model_config),
+                               loss_reg_weight=model_config.loss_reg_weight,
+                               loss_lm_weight=model_config.loss_lm_weight,
+                               eval_dataset=dataset["validation"] if evaluate else None)
+        trainer.train(resume_from_checkpoint=resume)
+        sft_config.output_dir = str(output)  # what recipe.yaml records
+        if not main:
+            trainer.save_model(str(run_dir))  # joins the collective gathers (ZeRO-3); only the main process writes
+        else:
+            with staged_into(run_dir, last=BACKBONE_FILE) as staging:
+                trainer.save_model(str(staging))
+                trainer.state.save_to_json(str(staging / TRAINER_STATE_FILE))  # the log history
+                save_template_copy(staging, data_config)  # records template_sha256 for the recipe
+                recipe = recipe_dict(data_config, model_config, sft_config)
+                (staging / RECIPE_FILE).write_text(yaml.safe_dump(recipe, sort_keys=False))
+                write_model_card(staging, base_model=model_config.model_name_or_path,
+                                 datasets=data_config.dataset_names, metrics=None, recipe=recipe)
+            if replacing:
+                commit(run_dir, output, overwrite=True)
+            print(f"saved the forecaster to {output}")
+    except BaseException:
+        sft_config.output_dir = str(output)
+        if main and replacing:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        elif main:
+            discard_failed_run(run_dir, created)
+        raise
+    trainer.accelerator.wait_for_everyone()
     return output

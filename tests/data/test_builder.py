@@ -275,7 +275,7 @@ def test_dataset_without_calendar(tmp_path):
     built = build_dataset(config(tmp_path, dataset_names=["pedalme-london"], history=4, horizon=2, split="6:2:2"))
     row = built["train"][0]
     assert row["time_start"] == "" and set(row["history_tod"]) == {0}
-    assert "steps 0 to 3, weekly" in row["messages"][1]["content"]
+    assert "steps 0 to 3 (time unknown), weekly" in row["messages"][1]["content"]
 
 
 # ---------------------------------------------------------------------------------------------------- hub, tokens

@@ -171,7 +171,7 @@ def test_npz_with_data_key_and_with_one_array(tmp_path):
     np.savez(tmp_path / "b.npz", whatever=np.ones((6, 4)))
     a, b = get_dataset(str(tmp_path / "a.npz")), get_dataset(tmp_path / "b.npz")
     assert a.values.shape == (6, 4, 2) and a.name == "a" and b.values.shape == (6, 4, 1)
-    assert a.freq == "1h" and a.start is None and "assumed to be 1h" in a.description
+    assert a.freq is None and a.start is None and not a.has_calendar and "calendar is unknown" in a.description
 
 
 def test_npz_with_several_arrays_lists_the_keys(tmp_path):
@@ -188,7 +188,7 @@ def test_corrupt_npz_names_the_file(tmp_path):
 
 def test_npy_and_wrong_rank(tmp_path):
     np.save(tmp_path / "ok.npy", np.arange(12.0).reshape(4, 3))
-    d = get_dataset(str(tmp_path / "ok.npy"), freq="5min", start="2024-01-01")
+    d = get_dataset(str(tmp_path / "ok.npy"), freq="5min", series_start="2024-01-01")
     assert d.values.shape == (4, 3, 1) and d.time_index()[-1] == pd.Timestamp("2024-01-01 00:15")
     np.save(tmp_path / "grid.npy", np.zeros((4, 2, 3, 3)))
     with pytest.raises(STDataError, match=r"grid.npy: expected an array \[T, N\] or \[T, N, C\], found rank 4"):
@@ -293,5 +293,21 @@ def test_adjacency_with_nan_names_the_file(tmp_path, series):
 
 def test_start_cannot_move_timestamps(tmp_path):
     (tmp_path / "s.csv").write_text("time,a\n2024-01-01 00:00,1\n2024-01-01 01:00,2\n2024-01-01 02:00,3\n")
-    with pytest.raises(STDataError, match="has its own timestamps"):
-        get_dataset(str(tmp_path / "s.csv"), start="2020-01-01")
+    with pytest.raises(STDataError, match="has its own timestamps.*--series-start"):
+        get_dataset(str(tmp_path / "s.csv"), series_start="2020-01-01")
+    with pytest.raises(STDataError, match="timestamps every 1h; --freq \\(dataset_freq\\) 15min contradicts"):
+        get_dataset(str(tmp_path / "s.csv"), freq="15min")
+    assert get_dataset(str(tmp_path / "s.csv"), freq="H").freq == "1h"  # agrees with the timestamps
+
+
+@pytest.mark.parametrize("freq,rows", [("h", 60), ("D", 60)])
+def test_hourly_and_daily_csv_timestamps_give_a_canonical_freq(tmp_path, freq, rows):
+    from st_instruct.data.windows import build_windows
+
+    stamps = pd.date_range("2024-01-01", periods=rows, freq=freq)
+    lines = "".join(f"{t},{i % 7},{i % 5}\n" for i, t in enumerate(stamps))
+    (tmp_path / "s.csv").write_text("time,a,b\n" + lines)
+    d = get_dataset(str(tmp_path / "s.csv"))
+    assert d.freq == {"h": "1h", "D": "1D"}[freq] and pd.Timedelta(d.freq) == pd.Timedelta(stamps.freq)
+    assert d.steps_per_day == {"h": 24, "D": 1}[freq]
+    build_windows(d, 3, 2)  # was "unit abbreviation w/o a number" (pd.Timedelta("h"))

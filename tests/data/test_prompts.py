@@ -162,8 +162,9 @@ def test_describe_period(start, steps, freq, expected):
 
 
 def test_describe_period_without_calendar_and_freq_text():
-    assert describe_period(None, 12, "7D", first_step=100) == "steps 100 to 111, weekly"
-    assert describe_period(None, 1, "1h") == "step 0, hourly"
+    assert describe_period(None, 12, "7D", first_step=100) == "steps 100 to 111 (time unknown), weekly"
+    assert describe_period(None, 1, "1h") == "step 0 (time unknown), hourly"
+    assert describe_period(None, 2, None) == "steps 0 to 1 (time unknown), at an unknown interval"
     assert [describe_freq(f) for f in ("5min", "1h", "2h", "1D", "7D", "1min", "15s")] == [
         "every 5 minutes", "hourly", "every 2 hours", "daily", "weekly", "every minute", "every 15 seconds"]
 
@@ -186,3 +187,71 @@ def test_node_context_names_and_locations():
     nameless = generate_synthetic("small", num_steps=48)
     nameless.node_names = None
     assert node_context(nameless, 4)["label"] == "node 4"
+
+
+# ---------------------------------------------------------------------------------------------------- sandbox
+ESCAPES = [
+    "{{ ''.__class__.__mro__[1].__subclasses__() }}",
+    "{{ cycler.__init__.__globals__.os.system('touch MARKER') }}",
+    "{{ joiner.__init__.__globals__['os'].popen('touch MARKER').read() }}",
+    "{{ lipsum.__globals__['os'].system('touch MARKER') }}",
+    "{{ lipsum.__globals__.__builtins__.open('MARKER', 'w').write('x') }}",
+    "{{ namespace.__init__.__globals__.__builtins__.__import__('subprocess').run(['touch', 'MARKER']) }}",
+    "{{ self._TemplateReference__context.cycler.__init__.__globals__.os.system('touch MARKER') }}",
+    "{{ config.__class__.__init__.__globals__['os'].system('touch MARKER') }}",
+    "{{ request.application.__globals__.__builtins__.__import__('os').system('touch MARKER') }}",
+    "{{ open('MARKER', 'w').write('x') }}",
+    "{{ __builtins__.open('MARKER', 'w') }}",
+    "{{ (who|attr('__class__')).__mro__ }}",
+    "{{ '{0.__class__.__mro__}'.format(who) }}",
+    "{% set _ = channels.append(1) %}{{ channels }}",
+    "{{ range(10**9)|list|length }}",
+]
+
+
+@pytest.mark.parametrize("expression", ESCAPES)
+def test_crafted_template_cannot_reach_os_subprocess_or_files(tmp_path, expression):
+    marker = tmp_path / "marker"
+    path = write(tmp_path, "evil.v1.jinja", MINIMAL.replace("Hello {{ who }}", expression.replace("MARKER",
+                                                                                                 str(marker))))
+    context = {"who": "you", "pre_slot": "", "channels": [1]}
+    try:
+        messages = load_template(path).render(context)
+    except TemplateError as err:  # refused: the message names the template file
+        assert str(path) in str(err)
+    else:  # rendered harmlessly: nothing of Python's internals in the text
+        assert "<class" not in messages[0]["content"] and "module" not in messages[0]["content"]
+    assert not marker.exists() and context == {"who": "you", "pre_slot": "", "channels": [1]}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["evil.v1.jinja"]
+
+
+def test_shipped_templates_are_trusted_and_other_paths_are_not(tmp_path, monkeypatch):
+    from st_instruct.data.prompts import is_trusted_template, resolve_template
+
+    assert is_trusted_template(resolve_template("forecast_node"))
+    outside = write(tmp_path, "mine.v1.jinja", MINIMAL)
+    assert not is_trusted_template(outside)
+    monkeypatch.setenv(PROMPTS_ENV, str(tmp_path))
+    assert is_trusted_template(outside) and is_trusted_template(resolve_template("forecast_node@1", ROOT_PROMPTS))
+
+
+ROOT_PROMPTS = Path(__file__).resolve().parents[2] / "prompts"
+
+
+def test_model_template_prefers_trusted_then_checked_copy(tmp_path):
+    import hashlib
+
+    from st_instruct.data.prompts import TEMPLATE_COPY_FILE, model_template
+
+    shipped = ROOT_PROMPTS / "forecast_node.v1.jinja"
+    digest = hashlib.sha256(shipped.read_bytes()).hexdigest()
+    recipe = tmp_path / "recipe.yaml"
+    assert model_template(recipe, "forecast_node", digest) == shipped
+    own = write(tmp_path, TEMPLATE_COPY_FILE, MINIMAL)
+    own_digest = hashlib.sha256(own.read_bytes()).hexdigest()
+    assert model_template(recipe, "/elsewhere/custom.jinja", own_digest) == own
+    own.write_text(MINIMAL + " ")
+    with pytest.raises(TemplateError, match="the folder was altered"):
+        model_template(recipe, "/elsewhere/custom.jinja", own_digest)
+    with pytest.raises(TemplateError, match=f"without template_sha256.*{digest}"):
+        model_template(recipe, "forecast_node", None)

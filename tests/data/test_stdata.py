@@ -53,7 +53,8 @@ def test_field_lengths_are_checked():
 def test_mask_select_slice_and_grid():
     v = np.arange(48, dtype=np.float32).reshape(4, 6, 2)
     v[0, 0, 0] = np.nan
-    d = STData(values=v, name="g", start="2024-01-01", channels=["in", "out"], null_value=1.0, grid_shape=(2, 3))
+    d = STData(values=v, name="g", freq="1h", start="2024-01-01", channels=["in", "out"], null_value=1.0,
+               grid_shape=(2, 3))
     m = d.mask()
     assert not m[0, 0, 0] and not m[0, 0, 1] and m[0, 1, 0]  # NaN and the declared null 1.0
     assert d.select_channels(["out"]).values.shape == (4, 6, 1)

@@ -54,7 +54,7 @@ def test_scaler_fitted_on_train_only():
     values = data.values.copy()
     values[-1] = 1e6
     w1 = build_windows(data, 4, 4, "7:1:2")
-    w2 = build_windows(STData(values=values, name="toy", start=data.start), 4, 4, "7:1:2")
+    w2 = build_windows(STData(values=values, name="toy", freq="1h", start=data.start), 4, 4, "7:1:2")
     np.testing.assert_array_equal(w1.scaler.mean, w2.scaler.mean)
     np.testing.assert_array_equal(w1.scaler.std, w2.scaler.std)
     lo, hi = w1.borders["train"]
@@ -65,7 +65,7 @@ def test_scaler_ignores_nulls_and_masks_them():
     values = np.full((60, 2, 1), 10.0, dtype=np.float32)
     values[::2] = 0.0  # declared nulls
     values[1, 0, 0] = np.nan
-    data = STData(values=values, name="toy", start="2024-01-01", null_value=0.0)
+    data = STData(values=values, name="toy", freq="1h", start="2024-01-01", null_value=0.0)
     w = build_windows(data, 3, 3, "7:1:2")
     assert w.scaler.mean[0] == pytest.approx(10.0)
     assert not w.observed[0].any() and not w.observed[1, 0, 0] and w.observed[1, 1, 0]
@@ -99,9 +99,41 @@ def test_calendar_features():
     assert data.steps_per_day == 48
     assert tod[0] == 46 and dow[0] == 6
     assert tod[2] == 0 and dow[2] == 0  # Monday 00:00
-    no_calendar = STData(values=np.zeros((10, 1)), name="x", freq="7D")
+    no_calendar = STData(values=np.zeros((10, 1)), name="x", freq="7D", no_calendar=True)
     tod, dow = calendar_features(no_calendar)
     assert (tod == 0).all() and (dow == 0).all()
+
+
+@pytest.mark.parametrize("freq,start,missing", [
+    (None, None, ["--freq", "--series-start"]), ("15min", None, ["--series-start"]), (None, "2024-03-04", ["--freq"])])
+def test_an_unknown_calendar_is_refused_never_assumed(freq, start, missing):
+    data = STData(values=np.ones((60, 2)), name="x", freq=freq, start=start)
+    assert not data.has_calendar and data.calendar_text().startswith("unknown (give")
+    for call in (lambda: calendar_features(data), lambda: build_windows(data, 3, 3)):
+        with pytest.raises(STDataError, match="calendar is unknown") as err:
+            call()
+        assert all(flag in str(err.value) for flag in missing) and "--no-calendar" in str(err.value)
+        assert ("--freq" in str(err.value)) == ("--freq" in missing)
+
+
+def test_no_calendar_windows_have_zero_time_features_without_a_step():
+    w = build_windows(STData(values=np.ones((60, 2)), name="x", no_calendar=True), 3, 3)
+    assert not w.has_calendar and (w.time_of_day == 0).all() and (w.day_of_week == 0).all()
+    with pytest.raises(STDataError, match="--no-calendar"):
+        STData(values=np.ones((6, 1)), name="x", freq="1h", start="2024-01-01", no_calendar=True)
+
+
+def test_all_missing_series_or_split_is_refused():
+    values = np.full((60, 2), np.nan)
+    with pytest.raises(STDataError, match=r"every one of its 120 values is missing \(NaN\)"):
+        build_windows(STData(values=values, name="x", no_calendar=True), 3, 3)
+    zeros = np.zeros((60, 2))
+    with pytest.raises(STDataError, match=r"missing \(NaN or the null value 0\).*--null-value"):
+        build_windows(STData(values=zeros, name="x", no_calendar=True, null_value=0.0), 3, 3)
+    values = np.ones((60, 2))
+    values[48:] = np.nan  # the test split (steps 48..60) holds nothing to score
+    with pytest.raises(STDataError, match=r"the test split \(steps 48..60\) has no observed value"):
+        build_windows(STData(values=values, name="x", no_calendar=True), 3, 3, "7:1:2")
 
 
 def test_first_train_windows_keeps_the_earliest_windows_and_refuses_impossible_counts():

@@ -44,7 +44,8 @@ def make_city(weeks: int = 10, nodes: int = 4, channels: int = 2, daily: float =
         ar_term[i] = phi * ar_term[i - 1] + shocks[i]
     values = level + cycle + ar_term + rng.normal(0, noise, (T, nodes, channels))
     values[rng.random(values.shape) < null_fraction] = np.nan
-    return STData(values=values, name="toy-city", freq="1h", start=pd.Timestamp("2024-01-01") if calendar else None)
+    return STData(values=values, name="toy-city", freq="1h", start=pd.Timestamp("2024-01-01") if calendar else None,
+                  no_calendar=not calendar)
 
 
 @pytest.fixture(scope="module")
@@ -89,14 +90,20 @@ def test_historical_average_falls_back_to_node_mean(city):
     assert model.at_steps(windows, np.array([3]))[0, 1, 0] != pytest.approx(node_mean, rel=1e-5)
 
 
-def test_historical_average_without_calendar_is_train_mean():
-    data = make_city(weeks=4, calendar=False)
+def test_without_calendar_the_calendar_baselines_are_skipped_with_a_reason_and_the_others_run():
+    data = make_city(weeks=4, calendar=False)  # --no-calendar
     windows = build_windows(data, 12, 6, "7:1:2")
-    model = HistoricalAverage()
+    assert not HistoricalAverage().is_applicable(windows) and not SeasonalNaiveDay().is_applicable(windows)
+    results = run_baselines(windows, progress=False, options={"stid": {"max_epochs": 1}})
+    for name in ("historical_average", "seasonal_naive_day", "seasonal_naive_week"):
+        assert "--no-calendar" in results[name]["skipped"] and "--series-start" in results[name]["skipped"], name
+    for name in ("last_value", "ridge", "stid"):
+        assert np.isfinite(results[name]["MAE"]), name
+    # last_value's fallback is still the per-node train mean (without the calendar machinery)
+    model = LastValue()
     model.fit(windows)
     lo, hi = windows.borders["train"]
-    pred = model.predict(windows, "test")
-    np.testing.assert_allclose(pred[3, 4], np.nanmean(data.values[lo:hi], axis=0), rtol=1e-5)
+    np.testing.assert_allclose(model.node_mean, np.nanmean(data.values[lo:hi], axis=0), rtol=1e-5)
 
 
 def test_last_value_repeats_last_observed_history_step(windows):

@@ -170,3 +170,30 @@ def test_few_shot_fraction_out_of_range_is_a_clear_error(model_dir, tmp_path, ca
                  "--few-shot-output", str(tmp_path / "t"), "--quiet"])
     assert code == 2 and "(0, 1]" in capsys.readouterr().err
     assert not (tmp_path / "t").exists()
+
+
+def test_a_model_trained_on_a_path_dataset_is_evaluated_with_its_recipe_calendar(tmp_path, tiny_backbone_dir):
+    """`train` with the friendly dataset flags saves them as recipe keys; `evaluate` in-domain reads them back from
+    recipe.yaml, so no flag is needed, and without them (zero-shot on a copy) the unknown calendar is refused."""
+    import yaml
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "speeds.npz"
+    np.savez(path, data=rng.uniform(10, 60, (96 * 4, 5)).astype(np.float32))
+    output = tmp_path / "model"
+    assert main(["train", str(SMOKE), "--model_name_or_path", str(tiny_backbone_dir), "--dataset_names", str(path),
+                 "--freq", "15min", "--series-start", "2024-03-04", "--dataset_cache_dir", str(tmp_path / "built"),
+                 "--report_to", "none", "--output_dir", str(output), "--max_steps", "1", "--save_strategy", "no"]) == 0
+    recipe = yaml.safe_load((output / "recipe.yaml").read_text())
+    assert recipe["dataset_freq"] == "15min" and recipe["dataset_series_start"] == "2024-03-04"
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--model", str(output), "--dataset", str(path), "--max-windows", "2", "--models",
+                 "historical_average", "--output", str(out), "--quiet"]) == 0
+    report = json.loads((out / "results.json").read_text())
+    assert report["protocol"] == "in-domain" and report["calendar"].startswith("2024-03-04 00:00:00")
+    assert "historical_average" in report["results"]
+    copy = tmp_path / "copy.npz"
+    shutil.copy(path, copy)
+    assert main(["evaluate", "--model", str(output), "--dataset", str(copy), "--output", str(tmp_path / "e2"),
+                 "--quiet"]) == 2
+    assert not (tmp_path / "e2").exists()

@@ -60,3 +60,14 @@ def test_per_horizon_and_average():
     assert math.isnan(out["per_horizon"]["3"]["MAE"])
     assert out["MAE"] == pytest.approx(1.5)
     assert set(out) == {"MAE", "RMSE", "MAPE", "WAPE", "per_horizon"}
+
+
+def test_wape_of_an_all_zero_series_is_undefined_with_the_reason_not_infinite():
+    y = np.zeros((2, 3, 4, 1))
+    out = horizon_metrics(y + 1, y, np.ones_like(y, dtype=bool))
+    assert out["MAE"] == pytest.approx(1.0) and math.isnan(out["WAPE"]) and math.isnan(out["MAPE"])
+    assert all(math.isnan(step["WAPE"]) for step in out["per_horizon"].values())
+    assert out["undefined"] == {"MAPE": "no observed target has |truth| > 1e-06",
+                                "WAPE": "the sum of |truth| over the observed entries is 0"}
+    empty = horizon_metrics(y, y + 1, np.zeros_like(y, dtype=bool))
+    assert set(empty["undefined"]) == {"MAE", "RMSE", "MAPE", "WAPE"}

@@ -154,3 +154,18 @@ def test_write_evaluation_outputs_without_arrays(tmp_path):
     assert "forecasts" not in paths["report"].read_text()
     with pytest.raises(ValueError, match="both target and predictions"):
         write_evaluation_outputs(toy_report(), tmp_path, target=np.zeros((1, 6, 1, 1)))
+
+
+def test_results_json_is_strict_and_the_report_says_why_a_metric_is_undefined(tmp_path):
+    y = np.zeros((2, 3, 4, 1))  # an all-zero series: WAPE (and MAPE) undefined
+    metrics = horizon_metrics(y + 1, y, np.ones_like(y, dtype=bool))
+    report = {"dataset": "zeros", "results": {"last_value": {**metrics, "fit_seconds": 0.0, "predict_seconds": 0.0,
+                                                             "extra": np.float32(np.inf)}}}
+    text = write_results_json(report, tmp_path / "r.json").read_text()
+    assert "Infinity" not in text and "NaN" not in text
+    loaded = json.loads(text, parse_constant=lambda name: pytest.fail(f"non-strict JSON constant {name}"))
+    result = loaded["results"]["last_value"]
+    assert result["WAPE"] is None and result["extra"] is None and result["MAE"] == pytest.approx(1.0)
+    assert result["undefined"]["WAPE"] == "the sum of |truth| over the observed entries is 0"
+    markdown = write_markdown_report(loaded, tmp_path / "report.md").read_text()
+    assert "WAPE undefined: the sum of |truth| over the observed entries is 0" in markdown

@@ -149,7 +149,8 @@ def test_cli_train_writes_a_complete_model_directory(flags, tmp_path, capsys):
     saved = yaml.safe_load((output / "recipe.yaml").read_text())
     assert saved["lora_r"] == 4 and saved["max_steps"] == 2 and saved["model_name_or_path"] == flags[1]
     again = parse_recipe(train_dataclasses(), [str(output / "recipe.yaml")])
-    assert again[:2] == recipe(flags, output, "--lora_r", "4")[:2]
+    expected = recipe(flags, output, "--lora_r", "4", "--template_sha256", saved["template_sha256"])
+    assert again[:2] == expected[:2]  # the saved recipe also pins its template's checksum
     card = (output / "README.md").read_text()
     assert "base_model:" in card and "lora_r: 4" in card and "synthetic-small" in card
 
@@ -169,7 +170,7 @@ def test_bad_input_is_one_clear_line(flags, tmp_path, capsys):
     assert main(["train", str(SMOKE), *flags, "--output_dir", str(tmp_path / "x"),
                  "--resume_from_checkpoint", str(tmp_path / "ckpt")]) == 2
     err = capsys.readouterr().err
-    assert "not a complete saved forecaster: missing st_backbone.json, st_modules.safetensors" in err
+    assert "lacks st_backbone.json, st_modules.safetensors, optimizer.pt, scheduler.pt, rng_state.pth" in err
 
 
 @pytest.mark.slow
