@@ -1,5 +1,6 @@
 """Shared test set-up: no network, no hub, real data only from $ST_INSTRUCT_DATA or ../shared/data."""
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,6 +104,9 @@ def tiny_backbone_dir(tmp_path_factory, tiny_tokenizer_dir):
 # writes -- that no partial output remains.
 
 
+BAD_INPUT_LOG_ENV = "ST_INSTRUCT_BAD_INPUT_LOG"
+
+
 @dataclass
 class CliResult:
     code: int
@@ -124,6 +128,10 @@ def assert_clean_failure(result: CliResult, *culprits: str, code: int = 2) -> st
     line = result.error_lines[0]
     for culprit in culprits:
         assert culprit in line, (culprit, line)
+    if os.environ.get(BAD_INPUT_LOG_ENV):  # scripts/bad_input_table.py collects the cases' answers
+        with open(os.environ[BAD_INPUT_LOG_ENV], "a") as log:
+            test = os.environ.get("PYTEST_CURRENT_TEST", "?").split(" ")[0]
+            log.write(json.dumps({"test": test, "code": result.code, "message": line}) + "\n")
     return line
 
 

@@ -59,10 +59,10 @@ def _train_node_mean(windows: STWindows) -> np.ndarray:
     return np.where(counts > 0, values.sum(0) / np.maximum(counts, 1), windows.scaler.mean[None, :])
 
 
-def _require_calendar(name: str, windows: STWindows, needs: str) -> None:
+def _require_calendar(windows: STWindows, needs: str) -> None:
     """Skip (:class:`BaselineNotApplicable`) a calendar baseline on data run with ``--no-calendar``."""
     if not windows.has_calendar:
-        raise BaselineNotApplicable(f"{name}: needs {needs}, but the data run without a calendar (--no-calendar); "
+        raise BaselineNotApplicable(f"needs {needs}, but the data run without a calendar (--no-calendar); "
                                     "give --freq and --series-start instead to run it")
 
 
@@ -84,7 +84,7 @@ class HistoricalAverage:
         return windows.has_calendar
 
     def fit(self, windows: STWindows) -> None:
-        _require_calendar(self.name, windows, "the time of week of every step")
+        _require_calendar(windows, "the time of week of every step")
         lo, hi = windows.borders["train"]
         observed = windows.observed[lo:hi]
         values = np.where(observed, np.nan_to_num(windows.data.values[lo:hi]), 0.0).astype(np.float64)
@@ -168,17 +168,17 @@ class SeasonalNaive:
         return period >= windows.horizon and self._first_test_target(windows) - period >= 0
 
     def fit(self, windows: STWindows) -> None:
-        _require_calendar(self.name, windows, f"the step to know how many steps make {self.days} day(s) and the "
+        _require_calendar(windows, f"the step to know how many steps make {self.days} day(s) and the "
                           "time of week for its fallback")
         period = self.period(windows)
         if period < windows.horizon:
             raise BaselineNotApplicable(
-                f"{self.name}: the period ({period} steps = {self.days} day(s) at "
+                f"the period ({period} steps = {self.days} day(s) at "
                 f"{windows.data.freq}) is shorter than the horizon ({windows.horizon} steps), so y[t - period] "
                 "is not yet known at forecast time; use a horizon <= period")
         if self._first_test_target(windows) - period < 0:
             raise BaselineNotApplicable(
-                f"{self.name}: the first test target (step {self._first_test_target(windows)}) would look back "
+                f"the first test target (step {self._first_test_target(windows)}) would look back "
                 f"{period} steps, before the series start; the series is too short for this period")
         self.average = HistoricalAverage()
         self.average.fit(windows)
