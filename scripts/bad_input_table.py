@@ -2,7 +2,7 @@
 
     .venv/bin/python scripts/bad_input_table.py [--out bad_input.md]
 
-Runs the suite with ``$ST_INSTRUCT_BAD_INPUT_LOG`` set, so ``tests/conftest.py: assert_clean_failure`` records the
+Runs the suite with ``$ST_INSTRUCT_BAD_INPUT_LOG`` set, so ``tests/cli_check.py: assert_clean_failure`` records the
 answer of each checked failure, and prints a markdown table (case, exit code, message). Cases that check a
 positive outcome (a resumed run's weights, a sandboxed render) record nothing and are listed by the pytest summary.
 """

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import assert_clean_failure
+from cli_check import assert_clean_failure
 
 NODES = 4
 STEPS = 96 * 7 * 2  # two weeks of 15-minute steps

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import assert_clean_failure
+from cli_check import assert_clean_failure
 from safetensors.torch import load_file
 
 from st_instruct import outputs

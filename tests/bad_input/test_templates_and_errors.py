@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import assert_clean_failure
+from cli_check import assert_clean_failure
 
 from st_instruct.configs import parse_recipe, train_dataclasses
 from st_instruct.data.prompts import TEMPLATE_COPY_FILE, load_template
