@@ -191,6 +191,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 
     started = time.perf_counter()
     model_dir = Path(args.model)
+    controls = args.controls or []
+    if args.few_shot is not None and controls:
+        raise ValueError("--controls with --few-shot: the controls would be scored without their own few-shot "
+                         "fine-tuning; evaluate the controls in-domain or zero-shot, or drop --controls")
     if args.few_shot is not None:
         from st_instruct.training.few_shot import few_shot_finetune
 
@@ -206,7 +210,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
                                          start=args.start, end=args.end, max_windows=args.max_windows,
                                          batch_size=args.batch_size, split_name=args.split_name, models=args.models,
                                          progress=not args.quiet, seed=args.seed,
-                                         broadcast_channels=args.broadcast_channels, spec=_spec_kwargs(args))
+                                         broadcast_channels=args.broadcast_channels, spec=_spec_kwargs(args),
+                                         controls=controls)
     report["wall_seconds"] = round(time.perf_counter() - started, 2)
     output = Path(args.output or model_dir / f"eval-{Path(args.dataset).stem}")
     paths = write_evaluation_outputs(report, output, target=arrays["target"], predictions=arrays["predictions"],
@@ -275,6 +280,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--max-windows", type=int, default=None,
                           help="at most this many windows per split, sampled as the builder samples (default all)")
     evaluate.add_argument("--models", nargs="+", default=None, help="subset of baselines (default: all)")
+    evaluate.add_argument("--controls", nargs="+", default=None, metavar="DIR",
+                          help="trained controls of the model's recipe (`st-instruct train RECIPE --control no_llm` / "
+                               "`random_llm`), scored on the same windows as rows st_forecaster_no_llm / "
+                               "st_forecaster_random_llm")
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--broadcast-channels", action="store_true",
                           help="forecast a one-channel dataset with a multi-channel model: the series fills every "
@@ -311,7 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--batch-size", type=int, default=16, help="samples per forward pass (default 16)")
     demo.add_argument("--output", default=None, help="folder for the evaluation (default <output_dir>/eval-synthetic)")
     demo.set_defaults(func=_cmd_demo, data_dir=None, channels=None, start=None, end=None, split_name="test",
-                      broadcast_channels=False, few_shot=None, few_shot_steps=None, few_shot_output=None)
+                      broadcast_channels=False, few_shot=None, few_shot_steps=None, few_shot_output=None,
+                      controls=None)
     for sub in (baselines, demo):
         sub.add_argument("--models", nargs="+", default=None, help="subset of baselines (default: all)")
         sub.add_argument("--seed", type=int, default=0)

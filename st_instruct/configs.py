@@ -23,6 +23,7 @@ MRFFN_INITS = ("kmeans", "random")
 # they agree) so reading a recipe imports neither torch-heavy module
 FREEZE_PLAN_NAMES = ("frozen", "lora", "pfa", "full", "qlora")
 ST_ENCODER_NAMES = ("patch", "tcn")
+CONTROLS = ("none", "no_llm", "random_llm")
 
 
 class RecipeError(ValueError):
@@ -158,6 +159,11 @@ class ModelConfig:
     mrffn_top_k: int | None = field(default=4, metadata={"help": "MRFFN: slots retrieved per token (null = all)"})
     mrffn_init: str = field(default="kmeans", metadata={
         "help": "MRFFN memory init: kmeans (of encoded training history windows) | random"})
+    control: str = field(default="none", metadata={
+        "help": "train a control of this recipe instead of the forecaster (Tan et al., NeurIPS 2024): none | "
+                "no_llm (the same ST encoder, projector and head, the backbone removed; the head reads the projected "
+                "node features; regression loss only) | random_llm (the same backbone architecture with randomly "
+                "initialised weights, seeded by seed)"})
 
     def __post_init__(self) -> None:
         if self.freeze_plan not in FREEZE_PLAN_NAMES:
@@ -171,6 +177,8 @@ class ModelConfig:
                               f"{self.loss_reg_weight}, loss_lm_weight {self.loss_lm_weight}")
         if self.mrffn and not self.mrffn_layers:
             raise RecipeError("mrffn: true needs at least one layer in mrffn_layers")
+        if self.control not in CONTROLS:
+            raise RecipeError(f"control must be one of {CONTROLS}, found {self.control!r}")
         if self.mrffn_init not in MRFFN_INITS:
             raise RecipeError(f"mrffn_init must be one of {MRFFN_INITS}, found {self.mrffn_init!r}")
         for key in ("se_pairs", "mrffn_slots", "mrffn_key_dim", "head_dim", "st_encoder_dim", "lora_r",
@@ -194,6 +202,16 @@ class ModelConfig:
 
 
 RECIPE_DATACLASSES: tuple[type, ...] = (DataConfig, ModelConfig)
+
+
+def check_recipe_consistency(data_config: DataConfig, model_config: ModelConfig) -> None:
+    """Refuse settings of the data and the model that are each valid but do not work together (a
+    :class:`RecipeError`): SE-Attention rotates by a node's coordinates centred per sample, and a node-granularity
+    prompt holds one node, whose centred coordinates are 0: the rotation would silently do nothing."""
+    if model_config.se_attention and data_config.granularity == "node":
+        raise RecipeError("se_attention: true does nothing with granularity: node (a prompt of one node, whose "
+                          "coordinates centred per sample are 0, is rotated by a zero angle); use granularity: graph "
+                          "(e.g. with template: forecast_graph) or se_attention: false")
 
 
 def train_dataclasses() -> tuple[type, ...]:
@@ -448,6 +466,13 @@ def parse_recipe(dataclass_types: tuple[type, ...], args: list[str] | None = Non
     except ValueError as err:  # a dataclass's own check (TrainingArguments: bf16 without a GPU, ...)
         raise RecipeError(f"recipe {recipe or '(none)'}: {err}") from err
     _check_template_sha256(parsed)
+    data = [config for config in parsed if isinstance(config, DataConfig)]
+    model = [config for config in parsed if isinstance(config, ModelConfig)]
+    if data and model:
+        try:
+            check_recipe_consistency(data[0], model[0])
+        except RecipeError as err:
+            raise RecipeError(f"recipe {recipe or '(flags)'}: {err}") from None
     return parsed
 
 

@@ -13,6 +13,7 @@ from st_instruct.configs import (
     DataConfig,
     ModelConfig,
     RecipeError,
+    check_recipe_consistency,
     check_unique_fields,
     parse_recipe,
     recipe_dict,
@@ -96,6 +97,22 @@ def test_every_shipped_recipe_parses_and_opens_with_its_command(recipe):
     first_line = recipe.read_text().splitlines()[0]
     assert first_line.startswith("# ") and ("st-instruct" in first_line or "accelerate launch" in first_line)
     parse_recipe(train_dataclasses(), [str(recipe)])
+
+
+def test_se_attention_with_one_node_prompts_is_refused(tmp_path):
+    """SE-Attention rotates by coordinates centred per sample: one node per prompt gets angle 0 and nothing changes."""
+    check_recipe_consistency(DataConfig(granularity="graph"), ModelConfig(se_attention=True))
+    check_recipe_consistency(DataConfig(granularity="node"), ModelConfig(se_attention=False))
+    with pytest.raises(RecipeError, match="se_attention: true .*granularity: node.*use granularity: graph"):
+        check_recipe_consistency(DataConfig(granularity="node"), ModelConfig(se_attention=True))
+    path = write(tmp_path, "granularity: node\nse_attention: true\n")
+    with pytest.raises(RecipeError, match=f"recipe {path}: se_attention: true .*granularity: node") as err:
+        parse_recipe(RECIPE_DATACLASSES, [str(path)])
+    assert "\n" not in str(err.value)
+    with pytest.raises(RecipeError, match="recipe \\(flags\\): se_attention: true"):
+        parse_recipe(RECIPE_DATACLASSES, ["--se_attention", "true"])  # DataConfig's default granularity is node
+    data, model = parse_recipe(RECIPE_DATACLASSES, [str(path), "--granularity", "graph"])
+    assert model.se_attention and data.granularity == "graph"
 
 
 @pytest.mark.parametrize("config", ACCELERATE_CONFIGS, ids=[p.name for p in ACCELERATE_CONFIGS])

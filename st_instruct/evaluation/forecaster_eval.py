@@ -10,6 +10,10 @@ The forecaster predicts every (window, node) sample of the test split in one tea
 batch (no generation); its ``[P, N', C]`` forecasts are scattered into ``[B, P, N, C]`` by ``window_start`` and
 ``node_index``, aligned with :func:`~st_instruct.evaluation.protocols.prepare_windows`'s test windows. The
 baselines are fitted as in ``st-instruct baselines`` and scored on exactly the same windows, targets and masks.
+
+Controls (Tan et al., NeurIPS 2024, "Are Language Models Actually Useful for Time Series Forecasting?"): folders
+trained from the same recipe with ``control: no_llm`` / ``control: random_llm`` (:func:`read_control`) predict the
+very same tokenised samples and are reported as ``st_forecaster_no_llm`` / ``st_forecaster_random_llm``.
 """
 
 from __future__ import annotations
@@ -27,6 +31,12 @@ from st_instruct.evaluation.metrics import horizon_metrics
 from st_instruct.training.few_shot import read_few_shot
 
 MODEL_NAME = "st_forecaster"
+CONTROL_KINDS = ("no_llm", "random_llm")  # ModelConfig.control values other than "none"; row f"{MODEL_NAME}_{kind}"
+# what a control must share with the forecaster it controls besides the data and model keys: the training budget
+BUDGET_KEYS = ("max_steps", "num_train_epochs", "per_device_train_batch_size", "gradient_accumulation_steps",
+               "learning_rate", "lr_scheduler_type", "warmup_steps", "warmup_ratio", "weight_decay", "seed")
+# recipe keys that may differ between a forecaster and its control: where each was written, and the switch itself
+UNSHARED_KEYS = ("control", "dataset_cache_dir", "output_dir")
 
 
 def find_recipe(model_dir: str | Path) -> Path:
@@ -55,6 +65,30 @@ def trained_data_config(model_dir: str | Path) -> DataConfig:
     names = {f.name for f in dataclasses.fields(DataConfig)}
     config = DataConfig(**{key: value for key, value in values.items() if key in names})
     return dataclasses.replace(config, template=str(model_template(recipe, config.template, config.template_sha256)))
+
+
+def read_control(control_dir: str | Path, model_dir: str | Path) -> str:
+    """The row name of the control in ``control_dir`` (``st_forecaster_no_llm`` / ``st_forecaster_random_llm``),
+    after checking that it was trained from the recipe of the forecaster in ``model_dir`` with only ``control``
+    changed: the same data, model keys and budget (:data:`BUDGET_KEYS`); ``ValueError`` naming the keys otherwise."""
+    from st_instruct.configs import DataConfig, ModelConfig, load_recipe_file, train_dataclasses
+    from st_instruct.models.saving import read_backbone_source
+
+    read_backbone_source(control_dir)  # names the missing files before anything slow
+    control = load_recipe_file(find_recipe(control_dir), train_dataclasses())
+    kind = control.get("control", "none")
+    if kind not in CONTROL_KINDS:
+        raise ValueError(f"--controls {control_dir}: its recipe.yaml says control: {kind}, not one of "
+                         f"{', '.join(CONTROL_KINDS)}; train a control with `st-instruct train RECIPE --control "
+                         "no_llm` (or random_llm)")
+    trained = load_recipe_file(find_recipe(model_dir), train_dataclasses())
+    keys = [f.name for config in (DataConfig, ModelConfig) for f in dataclasses.fields(config)] + list(BUDGET_KEYS)
+    differ = [f"{key}: control {control.get(key)!r}, forecaster {trained.get(key)!r}" for key in keys
+              if key not in UNSHARED_KEYS and control.get(key) != trained.get(key)]
+    if differ:
+        raise ValueError(f"--controls {control_dir} was not trained from the recipe of {model_dir} with only "
+                         f"control changed ({'; '.join(differ)}); train the control from the same recipe and budget")
+    return f"{MODEL_NAME}_{kind}"
 
 
 def _same_dataset(a: str, b: str) -> bool:
@@ -149,9 +183,13 @@ def evaluate_forecaster(model_dir: str | Path, dataset: str, data_dir: str | Non
                         channels: Sequence[str] | None = None, start: str | None = None, end: str | None = None,
                         max_windows: int | None = None, batch_size: int = 16, split_name: str = "test",
                         models: Sequence[str] | None = None, progress: bool = True, seed: int = 0,
-                        broadcast_channels: bool = False, spec: dict[str, Any] | None = None
-                        ) -> tuple[dict[str, Any], dict[str, Any]]:
+                        broadcast_channels: bool = False, spec: dict[str, Any] | None = None,
+                        controls: Sequence[str | Path] = ()) -> tuple[dict[str, Any], dict[str, Any]]:
     """Score the forecaster in ``model_dir`` and the baselines ``models`` (default all) on the same windows.
+
+    ``controls``: folders of controls of the forecaster's recipe (:func:`read_control`; at most one of each kind),
+    which predict exactly the forecaster's samples and are reported as ``st_forecaster_no_llm`` /
+    ``st_forecaster_random_llm``; ``report["controls"]`` maps each row to its folder.
 
     ``spec``: the dataset specification given for this evaluation (``get_dataset`` keywords such as ``freq``,
     ``series_start``); in-domain the recipe's own specification fills the rest (:func:`evaluation_config`).
@@ -176,6 +214,10 @@ def evaluate_forecaster(model_dir: str | Path, dataset: str, data_dir: str | Non
     from st_instruct.models.saving import load_forecaster, read_backbone_source
 
     read_backbone_source(model_dir)  # names the missing files before anything slow
+    control_rows = {read_control(folder, model_dir): Path(folder) for folder in controls}
+    if len(control_rows) < len(controls):
+        raise ValueError(f"--controls holds two folders of the same control kind ({', '.join(map(str, controls))}); "
+                         "pass at most one no_llm and one random_llm control")
     trained = trained_data_config(model_dir)
     config, protocol = evaluation_config(trained, dataset, data_dir, channels, start, end, max_windows, spec)
     few_shot = read_few_shot(model_dir)
@@ -210,6 +252,17 @@ def evaluate_forecaster(model_dir: str | Path, dataset: str, data_dir: str | Non
     target = windows.batch(split_name, rows)
     mask = target["y_mask"] & covered[rows][:, None, :, None]
     pred = np.nan_to_num(pred[rows])  # uncovered nodes are masked out
+    control_preds, control_seconds = {}, {}
+    for name, folder in control_rows.items():
+        control, control_tokenizer = load_forecaster(folder)
+        if control_tokenizer.get_vocab() != tokenizer.get_vocab():
+            raise ValueError(f"--controls {folder} has another tokenizer than {model_dir}, so it cannot read the same "
+                             "samples; train the control from the same recipe")
+        found, control_covered, control_seconds[name] = scatter_predictions(
+            control, tokenizer, samples, starts, data.num_nodes, batch_size, broadcast_channels)
+        if not np.array_equal(control_covered, covered):  # the same samples: cannot differ unless the code is wrong
+            raise RuntimeError(f"the control {folder} covered other (window, node) pairs than the forecaster")
+        control_preds[name] = np.nan_to_num(found[rows])
     fit_windows = windows
     if protocol.startswith("few-shot"):
         fit_windows = windows.first_train_windows(few_shot["train_windows"])
@@ -218,6 +271,10 @@ def evaluate_forecaster(model_dir: str | Path, dataset: str, data_dir: str | Non
     results: dict[str, dict] = {MODEL_NAME: {**horizon_metrics(pred, target["y"], mask), "fit_seconds": 0.0,
                                              "predict_seconds": predict_seconds}}
     predictions = {MODEL_NAME: pred}
+    for name, found in control_preds.items():
+        results[name] = {**horizon_metrics(found, target["y"], mask), "fit_seconds": 0.0,
+                         "predict_seconds": control_seconds[name]}
+        predictions[name] = found
     for name, result in baseline_results.items():
         if "skipped" in result:
             results[name] = result
@@ -230,6 +287,8 @@ def evaluate_forecaster(model_dir: str | Path, dataset: str, data_dir: str | Non
     report["protocol"] = protocol
     report["model"] = str(model_dir)
     report["trained_on"] = list(trained.dataset_names)
+    if control_rows:
+        report["controls"] = {name: str(folder) for name, folder in control_rows.items()}
     if protocol.startswith("few-shot"):
         report["few_shot"] = few_shot
         report["windows"]["train"] = few_shot["train_windows"]

@@ -113,7 +113,7 @@ def _gguf_context_length(path: Path) -> int:
 
 
 def get_backbone(name_or_path: str, num_layers: int | None = None, dtype: torch.dtype = torch.float32, *,
-                 load_in_4bit: bool = False) -> Any:
+                 load_in_4bit: bool = False, random_init_seed: int | None = None) -> Any:
     """A pretrained causal LM (``PreTrainedModel``) by registered name (``BACKBONES``), local folder or hub id.
 
     Args:
@@ -126,6 +126,11 @@ def get_backbone(name_or_path: str, num_layers: int | None = None, dtype: torch.
             QLoRA (Dettmers et al., NeurIPS 2023; the ``qlora`` freeze plan). bitsandbytes 0.50 does this on the CPU
             too, with its pure-torch kernels: it saves memory, not time (a LoRA step on SmolLM2's first 6 layers was
             about 4x slower than in fp32).
+        random_init_seed: build the same architecture from the checkpoint's config with randomly initialised
+            weights (``AutoModelForCausalLM.from_config``) drawn from a generator seeded with this value (the global
+            one is left as it was), so the same seed rebuilds the same weights: the random-LLM control of Tan et
+            al. (NeurIPS 2024, "Are Language Models Actually Useful for Time Series Forecasting?"). ``None``: the
+            pretrained weights.
 
     Raises:
         ValueError: the name is neither registered, nor a folder, nor loadable; the message lists the names.
@@ -144,8 +149,14 @@ def get_backbone(name_or_path: str, num_layers: int | None = None, dtype: torch.
 
         kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
                                                            bnb_4bit_compute_dtype=dtype)
+    if random_init_seed is not None and load_in_4bit:
+        raise ValueError("a randomly initialised backbone cannot be loaded in 4-bit (quantisation happens while "
+                         "loading pretrained weights); set model_load_in_4bit: false for the random_llm control")
     try:
-        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        if random_init_seed is None:
+            model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        else:
+            model = _random_backbone(source, dtype, random_init_seed)
     except (OSError, ValueError) as err:  # no such folder / hub id (offline: not cached), or no model in it
         raise ValueError(_not_loadable(name_or_path, "checkpoint", err)) from err
     if num_layers is not None:
@@ -155,6 +166,16 @@ def get_backbone(name_or_path: str, num_layers: int | None = None, dtype: torch.
                              f"decoder layers; use at most {layers} (or null for all)")
         truncate_layers(model, num_layers)
     return model
+
+
+def _random_backbone(source: str | Path, dtype: torch.dtype, seed: int) -> Any:
+    """The architecture of the checkpoint at ``source`` with fresh weights, initialised under ``seed``."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(source)
+    with torch.random.fork_rng(devices=[]):  # built on the CPU: only the CPU generator is drawn from
+        torch.manual_seed(seed)
+        return AutoModelForCausalLM.from_config(config, dtype=dtype)
 
 
 def _not_loadable(name: str, what: str, err: Exception) -> str:

@@ -13,6 +13,12 @@ UrbanGPT (Li et al., "UrbanGPT: Spatio-Temporal Large Language Models", KDD 2024
 The ST parts are named submodules (``st_encoder``, ``st_projector``, ``regression_head``) beside ``backbone``
 (DESIGN.md §4), saved on their own by :func:`save_st_modules`; the backbone (or its PEFT adapter) is saved by
 transformers / PEFT. The trainer's loss is ``λ_reg · masked_mae_loss + λ_lm · LM loss``.
+
+``backbone=None`` is the no-LLM control of Tan et al. (NeurIPS 2024, "Are Language Models Actually Useful for Time
+Series Forecasting?"): the same encoder, projector (to ``STForecasterConfig.hidden_size``, the removed backbone's
+width) and head, the head reading each node's projected features as both ``H_his`` and ``H_pre``; the prompt's
+tokens are not read. The random-LLM control is a backbone built with random weights
+(:func:`~st_instruct.models.backbones.get_backbone`'s ``random_init_seed``), not a different model.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+from transformers import PretrainedConfig
 from transformers.utils import ModelOutput
 
 from st_instruct.models.mrffn import memory_layers, memory_modules, wrap_mlps
@@ -67,6 +74,9 @@ class STForecasterConfig:
     projection starts at ``se_init_scale`` times that module's default, so the pretrained backbone starts close to
     itself); ``mrffn_layers`` with
     ``mrffn_slots`` / ``mrffn_key_dim`` / ``mrffn_top_k`` (:mod:`st_instruct.models.mrffn`).
+
+    ``hidden_size``: the width the projector maps to and the head reads when there is no backbone (the no-LLM
+    control: the removed backbone's hidden size); ``None`` with a backbone, whose own width is used.
     """
 
     history: int
@@ -92,6 +102,7 @@ class STForecasterConfig:
     mrffn_slots: int = 64
     mrffn_key_dim: int = 64
     mrffn_top_k: int | None = 4
+    hidden_size: int | None = None
 
     def __post_init__(self) -> None:
         if self.encoder not in ENCODERS:
@@ -133,32 +144,49 @@ class STForecasterOutput(ModelOutput):
     hidden_states: tuple[torch.Tensor, ...] | None = None
 
 
+def draw_seed() -> int:
+    """A seed drawn from torch's global generator: the ST modules that initialise from a generator of their own
+    (SE-Attention's angle projection, the MRFFN memories) take it from here, so a run's ``set_seed(seed)`` reaches
+    them like every other initialisation."""
+    return int(torch.randint(2**31 - 1, ()))
+
+
 def add_memories(backbone: nn.Module, config: STForecasterConfig) -> None:
-    """Wrap the MLPs of ``config.mrffn_layers`` with MRFFN memories (idempotent; nothing when off). Must run before a
-    PEFT adapter is applied or loaded: LoRA target names then include the wrapped MLP (``mlp.base.*``)."""
+    """Wrap the MLPs of ``config.mrffn_layers`` with MRFFN memories (idempotent; nothing when off), initialised with
+    a seed from :func:`draw_seed`. Must run before a PEFT adapter is applied or loaded: LoRA target names then
+    include the wrapped MLP (``mlp.base.*``)."""
     if not config.mrffn_layers:
         return
     if unwrap(backbone) is not backbone and not memory_modules(backbone):
         raise ValueError("MRFFN memories must be added before the PEFT adapter (its LoRA target names include the "
                          "wrapped MLP); build the forecaster on the plain backbone")
-    wrap_mlps(backbone, config.mrffn_layers, config.mrffn_slots, config.mrffn_key_dim, config.mrffn_top_k)
+    wrap_mlps(backbone, config.mrffn_layers, config.mrffn_slots, config.mrffn_key_dim, config.mrffn_top_k,
+              seed=draw_seed())
 
 
 class STForecaster(nn.Module):
     """A causal-LM backbone (plain or PEFT-wrapped) plus ``st_encoder``, ``st_projector`` and ``regression_head``.
 
     Node-count agnostic: ``N`` may differ between batches (and between the data it was trained and tested on).
+    Every random initialisation draws from torch's global generator (seed it with ``transformers.set_seed``).
     """
 
-    def __init__(self, backbone: nn.Module, config: STForecasterConfig) -> None:
+    def __init__(self, backbone: nn.Module | None, config: STForecasterConfig) -> None:
         super().__init__()
         self.backbone = backbone
         self.st_config = config  # not `config`: HF trainers read model.config as a transformers config
         kwargs: dict[str, Any] = {"dim": config.encoder_dim, "steps_per_day": config.steps_per_day}
         if ENCODERS[config.encoder] is DilatedTCNEncoder:
             kwargs.update(layers=config.tcn_layers, kernel_size=config.tcn_kernel_size)
-        width = hidden_size(unwrap(backbone).config)
-        device = input_embeddings(backbone).weight.device
+        if backbone is None:
+            width, device = self._check_no_backbone(config), torch.device("cpu")
+            self._plain_config = PretrainedConfig(hidden_size=width)  # what trainers read as model.config
+        else:
+            if config.hidden_size is not None:
+                raise ValueError(f"hidden_size ({config.hidden_size}) is only for a forecaster without a backbone; "
+                                 "with one, its own width is used: leave hidden_size unset")
+            width = hidden_size(unwrap(backbone).config)
+            device = input_embeddings(backbone).weight.device
         self.st_encoder = ENCODERS[config.encoder](config.history, config.channels, config.coord_dim, **kwargs)
         self.st_projector = STProjector(self.st_encoder.out_dim, width, config.projector_layers)
         self.regression_head = RegressionHead(width, config.horizon, config.channels, config.head_dim)
@@ -173,7 +201,7 @@ class STForecaster(nn.Module):
                 raise ValueError("se_attention rotates by node coordinates, but coord_dim is 0 (coordinates: none); "
                                  "use laplacian, geo, grid or learned coordinates")
             self.st_spatial = build_spatial_rotation(backbone, config.coord_dim, config.se_pairs,
-                                                     config.se_learned_scale)
+                                                     config.se_learned_scale, seed=draw_seed())
             with torch.no_grad():
                 self.st_spatial.weight.mul_(config.se_init_scale)
             enable_se_attention(backbone, self.st_spatial)
@@ -181,29 +209,45 @@ class STForecaster(nn.Module):
         for module in self.st_modules().values():
             module.to(device)
 
+    @staticmethod
+    def _check_no_backbone(config: STForecasterConfig) -> int:
+        """The width of a forecaster without a backbone; refuses the options that live inside one."""
+        if config.hidden_size is None or config.hidden_size < 1:
+            raise ValueError("a forecaster without a backbone (the no-LLM control) needs hidden_size >= 1 in its "
+                             f"config (the removed backbone's width), found {config.hidden_size}")
+        inside = [name for name, on in (("se_attention", config.se_attention), ("mrffn", config.mrffn_layers)) if on]
+        if inside:
+            raise ValueError(f"{' and '.join(inside)} modify the backbone's layers, but this forecaster has no "
+                             "backbone (the no-LLM control); switch them off for it")
+        return config.hidden_size
+
     def st_modules(self) -> dict[str, nn.Module]:
         """Every ST module that is on, by name: the forecaster's own (:data:`ST_MODULE_NAMES`) and the MRFFN memory
         of each wrapped decoder layer (``st_memory.layers.<i>``). They train in every freeze plan and are saved in
         ``st_modules.safetensors``."""
         modules = {name: getattr(self, name) for name in ST_MODULE_NAMES if getattr(self, name) is not None}
-        for index, mlp in memory_layers(self.backbone).items():
+        for index, mlp in (memory_layers(self.backbone) if self.backbone is not None else {}).items():
             modules[f"st_memory.layers.{index}"] = mlp.st_memory
         return modules
 
     # What the HF / TRL trainers read from the model they train, delegated to the transformers backbone.
     @property
     def config(self) -> Any:
-        """The backbone's transformers config (trainers set ``use_cache`` and special token ids on it)."""
-        return unwrap(self.backbone).config
+        """The backbone's transformers config (trainers set ``use_cache`` and special token ids on it); without a
+        backbone a plain ``PretrainedConfig`` holding ``hidden_size``."""
+        return self._plain_config if self.backbone is None else unwrap(self.backbone).config
 
     def add_model_tags(self, tags: list[str] | str) -> None:
-        """Hub tags, kept on the backbone (``SFTTrainer`` adds its own)."""
-        unwrap(self.backbone).add_model_tags(tags)
+        """Hub tags, kept on the backbone (``SFTTrainer`` adds its own); without one there is nowhere to keep them."""
+        if self.backbone is not None:
+            unwrap(self.backbone).add_model_tags(tags)
 
     def activation_checkpointing_enable(self, **kwargs: Any) -> None:
         """Recompute the backbone's layer activations in the backward pass (``Trainer`` calls this when
-        ``activation_checkpointing`` / ``gradient_checkpointing`` is on)."""
-        unwrap(self.backbone).activation_checkpointing_enable(**kwargs)
+        ``activation_checkpointing`` / ``gradient_checkpointing`` is on); without a backbone there are no layers to
+        recompute."""
+        if self.backbone is not None:
+            unwrap(self.backbone).activation_checkpointing_enable(**kwargs)
 
     def embed_inputs(self, input_ids: torch.Tensor, his_positions: torch.Tensor, node_mask: torch.Tensor,
                      node_embeddings: torch.Tensor) -> torch.Tensor:
@@ -274,6 +318,7 @@ class STForecaster(nn.Module):
         ``logits_to_keep=1`` (without ``labels``) skips the vocabulary projection for all but the last token:
         the forecast needs no logits, and on a real vocabulary they dominate the cost of a pass. A 1-D tensor of
         positions keeps the logits there only (``STSFTTrainer`` computes the LM loss at the labelled ones).
+        Without a backbone (the no-LLM control) only ``predictions`` is set: there is no LM to score the text.
         """
         if labels is not None and (torch.is_tensor(logits_to_keep) or logits_to_keep):
             raise ValueError("logits_to_keep drops the logits the LM loss needs; pass labels=None with it")
@@ -283,6 +328,12 @@ class STForecaster(nn.Module):
         if self.st_revin is not None:
             history, stats = self.st_revin.normalise(history, history_mask)
         nodes = self.st_encoder(history, history_mask, history_tod, history_dow, coords, node_mask, steps_per_day)
+        if self.backbone is None:  # the no-LLM control: the head reads each node's projected features directly
+            features = self.st_projector(nodes)
+            predictions = self.regression_head(features, features) * node_mask[:, None, :, None].to(features.dtype)
+            if stats is not None:
+                predictions = self.st_revin.denormalise(predictions, stats)
+            return STForecasterOutput(predictions=predictions)
         embeds = self.embed_inputs(input_ids, his_positions, node_mask, self.st_projector(nodes))
         with self.spatial_context(coords, his_positions, pre_positions, node_mask, input_ids.shape[1]):
             out = self.backbone(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels,
@@ -298,7 +349,7 @@ class STForecaster(nn.Module):
     def predict(self, batch: dict[str, Any]) -> torch.Tensor:
         """Forecasts [B, P, N, C] in original units (``scaled * scaler_std + scaler_mean``), one pass in eval mode
         without gradients; zero on padded nodes. ``batch`` is an ``STDataCollator`` batch on any device."""
-        device = input_embeddings(self.backbone).weight.device
+        device = self.regression_head.out.weight.device
         inputs = {key: value.to(device) if isinstance(value, torch.Tensor) else value
                   for key, value in batch.items() if key != "labels"}
         was_training = self.training

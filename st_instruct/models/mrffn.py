@@ -71,7 +71,9 @@ class MemoryBank(nn.Module):
         slots: number of memory slots ``M``.
         key_dim: width ``d_k`` of queries and keys.
         top_k: retrieve from the ``k`` best slots (``1 <= k <= M``), or from all of them (``None``, soft).
-        seed: seed of the from-scratch initialisation (independent of the global RNG).
+        seed: seed of the from-scratch initialisation (independent of the global RNG;
+            :class:`~st_instruct.models.forecaster.STForecaster` passes one drawn from it, so a run's seed reaches
+            the memory).
     """
 
     def __init__(self, hidden_size: int, slots: int, key_dim: int, top_k: int | None = None, seed: int = 0) -> None:

@@ -7,7 +7,9 @@ A saved forecaster (the trainer's checkpoints and the final output directory ali
 - the backbone's weights, by ``format``: ``"adapter"`` -- a PEFT adapter (``adapter_config.json``,
   ``adapter_model.safetensors``) for the base backbone; ``"full"`` -- the whole transformers model
   (``config.json``, ``model*.safetensors``); ``"base"`` -- nothing, the backbone was frozen, so it is the base
-  backbone itself;
+  backbone itself (a randomly initialised one, for the random-LLM control, rebuilt from ``random_init_seed``);
+  ``"none"`` -- no backbone at all (the no-LLM control; ``model_name_or_path`` then names the backbone whose
+  tokenizer and width it took);
 - ``st_modules.safetensors`` + ``st_forecaster_config.json`` (:func:`save_st_modules`): encoder, projector, head;
 - the tokenizer with the ST special tokens.
 
@@ -41,16 +43,18 @@ from st_instruct.models.patching import unwrap
 
 BACKBONE_FILE = "st_backbone.json"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
-FORMATS = ("adapter", "full", "base")
+FORMATS = ("adapter", "full", "base", "none")
 
 
 @dataclass
 class BackboneSource:
-    """How a forecaster's base backbone is rebuilt: ``get_backbone(model_name_or_path, num_layers, ...)``."""
+    """How a forecaster's base backbone is rebuilt: ``get_backbone(model_name_or_path, num_layers, ...)``;
+    ``random_init_seed`` set: the same architecture with the random weights that seed draws (random-LLM control)."""
 
     model_name_or_path: str
     num_layers: int | None = None
     load_in_4bit: bool = False
+    random_init_seed: int | None = None
 
 
 def is_peft_model(module: torch.nn.Module) -> bool:
@@ -58,10 +62,13 @@ def is_peft_model(module: torch.nn.Module) -> bool:
 
 
 def backbone_format(model: STForecaster) -> str:
-    """``"adapter"`` for a PEFT-wrapped backbone, ``"base"`` when no backbone parameter trains, else ``"full"``.
+    """``"adapter"`` for a PEFT-wrapped backbone, ``"base"`` when no backbone parameter trains, else ``"full"``;
+    ``"none"`` without a backbone (the no-LLM control).
 
     Raises for a PEFT-wrapped backbone whose base weights also train: its adapter would not hold them.
     """
+    if model.backbone is None:
+        return "none"
     if is_peft_model(model.backbone):
         from peft.tuners.tuners_utils import BaseTunerLayer
 
@@ -165,7 +172,8 @@ def build_base_backbone(source: BackboneSource) -> tuple[Any, Any]:
 
     tokenizer = get_tokenizer(source.model_name_or_path)
     extra = {"load_in_4bit": True} if source.load_in_4bit else {}
-    backbone = get_backbone(source.model_name_or_path, num_layers=source.num_layers, **extra)
+    backbone = get_backbone(source.model_name_or_path, num_layers=source.num_layers,
+                            random_init_seed=source.random_init_seed, **extra)
     add_st_tokens(tokenizer, backbone)
     return backbone, tokenizer
 
@@ -179,6 +187,8 @@ def load_forecaster(directory: str | Path) -> tuple[STForecaster, Any]:
     source, kind = read_backbone_source(directory)
     config = STForecasterConfig.load(directory)
     tokenizer = AutoTokenizer.from_pretrained(directory)
+    if kind == "none":  # the no-LLM control: the tokenizer only tokenises its prompts, the model reads the arrays
+        return load_st_modules(STForecaster(None, config), directory).eval(), tokenizer
     backbone, base_tokenizer = build_base_backbone(source)
     if base_tokenizer.get_vocab() != tokenizer.get_vocab():
         raise ValueError(f"the tokenizer saved in {directory} differs from the one of its base backbone "

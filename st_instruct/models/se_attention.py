@@ -112,7 +112,8 @@ class SpatialRotation(nn.Module):
     the n lowest-frequency ones unless ``pair_indices`` (n distinct indices in ``[0, D/2)``) names them;
     ``learned_scale`` adds a per-key/value-head scale of the angles (initialised to 1); ``rope`` says whether the
     backbone has RoPE (checked against it by :func:`enable_se_attention`; the rotation is the same either way);
-    ``seed`` fixes the initial ``W``.
+    ``seed`` fixes the initial ``W`` (:class:`~st_instruct.models.forecaster.STForecaster` passes one drawn from
+    the global generator, so a run's seed reaches it).
 
     Parameters: ``weight`` W [K, n] and, with ``learned_scale``, ``head_scale`` [num_kv_heads].
     """

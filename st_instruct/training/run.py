@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import yaml
 
-from st_instruct.configs import DataConfig, ModelConfig, RecipeError, recipe_dict
+from st_instruct.configs import DataConfig, ModelConfig, RecipeError, check_recipe_consistency, recipe_dict
 
 RECIPE_FILE = "recipe.yaml"
 TRAINER_STATE_FILE = "trainer_state.json"
@@ -30,7 +30,14 @@ def build_forecaster(data_config: DataConfig, model_config: ModelConfig, seed: i
     an :class:`STForecaster` sized for it (``C``, ``K`` read from the data; ``channels`` overrides ``C`` for a model
     fed broadcast one-channel data) with the recipe's freeze plan applied.
 
-    ``seed`` seeds the random initialisation of the ST modules and adapters.
+    ``seed`` seeds every random initialisation of the ST modules (SE-Attention's angles and the MRFFN memories
+    included: :class:`STForecaster` draws their seeds from the global generator) and of the adapters.
+
+    ``model_config.control`` builds a control of the recipe instead (Tan et al., NeurIPS 2024): ``random_llm`` the
+    same backbone architecture, truncation and freeze plan with random weights drawn under ``seed``
+    (``get_backbone(..., random_init_seed=seed)``); ``no_llm`` no backbone at all (``STForecaster(None, ...)``: the
+    same encoder, projector to the backbone's width and head; the freeze plan has nothing to act on). The backbone
+    is still loaded for its width and tokenizer, so the control is tokenised and sized exactly as the forecaster.
     """
     from transformers import set_seed
 
@@ -38,13 +45,20 @@ def build_forecaster(data_config: DataConfig, model_config: ModelConfig, seed: i
     from st_instruct.data.st_tokens import add_st_tokens
     from st_instruct.models.backbones import get_backbone, get_tokenizer
     from st_instruct.models.forecaster import STForecaster, STForecasterConfig
+    from st_instruct.models.patching import hidden_size
     from st_instruct.training.freeze import apply_freeze_plan
 
+    check_recipe_consistency(data_config, model_config)
     name = model_config.model_name_or_path
     if not name:
         raise RecipeError("model_name_or_path is empty: training needs a backbone (e.g. smollm2-135m)")
     extra = {"load_in_4bit": True} if model_config.model_load_in_4bit else {}
-    backbone = get_backbone(name, num_layers=model_config.model_num_layers, **extra)
+    control = model_config.control
+    backbone = get_backbone(name, num_layers=model_config.model_num_layers,
+                            random_init_seed=seed if control == "random_llm" else None, **extra)
+    width = hidden_size(backbone.config) if control == "no_llm" else None
+    if control == "no_llm":
+        backbone = None
     tokenizer = get_tokenizer(name)
     if model_config.model_max_length:
         tokenizer.model_max_length = model_config.model_max_length
@@ -62,16 +76,30 @@ def build_forecaster(data_config: DataConfig, model_config: ModelConfig, seed: i
         se_learned_scale=model_config.se_learned_scale, se_init_scale=model_config.se_init_scale,
         mrffn_layers=list(model_config.mrffn_layers) if model_config.mrffn else None,
         mrffn_slots=model_config.mrffn_slots, mrffn_key_dim=model_config.mrffn_key_dim,
-        mrffn_top_k=model_config.mrffn_top_k)
+        mrffn_top_k=model_config.mrffn_top_k, hidden_size=width)
     set_seed(seed)
     model = STForecaster(backbone, st_config)
     if model_config.mrffn and model_config.mrffn_init == "kmeans":
         init_memories_from_data(model, dataset["train"], tokenizer, seed=seed)
+    if backbone is None:
+        return model, tokenizer, dataset, no_backbone_report(model)
     report = apply_freeze_plan(model, model_config.freeze_plan, lora_r=model_config.lora_r,
                                lora_alpha=model_config.lora_alpha, lora_dropout=model_config.lora_dropout,
                                lora_target_modules=model_config.lora_target_modules,
                                pfa_last_layers=model_config.pfa_last_layers)
     return model, tokenizer, dataset, report
+
+
+def no_backbone_report(model: Any) -> Any:
+    """The :class:`FreezeReport` of a forecaster without a backbone (the no-LLM control): every ST module trains."""
+    from st_instruct.training.freeze import FreezeReport
+
+    modules = model.st_modules()
+    groups = {name: [f"{name}.{key}" for key, _ in module.named_parameters()] for name, module in modules.items()}
+    counts = {name: sum(p.numel() for p in module.parameters()) for name, module in modules.items()}
+    total = sum(p.numel() for p in model.parameters())
+    return FreezeReport(plan="none (no backbone: control no_llm)", groups=groups, group_counts=counts,
+                        trainable=sum(counts.values()), total=total)
 
 
 def learned_node_table_size(data_config: DataConfig) -> int:
@@ -126,12 +154,20 @@ def init_memories_from_data(model: Any, train_dataset: Any, tokenizer: Any, patt
         init_memory_from_patterns(wrapper, torch.cat(rows), seed=seed)
 
 
-def backbone_source(model_config: ModelConfig) -> Any:
-    """The recipe's :class:`BackboneSource`: how a saved forecaster's base backbone is rebuilt."""
+def backbone_source(model_config: ModelConfig, seed: int | None = None) -> Any:
+    """The recipe's :class:`BackboneSource`: how a saved forecaster's base backbone is rebuilt. The ``random_llm``
+    control needs the ``seed`` its random backbone was drawn with (:func:`build_forecaster`)."""
     from st_instruct.models.saving import BackboneSource
 
+    random_init_seed = None
+    if model_config.control == "random_llm":
+        if seed is None:
+            raise RecipeError("control: random_llm rebuilds its random backbone from the seed of its training run, "
+                              "and none was given: fine-tuning a random_llm control further (e.g. few-shot) is not "
+                              "supported; train it with `st-instruct train RECIPE --control random_llm`")
+        random_init_seed = seed
     return BackboneSource(model_config.model_name_or_path, model_config.model_num_layers,
-                          model_config.model_load_in_4bit)
+                          model_config.model_load_in_4bit, random_init_seed)
 
 
 def checkpoint_missing(folder: str | Path) -> list[str]:
@@ -283,9 +319,11 @@ def train(data_config: DataConfig, model_config: ModelConfig, sft_config: Any,
                       f"{sft_config.activation_checkpointing}; see configs.cpu_training_defaults)")
             print(report.summary())
         evaluate = sft_config.eval_strategy != "no"
-        trainer = STSFTTrainer(model, sft_config, dataset["train"], tokenizer, backbone_source(model_config),
-                               loss_reg_weight=model_config.loss_reg_weight,
-                               loss_lm_weight=model_config.loss_lm_weight,
+        # the no-LLM control has no LM to score the answer text: it trains on the regression loss alone
+        lm_weight = 0.0 if model_config.control == "no_llm" else model_config.loss_lm_weight
+        trainer = STSFTTrainer(model, sft_config, dataset["train"], tokenizer,
+                               backbone_source(model_config, sft_config.seed),
+                               loss_reg_weight=model_config.loss_reg_weight, loss_lm_weight=lm_weight,
                                eval_dataset=dataset["validation"] if evaluate else None)
         trainer.train(resume_from_checkpoint=resume)
         sft_config.output_dir = str(output)  # what recipe.yaml records
@@ -302,7 +340,8 @@ def train(data_config: DataConfig, model_config: ModelConfig, sft_config: Any,
                                  datasets=data_config.dataset_names, metrics=None, recipe=recipe)
             if replacing:
                 commit(run_dir, output, overwrite=True)
-            print(f"saved the forecaster to {output}")
+            what = "forecaster" if model_config.control == "none" else f"{model_config.control} control"
+            print(f"saved the {what} to {output}")
     except BaseException:
         sft_config.output_dir = str(output)
         if main and replacing:

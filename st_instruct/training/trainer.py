@@ -71,7 +71,7 @@ class STSFTTrainer(SFTTrainer):
         train_dataset / eval_dataset: splits of ``build_dataset(data_config, tokenizer)``.
         processing_class: the tokenizer with the ST tokens (saved with every checkpoint).
         backbone_source: how the base backbone is rebuilt when loading a checkpoint (written to it).
-        loss_reg_weight / loss_lm_weight: λ_reg and λ_lm.
+        loss_reg_weight / loss_lm_weight: λ_reg and λ_lm (λ_lm must be 0 for a forecaster without a backbone).
         broadcast_channels: train a ``C``-channel model on one-channel data (``STDataCollator``'s option).
 
     Logs ``loss_reg`` and ``loss_lm`` (unweighted, averaged over the logging interval) beside ``loss``.
@@ -89,6 +89,9 @@ class STSFTTrainer(SFTTrainer):
                              "and token positions; set packing: false and padding_free: false")
         if loss_reg_weight < 0 or loss_lm_weight < 0 or loss_reg_weight + loss_lm_weight == 0:
             raise ValueError(f"loss weights must be >= 0 and not both 0, found {loss_reg_weight}, {loss_lm_weight}")
+        if model.backbone is None and (loss_lm_weight > 0 or loss_reg_weight == 0):
+            raise ValueError(f"a forecaster without a backbone (the no-LLM control) has no LM loss: train it with "
+                             f"loss_lm_weight 0 and loss_reg_weight > 0, found {loss_lm_weight}, {loss_reg_weight}")
         args.remove_unused_columns = False
         args.dataset_kwargs = {**(args.dataset_kwargs or {}), "skip_prepare_dataset": True}
         self.backbone_source = backbone_source
