@@ -1,7 +1,7 @@
 """``st-instruct <verb>``: the command-line face of the package.
 
 Verbs: ``demo`` (the README's main job), ``data list | inspect | download``, ``baselines``, ``build-data``,
-``train``, ``evaluate``, ``push``.
+``train``, ``pretrain`` (the ST encoder alone), ``evaluate``, ``push``.
 Errors caused by the user's input (unknown dataset, bad file, bad split) are printed as one clear line with
 exit code 2 instead of a traceback.
 """
@@ -125,10 +125,15 @@ def _cmd_demo(args: argparse.Namespace) -> None:
 
     recipe = Path(st_instruct.__file__).resolve().parent.parent / "recipes" / "demo_sft.yaml"
     print(f"st-instruct demo: train the LLM forecaster of {recipe.name} on the embedded synthetic city (SmolLM2 on "
-          "the CPU, a few minutes), then evaluate it beside every baseline on the same test windows.", flush=True)
+          "the CPU, a few minutes) and its no-LLM control (the same ST encoder and head, the backbone removed, the "
+          "same budget), then evaluate both beside every baseline on the same test windows.", flush=True)
     started = time.perf_counter()
     args.recipe = str(recipe)
     args.model, args.dataset = _cmd_train(args), "synthetic"
+    recipe_flags = args.overrides
+    args.overrides = [*recipe_flags, "--control", "no_llm", "--output_dir", f"{args.model}-no-llm"]
+    args.controls = [str(_cmd_train(args))]
+    args.overrides = recipe_flags
     _cmd_evaluate(args)
     print(f"demo done in {time.perf_counter() - started:.0f} s")
 
@@ -185,9 +190,17 @@ def _cmd_train(args: argparse.Namespace) -> Path:
     return train(*configs, overwrite_output_dir=args.overwrite)
 
 
+def _cmd_pretrain(args: argparse.Namespace) -> Path:
+    from st_instruct.configs import PRETRAIN_DATACLASSES, parse_recipe
+    from st_instruct.pretraining.run import pretrain
+
+    configs = parse_recipe(PRETRAIN_DATACLASSES, [args.recipe, *args.overrides])
+    return pretrain(*configs, overwrite=args.overwrite)
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     from st_instruct.evaluation.forecaster_eval import evaluate_forecaster
-    from st_instruct.evaluation.report import write_evaluation_outputs, write_results_json
+    from st_instruct.evaluation.report import protocol_lines, write_evaluation_outputs, write_results_json
 
     started = time.perf_counter()
     model_dir = Path(args.model)
@@ -211,12 +224,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
                                          batch_size=args.batch_size, split_name=args.split_name, models=args.models,
                                          progress=not args.quiet, seed=args.seed,
                                          broadcast_channels=args.broadcast_channels, spec=_spec_kwargs(args),
-                                         controls=controls)
+                                         controls=controls, zero_shot_scaling=args.zero_shot_scaling)
     report["wall_seconds"] = round(time.perf_counter() - started, 2)
     output = Path(args.output or model_dir / f"eval-{Path(args.dataset).stem}")
     paths = write_evaluation_outputs(report, output, target=arrays["target"], predictions=arrays["predictions"],
                                      mask=arrays["mask"], node_names=arrays["node_names"], times=arrays["times"])
     _print_report(report)
+    for line in protocol_lines(report):
+        print(line.removeprefix("- ").replace("**", ""))
     print(f"wall time {report['wall_seconds']:.1f} s; wrote {paths['results']}, {paths['report']} and the figures")
     if args.json:
         print(f"wrote {write_results_json(report, args.json)}")
@@ -265,6 +280,14 @@ def build_parser() -> argparse.ArgumentParser:
                              "several processes: accelerate launch scripts/sft.py RECIPE.yaml")
     train.add_argument("recipe", help="training recipe YAML (see recipes/*_sft.yaml)")
     train.set_defaults(func=_cmd_train)
+    pretrain = verbs.add_parser("pretrain", help="pretrain the ST encoder of a recipe (forecast or masked "
+                                "autoencoder; no LLM)", description="Any recipe key can be overridden as a flag, "
+                                "e.g. --pretrain_steps 10. A forecaster recipe then loads the result with "
+                                "st_encoder_init: DIR. See recipes/pretrain_*.yaml")
+    pretrain.add_argument("recipe", help="pretraining recipe YAML (see recipes/pretrain_*.yaml)")
+    pretrain.add_argument("--overwrite", action="store_true",
+                          help="replace a non-empty pretrain_output_dir once the new encoder is completely saved")
+    pretrain.set_defaults(func=_cmd_pretrain)
     evaluate = verbs.add_parser("evaluate", help="a trained forecaster beside the baselines on the same test windows",
                                 description="In-domain when the dataset was among the training datasets, else "
                                 "zero-shot. Windowing, template and coordinates come from the model's recipe.yaml.")
@@ -285,6 +308,10 @@ def build_parser() -> argparse.ArgumentParser:
                                "`random_llm`), scored on the same windows as rows st_forecaster_no_llm / "
                                "st_forecaster_random_llm")
     evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--zero-shot-scaling", choices=("window", "train"), default="window",
+                          help="zero-shot only: scale each sample with its own history window's statistics "
+                               "(window, strict: no value outside the input window; default) or with the target's "
+                               "train split (train)")
     evaluate.add_argument("--broadcast-channels", action="store_true",
                           help="forecast a one-channel dataset with a multi-channel model: the series fills every "
                           "input channel and the outputs are averaged")
@@ -314,14 +341,14 @@ def build_parser() -> argparse.ArgumentParser:
     baselines.set_defaults(func=_cmd_baselines)
     demo = verbs.add_parser("demo", help="the main job: train the forecaster on the synthetic city, then evaluate",
                             description="Trains recipes/demo_sft.yaml (any recipe key can be overridden as a flag, "
-                            "e.g. --max_steps 20), then evaluates it beside the baselines on the synthetic test "
-                            "split.")
+                            "e.g. --max_steps 20) into its output_dir and its no-LLM control (control: no_llm) into "
+                            "OUTPUT_DIR-no-llm, then evaluates both beside the baselines on the synthetic test split.")
     demo.add_argument("--max-windows", type=int, default=None, help="at most this many test windows (default all)")
     demo.add_argument("--batch-size", type=int, default=16, help="samples per forward pass (default 16)")
     demo.add_argument("--output", default=None, help="folder for the evaluation (default <output_dir>/eval-synthetic)")
     demo.set_defaults(func=_cmd_demo, data_dir=None, channels=None, start=None, end=None, split_name="test",
                       broadcast_channels=False, few_shot=None, few_shot_steps=None, few_shot_output=None,
-                      controls=None)
+                      controls=None, zero_shot_scaling="window")
     for sub in (baselines, demo):
         sub.add_argument("--models", nargs="+", default=None, help="subset of baselines (default: all)")
         sub.add_argument("--seed", type=int, default=0)
@@ -337,7 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args, overrides = build_parser().parse_known_args(argv)
-    if overrides and args.verb not in ("build-data", "train", "demo"):
+    if overrides and args.verb not in ("build-data", "train", "demo", "pretrain"):
         build_parser().error(f"unrecognized arguments: {' '.join(overrides)}")
     args.overrides = overrides
     try:

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 GRANULARITIES = ("node", "graph")
+SCALINGS = ("train", "window")
 COORDINATE_KINDS = ("laplacian", "geo", "grid", "learned", "none")
 MRFFN_INITS = ("kmeans", "random")
 # mirrored from st_instruct.training.freeze.FREEZE_PLANS and st_instruct.models.st_encoders.ENCODERS (a test checks
@@ -64,6 +65,9 @@ class DataConfig:
     horizon: int = field(default=12, metadata={"help": "forecast horizon P in steps"})
     split: str = field(default="7:1:2", metadata={"help": "chronological train:validation:test ratios"})
     stride: int = field(default=1, metadata={"help": "steps between consecutive windows"})
+    scaling: str = field(default="train", metadata={
+        "help": "statistics the samples are scaled with: 'train' (per channel, the dataset's train split) or "
+                "'window' (from each sample's own history window only: strict zero-shot)"})
     template: str = field(default="forecast_node", metadata={
         "help": "prompt template in prompts/ (latest version), 'name@N' to pin version N, or a .jinja path (a path "
                 "outside prompts/ and $ST_INSTRUCT_PROMPTS only as a --template flag)"})
@@ -93,6 +97,8 @@ class DataConfig:
             raise RecipeError("dataset_names must name at least one dataset")
         if self.granularity not in GRANULARITIES:
             raise RecipeError(f"granularity must be one of {GRANULARITIES}, found {self.granularity!r}")
+        if self.scaling not in SCALINGS:
+            raise RecipeError(f"scaling must be one of {SCALINGS}, found {self.scaling!r}")
         if self.coordinates not in COORDINATE_KINDS:
             raise RecipeError(f"coordinates must be one of {COORDINATE_KINDS}, found {self.coordinates!r}")
         for key in ("node_sample", "window_sample"):
@@ -159,6 +165,11 @@ class ModelConfig:
     mrffn_top_k: int | None = field(default=4, metadata={"help": "MRFFN: slots retrieved per token (null = all)"})
     mrffn_init: str = field(default="kmeans", metadata={
         "help": "MRFFN memory init: kmeans (of encoded training history windows) | random"})
+    st_encoder_init: str | None = field(default=None, metadata={
+        "help": "start the ST encoder from a folder written by `st-instruct pretrain` (its encoder kind, width, "
+                "history, channels and coordinates must match this recipe's)"})
+    st_encoder_freeze: bool = field(default=False, metadata={
+        "help": "with st_encoder_init: keep the pretrained encoder frozen (false: it trains on)"})
     control: str = field(default="none", metadata={
         "help": "train a control of this recipe instead of the forecaster (Tan et al., NeurIPS 2024): none | "
                 "no_llm (the same ST encoder, projector and head, the backbone removed; the head reads the projected "
@@ -197,11 +208,68 @@ class ModelConfig:
         if self.mrffn_top_k is not None and not 1 <= self.mrffn_top_k <= self.mrffn_slots:
             raise RecipeError(f"mrffn_top_k must be in 1 .. mrffn_slots ({self.mrffn_slots}) or null, found "
                               f"{self.mrffn_top_k}")
+        if self.st_encoder_freeze and not self.st_encoder_init:
+            raise RecipeError("st_encoder_freeze: true freezes a pretrained encoder, but st_encoder_init names none; "
+                              "set st_encoder_init: DIR (a folder of `st-instruct pretrain`) or drop "
+                              "st_encoder_freeze")
         if self.freeze_plan == "qlora" and not self.model_load_in_4bit:
             self.model_load_in_4bit = True  # QLoRA is LoRA on a 4-bit backbone by definition
 
 
+PRETRAIN_OBJECTIVES = ("forecast", "mae")
+# mirrored from st_instruct.data.masks.MASK_FAMILIES (a test checks they agree) plus draw_mask's "mix"
+MASK_FAMILY_NAMES = ("random", "tube", "block", "temporal", "channel_temporal", "channel_spatial", "agnostic", "mix")
+
+
+@dataclass
+class PretrainConfig:
+    """ST-encoder pretraining (``st-instruct pretrain``), no LLM involved; the data come from ``DataConfig`` (every
+    node and every train window of each dataset: its sampling and prompt keys do not apply) and the encoder from
+    ``ModelConfig``'s ``st_encoder`` / ``st_encoder_dim``.
+
+    ``forecast``: the encoder and a linear readout trained on the forecast windows with masked MAE (UrbanGPT, KDD
+    2024, pretrains its ST dependency encoder so). ``mae``: masked-autoencoder pretraining (UniST, KDD 2024;
+    UrbanMind, KDD 2025): each step hides entries of the history with one family of ``pretrain_mask_families``
+    (drawn per step), the encoder reads them as gaps, and a linear decoder reconstructs them; MAE on the hidden,
+    observed entries only.
+    """
+
+    pretrain_objective: str = field(default="mae", metadata={"help": "forecast | mae (masked autoencoder)"})
+    pretrain_mask_families: list[str] = field(default_factory=lambda: [
+        "random", "tube", "block", "temporal", "channel_temporal", "channel_spatial", "agnostic"], metadata={
+        "help": "mae: mask families, one drawn per step (st_instruct.data.masks; 'mix' draws among all); block is "
+                "skipped for a dataset without a graph or grid"})
+    pretrain_mask_ratio: float = field(default=0.5, metadata={"help": "mae: fraction in (0, 1) a mask hides"})
+    pretrain_steps: int = field(default=200, metadata={"help": "optimizer steps"})
+    pretrain_batch_size: int = field(default=16, metadata={"help": "windows per step (of one dataset)"})
+    pretrain_learning_rate: float = field(default=1e-3, metadata={"help": "AdamW learning rate"})
+    pretrain_weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    pretrain_output_dir: str = field(default="outputs/pretrain", metadata={
+        "help": "folder of the pretrained encoder (refused when not empty unless --overwrite)"})
+    pretrain_seed: int = field(default=0, metadata={"help": "seed of the initialisation, batches and masks"})
+
+    def __post_init__(self) -> None:
+        if isinstance(self.pretrain_mask_families, str):
+            self.pretrain_mask_families = [self.pretrain_mask_families]
+        if self.pretrain_objective not in PRETRAIN_OBJECTIVES:
+            raise RecipeError(f"pretrain_objective must be one of {PRETRAIN_OBJECTIVES}, found "
+                              f"{self.pretrain_objective!r}")
+        unknown = [name for name in self.pretrain_mask_families if name not in MASK_FAMILY_NAMES]
+        if unknown or not self.pretrain_mask_families:
+            raise RecipeError(f"pretrain_mask_families must list some of {MASK_FAMILY_NAMES}, found "
+                              f"{self.pretrain_mask_families}")
+        if not 0 < self.pretrain_mask_ratio < 1:
+            raise RecipeError(f"pretrain_mask_ratio must be in (0, 1), found {self.pretrain_mask_ratio}")
+        for key in ("pretrain_steps", "pretrain_batch_size"):
+            if getattr(self, key) < 1:
+                raise RecipeError(f"{key} must be >= 1, found {getattr(self, key)}")
+        if self.pretrain_learning_rate <= 0 or self.pretrain_weight_decay < 0:
+            raise RecipeError(f"pretrain_learning_rate must be > 0 and pretrain_weight_decay >= 0, found "
+                              f"{self.pretrain_learning_rate}, {self.pretrain_weight_decay}")
+
+
 RECIPE_DATACLASSES: tuple[type, ...] = (DataConfig, ModelConfig)
+PRETRAIN_DATACLASSES: tuple[type, ...] = (DataConfig, ModelConfig, PretrainConfig)
 
 
 def check_recipe_consistency(data_config: DataConfig, model_config: ModelConfig) -> None:

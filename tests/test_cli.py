@@ -106,9 +106,13 @@ def test_demo_trains_the_demo_recipe_then_prints_it_beside_the_baselines(tmp_pat
     printed = capsys.readouterr().out
     table = printed[printed.index("| model"):]
     assert "st_forecaster" in table and "historical_average" in table and "last_value" in table
+    assert "st_forecaster_no_llm" in table  # the same encoder and head without the LLM, same budget
     report = json.loads((tmp_path / "model" / "eval-synthetic" / "results.json").read_text())
     assert report["protocol"] == "in-domain" and report["dataset"] == "synthetic"
     assert report["windows"]["test"] == 2 and (tmp_path / "model" / "adapter_model.safetensors").is_file()
+    assert {"st_forecaster", "st_forecaster_no_llm"} <= set(report["results"])
+    control_recipe = (tmp_path / "model-no-llm" / "recipe.yaml").read_text()
+    assert "control: no_llm" in control_recipe and "max_steps: 2" in control_recipe
 
 
 # ------------------------------------------------------------------------------------------ dataset specification

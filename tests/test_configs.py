@@ -8,6 +8,7 @@ import yaml
 
 from st_instruct.configs import (
     FREEZE_PLAN_NAMES,
+    PRETRAIN_DATACLASSES,
     RECIPE_DATACLASSES,
     ST_ENCODER_NAMES,
     DataConfig,
@@ -82,6 +83,7 @@ def test_bad_values_are_rejected():
 def test_field_names_are_unique_across_recipe_dataclasses():
     check_unique_fields(RECIPE_DATACLASSES)
     check_unique_fields(train_dataclasses())  # TRL's SFTConfig (TrainingArguments) included
+    check_unique_fields((*train_dataclasses(), *PRETRAIN_DATACLASSES[2:]))  # pretrain_* keys clash with none
     from dataclasses import dataclass
 
     @dataclass
@@ -96,7 +98,9 @@ def test_field_names_are_unique_across_recipe_dataclasses():
 def test_every_shipped_recipe_parses_and_opens_with_its_command(recipe):
     first_line = recipe.read_text().splitlines()[0]
     assert first_line.startswith("# ") and ("st-instruct" in first_line or "accelerate launch" in first_line)
-    parse_recipe(train_dataclasses(), [str(recipe)])
+    # pretraining recipes (st-instruct pretrain) have their own schema: DataConfig, ModelConfig, PretrainConfig
+    schema = PRETRAIN_DATACLASSES if recipe.name.startswith("pretrain_") else train_dataclasses()
+    parse_recipe(schema, [str(recipe)])
 
 
 def test_se_attention_with_one_node_prompts_is_refused(tmp_path):

@@ -28,11 +28,11 @@ messages            list of {role, content}    chat turns (``system`` if the tem
                                                ``assistant``); one ``<st_his>`` and one ``<st_pre>`` per node,
                                                in the order of ``node_index``
 node_index          int32 ``[N']``             node indices in the dataset, ascending in graph samples
-history             float32 ``[L, N', C]``     scaled (z-score, train-split statistics) history, 0 where missing
+history             float32 ``[L, N', C]``     scaled (z-score, see *Scaling*) history, 0 where missing
 history_mask        bool ``[L, N', C]``        True where observed (not NaN, not the declared null value)
 target              float32 ``[P, N', C]``     scaled target, 0 where missing
 target_mask         bool ``[P, N', C]``        True where observed
-scaler_mean/_std    float32 ``[C]``            original = scaled * std + mean
+scaler_mean/_std    float32 ``[C]``            original = scaled * std + mean (the sample's scaler)
 coords              float32 ``[N', K]``        per ``DataConfig.coordinates``: ``laplacian`` K = coordinate_dim
                                                (Laplacian eigenvectors of the full graph; zeros without one),
                                                ``geo`` K = 2 (lat/lon or planar xy), ``grid`` K = 2 (row, col),
@@ -48,6 +48,12 @@ Integer columns are stored as int32 (``window_start`` int64); ``with_format("num
 int64, as ``datasets`` does for every integer column. Several datasets are concatenated per split (each keeps its
 own scaler, hence the per-sample scaler columns). Samples are ordered by dataset (config order), then window, then
 node.
+
+Scaling (``DataConfig.scaling``): ``train`` z-scores every sample with its dataset's train-split statistics per
+channel (:class:`~st_instruct.data.windows.StandardScaler`). ``window`` (strict zero-shot: no value outside the
+input window is read) z-scores each sample with the statistics of its own history window
+(:func:`~st_instruct.data.windows.window_statistics`): per (node, channel) for node samples, per channel over the
+sample's nodes for graph samples (``scaler_mean`` holds one value per channel); its target is scaled by the same.
 """
 
 from __future__ import annotations
@@ -83,7 +89,7 @@ from st_instruct.data.prompts import (
 from st_instruct.data.registry import default_cache_dir
 from st_instruct.data.st_tokens import ST_HIS, ST_PRE
 from st_instruct.data.stdata import STData, STDataError
-from st_instruct.data.windows import SPLITS, STWindows, build_windows
+from st_instruct.data.windows import SPLITS, STWindows, build_windows, window_statistics
 from st_instruct.outputs import clean_stale_siblings, staged_output
 
 # Bump when the sample columns or their meaning change: it is part of every fingerprint.
@@ -191,6 +197,7 @@ class SourcePlan:
         scaled / observed: ``[T, N', C]`` scaled values and masks of the kept nodes.
         value_text: ``[T, N', C]`` rounded original values as text (``"NA"`` missing), only with values_in_text.
         iso: ``[T]`` ISO timestamps (``""`` without a calendar).
+        values: ``[T, N', C]`` original values of the kept nodes (0 where missing), only with ``scaling: window``.
     """
 
     data: STData
@@ -205,6 +212,7 @@ class SourcePlan:
     observed: np.ndarray
     value_text: np.ndarray | None
     iso: np.ndarray
+    values: np.ndarray | None = None
 
 
 def plan_source(data: STData, config: DataConfig) -> SourcePlan:
@@ -232,7 +240,8 @@ def plan_source(data: STData, config: DataConfig) -> SourcePlan:
         coords=node_coordinates(data, config.coordinates, config.coordinate_dim)[nodes],
         nodes_context=[node_context(data, int(i)) for i in nodes], base_context=base,
         period=PeriodText(timestamps, data.freq), scaled=np.ascontiguousarray(windows.scaled[:, nodes]),
-        observed=np.ascontiguousarray(observed), value_text=value_text, iso=iso)
+        observed=np.ascontiguousarray(observed), value_text=value_text, iso=iso,
+        values=np.nan_to_num(data.values[:, nodes]).astype(np.float32) if config.scaling == "window" else None)
 
 
 # ---------------------------------------------------------------------------------------------------- samples
@@ -294,8 +303,18 @@ def sample_columns(plan: SourcePlan, split: str, window_index: np.ndarray, templ
     B, n = len(starts), len(plan.nodes)
     hist = starts[:, None] + np.arange(L)[None, :]
     fut = starts[:, None] + L + np.arange(P)[None, :]
-    arrays = {"history": plan.scaled[hist], "history_mask": plan.observed[hist],  # [B, L, n, C]
-              "target": plan.scaled[fut], "target_mask": plan.observed[fut]}
+    arrays = {"history_mask": plan.observed[hist], "target_mask": plan.observed[fut]}  # [B, L, n, C]
+    if plan.values is None:  # scaling: train
+        arrays.update(history=plan.scaled[hist], target=plan.scaled[fut])
+        mean = np.broadcast_to(w.scaler.mean.astype(np.float32), (B * n if granularity == "node" else B, C))
+        std = np.broadcast_to(w.scaler.std.astype(np.float32), mean.shape)
+    else:  # scaling: window, statistics of each sample's history only
+        window_mean, window_std = window_statistics(plan.values[hist], arrays["history_mask"],
+                                                    (1,) if granularity == "node" else (1, 2))  # [B, 1, n or 1, C]
+        for key, steps in (("history", hist), ("target", fut)):
+            scaled = (plan.values[steps] - window_mean) / window_std
+            arrays[key] = np.where(arrays[f"{key}_mask"], scaled, 0.0).astype(np.float32)
+        mean, std = window_mean[:, 0].reshape(-1, C), window_std[:, 0].reshape(-1, C)  # sample order: window, node
     calendar = {"history_tod": w.time_of_day[hist], "history_dow": w.day_of_week[hist],
                 "target_tod": w.time_of_day[fut], "target_dow": w.day_of_week[fut]}
     messages = [m for s in starts.tolist() for m in _window_messages(plan, s, template, granularity)]
@@ -319,8 +338,7 @@ def sample_columns(plan: SourcePlan, split: str, window_index: np.ndarray, templ
         "window_start": sample_starts.astype(np.int64), "time_start": plan.iso[sample_starts].tolist(),
         "template": [template.spec] * S,
         "messages": messages, "node_index": node_index.astype(np.int32), **arrays,
-        "scaler_mean": np.broadcast_to(w.scaler.mean.astype(np.float32), (S, C)),
-        "scaler_std": np.broadcast_to(w.scaler.std.astype(np.float32), (S, C)),
+        "scaler_mean": mean, "scaler_std": std,
         "coords": coords.astype(np.float32, copy=False),
         **{k: v.astype(np.int32) for k, v in calendar.items()},
         "steps_per_day": np.full(S, w.steps_per_day if w.data.freq is not None else 0, dtype=np.int32),

@@ -80,6 +80,22 @@ class StandardScaler:
         return x * self.std + self.mean
 
 
+def window_statistics(values: np.ndarray, observed: np.ndarray, axis: tuple[int, ...]
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std of the observed ``values`` over ``axis`` (kept as size-1 axes), float32: the strict zero-shot
+    scaler, fitted on one sample's history window so that no value outside it is read.
+
+    The conventions of :class:`StandardScaler`: a std below 1e-8 becomes 1; where nothing is observed, mean 0 and
+    std 1. E.g. ``values`` / ``observed`` ``[B, L, N, C]`` and ``axis=(1,)`` give ``[B, 1, N, C]``.
+    """
+    v = np.where(observed, np.nan_to_num(values), 0.0).astype(np.float64)
+    count = observed.sum(axis=axis, keepdims=True)
+    mean = v.sum(axis=axis, keepdims=True) / np.maximum(count, 1)
+    var = np.where(observed, (v - mean) ** 2, 0.0).sum(axis=axis, keepdims=True) / np.maximum(count, 1)
+    std = np.sqrt(var)
+    return mean.astype(np.float32), np.where(std > 1e-8, std, 1.0).astype(np.float32)
+
+
 @dataclass
 class STWindows:
     """Windows of one dataset, ready for baselines, sample builders and models.

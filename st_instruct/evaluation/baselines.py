@@ -6,10 +6,24 @@ forecasts in *original units* for every window of ``split`` with no NaN, so :fun
 of them with the same masked metrics against the same targets.
 
 Classical baselines live here; the learned STID baseline lives in :mod:`st_instruct.evaluation.stid`.
+
+Source-fitted baselines (UrbanGPT's zero-shot protocol, Li et al., KDD 2024): :func:`run_source_baselines` fits
+a baseline on the *source* dataset's windows and applies it, with its source scaler, to the *target*'s windows
+(:func:`transfer_windows`), as row ``NAME@source``. What transfers, and why (:func:`transfer_reason`):
+
+- ``historical_average``, ``ridge``, ``stid`` hold per-node parameters (a slot table per node, weights per
+  node, node embeddings): they apply only to the same node set (same node count and names, e.g. nyc-taxi ->
+  nyc-bike over the same 69 zones); otherwise skipped, "per-node parameters of the source's N nodes do not apply
+  to the target's M nodes". ``historical_average`` and ``stid`` (with its time embeddings) also need the same
+  steps per day; every baseline needs the same channel count.
+- ``last_value`` and the seasonal naive baselines fit nothing but a fallback for unobserved values: their forecast
+  is read from the target's own series, so a source-fitted row would repeat the target row; skipped with that
+  reason.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import time
 from collections.abc import Callable, Sequence
@@ -315,6 +329,95 @@ def build_baseline(name: str, **kwargs) -> Baseline:
     return BASELINES[name](**kwargs)
 
 
+PER_NODE = ("historical_average", "ridge", "stid")  # parameters per node: transfer only to the same node set
+NO_FIT = ("last_value", "seasonal_naive_day", "seasonal_naive_week")  # only a fallback is fitted
+SOURCE_SUFFIX = "@source"
+
+
+def transfer_windows(target: STWindows, source: STWindows) -> STWindows:
+    """``target``'s windows scaled with ``source``'s scaler (its train-split statistics), for a baseline fitted
+    on ``source``: no statistic of the target enters its forecast."""
+    scaled = np.where(target.observed, source.scaler.transform(np.nan_to_num(target.data.values)), 0.0)
+    return dataclasses.replace(target, scaler=source.scaler, scaled=scaled.astype(np.float32))
+
+
+def transfer_reason(name: str, source: STWindows, target: STWindows) -> str | None:
+    """Why the baseline ``name`` fitted on ``source`` cannot forecast ``target`` (module docstring), or None."""
+    src, tgt = source.data, target.data
+    if name in NO_FIT:
+        return (f"fits nothing but a fallback for unobserved values; its forecast reads the target's own series, "
+                f"so it is the row `{name}`")
+    if src.num_channels != tgt.num_channels:
+        return (f"fitted on the source's {src.num_channels} channel(s) {src.channels}; the target has "
+                f"{tgt.num_channels} {tgt.channels}")
+    if name in PER_NODE and (src.num_nodes != tgt.num_nodes or src.node_names != tgt.node_names):
+        if src.num_nodes == tgt.num_nodes:
+            return (f"per-node parameters of the source's {src.num_nodes} nodes do not apply to the target's "
+                    f"{tgt.num_nodes} nodes: they are other nodes (the node names differ)")
+        return (f"per-node parameters of the source's {src.num_nodes} nodes do not apply to the target's "
+                f"{tgt.num_nodes} nodes")
+    calendar = name == "historical_average" or (name == "stid" and (source.has_calendar or target.has_calendar))
+    if calendar and (source.has_calendar != target.has_calendar or source.steps_per_day != target.steps_per_day):
+        def describe(w: STWindows) -> str:
+            return f"{w.steps_per_day} steps a day" if w.has_calendar else "no calendar"
+
+        return f"its time slots are the source's ({describe(source)}); the target has {describe(target)}"
+    return None
+
+
+def _fit_predict(name: str, fit_on: STWindows, predict_on: STWindows, split: str, seed: int, progress: bool,
+                 options: dict) -> tuple[dict, np.ndarray | None]:
+    """``(result, [B, P, N, C] forecast or None)`` of baseline ``name`` fitted on ``fit_on`` and scored on
+    ``split`` of ``predict_on``; ``{"skipped": reason}`` when not applicable."""
+    factory = BASELINES[name]
+    accepted = inspect.signature(factory).parameters
+    kwargs = {key: value for key, value in (("seed", seed), ("progress", progress)) if key in accepted}
+    baseline = factory(**{**kwargs, **options})
+    tic = time.perf_counter()
+    try:
+        baseline.fit(fit_on)
+    except BaselineNotApplicable as err:
+        return {"skipped": str(err)}, None
+    fit_seconds = time.perf_counter() - tic
+    tic = time.perf_counter()
+    pred = baseline.predict(predict_on, split)
+    predict_seconds = time.perf_counter() - tic
+    target = predict_on.batch(split)
+    return {**horizon_metrics(pred, target["y"], target["y_mask"]), "fit_seconds": fit_seconds,
+            "predict_seconds": predict_seconds}, pred
+
+
+def _check_names(names: Sequence[str], options: dict[str, dict]) -> None:
+    for name in [*names, *options]:
+        if name not in BASELINES:
+            raise ValueError(f"unknown baseline {name!r}; known baselines: {sorted(BASELINES)}")
+
+
+def run_source_baselines(source: STWindows, target: STWindows, names: Sequence[str] | None = None,
+                         split: str = "test", progress: bool = True, seed: int = 0,
+                         options: dict[str, dict] | None = None) -> tuple[dict[str, dict], dict[str, np.ndarray]]:
+    """Fit every baseline of ``names`` (default all) on ``source`` and score it on ``split`` of ``target``, scaled
+    with the source's scaler (:func:`transfer_windows`): rows ``NAME@source``, as :func:`run_baselines` with
+    ``return_predictions``; those that cannot transfer (:func:`transfer_reason`, or not applicable to the source)
+    are ``{"skipped": reason}``."""
+    names = list(BASELINES) if names is None else list(names)
+    options = options or {}
+    _check_names(names, options)
+    transferred = transfer_windows(target, source)
+    results: dict[str, dict] = {}
+    predictions: dict[str, np.ndarray] = {}
+    for name in names:
+        row = f"{name}{SOURCE_SUFFIX}"
+        reason = transfer_reason(name, source, target)
+        if reason is not None:
+            results[row] = {"skipped": reason}
+            continue
+        results[row], pred = _fit_predict(name, source, transferred, split, seed, progress, options.get(name, {}))
+        if pred is not None:
+            predictions[row] = pred
+    return results, predictions
+
+
 @overload
 def run_baselines(windows: STWindows, names: Sequence[str] | None = ..., split: str = ..., progress: bool = ...,
                   seed: int = ..., options: dict[str, dict] | None = ...,
@@ -341,29 +444,11 @@ def run_baselines(windows: STWindows, names: Sequence[str] | None = None, split:
     """
     names = list(BASELINES) if names is None else list(names)
     options = options or {}
-    for name in [*names, *options]:
-        if name not in BASELINES:
-            raise ValueError(f"unknown baseline {name!r}; known baselines: {sorted(BASELINES)}")
-    target = windows.batch(split)
+    _check_names(names, options)
     results: dict[str, dict] = {}
     predictions: dict[str, np.ndarray] = {}
     for name in names:
-        factory = BASELINES[name]
-        accepted = inspect.signature(factory).parameters
-        kwargs = {key: value for key, value in (("seed", seed), ("progress", progress)) if key in accepted}
-        baseline = factory(**{**kwargs, **options.get(name, {})})
-        tic = time.perf_counter()
-        try:
-            baseline.fit(windows)
-        except BaselineNotApplicable as err:
-            results[name] = {"skipped": str(err)}
-            continue
-        fit_seconds = time.perf_counter() - tic
-        tic = time.perf_counter()
-        pred = baseline.predict(windows, split)
-        predict_seconds = time.perf_counter() - tic
-        results[name] = {**horizon_metrics(pred, target["y"], target["y_mask"]),
-                         "fit_seconds": fit_seconds, "predict_seconds": predict_seconds}
-        if return_predictions:
+        results[name], pred = _fit_predict(name, windows, windows, split, seed, progress, options.get(name, {}))
+        if return_predictions and pred is not None:
             predictions[name] = pred
     return (results, predictions) if return_predictions else results

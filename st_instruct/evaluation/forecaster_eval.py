@@ -4,7 +4,18 @@ The forecaster directory (a training output or a ``checkpoint-N`` folder with a 
 gives the model, its tokenizer and the resolved recipe. The recipe's windowing (history, horizon, split, stride),
 prompt (template, granularity, values in text) and coordinates are kept; the dataset is replaced by the one to
 evaluate on, with every node. Protocol: ``"in-domain"`` when the dataset was among the training datasets, else
-``"zero-shot (trained on X)"``.
+``"zero-shot (trained on X)"``; ``report["protocol_version"]`` (:data:`PROTOCOL_VERSION`) names the rules below.
+
+Zero-shot, version 1 (UrbanGPT, Li et al., KDD 2024):
+
+- scaling: strict by default, ``scaling: window`` -- every sample is z-scored with the statistics of its own
+  history window (:mod:`st_instruct.data.builder`), so no value outside the input window is read; or ``train``,
+  the target's train-split statistics (the transductive variant). ``report["scaling"]`` says which.
+- baselines: fitted on the target's train split (rows ``NAME``) *and* on the source's -- the one training
+  dataset, with the recipe's windowing -- then applied to the target's test windows (rows ``NAME@source``,
+  :func:`~st_instruct.evaluation.baselines.run_source_baselines`; those that cannot transfer are skipped with the
+  reason). ``report["baselines_fitted_on"]`` maps every baseline row to the dataset it was fitted on. Baselines
+  always read raw values and fit their own scaler.
 
 The forecaster predicts every (window, node) sample of the test split in one teacher-forced forward pass per
 batch (no generation); its ``[P, N', C]`` forecasts are scattered into ``[B, P, N, C]`` by ``window_start`` and
@@ -31,6 +42,8 @@ from st_instruct.evaluation.metrics import horizon_metrics
 from st_instruct.training.few_shot import read_few_shot
 
 MODEL_NAME = "st_forecaster"
+# bump a protocol's version when what it fits, scales or scores changes
+PROTOCOL_VERSION = {"in-domain": "in-domain/1", "zero-shot": "zero-shot/1", "few-shot": "few-shot/1"}
 CONTROL_KINDS = ("no_llm", "random_llm")  # ModelConfig.control values other than "none"; row f"{MODEL_NAME}_{kind}"
 # what a control must share with the forecaster it controls besides the data and model keys: the training budget
 BUDGET_KEYS = ("max_steps", "num_train_epochs", "per_device_train_batch_size", "gradient_accumulation_steps",
@@ -101,9 +114,13 @@ def _same_dataset(a: str, b: str) -> bool:
 
 def evaluation_config(trained: DataConfig, dataset: str, data_dir: str | None = None,
                       channels: Sequence[str] | None = None, start: str | None = None, end: str | None = None,
-                      max_windows: int | None = None, spec: dict[str, Any] | None = None) -> tuple[DataConfig, str]:
+                      max_windows: int | None = None, spec: dict[str, Any] | None = None,
+                      zero_shot_scaling: str | None = None) -> tuple[DataConfig, str]:
     """``(config, protocol)``: the trained recipe's data config pointed at ``dataset`` (all nodes; at most
     ``max_windows`` windows per split, seeded as the builder samples them).
+
+    ``zero_shot_scaling`` (``window`` / ``train``) sets ``scaling`` when ``dataset`` is not a training dataset;
+    None keeps the recipe's. In-domain the recipe's scaling always applies.
 
     In-domain, the recipe's data folder, channels, time range and dataset specification (``dataset_freq``,
     ``dataset_series_start``, ``dataset_adjacency``, ...) apply unless given; zero-shot, only the given ones.
@@ -131,8 +148,30 @@ def evaluation_config(trained: DataConfig, dataset: str, data_dir: str | None = 
         dataset_channels=list(channels) if channels else (trained.dataset_channels if in_domain else None),
         dataset_start=start if start is not None else (trained.dataset_start if in_domain else None),
         dataset_end=end if end is not None else (trained.dataset_end if in_domain else None),
-        node_sample=None, window_sample=window_sample, streaming=False, **spec_fields)
+        node_sample=None, window_sample=window_sample, streaming=False,
+        scaling=zero_shot_scaling if zero_shot_scaling is not None and not in_domain else trained.scaling,
+        **spec_fields)
     return config, protocol
+
+
+def _source_baselines(trained: DataConfig, target: Any, models: Sequence[str] | None, split: str, progress: bool,
+                      seed: int) -> tuple[dict[str, dict], dict[str, Any]]:
+    """The baselines fitted on the one source dataset of ``trained`` (windowed as the recipe windows it) and
+    scored on ``target`` (:func:`~st_instruct.evaluation.baselines.run_source_baselines`); all skipped with the
+    reason when the recipe trained on several datasets."""
+    from st_instruct.data.loaders import dataset_spec
+    from st_instruct.evaluation.baselines import BASELINES, SOURCE_SUFFIX, run_source_baselines
+    from st_instruct.evaluation.protocols import prepare_windows
+
+    names = list(BASELINES) if models is None else list(models)
+    if len(trained.dataset_names) != 1:
+        reason = (f"the forecaster was trained on {len(trained.dataset_names)} datasets "
+                  f"({', '.join(trained.dataset_names)}); a source-fitted baseline needs one source")
+        return {f"{name}{SOURCE_SUFFIX}": {"skipped": reason} for name in names}, {}
+    source = prepare_windows(trained.dataset_names[0], trained.history, trained.horizon, trained.split,
+                             trained.dataset_channels, trained.dataset_start, trained.dataset_end,
+                             stride=trained.stride, data_dir=trained.dataset_dir, spec=dataset_spec(trained))
+    return run_source_baselines(source, target, names, split=split, progress=progress, seed=seed)
 
 
 def scatter_predictions(model: Any, tokenizer: Any, samples: Any, starts: np.ndarray, num_nodes: int,
@@ -184,12 +223,16 @@ def evaluate_forecaster(model_dir: str | Path, dataset: str, data_dir: str | Non
                         max_windows: int | None = None, batch_size: int = 16, split_name: str = "test",
                         models: Sequence[str] | None = None, progress: bool = True, seed: int = 0,
                         broadcast_channels: bool = False, spec: dict[str, Any] | None = None,
-                        controls: Sequence[str | Path] = ()) -> tuple[dict[str, Any], dict[str, Any]]:
+                        controls: Sequence[str | Path] = (), zero_shot_scaling: str = "window"
+                        ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Score the forecaster in ``model_dir`` and the baselines ``models`` (default all) on the same windows.
 
     ``controls``: folders of controls of the forecaster's recipe (:func:`read_control`; at most one of each kind),
     which predict exactly the forecaster's samples and are reported as ``st_forecaster_no_llm`` /
     ``st_forecaster_random_llm``; ``report["controls"]`` maps each row to its folder.
+
+    ``zero_shot_scaling``: ``window`` (strict zero-shot) or ``train`` (the target's train split), for a dataset
+    the forecaster was not trained on (module docstring); a few-shot folder on its target keeps its recipe's.
 
     ``spec``: the dataset specification given for this evaluation (``get_dataset`` keywords such as ``freq``,
     ``series_start``); in-domain the recipe's own specification fills the rest (:func:`evaluation_config`).
@@ -219,9 +262,12 @@ def evaluate_forecaster(model_dir: str | Path, dataset: str, data_dir: str | Non
         raise ValueError(f"--controls holds two folders of the same control kind ({', '.join(map(str, controls))}); "
                          "pass at most one no_llm and one random_llm control")
     trained = trained_data_config(model_dir)
-    config, protocol = evaluation_config(trained, dataset, data_dir, channels, start, end, max_windows, spec)
+    config, protocol = evaluation_config(trained, dataset, data_dir, channels, start, end, max_windows, spec,
+                                         zero_shot_scaling)
+    kind = "zero-shot" if protocol.startswith("zero-shot") else "in-domain"
     few_shot = read_few_shot(model_dir)
     if few_shot is not None and few_shot["dataset"] == dataset:
+        kind, config = "few-shot", dataclasses.replace(config, scaling=trained.scaling)
         protocol = (f"few-shot ({few_shot['fraction']:g} of the train split: the first {few_shot['train_windows']} "
                     f"windows; pre-trained on {', '.join(few_shot['pretrained_on'])})")
     windows = prepare_windows(dataset, config.history, config.horizon, config.split, config.dataset_channels,
@@ -268,6 +314,12 @@ def evaluate_forecaster(model_dir: str | Path, dataset: str, data_dir: str | Non
         fit_windows = windows.first_train_windows(few_shot["train_windows"])
     baseline_results, baseline_preds = run_baselines(fit_windows, models, split=split_name, progress=progress,
                                                      seed=seed, return_predictions=True)
+    fitted_on = {name: data.name for name in baseline_results}
+    if kind == "zero-shot":
+        source_results, source_preds = _source_baselines(trained, windows, models, split_name, progress, seed)
+        baseline_results.update(source_results)
+        baseline_preds.update(source_preds)
+        fitted_on.update({name: trained.dataset_names[0] for name in source_results})
     results: dict[str, dict] = {MODEL_NAME: {**horizon_metrics(pred, target["y"], mask), "fit_seconds": 0.0,
                                              "predict_seconds": predict_seconds}}
     predictions = {MODEL_NAME: pred}
@@ -285,6 +337,10 @@ def evaluate_forecaster(model_dir: str | Path, dataset: str, data_dir: str | Non
     report = make_report(windows, results)
     report["windows"][split_name] = int(len(rows))
     report["protocol"] = protocol
+    report["protocol_version"] = PROTOCOL_VERSION[kind]
+    report["scaling"] = config.scaling
+    report["baselines_fitted_on"] = {name: fitted_on[name] for name in baseline_results if "skipped" not in
+                                     baseline_results[name]}
     report["model"] = str(model_dir)
     report["trained_on"] = list(trained.dataset_names)
     if control_rows:

@@ -11,7 +11,9 @@ Schema (``st-instruct baselines --json``, later ``st-instruct evaluate``)::
 NaN metrics (nothing observed, or WAPE of an all-zero truth) are written as ``null`` -- the file is strict JSON,
 never ``NaN`` / ``Infinity`` -- and ``results[MODEL]["undefined"]`` (``{metric: reason}``) says why. Optional
 keys: ``"city"``, ``"protocol"`` (e.g. ``"in-domain"``, ``"zero-shot (trained on nyc-taxi)"``,
-``"few-shot 5%"``), ``"wall_seconds"``.
+``"few-shot 5%"``), ``"wall_seconds"``; from ``st-instruct evaluate`` also ``"protocol_version"`` (e.g.
+``"zero-shot/1"``), ``"scaling"`` (``"window"`` / ``"train"``) and ``"baselines_fitted_on"`` (``{MODEL: dataset}``
+for every scored baseline row; source-fitted rows are named ``MODEL@source``).
 
 :func:`write_evaluation_outputs` writes one evaluation's folder: ``results.json``, ``report.md`` and the PNG
 figures of :mod:`st_instruct.evaluation.plots`.
@@ -136,6 +138,31 @@ def undefined_lines(results: Mapping[str, Mapping[str, Any]]) -> list[str]:
             for model, r in results.items() if r.get("undefined")]
 
 
+def protocol_lines(report: Mapping[str, Any]) -> list[str]:
+    """Markdown bullets stating the protocol's version, the scaling of the forecaster's inputs and what every
+    baseline was fitted on (empty for a report without them, e.g. ``st-instruct baselines``)."""
+    lines = []
+    if report.get("protocol_version"):
+        lines.append(f"- **Protocol version**: `{report['protocol_version']}`")
+    scaling = report.get("scaling")
+    if scaling == "window":
+        lines.append("- **Scaling**: every sample z-scored with the mean and std of its own history window (strict "
+                     "zero-shot: no value outside the input window is used); baselines read raw values and fit "
+                     "their own")
+    elif scaling == "train":
+        lines.append(f"- **Scaling**: z-scored with the train split's mean and std per channel of "
+                     f"`{report.get('dataset')}`; baselines read raw values and fit their own")
+    fitted_on = report.get("baselines_fitted_on") or {}
+    by_dataset: dict[str, list[str]] = {}
+    for name, dataset in fitted_on.items():
+        by_dataset.setdefault(dataset, []).append(f"`{name}`")
+    for dataset, names in by_dataset.items():
+        where = ("the evaluated dataset's train split" if dataset == report.get("dataset")
+                 else "the source's train split, applied to the evaluated test windows")
+        lines.append(f"- **Baselines fitted on** `{dataset}` ({where}): {', '.join(names)}")
+    return lines
+
+
 def _setup_lines(report: Mapping[str, Any]) -> list[str]:
     lines = []
     dataset = report.get("dataset")
@@ -144,6 +171,7 @@ def _setup_lines(report: Mapping[str, Any]) -> list[str]:
         lines.append(f"- **Dataset**: `{dataset}`{city}")
     if report.get("protocol"):
         lines.append(f"- **Protocol**: {report['protocol']}")
+    lines += protocol_lines(report)
     if "history" in report and "horizon" in report:
         lines.append(f"- **History -> horizon**: {report['history']} -> {report['horizon']} steps")
     if report.get("split"):

@@ -47,7 +47,7 @@ from st_instruct.models.se_attention import (
     spatial_context,
     token_coords,
 )
-from st_instruct.models.st_encoders import ENCODERS, DilatedTCNEncoder, RevIN, STProjector
+from st_instruct.models.st_encoders import ENCODERS, RevIN, STEncoderConfig, STProjector, build_st_encoder
 
 ST_MODULES_FILE = "st_modules.safetensors"
 ST_CONFIG_FILE = "st_forecaster_config.json"
@@ -111,6 +111,12 @@ class STForecasterConfig:
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be >= 1, found {getattr(self, key)}")
 
+    def encoder_config(self) -> STEncoderConfig:
+        """The :class:`STEncoderConfig` of this forecaster's encoder."""
+        return STEncoderConfig(kind=self.encoder, history=self.history, channels=self.channels,
+                               coord_dim=self.coord_dim, dim=self.encoder_dim, steps_per_day=self.steps_per_day,
+                               tcn_layers=self.tcn_layers, tcn_kernel_size=self.tcn_kernel_size)
+
     def save(self, directory: str | Path) -> None:
         Path(directory, ST_CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
 
@@ -171,13 +177,16 @@ class STForecaster(nn.Module):
     Every random initialisation draws from torch's global generator (seed it with ``transformers.set_seed``).
     """
 
-    def __init__(self, backbone: nn.Module | None, config: STForecasterConfig) -> None:
+    def __init__(self, backbone: nn.Module | None, config: STForecasterConfig,
+                 encoder: nn.Module | None = None) -> None:
+        """``encoder``: the ST encoder to use (e.g. a pretrained one, :mod:`st_instruct.pretraining`); ``None``
+        builds a fresh one with :func:`build_st_encoder` from ``config.encoder_config()``."""
         super().__init__()
         self.backbone = backbone
         self.st_config = config  # not `config`: HF trainers read model.config as a transformers config
-        kwargs: dict[str, Any] = {"dim": config.encoder_dim, "steps_per_day": config.steps_per_day}
-        if ENCODERS[config.encoder] is DilatedTCNEncoder:
-            kwargs.update(layers=config.tcn_layers, kernel_size=config.tcn_kernel_size)
+        if encoder is not None and (encoder.history, encoder.channels) != (config.history, config.channels):
+            raise ValueError(f"the encoder given reads history {encoder.history} x channels {encoder.channels}, the "
+                             f"config says {config.history} x {config.channels}")
         if backbone is None:
             width, device = self._check_no_backbone(config), torch.device("cpu")
             self._plain_config = PretrainedConfig(hidden_size=width)  # what trainers read as model.config
@@ -187,7 +196,7 @@ class STForecaster(nn.Module):
                                  "with one, its own width is used: leave hidden_size unset")
             width = hidden_size(unwrap(backbone).config)
             device = input_embeddings(backbone).weight.device
-        self.st_encoder = ENCODERS[config.encoder](config.history, config.channels, config.coord_dim, **kwargs)
+        self.st_encoder = encoder if encoder is not None else build_st_encoder(config.encoder_config())
         self.st_projector = STProjector(self.st_encoder.out_dim, width, config.projector_layers)
         self.regression_head = RegressionHead(width, config.horizon, config.channels, config.head_dim)
         self.st_revin = RevIN(config.channels) if config.revin else None

@@ -20,6 +20,11 @@ padded nodes.
 
 from __future__ import annotations
 
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -177,6 +182,53 @@ class STProjector(nn.Module):
 
 
 ENCODERS: dict[str, type[nn.Module]] = {"patch": PatchEmbeddingEncoder, "tcn": DilatedTCNEncoder}
+ENCODER_CONFIG_FILE = "encoder_config.json"
+
+
+@dataclass
+class STEncoderConfig:
+    """What :func:`build_st_encoder` needs: the encoder ``kind`` (a key of :data:`ENCODERS`), the data's ``history``
+    ``L``, ``channels`` ``C`` and ``coord_dim`` ``K``, the width ``dim`` of each of its four parts, the rows of the
+    time-of-day table and, for ``tcn``, its depth and kernel. Saved as ``encoder_config.json`` beside a pretrained
+    encoder (:mod:`st_instruct.pretraining`), so the forecaster that loads it can check it fits its data."""
+
+    kind: str
+    history: int
+    channels: int
+    coord_dim: int
+    dim: int = 64
+    steps_per_day: int = 288
+    tcn_layers: int = 3
+    tcn_kernel_size: int = 2
+
+    def __post_init__(self) -> None:
+        if self.kind not in ENCODERS:
+            raise ValueError(f"encoder kind must be one of {sorted(ENCODERS)}, found {self.kind!r}")
+
+    def save(self, directory: str | Path) -> None:
+        Path(directory, ENCODER_CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, directory: str | Path) -> STEncoderConfig:
+        """Read ``encoder_config.json`` of ``directory``; ``ValueError`` (one line) when missing or not one."""
+        path = Path(directory, ENCODER_CONFIG_FILE)
+        if not path.is_file():
+            raise ValueError(f"{directory} holds no {ENCODER_CONFIG_FILE}: not a folder written by `st-instruct "
+                             "pretrain`")
+        try:
+            values = json.loads(path.read_text())
+            return cls(**values)
+        except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as err:
+            raise ValueError(f"{path} is not an ST encoder configuration ({err}); pretrain the encoder again") from err
+
+
+def build_st_encoder(config: STEncoderConfig) -> nn.Module:
+    """The ST encoder ``config`` describes (random weights): the one builder the forecaster and the pretraining
+    model both take their encoder from (torchtune-style composition, DESIGN.md §4a)."""
+    kwargs: dict[str, int] = {"dim": config.dim, "steps_per_day": config.steps_per_day}
+    if ENCODERS[config.kind] is DilatedTCNEncoder:
+        kwargs.update(layers=config.tcn_layers, kernel_size=config.tcn_kernel_size)
+    return ENCODERS[config.kind](config.history, config.channels, config.coord_dim, **kwargs)
 
 
 class RevIN(nn.Module):

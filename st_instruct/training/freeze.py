@@ -86,7 +86,8 @@ class FreezeReport:
 
 def apply_freeze_plan(model: STForecaster, plan: str, *, lora_r: int = 8, lora_alpha: int = 16,
                       lora_dropout: float = 0.05, lora_target_modules: Sequence[str] | None = None,
-                      pfa_last_layers: int = 2, train_st_token_embeddings: bool = False) -> FreezeReport:
+                      pfa_last_layers: int = 2, train_st_token_embeddings: bool = False,
+                      frozen_st_modules: Sequence[str] = ()) -> FreezeReport:
     """Set which parameters of ``model`` train, in place, following ``plan`` (one of :data:`FREEZE_PLANS`).
 
     For ``lora`` / ``qlora`` (and ``train_st_token_embeddings``) ``model.backbone`` is replaced by a ``PeftModel``
@@ -109,6 +110,8 @@ def apply_freeze_plan(model: STForecaster, plan: str, *, lora_r: int = 8, lora_a
             tokens, whose ids ``STForecasterConfig`` does not hold.) Done by a PEFT trainable-tokens delta on that
             one row, so the backbone becomes a ``PeftModel`` under every plan; ``full`` trains all rows anyway and
             refuses it.
+        frozen_st_modules: ST modules (names of ``model.st_modules()``) that stay frozen in every plan: a
+            pretrained ``st_encoder`` with ``st_encoder_freeze: true``.
 
     Returns:
         a :class:`FreezeReport`.
@@ -150,8 +153,12 @@ def apply_freeze_plan(model: STForecaster, plan: str, *, lora_r: int = 8, lora_a
     base_trainable = _base_trainable(backbone, plan, pfa_last_layers)
     for parameter in backbone.parameters():
         parameter.requires_grad_(id(parameter) in adapter or id(parameter) in base_trainable)
-    for module in model.st_modules().values():  # incl. MRFFN memories inside the backbone
-        module.requires_grad_(True)
+    modules = model.st_modules()
+    unknown = sorted(set(frozen_st_modules) - set(modules))
+    if unknown:
+        raise ValueError(f"frozen_st_modules names {unknown}, not ST modules of this model ({sorted(modules)})")
+    for name, module in modules.items():  # incl. MRFFN memories inside the backbone
+        module.requires_grad_(name not in frozen_st_modules)
     return _report(model, plan, adapter)
 
 

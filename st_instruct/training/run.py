@@ -38,6 +38,10 @@ def build_forecaster(data_config: DataConfig, model_config: ModelConfig, seed: i
     (``get_backbone(..., random_init_seed=seed)``); ``no_llm`` no backbone at all (``STForecaster(None, ...)``: the
     same encoder, projector to the backbone's width and head; the freeze plan has nothing to act on). The backbone
     is still loaded for its width and tokenizer, so the control is tokenised and sized exactly as the forecaster.
+
+    ``model_config.st_encoder_init`` passes the encoder pretrained in that folder (``st-instruct pretrain``) to the
+    forecaster instead of a fresh one (:func:`~st_instruct.pretraining.run.get_pretrained_encoder` refuses one that
+    does not fit the recipe); ``st_encoder_freeze`` keeps it frozen (left out of the report's trainable groups).
     """
     from transformers import set_seed
 
@@ -77,24 +81,34 @@ def build_forecaster(data_config: DataConfig, model_config: ModelConfig, seed: i
         mrffn_layers=list(model_config.mrffn_layers) if model_config.mrffn else None,
         mrffn_slots=model_config.mrffn_slots, mrffn_key_dim=model_config.mrffn_key_dim,
         mrffn_top_k=model_config.mrffn_top_k, hidden_size=width)
+    encoder = None
+    if model_config.st_encoder_init:
+        from st_instruct.pretraining.run import get_pretrained_encoder
+
+        encoder = get_pretrained_encoder(model_config.st_encoder_init, st_config.encoder_config())
+    frozen = ["st_encoder"] if model_config.st_encoder_freeze else []
     set_seed(seed)
-    model = STForecaster(backbone, st_config)
+    model = STForecaster(backbone, st_config, encoder=encoder)
     if model_config.mrffn and model_config.mrffn_init == "kmeans":
         init_memories_from_data(model, dataset["train"], tokenizer, seed=seed)
     if backbone is None:
-        return model, tokenizer, dataset, no_backbone_report(model)
+        return model, tokenizer, dataset, no_backbone_report(model, frozen)
     report = apply_freeze_plan(model, model_config.freeze_plan, lora_r=model_config.lora_r,
                                lora_alpha=model_config.lora_alpha, lora_dropout=model_config.lora_dropout,
                                lora_target_modules=model_config.lora_target_modules,
-                               pfa_last_layers=model_config.pfa_last_layers)
+                               pfa_last_layers=model_config.pfa_last_layers, frozen_st_modules=frozen)
     return model, tokenizer, dataset, report
 
 
-def no_backbone_report(model: Any) -> Any:
-    """The :class:`FreezeReport` of a forecaster without a backbone (the no-LLM control): every ST module trains."""
+def no_backbone_report(model: Any, frozen_st_modules: list[str] | None = None) -> Any:
+    """The :class:`FreezeReport` of a forecaster without a backbone (the no-LLM control): every ST module trains but
+    those of ``frozen_st_modules`` (e.g. a frozen pretrained ``st_encoder``), whose parameters it freezes."""
     from st_instruct.training.freeze import FreezeReport
 
-    modules = model.st_modules()
+    frozen = set(frozen_st_modules or [])
+    for name, module in model.st_modules().items():
+        module.requires_grad_(name not in frozen)
+    modules = {name: module for name, module in model.st_modules().items() if name not in frozen}
     groups = {name: [f"{name}.{key}" for key, _ in module.named_parameters()] for name, module in modules.items()}
     counts = {name: sum(p.numel() for p in module.parameters()) for name, module in modules.items()}
     total = sum(p.numel() for p in model.parameters())

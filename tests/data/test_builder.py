@@ -226,6 +226,23 @@ def test_fingerprint_follows_data_content(tmp_path, monkeypatch):
     assert dataset_fingerprint(cfg) != fingerprint
 
 
+def test_window_scaling_of_graph_samples_is_per_channel_over_the_window_history(tmp_path):
+    """``scaling: window`` (strict zero-shot): a graph sample's scaler is the mean / std per channel of its own
+    history window over its nodes; its history and target are scaled by them; the fingerprint differs."""
+    cfg = config(tmp_path, granularity="graph", scaling="window", window_sample=2)
+    assert dataset_fingerprint(cfg) != dataset_fingerprint(config(tmp_path, granularity="graph", window_sample=2))
+    data = get_dataset("synthetic-small")
+    for row in build_dataset(cfg)["test"].with_format("numpy"):
+        start = int(row["window_start"])
+        history = np.ma.masked_array(data.values[start:start + 12], ~row["history_mask"])
+        np.testing.assert_allclose(row["scaler_mean"], history.mean((0, 1)), rtol=1e-5)
+        np.testing.assert_allclose(row["scaler_std"], history.std((0, 1)), rtol=1e-4)
+        target = data.values[start + 12:start + 24]
+        seen = row["target_mask"]
+        restored = row["target"] * row["scaler_std"] + row["scaler_mean"]
+        np.testing.assert_allclose(restored[seen], target[seen], rtol=1e-4, atol=1e-3)
+
+
 # ---------------------------------------------------------------------------------------------------- streaming
 @pytest.mark.parametrize("granularity", ["node", "graph"])
 def test_streaming_equals_arrow_build(tmp_path, granularity):

@@ -114,7 +114,8 @@ def test_broadcast_channels_forecasts_a_one_channel_dataset_with_the_two_channel
     assert pred.shape == arrays["target"].shape and pred.shape[-1] == 1 and np.isfinite(pred).all()
     # by hand: one sample, both channels filled with the speed, the mean of the two outputs
     model, tokenizer = load_forecaster(model_dir)
-    config, _ = evaluation_config(trained_data_config(model_dir), "synthetic-motorway", max_windows=2)
+    config, _ = evaluation_config(trained_data_config(model_dir), "synthetic-motorway", max_windows=2,
+                                  zero_shot_scaling="window")
     sample = build_dataset(config, tokenizer)["test"][0]
     batch = STDataCollator(tokenizer)([sample])
     assert batch["history"].shape[-1] == 1

@@ -1,0 +1,207 @@
+"""The pretraining job of a recipe (``st-instruct pretrain RECIPE.yaml``, ``scripts/pretrain.py``): windows of one or
+several datasets -> encoder + light head -> a plain AdamW loop on the CPU -> its own folder.
+
+The folder holds ``encoder.safetensors``, the head (``readout.safetensors`` or ``decoder.safetensors``),
+``encoder_config.json`` (:class:`~st_instruct.models.st_encoders.STEncoderConfig`), ``recipe.yaml`` (every resolved
+value) and ``pretrain_log.json`` (the loss of every step). A forecaster recipe loads it with ``st_encoder_init: DIR``
+(:func:`get_pretrained_encoder`).
+
+Batches come from the train split of :func:`~st_instruct.data.windows.build_windows` (scaled values, null masks,
+calendar features; the scaler fitted on the train split), one dataset per step: the encoder is node-count agnostic,
+so datasets of different sizes mix without padding.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from st_instruct.configs import DataConfig, ModelConfig, PretrainConfig, RecipeError, recipe_dict
+from st_instruct.data.windows import STWindows
+from st_instruct.models.st_encoders import ENCODER_CONFIG_FILE, STEncoderConfig, build_st_encoder
+from st_instruct.pretraining.model import HEAD_FILE, PretrainModel, forecast_loss, reconstruction_loss
+
+ENCODER_FILE = "encoder.safetensors"
+RECIPE_FILE = "recipe.yaml"
+LOG_FILE = "pretrain_log.json"
+# the recipe key (or data property) behind each STEncoderConfig field, for the error of a folder that does not fit
+RECIPE_KEY_OF = {"kind": "st_encoder", "dim": "st_encoder_dim", "history": "history",
+                 "channels": "channels (of the data)", "coord_dim": "coordinates / coordinate_dim"}
+
+
+@dataclass
+class PretrainSource:
+    """One dataset ready for pretraining: its windows, ``coords`` [N, K], its graph (for block masks) and the mask
+    families that can be drawn on it."""
+
+    name: str
+    windows: STWindows
+    coords: torch.Tensor
+    adjacency: np.ndarray | None
+    grid_shape: tuple[int, int] | None
+    families: list[str]
+
+
+def load_sources(data_config: DataConfig, families: list[str]) -> list[PretrainSource]:
+    """Every dataset of the recipe, windowed; refuses learned coordinates and datasets of different channel
+    counts (one encoder reads them all)."""
+    from st_instruct.data.builder import load_series, node_coordinates
+    from st_instruct.data.windows import build_windows
+
+    if data_config.coordinates == "learned":
+        raise RecipeError("coordinates: learned is a table per node id trained with the forecaster, not part of the "
+                          "pretrained encoder; pretrain with laplacian, geo, grid or none coordinates")
+    sources = []
+    for data in load_series(data_config):
+        windows = build_windows(data, data_config.history, data_config.horizon, data_config.split,
+                                data_config.stride)
+        coords = torch.from_numpy(node_coordinates(data, data_config.coordinates, data_config.coordinate_dim))
+        adjacency = data.dense_adjacency()
+        graph = adjacency is not None or data.grid_shape is not None
+        usable = [name for name in families if name != "block" or graph]
+        if not usable:
+            raise RecipeError(f"pretrain_mask_families {families}: block masks need a graph or a grid, and dataset "
+                              f"{data.name!r} has neither; add another family (e.g. random, tube, temporal)")
+        sources.append(PretrainSource(data.name, windows, coords, adjacency, data.grid_shape, usable))
+    channels = {source.name: source.windows.scaled.shape[-1] for source in sources}
+    if len(set(channels.values())) > 1:
+        raise RecipeError(f"dataset_names have different channel counts {channels}; one encoder reads a fixed "
+                          "number of channels: pick channels with dataset_channels or pretrain them separately")
+    return sources
+
+
+def window_batch(source: PretrainSource, index: np.ndarray) -> dict[str, torch.Tensor]:
+    """The train windows ``index`` of ``source`` as encoder inputs plus ``target`` / ``target_mask`` [B, P, N, C]
+    (scaled, observed)."""
+    windows = source.windows
+    arrays = windows.batch("train", index)
+    future = arrays["start"][:, None] + windows.history + np.arange(windows.horizon)[None, :]
+    batch, nodes = len(index), source.coords.shape[0]
+    return {"history": torch.from_numpy(arrays["x"]), "history_mask": torch.from_numpy(arrays["x_mask"]),
+            "history_tod": torch.from_numpy(arrays["x_tod"]), "history_dow": torch.from_numpy(arrays["x_dow"]),
+            "coords": source.coords[None].expand(batch, -1, -1), "node_mask": torch.ones(batch, nodes, dtype=bool),
+            "steps_per_day": torch.full((batch,), windows.steps_per_day),
+            "target": torch.from_numpy(windows.scaled[future]),
+            "target_mask": torch.from_numpy(windows.observed[future])}
+
+
+def step_loss(model: PretrainModel, batch: dict[str, torch.Tensor], source: PretrainSource, ratio: float,
+              generator: torch.Generator) -> torch.Tensor:
+    """The loss of one batch: the forecast readout's masked MAE, or (``mae``) one mask family drawn from
+    ``source.families`` hiding entries that the decoder must reconstruct."""
+    from st_instruct.data.masks import draw_mask
+
+    inputs = {key: value for key, value in batch.items() if not key.startswith("target")}
+    if model.objective == "forecast":
+        return forecast_loss(model(**inputs), batch["target"], batch["target_mask"])
+    family = source.families[int(torch.randint(len(source.families), (), generator=generator))]
+    hidden = draw_mask(family, tuple(batch["history"].shape), ratio, generator, adjacency=source.adjacency,
+                       grid_shape=source.grid_shape)
+    return reconstruction_loss(model(**inputs, hidden=hidden), batch["history"], batch["history_mask"], hidden)
+
+
+def train_encoder(data_config: DataConfig, model_config: ModelConfig, config: PretrainConfig,
+                  progress: bool = True) -> tuple[PretrainModel, STEncoderConfig, dict]:
+    """Pretrain the recipe's encoder: ``(model, its encoder's config, log)``; the log holds the loss of every step.
+    Seeded by ``pretrain_seed`` (initialisation, batches, masks): the same recipe gives the same weights."""
+    from tqdm.auto import tqdm
+
+    sources = load_sources(data_config, list(config.pretrain_mask_families))
+    first = sources[0]
+    encoder_config = STEncoderConfig(kind=model_config.st_encoder, history=data_config.history,
+                                     channels=first.windows.scaled.shape[-1], coord_dim=first.coords.shape[1],
+                                     dim=model_config.st_encoder_dim)
+    torch.manual_seed(config.pretrain_seed)
+    generator = torch.Generator().manual_seed(config.pretrain_seed)
+    steps = data_config.horizon if config.pretrain_objective == "forecast" else data_config.history
+    model = PretrainModel(build_st_encoder(encoder_config), config.pretrain_objective, steps,
+                          encoder_config.channels)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.pretrain_learning_rate,
+                                  weight_decay=config.pretrain_weight_decay)
+    losses: list[float] = []
+    started = time.perf_counter()
+    bar = tqdm(range(config.pretrain_steps), desc=f"pretrain ({config.pretrain_objective})", disable=not progress)
+    model.train()
+    for _ in bar:
+        source = sources[int(torch.randint(len(sources), (), generator=generator))]
+        count = source.windows.num_windows("train")
+        index = torch.randperm(count, generator=generator)[:config.pretrain_batch_size].numpy()
+        loss = step_loss(model, window_batch(source, index), source, config.pretrain_mask_ratio, generator)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+        bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
+    log = {"objective": config.pretrain_objective, "datasets": [s.name for s in sources], "losses": losses,
+           "seconds": round(time.perf_counter() - started, 2)}
+    return model.eval(), encoder_config, log
+
+
+def save_encoder(model: PretrainModel, encoder_config: STEncoderConfig, log: dict, output: str | Path,
+                 recipe: dict, overwrite: bool = False) -> Path:
+    """Write the pretrained folder (module docstring) through ``staged_output``: it appears only once complete,
+    and a non-empty ``output`` is refused unless ``overwrite``."""
+    from st_instruct.outputs import staged_output
+
+    output = Path(output)
+    with staged_output(output, overwrite=overwrite, flag="--overwrite") as staging:
+        save_file(model.encoder.state_dict(), str(staging / ENCODER_FILE), metadata={"format": "pt"})
+        save_file(model.head.state_dict(), str(staging / HEAD_FILE[model.objective]), metadata={"format": "pt"})
+        encoder_config.save(staging)
+        (staging / RECIPE_FILE).write_text(yaml.safe_dump(recipe, sort_keys=False))
+        (staging / LOG_FILE).write_text(json.dumps(log, indent=2) + "\n")
+    return output
+
+
+def pretrain(data_config: DataConfig, model_config: ModelConfig, config: PretrainConfig, overwrite: bool = False,
+             progress: bool = True) -> Path:
+    """Pretrain the recipe's encoder and save its folder at ``pretrain_output_dir``; returns that path. Nothing is
+    overwritten unasked (``overwrite``), checked before any work."""
+    from st_instruct.outputs import check_writable
+
+    output = Path(config.pretrain_output_dir)
+    check_writable(output, overwrite, "--overwrite")
+    model, encoder_config, log = train_encoder(data_config, model_config, config, progress)
+    save_encoder(model, encoder_config, log, output, recipe_dict(data_config, model_config, config), overwrite)
+    losses = log["losses"]
+    print(f"pretrained the {encoder_config.kind} encoder ({config.pretrain_objective}, {len(losses)} steps, loss "
+          f"{losses[0]:.4f} -> {losses[-1]:.4f}) on {', '.join(log['datasets'])}; saved to {output}")
+    return output
+
+
+def get_pretrained_encoder(directory: str | Path, expected: STEncoderConfig) -> nn.Module:
+    """The encoder saved in ``directory`` by :func:`pretrain`, built by ``build_st_encoder`` and loaded; a
+    :class:`RecipeError` (one line naming ``st_encoder_init``) for a missing or non-encoder folder or one whose
+    encoder does not fit ``expected`` (the recipe's), naming every differing value on both sides."""
+    key = "st_encoder_init"
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise RecipeError(f"{key}: {directory} is not a folder; name the output folder of `st-instruct pretrain`")
+    try:
+        saved = STEncoderConfig.load(directory)
+    except ValueError as err:
+        raise RecipeError(f"{key}: {err}") from None
+    differ = [f"{RECIPE_KEY_OF.get(f.name, f.name)}: {getattr(saved, f.name)!r} in the folder, "
+              f"{getattr(expected, f.name)!r} in the recipe" for f in fields(STEncoderConfig)
+              if getattr(saved, f.name) != getattr(expected, f.name)]
+    if differ:
+        raise RecipeError(f"{key}: the encoder in {directory} does not fit this recipe ({'; '.join(differ)}); "
+                          f"pretrain one with the recipe's settings or set them to the folder's")
+    from safetensors import SafetensorError
+
+    path = directory / ENCODER_FILE
+    encoder = build_st_encoder(saved)
+    try:
+        encoder.load_state_dict(load_file(str(path)), strict=True)
+    except (OSError, RuntimeError, ValueError, SafetensorError) as err:  # missing, corrupt, another version
+        raise RecipeError(f"{key}: {path} cannot be loaded into the {saved.kind} encoder of "
+                          f"{directory / ENCODER_CONFIG_FILE} ({str(err).splitlines()[0]}); pretrain again") from None
+    return encoder
