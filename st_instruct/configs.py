@@ -143,6 +143,13 @@ class ModelConfig:
     st_projector_layers: int = field(default=1, metadata={
         "help": "ST -> text projector: 1 = linear (UrbanGPT), 2 = MLP"})
     head_dim: int = field(default=128, metadata={"help": "width of the regression head's W1 / W2"})
+    head_skip: bool = field(default=False, metadata={
+        "help": "gated skip path: the head also reads the ST encoder's per-node features through a linear map, "
+                "scaled by a learned gate that starts at 0 (so training starts from the plain head's forecast)"})
+    st_learning_rate: float | None = field(default=None, metadata={
+        "help": "learning rate of the ST modules trained from scratch (encoder, projector, head, RevIN, node table, "
+                "SE rotation, MRFFN memories); the adapters / backbone keep learning_rate. null = learning_rate for "
+                "all. Both follow the same schedule"})
     loss_reg_weight: float = field(default=1.0, metadata={"help": "lambda_reg: weight of the masked MAE"})
     loss_lm_weight: float = field(default=0.1, metadata={
         "help": "lambda_lm: weight of the LM loss on the answer text (0 skips the LM head)"})
@@ -200,6 +207,9 @@ class ModelConfig:
             raise RecipeError(f"st_projector_layers must be 1 (linear) or 2 (MLP), found {self.st_projector_layers}")
         if not 0 <= self.lora_dropout < 1:
             raise RecipeError(f"lora_dropout must be in [0, 1), found {self.lora_dropout}")
+        if self.st_learning_rate is not None and not self.st_learning_rate > 0:
+            raise RecipeError(f"st_learning_rate must be > 0 (or null for learning_rate), found "
+                              f"{self.st_learning_rate}")
         if self.pfa_last_layers < 0:
             raise RecipeError(f"pfa_last_layers must be >= 0, found {self.pfa_last_layers}")
         if self.model_max_length is not None and self.model_max_length < 1:

@@ -19,6 +19,12 @@ Series Forecasting?"): the same encoder, projector (to ``STForecasterConfig.hidd
 width) and head, the head reading each node's projected features as both ``H_his`` and ``H_pre``; the prompt's
 tokens are not read. The random-LLM control is a backbone built with random weights
 (:func:`~st_instruct.models.backbones.get_backbone`'s ``random_init_seed``), not a different model.
+
+``head_skip`` adds the head's gated skip path (:class:`RegressionHead`, closed at initialisation): it reads the ST
+encoder's per-node output ``[B, N, 4 * encoder_dim]``, before the projector, because the projector's job is to map
+into the backbone's embedding space and the encoder's own features are the narrower, backbone-independent ones.
+The no-LLM control keeps it too: the control is the forecaster with the backbone removed, so it must have the same
+head (there the head's main path reads the projected features, and the skip adds a linear path from the encoder's).
 """
 
 from __future__ import annotations
@@ -76,7 +82,8 @@ class STForecasterConfig:
     ``mrffn_slots`` / ``mrffn_key_dim`` / ``mrffn_top_k`` (:mod:`st_instruct.models.mrffn`).
 
     ``hidden_size``: the width the projector maps to and the head reads when there is no backbone (the no-LLM
-    control: the removed backbone's hidden size); ``None`` with a backbone, whose own width is used.
+    control: the removed backbone's hidden size); ``None`` with a backbone, whose own width is used. ``head_skip``: the
+    head's gated skip path from the encoder's per-node features (starts closed).
     """
 
     history: int
@@ -103,6 +110,7 @@ class STForecasterConfig:
     mrffn_key_dim: int = 64
     mrffn_top_k: int | None = 4
     hidden_size: int | None = None
+    head_skip: bool = False
 
     def __post_init__(self) -> None:
         if self.encoder not in ENCODERS:
@@ -198,7 +206,8 @@ class STForecaster(nn.Module):
             device = input_embeddings(backbone).weight.device
         self.st_encoder = encoder if encoder is not None else build_st_encoder(config.encoder_config())
         self.st_projector = STProjector(self.st_encoder.out_dim, width, config.projector_layers)
-        self.regression_head = RegressionHead(width, config.horizon, config.channels, config.head_dim)
+        self.regression_head = RegressionHead(width, config.horizon, config.channels, config.head_dim,
+                                              skip_dim=self.st_encoder.out_dim if config.head_skip else None)
         self.st_revin = RevIN(config.channels) if config.revin else None
         self.st_node_table = None
         if config.node_table_size:
@@ -337,9 +346,11 @@ class STForecaster(nn.Module):
         if self.st_revin is not None:
             history, stats = self.st_revin.normalise(history, history_mask)
         nodes = self.st_encoder(history, history_mask, history_tod, history_dow, coords, node_mask, steps_per_day)
+        skip = nodes if self.st_config.head_skip else None
         if self.backbone is None:  # the no-LLM control: the head reads each node's projected features directly
             features = self.st_projector(nodes)
-            predictions = self.regression_head(features, features) * node_mask[:, None, :, None].to(features.dtype)
+            predictions = self.regression_head(features, features, skip) * node_mask[:, None, :, None].to(
+                features.dtype)
             if stats is not None:
                 predictions = self.st_revin.denormalise(predictions, stats)
             return STForecasterOutput(predictions=predictions)
@@ -349,7 +360,7 @@ class STForecaster(nn.Module):
                                 output_hidden_states=True, use_cache=False, logits_to_keep=logits_to_keep)
         # hidden_states[-1] is after the final norm: what the LM head reads
         predictions = self.regression_head.from_hidden_states(out.hidden_states[-1], his_positions, pre_positions,
-                                                              node_mask)
+                                                              node_mask, skip)
         if stats is not None:
             predictions = self.st_revin.denormalise(predictions, stats)
         return STForecasterOutput(loss=out.loss, logits=out.logits, predictions=predictions,

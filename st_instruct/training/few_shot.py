@@ -90,7 +90,8 @@ def few_shot_finetune(model_dir: str | Path, dataset: str, fraction: float, outp
         "--save_strategy", "no", "--eval_strategy", "no", "--seed", str(seed)])
     trainer = STSFTTrainer(model, sft_config, train, tokenizer, backbone_source(model_config),
                            loss_reg_weight=model_config.loss_reg_weight, loss_lm_weight=model_config.loss_lm_weight,
-                           broadcast_channels=trained_channels if broadcast_channels else None)
+                           broadcast_channels=trained_channels if broadcast_channels else None,
+                           st_learning_rate=model_config.st_learning_rate)
     trainer.train()
     trainer.save_model(str(output_dir))
     trainer.save_state()

@@ -80,7 +80,7 @@ def build_forecaster(data_config: DataConfig, model_config: ModelConfig, seed: i
         se_learned_scale=model_config.se_learned_scale, se_init_scale=model_config.se_init_scale,
         mrffn_layers=list(model_config.mrffn_layers) if model_config.mrffn else None,
         mrffn_slots=model_config.mrffn_slots, mrffn_key_dim=model_config.mrffn_key_dim,
-        mrffn_top_k=model_config.mrffn_top_k, hidden_size=width)
+        mrffn_top_k=model_config.mrffn_top_k, hidden_size=width, head_skip=model_config.head_skip)
     encoder = None
     if model_config.st_encoder_init:
         from st_instruct.pretraining.run import get_pretrained_encoder
@@ -338,7 +338,8 @@ def train(data_config: DataConfig, model_config: ModelConfig, sft_config: Any,
         trainer = STSFTTrainer(model, sft_config, dataset["train"], tokenizer,
                                backbone_source(model_config, sft_config.seed),
                                loss_reg_weight=model_config.loss_reg_weight, loss_lm_weight=lm_weight,
-                               eval_dataset=dataset["validation"] if evaluate else None)
+                               eval_dataset=dataset["validation"] if evaluate else None,
+                               st_learning_rate=model_config.st_learning_rate)
         trainer.train(resume_from_checkpoint=resume)
         sft_config.output_dir = str(output)  # what recipe.yaml records
         if not main:

@@ -9,6 +9,9 @@ count, :func:`regression_mask`) and computed in scaled units. Both come out of O
   a few tokens out of hundreds; on a 49k vocabulary the full logits would cost more than the backbone's layers). It
   equals the backbone's own ``labels=`` loss (a test checks it).
 
+``st_learning_rate`` gives the ST modules trained from scratch (:meth:`STForecaster.st_modules`) a learning rate of
+their own beside the adapters' / backbone's ``learning_rate`` (the stock optimizer's groups, each split in two).
+
 Everything else is the stock trainer: the optimizer, schedules, gradient accumulation, TensorBoard and progress
 bars, ``accelerate`` / DeepSpeed. The dataset arrives tokenised by :func:`st_instruct.data.builder.build_dataset`, so
 TRL's own preparation is switched off and :class:`STDataCollator` batches it. Checkpoints are saved by
@@ -73,6 +76,9 @@ class STSFTTrainer(SFTTrainer):
         backbone_source: how the base backbone is rebuilt when loading a checkpoint (written to it).
         loss_reg_weight / loss_lm_weight: λ_reg and λ_lm (λ_lm must be 0 for a forecaster without a backbone).
         broadcast_channels: train a ``C``-channel model on one-channel data (``STDataCollator``'s option).
+        st_learning_rate: learning rate of the ST modules' parameters (:meth:`STForecaster.st_modules`: encoder,
+            projector, head with its skip path, RevIN, node table, SE rotation, MRFFN memories); the others (adapters
+            or backbone) keep ``args.learning_rate``. ``None``: ``args.learning_rate`` for all.
 
     Logs ``loss_reg`` and ``loss_lm`` (unweighted, averaged over the logging interval) beside ``loss``.
     """
@@ -83,7 +89,7 @@ class STSFTTrainer(SFTTrainer):
     def __init__(self, model: STForecaster, args: SFTConfig, train_dataset: Any, processing_class: Any,
                  backbone_source: BackboneSource, loss_reg_weight: float = 1.0, loss_lm_weight: float = 0.1,
                  eval_dataset: Any = None, callbacks: list | None = None,
-                 broadcast_channels: int | None = None) -> None:
+                 broadcast_channels: int | None = None, st_learning_rate: float | None = None) -> None:
         if args.packing or args.padding_free:
             raise ValueError("packing / padding_free concatenate samples, but each ST sample carries its own arrays "
                              "and token positions; set packing: false and padding_free: false")
@@ -97,6 +103,9 @@ class STSFTTrainer(SFTTrainer):
         self.backbone_source = backbone_source
         self.loss_reg_weight = float(loss_reg_weight)
         self.loss_lm_weight = float(loss_lm_weight)
+        if st_learning_rate is not None and not st_learning_rate > 0:
+            raise ValueError(f"st_learning_rate must be > 0 (or None for learning_rate), found {st_learning_rate}")
+        self.st_learning_rate = st_learning_rate
         collator = STDataCollator(processing_class, broadcast_channels=broadcast_channels)
         super().__init__(model=model, args=args, data_collator=collator,
                          train_dataset=train_dataset, eval_dataset=eval_dataset, processing_class=processing_class,
@@ -104,6 +113,26 @@ class STSFTTrainer(SFTTrainer):
         # SFTTrainer patches a fused LM head onto the model's forward; it only acts on `fused_lm_head=True`, which
         # this trainer never passes, so drop it and keep the forecaster's forward as written.
         vars(self.model).pop("forward", None)
+
+    def create_optimizer(self, model: torch.nn.Module | None = None) -> torch.optim.Optimizer:
+        """The stock optimizer (its weight-decay groups, optimizer class and arguments); with ``st_learning_rate``
+        each of its groups split into the non-ST parameters (``learning_rate``) and the ST modules' parameters
+        (``st_learning_rate``). Done before any step, so there is no optimizer state to move; the scheduler, built
+        afterwards, scales every group's own rate by the same factor. The split is deterministic, so a checkpoint's
+        optimizer state loads back into the same groups on resume."""
+        fresh = self.optimizer is None
+        optimizer = super().create_optimizer(model)
+        if self.st_learning_rate is None or not fresh:
+            return optimizer
+        opt_model = self.model if model is None else model
+        st = {id(p) for module in opt_model.st_modules().values() for p in module.parameters()}
+        groups = []
+        for group in optimizer.param_groups:
+            groups.append({**group, "params": [p for p in group["params"] if id(p) not in st]})
+            groups.append({**group, "params": [p for p in group["params"] if id(p) in st],
+                           "lr": self.st_learning_rate})
+        optimizer.param_groups = groups
+        return optimizer
 
     def compute_loss(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> torch.Tensor | tuple[torch.Tensor, Any]:

@@ -204,3 +204,44 @@ def test_real_smollm2_forecaster(built, tmp_path):
     assert out.predictions.shape == (1, 12, 1, 2) and torch.isfinite(out.predictions).all()
     assert torch.isfinite(out.loss)  # high: two of thirty layers feed the LM head
     assert model.predict(batch).shape == (1, 12, 1, 2)
+
+
+def no_llm_forecaster(tokenizer, seed=0, **config):
+    """The no-LLM control of ``build_tiny_forecaster``'s forecaster: the same ST sizes, the backbone's width 64."""
+    from st_instruct.data.st_tokens import st_token_ids
+    from st_instruct.models.forecaster import STForecaster
+
+    ids = st_token_ids(tokenizer)
+    torch.manual_seed(seed + 1)
+    return STForecaster(None, STForecasterConfig(history=12, horizon=12, channels=2, coord_dim=8, his_token_id=ids.his,
+                                                 pre_token_id=ids.pre, encoder_dim=16, head_dim=32, hidden_size=64,
+                                                 **config))
+
+
+@pytest.mark.parametrize("control", [False, True])
+def test_head_skip_path_starts_closed_and_round_trips(control, st_tok, built, collate, tmp_path):
+    """With the same seed, a forecaster with the skip path has the same weights as one without (the skip's are
+    drawn last) and, its gate closed, forecasts exactly the same; opened, it saves and loads back exactly."""
+    build = (lambda seed=0, **c: no_llm_forecaster(st_tok, seed, **c)) if control else (
+        lambda seed=0, **c: build_tiny_forecaster(st_tok, seed=seed, **c))
+    plain, gated = build().eval(), build(head_skip=True).eval()
+    skip_keys = {"regression_head.skip.weight", "regression_head.skip.bias", "regression_head.gate"}
+    assert set(gated.state_dict()) - set(plain.state_dict()) == skip_keys
+    assert all(torch.equal(value, gated.state_dict()[key]) for key, value in plain.state_dict().items())
+    batch = collate(rows(built["graph12"], 2))
+    assert gated.regression_head.gate.item() == 0
+    assert torch.equal(gated.predict(batch), plain.predict(batch))
+    with torch.no_grad():
+        gated.regression_head.gate.fill_(0.5)
+    opened = gated.predict(batch)
+    assert not torch.allclose(opened, plain.predict(batch))
+    assert (opened[:, :, :12] != 0).all() and batch["node_mask"].all()
+    save_st_modules(gated, tmp_path)
+    assert STForecasterConfig.load(tmp_path).head_skip
+    fresh = build(seed=7, head_skip=True).eval()
+    if not control:
+        fresh.backbone.load_state_dict(gated.backbone.state_dict())
+    assert not torch.equal(fresh.predict(batch), opened)
+    assert torch.equal(load_st_modules(fresh, tmp_path).predict(batch), opened)
+    with pytest.raises(ValueError, match="head_skip: saved True, model False"):
+        load_st_modules(build(), tmp_path)

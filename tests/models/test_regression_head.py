@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from st_instruct.models.regression_head import RegressionHead, gather_positions
@@ -46,3 +47,29 @@ def test_formula():
     expected = head.out(torch.cat([act(head.his(h_his)), act(head.pre(h_pre))])).reshape(P, C)
     torch.testing.assert_close(head.from_hidden_states(hidden, his, pre, node_mask)[0, :, 1], expected)
     assert torch.equal(gather_positions(hidden, his)[1, 0], hidden[1, 3])
+
+
+def test_skip_path_closed_equals_the_plain_head_and_both_parts_get_gradients():
+    head, hidden, his, pre, node_mask = setup()
+    torch.manual_seed(0)
+    gated = RegressionHead(H, P, C, dim=8, skip_dim=5)  # same seed: W1..W3 are drawn first, so they are the same
+    assert all(torch.equal(value, gated.state_dict()[key]) for key, value in head.state_dict().items())
+    skip = torch.randn(B, 3, 5)
+    assert gated.gate.item() == 0
+    closed = gated.from_hidden_states(hidden, his, pre, node_mask, skip)
+    assert torch.equal(closed, head.from_hidden_states(hidden, his, pre, node_mask))
+    closed.square().sum().backward()
+    assert gated.gate.grad.abs() > 0 and (gated.skip.weight.grad == 0).all()  # closed: only the gate learns at first
+    with torch.no_grad():
+        gated.gate.fill_(0.5)
+    gated.zero_grad()
+    opened = gated.from_hidden_states(hidden, his, pre, node_mask, skip)
+    expected = head.from_hidden_states(hidden, his, pre, node_mask) + 0.5 * (
+        gated.skip(skip).reshape(B, 3, P, C).transpose(1, 2) * node_mask[:, None, :, None])
+    torch.testing.assert_close(opened, expected)
+    opened.square().sum().backward()
+    assert gated.gate.grad.abs() > 0 and gated.skip.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="skip_features must be given exactly when"):
+        gated.from_hidden_states(hidden, his, pre, node_mask)
+    with pytest.raises(ValueError, match="skip_features must be given exactly when"):
+        head.from_hidden_states(hidden, his, pre, node_mask, skip)

@@ -42,7 +42,8 @@ def make_trainer(flags, output, *more, callbacks=None):
     data_config, model_config, args = recipe(flags, output, *more)
     model, tokenizer, dataset, _ = build_forecaster(data_config, model_config, args.seed)
     trainer = STSFTTrainer(model, args, dataset["train"], tokenizer, backbone_source(model_config),
-                           model_config.loss_reg_weight, model_config.loss_lm_weight, callbacks=callbacks)
+                           model_config.loss_reg_weight, model_config.loss_lm_weight, callbacks=callbacks,
+                           st_learning_rate=model_config.st_learning_rate)
     return trainer, dataset
 
 
@@ -107,10 +108,10 @@ class StopAt(TrainerCallback):
         return control
 
 
-@pytest.mark.parametrize("plan", ["lora", "full"])
-def test_resume_from_a_checkpoint_reaches_the_uninterrupted_weights(plan, flags, tmp_path):
+@pytest.mark.parametrize("plan, more", [("lora", ()), ("full", ()), ("lora", ("--st_learning_rate", "0.01"))])
+def test_resume_from_a_checkpoint_reaches_the_uninterrupted_weights(plan, more, flags, tmp_path):
     common = ("--freeze_plan", plan, "--max_steps", "4", "--save_steps", "2", "--lr_scheduler_type", "linear",
-              "--lora_dropout", "0.1")
+              "--lora_dropout", "0.1", *more)
     whole, _ = make_trainer(flags, tmp_path / "whole", *common)
     whole.train()
     interrupted, _ = make_trainer(flags, tmp_path / "cut", *common, callbacks=[StopAt(2)])
@@ -130,6 +131,63 @@ def test_resume_from_a_checkpoint_reaches_the_uninterrupted_weights(plan, flags,
         torch.testing.assert_close(got[name], value, atol=1e-6, rtol=0, msg=name)
     changed = [n for n, p in interrupted.model.named_parameters() if p.requires_grad and not torch.equal(p, got[n])]
     assert changed  # steps 3 and 4 did move the weights
+
+
+class GradientsSeen(TrainerCallback):
+    """Records, before each optimizer step, which of the head's skip-path parameters have a non-zero gradient."""
+
+    def __init__(self, head):
+        self.head, self.seen = head, []
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        grads = [self.head.gate.grad, self.head.skip.weight.grad]
+        self.seen.append([g is not None and bool(g.abs().sum() > 0) for g in grads])
+
+
+@pytest.mark.parametrize("control", ["none", "no_llm"])
+def test_head_skip_gate_opens_through_the_trainer(control, flags, tmp_path):
+    more = ("--control", "no_llm", "--loss_lm_weight", "0") if control == "no_llm" else ()
+    trainer, _ = make_trainer(flags, tmp_path, "--head_skip", "true", "--max_steps", "4", "--learning_rate", "0.01",
+                              "--save_strategy", "no", "--weight_decay", "0", *more)
+    head = trainer.model.regression_head
+    seen = GradientsSeen(head)
+    trainer.add_callback(seen)
+    assert head.gate.item() == 0 and head.gate.requires_grad and head.skip.weight.requires_grad
+    skip_before = head.skip.weight.detach().clone()
+    trainer.train()
+    assert head.gate.item() != 0 and not torch.equal(head.skip.weight, skip_before)
+    # closed at the first step, only the gate gets a gradient; once it is open, the skip's weights get theirs
+    assert seen.seen[0] == [True, False] and all(step == [True, True] for step in seen.seen[1:]), seen.seen
+
+
+@pytest.mark.parametrize("plan, control", [("lora", "none"), ("full", "none"), ("frozen", "none"),
+                                           ("lora", "no_llm")])
+def test_st_learning_rate_splits_the_optimizer_groups(plan, control, flags, tmp_path):
+    more = ("--control", "no_llm", "--loss_lm_weight", "0") if control == "no_llm" else ()
+    common = ("--freeze_plan", plan, "--learning_rate", "0.001", "--weight_decay", "0.1", "--head_skip", "true",
+              "--revin", "true", *more)
+    trainer, _ = make_trainer(flags, tmp_path / "split", *common, "--st_learning_rate", "0.02")
+    model = trainer.model
+    optimizer = trainer.create_optimizer()
+    trainable = {id(p): n for n, p in model.named_parameters() if p.requires_grad}
+    st = {id(p) for module in model.st_modules().values() for p in module.parameters()}
+    assert not {n for i, n in trainable.items() if i not in st and not n.startswith("backbone.")}  # nothing else
+    decay = set(trainer.get_decay_parameter_names(model))
+    placed = [(id(p), group) for group in optimizer.param_groups for p in group["params"]]
+    assert sorted(i for i, _ in placed) == sorted(trainable)  # every trainable parameter exactly once
+    for i, group in placed:
+        assert group["lr"] == (0.02 if i in st else 0.001), trainable[i]
+        assert group["weight_decay"] == (0.1 if trainable[i] in decay else 0.0), trainable[i]
+    assert any(i in st for i, _ in placed) and (control == "no_llm" or plan == "frozen"
+                                                or any(i not in st for i, _ in placed))
+    trainer.create_scheduler(num_training_steps=10, optimizer=optimizer)  # the schedule scales both rates alike
+    optimizer.step()  # no gradients yet: moves nothing, keeps the scheduler's order check quiet
+    trainer.lr_scheduler.step()
+    rates = {group["lr"] / group["initial_lr"] for group in optimizer.param_groups}
+    assert len(rates) == 1
+    one, _ = make_trainer(flags, tmp_path / "one", *common)  # None: today's single rate
+    assert {group["lr"] for group in one.create_optimizer().param_groups} == {0.001}
+    assert len(one.optimizer.param_groups) == 2
 
 
 def test_cli_train_writes_a_complete_model_directory(flags, tmp_path, capsys):
