@@ -447,7 +447,7 @@ def _check_recipe_template(path: str, config: dict[str, Any]) -> None:
 def _check_flags(args: list[str], known: list[str]) -> None:
     """Every ``--key`` flag names a recipe key (``--no_<key>`` negates a boolean); close names suggested."""
     for arg in args:
-        if not arg.startswith("--") or arg == "--config":
+        if not arg.startswith("--") or arg in ("--config", "--help"):  # --help: argparse prints every key
             continue
         name = arg[2:].split("=")[0].replace("-", "_")
         if name in known or (name.startswith("no_") and name[3:] in known):

@@ -194,3 +194,12 @@ def test_recipe_template_path_only_from_a_flag(tmp_path):
     assert data.template == str(custom)
     shipped, _ = parse_recipe((DataConfig, ModelConfig), [str(path), "--template", "forecast_node@1"])
     assert shipped.template == "forecast_node@1"
+
+
+def test_help_flag_prints_every_key_instead_of_being_refused(capsys):
+    """``scripts/sft.py --help`` (no CLI verb in front): argparse's help with every recipe key, exit 0."""
+    with pytest.raises(SystemExit) as exit_info:
+        parse_recipe(train_dataclasses(), ["--help"])
+    assert exit_info.value.code == 0
+    printed = capsys.readouterr().out
+    assert "--dataset_freq" in printed and "--learning_rate" in printed
