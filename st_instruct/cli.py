@@ -120,17 +120,37 @@ def _cmd_baselines(args: argparse.Namespace) -> None:
     _run_baselines(args.dataset, args)
 
 
+def _split_pretrain_flags(overrides: list[str]) -> tuple[list[str], list[str]]:
+    """Demo flags -> (those of the pretraining recipe: ``--pretrain_*`` with their values, the rest)."""
+    pretrain, rest, i = [], [], 0
+    while i < len(overrides):
+        flag = overrides[i]
+        takes_value = "=" not in flag and i + 1 < len(overrides) and not overrides[i + 1].startswith("--")
+        group = overrides[i:i + 2] if takes_value else overrides[i:i + 1]
+        (pretrain if flag.startswith("--pretrain_") else rest).extend(group)
+        i += len(group)
+    return pretrain, rest
+
+
 def _cmd_demo(args: argparse.Namespace) -> None:
     import st_instruct
+    from st_instruct.configs import parse_recipe, train_dataclasses
 
-    recipe = Path(st_instruct.__file__).resolve().parent.parent / "recipes" / "demo_sft.yaml"
-    print(f"st-instruct demo: train the LLM forecaster of {recipe.name} on the embedded synthetic city (SmolLM2 on "
-          "the CPU, a few minutes) and its no-LLM control (the same ST encoder and head, the backbone removed, the "
-          "same budget), then evaluate both beside every baseline on the same test windows.", flush=True)
+    recipes = Path(st_instruct.__file__).resolve().parent.parent / "recipes"
+    print("st-instruct demo: pretrain the ST encoder of the embedded synthetic city (demo_pretrain.yaml: STID's "
+          "fusion blocks, forecast objective, no LLM, ~20 s), train the LLM forecaster of demo_sft.yaml from it "
+          "(SmolLM2 on the CPU, a few minutes) and its no-LLM control (the same encoder and head, the backbone "
+          "removed, the same budget), then evaluate both beside every baseline on the same test windows.", flush=True)
     started = time.perf_counter()
-    args.recipe = str(recipe)
+    pretrain_flags, recipe_flags = _split_pretrain_flags(args.overrides)
+    output_dir = parse_recipe(train_dataclasses(), [str(recipes / "demo_sft.yaml"), *recipe_flags])[2].output_dir
+    args.recipe, args.overrides = str(recipes / "demo_pretrain.yaml"), [
+        *pretrain_flags, "--pretrain_output_dir", f"{output_dir}-pretrain"]
+    encoder = _cmd_pretrain(args)
+    args.recipe = str(recipes / "demo_sft.yaml")
+    recipe_flags = [*recipe_flags, "--st_encoder_init", str(encoder)]
+    args.overrides = recipe_flags
     args.model, args.dataset = _cmd_train(args), "synthetic"
-    recipe_flags = args.overrides
     args.overrides = [*recipe_flags, "--control", "no_llm", "--output_dir", f"{args.model}-no-llm"]
     args.controls = [str(_cmd_train(args))]
     args.overrides = recipe_flags
@@ -340,9 +360,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dataset_spec_args(baselines)
     baselines.set_defaults(func=_cmd_baselines)
     demo = verbs.add_parser("demo", help="the main job: train the forecaster on the synthetic city, then evaluate",
-                            description="Trains recipes/demo_sft.yaml (any recipe key can be overridden as a flag, "
-                            "e.g. --max_steps 20) into its output_dir and its no-LLM control (control: no_llm) into "
-                            "OUTPUT_DIR-no-llm, then evaluates both beside the baselines on the synthetic test split.")
+                            description="Pretrains recipes/demo_pretrain.yaml into OUTPUT_DIR-pretrain, trains "
+                            "recipes/demo_sft.yaml from it into its output_dir (any recipe key can be overridden as a "
+                            "flag, e.g. --max_steps 20; --pretrain_* keys go to the pretraining recipe) and its "
+                            "no-LLM control (control: no_llm) into OUTPUT_DIR-no-llm, then evaluates both beside the "
+                            "baselines on the synthetic test split.")
     demo.add_argument("--max-windows", type=int, default=None, help="at most this many test windows (default all)")
     demo.add_argument("--batch-size", type=int, default=16, help="samples per forward pass (default 16)")
     demo.add_argument("--output", default=None, help="folder for the evaluation (default <output_dir>/eval-synthetic)")

@@ -25,6 +25,7 @@ MRFFN_INITS = ("kmeans", "random")
 FREEZE_PLAN_NAMES = ("frozen", "lora", "pfa", "full", "qlora")
 ST_ENCODER_NAMES = ("patch", "tcn")
 CONTROLS = ("none", "no_llm", "random_llm")
+HEAD_SKIP_INITS = ("closed", "readout")
 
 
 class RecipeError(ValueError):
@@ -140,12 +141,19 @@ class ModelConfig:
         "help": "ST encoder: patch (ST-LLM linear patch embedding) | tcn (UrbanGPT gated dilated convolutions)"})
     st_encoder_dim: int = field(default=64, metadata={
         "help": "width of each of the encoder's four parts (its output is 4x this)"})
+    st_encoder_mlp_layers: int = field(default=0, metadata={
+        "help": "STID fusion: residual MLP blocks over the encoder's concatenated [history, time of day, day of week, "
+                "space] features (0 = none; with a linear readout the encoder is then STID)"})
     st_projector_layers: int = field(default=1, metadata={
         "help": "ST -> text projector: 1 = linear (UrbanGPT), 2 = MLP"})
     head_dim: int = field(default=128, metadata={"help": "width of the regression head's W1 / W2"})
     head_skip: bool = field(default=False, metadata={
         "help": "gated skip path: the head also reads the ST encoder's per-node features through a linear map, "
                 "scaled by a learned gate that starts at 0 (so training starts from the plain head's forecast)"})
+    head_skip_init: str = field(default="closed", metadata={
+        "help": "closed: the skip path starts shut (gate 0) | readout: it starts as the forecast readout pretrained "
+                "with the encoder of st_encoder_init (gate 1) and the head's LLM path at zero, so training starts "
+                "from the pretrained encoder's forecast and the LLM path learns what it adds"})
     st_learning_rate: float | None = field(default=None, metadata={
         "help": "learning rate of the ST modules trained from scratch (encoder, projector, head, RevIN, node table, "
                 "SE rotation, MRFFN memories); the adapters / backbone keep learning_rate. null = learning_rate for "
@@ -203,6 +211,8 @@ class ModelConfig:
                     "lora_alpha"):
             if getattr(self, key) < 1:
                 raise RecipeError(f"{key} must be >= 1, found {getattr(self, key)}")
+        if self.st_encoder_mlp_layers < 0:
+            raise RecipeError(f"st_encoder_mlp_layers must be >= 0, found {self.st_encoder_mlp_layers}")
         if self.st_projector_layers not in (1, 2):
             raise RecipeError(f"st_projector_layers must be 1 (linear) or 2 (MLP), found {self.st_projector_layers}")
         if not 0 <= self.lora_dropout < 1:
@@ -222,11 +232,19 @@ class ModelConfig:
             raise RecipeError("st_encoder_freeze: true freezes a pretrained encoder, but st_encoder_init names none; "
                               "set st_encoder_init: DIR (a folder of `st-instruct pretrain`) or drop "
                               "st_encoder_freeze")
+        if self.head_skip_init not in HEAD_SKIP_INITS:
+            raise RecipeError(f"head_skip_init must be one of {HEAD_SKIP_INITS}, found {self.head_skip_init!r}")
+        if self.head_skip_init == "readout" and not (self.head_skip and self.st_encoder_init):
+            raise RecipeError("head_skip_init: readout starts the head's skip path from the forecast readout "
+                              "pretrained with the encoder, and needs head_skip: true and st_encoder_init: DIR (a "
+                              f"folder of `st-instruct pretrain` with pretrain_objective: forecast); found head_skip "
+                              f"{self.head_skip}, st_encoder_init {self.st_encoder_init!r}")
         if self.freeze_plan == "qlora" and not self.model_load_in_4bit:
             self.model_load_in_4bit = True  # QLoRA is LoRA on a 4-bit backbone by definition
 
 
 PRETRAIN_OBJECTIVES = ("forecast", "mae")
+PRETRAIN_LR_SCHEDULERS = ("cosine", "constant")
 # mirrored from st_instruct.data.masks.MASK_FAMILIES (a test checks they agree) plus draw_mask's "mix"
 MASK_FAMILY_NAMES = ("random", "tube", "block", "temporal", "channel_temporal", "channel_spatial", "agnostic", "mix")
 
@@ -254,6 +272,8 @@ class PretrainConfig:
     pretrain_batch_size: int = field(default=16, metadata={"help": "windows per step (of one dataset)"})
     pretrain_learning_rate: float = field(default=1e-3, metadata={"help": "AdamW learning rate"})
     pretrain_weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    pretrain_lr_scheduler: str = field(default="cosine", metadata={
+        "help": "cosine (decay to 0 over pretrain_steps) | constant"})
     pretrain_output_dir: str = field(default="outputs/pretrain", metadata={
         "help": "folder of the pretrained encoder (refused when not empty unless --overwrite)"})
     pretrain_seed: int = field(default=0, metadata={"help": "seed of the initialisation, batches and masks"})
@@ -270,6 +290,9 @@ class PretrainConfig:
                               f"{self.pretrain_mask_families}")
         if not 0 < self.pretrain_mask_ratio < 1:
             raise RecipeError(f"pretrain_mask_ratio must be in (0, 1), found {self.pretrain_mask_ratio}")
+        if self.pretrain_lr_scheduler not in PRETRAIN_LR_SCHEDULERS:
+            raise RecipeError(f"pretrain_lr_scheduler must be one of {PRETRAIN_LR_SCHEDULERS}, found "
+                              f"{self.pretrain_lr_scheduler!r}")
         for key in ("pretrain_steps", "pretrain_batch_size"):
             if getattr(self, key) < 1:
                 raise RecipeError(f"{key} must be >= 1, found {getattr(self, key)}")

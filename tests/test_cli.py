@@ -99,8 +99,8 @@ def test_demo_trains_the_demo_recipe_then_prints_it_beside_the_baselines(tmp_pat
     """The README's main job, shortened: the demo recipe with a tiny Llama for SmolLM2 and 2 steps instead of 200
     (the full run on the real SmolLM2 takes minutes; it is what the README's first command does)."""
     code = main(["demo", "--model_name_or_path", str(tiny_backbone_dir), "--model_num_layers", "2",
-                 "--max_steps", "2", "--output_dir", str(tmp_path / "model"), "--dataset_cache_dir",
-                 str(tmp_path / "built"), "--report_to", "none",
+                 "--max_steps", "2", "--pretrain_steps", "3", "--output_dir", str(tmp_path / "model"),
+                 "--dataset_cache_dir", str(tmp_path / "built"), "--report_to", "none",
                  "--max-windows", "2", "--models", "historical_average", "last_value", "--quiet"])
     assert code == 0
     printed = capsys.readouterr().out
@@ -113,6 +113,11 @@ def test_demo_trains_the_demo_recipe_then_prints_it_beside_the_baselines(tmp_pat
     assert {"st_forecaster", "st_forecaster_no_llm"} <= set(report["results"])
     control_recipe = (tmp_path / "model-no-llm" / "recipe.yaml").read_text()
     assert "control: no_llm" in control_recipe and "max_steps: 2" in control_recipe
+    # both start from the encoder and readout the demo pretrained first (--pretrain_* flags go to that recipe)
+    pretrained = tmp_path / "model-pretrain"
+    assert len(json.loads((pretrained / "pretrain_log.json").read_text())["losses"]) == 3
+    for folder in ("model", "model-no-llm"):
+        assert f"st_encoder_init: {pretrained}" in (tmp_path / folder / "recipe.yaml").read_text()
 
 
 # ------------------------------------------------------------------------------------------ dataset specification

@@ -20,19 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from st_instruct.data.windows import STWindows
-
-
-class _ResidualMLP(nn.Module):
-    """``h + Linear(Dropout(ReLU(Linear(h))))``, the encoder block of STID."""
-
-    def __init__(self, dim: int, dropout: float) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, dim)
-        self.fc2 = nn.Linear(dim, dim)
-        self.drop = nn.Dropout(dropout)
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return h + self.fc2(self.drop(torch.relu(self.fc1(h))))
+from st_instruct.models.st_encoders import ResidualMLP
 
 
 class STIDModel(nn.Module):
@@ -61,7 +49,7 @@ class STIDModel(nn.Module):
             nn.init.xavier_uniform_(self.tod_emb)
             nn.init.xavier_uniform_(self.dow_emb)
             hidden += tod_dim + dow_dim
-        self.encoder = nn.Sequential(*[_ResidualMLP(hidden, dropout) for _ in range(num_layers)])
+        self.encoder = nn.Sequential(*[ResidualMLP(hidden, dropout) for _ in range(num_layers)])
         self.head = nn.Linear(hidden, horizon * channels)
 
     def forward(self, x: torch.Tensor, tod: torch.Tensor, dow: torch.Tensor) -> torch.Tensor:

@@ -55,6 +55,24 @@ class RegressionHead(nn.Module):
         self.skip = nn.Linear(skip_dim, horizon * channels) if skip_dim is not None else None  # W_s
         self.gate = nn.Parameter(torch.zeros(())) if skip_dim is not None else None  # g, closed
 
+    def start_from_skip(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        """Start the head as the linear forecast ``weight`` [P * C, F], ``bias`` [P * C] of the skip path alone: the
+        skip map set to them, the gate open (1) and ``W3`` zero, so the main path (the LLM's) contributes nothing
+        until training moves it (zero-initialised residual branch). ``head_skip_init: readout`` passes the
+        readout pretrained with the encoder (:mod:`st_instruct.pretraining`)."""
+        if self.skip is None:
+            raise ValueError("start_from_skip needs a head with a skip path (skip_dim set)")
+        if weight.shape != self.skip.weight.shape or bias.shape != self.skip.bias.shape:
+            raise ValueError(f"the skip map is {tuple(self.skip.weight.shape)} (horizon x channels = "
+                             f"{self.horizon} x {self.channels}, features {self.skip.in_features}), found weight "
+                             f"{tuple(weight.shape)}, bias {tuple(bias.shape)}")
+        with torch.no_grad():
+            self.skip.weight.copy_(weight)
+            self.skip.bias.copy_(bias)
+            self.gate.fill_(1.0)
+            self.out.weight.zero_()
+            self.out.bias.zero_()
+
     def forward(self, his_hidden: torch.Tensor, pre_hidden: torch.Tensor,
                 skip_features: torch.Tensor | None = None) -> torch.Tensor:
         """``his_hidden``, ``pre_hidden`` [B, N, H] (one row per node) and, with the skip path, the per-node

@@ -7,6 +7,13 @@ Two encoders, each ending in the same time and space context (:class:`TimeSpaceE
 - :class:`DilatedTCNEncoder` (UrbanGPT: Li et al., "UrbanGPT: Spatio-Temporal Large Language Models", KDD 2024):
   gated dilated temporal convolutions over a node's history.
 
+Either may end in STID's fusion (Shao et al., "Spatial-Temporal Identity", CIKM 2022): ``mlp_layers`` residual
+MLP blocks (:class:`ResidualMLP`) over the concatenated ``[history, time of day, day of week, space]`` vector, so
+that the encoder with a linear readout *is* STID (with coordinates in place of STID's node-id table). Without them
+the encoder is linear in the history plus additive embeddings, and a linear readout of it cannot model how the
+time of day changes a node's dynamics (issue 10: on the synthetic city, 30 epochs of forecast pretraining with 32
+Laplacian coordinates reach a test MAE of 35.4 without the blocks, 21.8 with 2 and 21.4 with 3).
+
 Both are node-count agnostic: nothing is indexed by node id. Where ST-LLM learns one embedding per node, the
 spatial embedding here is a linear map of the node's coordinates (Laplacian eigenvectors, geo or grid position),
 so a model trained on 69 zones runs on 207 sensors. :class:`STProjector` maps encoder outputs to the backbone's
@@ -71,6 +78,34 @@ class TimeSpaceEmbedding(nn.Module):
         return torch.cat([time, space], dim=-1)
 
 
+class ResidualMLP(nn.Module):
+    """``h + Linear(Dropout(ReLU(Linear(h))))``: the encoder block of STID (Shao et al., CIKM 2022), used by the STID
+    baseline and by the encoders' fusion."""
+
+    def __init__(self, dim: int, dropout: float) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, dim)
+        self.fc2 = nn.Linear(dim, dim)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h + self.fc2(self.drop(torch.relu(self.fc1(h))))
+
+
+def fusion_blocks(dim: int, layers: int, dropout: float) -> nn.Sequential:
+    """``layers`` :class:`ResidualMLP` blocks of width ``dim`` (0 layers: an empty ``Sequential``, the identity,
+    with no parameters)."""
+    if layers < 0:
+        raise ValueError(f"mlp_layers must be >= 0, found {layers}")
+    return nn.Sequential(*[ResidualMLP(dim, dropout) for _ in range(layers)])
+
+
+def fuse(fusion: nn.Module, tokens: torch.Tensor, context: torch.Tensor, node_mask: torch.Tensor) -> torch.Tensor:
+    """The encoders' last step: ``[tokens, context]`` [B, N, 4 * dim] through the fusion blocks, zero on padded
+    nodes."""
+    return fusion(torch.cat([tokens, context], dim=-1)) * node_mask[..., None].to(tokens.dtype)
+
+
 def _check_history(history: torch.Tensor, history_mask: torch.Tensor, length: int, channels: int) -> None:
     if history.ndim != 4 or history.shape[1] != length or history.shape[3] != channels:
         raise ValueError(f"history must be [B, L={length}, N, C={channels}] for this ST encoder, found "
@@ -95,12 +130,14 @@ class PatchEmbeddingEncoder(nn.Module):
     a 1x1 convolution to the LLM width; here the fusion is :class:`STProjector`.
     """
 
-    def __init__(self, history: int, channels: int, coord_dim: int, dim: int = 64, steps_per_day: int = 288) -> None:
+    def __init__(self, history: int, channels: int, coord_dim: int, dim: int = 64, steps_per_day: int = 288,
+                 mlp_layers: int = 0, mlp_dropout: float = 0.15) -> None:
         super().__init__()
         self.history, self.channels = history, channels
         self.patch = nn.Linear(history * 2 * channels, dim)
         self.context = TimeSpaceEmbedding(dim, coord_dim, steps_per_day)
         self.out_dim = 4 * dim
+        self.fusion = fusion_blocks(self.out_dim, mlp_layers, mlp_dropout)
 
     def forward(self, history: torch.Tensor, history_mask: torch.Tensor, history_tod: torch.Tensor,
                 history_dow: torch.Tensor, coords: torch.Tensor, node_mask: torch.Tensor,
@@ -110,7 +147,7 @@ class PatchEmbeddingEncoder(nn.Module):
         x = _masked_inputs(history.to(self.patch.weight.dtype), history_mask)  # [B, N, L, 2C]
         tokens = self.patch(x.flatten(2))  # [B, N, dim]
         context = self.context(history_tod, history_dow, coords, history.shape[2], steps_per_day)
-        return torch.cat([tokens, context], dim=-1) * node_mask[..., None].to(tokens.dtype)
+        return fuse(self.fusion, tokens, context, node_mask)
 
 
 class GatedDilatedBlock(nn.Module):
@@ -140,7 +177,7 @@ class DilatedTCNEncoder(nn.Module):
     """
 
     def __init__(self, history: int, channels: int, coord_dim: int, dim: int = 64, steps_per_day: int = 288,
-                 layers: int = 3, kernel_size: int = 2) -> None:
+                 layers: int = 3, kernel_size: int = 2, mlp_layers: int = 0, mlp_dropout: float = 0.15) -> None:
         super().__init__()
         self.history, self.channels = history, channels
         self.lift = nn.Conv1d(2 * channels, dim, 1)
@@ -148,6 +185,7 @@ class DilatedTCNEncoder(nn.Module):
         self.readout = nn.Linear(history * dim, dim)
         self.context = TimeSpaceEmbedding(dim, coord_dim, steps_per_day)
         self.out_dim = 4 * dim
+        self.fusion = fusion_blocks(self.out_dim, mlp_layers, mlp_dropout)
 
     def forward(self, history: torch.Tensor, history_mask: torch.Tensor, history_tod: torch.Tensor,
                 history_dow: torch.Tensor, coords: torch.Tensor, node_mask: torch.Tensor,
@@ -161,7 +199,7 @@ class DilatedTCNEncoder(nn.Module):
             x = block(x)
         tokens = self.readout(x.flatten(1)).reshape(batch, nodes, -1)  # [B, N, dim]
         context = self.context(history_tod, history_dow, coords, nodes, steps_per_day)
-        return torch.cat([tokens, context], dim=-1) * node_mask[..., None].to(tokens.dtype)
+        return fuse(self.fusion, tokens, context, node_mask)
 
 
 class STProjector(nn.Module):
@@ -189,7 +227,8 @@ ENCODER_CONFIG_FILE = "encoder_config.json"
 class STEncoderConfig:
     """What :func:`build_st_encoder` needs: the encoder ``kind`` (a key of :data:`ENCODERS`), the data's ``history``
     ``L``, ``channels`` ``C`` and ``coord_dim`` ``K``, the width ``dim`` of each of its four parts, the rows of the
-    time-of-day table and, for ``tcn``, its depth and kernel. Saved as ``encoder_config.json`` beside a pretrained
+    time-of-day table, for ``tcn`` its depth and kernel, and the STID fusion blocks after the concatenation
+    (``mlp_layers``, 0 = none, with ``mlp_dropout``). Saved as ``encoder_config.json`` beside a pretrained
     encoder (:mod:`st_instruct.pretraining`), so the forecaster that loads it can check it fits its data."""
 
     kind: str
@@ -200,6 +239,8 @@ class STEncoderConfig:
     steps_per_day: int = 288
     tcn_layers: int = 3
     tcn_kernel_size: int = 2
+    mlp_layers: int = 0
+    mlp_dropout: float = 0.15
 
     def __post_init__(self) -> None:
         if self.kind not in ENCODERS:
@@ -225,7 +266,8 @@ class STEncoderConfig:
 def build_st_encoder(config: STEncoderConfig) -> nn.Module:
     """The ST encoder ``config`` describes (random weights): the one builder the forecaster and the pretraining
     model both take their encoder from (torchtune-style composition, DESIGN.md §4a)."""
-    kwargs: dict[str, int] = {"dim": config.dim, "steps_per_day": config.steps_per_day}
+    kwargs: dict[str, float] = {"dim": config.dim, "steps_per_day": config.steps_per_day,
+                                "mlp_layers": config.mlp_layers, "mlp_dropout": config.mlp_dropout}
     if ENCODERS[config.kind] is DilatedTCNEncoder:
         kwargs.update(layers=config.tcn_layers, kernel_size=config.tcn_kernel_size)
     return ENCODERS[config.kind](config.history, config.channels, config.coord_dim, **kwargs)

@@ -33,7 +33,8 @@ ENCODER_FILE = "encoder.safetensors"
 RECIPE_FILE = "recipe.yaml"
 LOG_FILE = "pretrain_log.json"
 # the recipe key (or data property) behind each STEncoderConfig field, for the error of a folder that does not fit
-RECIPE_KEY_OF = {"kind": "st_encoder", "dim": "st_encoder_dim", "history": "history",
+RECIPE_KEY_OF = {"kind": "st_encoder", "dim": "st_encoder_dim", "mlp_layers": "st_encoder_mlp_layers",
+                 "history": "history",
                  "channels": "channels (of the data)", "coord_dim": "coordinates / coordinate_dim"}
 
 
@@ -108,6 +109,22 @@ def step_loss(model: PretrainModel, batch: dict[str, torch.Tensor], source: Pret
     return reconstruction_loss(model(**inputs, hidden=hidden), batch["history"], batch["history_mask"], hidden)
 
 
+class EpochOrder:
+    """Batches of window indices in whole epochs: each train window once per pass, in an order drawn from
+    ``generator``; a batch never spans two passes (the last one of a pass may be shorter)."""
+
+    def __init__(self, count: int, generator: torch.Generator) -> None:
+        self.count, self.generator = count, generator
+        self.order, self.position = torch.randperm(count, generator=generator).numpy(), 0
+
+    def next(self, size: int) -> np.ndarray:
+        if self.position >= self.count:
+            self.order, self.position = torch.randperm(self.count, generator=self.generator).numpy(), 0
+        index = self.order[self.position:self.position + size]
+        self.position += size
+        return index
+
+
 def train_encoder(data_config: DataConfig, model_config: ModelConfig, config: PretrainConfig,
                   progress: bool = True) -> tuple[PretrainModel, STEncoderConfig, dict]:
     """Pretrain the recipe's encoder: ``(model, its encoder's config, log)``; the log holds the loss of every step.
@@ -118,7 +135,7 @@ def train_encoder(data_config: DataConfig, model_config: ModelConfig, config: Pr
     first = sources[0]
     encoder_config = STEncoderConfig(kind=model_config.st_encoder, history=data_config.history,
                                      channels=first.windows.scaled.shape[-1], coord_dim=first.coords.shape[1],
-                                     dim=model_config.st_encoder_dim)
+                                     dim=model_config.st_encoder_dim, mlp_layers=model_config.st_encoder_mlp_layers)
     torch.manual_seed(config.pretrain_seed)
     generator = torch.Generator().manual_seed(config.pretrain_seed)
     steps = data_config.horizon if config.pretrain_objective == "forecast" else data_config.history
@@ -126,18 +143,23 @@ def train_encoder(data_config: DataConfig, model_config: ModelConfig, config: Pr
                           encoder_config.channels)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.pretrain_learning_rate,
                                   weight_decay=config.pretrain_weight_decay)
+    schedule = None
+    if config.pretrain_lr_scheduler == "cosine":
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.pretrain_steps)
+    orders = [EpochOrder(source.windows.num_windows("train"), generator) for source in sources]
     losses: list[float] = []
     started = time.perf_counter()
     bar = tqdm(range(config.pretrain_steps), desc=f"pretrain ({config.pretrain_objective})", disable=not progress)
     model.train()
     for _ in bar:
-        source = sources[int(torch.randint(len(sources), (), generator=generator))]
-        count = source.windows.num_windows("train")
-        index = torch.randperm(count, generator=generator)[:config.pretrain_batch_size].numpy()
+        pick = int(torch.randint(len(sources), (), generator=generator))
+        source, index = sources[pick], orders[pick].next(config.pretrain_batch_size)
         loss = step_loss(model, window_batch(source, index), source, config.pretrain_mask_ratio, generator)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+        if schedule is not None:
+            schedule.step()
         losses.append(float(loss.detach()))
         bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
     log = {"objective": config.pretrain_objective, "datasets": [s.name for s in sources], "losses": losses,
@@ -205,3 +227,26 @@ def get_pretrained_encoder(directory: str | Path, expected: STEncoderConfig) -> 
         raise RecipeError(f"{key}: {path} cannot be loaded into the {saved.kind} encoder of "
                           f"{directory / ENCODER_CONFIG_FILE} ({str(err).splitlines()[0]}); pretrain again") from None
     return encoder
+
+
+def load_readout_into_skip(directory: str | Path, head: nn.Module) -> None:
+    """``head_skip_init: readout``: start ``head`` (a :class:`~st_instruct.models.regression_head.RegressionHead`
+    with a skip path) from the forecast readout saved in ``directory``
+    (:meth:`~st_instruct.models.regression_head.RegressionHead.start_from_skip`); a :class:`RecipeError` naming the
+    folder for one without a forecast readout or with one of another horizon or channel count."""
+    from safetensors import SafetensorError
+
+    path = Path(directory) / HEAD_FILE["forecast"]
+    if not path.is_file():
+        found = [name for name in HEAD_FILE.values() if (Path(directory) / name).is_file()]
+        raise RecipeError(f"head_skip_init: readout needs the forecast readout {path}, which is not there "
+                          f"({', '.join(found) or 'no head file'} found: pretrain with pretrain_objective: forecast, "
+                          "or use head_skip_init: closed)")
+    try:
+        state = load_file(str(path))
+        head.start_from_skip(state["weight"], state["bias"])
+    except (OSError, KeyError, SafetensorError) as err:
+        raise RecipeError(f"head_skip_init: {path} cannot be read as a readout ({err}); pretrain again") from None
+    except ValueError as err:
+        raise RecipeError(f"head_skip_init: the readout in {path} does not fit this recipe's head: {err}; pretrain "
+                          "with the recipe's horizon and channels") from None

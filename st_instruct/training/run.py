@@ -41,7 +41,9 @@ def build_forecaster(data_config: DataConfig, model_config: ModelConfig, seed: i
 
     ``model_config.st_encoder_init`` passes the encoder pretrained in that folder (``st-instruct pretrain``) to the
     forecaster instead of a fresh one (:func:`~st_instruct.pretraining.run.get_pretrained_encoder` refuses one that
-    does not fit the recipe); ``st_encoder_freeze`` keeps it frozen (left out of the report's trainable groups).
+    does not fit the recipe); ``st_encoder_freeze`` keeps it frozen (left out of the report's trainable groups);
+    ``head_skip_init: readout`` starts the head as that folder's forecast readout
+    (:func:`~st_instruct.pretraining.run.load_readout_into_skip`).
     """
     from transformers import set_seed
 
@@ -74,6 +76,7 @@ def build_forecaster(data_config: DataConfig, model_config: ModelConfig, seed: i
         history=data_config.history, horizon=data_config.horizon, channels=channels or len(sample["scaler_mean"]),
         coord_dim=data_config.coordinate_dim if learned else len(sample["coords"][0]), his_token_id=ids.his,
         pre_token_id=ids.pre, encoder=model_config.st_encoder, encoder_dim=model_config.st_encoder_dim,
+        encoder_mlp_layers=model_config.st_encoder_mlp_layers,
         projector_layers=model_config.st_projector_layers, head_dim=model_config.head_dim, revin=model_config.revin,
         node_table_size=learned_node_table_size(data_config) if learned else 0,
         se_attention=model_config.se_attention, se_pairs=model_config.se_pairs,
@@ -89,6 +92,13 @@ def build_forecaster(data_config: DataConfig, model_config: ModelConfig, seed: i
     frozen = ["st_encoder"] if model_config.st_encoder_freeze else []
     set_seed(seed)
     model = STForecaster(backbone, st_config, encoder=encoder)
+    if model_config.head_skip_init == "readout":
+        from st_instruct.pretraining.run import load_readout_into_skip
+
+        if model_config.revin:
+            raise RecipeError("head_skip_init: readout starts from a readout pretrained without RevIN; with revin: "
+                              "true it would read normalised features in other units: drop one of them")
+        load_readout_into_skip(model_config.st_encoder_init, model.regression_head)
     if model_config.mrffn and model_config.mrffn_init == "kmeans":
         init_memories_from_data(model, dataset["train"], tokenizer, seed=seed)
     if backbone is None:

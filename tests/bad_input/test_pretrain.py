@@ -19,7 +19,9 @@ def encoders(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("encoders")
     variants = {"kind": ["--st_encoder", "tcn"], "width": ["--st_encoder_dim", "16"], "history": ["--history", "6"],
-                "channels": ["--dataset_channels", "inflow"]}
+                "channels": ["--dataset_channels", "inflow"], "fusion": ["--st_encoder_mlp_layers", "2"],
+                "mae": [], "forecast": ["--pretrain_objective", "forecast"],
+                "horizon": ["--pretrain_objective", "forecast", "--horizon", "6"]}
     for name, flags in variants.items():
         code = main(["pretrain", str(MAE), "--pretrain_steps", "2", "--pretrain_output_dir", str(root / name),
                      *flags])
@@ -39,6 +41,7 @@ def train(cli, tmp_path, tiny_backbone_dir, *flags):
     ("width", ["st_encoder_dim: 16 in the folder, 32 in the recipe"]),
     ("history", ["history: 6 in the folder, 12 in the recipe"]),
     ("channels", ["channels (of the data): 1 in the folder, 2 in the recipe"]),
+    ("fusion", ["st_encoder_mlp_layers: 2 in the folder, 0 in the recipe"]),
 ])
 def test_a_pretrained_encoder_that_does_not_fit_is_one_line_naming_both_values(variant, culprits, encoders, cli,
                                                                                tmp_path, tiny_backbone_dir):
@@ -92,3 +95,27 @@ def test_bad_pretraining_recipes_are_one_line(cli, tmp_path):
     result = cli("pretrain", MAE, "--pretrain_output_dir", output, "--pretrain_steps", "1")
     assert_clean_failure(result, str(output), "--overwrite")
     assert [p.name for p in output.iterdir()] == ["keep.txt"]
+
+
+@pytest.mark.parametrize("variant, culprits", [
+    ("mae", ["head_skip_init: readout", "readout.safetensors", "decoder.safetensors found", "forecast"]),
+    ("horizon", ["head_skip_init", "readout.safetensors", "horizon x channels = 12 x 2", "(12, 128)"]),
+])
+def test_a_readout_that_is_missing_or_of_another_horizon_is_one_line(variant, culprits, encoders, cli, tmp_path,
+                                                                     tiny_backbone_dir):
+    folder = encoders / variant
+    result, output = train(cli, tmp_path, tiny_backbone_dir, "--st_encoder_init", folder, "--head_skip", "true",
+                           "--head_skip_init", "readout")
+    assert_clean_failure(result, str(folder), *culprits)
+    assert not output.exists()
+
+
+def test_a_readout_skip_path_needs_the_skip_path_and_a_pretrained_folder(encoders, cli, tmp_path, tiny_backbone_dir):
+    result, output = train(cli, tmp_path, tiny_backbone_dir, "--head_skip_init", "readout")
+    assert_clean_failure(result, "head_skip_init: readout", "head_skip: true", "st_encoder_init")
+    result, output = train(cli, tmp_path, tiny_backbone_dir, "--head_skip_init", "open")
+    assert_clean_failure(result, "head_skip_init", "'open'")
+    result, output = train(cli, tmp_path, tiny_backbone_dir, "--st_encoder_init", encoders / "forecast", "--head_skip",
+                           "true", "--head_skip_init", "readout", "--revin", "true")
+    assert_clean_failure(result, "head_skip_init: readout", "revin")
+    assert not output.exists()

@@ -26,10 +26,16 @@ def inputs(batch=2, nodes=3, seed=0, coord_dim=K):
 
 def encoders(coord_dim=K):
     torch.manual_seed(0)
-    return [PatchEmbeddingEncoder(L, C, coord_dim, dim=8), DilatedTCNEncoder(L, C, coord_dim, dim=8)]
+    built = [PatchEmbeddingEncoder(L, C, coord_dim, dim=8), DilatedTCNEncoder(L, C, coord_dim, dim=8),
+             PatchEmbeddingEncoder(L, C, coord_dim, dim=8, mlp_layers=2),  # STID's fusion blocks after the concat
+             DilatedTCNEncoder(L, C, coord_dim, dim=8, mlp_layers=2)]
+    return [encoder.eval() for encoder in built]  # the fusion's dropout off: outputs comparable across calls
 
 
-@pytest.mark.parametrize("index", [0, 1], ids=["patch", "tcn"])
+ENCODER_IDS = ["patch", "tcn", "patch+fusion", "tcn+fusion"]
+
+
+@pytest.mark.parametrize("index", range(4), ids=ENCODER_IDS)
 def test_shapes_padding_and_node_independence(index):
     encoder = encoders()[index]
     x = inputs(nodes=5)
@@ -44,7 +50,7 @@ def test_shapes_padding_and_node_independence(index):
     torch.testing.assert_close(encoder(**alone)[0, 0], out[0, 2])
 
 
-@pytest.mark.parametrize("index", [0, 1], ids=["patch", "tcn"])
+@pytest.mark.parametrize("index", range(4), ids=ENCODER_IDS)
 def test_missing_values_are_ignored(index):
     encoder = encoders()[index]
     x = inputs()
@@ -99,3 +105,12 @@ def test_projector():
     assert STProjector(32, 48, layers=2)(x).shape == (2, 3, 48)
     with pytest.raises(ValueError, match="1 \\(linear\\) or 2 \\(MLP\\), found 3"):
         STProjector(32, 48, layers=3)
+
+
+def test_fusion_blocks_are_stid_residual_mlps_and_none_add_no_parameters():
+    plain, _, fused, _ = encoders()
+    assert len(fused.fusion) == 2 and not list(plain.fusion.parameters())
+    assert set(plain.state_dict()) == {k for k in fused.state_dict() if not k.startswith("fusion.")}
+    plain.load_state_dict({k: v for k, v in fused.state_dict().items() if not k.startswith("fusion.")})
+    x = inputs()
+    torch.testing.assert_close(fused(**x), fused.fusion(plain(**x)))

@@ -211,3 +211,51 @@ def test_the_accelerate_entry_script_pretrains_and_reports_a_bad_recipe_in_one_l
     assert "--pretrain_steps" in capsys.readouterr().err
     assert script.main([str(RECIPES / "pretrain_forecast.yaml"), "--pretrain_output_dir", str(output)]) == 2
     assert "--overwrite" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("control", ["none", "no_llm"])
+def test_a_readout_started_skip_path_forecasts_exactly_what_the_pretrained_readout_does(control, forecaster_flags,
+                                                                                       tmp_path):
+    """head_skip_init: readout: before any training step the forecaster (with or without its LLM) gives the
+    pretrained encoder + readout's forecast, bit for bit up to float rounding: the LLM path starts at zero."""
+    configs = pretrain_configs("forecast", "--st_encoder", "patch", "--st_encoder_mlp_layers", "2")
+    model, encoder_config, log = train_encoder(*configs, progress=False)
+    folder = save_encoder(model, encoder_config, log, tmp_path / "enc", {})
+    fc, tokenizer, dataset, _, _, _ = forecaster(
+        forecaster_flags, tmp_path / "out", "--st_encoder", "patch", "--st_encoder_mlp_layers", "2",
+        "--st_encoder_init", str(folder), "--head_skip", "true", "--head_skip_init", "readout", "--control", control)
+    assert float(fc.regression_head.gate.detach()) == 1.0 and not fc.regression_head.out.weight.any()
+    batch = STDataCollator(tokenizer)([dataset["train"][i] for i in range(3)])
+    with torch.no_grad():
+        expected = model.eval()(**{key: batch[key] for key in ENCODER_INPUTS})
+    predicted = fc.predict(batch)
+    scaled = (predicted - batch["scaler_mean"][:, None, None, :]) / batch["scaler_std"][:, None, None, :]
+    mask = batch["node_mask"][:, None, :, None].expand_as(scaled)
+    torch.testing.assert_close(scaled[mask], expected[mask], rtol=1e-5, atol=1e-5)
+
+
+def test_pretraining_batches_cover_every_window_once_per_epoch():
+    from st_instruct.pretraining.run import EpochOrder
+
+    order = EpochOrder(10, torch.Generator().manual_seed(0))
+    first = [order.next(4) for _ in range(3)]  # 4 + 4 + 2: a batch never spans two passes
+    assert [len(b) for b in first] == [4, 4, 2] and sorted(int(i) for b in first for i in b) == list(range(10))
+    second = [order.next(4) for _ in range(3)]
+    assert sorted(int(i) for b in second for i in b) == list(range(10))
+
+
+def test_the_cosine_schedule_decays_the_pretraining_rate_and_constant_keeps_it(monkeypatch):
+    seen = []
+    real_step = torch.optim.AdamW.step
+
+    def record(self, *args, **kwargs):
+        seen.append(self.param_groups[0]["lr"])
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", record)
+    train_encoder(*pretrain_configs("forecast", "--pretrain_learning_rate", "0.01"), progress=False)
+    assert seen[0] == pytest.approx(0.01) and seen[-1] < 0.01 * 0.2 and seen == sorted(seen, reverse=True)
+    seen.clear()
+    train_encoder(*pretrain_configs("forecast", "--pretrain_learning_rate", "0.01", "--pretrain_lr_scheduler",
+                                    "constant"), progress=False)
+    assert seen == [pytest.approx(0.01)] * 4
