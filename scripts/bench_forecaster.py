@@ -25,7 +25,7 @@ maximum resident set size comes from ``os.wait4``):
    target and those fitted on the source (``NAME@nyc-taxi``), strict per-window scaling, at most
    ``--zero-shot-windows`` test windows each (sampled as the builder samples; every row scores the same ones).
 5. ``--few-shot F ...``: the model fine-tuned on the first fraction F of nyc-bike 2019's train split, beside STID
-   and historical average fitted on the same windows.
+   and historical average fitted on the same windows (scored on ``--zero-shot-windows`` test windows).
 
 Writes ``OUT/bench_forecaster.json`` and prints a markdown table. Datasets that are absent are reported as skipped.
 """
@@ -213,6 +213,7 @@ def main() -> int:
         command = [*cli, "evaluate", "--model", str(model_dir), *BIKE_2019, "--few-shot", str(fraction),
                    "--few-shot-output", str(out / f"model-{tag}"), "--models", "historical_average", "stid",
                    "--json", str(json_path), "--quiet", "--output", str(out / f"eval-{tag}")]
+        command += ["--max-windows", str(args.zero_shot_windows)] if args.zero_shot_windows else []
         evaluate_stage(case, command, json_path, out / f"eval-{tag}.log", bench)
         result_path.write_text(json.dumps(bench, indent=2) + "\n")
     print(markdown(bench["evaluations"]))

@@ -17,6 +17,10 @@ forecaster folder works, the weights do not change the cost), batches of ``--bat
    made to write exactly as many tokens as the true forecast text takes (``min_new_tokens = max_new_tokens``),
    so a model that stops early or rambles cannot change the count.
 
+4. ``no LLM control, graph prompt`` (issue 10): the same windows through the trained no-LLM control (``--control``,
+   default ``bench_forecaster.py``'s ``control-no_llm``: the same encoder and head, no backbone), the cost the LLM
+   adds to a forecast; skipped with a note when that folder is absent.
+
 The ratio the issue asks for is (1) / (3): the production path vs text generation; (2) / (3) isolates the decoding
 cost on identical prompts. Writes ``outputs/bench_single_pass.json``.
 """
@@ -86,6 +90,8 @@ def main() -> int:
     parser.add_argument("--windows", type=int, default=16, help="test windows for the graph single pass")
     parser.add_argument("--node-samples", type=int, default=64, help="one-zone samples for (2) and (3)")
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--control", default="outputs/bench_forecaster/control-no_llm",
+                        help="the forecaster's trained no-LLM control (row 4; skipped when absent)")
     parser.add_argument("--out", default="outputs/bench_single_pass.json")
     args = parser.parse_args()
 
@@ -121,6 +127,13 @@ def main() -> int:
     results["single pass, node prompt"] = {"forecasts": count, "seconds": seconds}
     seconds, count, tokens = time_generation(model, tokenizer, nodes, channels, args.batch_size)
     results["generate text, node prompt"] = {"forecasts": count, "seconds": seconds, "new_tokens_per_forecast": tokens}
+    if Path(args.control, "st_modules.safetensors").is_file():
+        control, _ = load_forecaster(args.control)
+        time_single_pass(control, tokenizer, graph.select(range(1)), 1)  # warm-up
+        seconds, count = time_single_pass(control, tokenizer, graph, args.batch_size)
+        results["no LLM control, graph prompt"] = {"forecasts": count, "seconds": seconds}
+    else:
+        print(f"no LLM control row skipped: no trained control in {args.control} (scripts/bench_forecaster.py)")
     for result in results.values():
         result["forecasts_per_second"] = result["forecasts"] / result["seconds"]
     generate = results["generate text, node prompt"]["forecasts_per_second"]

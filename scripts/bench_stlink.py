@@ -3,13 +3,18 @@
 Usage::
 
     .venv/bin/python scripts/bench_stlink.py [--out outputs/bench_stlink] [--steps 300] [--windows 300]
+        [--seeds 0 1] [--pretrained outputs/bench_forecaster/pretrain]
 
 One run, one budget: each variant is ``recipes/stlink_sft.yaml`` (nyc-taxi 2019, 12 -> 12, SmolLM2-135M first 6
-layers, LoRA) with only the ST-LINK switches changed, trained for the same ``--steps`` optimizer steps on the same
-samples (same seed), then ``st-instruct evaluate`` on the same ``--windows`` test windows beside STID and the
-historical average (fitted on the full train split in the same command). Reported: MAE / RMSE / MAPE averaged and
-per horizon (horizon 12 is where MRFFN is claimed to help), the training seconds per step, and zero-shot of the
-full ST-LINK model on nyc-bike and los-loop (one speed channel: ``--broadcast-channels``).
+layers, LoRA) on the converging path -- the encoder and the head's skip path start from the forecast-pretrained
+encoder and readout (``--pretrained``, else ``recipes/stlink_pretrain.yaml`` is pretrained into ``OUT/pretrain``
+first) -- with only the ST-LINK switches changed, trained for the same ``--steps`` optimizer steps on the same
+samples, once per seed of ``--seeds``, then ``st-instruct evaluate`` on the same ``--windows`` test windows beside
+STID and the historical average (fitted on the full train split in the same command) and the no-LLM control (the
+same start and budget, trained once per seed). Reported: MAE / RMSE / MAPE averaged and per horizon (horizon 12 is
+where MRFFN is claimed to help) for every seed, the mean over seeds and the spread (max - min) of each variant,
+the training seconds per step, and zero-shot of the full ST-LINK model (first seed) on nyc-bike and los-loop (one
+speed channel: ``--broadcast-channels``).
 
 Overhead: the training step time of the full ST-LINK model over the plain forecaster's, measured side by side in
 this process -- both models built from the recipe, alternating steps (forward, backward, AdamW) on the same
@@ -29,7 +34,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench_forecaster import BASE_FORECASTER, RECIPE, run, train_figures
+from bench_forecaster import BASE_FORECASTER, PRETRAIN_RECIPE, RECIPE, run, train_figures
 
 VARIANTS = {
     "plain": BASE_FORECASTER,
@@ -37,6 +42,7 @@ VARIANTS = {
     "+MRFFN": ["--se_attention", "false", "--mrffn", "true"],
     "ST-LINK (both)": ["--se_attention", "true", "--mrffn", "true"],
 }
+CONTROL = "no-LLM control"  # the plain forecaster's encoder and head without the backbone
 TAXI = ["--dataset", "nyc-taxi", "--start", "2019-01-01", "--end", "2020-01-01"]
 ZERO_SHOT = {
     "nyc-bike-2019": ["--dataset", "nyc-bike", "--start", "2019-01-01", "--end", "2020-01-01"],
@@ -48,11 +54,13 @@ def slug(name: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in name).strip("_").lower()
 
 
-def evaluate(cli: list[str], model_dir: Path, case_args: list[str], windows: int, out: Path, name: str) -> dict:
+def evaluate(cli: list[str], model_dir: Path, case_args: list[str], windows: int, out: Path, name: str,
+             controls: list[Path] | None = None) -> dict:
     json_path = out / f"{name}.json"
     command = [*cli, "evaluate", "--model", str(model_dir), *case_args, "--max-windows", str(windows),
                "--models", "stid", "historical_average", "--json", str(json_path), "--quiet",
                "--output", str(out / name)]
+    command += ["--controls", *map(str, controls)] if controls else []
     status = run(command, out / f"{name}.log")
     if status["exit_code"] != 0:
         print(f"  {name} failed: {status['error']}")
@@ -62,7 +70,7 @@ def evaluate(cli: list[str], model_dir: Path, case_args: list[str], windows: int
     return report
 
 
-def overhead(steps: int) -> dict:
+def overhead(steps: int, pretrained: Path) -> dict:
     """Median training-step seconds of the plain and the full ST-LINK forecaster, alternating on the same batches."""
     import torch
 
@@ -73,8 +81,8 @@ def overhead(steps: int) -> dict:
 
     models = {}
     for name in ("plain", "ST-LINK (both)"):
-        data_config, model_config, args = parse_recipe(train_dataclasses(), [RECIPE, *VARIANTS[name],
-                                                                             "--report_to", "none"])
+        data_config, model_config, args = parse_recipe(train_dataclasses(), [
+            RECIPE, *VARIANTS[name], "--st_encoder_init", str(pretrained), "--report_to", "none"])
         model, tokenizer, dataset, _ = build_forecaster(data_config, model_config, args.seed)
         model.train()
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
@@ -113,6 +121,22 @@ def table(rows: dict[str, dict], entries: list[tuple[str, str, str]]) -> str:
     return "\n".join(lines)
 
 
+def spread_rows(bench: dict, names: list[str]) -> list[str]:
+    """Markdown rows: each variant's MAE and horizon-12 MAE, mean over seeds and spread (max - min)."""
+    lines = ["| variant | seeds | MAE mean | MAE spread | MAE h12 mean | MAE h12 spread |", "|---" * 6 + "|"]
+    for name in names:
+        maes, lasts = [], []
+        for entry in bench["variants"].get(name, {}).values():
+            result = entry.get("nyc-taxi", {}).get("results", {}).get("st_forecaster")
+            if result and "MAE" in result:
+                maes.append(result["MAE"])
+                lasts.append(result["per_horizon"][str(len(result["per_horizon"]))]["MAE"])
+        if maes:
+            lines.append(f"| {name} | {len(maes)} | {statistics.mean(maes):.2f} | {max(maes) - min(maes):.2f} | "
+                         f"{statistics.mean(lasts):.2f} | {max(lasts) - min(lasts):.2f} |")
+    return lines
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="outputs/bench_stlink")
@@ -121,33 +145,60 @@ def main() -> int:
     parser.add_argument("--overhead-steps", type=int, default=20, help="timed steps per model in the overhead test")
     parser.add_argument("--skip-overhead", action="store_true")
     parser.add_argument("--skip-zero-shot", action="store_true")
-    parser.add_argument("--seed", type=int, default=0, help="training seed of every variant (run-to-run spread)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1], help="training seeds of every variant")
+    parser.add_argument("--pretrained", default=None,
+                        help="forecast-pretrained encoder folder (default: pretrain recipes/stlink_pretrain.yaml "
+                        "into OUT/pretrain)")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     cli = [sys.executable, "-m", "st_instruct.cli"]
-    bench: dict = {"recipe": RECIPE, "steps": args.steps, "windows": args.windows, "seed": args.seed, "variants": {}}
+    bench: dict = {"recipe": RECIPE, "steps": args.steps, "windows": args.windows, "seeds": args.seeds,
+                   "variants": {}}
     result_path = out / "bench_stlink.json"
+    pretrained = Path(args.pretrained) if args.pretrained else out / "pretrain"
+    if args.pretrained is None:
+        print(f"pretraining {PRETRAIN_RECIPE}", flush=True)
+        bench["pretrain"] = run([*cli, "pretrain", PRETRAIN_RECIPE, "--pretrain_output_dir", str(pretrained),
+                                 "--overwrite"], out / "pretrain.log")
+        if bench["pretrain"]["exit_code"] != 0:
+            print(f"  failed: {bench['pretrain']['error']}")
+            return 1
+    bench["pretrained"] = str(pretrained)
 
-    for name in args.variants:
-        model_dir = out / slug(name)
-        command = [*cli, "train", RECIPE, *VARIANTS[name], "--seed", str(args.seed), "--max_steps", str(args.steps),
-                   "--output_dir", str(model_dir),
-                   "--report_to", "none", "--disable_tqdm", "true", "--save_strategy", "no"]
-        print(f"training {name}", flush=True)
-        status = run(command, out / f"train-{slug(name)}.log")
-        entry: dict = {"train": status}
-        if status["exit_code"] == 0:
-            status.update(train_figures(model_dir))
-            print(f"  {status['seconds_per_step']:.2f} s/step, last loss {status['last_logged_loss']}", flush=True)
-            entry["nyc-taxi"] = evaluate(cli, model_dir, TAXI, args.windows, out, f"eval-{slug(name)}-nyc-taxi")
-        else:
-            print(f"  failed: {status['error']}")
-        bench["variants"][name] = entry
-        result_path.write_text(json.dumps(bench, indent=2) + "\n")
+    for seed in args.seeds:
+        control_dir = out / f"{slug(CONTROL)}-seed{seed}"
+        folders = {name: out / f"{slug(name)}-seed{seed}" for name in args.variants}
+        for name, model_dir in [*folders.items(), (CONTROL, control_dir)]:
+            flags = [*BASE_FORECASTER, "--control", "no_llm"] if name == CONTROL else VARIANTS[name]
+            command = [*cli, "train", RECIPE, *flags, "--st_encoder_init", str(pretrained), "--seed", str(seed),
+                       "--max_steps", str(args.steps), "--output_dir", str(model_dir), "--overwrite",
+                       "--report_to", "none", "--disable_tqdm", "true", "--save_strategy", "no"]
+            print(f"training {name}, seed {seed}", flush=True)
+            status = run(command, out / f"train-{model_dir.name}.log")
+            if status["exit_code"] == 0:
+                status.update(train_figures(model_dir))
+                print(f"  {status['seconds_per_step']:.2f} s/step, last loss {status['last_logged_loss']}", flush=True)
+            else:
+                print(f"  failed: {status['error']}")
+            bench["variants"].setdefault(name, {})[f"seed {seed}"] = {"train": status}
+            result_path.write_text(json.dumps(bench, indent=2) + "\n")
+        for name, model_dir in folders.items():
+            if bench["variants"][name][f"seed {seed}"]["train"]["exit_code"] != 0:
+                continue
+            # the control is scored in the plain variant's evaluation: the same windows, the same baselines
+            control_ok = bench["variants"][CONTROL][f"seed {seed}"]["train"]["exit_code"] == 0
+            controls = [control_dir] if name == "plain" and control_ok else None
+            report = evaluate(cli, model_dir, TAXI, args.windows, out, f"eval-{model_dir.name}", controls)
+            bench["variants"][name][f"seed {seed}"]["nyc-taxi"] = report
+            control = report.get("results", {}).get("st_forecaster_no_llm")
+            if control:
+                bench["variants"][CONTROL][f"seed {seed}"]["nyc-taxi"] = {"results": {"st_forecaster": control}}
+            result_path.write_text(json.dumps(bench, indent=2) + "\n")
 
-    full = out / slug("ST-LINK (both)")
+    first = args.seeds[0]
+    full = out / f"{slug('ST-LINK (both)')}-seed{first}"
     bench["zero_shot"] = {}
     if (full / "st_modules.safetensors").is_file() and not args.skip_zero_shot:
         for case, case_args in ZERO_SHOT.items():
@@ -158,16 +209,20 @@ def main() -> int:
     # last: a child forked after this process loaded two models would inherit its peak-RSS mark
     if not args.skip_overhead:
         print("overhead: alternating training steps of the plain and the full ST-LINK forecaster", flush=True)
-        bench["overhead"] = overhead(args.overhead_steps)
+        bench["overhead"] = overhead(args.overhead_steps, pretrained)
         print(json.dumps(bench["overhead"], indent=2), flush=True)
         result_path.write_text(json.dumps(bench, indent=2) + "\n")
 
-    rows = {name: entry.get("nyc-taxi", {}) for name, entry in bench["variants"].items()}
-    entries = [(name, name, "st_forecaster") for name in args.variants]
-    first = args.variants[0]
-    entries += [("STID", first, "stid"), ("historical average", first, "historical_average")]
-    print(f"\nnyc-taxi 2019, 12 -> 12, {args.steps} steps each, {args.windows} test windows\n")
-    print(table(rows, entries))
+    names = [*args.variants, CONTROL]
+    for seed in args.seeds:
+        rows = {name: bench["variants"].get(name, {}).get(f"seed {seed}", {}).get("nyc-taxi", {}) for name in names}
+        entries = [(name, name, "st_forecaster") for name in names]
+        base = args.variants[0]
+        entries += [("STID", base, "stid"), ("historical average", base, "historical_average")]
+        print(f"\nnyc-taxi 2019, 12 -> 12, {args.steps} steps each, seed {seed}, {args.windows} test windows\n")
+        print(table(rows, entries))
+    print("\nover seeds " + ", ".join(map(str, args.seeds)) + "\n")
+    print("\n".join(spread_rows(bench, names)))
     for case, report in bench["zero_shot"].items():
         print(f"\nzero-shot ST-LINK on {case}\n")
         print(table({case: report}, [("ST-LINK", case, "st_forecaster"), ("STID", case, "stid"),

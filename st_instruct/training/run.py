@@ -110,6 +110,22 @@ def build_forecaster(data_config: DataConfig, model_config: ModelConfig, seed: i
     return model, tokenizer, dataset, report
 
 
+def control_card_note(model_config: ModelConfig, seed: int) -> str:
+    """What a control's model card must say first (empty for the forecaster): which part of the named backbone it
+    does not use."""
+    name = model_config.model_name_or_path
+    if model_config.control == "no_llm":
+        return (f"**This is the no-LLM control of its recipe** (Tan et al., NeurIPS 2024): `{name}` is *not* part of "
+                "this model. Only its hidden size (the projector's width) and its tokenizer (the prompts are "
+                "tokenised as the forecaster's, then not read) are taken from it; the forecast comes from the ST "
+                "encoder, projector and regression head alone.")
+    if model_config.control == "random_llm":
+        return (f"**This is the random-LLM control of its recipe** (Tan et al., NeurIPS 2024): the backbone has "
+                f"`{name}`'s architecture but randomly initialised weights (drawn with seed {seed}; no pretrained "
+                "weight is used), trained with the recipe's freeze plan.")
+    return ""
+
+
 def no_backbone_report(model: Any, frozen_st_modules: list[str] | None = None) -> Any:
     """The :class:`FreezeReport` of a forecaster without a backbone (the no-LLM control): every ST module trains but
     those of ``frozen_st_modules`` (e.g. a frozen pretrained ``st_encoder``), whose parameters it freezes."""
@@ -362,7 +378,8 @@ def train(data_config: DataConfig, model_config: ModelConfig, sft_config: Any,
                 recipe = recipe_dict(data_config, model_config, sft_config)
                 (staging / RECIPE_FILE).write_text(yaml.safe_dump(recipe, sort_keys=False))
                 write_model_card(staging, base_model=model_config.model_name_or_path,
-                                 datasets=data_config.dataset_names, metrics=None, recipe=recipe)
+                                 datasets=data_config.dataset_names, metrics=None, recipe=recipe,
+                                 description=control_card_note(model_config, sft_config.seed))
             if replacing:
                 commit(run_dir, output, overwrite=True)
             what = "forecaster" if model_config.control == "none" else f"{model_config.control} control"

@@ -1,5 +1,6 @@
 """Prompt templates: resolution and versioning, strict rendering, readable time, golden rendered samples."""
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -65,6 +66,17 @@ def test_golden_graph_synthetic():
     config = DataConfig(dataset_names=["synthetic-small"], granularity="graph", template="forecast_graph",
                         node_sample=4)
     check_golden("forecast_graph_synthetic_small.txt", window_sample(config, "test", 0))
+
+
+def test_golden_compact_graph_synthetic():
+    """The compact graph prompt (issue 10): the same window as forecast_graph's golden sample, its text cut to the
+    dataset / city / time line around the ST tokens."""
+    config = DataConfig(dataset_names=["synthetic-small"], granularity="graph", template="forecast_graph_compact",
+                        node_sample=4)
+    text = window_sample(config, "test", 0)
+    check_golden("forecast_graph_compact_synthetic_small.txt", text)
+    full = window_sample(dataclasses.replace(config, template="forecast_graph"), "test", 0)
+    assert len(text) < 0.6 * len(full) and text.count("<st_his>") == full.count("<st_his>") == 4
 
 
 @pytest.mark.integration

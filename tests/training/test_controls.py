@@ -81,6 +81,14 @@ def test_no_llm_control_trains_without_any_backbone_parameter(trained, pretraine
     assert not torch.equal(fresh.regression_head.out.weight, model.regression_head.out.weight)
 
 
+def test_the_model_cards_of_the_controls_say_what_they_do_not_use(trained):
+    assert "control" not in (trained["none"] / "README.md").read_text()
+    no_llm = (trained["no_llm"] / "README.md").read_text()
+    assert "no-LLM control" in no_llm and "is *not* part of this model" in no_llm
+    random_llm = (trained["random_llm"] / "README.md").read_text()
+    assert "random-LLM control" in random_llm and "randomly initialised weights (drawn with seed 0" in random_llm
+
+
 def test_random_llm_control_has_the_forecasters_architecture_with_other_backbone_weights(trained, pretrained_dir):
     from transformers import AutoModelForCausalLM
 
