@@ -4,6 +4,8 @@ Usage::
 
     .venv/bin/python scripts/bench_stlink.py [--out outputs/bench_stlink] [--steps 300] [--windows 300]
         [--seeds 0 1] [--pretrained outputs/bench_forecaster/pretrain]
+    .venv/bin/python scripts/bench_stlink.py --recipe recipes/demo_sft.yaml --pretrain-recipe \
+        recipes/demo_pretrain.yaml --dataset synthetic --skip-zero-shot     # the same ablation on the demo's city
 
 One run, one budget: each variant is ``recipes/stlink_sft.yaml`` (nyc-taxi 2019, 12 -> 12, SmolLM2-135M first 6
 layers, LoRA) on the converging path -- the encoder and the head's skip path start from the forecast-pretrained
@@ -70,7 +72,7 @@ def evaluate(cli: list[str], model_dir: Path, case_args: list[str], windows: int
     return report
 
 
-def overhead(steps: int, pretrained: Path) -> dict:
+def overhead(steps: int, pretrained: Path, recipe: str) -> dict:
     """Median training-step seconds of the plain and the full ST-LINK forecaster, alternating on the same batches."""
     import torch
 
@@ -82,7 +84,7 @@ def overhead(steps: int, pretrained: Path) -> dict:
     models = {}
     for name in ("plain", "ST-LINK (both)"):
         data_config, model_config, args = parse_recipe(train_dataclasses(), [
-            RECIPE, *VARIANTS[name], "--st_encoder_init", str(pretrained), "--report_to", "none"])
+            recipe, *VARIANTS[name], "--st_encoder_init", str(pretrained), "--report_to", "none"])
         model, tokenizer, dataset, _ = build_forecaster(data_config, model_config, args.seed)
         model.train()
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
@@ -127,7 +129,7 @@ def spread_rows(bench: dict, names: list[str]) -> list[str]:
     for name in names:
         maes, lasts = [], []
         for entry in bench["variants"].get(name, {}).values():
-            result = entry.get("nyc-taxi", {}).get("results", {}).get("st_forecaster")
+            result = entry.get("in_domain", {}).get("results", {}).get("st_forecaster")
             if result and "MAE" in result:
                 maes.append(result["MAE"])
                 lasts.append(result["per_horizon"][str(len(result["per_horizon"]))]["MAE"])
@@ -150,17 +152,24 @@ def main() -> int:
                         help="forecast-pretrained encoder folder (default: pretrain recipes/stlink_pretrain.yaml "
                         "into OUT/pretrain)")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--recipe", default=RECIPE, help=f"forecaster recipe (default {RECIPE})")
+    parser.add_argument("--pretrain-recipe", default=PRETRAIN_RECIPE,
+                        help=f"its encoder's pretraining recipe (default {PRETRAIN_RECIPE})")
+    parser.add_argument("--dataset", default="nyc-taxi",
+                        help="the recipe's dataset, for the in-domain evaluation (default nyc-taxi: its 2019 range)")
     args = parser.parse_args()
+    recipe, in_domain = args.recipe, TAXI if args.dataset == "nyc-taxi" else ["--dataset", args.dataset]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     cli = [sys.executable, "-m", "st_instruct.cli"]
-    bench: dict = {"recipe": RECIPE, "steps": args.steps, "windows": args.windows, "seeds": args.seeds,
+    bench: dict = {"recipe": recipe, "pretrain_recipe": args.pretrain_recipe, "dataset": args.dataset,
+                   "steps": args.steps, "windows": args.windows, "seeds": args.seeds,
                    "variants": {}}
     result_path = out / "bench_stlink.json"
     pretrained = Path(args.pretrained) if args.pretrained else out / "pretrain"
     if args.pretrained is None:
-        print(f"pretraining {PRETRAIN_RECIPE}", flush=True)
-        bench["pretrain"] = run([*cli, "pretrain", PRETRAIN_RECIPE, "--pretrain_output_dir", str(pretrained),
+        print(f"pretraining {args.pretrain_recipe}", flush=True)
+        bench["pretrain"] = run([*cli, "pretrain", args.pretrain_recipe, "--pretrain_output_dir", str(pretrained),
                                  "--overwrite"], out / "pretrain.log")
         if bench["pretrain"]["exit_code"] != 0:
             print(f"  failed: {bench['pretrain']['error']}")
@@ -172,7 +181,7 @@ def main() -> int:
         folders = {name: out / f"{slug(name)}-seed{seed}" for name in args.variants}
         for name, model_dir in [*folders.items(), (CONTROL, control_dir)]:
             flags = [*BASE_FORECASTER, "--control", "no_llm"] if name == CONTROL else VARIANTS[name]
-            command = [*cli, "train", RECIPE, *flags, "--st_encoder_init", str(pretrained), "--seed", str(seed),
+            command = [*cli, "train", recipe, *flags, "--st_encoder_init", str(pretrained), "--seed", str(seed),
                        "--max_steps", str(args.steps), "--output_dir", str(model_dir), "--overwrite",
                        "--report_to", "none", "--disable_tqdm", "true", "--save_strategy", "no"]
             print(f"training {name}, seed {seed}", flush=True)
@@ -190,11 +199,11 @@ def main() -> int:
             # the control is scored in the plain variant's evaluation: the same windows, the same baselines
             control_ok = bench["variants"][CONTROL][f"seed {seed}"]["train"]["exit_code"] == 0
             controls = [control_dir] if name == "plain" and control_ok else None
-            report = evaluate(cli, model_dir, TAXI, args.windows, out, f"eval-{model_dir.name}", controls)
-            bench["variants"][name][f"seed {seed}"]["nyc-taxi"] = report
+            report = evaluate(cli, model_dir, in_domain, args.windows, out, f"eval-{model_dir.name}", controls)
+            bench["variants"][name][f"seed {seed}"]["in_domain"] = report
             control = report.get("results", {}).get("st_forecaster_no_llm")
             if control:
-                bench["variants"][CONTROL][f"seed {seed}"]["nyc-taxi"] = {"results": {"st_forecaster": control}}
+                bench["variants"][CONTROL][f"seed {seed}"]["in_domain"] = {"results": {"st_forecaster": control}}
             result_path.write_text(json.dumps(bench, indent=2) + "\n")
 
     first = args.seeds[0]
@@ -209,17 +218,17 @@ def main() -> int:
     # last: a child forked after this process loaded two models would inherit its peak-RSS mark
     if not args.skip_overhead:
         print("overhead: alternating training steps of the plain and the full ST-LINK forecaster", flush=True)
-        bench["overhead"] = overhead(args.overhead_steps, pretrained)
+        bench["overhead"] = overhead(args.overhead_steps, pretrained, recipe)
         print(json.dumps(bench["overhead"], indent=2), flush=True)
         result_path.write_text(json.dumps(bench, indent=2) + "\n")
 
     names = [*args.variants, CONTROL]
     for seed in args.seeds:
-        rows = {name: bench["variants"].get(name, {}).get(f"seed {seed}", {}).get("nyc-taxi", {}) for name in names}
+        rows = {name: bench["variants"].get(name, {}).get(f"seed {seed}", {}).get("in_domain", {}) for name in names}
         entries = [(name, name, "st_forecaster") for name in names]
         base = args.variants[0]
         entries += [("STID", base, "stid"), ("historical average", base, "historical_average")]
-        print(f"\nnyc-taxi 2019, 12 -> 12, {args.steps} steps each, seed {seed}, {args.windows} test windows\n")
+        print(f"\n{' '.join(in_domain[1:])}, {args.steps} steps each, seed {seed}, {args.windows} test windows\n")
         print(table(rows, entries))
     print("\nover seeds " + ", ".join(map(str, args.seeds)) + "\n")
     print("\n".join(spread_rows(bench, names)))

@@ -98,8 +98,9 @@ def test_field_names_are_unique_across_recipe_dataclasses():
 def test_every_shipped_recipe_parses_and_opens_with_its_command(recipe):
     first_line = recipe.read_text().splitlines()[0]
     assert first_line.startswith("# ") and ("st-instruct" in first_line or "accelerate launch" in first_line)
-    # pretraining recipes (st-instruct pretrain) have their own schema: DataConfig, ModelConfig, PretrainConfig
-    schema = PRETRAIN_DATACLASSES if recipe.name.startswith("pretrain_") else train_dataclasses()
+    # pretraining recipes (their command is st-instruct pretrain) have their own schema: DataConfig, ModelConfig,
+    # PretrainConfig
+    schema = PRETRAIN_DATACLASSES if "st-instruct pretrain " in first_line else train_dataclasses()
     parse_recipe(schema, [str(recipe)])
 
 

@@ -70,8 +70,10 @@ def few_shot_finetune(model_dir: str | Path, dataset: str, fraction: float, outp
     data_config, model_config, sft_config = parse_recipe(train_dataclasses(), [recipe_path, "--template", template])
     target, _ = evaluation_config(data_config, dataset, data_dir, channels, start, end, spec=spec)
     trained_channels = STForecasterConfig.load(model_dir).channels
+    # every weight comes from model_dir next: the pretrained encoder folder the recipe started from is not read
     model, tokenizer, built, _ = build_forecaster(target, model_config, seed,
-                                                  channels=trained_channels if broadcast_channels else None)
+                                                  channels=trained_channels if broadcast_channels else None,
+                                                  load_pretrained=False)
     if model.st_config.channels != trained_channels:
         raise ValueError(f"dataset {dataset!r} has {model.st_config.channels} channel(s) but the forecaster in "
                          f"{model_dir} was trained on {trained_channels}; pick matching --channels, or pass "

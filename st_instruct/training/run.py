@@ -25,7 +25,7 @@ OVERWRITE_FLAG = "--overwrite"  # of `st-instruct train` / `demo` and scripts/sf
 
 
 def build_forecaster(data_config: DataConfig, model_config: ModelConfig, seed: int,
-                     channels: int | None = None) -> tuple[Any, Any, Any, Any]:
+                     channels: int | None = None, load_pretrained: bool = True) -> tuple[Any, Any, Any, Any]:
     """``(model, tokenizer, dataset, freeze report)``: the backbone with the ST tokens, the tokenised dataset, and
     an :class:`STForecaster` sized for it (``C``, ``K`` read from the data; ``channels`` overrides ``C`` for a model
     fed broadcast one-channel data) with the recipe's freeze plan applied.
@@ -43,7 +43,9 @@ def build_forecaster(data_config: DataConfig, model_config: ModelConfig, seed: i
     forecaster instead of a fresh one (:func:`~st_instruct.pretraining.run.get_pretrained_encoder` refuses one that
     does not fit the recipe); ``st_encoder_freeze`` keeps it frozen (left out of the report's trainable groups);
     ``head_skip_init: readout`` starts the head as that folder's forecast readout
-    (:func:`~st_instruct.pretraining.run.load_readout_into_skip`).
+    (:func:`~st_instruct.pretraining.run.load_readout_into_skip`). ``load_pretrained=False`` skips both (the
+    freeze still applies): for a caller that loads every weight from a trained folder next (few-shot), which then
+    does not need the pretrained folder to exist any more.
     """
     from transformers import set_seed
 
@@ -85,14 +87,14 @@ def build_forecaster(data_config: DataConfig, model_config: ModelConfig, seed: i
         mrffn_slots=model_config.mrffn_slots, mrffn_key_dim=model_config.mrffn_key_dim,
         mrffn_top_k=model_config.mrffn_top_k, hidden_size=width, head_skip=model_config.head_skip)
     encoder = None
-    if model_config.st_encoder_init:
+    if model_config.st_encoder_init and load_pretrained:
         from st_instruct.pretraining.run import get_pretrained_encoder
 
         encoder = get_pretrained_encoder(model_config.st_encoder_init, st_config.encoder_config())
     frozen = ["st_encoder"] if model_config.st_encoder_freeze else []
     set_seed(seed)
     model = STForecaster(backbone, st_config, encoder=encoder)
-    if model_config.head_skip_init == "readout":
+    if model_config.head_skip_init == "readout" and load_pretrained:
         from st_instruct.pretraining.run import load_readout_into_skip
 
         if model_config.revin:

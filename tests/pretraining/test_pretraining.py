@@ -259,3 +259,22 @@ def test_the_cosine_schedule_decays_the_pretraining_rate_and_constant_keeps_it(m
     train_encoder(*pretrain_configs("forecast", "--pretrain_learning_rate", "0.01", "--pretrain_lr_scheduler",
                                     "constant"), progress=False)
     assert seen == [pytest.approx(0.01)] * 4
+
+
+def test_a_model_trained_from_a_pretrained_folder_few_shots_after_that_folder_is_gone(forecaster_flags, tmp_path):
+    """Every weight of a trained forecaster is in its own folder: few-shot rebuilds it without reading the
+    st_encoder_init / head_skip_init folder its recipe names (which may have been deleted or moved since)."""
+    import shutil
+
+    encoder = tmp_path / "enc"
+    assert main(["pretrain", str(RECIPES / "pretrain_forecast.yaml"), "--st_encoder", "patch", "--pretrain_steps",
+                 "2", "--pretrain_output_dir", str(encoder)]) == 0
+    model = tmp_path / "model"
+    assert main(["train", str(SMOKE), *forecaster_flags, "--output_dir", str(model), "--max_steps", "1",
+                 "--st_encoder_init", str(encoder), "--head_skip", "true", "--head_skip_init", "readout"]) == 0
+    shutil.rmtree(encoder)
+    tuned = tmp_path / "tuned"
+    assert main(["evaluate", "--model", str(model), "--dataset", "synthetic-small", "--few-shot", "0.005",
+                 "--few-shot-steps", "1", "--few-shot-output", str(tuned), "--max-windows", "2", "--models",
+                 "last_value", "--quiet"]) == 0
+    assert (tuned / "few_shot.json").is_file()
