@@ -8,12 +8,14 @@ Usage::
 On the embedded synthetic city (no download), every variant is ``recipes/demo_sft.yaml`` (SmolLM2-135M first 4
 layers, LoRA, 200 steps) with only the encoder's start changed:
 
-- ``scratch``: a fresh encoder, the head's skip path closed (``head_skip_init: closed``);
+- ``scratch``: a fresh encoder trained with the rest (``st_encoder_freeze: false``), the head's skip path closed
+  (``head_skip_init: closed``), every module at the recipe's ``learning_rate`` (5e-4: ``st_learning_rate``
+  ``0.0005``, as the demo trained before issue 10; the demo's 1e-4 is for modules that start pretrained);
 - ``mae``: the encoder of ``recipes/demo_pretrain.yaml --pretrain_objective mae`` (UniST / UrbanMind mask
-  families, reconstruction decoder dropped), skip path closed -- a reconstruction decoder is not a forecast, so
-  there is no readout to start the head from;
-- ``forecast``: the encoder of ``recipes/demo_pretrain.yaml`` (forecast objective) and the head started as its
-  readout (``head_skip_init: readout``): the demo itself.
+  families; the reconstruction decoder dropped), trained on like ``scratch``, skip path closed -- a reconstruction
+  decoder is not a forecast, so there is no readout to start the head from;
+- ``forecast``: the encoder of ``recipes/demo_pretrain.yaml`` (forecast objective), frozen, and the head started
+  as its readout (``head_skip_init: readout``): the demo itself.
 
 Pretraining runs the same number of steps for both objectives. Each model and its no-LLM control
 (``--control no_llm``, the same start and budget) are scored by one ``st-instruct evaluate`` on every test window
@@ -39,6 +41,22 @@ VARIANTS = {
     "mae": ["--pretrain_objective", "mae"],
     "forecast": ["--pretrain_objective", "forecast"],
 }
+# the recipe keys of the variants whose encoder does not start from a forecast readout
+TRAINED_ON = {"st_encoder_freeze": False, "head_skip_init": "closed", "st_learning_rate": 0.0005}
+
+
+def variant_recipe(out: Path, variant: str, encoder: Path | None) -> Path:
+    """``RECIPE`` with the variant's start: a recipe file in ``out`` (a flag cannot unset ``st_encoder_init``)."""
+    import yaml
+
+    recipe = yaml.safe_load(Path(RECIPE).read_text())
+    recipe["st_encoder_init"] = None if encoder is None else str(encoder)
+    if variant != "forecast":
+        recipe.update(TRAINED_ON)
+    path = out / f"recipe-{variant}.yaml"
+    path.write_text(f"# st-instruct train {path}   ({RECIPE}, encoder start: {variant})\n"
+                    + yaml.safe_dump(recipe, sort_keys=False))
+    return path
 
 
 def stage(name: str, command: list[str], out: Path, marker: Path, reuse: bool, bench: dict) -> bool:
@@ -75,19 +93,18 @@ def main() -> int:
     if args.max_steps is not None:
         common += ["--max_steps", str(args.max_steps)]
     for variant in args.variants:
-        flags = list(common)
+        encoder = None
         if VARIANTS[variant] is not None:
             encoder = out / f"pretrain-{variant}"
             if not stage(f"pretrain-{variant}", [*cli, "pretrain", PRETRAIN_RECIPE, *VARIANTS[variant],
                                                  "--pretrain_output_dir", str(encoder)],
                          out, encoder / "encoder.safetensors", args.reuse, bench):
                 return 1
-            flags += ["--st_encoder_init", str(encoder)]
-        flags += ["--head_skip_init", "readout" if variant == "forecast" else "closed"]
+        recipe = variant_recipe(out, variant, encoder)
         model, control = out / f"model-{variant}", out / f"model-{variant}-no-llm"
         for name, folder, extra in ((f"train-{variant}", model, []),
                                     (f"train-{variant}-no-llm", control, ["--control", "no_llm"])):
-            if not stage(name, [*cli, "train", RECIPE, *flags, *extra, "--output_dir", str(folder)], out,
+            if not stage(name, [*cli, "train", str(recipe), *common, *extra, "--output_dir", str(folder)], out,
                          folder / "trainer_state.json", args.reuse, bench):
                 return 1
         json_path = out / f"eval-{variant}.json"

@@ -144,6 +144,8 @@ class ModelConfig:
     st_encoder_mlp_layers: int = field(default=0, metadata={
         "help": "STID fusion: residual MLP blocks over the encoder's concatenated [history, time of day, day of week, "
                 "space] features (0 = none; with a linear readout the encoder is then STID)"})
+    st_encoder_mlp_dropout: float = field(default=0.0, metadata={
+        "help": "dropout inside the fusion blocks (0 as this harness's STID baseline; the STID paper uses 0.15)"})
     st_projector_layers: int = field(default=1, metadata={
         "help": "ST -> text projector: 1 = linear (UrbanGPT), 2 = MLP"})
     head_dim: int = field(default=128, metadata={"help": "width of the regression head's W1 / W2"})
@@ -213,6 +215,8 @@ class ModelConfig:
                 raise RecipeError(f"{key} must be >= 1, found {getattr(self, key)}")
         if self.st_encoder_mlp_layers < 0:
             raise RecipeError(f"st_encoder_mlp_layers must be >= 0, found {self.st_encoder_mlp_layers}")
+        if not 0 <= self.st_encoder_mlp_dropout < 1:
+            raise RecipeError(f"st_encoder_mlp_dropout must be in [0, 1), found {self.st_encoder_mlp_dropout}")
         if self.st_projector_layers not in (1, 2):
             raise RecipeError(f"st_projector_layers must be 1 (linear) or 2 (MLP), found {self.st_projector_layers}")
         if not 0 <= self.lora_dropout < 1:

@@ -72,7 +72,8 @@ class STForecasterConfig:
     width of each of its four parts (output ``4 * encoder_dim``); ``steps_per_day`` the rows of the time-of-day
     table (288 = 5-minute resolution; coarser data is mapped onto it). ``tcn_layers`` / ``tcn_kernel_size`` only
     matter for ``"tcn"``; ``encoder_mlp_layers`` the STID fusion blocks ending the encoder
-    (:class:`~st_instruct.models.st_encoders.ResidualMLP`, 0 = none); ``projector_layers`` is 1 (linear) or 2
+    (:class:`~st_instruct.models.st_encoders.ResidualMLP`, 0 = none) with dropout ``encoder_mlp_dropout``;
+    ``projector_layers`` is 1 (linear) or 2
     (MLP); ``head_dim`` the width of ``W1`` / ``W2``.
 
     Options (ST-LINK and friends, all off by default): ``revin`` (:class:`RevIN` around encoder and head);
@@ -100,6 +101,7 @@ class STForecasterConfig:
     tcn_layers: int = 3
     tcn_kernel_size: int = 2
     encoder_mlp_layers: int = 0
+    encoder_mlp_dropout: float = 0.0
     projector_layers: int = 1
     head_dim: int = 128
     revin: bool = False
@@ -127,7 +129,7 @@ class STForecasterConfig:
         return STEncoderConfig(kind=self.encoder, history=self.history, channels=self.channels,
                                coord_dim=self.coord_dim, dim=self.encoder_dim, steps_per_day=self.steps_per_day,
                                tcn_layers=self.tcn_layers, tcn_kernel_size=self.tcn_kernel_size,
-                               mlp_layers=self.encoder_mlp_layers)
+                               mlp_layers=self.encoder_mlp_layers, mlp_dropout=self.encoder_mlp_dropout)
 
     def save(self, directory: str | Path) -> None:
         Path(directory, ST_CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")

@@ -131,7 +131,7 @@ class PatchEmbeddingEncoder(nn.Module):
     """
 
     def __init__(self, history: int, channels: int, coord_dim: int, dim: int = 64, steps_per_day: int = 288,
-                 mlp_layers: int = 0, mlp_dropout: float = 0.15) -> None:
+                 mlp_layers: int = 0, mlp_dropout: float = 0.0) -> None:
         super().__init__()
         self.history, self.channels = history, channels
         self.patch = nn.Linear(history * 2 * channels, dim)
@@ -177,7 +177,7 @@ class DilatedTCNEncoder(nn.Module):
     """
 
     def __init__(self, history: int, channels: int, coord_dim: int, dim: int = 64, steps_per_day: int = 288,
-                 layers: int = 3, kernel_size: int = 2, mlp_layers: int = 0, mlp_dropout: float = 0.15) -> None:
+                 layers: int = 3, kernel_size: int = 2, mlp_layers: int = 0, mlp_dropout: float = 0.0) -> None:
         super().__init__()
         self.history, self.channels = history, channels
         self.lift = nn.Conv1d(2 * channels, dim, 1)
@@ -240,7 +240,7 @@ class STEncoderConfig:
     tcn_layers: int = 3
     tcn_kernel_size: int = 2
     mlp_layers: int = 0
-    mlp_dropout: float = 0.15
+    mlp_dropout: float = 0.0
 
     def __post_init__(self) -> None:
         if self.kind not in ENCODERS:

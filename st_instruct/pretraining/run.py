@@ -34,6 +34,7 @@ RECIPE_FILE = "recipe.yaml"
 LOG_FILE = "pretrain_log.json"
 # the recipe key (or data property) behind each STEncoderConfig field, for the error of a folder that does not fit
 RECIPE_KEY_OF = {"kind": "st_encoder", "dim": "st_encoder_dim", "mlp_layers": "st_encoder_mlp_layers",
+                 "mlp_dropout": "st_encoder_mlp_dropout",
                  "history": "history",
                  "channels": "channels (of the data)", "coord_dim": "coordinates / coordinate_dim"}
 
@@ -135,7 +136,8 @@ def train_encoder(data_config: DataConfig, model_config: ModelConfig, config: Pr
     first = sources[0]
     encoder_config = STEncoderConfig(kind=model_config.st_encoder, history=data_config.history,
                                      channels=first.windows.scaled.shape[-1], coord_dim=first.coords.shape[1],
-                                     dim=model_config.st_encoder_dim, mlp_layers=model_config.st_encoder_mlp_layers)
+                                     dim=model_config.st_encoder_dim, mlp_layers=model_config.st_encoder_mlp_layers,
+                                     mlp_dropout=model_config.st_encoder_mlp_dropout)
     torch.manual_seed(config.pretrain_seed)
     generator = torch.Generator().manual_seed(config.pretrain_seed)
     steps = data_config.horizon if config.pretrain_objective == "forecast" else data_config.history

@@ -78,7 +78,7 @@ def build_forecaster(data_config: DataConfig, model_config: ModelConfig, seed: i
         history=data_config.history, horizon=data_config.horizon, channels=channels or len(sample["scaler_mean"]),
         coord_dim=data_config.coordinate_dim if learned else len(sample["coords"][0]), his_token_id=ids.his,
         pre_token_id=ids.pre, encoder=model_config.st_encoder, encoder_dim=model_config.st_encoder_dim,
-        encoder_mlp_layers=model_config.st_encoder_mlp_layers,
+        encoder_mlp_layers=model_config.st_encoder_mlp_layers, encoder_mlp_dropout=model_config.st_encoder_mlp_dropout,
         projector_layers=model_config.st_projector_layers, head_dim=model_config.head_dim, revin=model_config.revin,
         node_table_size=learned_node_table_size(data_config) if learned else 0,
         se_attention=model_config.se_attention, se_pairs=model_config.se_pairs,
