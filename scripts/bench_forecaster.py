@@ -24,8 +24,9 @@ maximum resident set size comes from ``os.wait4``):
    sensors, 5-minute steps; ``--broadcast-channels``), with the no-LLM control, beside the baselines fitted on the
    target and those fitted on the source (``NAME@nyc-taxi``), strict per-window scaling, at most
    ``--zero-shot-windows`` test windows each (sampled as the builder samples; every row scores the same ones).
-5. ``--few-shot F ...``: the model fine-tuned on the first fraction F of nyc-bike 2019's train split, beside STID
-   and historical average fitted on the same windows (scored on ``--zero-shot-windows`` test windows).
+5. ``--few-shot F ...``: the model and its no-LLM control, each fine-tuned on the first fraction F of nyc-bike
+   2019's train split with the same steps, beside STID and historical average fitted on the same windows (scored
+   on ``--zero-shot-windows`` test windows).
 
 Writes ``OUT/bench_forecaster.json`` and prints a markdown table. Datasets that are absent are reported as skipped.
 """
@@ -214,6 +215,8 @@ def main() -> int:
                    "--few-shot-output", str(out / f"model-{tag}"), "--models", "historical_average", "stid",
                    "--json", str(json_path), "--quiet", "--output", str(out / f"eval-{tag}")]
         command += ["--max-windows", str(args.zero_shot_windows)] if args.zero_shot_windows else []
+        # the no-LLM control is fine-tuned on the same windows (as zero-shot: the random-LLM one only in-domain)
+        command += ["--controls", str(control_dirs["no_llm"])] if "no_llm" in control_dirs else []
         evaluate_stage(case, command, json_path, out / f"eval-{tag}.log", bench)
         result_path.write_text(json.dumps(bench, indent=2) + "\n")
     print(markdown(bench["evaluations"]))

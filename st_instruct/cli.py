@@ -225,20 +225,27 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     model_dir = Path(args.model)
     controls = args.controls or []
-    if args.few_shot is not None and controls:
-        raise ValueError("--controls with --few-shot: the controls would be scored without their own few-shot "
-                         "fine-tuning; evaluate the controls in-domain or zero-shot, or drop --controls")
     if args.few_shot is not None:
+        from st_instruct.evaluation.forecaster_eval import read_control
         from st_instruct.training.few_shot import few_shot_finetune
+
+        for folder in controls:  # a wrong control is refused before any fine-tuning
+            read_control(folder, model_dir)
 
         tuned = args.few_shot_output or model_dir.parent / f"{model_dir.name}-few-shot-{Path(args.dataset).stem}-" \
                                                            f"{args.few_shot:g}"
-        print(f"few-shot: fine-tuning {model_dir} on the first {args.few_shot:g} of {args.dataset}'s train split "
-              f"into {tuned}")
-        model_dir = few_shot_finetune(model_dir, args.dataset, args.few_shot, tuned, data_dir=args.data_dir,
-                                      channels=args.channels, start=args.start, end=args.end,
-                                      steps=args.few_shot_steps, broadcast_channels=args.broadcast_channels,
-                                      seed=args.seed, spec=_spec_kwargs(args))
+        # each control is fine-tuned on the same windows with the same steps, so its row stays a like-for-like one
+        sources = [model_dir, *map(Path, controls)]
+        outputs = [Path(tuned), *(Path(tuned).parent / f"{Path(tuned).name}-{Path(c).name}" for c in controls)]
+        tuned_dirs = []
+        for source, output in zip(sources, outputs, strict=True):
+            print(f"few-shot: fine-tuning {source} on the first {args.few_shot:g} of {args.dataset}'s train split "
+                  f"into {output}", flush=True)
+            tuned_dirs.append(few_shot_finetune(source, args.dataset, args.few_shot, output, data_dir=args.data_dir,
+                                                channels=args.channels, start=args.start, end=args.end,
+                                                steps=args.few_shot_steps, broadcast_channels=args.broadcast_channels,
+                                                seed=args.seed, spec=_spec_kwargs(args)))
+        model_dir, controls = tuned_dirs[0], [str(folder) for folder in tuned_dirs[1:]]
     report, arrays = evaluate_forecaster(model_dir, args.dataset, data_dir=args.data_dir, channels=args.channels,
                                          start=args.start, end=args.end, max_windows=args.max_windows,
                                          batch_size=args.batch_size, split_name=args.split_name, models=args.models,
@@ -326,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--controls", nargs="+", default=None, metavar="DIR",
                           help="trained controls of the model's recipe (`st-instruct train RECIPE --control no_llm` / "
                                "`random_llm`), scored on the same windows as rows st_forecaster_no_llm / "
-                               "st_forecaster_random_llm")
+                               "st_forecaster_random_llm; with --few-shot each is fine-tuned as the model is")
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--zero-shot-scaling", choices=("window", "train"), default="window",
                           help="zero-shot only: scale each sample with its own history window's statistics "

@@ -57,10 +57,9 @@ def few_shot_finetune(model_dir: str | Path, dataset: str, fraction: float, outp
     from st_instruct.hub import write_model_card
     from st_instruct.models.forecaster import STForecasterConfig
     from st_instruct.models.saving import load_forecaster_weights, read_backbone_source
-    from st_instruct.training.run import RECIPE_FILE, backbone_source, build_forecaster
-    from st_instruct.training.trainer import STSFTTrainer
+    from st_instruct.training.run import RECIPE_FILE, build_forecaster, build_trainer
 
-    read_backbone_source(model_dir)  # names missing files before anything slow
+    source, _ = read_backbone_source(model_dir)  # names missing files before anything slow
     few_shot_train_windows(1, fraction)  # checks the fraction
     if steps is not None and steps < 1:
         raise ValueError(f"--few-shot-steps must be >= 1, found {steps}")
@@ -70,8 +69,11 @@ def few_shot_finetune(model_dir: str | Path, dataset: str, fraction: float, outp
     data_config, model_config, sft_config = parse_recipe(train_dataclasses(), [recipe_path, "--template", template])
     target, _ = evaluation_config(data_config, dataset, data_dir, channels, start, end, spec=spec)
     trained_channels = STForecasterConfig.load(model_dir).channels
-    # every weight comes from model_dir next: the pretrained encoder folder the recipe started from is not read
-    model, tokenizer, built, _ = build_forecaster(target, model_config, seed,
+    # every weight comes from model_dir next: the pretrained encoder folder the recipe started from is not read.
+    # a random_llm control's backbone is redrawn from the seed it was drawn with (its saved BackboneSource)
+    backbone_seed = source.random_init_seed
+    build_seed = seed if backbone_seed is None else backbone_seed
+    model, tokenizer, built, _ = build_forecaster(target, model_config, build_seed,
                                                   channels=trained_channels if broadcast_channels else None,
                                                   load_pretrained=False)
     if model.st_config.channels != trained_channels:
@@ -90,10 +92,8 @@ def few_shot_finetune(model_dir: str | Path, dataset: str, fraction: float, outp
     _, _, sft_config = parse_recipe(train_dataclasses(), [
         recipe_path, "--template", template, "--output_dir", str(output_dir), "--max_steps", str(steps),
         "--save_strategy", "no", "--eval_strategy", "no", "--seed", str(seed)])
-    trainer = STSFTTrainer(model, sft_config, train, tokenizer, backbone_source(model_config),
-                           loss_reg_weight=model_config.loss_reg_weight, loss_lm_weight=model_config.loss_lm_weight,
-                           broadcast_channels=trained_channels if broadcast_channels else None,
-                           st_learning_rate=model_config.st_learning_rate)
+    trainer = build_trainer(model, model_config, sft_config, train, tokenizer, backbone_seed,
+                            broadcast_channels=trained_channels if broadcast_channels else None)
     trainer.train()
     trainer.save_model(str(output_dir))
     trainer.save_state()

@@ -204,12 +204,26 @@ def backbone_source(model_config: ModelConfig, seed: int | None = None) -> Any:
     random_init_seed = None
     if model_config.control == "random_llm":
         if seed is None:
-            raise RecipeError("control: random_llm rebuilds its random backbone from the seed of its training run, "
-                              "and none was given: fine-tuning a random_llm control further (e.g. few-shot) is not "
-                              "supported; train it with `st-instruct train RECIPE --control random_llm`")
+            raise RecipeError("control: random_llm rebuilds its random backbone from the seed it was drawn with, "
+                              "and none was given (a bug of the caller: pass the training run's seed, or the "
+                              "random_init_seed of the folder's st_backbone.json)")
         random_init_seed = seed
     return BackboneSource(model_config.model_name_or_path, model_config.model_num_layers,
                           model_config.model_load_in_4bit, random_init_seed)
+
+
+def build_trainer(model: Any, model_config: ModelConfig, sft_config: Any, train_dataset: Any, tokenizer: Any,
+                  backbone_seed: int | None, **extra: Any) -> Any:
+    """The :class:`STSFTTrainer` of a recipe: its loss weights (the no-LLM control has no LM to score the answer
+    text, so it trains on the regression loss alone), its ST modules' learning rate, and the
+    :func:`backbone_source` saved with the model (``backbone_seed``: the seed a random_llm control's backbone was
+    drawn with). ``extra``: further ``STSFTTrainer`` keywords."""
+    from st_instruct.training.trainer import STSFTTrainer
+
+    lm_weight = 0.0 if model_config.control == "no_llm" else model_config.loss_lm_weight
+    return STSFTTrainer(model, sft_config, train_dataset, tokenizer, backbone_source(model_config, backbone_seed),
+                        loss_reg_weight=model_config.loss_reg_weight, loss_lm_weight=lm_weight,
+                        st_learning_rate=model_config.st_learning_rate, **extra)
 
 
 def checkpoint_missing(folder: str | Path) -> list[str]:
@@ -339,7 +353,6 @@ def train(data_config: DataConfig, model_config: ModelConfig, sft_config: Any,
     from st_instruct.hub import write_model_card
     from st_instruct.models.saving import BACKBONE_FILE
     from st_instruct.outputs import check_writable, clean_stale_siblings, commit, is_nonempty, sibling, staged_into
-    from st_instruct.training.trainer import STSFTTrainer
 
     output = Path(sft_config.output_dir)
     main = sft_config.process_index == 0
@@ -361,13 +374,8 @@ def train(data_config: DataConfig, model_config: ModelConfig, sft_config: Any,
                       f"{sft_config.activation_checkpointing}; see configs.cpu_training_defaults)")
             print(report.summary())
         evaluate = sft_config.eval_strategy != "no"
-        # the no-LLM control has no LM to score the answer text: it trains on the regression loss alone
-        lm_weight = 0.0 if model_config.control == "no_llm" else model_config.loss_lm_weight
-        trainer = STSFTTrainer(model, sft_config, dataset["train"], tokenizer,
-                               backbone_source(model_config, sft_config.seed),
-                               loss_reg_weight=model_config.loss_reg_weight, loss_lm_weight=lm_weight,
-                               eval_dataset=dataset["validation"] if evaluate else None,
-                               st_learning_rate=model_config.st_learning_rate)
+        trainer = build_trainer(model, model_config, sft_config, dataset["train"], tokenizer, sft_config.seed,
+                                eval_dataset=dataset["validation"] if evaluate else None)
         trainer.train(resume_from_checkpoint=resume)
         sft_config.output_dir = str(output)  # what recipe.yaml records
         if not main:

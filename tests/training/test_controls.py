@@ -153,6 +153,43 @@ def test_evaluate_controls_scores_them_on_the_forecasters_windows(trained, tmp_p
     assert not np.allclose(together["predictions"][RANDOM_LLM], together["predictions"][MODEL_NAME])
 
 
+def test_few_shot_fine_tunes_each_control_on_the_same_windows_and_steps(trained, tmp_path):
+    """``--few-shot`` with ``--controls``: every control is fine-tuned as the forecaster is (same first windows,
+    same steps), and the rows are the tuned controls; the random-LLM control keeps the backbone it was drawn with."""
+    from safetensors.torch import load_file
+
+    tuned, out = tmp_path / "tuned", tmp_path / "eval"
+    code = main(["evaluate", "--model", str(trained["none"]), "--dataset", "synthetic-small", "--few-shot", "0.005",
+                 "--few-shot-steps", "1", "--few-shot-output", str(tuned), "--max-windows", "2", "--models",
+                 "last_value", "--controls", str(trained["no_llm"]), str(trained["random_llm"]), "--output",
+                 str(out), "--quiet"])
+    assert code == 0
+    report = json.loads((out / "results.json").read_text())
+    assert report["protocol"].startswith("few-shot") and set(report["results"]) == {MODEL_NAME, NO_LLM, RANDOM_LLM,
+                                                                                   "last_value"}
+    records = {}
+    for control, name in (("no_llm", NO_LLM), ("random_llm", RANDOM_LLM)):
+        folder = tmp_path / f"tuned-{trained[control].name}"
+        assert report["controls"][name] == str(folder)
+        records[control] = json.loads((folder / "few_shot.json").read_text())
+        before = load_file(trained[control] / "st_modules.safetensors")
+        after = load_file(folder / "st_modules.safetensors")
+        assert any(not torch.equal(before[k], after[k]) for k in before), control
+    forecaster = json.loads((tuned / "few_shot.json").read_text())
+    for record in records.values():
+        assert {k: record[k] for k in ("train_windows", "train_samples", "steps")} == \
+            {k: forecaster[k] for k in ("train_windows", "train_samples", "steps")}
+    assert json.loads((tmp_path / f"tuned-{trained['random_llm'].name}" / "st_backbone.json").read_text()) == \
+        json.loads((trained["random_llm"] / "st_backbone.json").read_text())
+
+
+def test_few_shot_refuses_a_wrong_control_before_fine_tuning_anything(trained, tmp_path, capsys):
+    tuned = tmp_path / "tuned"
+    assert main(["evaluate", "--model", str(trained["none"]), "--dataset", "synthetic-small", "--few-shot", "0.005",
+                 "--few-shot-output", str(tuned), "--controls", str(trained["none"]), "--quiet"]) == 2
+    assert "control: none" in capsys.readouterr().err and not tuned.exists()
+
+
 def test_controls_must_be_controls_of_the_same_recipe(trained, tmp_path, capsys):
     base = ["evaluate", "--model", str(trained["none"]), "--dataset", "synthetic-small", "--max-windows", "1",
             "--models", "last_value", "--output", str(tmp_path / "e"), "--quiet", "--controls"]
