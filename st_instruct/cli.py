@@ -271,6 +271,26 @@ def _cmd_push(args: argparse.Namespace) -> None:
     print(f"pushed {args.directory} to {args.repo_id}: {url}")
 
 
+def _cmd_render(args: argparse.Namespace) -> None:
+    from st_instruct.data.render import WindowRenderer, save_window
+    from st_instruct.evaluation.protocols import prepare_windows
+
+    windows = prepare_windows(args.dataset, args.history, args.horizon, args.split, args.channels, args.start,
+                              args.end, data_dir=args.data_dir, spec=_spec_kwargs(args))
+    names = windows.data.channels
+    channel = int(args.channel) if args.channel.isdigit() else names.index(args.channel) \
+        if args.channel in names else None
+    if channel is None:
+        raise ValueError(f"--channel {args.channel!r} is not a channel of {args.dataset!r} ({', '.join(names)}) "
+                         "nor an index")
+    renderer = WindowRenderer(windows, args.kind, size=args.size, panels=args.panels, channel=channel)
+    stem = f"{Path(args.dataset).stem}-{args.split_name}-{args.window}"
+    png, gif = save_window(renderer, args.split_name, args.window, args.out, stem)
+    print(f"{args.kind} image of {args.dataset} {args.split_name} window {args.window} (channel "
+          f"{names[channel] if channel < len(names) else channel}, colours on {renderer.low:g} .. {renderer.high:g} "
+          f"from the train split): wrote {png} and {gif}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="st-instruct", description=__doc__.splitlines()[0])
     verbs = parser.add_subparsers(dest="verb", required=True)
@@ -366,6 +386,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_window_args(baselines)
     _add_dataset_spec_args(baselines)
     baselines.set_defaults(func=_cmd_baselines)
+    render = verbs.add_parser("render", help="render a window as the image a VLM forecaster reads (PNG) and every "
+                              "step of it as an animated GIF")
+    render.add_argument("dataset", help="a registered name or a path")
+    render.add_argument("--window", type=int, required=True, help="window index within the split")
+    render.add_argument("--split-name", default="test", choices=("train", "validation", "test"))
+    render.add_argument("--kind", default="map", help="map (default): history steps as map panels; multiview: "
+                        "temporal, spatial and correlation views beside the last step's map")
+    render.add_argument("--size", type=int, default=224, help="image side in pixels (default 224)")
+    render.add_argument("--panels", type=int, default=4, help="history steps per map image (default 4)")
+    render.add_argument("--channel", default="0", help="channel to colour: a name or an index (default 0)")
+    render.add_argument("--out", required=True, help="folder for the PNG and the GIF")
+    _add_source_args(render)
+    _add_window_args(render)
+    _add_dataset_spec_args(render)
+    render.set_defaults(func=_cmd_render)
     demo = verbs.add_parser("demo", help="the main job: train the forecaster on the synthetic city, then evaluate",
                             description="Pretrains recipes/demo_pretrain.yaml into OUTPUT_DIR-pretrain, trains "
                             "recipes/demo_sft.yaml from it into its output_dir (any recipe key can be overridden as a "

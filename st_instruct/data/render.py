@@ -1,0 +1,340 @@
+"""Rendered spatial images of ST windows, the image modality of ST-VLM (Zhao et al., AAAI 2026).
+
+ST-VLM renders the spatial state of a window to images that a vision-language model reads beside the text and the
+ST tokens. Its code is not public; this renderer follows the paper's description and two public analogues: VLM4ST
+(a pseudo-image of the window at 224 x 224) and ViST (one image holding a temporal, a spatial and a correlation view).
+
+Two image kinds (``IMAGE_KINDS``), both ``size x size`` RGB:
+
+- ``map``: ``panels`` history steps tiled row-major (evenly spaced over the history, the last step last). Graph data:
+  nodes placed by their coordinates (:func:`node_layout`: latitude / longitude, planar x / y, or a spectral layout
+  of the adjacency when there are none), drawn as discs coloured by value, the graph's strongest edges drawn faintly
+  underneath. Grid data (``grid_shape``): a heat map per panel, cell ``(r, c)`` an exact pixel block
+  (:meth:`WindowRenderer.cell_box`).
+- ``multiview`` (in the spirit of ViST): four panels of one step range -- top left the node x time matrix of the
+  history (the *temporal* view; nodes in spectral order, so neighbours sit in nearby rows), top right the same matrix
+  after averaging every node with its graph neighbours (the *spatial* view), bottom left the node x node correlation
+  of the history (the *correlation* view, -1 .. 1), bottom right the map of the last history step.
+
+Colours: viridis (perceptually uniform; its 11 standard stops, linearly interpolated to 256 entries, no matplotlib),
+on a value range fixed per dataset and channel from the observed values of the *train split*
+(:func:`value_range`: the 0.5 % and 99.5 % quantiles), so a colour means the same value in every sample of that
+dataset; values outside are clipped; missing values are mid grey. Everything is numpy + Pillow, with no randomness:
+the same window gives the same pixels and the same PNG bytes (:func:`png_bytes`).
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from st_instruct.data.graph import laplacian_eigenvectors
+from st_instruct.data.stdata import STData
+from st_instruct.data.windows import STWindows
+
+IMAGE_KINDS = ("map", "multiview")
+# viridis at 0, 0.1, ..., 1 (matplotlib's colour map, CC0)
+VIRIDIS_STOPS = np.array([[0x44, 0x01, 0x54], [0x48, 0x24, 0x75], [0x41, 0x44, 0x87], [0x35, 0x5F, 0x8D],
+                          [0x2A, 0x78, 0x8E], [0x21, 0x91, 0x8C], [0x22, 0xA8, 0x84], [0x44, 0xBF, 0x70],
+                          [0x7A, 0xD1, 0x51], [0xBD, 0xDF, 0x26], [0xFD, 0xE7, 0x25]], dtype=np.float64)
+MISSING_COLOUR = (128, 128, 128)
+BACKGROUND = (255, 255, 255)
+EDGE_COLOUR = (215, 215, 215)
+RANGE_QUANTILES = (0.005, 0.995)
+MIN_SIZE = 32
+
+
+class RenderError(ValueError):
+    """A window that cannot be rendered as asked; the message names the dataset and what to supply."""
+
+
+def colour_table() -> np.ndarray:
+    """``[256, 3]`` uint8: viridis from its 11 stops, linearly interpolated (index 0 = the range's low end)."""
+    positions = np.linspace(0, 1, len(VIRIDIS_STOPS))
+    grid = np.linspace(0, 1, 256)
+    table = np.stack([np.interp(grid, positions, VIRIDIS_STOPS[:, c]) for c in range(3)], axis=1)
+    return np.round(table).astype(np.uint8)
+
+
+COLOURS = colour_table()
+
+
+def value_range(windows: STWindows, channel: int) -> tuple[float, float]:
+    """``(low, high)`` of ``channel``: the :data:`RANGE_QUANTILES` of its observed train-split values (a constant
+    channel gets ``(v, v + 1)``). Fixed per dataset, so a colour means the same value in every window."""
+    lo, hi = windows.borders["train"]
+    values = windows.data.values[lo:hi, :, channel]
+    observed = windows.observed[lo:hi, :, channel]
+    kept = values[observed]
+    if kept.size == 0:
+        raise RenderError(f"dataset {windows.data.name!r}: channel {channel} has no observed value in the train "
+                          "split, so there is no value range to colour it by")
+    low, high = (float(q) for q in np.quantile(kept, RANGE_QUANTILES))
+    return (low, high) if high > low else (low, low + 1.0)
+
+
+def colour_indices(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Index into :data:`COLOURS` of every value (``int16``, same shape): ``(v - low) / (high - low)`` clipped to
+    0 .. 1, times 255, rounded; ``-1`` where the value is NaN."""
+    scaled = np.clip((np.asarray(values, dtype=np.float64) - low) / (high - low), 0.0, 1.0)
+    index = np.round(np.nan_to_num(scaled) * 255).astype(np.int16)
+    return np.where(np.isnan(values), -1, index)
+
+
+def colourize(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    """``values`` ``[...]`` -> ``[..., 3]`` uint8 viridis colours on ``[low, high]``; NaN -> :data:`MISSING_COLOUR`."""
+    index = colour_indices(values, low, high)
+    colours = COLOURS[np.maximum(index, 0)]
+    colours[index < 0] = MISSING_COLOUR
+    return colours
+
+
+def node_layout(data: STData) -> np.ndarray:
+    """``[N, 2]`` node positions ``(x, y)`` in ``[0, 1]``, ``y`` downwards (image order), aspect ratio kept.
+
+    Latitude / longitude: an equirectangular projection (longitude scaled by the cosine of the mean latitude), north
+    up; ``xy``: planar, y up; ``grid``: (col, row). Without coordinates: the spectral layout of the adjacency (its
+    two lowest non-trivial Laplacian eigenvectors, signs fixed), so the layout is the same on every run.
+    """
+    if data.coords is not None:
+        coords = np.asarray(data.coords, dtype=np.float64)
+        if data.coord_kind == "latlon":
+            lat, lon = coords[:, 0], coords[:, 1]
+            xy = np.stack([lon * np.cos(np.deg2rad(lat.mean())), -lat], axis=1)
+        elif data.coord_kind == "grid":
+            xy = coords[:, ::-1].copy()
+        else:
+            xy = np.stack([coords[:, 0], -coords[:, 1]], axis=1)
+    else:
+        adjacency = data.dense_adjacency()
+        if adjacency is None:
+            raise RenderError(
+                f"dataset {data.name!r} has neither node coordinates nor an adjacency, so its nodes have no place on "
+                "an image: give a nodes file with latitude,longitude or x,y columns (--nodes FILE / dataset_nodes) "
+                "or an adjacency (--adjacency FILE / dataset_adjacency) to lay them out from")
+        xy = laplacian_eigenvectors(adjacency, 2).astype(np.float64)
+    xy = xy - xy.min(axis=0)
+    extent = float(xy.max()) if xy.size else 0.0
+    return xy / extent if extent > 0 else np.full_like(xy, 0.5)
+
+
+def spectral_order(data: STData) -> np.ndarray:
+    """``[N]`` node order for the node x time views: row-major for a grid, else sorted along the Fiedler vector of
+    the adjacency (neighbours end up in nearby rows), else the dataset's own order."""
+    adjacency = data.dense_adjacency()
+    if data.grid_shape is not None or adjacency is None or data.num_nodes < 3:
+        return np.arange(data.num_nodes)
+    return np.argsort(laplacian_eigenvectors(adjacency, 1)[:, 0], kind="stable")
+
+
+def panel_steps(history: int, panels: int) -> np.ndarray:
+    """The ``panels`` history steps a map shows: evenly spaced, the last history step last (fewer if shorter)."""
+    return np.unique(np.round(np.linspace(0, history - 1, min(panels, history))).astype(np.int64))
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    """The PNG encoding of ``image`` with fixed settings and no metadata: the same pixels give the same bytes."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=6)
+    return buffer.getvalue()
+
+
+class WindowRenderer:
+    """Renders the history of windows of one dataset as ``kind`` images of ``size x size`` pixels.
+
+    Args:
+        windows: the dataset's windows (:func:`~st_instruct.data.windows.build_windows`); the value range comes
+            from their train split.
+        kind: one of :data:`IMAGE_KINDS`.
+        size: image side in pixels (at least :data:`MIN_SIZE`).
+        panels: history steps per ``map`` image, tiled on a square grid of ``ceil(sqrt(panels))`` columns.
+        channel: the channel coloured (index into the dataset's channels).
+
+    Layout, node order, edges and value range are computed once here; :meth:`render` only colours.
+    """
+
+    def __init__(self, windows: STWindows, kind: str = "map", size: int = 224, panels: int = 4, channel: int = 0):
+        data = windows.data
+        if kind not in IMAGE_KINDS:
+            raise RenderError(f"image kind {kind!r} is not one of {', '.join(IMAGE_KINDS)}")
+        if size < MIN_SIZE:
+            raise RenderError(f"image size {size} is below the {MIN_SIZE} pixels a panel needs")
+        if not 0 <= channel < data.num_channels:
+            raise RenderError(f"dataset {data.name!r} has {data.num_channels} channel(s) {data.channels}; channel "
+                              f"{channel} does not exist")
+        if panels < 1:
+            raise RenderError(f"panels must be >= 1, found {panels}")
+        self.windows, self.kind, self.size, self.channel = windows, kind, size, channel
+        self.low, self.high = value_range(windows, channel)
+        self.steps = panel_steps(windows.history, panels) if kind == "map" else np.array([windows.history - 1])
+        columns = int(np.ceil(np.sqrt(len(self.steps)))) if kind == "map" else 2
+        self.columns, self.panel = columns, size // columns
+        self.grid = data.grid_shape
+        self.order = spectral_order(data)
+        if self.grid is None:
+            self.layout = node_layout(data)
+            self._pixels = self.node_pixels()
+            self._base_panel = self._edge_panel(data)
+        adjacency = data.dense_adjacency()
+        if adjacency is None:
+            adjacency = np.zeros((data.num_nodes, data.num_nodes))
+        weights = np.abs(np.asarray(adjacency, dtype=np.float64))
+        np.fill_diagonal(weights, 0.0)
+        degree = weights.sum(axis=1, keepdims=True)
+        # row-normalised with a self loop (a node without neighbours keeps its own value), in the views' node order
+        self._neighbour_mean = ((weights + np.eye(len(weights))) / (degree + 1.0))[np.ix_(self.order, self.order)]
+
+    # --- geometry -----------------------------------------------------------------------------------------------
+
+    def panel_origin(self, index: int) -> tuple[int, int]:
+        """``(left, top)`` pixel of panel ``index`` (row-major)."""
+        row, col = divmod(index, self.columns)
+        return col * self.panel, row * self.panel
+
+    def cell_box(self, row: int, col: int, panel: int = 0) -> tuple[int, int, int, int]:
+        """``(left, top, right, bottom)`` (right / bottom exclusive) of grid cell ``(row, col)`` in ``panel``."""
+        if self.grid is None:
+            raise RenderError(f"dataset {self.windows.data.name!r} is not a grid")
+        height, width = self.grid
+        cell = max(1, self.panel // max(height, width))
+        left0 = (self.panel - cell * width) // 2
+        top0 = (self.panel - cell * height) // 2
+        left, top = self.panel_origin(panel)
+        x, y = left + left0 + col * cell, top + top0 + row * cell
+        return x, y, x + cell, y + cell
+
+    def node_pixels(self) -> np.ndarray:
+        """``[N, 2]`` integer ``(x, y)`` of every node's centre inside a panel (graph data)."""
+        margin = self._radius() + 1
+        span = self.panel - 1 - 2 * margin
+        return np.round(margin + self.layout * span).astype(np.int64)
+
+    def _radius(self) -> int:
+        nodes = self.windows.data.num_nodes
+        return int(np.clip(self.panel / (4 * np.sqrt(max(nodes, 1))), 1, 8))
+
+    def _edge_panel(self, data: STData) -> Image.Image:
+        """One panel with the graph's edges drawn faintly: each node's 3 strongest links (the whole graph can have
+        thousands)."""
+        panel = Image.new("RGB", (self.panel, self.panel), BACKGROUND)
+        adjacency = data.dense_adjacency()
+        if adjacency is None:
+            return panel
+        weights = np.abs(np.asarray(adjacency, dtype=np.float64))
+        np.fill_diagonal(weights, 0.0)
+        pixels = self._pixels
+        draw = ImageDraw.Draw(panel)
+        edges = set()
+        for i in range(len(weights)):
+            for j in np.argsort(-weights[i], kind="stable")[:3]:
+                if weights[i, j] > 0:
+                    edges.add((min(i, int(j)), max(i, int(j))))
+        for i, j in sorted(edges):
+            draw.line([tuple(pixels[i]), tuple(pixels[j])], fill=EDGE_COLOUR, width=1)
+        return panel
+
+    # --- drawing ------------------------------------------------------------------------------------------------
+
+    def _map_panel(self, values: np.ndarray) -> Image.Image:
+        """The panel of one step, ``values`` ``[N]`` in original units (NaN = missing)."""
+        colours = colourize(values, self.low, self.high)
+        if self.grid is not None:
+            height, width = self.grid
+            panel = np.full((self.panel, self.panel, 3), BACKGROUND, dtype=np.uint8)
+            left, top, right, bottom = self.cell_box(0, 0)
+            cell = right - left
+            block = np.repeat(np.repeat(colours.reshape(height, width, 3), cell, axis=0), cell, axis=1)
+            panel[top:top + cell * height, left:left + cell * width] = block
+            return Image.fromarray(panel)
+        panel = self._base_panel.copy()
+        draw = ImageDraw.Draw(panel)
+        radius = self._radius()
+        for (x, y), colour in zip(self._pixels.tolist(), colours.tolist(), strict=True):
+            draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=tuple(colour))
+        return panel
+
+    def _matrix_panel(self, matrix: np.ndarray, low: float, high: float) -> Image.Image:
+        """A ``[rows, cols]`` matrix as a heat map filling one panel (nearest-neighbour, so no colour is invented)."""
+        colours = colourize(matrix, low, high)
+        return Image.fromarray(colours).resize((self.panel, self.panel), Image.Resampling.NEAREST)
+
+    def render(self, history: np.ndarray) -> Image.Image:
+        """The image of one window's history ``[L, N]`` in original units of the renderer's channel (NaN =
+        missing)."""
+        history = np.asarray(history, dtype=np.float64)
+        expected = (self.windows.history, self.windows.data.num_nodes)
+        if history.shape != expected:
+            raise RenderError(f"render: history of shape {tuple(history.shape)}, expected [L, N] = {list(expected)}")
+        image = Image.new("RGB", (self.size, self.size), BACKGROUND)
+        if self.kind == "map":
+            panels = [self._map_panel(history[step]) for step in self.steps]
+        else:
+            ordered = history[:, self.order].T  # [N, L]
+            spatial = self._neighbour_mean @ np.nan_to_num(ordered)
+            spatial[np.isnan(ordered)] = np.nan
+            panels = [self._matrix_panel(ordered, self.low, self.high),
+                      self._matrix_panel(spatial, self.low, self.high),
+                      self._matrix_panel(correlation(ordered), -1.0, 1.0),
+                      self._map_panel(history[-1])]
+        for index, panel in enumerate(panels):
+            image.paste(panel, self.panel_origin(index))
+        return image
+
+    def window_history(self, split: str, index: int) -> np.ndarray:
+        """``[L, N]`` history of window ``index`` of ``split`` in original units (NaN where not observed)."""
+        return self.window_steps(split, index)[: self.windows.history]
+
+    def window_steps(self, split: str, index: int) -> np.ndarray:
+        """``[L + P, N]`` history and future of window ``index`` of ``split`` (NaN where not observed)."""
+        count = self.windows.num_windows(split)
+        if not 0 <= index < count:
+            raise RenderError(f"dataset {self.windows.data.name!r}: the {split} split has {count} windows "
+                              f"(0 .. {count - 1}), found window {index}")
+        start = int(self.windows.starts[split][index])
+        stop = start + self.windows.history + self.windows.horizon
+        values = self.windows.data.values[start:stop, :, self.channel]
+        return np.where(self.windows.observed[start:stop, :, self.channel], values, np.nan)
+
+    def frames(self, split: str, index: int) -> list[Image.Image]:
+        """One full-size map per step of the window (history, then the future it is asked to forecast), each
+        labelled, for a person to look at (an animated GIF; not what the model reads)."""
+        steps = self.window_steps(split, index)
+        single = WindowRenderer(self.windows, "map", self.size, panels=1, channel=self.channel)
+        out = []
+        for step, values in enumerate(steps):
+            frame = single._map_panel(values)
+            label = f"history {step + 1}/{self.windows.history}" if step < self.windows.history else \
+                f"future {step - self.windows.history + 1}/{self.windows.horizon}"
+            ImageDraw.Draw(frame).text((3, 2), label, fill=(0, 0, 0))
+            out.append(frame)
+        return out
+
+
+def correlation(rows: np.ndarray) -> np.ndarray:
+    """``[N, N]`` Pearson correlation between the rows of ``rows`` ``[N, L]`` over their observed common steps;
+    0 where a row is constant or has fewer than two observed steps (no NaN reaches the image)."""
+    observed = ~np.isnan(rows)
+    filled = np.where(observed, rows, 0.0)
+    count = observed.sum(axis=1, keepdims=True)
+    mean = filled.sum(axis=1, keepdims=True) / np.maximum(count, 1)
+    centred = np.where(observed, filled - mean, 0.0)
+    norm = np.sqrt((centred ** 2).sum(axis=1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        corr = (centred @ centred.T) / np.outer(norm, norm)
+    return np.clip(np.nan_to_num(corr, nan=0.0, posinf=0.0, neginf=0.0), -1.0, 1.0)
+
+
+def save_window(renderer: WindowRenderer, split: str, index: int, out_dir: str, stem: str) -> list[str]:
+    """Write ``<stem>-<kind>.png`` (the image the model reads) and ``<stem>.gif`` (every step of the window, 400 ms
+    each) into ``out_dir``; returns the two paths."""
+    from pathlib import Path
+
+    folder = Path(out_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    png, gif = folder / f"{stem}-{renderer.kind}.png", folder / f"{stem}.gif"
+    png.write_bytes(png_bytes(renderer.render(renderer.window_history(split, index))))
+    frames = renderer.frames(split, index)
+    frames[0].save(gif, save_all=True, append_images=frames[1:], duration=400, loop=0)
+    return [str(png), str(gif)]
