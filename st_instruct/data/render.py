@@ -176,7 +176,9 @@ class WindowRenderer:
         if self.grid is None:
             self.layout = node_layout(data)
             self._pixels = self.node_pixels()
-            self._base_panel = self._edge_panel(data)
+            self._labels, self._base = self._node_labels(), self._edge_panel(data)
+        else:
+            self._labels, self._base = self._cell_labels(), np.full((self.panel, self.panel, 3), BACKGROUND, np.uint8)
         adjacency = data.dense_adjacency()
         if adjacency is None:
             adjacency = np.zeros((data.num_nodes, data.num_nodes))
@@ -186,7 +188,7 @@ class WindowRenderer:
         # row-normalised with a self loop (a node without neighbours keeps its own value), in the views' node order
         self._neighbour_mean = ((weights + np.eye(len(weights))) / (degree + 1.0))[np.ix_(self.order, self.order)]
 
-    # --- geometry -----------------------------------------------------------------------------------------------
+    # --- geometry (computed once) ---------------------------------------------------------------------------------
 
     def panel_origin(self, index: int) -> tuple[int, int]:
         """``(left, top)`` pixel of panel ``index`` (row-major)."""
@@ -215,50 +217,51 @@ class WindowRenderer:
         nodes = self.windows.data.num_nodes
         return int(np.clip(self.panel / (4 * np.sqrt(max(nodes, 1))), 1, 8))
 
-    def _edge_panel(self, data: STData) -> Image.Image:
-        """One panel with the graph's edges drawn faintly: each node's 3 strongest links (the whole graph can have
-        thousands)."""
+    def _node_labels(self) -> np.ndarray:
+        """``[panel, panel]`` int32: the node whose disc covers each pixel (a later node on top), -1 for none."""
+        labels = Image.new("I", (self.panel, self.panel), -1)
+        draw, radius = ImageDraw.Draw(labels), self._radius()
+        for node, (x, y) in enumerate(self._pixels.tolist()):
+            draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=node)
+        return np.asarray(labels, dtype=np.int32)
+
+    def _cell_labels(self) -> np.ndarray:
+        """``[panel, panel]`` int32: the grid cell (node ``row * W + col``) of each pixel, -1 outside the grid."""
+        labels = np.full((self.panel, self.panel), -1, dtype=np.int32)
+        height, width = self.grid
+        for node in range(height * width):
+            left, top, right, bottom = self.cell_box(*divmod(node, width))
+            labels[top:bottom, left:right] = node
+        return labels
+
+    def _edge_panel(self, data: STData) -> np.ndarray:
+        """``[panel, panel, 3]`` uint8: the graph's edges drawn faintly on the background, each node's 3 strongest
+        links (the whole graph can have thousands)."""
         panel = Image.new("RGB", (self.panel, self.panel), BACKGROUND)
         adjacency = data.dense_adjacency()
-        if adjacency is None:
-            return panel
-        weights = np.abs(np.asarray(adjacency, dtype=np.float64))
-        np.fill_diagonal(weights, 0.0)
-        pixels = self._pixels
-        draw = ImageDraw.Draw(panel)
-        edges = set()
-        for i in range(len(weights)):
-            for j in np.argsort(-weights[i], kind="stable")[:3]:
-                if weights[i, j] > 0:
-                    edges.add((min(i, int(j)), max(i, int(j))))
-        for i, j in sorted(edges):
-            draw.line([tuple(pixels[i]), tuple(pixels[j])], fill=EDGE_COLOUR, width=1)
-        return panel
+        if adjacency is not None:
+            weights = np.abs(np.asarray(adjacency, dtype=np.float64))
+            np.fill_diagonal(weights, 0.0)
+            strongest = np.argsort(-weights, axis=1, kind="stable")[:, :3]
+            edges = {(min(i, int(j)), max(i, int(j))) for i in range(len(weights)) for j in strongest[i]
+                     if weights[i, j] > 0}
+            draw = ImageDraw.Draw(panel)
+            for i, j in sorted(edges):
+                draw.line([tuple(self._pixels[i]), tuple(self._pixels[j])], fill=EDGE_COLOUR, width=1)
+        return np.asarray(panel, dtype=np.uint8)
 
-    # --- drawing ------------------------------------------------------------------------------------------------
+    # --- drawing: colours looked up into the precomputed label maps -------------------------------------------------
 
-    def _map_panel(self, values: np.ndarray) -> Image.Image:
-        """The panel of one step, ``values`` ``[N]`` in original units (NaN = missing)."""
+    def _map_panel(self, values: np.ndarray) -> np.ndarray:
+        """``[panel, panel, 3]`` uint8: the map of one step, ``values`` ``[N]`` in original units (NaN = missing)."""
         colours = colourize(values, self.low, self.high)
-        if self.grid is not None:
-            height, width = self.grid
-            panel = np.full((self.panel, self.panel, 3), BACKGROUND, dtype=np.uint8)
-            left, top, right, bottom = self.cell_box(0, 0)
-            cell = right - left
-            block = np.repeat(np.repeat(colours.reshape(height, width, 3), cell, axis=0), cell, axis=1)
-            panel[top:top + cell * height, left:left + cell * width] = block
-            return Image.fromarray(panel)
-        panel = self._base_panel.copy()
-        draw = ImageDraw.Draw(panel)
-        radius = self._radius()
-        for (x, y), colour in zip(self._pixels.tolist(), colours.tolist(), strict=True):
-            draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=tuple(colour))
-        return panel
+        return np.where((self._labels >= 0)[..., None], colours[np.maximum(self._labels, 0)], self._base)
 
-    def _matrix_panel(self, matrix: np.ndarray, low: float, high: float) -> Image.Image:
+    def _matrix_panel(self, matrix: np.ndarray, low: float, high: float) -> np.ndarray:
         """A ``[rows, cols]`` matrix as a heat map filling one panel (nearest-neighbour, so no colour is invented)."""
-        colours = colourize(matrix, low, high)
-        return Image.fromarray(colours).resize((self.panel, self.panel), Image.Resampling.NEAREST)
+        rows = np.arange(self.panel) * matrix.shape[0] // self.panel
+        cols = np.arange(self.panel) * matrix.shape[1] // self.panel
+        return colourize(matrix[np.ix_(rows, cols)], low, high)
 
     def render(self, history: np.ndarray) -> Image.Image:
         """The image of one window's history ``[L, N]`` in original units of the renderer's channel (NaN =
@@ -267,7 +270,6 @@ class WindowRenderer:
         expected = (self.windows.history, self.windows.data.num_nodes)
         if history.shape != expected:
             raise RenderError(f"render: history of shape {tuple(history.shape)}, expected [L, N] = {list(expected)}")
-        image = Image.new("RGB", (self.size, self.size), BACKGROUND)
         if self.kind == "map":
             panels = [self._map_panel(history[step]) for step in self.steps]
         else:
@@ -278,9 +280,11 @@ class WindowRenderer:
                       self._matrix_panel(spatial, self.low, self.high),
                       self._matrix_panel(correlation(ordered), -1.0, 1.0),
                       self._map_panel(history[-1])]
+        image = np.full((self.size, self.size, 3), BACKGROUND, dtype=np.uint8)
         for index, panel in enumerate(panels):
-            image.paste(panel, self.panel_origin(index))
-        return image
+            left, top = self.panel_origin(index)
+            image[top:top + self.panel, left:left + self.panel] = panel
+        return Image.fromarray(image)
 
     def window_history(self, split: str, index: int) -> np.ndarray:
         """``[L, N]`` history of window ``index`` of ``split`` in original units (NaN where not observed)."""
@@ -304,7 +308,7 @@ class WindowRenderer:
         single = WindowRenderer(self.windows, "map", self.size, panels=1, channel=self.channel)
         out = []
         for step, values in enumerate(steps):
-            frame = single._map_panel(values)
+            frame = Image.fromarray(single._map_panel(values))
             label = f"history {step + 1}/{self.windows.history}" if step < self.windows.history else \
                 f"future {step - self.windows.history + 1}/{self.windows.horizon}"
             ImageDraw.Draw(frame).text((3, 2), label, fill=(0, 0, 0))

@@ -27,7 +27,7 @@ from st_instruct.evaluation.protocols import prepare_windows
 # sha256 of the PNG bytes of synthetic-small's test window 3, channel 0, 224 x 224 (pillow pinned in the lock)
 GOLDEN = {
     "map": "33db5605c9183fc03e9a9565e120f0c2b50200e0bea928431361d9a184b77cd9",
-    "multiview": "fab079b4e589b5811c5fbb8465ca6382be4fd486870282d6706d808dd33d9a57",
+    "multiview": "4818bf9ab6cf913173c3500f439dad8ec9b372a2fbe9932cf9b33cdcddb2ea47",
 }
 
 
