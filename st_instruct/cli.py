@@ -151,9 +151,7 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     recipe_flags = [*recipe_flags, "--st_encoder_init", str(encoder)]
     args.overrides = recipe_flags
     args.model, args.dataset = _cmd_train(args), "synthetic"
-    args.overrides = [*recipe_flags, "--control", "no_llm", "--output_dir", f"{args.model}-no-llm"]
-    args.controls = [str(_cmd_train(args))]
-    args.overrides = recipe_flags
+    args.train_controls = ["no_llm"]
     _cmd_evaluate(args)
     print(f"demo done in {time.perf_counter() - started:.0f} s")
 
@@ -225,6 +223,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     model_dir = Path(args.model)
     controls = args.controls or []
+    if args.train_controls:
+        from st_instruct.training.run import train_control
+
+        controls += [str(train_control(model_dir, kind, overwrite=args.overwrite)) for kind in args.train_controls]
     if args.few_shot is not None:
         from st_instruct.evaluation.forecaster_eval import read_control
         from st_instruct.training.few_shot import few_shot_finetune
@@ -354,6 +356,12 @@ def build_parser() -> argparse.ArgumentParser:
                           help="trained controls of the model's recipe (`st-instruct train RECIPE --control no_llm` / "
                                "`random_llm`), scored on the same windows as rows st_forecaster_no_llm / "
                                "st_forecaster_random_llm; with --few-shot each is fine-tuned as the model is")
+    evaluate.add_argument("--train-controls", nargs="+", default=None, choices=("no_llm", "random_llm"),
+                          metavar="KIND", help="first train these controls (no_llm, random_llm) from the model's own "
+                          "recipe.yaml, same data, model and budget, into MODEL-no-llm / MODEL-random-llm (a "
+                          "complete one there is reused unless --overwrite), then score them as --controls")
+    evaluate.add_argument("--overwrite", action="store_true", help="with --train-controls: retrain a control "
+                          "folder that exists")
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--zero-shot-scaling", choices=("window", "train"), default="window",
                           help="zero-shot only: scale each sample with its own history window's statistics "

@@ -226,6 +226,30 @@ def build_trainer(model: Any, model_config: ModelConfig, sft_config: Any, train_
                         st_learning_rate=model_config.st_learning_rate, **extra)
 
 
+def control_dir(model_dir: str | Path, kind: str) -> Path:
+    """Where :func:`train_control` puts the ``kind`` control of the forecaster in ``model_dir``: the sibling
+    ``MODEL-no-llm`` / ``MODEL-random-llm``."""
+    model_dir = Path(model_dir)
+    return model_dir.parent / f"{model_dir.name}-{kind.replace('_', '-')}"
+
+
+def train_control(model_dir: str | Path, kind: str, overwrite: bool = False) -> Path:
+    """Train the ``kind`` control (``no_llm`` / ``random_llm``) of the forecaster in ``model_dir`` from the
+    ``recipe.yaml`` saved with it (the same data, model keys and budget; ``st_encoder_init`` included) into
+    :func:`control_dir`; returns that folder. A complete control already there is reused unless ``overwrite``
+    (``evaluate --controls`` checks that it is a control of the same recipe)."""
+    from st_instruct.configs import parse_recipe, train_dataclasses
+    from st_instruct.evaluation.forecaster_eval import find_recipe
+
+    folder = control_dir(model_dir, kind)
+    if not overwrite and (folder / TRAINER_STATE_FILE).is_file():
+        print(f"{kind} control: reusing {folder}")
+        return folder
+    configs = parse_recipe(train_dataclasses(), [str(find_recipe(model_dir)), "--control", kind, "--output_dir",
+                                                 str(folder)])
+    return train(*configs, overwrite_output_dir=overwrite)
+
+
 def checkpoint_missing(folder: str | Path) -> list[str]:
     """The files ``folder`` lacks to resume training exactly: the forecaster's weights (as :func:`save_forecaster`
     writes them), the optimizer and scheduler states (``optimizer.pt`` / ``scheduler.pt``, or DeepSpeed's

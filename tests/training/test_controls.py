@@ -153,6 +153,30 @@ def test_evaluate_controls_scores_them_on_the_forecasters_windows(trained, tmp_p
     assert not np.allclose(together["predictions"][RANDOM_LLM], together["predictions"][MODEL_NAME])
 
 
+def test_evaluate_trains_the_controls_from_the_models_own_recipe_then_reuses_them(trained, tmp_path, capsys):
+    """``--train-controls``: the control is trained from the forecaster's saved recipe.yaml (same budget: the
+    evaluation's recipe check passes) into the sibling MODEL-no-llm, scored, and reused by the next call."""
+    import shutil
+
+    from st_instruct.training.run import control_dir
+
+    model = tmp_path / "model"
+    shutil.copytree(trained["none"], model)
+    args = ["evaluate", "--model", str(model), "--dataset", "synthetic-small", "--max-windows", "2", "--models",
+            "last_value", "--train-controls", "no_llm", "--output", str(tmp_path / "e"), "--quiet"]
+    assert main(args) == 0
+    folder = control_dir(model, "no_llm")
+    assert folder == tmp_path / "model-no-llm" and yaml.safe_load((folder / "recipe.yaml").read_text())["control"] \
+        == "no_llm"
+    report = json.loads((tmp_path / "e" / "results.json").read_text())
+    assert report["controls"] == {NO_LLM: str(folder)} and report["results"][NO_LLM]["MAE"] is not None
+    steps = [entry["step"] for entry in trainer_log(folder) if "loss_reg" in entry]
+    assert steps == [1, 2]  # the recipe's budget
+    stamp = (folder / "st_modules.safetensors").stat().st_mtime_ns
+    assert main([*args[:-3], "--output", str(tmp_path / "e2"), "--quiet"]) == 0
+    assert "reusing" in capsys.readouterr().out and (folder / "st_modules.safetensors").stat().st_mtime_ns == stamp
+
+
 def test_few_shot_fine_tunes_each_control_on_the_same_windows_and_steps(trained, tmp_path):
     """``--few-shot`` with ``--controls``: every control is fine-tuned as the forecaster is (same first windows,
     same steps), and the rows are the tuned controls; the random-LLM control keeps the backbone it was drawn with."""
