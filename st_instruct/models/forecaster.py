@@ -4,11 +4,20 @@ UrbanGPT (Li et al., "UrbanGPT: Spatio-Temporal Large Language Models", KDD 2024
 "Spatial-Temporal Large Language Model for Traffic Prediction", MDM 2024) in one model:
 
 1. the ST encoder (:mod:`st_instruct.models.st_encoders`) turns each node's history into one vector, the projector
-   maps it to the backbone's width, and it replaces the word embedding of that node's ``<st_his>`` token;
+   maps it to the backbone's width, and it replaces the word embedding of that node's ``<st_his>`` token (through a
+   hook on the backbone's input embeddings, :func:`~st_instruct.models.patching.replace_input_embeddings`: the
+   backbone still reads ``input_ids``, so a vision-language backbone places its image features itself);
 2. one forward pass of the backbone (teacher-forced: the answer, with its ``<st_pre>`` tokens, is part of the
    input; no text is generated);
 3. the regression head (:mod:`st_instruct.models.regression_head`) reads the last hidden states at each node's
    ``<st_his>`` and ``<st_pre>`` tokens and returns the forecast ``[B, P, N, C]`` in scaled units.
+
+A vision-language backbone (ST-VLM, Zhao et al., AAAI 2026; :data:`~st_instruct.models.patching.VISION_LANGUAGE`)
+takes the same ST parts on its language model and reads the batch's ``pixel_values`` (and ``image_grid_thw`` /
+``pixel_attention_mask``) besides; ``fusion`` adds the gated cross-attention of the ST tokens to the image and text
+tokens before its first decoder layer (:mod:`st_instruct.models.fusion`, gate closed at initialisation). Its vision
+tower and projector count as ST modules (``st_vision_tower`` / ``st_vision_projector``): saved with them, since
+the embedded VLM's tower is trained here and no pretrained copy of it exists.
 
 The ST parts are named submodules (``st_encoder``, ``st_projector``, ``regression_head``) beside ``backbone``
 (DESIGN.md §4), saved on their own by :func:`save_st_modules`; the backbone (or its PEFT adapter) is saved by
@@ -42,8 +51,18 @@ from torch import nn
 from transformers import PretrainedConfig
 from transformers.utils import ModelOutput
 
+from st_instruct.models.fusion import STFusion, fusion_context
 from st_instruct.models.mrffn import memory_layers, memory_modules, wrap_mlps
-from st_instruct.models.patching import hidden_size, input_embeddings, unwrap
+from st_instruct.models.patching import (
+    VISION_INPUTS,
+    hidden_size,
+    input_embeddings,
+    is_vision_language,
+    replace_input_embeddings,
+    unwrap,
+    vision_projector,
+    vision_tower,
+)
 from st_instruct.models.regression_head import RegressionHead
 from st_instruct.models.se_attention import (
     build_spatial_rotation,
@@ -59,7 +78,10 @@ ST_MODULES_FILE = "st_modules.safetensors"
 ST_CONFIG_FILE = "st_forecaster_config.json"
 # the ST modules held by the forecaster itself; optional ones are None when the config switches them off. MRFFN
 # memories live inside the backbone's decoder layers and are listed by st_modules() as "st_memory.layers.<i>".
-ST_MODULE_NAMES = ("st_encoder", "st_projector", "regression_head", "st_revin", "st_node_table", "st_spatial")
+ST_MODULE_NAMES = ("st_encoder", "st_projector", "regression_head", "st_revin", "st_node_table", "st_spatial",
+                   "st_fusion")
+# a VLM backbone's vision parts, listed among the ST modules (saved with them; trained or frozen per recipe)
+VISION_MODULE_NAMES = ("st_vision_tower", "st_vision_projector")
 
 
 @dataclass
@@ -86,7 +108,8 @@ class STForecasterConfig:
 
     ``hidden_size``: the width the projector maps to and the head reads when there is no backbone (the no-LLM
     control: the removed backbone's hidden size); ``None`` with a backbone, whose own width is used. ``head_skip``: the
-    head's gated skip path from the encoder's per-node features (starts closed).
+    head's gated skip path from the encoder's per-node features (starts closed). ``fusion`` (vision-language
+    backbones only): :class:`~st_instruct.models.fusion.STFusion` with ``fusion_heads`` heads.
     """
 
     history: int
@@ -116,6 +139,8 @@ class STForecasterConfig:
     mrffn_top_k: int | None = 4
     hidden_size: int | None = None
     head_skip: bool = False
+    fusion: bool = False
+    fusion_heads: int = 4
 
     def __post_init__(self) -> None:
         if self.encoder not in ENCODERS:
@@ -229,6 +254,13 @@ class STForecaster(nn.Module):
             with torch.no_grad():
                 self.st_spatial.weight.mul_(config.se_init_scale)
             enable_se_attention(backbone, self.st_spatial)
+        self.st_fusion = None
+        if config.fusion:
+            if backbone is None or not is_vision_language(backbone):
+                raise ValueError("fusion joins the ST tokens with a vision-language model's image tokens; this "
+                                 f"backbone ({type(unwrap(backbone)).__name__ if backbone is not None else 'none'}) "
+                                 "is not one: set fusion false or use a VLM backbone")
+            self.st_fusion = STFusion(width, config.fusion_heads)
         add_memories(backbone, config)
         for module in self.st_modules().values():
             module.to(device)
@@ -239,17 +271,22 @@ class STForecaster(nn.Module):
         if config.hidden_size is None or config.hidden_size < 1:
             raise ValueError("a forecaster without a backbone (the no-LLM control) needs hidden_size >= 1 in its "
                              f"config (the removed backbone's width), found {config.hidden_size}")
-        inside = [name for name, on in (("se_attention", config.se_attention), ("mrffn", config.mrffn_layers)) if on]
+        inside = [name for name, on in (("se_attention", config.se_attention), ("mrffn", config.mrffn_layers),
+                                         ("fusion", config.fusion)) if on]
         if inside:
             raise ValueError(f"{' and '.join(inside)} modify the backbone's layers, but this forecaster has no "
                              "backbone (the no-LLM control); switch them off for it")
         return config.hidden_size
 
     def st_modules(self) -> dict[str, nn.Module]:
-        """Every ST module that is on, by name: the forecaster's own (:data:`ST_MODULE_NAMES`) and the MRFFN memory
-        of each wrapped decoder layer (``st_memory.layers.<i>``). They train in every freeze plan and are saved in
+        """Every ST module that is on, by name: the forecaster's own (:data:`ST_MODULE_NAMES`), a VLM backbone's
+        vision tower and projector (:data:`VISION_MODULE_NAMES`) and the MRFFN memory of each wrapped decoder layer
+        (``st_memory.layers.<i>``). They train in every freeze plan (unless the recipe freezes one) and are saved in
         ``st_modules.safetensors``."""
         modules = {name: getattr(self, name) for name in ST_MODULE_NAMES if getattr(self, name) is not None}
+        if self.backbone is not None and is_vision_language(self.backbone):
+            modules.update(zip(VISION_MODULE_NAMES, (vision_tower(self.backbone), vision_projector(self.backbone)),
+                               strict=True))
         for index, mlp in (memory_layers(self.backbone) if self.backbone is not None else {}).items():
             modules[f"st_memory.layers.{index}"] = mlp.st_memory
         return modules
@@ -273,18 +310,23 @@ class STForecaster(nn.Module):
         if self.backbone is not None:
             unwrap(self.backbone).activation_checkpointing_enable(**kwargs)
 
-    def embed_inputs(self, input_ids: torch.Tensor, his_positions: torch.Tensor, node_mask: torch.Tensor,
-                     node_embeddings: torch.Tensor) -> torch.Tensor:
-        """Word embeddings of ``input_ids`` [B, S] with the row of each real node's ``<st_his>`` token (positions
-        [B, N], ``node_mask`` [B, N]) replaced by ``node_embeddings`` [B, N, H] -> [B, S, H].
-
-        An out-of-place ``index_put`` over the real nodes only: the embedding output stays untouched for autograd,
-        and padded nodes (whose position is 0, a real token) never write anything.
-        """
-        embeds = input_embeddings(self.backbone)(input_ids)
+    def st_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, his_positions: torch.Tensor,
+                  pre_positions: torch.Tensor, node_mask: torch.Tensor,
+                  node_embeddings: torch.Tensor) -> contextlib.ExitStack:
+        """The context in which the backbone's word embedding of each real node's ``<st_his>`` token (positions
+        [B, N], ``node_mask`` [B, N]) is ``node_embeddings`` [B, N, H] for a pass over ``input_ids`` [B, S], and,
+        with ``fusion``, the ST tokens attend to the image and text tokens before the first decoder layer. Padded
+        nodes (whose position is 0, a real token) never write anything."""
         batch_index, node_index = node_mask.nonzero(as_tuple=True)
-        values = node_embeddings[batch_index, node_index].to(embeds.dtype)
-        return embeds.index_put((batch_index, his_positions[batch_index, node_index]), values)
+        stack = contextlib.ExitStack()
+        handle = replace_input_embeddings(self.backbone, batch_index, his_positions[batch_index, node_index],
+                                          node_embeddings[batch_index, node_index], input_ids.shape[1])
+        stack.callback(handle.remove)
+        if self.st_fusion is not None:
+            stack.enter_context(fusion_context(self.backbone, self.st_fusion,
+                                               torch.cat((his_positions, pre_positions), dim=1),
+                                               torch.cat((node_mask, node_mask), dim=1), attention_mask))
+        return stack
 
     def node_coordinates(self, coords: torch.Tensor, node_mask: torch.Tensor,
                          node_index: torch.Tensor | None) -> torch.Tensor:
@@ -336,7 +378,9 @@ class STForecaster(nn.Module):
                 **unused: Any) -> STForecasterOutput:
         """One teacher-forced pass. Shapes as ``STDataCollator`` gives them: ``input_ids`` / ``attention_mask`` /
         ``labels`` [B, S], positions and ``node_mask`` [B, N], ``history`` / ``history_mask`` [B, L, N, C],
-        ``history_tod`` / ``history_dow`` [B, L], ``coords`` [B, N, K], ``steps_per_day`` [B].
+        ``history_tod`` / ``history_dow`` [B, L], ``coords`` [B, N, K], ``steps_per_day`` [B]; for a
+        vision-language backbone also the processor's image inputs (:data:`~st_instruct.models.patching.VISION_INPUTS`:
+        ``pixel_values`` and, by family, ``image_grid_thw`` / ``pixel_attention_mask``), none for a text-only batch.
 
         Other batch keys (``target``, ``scaler_*``, ...) are accepted and ignored, so ``model(**batch)`` works.
         ``logits_to_keep=1`` (without ``labels``) skips the vocabulary projection for all but the last token:
@@ -360,10 +404,16 @@ class STForecaster(nn.Module):
             if stats is not None:
                 predictions = self.st_revin.denormalise(predictions, stats)
             return STForecasterOutput(predictions=predictions)
-        embeds = self.embed_inputs(input_ids, his_positions, node_mask, self.st_projector(nodes))
-        with self.spatial_context(coords, his_positions, pre_positions, node_mask, input_ids.shape[1]):
-            out = self.backbone(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels,
-                                output_hidden_states=True, use_cache=False, logits_to_keep=logits_to_keep)
+        vision = {key: unused[key] for key in VISION_INPUTS if unused.get(key) is not None}
+        if vision and not is_vision_language(self.backbone):
+            raise ValueError(f"the batch carries image inputs ({', '.join(vision)}) but the backbone "
+                             f"{type(unwrap(self.backbone)).__name__} is a text-only model; batch it with "
+                             "STDataCollator, or use a vision-language backbone")
+        with (self.st_inputs(input_ids, attention_mask, his_positions, pre_positions, node_mask,
+                             self.st_projector(nodes)),
+              self.spatial_context(coords, his_positions, pre_positions, node_mask, input_ids.shape[1])):
+            out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, labels=labels,
+                                output_hidden_states=True, use_cache=False, logits_to_keep=logits_to_keep, **vision)
         # hidden_states[-1] is after the final norm: what the LM head reads
         predictions = self.regression_head.from_hidden_states(out.hidden_states[-1], his_positions, pre_positions,
                                                               node_mask, skip)

@@ -10,13 +10,22 @@ geometry and RoPE layout, switching ``config._attn_implementation`` and handing 
 transformer body to the attention function.
 
 Supported ``model_type`` families: Llama (SmolLM2), Mistral, Qwen2/Qwen3, Gemma/Gemma2, Phi-3 (``model.layers``)
-and GPT-2 / GPT-Neo (``transformer.h``).
+and GPT-2 / GPT-Neo (``transformer.h``); and the vision-language families (:data:`VISION_LANGUAGE`) LLaVA
+(``LlavaForConditionalGeneration``), Qwen2-VL / Qwen2.5-VL and Idefics3 / SmolVLM, whose *language model* carries
+the ST parts exactly as a causal LM does: their decoder layers, embeddings and attention are those of the language
+model, a custom attention implementation is set on the text sub-config only (the vision tower keeps its own), and the
+ST vectors enter through a hook on the language model's input embeddings (:func:`replace_input_embeddings`), so
+the VLM's own forward still reads ``input_ids`` + ``pixel_values``, places the image features and builds its
+positions (Qwen2-VL's M-RoPE) itself.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
+
+import torch
 
 from torch import nn
 from torch.utils.hooks import RemovableHandle
@@ -32,6 +41,11 @@ DECODER_LAYERS: dict[str, str] = {
     "phi3": "model.layers",
     "gpt2": "transformer.h",
     "gpt_neo": "transformer.h",
+    "llava": "model.language_model.layers",
+    "qwen2_vl": "model.language_model.layers",
+    "qwen2_5_vl": "model.language_model.layers",
+    "idefics3": "model.text_model.layers",
+    "smolvlm": "model.text_model.layers",
 }
 # attribute names of the self-attention and feed-forward blocks inside one decoder layer
 ATTENTION_NAMES = {"gpt2": "attn", "gpt_neo": "attn"}  # default "self_attn"
@@ -41,6 +55,31 @@ NORM_CLASS_SUFFIXES = ("LayerNorm", "RMSNorm")
 # keyword under which a body's forward receives the key/value cache: transformers 5.24 renamed ``past_key_values``
 # to ``cache`` (the old name still accepted through a deprecation shim until 5.40); both are looked up
 CACHE_KWARGS = ("cache", "past_key_values")
+
+
+
+
+@dataclass(frozen=True)
+class VisionLanguageLayout:
+    """Paths below a vision-language ``*ForConditionalGeneration`` model: the language model's body (the decoder
+    stack without LM head), the vision tower and the projector from vision features to the language model's width."""
+
+    language_model: str
+    vision_tower: str
+    vision_projector: str
+
+
+VISION_LANGUAGE: dict[str, VisionLanguageLayout] = {
+    "llava": VisionLanguageLayout("model.language_model", "model.vision_tower", "model.multi_modal_projector"),
+    # Qwen2-VL's patch merger (its projector) sits inside the vision tower
+    "qwen2_vl": VisionLanguageLayout("model.language_model", "model.visual", "model.visual.merger"),
+    "qwen2_5_vl": VisionLanguageLayout("model.language_model", "model.visual", "model.visual.merger"),
+    "idefics3": VisionLanguageLayout("model.text_model", "model.vision_model", "model.connector"),
+    "smolvlm": VisionLanguageLayout("model.text_model", "model.vision_model", "model.connector"),
+}
+# the batch keys a VLM's forward reads beside input_ids (LLaVA: pixel_values; Qwen2-VL: + image_grid_thw;
+# Idefics3: + pixel_attention_mask)
+VISION_INPUTS = ("pixel_values", "image_grid_thw", "pixel_attention_mask", "image_sizes")
 
 
 class UnsupportedArchitectureError(ValueError):
@@ -102,8 +141,98 @@ def feed_forward_module(layer: nn.Module) -> nn.Module:
 
 
 def input_embeddings(model: nn.Module) -> nn.Embedding:
-    """The token embedding table (``model.model.embed_tokens`` / ``model.transformer.wte``)."""
+    """The token embedding table (``model.model.embed_tokens`` / ``model.transformer.wte``; a VLM's language
+    model's)."""
     return unwrap(model).get_input_embeddings()
+
+
+def is_vision_language(model: nn.Module) -> bool:
+    """Whether ``model`` is one of the vision-language families of :data:`VISION_LANGUAGE`."""
+    return model_type(model) in VISION_LANGUAGE
+
+
+def _vision_layout(model: nn.Module) -> VisionLanguageLayout:
+    kind = model_type(model)
+    if kind not in VISION_LANGUAGE:
+        raise UnsupportedArchitectureError(
+            f"{type(unwrap(model)).__name__} (model_type {kind!r}) is not a supported vision-language model; "
+            f"supported: {', '.join(sorted(VISION_LANGUAGE))} (st_instruct.models.patching.VISION_LANGUAGE)")
+    return VISION_LANGUAGE[kind]
+
+
+def _module_at(model: nn.Module, path: str) -> nn.Module:
+    parent, name = _resolve(unwrap(model), path)
+    return getattr(parent, name)
+
+
+def language_model(model: nn.Module) -> nn.Module:
+    """A VLM's language-model body (``LlamaModel`` inside LLaVA, ``Qwen2VLTextModel``, Idefics3's text model)."""
+    return _module_at(model, _vision_layout(model).language_model)
+
+
+def vision_tower(model: nn.Module) -> nn.Module:
+    """A VLM's vision encoder (SigLIP / CLIP inside LLaVA, Qwen2-VL's ``visual``, Idefics3's vision model)."""
+    return _module_at(model, _vision_layout(model).vision_tower)
+
+
+def vision_projector(model: nn.Module) -> nn.Module:
+    """A VLM's projector from vision features to the language model's width (LLaVA's ``multi_modal_projector``,
+    Qwen2-VL's patch merger -- inside its vision tower --, Idefics3's connector)."""
+    return _module_at(model, _vision_layout(model).vision_projector)
+
+
+def vision_module_path(model: nn.Module) -> str:
+    """Path of the vision tower below the (unwrapped) model, for PEFT target patterns."""
+    return _vision_layout(model).vision_tower
+
+
+def language_model_path(model: nn.Module) -> str:
+    """Path of the language-model body below the (unwrapped) model, for PEFT target patterns."""
+    return _vision_layout(model).language_model
+
+
+def image_size_of(model: nn.Module) -> int | None:
+    """The square image side a VLM's vision tower is built for (``vision_config.image_size``), ``None`` for towers
+    that take any size in multiples of their patch (Qwen2-VL)."""
+    vision = unwrap(model).config.vision_config
+    size = getattr(vision, "image_size", None)
+    return int(size) if isinstance(size, int) else None
+
+
+def replace_input_embeddings(model: nn.Module, batch_index: torch.Tensor, positions: torch.Tensor,
+                             values: torch.Tensor, length: int) -> RemovableHandle:
+    """Make the input-embedding module of ``model`` return its output with rows ``(batch_index[k], positions[k])``
+    replaced by ``values[k]`` ([K], [K], [K, H]) on every call whose input is ``length`` tokens long (a generation
+    step with the key/value cache is shorter and untouched); remove it with the returned handle's ``remove()``.
+
+    The seam through which the ST vectors enter a backbone (DESIGN.md §4): the model's forward still receives
+    ``input_ids``, so a VLM places its image features (and builds M-RoPE positions) itself. The replacement is an
+    out-of-place ``index_put``: the embedding output stays untouched for autograd.
+    """
+
+    def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        if output.shape[1] != length:
+            return output
+        return output.index_put((batch_index, positions), values.to(output.dtype))
+
+    return input_embeddings(model).register_forward_hook(hook)
+
+
+def add_language_model_input_hook(model: nn.Module,
+                                  edit: Callable[[torch.Tensor], torch.Tensor]) -> RemovableHandle:
+    """Replace the ``inputs_embeds`` [B, S, H] a VLM hands its language model (image features placed, before the
+    first decoder layer) by ``edit(inputs_embeds)``; remove it with the returned handle's ``remove()``. The seam of
+    the ST-VLM fusion (:mod:`st_instruct.models.fusion`); a hook on the body, outside every decoder layer, so
+    activation checkpointing's recomputation never misses it."""
+
+    def hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:
+        embeds = kwargs.get("inputs_embeds")
+        if embeds is None:
+            raise UnsupportedArchitectureError(f"{type(unwrap(model)).__name__} called its language model without "
+                                               "inputs_embeds; the ST-VLM fusion cannot see the image features")
+        return args, {**kwargs, "inputs_embeds": edit(embeds)}
+
+    return language_model(model).register_forward_pre_hook(hook, with_kwargs=True)
 
 
 def hidden_size(config: Any) -> int:
@@ -124,7 +253,7 @@ def truncate_layers(model: nn.Module, num_layers: int) -> nn.Module:
         raise ValueError(f"num_layers must be between 1 and the backbone's {len(layers)} layers, found {num_layers}")
     parent, name = _resolve(unwrap(model), _layers_path(model))
     setattr(parent, name, nn.ModuleList(list(layers)[:num_layers]))
-    config = unwrap(model).config
+    config = unwrap(model).config.get_text_config()  # a VLM's language model: its text sub-config
     config.num_hidden_layers = num_layers
     if getattr(config, "layer_types", None) is not None:
         config.layer_types = list(config.layer_types)[:num_layers]
@@ -228,8 +357,9 @@ def uses_rope(model: nn.Module) -> bool:
 
 
 def attention_implementation(model: nn.Module) -> str:
-    """The attention implementation the backbone's config selects (``"sdpa"``, ``"eager"``, a registered name)."""
-    return unwrap(model).config._attn_implementation
+    """The attention implementation the backbone's (language model's) config selects (``"sdpa"``, ``"eager"``, a
+    registered name)."""
+    return unwrap(model).config.get_text_config()._attn_implementation
 
 
 def set_attention_implementation(model: nn.Module, name: str) -> int:
@@ -241,7 +371,10 @@ def set_attention_implementation(model: nn.Module, name: str) -> int:
     Llama / Mistral / Qwen / Gemma / Phi-3 and GPT-2; ``set_attn_implementation`` sets the config of the model and
     of its sub-models. GPT-Neo keeps its own attention classes, so it counts 0 there.
     """
-    unwrap(model).set_attn_implementation(name)
+    if is_vision_language(model):  # the text sub-config only: the vision tower keeps its own attention
+        unwrap(model).set_attn_implementation({"text_config": name})
+    else:
+        unwrap(model).set_attn_implementation(name)
     return count_attention_implementation(model, name)
 
 
@@ -254,8 +387,9 @@ def count_attention_implementation(model: nn.Module, name: str) -> int:
 def base_model(model: nn.Module) -> nn.Module:
     """The transformer body below the LM head (``LlamaModel`` at ``model.model``, ``GPT2Model`` at
     ``model.transformer``): the module whose forward receives the key/value cache (:data:`CACHE_KWARGS`) and hands
-    every extra keyword argument on to each decoder layer, its attention module and finally the attention function."""
-    return unwrap(model).base_model
+    every extra keyword argument on to each decoder layer, its attention module and finally the attention function.
+    A VLM's: its language model's body."""
+    return language_model(model) if is_vision_language(model) else unwrap(model).base_model
 
 
 def add_forward_kwargs(model: nn.Module, make_kwargs: Callable[[int], dict[str, Any]]) -> RemovableHandle:
