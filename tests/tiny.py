@@ -137,3 +137,66 @@ def build_tiny_forecaster(tokenizer, arch: str = "llama", history: int = 12, hor
     return STForecaster(backbone, STForecasterConfig(history=history, horizon=horizon, channels=channels,
                                                      coord_dim=coord_dim, his_token_id=ids.his,
                                                      pre_token_id=ids.pre, **settings))
+
+
+VLM_FAMILIES = ("llava", "qwen2_vl", "idefics3")
+# special tokens each family's processor writes around / for an image
+VLM_IMAGE_TOKENS = {"llava": ["<image>"], "qwen2_vl": ["<|vision_start|>", "<|image_pad|>", "<|vision_end|>"],
+                    "idefics3": ["<image>", "<fake_token_around_image>", "<global-img>"]}
+TINY_IMAGE_SIZE = 32
+
+
+def build_tiny_vlm(family: str, tokenizer, seed: int = 0, hidden_size: int = 32, num_layers: int = 2):
+    """``(model, processor)``: a randomly initialised vision-language model of ``family`` (LLaVA with a SigLIP tower,
+    Qwen2-VL, Idefics3) built from config, and its processor with the PIL image processor (no torchvision) around
+    ``tokenizer``, which gains the family's image tokens here (add the ST tokens first or after: the model covers
+    ``len(tokenizer)`` either way when built last). 32 x 32 images."""
+    import torch
+    import transformers as T
+    from tokenizers import AddedToken
+
+    from st_instruct.models.vlm import IMAGE_PLACEHOLDERS, chatml_vision_template, qwen2_vl_processor
+
+    tokenizer.add_special_tokens({"extra_special_tokens": [AddedToken(t, special=True, normalized=False)
+                                                           for t in VLM_IMAGE_TOKENS[family]]},
+                                 replace_extra_special_tokens=False)
+    template = chatml_vision_template(IMAGE_PLACEHOLDERS[family])
+    tokenizer.chat_template = template
+    vocab, image_id = len(tokenizer), tokenizer.convert_tokens_to_ids(VLM_IMAGE_TOKENS[family][0])
+    text = dict(vocab_size=vocab, hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+                num_hidden_layers=num_layers, num_attention_heads=4, num_key_value_heads=2,
+                max_position_embeddings=2048, pad_token_id=tokenizer.pad_token_id)
+    vision = dict(hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=1,
+                  num_attention_heads=2, image_size=TINY_IMAGE_SIZE, patch_size=8)
+    torch.manual_seed(seed)
+    if family == "llava":
+        model = T.LlavaForConditionalGeneration(T.LlavaConfig(
+            vision_config=T.SiglipVisionConfig(**vision), text_config=T.LlamaConfig(**text), image_token_id=image_id,
+            vision_feature_layer=-1, vision_feature_select_strategy="full"))
+        processor = T.LlavaProcessor(image_processor=T.SiglipImageProcessorPil(
+            size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE}), tokenizer=tokenizer, patch_size=8,
+            vision_feature_select_strategy="full", chat_template=template, num_additional_image_tokens=0)
+    elif family == "qwen2_vl":
+        rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [1, 1, 2]}
+        ids = {t: tokenizer.convert_tokens_to_ids(t) for t in VLM_IMAGE_TOKENS[family]}
+        model = T.Qwen2VLForConditionalGeneration(T.Qwen2VLConfig(
+            text_config=dict(text, rope_parameters=rope, bos_token_id=None, eos_token_id=None),
+            vision_config=dict(depth=1, embed_dim=hidden_size, hidden_size=hidden_size, num_heads=2, mlp_ratio=2,
+                               patch_size=8, spatial_merge_size=2, temporal_patch_size=1, in_channels=3),
+            image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|image_pad|>"],
+            vision_start_token_id=ids["<|vision_start|>"]))
+        image_processor = T.Qwen2VLImageProcessorPil(patch_size=8, merge_size=2, temporal_patch_size=1,
+                                                     min_pixels=TINY_IMAGE_SIZE ** 2, max_pixels=TINY_IMAGE_SIZE ** 2)
+        processor = qwen2_vl_processor(image_processor, tokenizer, template)
+    elif family == "idefics3":
+        model = T.Idefics3ForConditionalGeneration(T.Idefics3Config(
+            text_config=dict(text, model_type="llama"), vision_config=vision, image_token_id=image_id,
+            scale_factor=2))
+        image_processor = T.Idefics3ImageProcessorPil(do_image_splitting=False,
+                                                      size={"longest_edge": TINY_IMAGE_SIZE},
+                                                      max_image_size={"longest_edge": TINY_IMAGE_SIZE})
+        processor = T.Idefics3Processor(image_processor=image_processor, tokenizer=tokenizer, image_seq_len=4,
+                                        chat_template=template)
+    else:
+        raise ValueError(f"no tiny {family!r} VLM; use one of {VLM_FAMILIES}")
+    return model.eval(), processor

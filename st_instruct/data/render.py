@@ -286,6 +286,16 @@ class WindowRenderer:
             image[top:top + self.panel, left:left + self.panel] = panel
         return Image.fromarray(image)
 
+    def history_at(self, start: int) -> np.ndarray:
+        """``[L, N]`` history of the window starting at step ``start`` (a sample's ``window_start``) in original
+        units (NaN where not observed)."""
+        stop = start + self.windows.history
+        if not 0 <= start and stop <= self.windows.data.num_steps:
+            raise RenderError(f"dataset {self.windows.data.name!r}: a window starting at step {start} does not fit "
+                              f"its {self.windows.data.num_steps} steps")
+        values = self.windows.data.values[start:stop, :, self.channel]
+        return np.where(self.windows.observed[start:stop, :, self.channel], values, np.nan)
+
     def window_history(self, split: str, index: int) -> np.ndarray:
         """``[L, N]`` history of window ``index`` of ``split`` in original units (NaN where not observed)."""
         return self.window_steps(split, index)[: self.windows.history]
@@ -342,3 +352,30 @@ def save_window(renderer: WindowRenderer, split: str, index: int, out_dir: str, 
     frames = renderer.frames(split, index)
     frames[0].save(gif, save_all=True, append_images=frames[1:], duration=400, loop=0)
     return [str(png), str(gif)]
+
+
+class WindowImages:
+    """The image of any sample of an instruction dataset, rendered when asked (per batch, by the vision collator):
+    one :class:`WindowRenderer` per dataset, built from the same windows as the samples, so ``image(dataset,
+    window_start)`` shows exactly the history a sample's ST tokens carry. Nothing decoded is stored."""
+
+    def __init__(self, renderers: dict[str, WindowRenderer]) -> None:
+        self.renderers = renderers
+
+    def __call__(self, dataset: str, window_start: int) -> Image.Image:
+        renderer = self.renderers.get(dataset)
+        if renderer is None:
+            raise RenderError(f"no renderer for dataset {dataset!r}: the images were set up for "
+                              f"{sorted(self.renderers)}; batch samples of the datasets the recipe names")
+        return renderer.render(renderer.history_at(int(window_start)))
+
+
+def build_window_images(config, kind: str, size: int, panels: int = 4, channel: int = 0) -> WindowImages:
+    """:class:`WindowImages` for every dataset of the :class:`~st_instruct.configs.DataConfig` ``config``, windowed
+    as :func:`~st_instruct.data.builder.build_dataset` windows them."""
+    from st_instruct.data.builder import load_series
+    from st_instruct.data.windows import build_windows
+
+    return WindowImages({data.name: WindowRenderer(build_windows(data, config.history, config.horizon, config.split,
+                                                                 config.stride), kind, size, panels, channel)
+                         for data in load_series(config)})

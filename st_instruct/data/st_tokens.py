@@ -69,11 +69,11 @@ def add_st_tokens(tokenizer: Any, model: torch.nn.Module | None = None) -> STTok
     ids = st_token_ids(tokenizer)
     if model is not None:
         new_ids = [tokenizer.convert_tokens_to_ids(token.content) for token in new_tokens]
-        _grow_embeddings(model, len(tokenizer), new_ids)
+        grow_embeddings(model, len(tokenizer), new_ids)
     return ids
 
 
-def _grow_embeddings(model: Any, vocab_size: int, new_ids: list[int]) -> None:
+def grow_embeddings(model: Any, vocab_size: int, new_ids: list[int]) -> None:
     """Resize ``model`` to ``vocab_size`` rows if smaller and mean-initialise the rows that are new to it."""
     rows = model.get_input_embeddings().weight.shape[0]
     if rows < vocab_size:

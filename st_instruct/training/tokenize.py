@@ -138,7 +138,7 @@ def _tokenize_batch(
     texts = tokenizer.apply_chat_template([list(m) for m in messages_batch], tokenize=False)
     prompts = iter(tokenizer.apply_chat_template(prefixes, tokenize=False, add_generation_prompt=True))
     encodings = backend.encode_batch(texts, add_special_tokens=False)
-    end_of_turn = _end_of_turn_ids(tokenizer, ids)
+    end_of_turn = end_of_turn_ids(tokenizer, ids)
 
     out: dict[str, list[list[int]]] = {key: [] for key in TOKENIZED_COLUMNS}
     for b, (messages, text, encoding) in enumerate(zip(messages_batch, texts, encodings, strict=True)):
@@ -202,7 +202,7 @@ def _positions(input_ids: list[int], token: int) -> list[int]:
         return found
 
 
-def _end_of_turn_ids(tokenizer: Any, ids: STTokenIds) -> set[int]:
+def end_of_turn_ids(tokenizer: Any, ids: STTokenIds) -> set[int]:
     """Special tokens that may close an assistant turn: every special added token except the ST tokens."""
     special = {index for index, token in tokenizer.added_tokens_decoder.items() if token.special}
     if tokenizer.eos_token_id is not None:
