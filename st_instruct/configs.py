@@ -7,6 +7,7 @@ unique across all recipe dataclasses (TRL's ``SFTConfig`` included), so one flat
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import sys
 from dataclasses import dataclass, field, fields
@@ -26,6 +27,9 @@ FREEZE_PLAN_NAMES = ("frozen", "lora", "pfa", "full", "qlora")
 ST_ENCODER_NAMES = ("patch", "tcn")
 CONTROLS = ("none", "no_llm", "random_llm")
 HEAD_SKIP_INITS = ("closed", "readout")
+# mirrored from st_instruct.data.render.IMAGE_KINDS (a test checks they agree) plus "none"
+IMAGE_KIND_NAMES = ("none", "map", "multiview")
+VISION_TOWER_TRAINING = ("frozen", "lora", "full")
 
 
 class RecipeError(ValueError):
@@ -90,8 +94,24 @@ class DataConfig:
     dataset_cache_dir: str | None = field(default=None, metadata={
         "help": "where built datasets are cached by fingerprint (default: the user cache)"})
     streaming: bool = field(default=False, metadata={"help": "build an IterableDataset instead of Arrow tables"})
+    image_kind: str = field(default="none", metadata={
+        "help": "ST-VLM: the image of each window a vision-language backbone reads (st_instruct.data.render): map "
+                "(history steps as map / heat-map panels) | multiview (temporal, spatial, correlation and map "
+                "views) | none (text and ST tokens only)"})
+    image_size: int | None = field(default=None, metadata={
+        "help": "image side in pixels (default: the vision tower's image size, 224 for towers of any size)"})
+    image_panels: int = field(default=4, metadata={"help": "history steps tiled into one map image"})
+    image_channel: int = field(default=0, metadata={"help": "the channel an image colours (index)"})
 
     def __post_init__(self) -> None:
+        if self.image_kind not in IMAGE_KIND_NAMES:
+            raise RecipeError(f"image_kind must be one of {IMAGE_KIND_NAMES}, found {self.image_kind!r}")
+        if self.image_size is not None and self.image_size < 32:
+            raise RecipeError(f"image_size must be >= 32 pixels (or null for the vision tower's), found "
+                              f"{self.image_size}")
+        if self.image_panels < 1 or self.image_channel < 0:
+            raise RecipeError(f"image_panels must be >= 1 and image_channel >= 0, found {self.image_panels}, "
+                              f"{self.image_channel}")
         if isinstance(self.dataset_names, str):
             self.dataset_names = [self.dataset_names]
         if not self.dataset_names:
@@ -187,6 +207,14 @@ class ModelConfig:
                 "history, channels and coordinates must match this recipe's)"})
     st_encoder_freeze: bool = field(default=False, metadata={
         "help": "with st_encoder_init: keep the pretrained encoder frozen (false: it trains on)"})
+    st_fusion: bool = field(default=False, metadata={
+        "help": "ST-VLM (vision-language backbones): gated cross-attention of the ST tokens to the image and text "
+                "tokens before the first decoder layer, gate starting at 0 (st_instruct.models.fusion)"})
+    st_fusion_heads: int = field(default=4, metadata={"help": "heads of the fusion's cross-attention"})
+    vision_tower_train: str = field(default="full", metadata={
+        "help": "ST-VLM adaptive fine-tuning of the vision tower: frozen | lora (LoRA on its attention, with the "
+                "freeze plan's rank) | full (every weight; the embedded VLM's tower is trained here). The "
+                "projector and the fusion always train"})
     control: str = field(default="none", metadata={
         "help": "train a control of this recipe instead of the forecaster (Tan et al., NeurIPS 2024): none | "
                 "no_llm (the same ST encoder, projector and head, the backbone removed; the head reads the projected "
@@ -205,6 +233,11 @@ class ModelConfig:
                               f"{self.loss_reg_weight}, loss_lm_weight {self.loss_lm_weight}")
         if self.mrffn and not self.mrffn_layers:
             raise RecipeError("mrffn: true needs at least one layer in mrffn_layers")
+        if self.vision_tower_train not in VISION_TOWER_TRAINING:
+            raise RecipeError(f"vision_tower_train must be one of {VISION_TOWER_TRAINING}, found "
+                              f"{self.vision_tower_train!r}")
+        if self.st_fusion_heads < 1:
+            raise RecipeError(f"st_fusion_heads must be >= 1, found {self.st_fusion_heads}")
         if self.control not in CONTROLS:
             raise RecipeError(f"control must be one of {CONTROLS}, found {self.control!r}")
         if self.mrffn_init not in MRFFN_INITS:
@@ -570,6 +603,7 @@ def parse_recipe(dataclass_types: tuple[type, ...], args: list[str] | None = Non
         raise
     except ValueError as err:  # a dataclass's own check (TrainingArguments: bf16 without a GPU, ...)
         raise RecipeError(f"recipe {recipe or '(none)'}: {err}") from err
+    parsed = tuple(_null_flags(config, flags) for config in parsed)
     _check_template_sha256(parsed)
     data = [config for config in parsed if isinstance(config, DataConfig)]
     model = [config for config in parsed if isinstance(config, ModelConfig)]
@@ -579,6 +613,17 @@ def parse_recipe(dataclass_types: tuple[type, ...], args: list[str] | None = Non
         except RecipeError as err:
             raise RecipeError(f"recipe {recipe or '(flags)'}: {err}") from None
     return parsed
+
+
+def _null_flags(config: Any, flags: set[str]) -> Any:
+    """``config`` with every optional ``DataConfig`` / ``ModelConfig`` key given as ``--key null`` (or ``none``)
+    on the command line set to ``None`` (argparse reads the word as a string), checked again."""
+    if not isinstance(config, (DataConfig, ModelConfig)):
+        return config
+    # (HfArgumentParser rewrites field types in place, dropping "| None": an optional key is one defaulting to None)
+    nulled = {f.name: None for f in dataclasses.fields(config) if f.name in flags and f.default is None
+              and isinstance(getattr(config, f.name), str) and getattr(config, f.name).lower() in ("null", "none")}
+    return dataclasses.replace(config, **nulled) if nulled else config
 
 
 def _parser_message(message: str, recipe: str | None, file_keys: set[str]) -> str:

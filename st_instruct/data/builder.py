@@ -96,7 +96,9 @@ from st_instruct.outputs import clean_stale_siblings, staged_output
 BUILDER_VERSION = 1
 CHUNK_SAMPLES = 4096  # samples rendered per Arrow record batch
 # the template (and its checksum) enter the fingerprint as the template's text instead
-_NOT_FINGERPRINTED = ("dataset_dir", "dataset_cache_dir", "streaming", "template", "template_sha256")
+# image_* choose what the vision collator renders per batch, not the built samples
+_NOT_FINGERPRINTED = ("dataset_dir", "dataset_cache_dir", "streaming", "template", "template_sha256", "image_kind",
+                      "image_size", "image_panels", "image_channel")
 
 
 def sample_features() -> datasets.Features:

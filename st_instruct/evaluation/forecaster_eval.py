@@ -174,17 +174,19 @@ def _source_baselines(trained: DataConfig, target: Any, models: Sequence[str] | 
     return run_source_baselines(source, target, names, split=split, progress=progress, seed=seed)
 
 
-def scatter_predictions(model: Any, tokenizer: Any, samples: Any, starts: np.ndarray, num_nodes: int,
+def scatter_predictions(model: Any, collator: Any, samples: Any, starts: np.ndarray, num_nodes: int,
                         batch_size: int = 16, broadcast_channels: bool = False
                         ) -> tuple[np.ndarray, np.ndarray, float]:
-    """Predict every sample of ``samples`` (a tokenised split) and place it in its window and nodes.
+    """Predict every sample of ``samples`` (a tokenised split), batched by ``collator``
+    (:func:`~st_instruct.training.vision_collator.build_collator` built with ``broadcast_channels`` alike), and
+    place it in its window and nodes.
 
     Returns ``(pred [B, P, N, C] float32, covered [B, N] bool, predict seconds)`` with ``B = len(starts)`` the
     windows of the split in ``starts`` order; windows / nodes without a sample stay NaN / False. With
     ``broadcast_channels`` the samples have one channel, fed to every input channel of the model, and the forecast
     is the mean of its outputs (``C = 1``).
     """
-    from st_instruct.training.collator import STDataCollator, mean_over_channels
+    from st_instruct.training.collator import mean_over_channels
 
     if batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, found {batch_size}")
@@ -193,7 +195,6 @@ def scatter_predictions(model: Any, tokenizer: Any, samples: Any, starts: np.nda
     channels = 1 if broadcast_channels else config.channels
     pred = np.full((len(starts), config.horizon, num_nodes, channels), np.nan, dtype=np.float32)
     covered = np.zeros((len(starts), num_nodes), dtype=bool)
-    collator = STDataCollator(tokenizer, broadcast_channels=config.channels if broadcast_channels else None)
     seconds = 0.0
     for lo in range(0, len(samples), batch_size):
         rows = [samples[i] for i in range(lo, min(lo + batch_size, len(samples)))]
@@ -255,6 +256,7 @@ def evaluate_forecaster(model_dir: str | Path, dataset: str, data_dir: str | Non
     from st_instruct.evaluation.protocols import make_report, prepare_windows
     from st_instruct.models.forecaster import STForecasterConfig
     from st_instruct.models.saving import load_forecaster, read_backbone_source
+    from st_instruct.training.vision_collator import build_collator
 
     read_backbone_source(model_dir)  # names the missing files before anything slow
     control_rows = {read_control(folder, model_dir): Path(folder) for folder in controls}
@@ -292,8 +294,11 @@ def evaluate_forecaster(model_dir: str | Path, dataset: str, data_dir: str | Non
     model, tokenizer = load_forecaster(model_dir)
     samples = build_dataset(config, tokenizer)[split_name]
     starts = windows.starts[split_name]
-    pred, covered, predict_seconds = scatter_predictions(model, tokenizer, samples, starts, data.num_nodes, batch_size,
-                                                         broadcast_channels)
+    backbone_name = read_backbone_source(model_dir)[0].model_name_or_path
+    broadcast = trained_channels if broadcast_channels else None
+    pred, covered, predict_seconds = scatter_predictions(
+        model, build_collator(config, model, tokenizer, backbone_name, broadcast), samples, starts, data.num_nodes,
+        batch_size, broadcast_channels)
     rows = np.flatnonzero(covered.any(axis=1))  # the evaluated windows
     target = windows.batch(split_name, rows)
     mask = target["y_mask"] & covered[rows][:, None, :, None]
@@ -305,7 +310,8 @@ def evaluate_forecaster(model_dir: str | Path, dataset: str, data_dir: str | Non
             raise ValueError(f"--controls {folder} has another tokenizer than {model_dir}, so it cannot read the same "
                              "samples; train the control from the same recipe")
         found, control_covered, control_seconds[name] = scatter_predictions(
-            control, tokenizer, samples, starts, data.num_nodes, batch_size, broadcast_channels)
+            control, build_collator(config, control, tokenizer, backbone_name, broadcast), samples, starts,
+            data.num_nodes, batch_size, broadcast_channels)
         if not np.array_equal(control_covered, covered):  # the same samples: cannot differ unless the code is wrong
             raise RuntimeError(f"the control {folder} covered other (window, node) pairs than the forecaster")
         control_preds[name] = np.nan_to_num(found[rows])

@@ -79,11 +79,27 @@ def get_processor(name_or_path: str, tokenizer: Any) -> Any:
 
         try:
             processor = AutoProcessor.from_pretrained(name_or_path)
-        except (OSError, ValueError) as err:
-            raise ValueError(_not_loadable(name_or_path, "processor", err)) from err
+        except (OSError, ValueError, TypeError, AttributeError, ImportError) as err:
+            processor = _image_text_processor(name_or_path, tokenizer, err)
         processor.tokenizer = tokenizer
     check_processor(processor, name_or_path)
     return processor
+
+
+def _image_text_processor(name_or_path: str, tokenizer: Any, err: Exception) -> Any:
+    """A Qwen2-VL checkpoint's processor without its video processor (which needs torchvision, DESIGN.md §8:
+    ``AutoProcessor`` fails without it): its image processor's PIL backend, ``tokenizer`` and its chat template."""
+    from transformers import AutoConfig, AutoImageProcessor
+
+    from st_instruct.models.vlm import qwen2_vl_processor
+
+    try:
+        kind = AutoConfig.from_pretrained(name_or_path).model_type
+    except (OSError, ValueError):
+        kind = None
+    if kind not in ("qwen2_vl", "qwen2_5_vl"):
+        raise ValueError(_not_loadable(name_or_path, "processor", err)) from err
+    return qwen2_vl_processor(AutoImageProcessor.from_pretrained(name_or_path), tokenizer)
 
 
 def model_cache_dir() -> Path:

@@ -92,7 +92,7 @@ def few_shot_finetune(model_dir: str | Path, dataset: str, fraction: float, outp
     _, _, sft_config = parse_recipe(train_dataclasses(), [
         recipe_path, "--template", template, "--output_dir", str(output_dir), "--max_steps", str(steps),
         "--save_strategy", "no", "--eval_strategy", "no", "--seed", str(seed)])
-    trainer = build_trainer(model, model_config, sft_config, train, tokenizer, backbone_seed,
+    trainer = build_trainer(model, target, model_config, sft_config, train, tokenizer, backbone_seed,
                             broadcast_channels=trained_channels if broadcast_channels else None)
     trainer.train()
     trainer.save_model(str(output_dir))

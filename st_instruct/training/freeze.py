@@ -28,13 +28,14 @@ backbone and never wrapped by PEFT, and decides what of the backbone trains:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
 
-from st_instruct.models.forecaster import ST_MODULE_NAMES, STForecaster
+from st_instruct.models.forecaster import ST_MODULE_NAMES, VISION_MODULE_NAMES, STForecaster
 from st_instruct.models.mrffn import MEMORY_MODULE_NAME, is_memory_parameter
 from st_instruct.models.patching import (
     attention_module,
@@ -43,8 +44,11 @@ from st_instruct.models.patching import (
     feed_forward_projection_names,
     input_embeddings,
     is_loaded_in_4bit,
+    is_vision_language,
+    language_model_path,
     layer_norms,
     unwrap,
+    vision_module_path,
 )
 
 FREEZE_PLANS = ("frozen", "lora", "pfa", "full", "qlora")
@@ -87,7 +91,7 @@ class FreezeReport:
 def apply_freeze_plan(model: STForecaster, plan: str, *, lora_r: int = 8, lora_alpha: int = 16,
                       lora_dropout: float = 0.05, lora_target_modules: Sequence[str] | None = None,
                       pfa_last_layers: int = 2, train_st_token_embeddings: bool = False,
-                      frozen_st_modules: Sequence[str] = ()) -> FreezeReport:
+                      frozen_st_modules: Sequence[str] = (), vision_lora: bool = False) -> FreezeReport:
     """Set which parameters of ``model`` train, in place, following ``plan`` (one of :data:`FREEZE_PLANS`).
 
     For ``lora`` / ``qlora`` (and ``train_st_token_embeddings``) ``model.backbone`` is replaced by a ``PeftModel``
@@ -111,7 +115,11 @@ def apply_freeze_plan(model: STForecaster, plan: str, *, lora_r: int = 8, lora_a
             one row, so the backbone becomes a ``PeftModel`` under every plan; ``full`` trains all rows anyway and
             refuses it.
         frozen_st_modules: ST modules (names of ``model.st_modules()``) that stay frozen in every plan: a
-            pretrained ``st_encoder`` with ``st_encoder_freeze: true``.
+            pretrained ``st_encoder`` with ``st_encoder_freeze: true``, a VLM's ``st_vision_tower`` with
+            ``vision_tower_train: frozen`` (or ``lora``, where its adapters train).
+        vision_lora: (a VLM under ``lora`` / ``qlora``) LoRA adapters on the vision tower's attention projections
+            too. On a VLM the language model's LoRA targets are matched inside the language model only (the
+            vision tower's layers have projections of the same names).
 
     Returns:
         a :class:`FreezeReport`.
@@ -137,8 +145,11 @@ def apply_freeze_plan(model: STForecaster, plan: str, *, lora_r: int = 8, lora_a
         raise ValueError(f"pfa_last_layers must be between 0 and the backbone's {len(decoder_layers(backbone))} "
                          f"decoder layers, found {pfa_last_layers}")
 
+    if vision_lora and plan not in ("lora", "qlora"):
+        raise ValueError(f"vision_tower_train: lora puts LoRA adapters on the vision tower, which needs freeze_plan "
+                         f"lora or qlora, found {plan!r}")
     wanted = _peft_config(model, plan, lora_r, lora_alpha, lora_dropout, lora_target_modules,
-                          train_st_token_embeddings)
+                          train_st_token_embeddings, vision_lora)
     if _is_peft_model(backbone):
         _check_same_adapter(backbone, wanted, plan)
     elif wanted is not None:
@@ -157,13 +168,16 @@ def apply_freeze_plan(model: STForecaster, plan: str, *, lora_r: int = 8, lora_a
     unknown = sorted(set(frozen_st_modules) - set(modules))
     if unknown:
         raise ValueError(f"frozen_st_modules names {unknown}, not ST modules of this model ({sorted(modules)})")
-    for name, module in modules.items():  # incl. MRFFN memories inside the backbone
+    for name, module in modules.items():  # incl. MRFFN memories inside the backbone, a VLM's vision parts
         module.requires_grad_(name not in frozen_st_modules)
+    for parameter in backbone.parameters():  # adapters inside a frozen ST module (a VLM's vision tower) train
+        if id(parameter) in adapter:
+            parameter.requires_grad_(True)
     return _report(model, plan, adapter)
 
 
 def _peft_config(model: STForecaster, plan: str, r: int, alpha: int, dropout: float,
-                 targets: Sequence[str] | None, train_tokens: bool) -> Any:
+                 targets: Sequence[str] | None, train_tokens: bool, vision_lora: bool = False) -> Any:
     """The PEFT config the plan asks for (LoRA, trainable tokens, or ``None``)."""
     tokens = [model.st_config.pre_token_id] if train_tokens else None
     rows = input_embeddings(model.backbone).weight.shape[0]
@@ -174,7 +188,7 @@ def _peft_config(model: STForecaster, plan: str, r: int, alpha: int, dropout: fl
         from peft import LoraConfig
 
         return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, task_type="CAUSAL_LM",
-                          target_modules=_lora_targets(model.backbone, targets),
+                          target_modules=_lora_targets(model.backbone, targets, vision_lora),
                           trainable_token_indices=tokens)
     if tokens is not None:
         from peft import TrainableTokensConfig
@@ -185,14 +199,24 @@ def _peft_config(model: STForecaster, plan: str, r: int, alpha: int, dropout: fl
     return None
 
 
-def _lora_targets(backbone: nn.Module, targets: Sequence[str] | None) -> list[str]:
+def _lora_targets(backbone: nn.Module, targets: Sequence[str] | None, vision_lora: bool = False) -> list[str] | str:
+    """PEFT ``target_modules``: suffixes of module paths; for a VLM one regular expression (PEFT matches a string
+    against the whole path) that keeps them inside the language model's decoder layers, plus, with
+    ``vision_lora``, the vision tower's attention projections."""
     names: list[str] = []
     for target in targets if targets is not None else ["attention"]:
         expanded = LORA_TARGET_ALIASES[target](backbone) if target in LORA_TARGET_ALIASES else [target]
         names.extend(name for name in expanded if name not in names)
     if not names:
         raise ValueError("lora_target_modules is empty; leave it unset for the attention projections")
-    return names
+    if not is_vision_language(backbone):
+        return names
+    language = re.escape(language_model_path(backbone))
+    pattern = rf"{language}\.layers\.\d+\.(?:{'|'.join(re.escape(name) for name in names)})"
+    if vision_lora:
+        vision = re.escape(vision_module_path(backbone))
+        pattern += rf"|{vision}\..*\.(?:q_proj|k_proj|v_proj|qkv)"
+    return pattern
 
 
 def _is_peft_model(module: nn.Module) -> bool:
@@ -264,6 +288,8 @@ def _report(model: STForecaster, plan: str, adapter: set[int]) -> FreezeReport:
     groups: dict[str, list[str]] = {}
     counts: dict[str, int] = {}
     trainable = total = 0
+    vision = {id(parameter): name for name, module in model.st_modules().items() if name in VISION_MODULE_NAMES
+              for parameter in module.parameters()}
     for name, parameter in model.named_parameters():
         total += _count(parameter)
         if not parameter.requires_grad:
@@ -273,12 +299,14 @@ def _report(model: STForecaster, plan: str, adapter: set[int]) -> FreezeReport:
             group = top
         elif is_memory_parameter(name):
             group = MEMORY_GROUP
+        elif id(parameter) in vision and id(parameter) not in adapter:
+            group = vision[id(parameter)]
         else:
             group = ADAPTER_GROUP if id(parameter) in adapter else BACKBONE_GROUP
         groups.setdefault(group, []).append(name)
         counts[group] = counts.get(group, 0) + _count(parameter)
         trainable += _count(parameter)
-    order = [*ST_MODULE_NAMES, MEMORY_GROUP, ADAPTER_GROUP, BACKBONE_GROUP]
+    order = [*ST_MODULE_NAMES, *VISION_MODULE_NAMES, MEMORY_GROUP, ADAPTER_GROUP, BACKBONE_GROUP]
     return FreezeReport(plan=plan, groups={group: groups[group] for group in order if group in groups},
                         group_counts={group: counts[group] for group in order if group in counts},
                         trainable=trainable, total=total)

@@ -53,7 +53,7 @@ def build_forecaster(data_config: DataConfig, model_config: ModelConfig, seed: i
     from st_instruct.data.st_tokens import add_st_tokens
     from st_instruct.models.backbones import get_backbone, get_tokenizer
     from st_instruct.models.forecaster import STForecaster, STForecasterConfig
-    from st_instruct.models.patching import hidden_size
+    from st_instruct.models.patching import hidden_size, is_vision_language
     from st_instruct.training.freeze import apply_freeze_plan
 
     check_recipe_consistency(data_config, model_config)
@@ -85,13 +85,16 @@ def build_forecaster(data_config: DataConfig, model_config: ModelConfig, seed: i
         se_learned_scale=model_config.se_learned_scale, se_init_scale=model_config.se_init_scale,
         mrffn_layers=list(model_config.mrffn_layers) if model_config.mrffn else None,
         mrffn_slots=model_config.mrffn_slots, mrffn_key_dim=model_config.mrffn_key_dim,
-        mrffn_top_k=model_config.mrffn_top_k, hidden_size=width, head_skip=model_config.head_skip)
+        mrffn_top_k=model_config.mrffn_top_k, hidden_size=width, head_skip=model_config.head_skip,
+        fusion=model_config.st_fusion and control != "no_llm", fusion_heads=model_config.st_fusion_heads)
     encoder = None
     if model_config.st_encoder_init and load_pretrained:
         from st_instruct.pretraining.run import get_pretrained_encoder
 
         encoder = get_pretrained_encoder(model_config.st_encoder_init, st_config.encoder_config())
     frozen = ["st_encoder"] if model_config.st_encoder_freeze else []
+    if backbone is not None and is_vision_language(backbone) and model_config.vision_tower_train != "full":
+        frozen.append("st_vision_tower")  # frozen, or its base frozen under LoRA
     set_seed(seed)
     model = STForecaster(backbone, st_config, encoder=encoder)
     if model_config.head_skip_init == "readout" and load_pretrained:
@@ -108,7 +111,8 @@ def build_forecaster(data_config: DataConfig, model_config: ModelConfig, seed: i
     report = apply_freeze_plan(model, model_config.freeze_plan, lora_r=model_config.lora_r,
                                lora_alpha=model_config.lora_alpha, lora_dropout=model_config.lora_dropout,
                                lora_target_modules=model_config.lora_target_modules,
-                               pfa_last_layers=model_config.pfa_last_layers, frozen_st_modules=frozen)
+                               pfa_last_layers=model_config.pfa_last_layers, frozen_st_modules=frozen,
+                               vision_lora=model_config.vision_tower_train == "lora")
     return model, tokenizer, dataset, report
 
 
@@ -212,18 +216,22 @@ def backbone_source(model_config: ModelConfig, seed: int | None = None) -> Any:
                           model_config.model_load_in_4bit, random_init_seed)
 
 
-def build_trainer(model: Any, model_config: ModelConfig, sft_config: Any, train_dataset: Any, tokenizer: Any,
-                  backbone_seed: int | None, **extra: Any) -> Any:
-    """The :class:`STSFTTrainer` of a recipe: its loss weights (the no-LLM control has no LM to score the answer
-    text, so it trains on the regression loss alone), its ST modules' learning rate, and the
+def build_trainer(model: Any, data_config: DataConfig, model_config: ModelConfig, sft_config: Any,
+                  train_dataset: Any, tokenizer: Any, backbone_seed: int | None,
+                  broadcast_channels: int | None = None, **extra: Any) -> Any:
+    """The :class:`STSFTTrainer` of a recipe: its collator (:func:`~st_instruct.training.vision_collator.
+    build_collator`: rendered images for a VLM backbone), its loss weights (the no-LLM control has no LM to score
+    the answer text, so it trains on the regression loss alone), its ST modules' learning rate, and the
     :func:`backbone_source` saved with the model (``backbone_seed``: the seed a random_llm control's backbone was
     drawn with). ``extra``: further ``STSFTTrainer`` keywords."""
     from st_instruct.training.trainer import STSFTTrainer
+    from st_instruct.training.vision_collator import build_collator
 
     lm_weight = 0.0 if model_config.control == "no_llm" else model_config.loss_lm_weight
+    collator = build_collator(data_config, model, tokenizer, model_config.model_name_or_path, broadcast_channels)
     return STSFTTrainer(model, sft_config, train_dataset, tokenizer, backbone_source(model_config, backbone_seed),
                         loss_reg_weight=model_config.loss_reg_weight, loss_lm_weight=lm_weight,
-                        st_learning_rate=model_config.st_learning_rate, **extra)
+                        st_learning_rate=model_config.st_learning_rate, data_collator=collator, **extra)
 
 
 def control_dir(model_dir: str | Path, kind: str) -> Path:
@@ -398,7 +406,8 @@ def train(data_config: DataConfig, model_config: ModelConfig, sft_config: Any,
                       f"{sft_config.activation_checkpointing}; see configs.cpu_training_defaults)")
             print(report.summary())
         evaluate = sft_config.eval_strategy != "no"
-        trainer = build_trainer(model, model_config, sft_config, dataset["train"], tokenizer, sft_config.seed,
+        trainer = build_trainer(model, data_config, model_config, sft_config, dataset["train"], tokenizer,
+                                sft_config.seed,
                                 eval_dataset=dataset["validation"] if evaluate else None)
         trainer.train(resume_from_checkpoint=resume)
         sft_config.output_dir = str(output)  # what recipe.yaml records

@@ -76,6 +76,9 @@ class STSFTTrainer(SFTTrainer):
         backbone_source: how the base backbone is rebuilt when loading a checkpoint (written to it).
         loss_reg_weight / loss_lm_weight: λ_reg and λ_lm (λ_lm must be 0 for a forecaster without a backbone).
         broadcast_channels: train a ``C``-channel model on one-channel data (``STDataCollator``'s option).
+        data_collator: batches the samples instead of ``STDataCollator`` (a VLM backbone's
+            :class:`~st_instruct.training.vision_collator.STVisionCollator`, which takes ``broadcast_channels``
+            itself).
         st_learning_rate: learning rate of the ST modules' parameters (:meth:`STForecaster.st_modules`: encoder,
             projector, head with its skip path, RevIN, node table, SE rotation, MRFFN memories); the others (adapters
             or backbone) keep ``args.learning_rate``. ``None``: ``args.learning_rate`` for all.
@@ -89,7 +92,8 @@ class STSFTTrainer(SFTTrainer):
     def __init__(self, model: STForecaster, args: SFTConfig, train_dataset: Any, processing_class: Any,
                  backbone_source: BackboneSource, loss_reg_weight: float = 1.0, loss_lm_weight: float = 0.1,
                  eval_dataset: Any = None, callbacks: list | None = None,
-                 broadcast_channels: int | None = None, st_learning_rate: float | None = None) -> None:
+                 broadcast_channels: int | None = None, st_learning_rate: float | None = None,
+                 data_collator: Any = None) -> None:
         if args.packing or args.padding_free:
             raise ValueError("packing / padding_free concatenate samples, but each ST sample carries its own arrays "
                              "and token positions; set packing: false and padding_free: false")
@@ -106,7 +110,7 @@ class STSFTTrainer(SFTTrainer):
         if st_learning_rate is not None and not st_learning_rate > 0:
             raise ValueError(f"st_learning_rate must be > 0 (or None for learning_rate), found {st_learning_rate}")
         self.st_learning_rate = st_learning_rate
-        collator = STDataCollator(processing_class, broadcast_channels=broadcast_channels)
+        collator = data_collator or STDataCollator(processing_class, broadcast_channels=broadcast_channels)
         super().__init__(model=model, args=args, data_collator=collator,
                          train_dataset=train_dataset, eval_dataset=eval_dataset, processing_class=processing_class,
                          callbacks=callbacks)

@@ -111,3 +111,33 @@ class STVisionCollator:
         batch.update(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
         batch.update(collate_st_arrays(samples, his, pre, self.broadcast_channels))
         return batch
+
+
+def build_collator(data_config: Any, model: Any, tokenizer: Any, model_name_or_path: str,
+                   broadcast_channels: int | None = None) -> Any:
+    """The collator that batches ``data_config``'s samples for ``model``: :class:`STVisionCollator` (with the
+    images ``data_config.image_kind`` asks for, or none) when the forecaster's backbone is a vision-language model,
+    else :class:`~st_instruct.training.collator.STDataCollator` (a text backbone, or none: the no-LLM control of a
+    VLM recipe reads the ST arrays only). ``model_name_or_path`` names the backbone whose processor is used."""
+    from st_instruct.configs import RecipeError
+    from st_instruct.data.render import build_window_images
+    from st_instruct.models.backbones import get_processor
+    from st_instruct.models.patching import image_size_of, is_vision_language
+    from st_instruct.models.vlm import check_image_size
+    from st_instruct.training.collator import STDataCollator
+
+    if model.backbone is None:
+        return STDataCollator(tokenizer, broadcast_channels=broadcast_channels)
+    if not is_vision_language(model.backbone):
+        if data_config.image_kind != "none":
+            raise RecipeError(f"image_kind: {data_config.image_kind} gives every window an image, but the backbone "
+                              f"{model_name_or_path!r} is a text-only model; use a vision-language backbone (e.g. "
+                              "smollm2-135m-vlm) or image_kind: none")
+        return STDataCollator(tokenizer, broadcast_channels=broadcast_channels)
+    images = None
+    if data_config.image_kind != "none":
+        size = data_config.image_size or image_size_of(model.backbone) or 224
+        check_image_size(model.backbone, size, model_name_or_path)
+        images = build_window_images(data_config, data_config.image_kind, size, data_config.image_panels,
+                                     data_config.image_channel)
+    return STVisionCollator(get_processor(model_name_or_path, tokenizer), images, broadcast_channels)
