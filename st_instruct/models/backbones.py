@@ -75,12 +75,15 @@ def get_processor(name_or_path: str, tokenizer: Any) -> Any:
     if name_or_path in EMBEDDED_VLMS:
         processor = build_embedded_processor(tokenizer)
     else:
-        from transformers import AutoProcessor
+        from transformers import AutoProcessor, ProcessorMixin
 
         try:
             processor = AutoProcessor.from_pretrained(name_or_path)
         except (OSError, ValueError, TypeError, AttributeError, ImportError) as err:
             processor = _image_text_processor(name_or_path, tokenizer, err)
+        if not isinstance(processor, ProcessorMixin):  # AutoProcessor falls back to the tokenizer alone
+            processor = _image_text_processor(name_or_path, tokenizer, ValueError(
+                f"AutoProcessor found only a {type(processor).__name__}, no multimodal processor"))
         processor.tokenizer = tokenizer
     check_processor(processor, name_or_path)
     return processor

@@ -80,7 +80,8 @@ ST_CONFIG_FILE = "st_forecaster_config.json"
 # memories live inside the backbone's decoder layers and are listed by st_modules() as "st_memory.layers.<i>".
 ST_MODULE_NAMES = ("st_encoder", "st_projector", "regression_head", "st_revin", "st_node_table", "st_spatial",
                    "st_fusion")
-# a VLM backbone's vision parts, listed among the ST modules (saved with them; trained or frozen per recipe)
+# a VLM backbone's vision parts, listed among the ST modules (saved with them; trained or frozen per recipe); a
+# projector inside the tower (Qwen2-VL's patch merger) is saved as part of the tower
 VISION_MODULE_NAMES = ("st_vision_tower", "st_vision_projector")
 
 
@@ -285,8 +286,10 @@ class STForecaster(nn.Module):
         ``st_modules.safetensors``."""
         modules = {name: getattr(self, name) for name in ST_MODULE_NAMES if getattr(self, name) is not None}
         if self.backbone is not None and is_vision_language(self.backbone):
-            modules.update(zip(VISION_MODULE_NAMES, (vision_tower(self.backbone), vision_projector(self.backbone)),
-                               strict=True))
+            tower, projector = vision_tower(self.backbone), vision_projector(self.backbone)
+            modules["st_vision_tower"] = tower
+            if not any(module is projector for module in tower.modules()):  # Qwen2-VL's merger is in its tower
+                modules["st_vision_projector"] = projector
         for index, mlp in (memory_layers(self.backbone) if self.backbone is not None else {}).items():
             modules[f"st_memory.layers.{index}"] = mlp.st_memory
         return modules

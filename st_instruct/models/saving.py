@@ -38,7 +38,6 @@ from st_instruct.models.forecaster import (
     save_st_modules,
     st_state_dict,
 )
-from st_instruct.models.mrffn import is_memory_parameter
 from st_instruct.models.patching import unwrap
 
 BACKBONE_FILE = "st_backbone.json"
@@ -69,19 +68,21 @@ def backbone_format(model: STForecaster) -> str:
     """
     if model.backbone is None:
         return "none"
+    # ST modules inside the backbone (MRFFN memories, a VLM's vision tower and projector) are saved with the ST
+    # modules, so they never make a backbone "full"
+    st = {id(p) for module in model.st_modules().values() for p in module.parameters()}
     if is_peft_model(model.backbone):
         from peft.tuners.tuners_utils import BaseTunerLayer
 
         adapter = {id(p) for module in model.backbone.modules() if isinstance(module, BaseTunerLayer)
                    for name in module.adapter_layer_names for p in getattr(module, name).parameters()}
         base = [name for name, p in model.backbone.named_parameters()
-                if p.requires_grad and id(p) not in adapter and not is_memory_parameter(name)]
+                if p.requires_grad and id(p) not in adapter and id(p) not in st]
         if base:
             raise ValueError(f"the PEFT-wrapped backbone also trains base weights ({base[:3]}...), which its adapter "
                              "does not save; train them through PEFT (modules_to_save) or without an adapter")
         return "adapter"
-    return "full" if any(p.requires_grad for name, p in model.backbone.named_parameters()
-                         if not is_memory_parameter(name)) else "base"
+    return "full" if any(p.requires_grad for p in model.backbone.parameters() if id(p) not in st) else "base"
 
 
 def save_forecaster(model: STForecaster, directory: str | Path, source: BackboneSource, tokenizer: Any = None,

@@ -94,9 +94,10 @@ def build_embedded_processor(tokenizer: Any) -> Any:
 
 def check_processor(processor: Any, name: str) -> None:
     """Refuse a processor that cannot render the image conversations: no chat template, or no tokenizer."""
-    if getattr(processor, "tokenizer", None) is None:
-        raise ValueError(f"the processor of {name!r} ({type(processor).__name__}) has no tokenizer; a VLM backbone "
-                         "needs a multimodal processor (AutoProcessor.from_pretrained of a VLM checkpoint)")
+    if getattr(processor, "tokenizer", None) is None or getattr(processor, "image_processor", None) is None:
+        raise ValueError(f"the processor of {name!r} ({type(processor).__name__}) has no tokenizer or no image "
+                         "processor; a VLM backbone needs a multimodal processor (AutoProcessor.from_pretrained of "
+                         "a VLM checkpoint)")
     if not getattr(processor, "chat_template", None):
         raise ValueError(f"the processor of {name!r} ({type(processor).__name__}) has no chat template, so the "
                          "image conversations cannot be rendered (processor.apply_chat_template); use an instruct "

@@ -49,6 +49,7 @@ from st_instruct.models.patching import (
     layer_norms,
     unwrap,
     vision_module_path,
+    vision_projector,
 )
 
 FREEZE_PLANS = ("frozen", "lora", "pfa", "full", "qlora")
@@ -173,6 +174,8 @@ def apply_freeze_plan(model: STForecaster, plan: str, *, lora_r: int = 8, lora_a
     for parameter in backbone.parameters():  # adapters inside a frozen ST module (a VLM's vision tower) train
         if id(parameter) in adapter:
             parameter.requires_grad_(True)
+    if is_vision_language(backbone):  # ST-VLM's adaptive fine-tuning always trains the projector (even inside a
+        vision_projector(backbone).requires_grad_(True)  # frozen tower, as Qwen2-VL's merger is)
     return _report(model, plan, adapter)
 
 
@@ -290,6 +293,9 @@ def _report(model: STForecaster, plan: str, adapter: set[int]) -> FreezeReport:
     trainable = total = 0
     vision = {id(parameter): name for name, module in model.st_modules().items() if name in VISION_MODULE_NAMES
               for parameter in module.parameters()}
+    if model.backbone is not None and is_vision_language(model.backbone):
+        vision.update((id(parameter), "st_vision_projector") for parameter in
+                      vision_projector(model.backbone).parameters())
     for name, parameter in model.named_parameters():
         total += _count(parameter)
         if not parameter.requires_grad:

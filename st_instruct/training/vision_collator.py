@@ -82,11 +82,12 @@ class STVisionCollator:
             if roles.count("assistant") != 1 or roles[-1] != "assistant":
                 raise TokenizationError(f"sample {name!r}: the vision collator labels one assistant answer at the "
                                         f"end of the conversation, found roles {roles}")
-        full = self.processor.apply_chat_template(conversations, tokenize=True, return_dict=True, padding=True,
-                                                  return_tensors="pt")
+        padded = {"padding": True}
+        full = self.processor.apply_chat_template(conversations, tokenize=True, return_dict=True,
+                                                  return_tensors="pt", processor_kwargs=padded)
         prompts = self.processor.apply_chat_template([c[:-1] for c in conversations], tokenize=True,
-                                                     return_dict=True, add_generation_prompt=True, padding=True,
-                                                     return_tensors="pt")
+                                                     return_dict=True, add_generation_prompt=True,
+                                                     return_tensors="pt", processor_kwargs=padded)
         input_ids, attention_mask = full["input_ids"], full["attention_mask"]
         labels = torch.full_like(input_ids, IGNORE_INDEX)
         his, pre = [], []

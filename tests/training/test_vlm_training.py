@@ -1,0 +1,79 @@
+"""A few training steps of the ST-VLM forecaster on each tiny vision-language family (LLaVA, Qwen2-VL, Idefics3,
+built from config and saved as a backbone folder a recipe names), through the real recipe -> trainer -> save ->
+load path; the adaptive fine-tuning choices of the vision tower (frozen / lora / full)."""
+
+import pytest
+import torch
+from test_trainer import SMOKE
+from tiny import build_test_tokenizer, build_tiny_vlm
+
+from st_instruct.configs import parse_recipe, train_dataclasses
+from st_instruct.models.patching import vision_projector, vision_tower
+from st_instruct.models.saving import load_forecaster
+from st_instruct.training.run import build_forecaster, build_trainer
+
+VLM_FLAGS = ["--granularity", "graph", "--template", "forecast_graph", "--image_kind", "map", "--image_size", "32",
+             "--st_fusion", "true", "--st_fusion_heads", "2", "--max_steps", "3", "--save_strategy", "no",
+             "--report_to", "none", "--learning_rate", "0.01", "--per_device_train_batch_size", "2"]
+
+
+def save_tiny_vlm(family, folder):
+    """A tiny VLM of ``family`` with its processor and tokenizer (no ST tokens yet) in ``folder``."""
+    model, processor = build_tiny_vlm(family, build_test_tokenizer())
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def vlm_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny_vlms")
+    return {family: save_tiny_vlm(family, root / family) for family in ("llava", "qwen2_vl", "idefics3")}
+
+
+def snapshot(module):
+    return {name: p.detach().clone() for name, p in module.named_parameters()}
+
+
+def changed(before, module):
+    return [name for name, p in module.named_parameters() if name in before and not torch.equal(before[name], p)]
+
+
+@pytest.mark.parametrize("family,tower", [("llava", "full"), ("llava", "frozen"), ("llava", "lora"),
+                                          ("qwen2_vl", "full"), ("idefics3", "full")])
+def test_tiny_vlm_trains_saves_and_reloads_to_identical_predictions(family, tower, vlm_dirs, tmp_path):
+    data_config, model_config, args = parse_recipe(train_dataclasses(), [
+        str(SMOKE), "--model_name_or_path", str(vlm_dirs[family]), "--dataset_cache_dir", str(tmp_path / "built"),
+        "--output_dir", str(tmp_path / "run"), "--vision_tower_train", tower, *VLM_FLAGS])
+    model, tokenizer, dataset, report = build_forecaster(data_config, model_config, args.seed)
+    assert "st_fusion" in report.groups and ("st_vision_tower" in report.groups) == (tower == "full")
+    trainer = build_trainer(model, data_config, model_config, args, dataset["train"], tokenizer, args.seed)
+    tower_before = snapshot(vision_tower(model.backbone))
+    projector_before = snapshot(vision_projector(model.backbone))
+    trainer.train()
+    assert model.st_fusion.gate.item() != 0.0  # the fusion trained
+    moved = changed(tower_before, vision_tower(model.backbone))
+    if tower == "frozen":
+        assert not moved
+    elif tower == "lora":
+        assert moved and all("lora_" in name for name in moved)
+    else:
+        assert moved and not any("lora_" in name for name in moved)
+    assert changed(projector_before, vision_projector(model.backbone))  # the projector always trains
+    trainer.save_model(str(tmp_path / "saved"))
+    loaded, loaded_tokenizer = load_forecaster(tmp_path / "saved")
+    assert loaded_tokenizer.get_vocab() == tokenizer.get_vocab()
+    batch = trainer.data_collator([dataset["test"][i] for i in range(2)])
+    assert "pixel_values" in batch
+    torch.testing.assert_close(loaded.predict(batch), model.predict(batch), atol=0, rtol=0)
+
+
+def test_a_text_backbone_with_images_is_refused(tiny_backbone_dir, tmp_path):
+    from st_instruct.configs import RecipeError
+
+    data_config, model_config, args = parse_recipe(train_dataclasses(), [
+        str(SMOKE), "--model_name_or_path", str(tiny_backbone_dir), "--dataset_cache_dir", str(tmp_path / "built"),
+        "--output_dir", str(tmp_path / "run"), "--image_kind", "map", "--report_to", "none"])
+    model, tokenizer, dataset, _ = build_forecaster(data_config, model_config, args.seed)
+    with pytest.raises(RecipeError, match="image_kind: map gives every window an image, but the backbone"):
+        build_trainer(model, data_config, model_config, args, dataset["train"], tokenizer, args.seed)
