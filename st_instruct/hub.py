@@ -59,6 +59,12 @@ def write_model_card(directory: str | Path, *, base_model: str, datasets: list[s
             ""]
     if description:
         body += [description.strip(), ""]
+    if recipe and recipe.get("image_kind", "none") != "none":
+        from st_instruct.data.render import describe_images
+
+        body += ["## What the image shows", "", describe_images(recipe["image_kind"], recipe.get("image_size"),
+                                                                recipe.get("image_panels", 4),
+                                                                recipe.get("image_channel", 0)), ""]
     body += ["## How to load", "", LOAD_SNIPPET.format(name=directory.name), "", "## Training recipe", ""]
     if recipe:
         body += ["```yaml", yaml.safe_dump(recipe, sort_keys=False).rstrip(), "```", "",

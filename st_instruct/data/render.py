@@ -379,3 +379,21 @@ def build_window_images(config, kind: str, size: int, panels: int = 4, channel: 
     return WindowImages({data.name: WindowRenderer(build_windows(data, config.history, config.horizon, config.split,
                                                                  config.stride), kind, size, panels, channel)
                          for data in load_series(config)})
+
+
+def describe_images(kind: str, size: int | None, panels: int, channel: int) -> str:
+    """What the images of a recipe show, in words (for the model card of a VLM forecaster)."""
+    side = f"{size} x {size}" if size else "the vision tower's size"
+    colours = ("viridis on a value range fixed per dataset from its train split (0.5 % and 99.5 % quantiles), "
+               "missing values grey")
+    if kind == "map":
+        shown = (f"{panels} history step(s), evenly spaced and ending at the last one, tiled as map panels: graph "
+                 "nodes as discs placed by their coordinates (or a spectral layout of the graph when there are "
+                 "none), the strongest edges faint underneath; grid data as heat maps, one pixel block per cell")
+    else:
+        shown = ("four views of the history (after ViST): the node x time matrix (nodes in spectral order), the same "
+                 "after averaging every node with its graph neighbours, the node x node correlation, and the map of "
+                 "the last step")
+    return (f"Every window is shown to the model as one {side} RGB image ({kind}) of channel {channel}: {shown}; "
+            f"colours: {colours}. Rendered by `st_instruct.data.render` (`st-instruct render DATASET --window I "
+            f"--kind {kind}` writes one as PNG).")

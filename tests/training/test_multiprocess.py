@@ -88,19 +88,21 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def launch(config: str, tiny_dir: Path, tmp_path: Path) -> tuple[Path, list[dict]]:
-    """``accelerate launch --config_file recipes/accelerate/CONFIG.yaml --num_processes 2`` of the wrapper on the
-    smoke recipe (2 steps, a checkpoint at step 2); returns the output folder and the two rank reports."""
+def launch(config: str, tiny_dir: Path, tmp_path: Path, recipe: Path = SMOKE,
+           extra: tuple[str, ...] = ()) -> tuple[Path, list[dict]]:
+    """``accelerate launch --config_file recipes/accelerate/CONFIG.yaml --num_processes 2`` of the wrapper on
+    ``recipe`` (the smoke recipe; 2 steps, a checkpoint at step 2) with ``extra`` flags; returns the output folder and
+    the two rank reports."""
     wrapper = tmp_path / "sft_report.py"
     wrapper.write_text(WRAPPER)
     output = tmp_path / "out"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
     env.pop("ACCELERATE_USE_CPU", None)  # under DeepSpeed it silently falls back to DDP (recipes/accelerate/*.yaml)
     command = [str(ACCELERATE), "launch", "--config_file", str(ROOT / "recipes" / "accelerate" / f"{config}.yaml"),
-               "--num_processes", "2", "--main_process_port", str(free_port()), str(wrapper), str(SMOKE),
+               "--num_processes", "2", "--main_process_port", str(free_port()), str(wrapper), str(recipe),
                "--model_name_or_path", str(tiny_dir), "--output_dir", str(output),
                "--dataset_cache_dir", str(tmp_path / "built"), "--report_to", "none",
-               "--max_steps", "2", "--save_steps", "2", "--per_device_train_batch_size", "2"]
+               "--max_steps", "2", "--save_steps", "2", "--per_device_train_batch_size", "2", *extra]
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout[-4000:]}\n{result.stderr[-8000:]}"
     reports = [json.loads(path.read_text()) for path in sorted(output.glob("rank*.json"))]
@@ -153,3 +155,21 @@ def test_deepspeed_zero_two_processes(stage, tiny_dir, tmp_path):
     assert (checkpoint / "st_modules.safetensors").is_file()
     check_saved(output, reports[0])
     check_saved(checkpoint, reports[0])  # the last step's checkpoint holds the same weights
+
+
+def test_ddp_two_processes_of_the_stvlm_recipe(tmp_path):
+    """recipes/stvlm_sft.yaml (rendered images, fusion, the vision tower trained) on 2 processes, with a tiny LLaVA
+    in place of the embedded VLM and the small synthetic city in place of nyc-taxi."""
+    from test_vlm_training import save_tiny_vlm
+
+    vlm_dir = save_tiny_vlm("llava", tmp_path / "tiny_llava")
+    extra = ("--dataset_names", "synthetic-small", "--dataset_start", "null", "--dataset_end", "null",
+             "--coordinate_dim", "8", "--window_sample", "4", "--image_size", "32", "--model_num_layers", "null",
+             "--st_encoder_init", "null", "--st_encoder_freeze", "false", "--head_skip_init", "closed",
+             "--st_fusion_heads", "2")
+    output, reports = launch("ddp", vlm_dir, tmp_path, ROOT / "recipes" / "stvlm_sft.yaml", extra)
+    check_ranks(reports, deepspeed=False)
+    trained = reports[0]["params"]
+    assert any(name.startswith("st_fusion.") for name in trained)
+    assert any(".vision_tower." in name for name in trained)  # vision_tower_train: full
+    check_saved(output, reports[0])

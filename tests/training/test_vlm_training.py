@@ -77,3 +77,36 @@ def test_a_text_backbone_with_images_is_refused(tiny_backbone_dir, tmp_path):
     model, tokenizer, dataset, _ = build_forecaster(data_config, model_config, args.seed)
     with pytest.raises(RecipeError, match="image_kind: map gives every window an image, but the backbone"):
         build_trainer(model, data_config, model_config, args, dataset["train"], tokenizer, args.seed)
+
+
+def test_trained_vlm_card_push_and_reload_from_the_hub(vlm_dirs, tmp_path, hub_server):
+    """``train`` writes the VLM folder with a card that says what the image shows; ``push_to_hub`` (the local Hub
+    stand-in, real HTTP) delivers it; the downloaded copy loads to the trained predictions, vision tower, projector
+    and fusion included."""
+    from huggingface_hub import snapshot_download
+    from safetensors import safe_open
+
+    from st_instruct.hub import push_to_hub
+    from st_instruct.training.run import train
+    from st_instruct.training.vision_collator import build_collator
+
+    output = train(*parse_recipe(train_dataclasses(), [
+        str(SMOKE), "--model_name_or_path", str(vlm_dirs["llava"]), "--dataset_cache_dir", str(tmp_path / "built"),
+        "--output_dir", str(tmp_path / "trained"), *VLM_FLAGS]))
+    card = (output / "README.md").read_text()
+    assert "## What the image shows" in card and "32 x 32 RGB image (map)" in card
+    with safe_open(str(output / "st_modules.safetensors"), framework="pt") as saved:
+        prefixes = {key.split(".")[0] for key in saved.keys()}
+    assert {"st_fusion", "st_vision_tower", "st_vision_projector", "st_encoder", "regression_head"} <= prefixes
+    push_to_hub(output, "st-user/tiny-stvlm", token=hub_server.token)
+    copy = snapshot_download("st-user/tiny-stvlm", endpoint=hub_server.url, token=hub_server.token,
+                             cache_dir=tmp_path / "hf_cache")
+    here, tokenizer = load_forecaster(output)
+    there, _ = load_forecaster(copy)
+    data_config, _, _ = parse_recipe(train_dataclasses(), [str(output / "recipe.yaml")])
+    from st_instruct.data.builder import build_dataset
+
+    rows = build_dataset(data_config, tokenizer)["test"]
+    batch = build_collator(data_config, here, tokenizer, str(vlm_dirs["llava"]))([rows[i] for i in range(2)])
+    assert "pixel_values" in batch
+    torch.testing.assert_close(there.predict(batch), here.predict(batch), atol=0, rtol=0)
