@@ -173,3 +173,31 @@ def test_processor_without_chat_template_is_refused(cache):
     processor.chat_template = None
     with pytest.raises(ValueError, match=r"processor of 'tiny' \(LlavaProcessor\) has no chat template"):
         check_processor(processor, "tiny")
+
+
+def test_qwen2_5_vl_and_smolvlm_module_paths_resolve():
+    """The two families of VISION_LANGUAGE without a tiny end-to-end test here (they share Qwen2-VL's and
+    Idefics3's processors and forward): every path of their layout names the module it should."""
+    import transformers as T
+
+    text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                num_key_value_heads=1, vocab_size=200)
+    qwen = T.Qwen2_5_VLForConditionalGeneration(T.Qwen2_5_VLConfig(
+        text_config=dict(text, rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3],
+                                                "rope_theta": 10000.0}, bos_token_id=None, eos_token_id=None),
+        vision_config=dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=32,
+                           patch_size=8, spatial_merge_size=2, temporal_patch_size=1, fullatt_block_indexes=[0]),
+        image_token_id=190, video_token_id=191, vision_start_token_id=192))
+    smol = T.SmolVLMForConditionalGeneration(T.SmolVLMConfig(
+        text_config=dict(text, model_type="llama"), vision_config=dict(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32,
+            patch_size=8), image_token_id=190, scale_factor=2))
+    from st_instruct.models.patching import vision_projector
+
+    for model, names in ((qwen, ("Qwen2_5_VLTextModel", "Qwen2_5_VisionTransformerPretrainedModel",
+                                 "Qwen2_5_VLPatchMerger")),
+                         (smol, ("LlamaModel", "SmolVLMVisionTransformer", "SmolVLMConnector"))):
+        assert is_vision_language(model)
+        found = (language_model(model), vision_tower(model), vision_projector(model))
+        assert tuple(type(module).__name__ for module in found) == names
+        assert decoder_layers(model)[1] is found[0].layers[1]
