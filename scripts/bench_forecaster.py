@@ -126,6 +126,22 @@ def train_stage(name: str, command: list[str], out: Path, model_dir: Path, bench
     return True
 
 
+def run_training_stages(stages: dict, reuse: bool, previous: dict, out: Path, bench: dict,
+                        result_path: Path) -> bool:
+    """Run every ``name -> (command, folder, marker file)`` stage with ``--overwrite`` (with ``reuse``: skip one whose
+    marker exists, keeping ``previous`` figures), saving ``bench`` to ``result_path`` after each; False on failure."""
+    for name, (command, folder, marker) in stages.items():
+        if reuse and (folder / marker).is_file():
+            print(f"{name}: reusing {folder}")
+            bench[name] = previous.get(name, {"note": "reused a folder made earlier; figures not recorded"})
+            continue
+        ok = train_stage(name, [*command, "--overwrite"], out, folder, bench)
+        result_path.write_text(json.dumps(bench, indent=2) + "\n")
+        if not ok:
+            return False
+    return True
+
+
 def evaluate_stage(case: str, command: list[str], json_path: Path, log: Path, bench: dict) -> None:
     print("evaluating:", " ".join(command[2:]), flush=True)
     status = run(command, log)
@@ -173,15 +189,8 @@ def main() -> int:
     for control, folder in control_dirs.items():
         stages[f"control_{control}"] = ([*cli, "train", *recipe, "--control", control, "--output_dir", str(folder)],
                                         folder, "trainer_state.json")
-    for name, (command, folder, marker) in stages.items():
-        if args.reuse and (folder / marker).is_file():
-            print(f"{name}: reusing {folder}")
-            bench[name] = previous.get(name, {"note": "reused a folder made earlier; figures not recorded"})
-            continue
-        if not train_stage(name, [*command, "--overwrite"], out, folder, bench):
-            result_path.write_text(json.dumps(bench, indent=2) + "\n")
-            return 1
-        result_path.write_text(json.dumps(bench, indent=2) + "\n")
+    if not run_training_stages(stages, args.reuse, previous, out, bench, result_path):
+        return 1
     if "wall_seconds" in bench.get("pretrain", {}) and "wall_seconds" in bench.get("train", {}):
         minutes = (bench["pretrain"]["wall_seconds"] + bench["train"]["wall_seconds"]) / 60
         bench["forecaster_budget"] = {"pretrain_plus_train_minutes": round(minutes, 1), "limit_minutes": 30,

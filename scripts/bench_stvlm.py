@@ -33,7 +33,13 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_forecaster import BASE_FORECASTER, BIKE_2019, PRETRAIN_RECIPE, evaluate_stage, train_stage  # noqa: E402
+from bench_forecaster import (  # noqa: E402
+    BASE_FORECASTER,
+    BIKE_2019,
+    PRETRAIN_RECIPE,
+    evaluate_stage,
+    run_training_stages,
+)
 
 VLM_RECIPE = "recipes/stvlm_sft.yaml"
 TEXT_RECIPE = "recipes/stlink_sft.yaml"
@@ -92,15 +98,8 @@ def main() -> int:
         "train_text": ([*cli, "train", TEXT_RECIPE, *BASE_FORECASTER, *common, "--output_dir", str(dirs["text"])],
                        dirs["text"], "trainer_state.json"),
     }
-    for name, (command, folder, marker) in stages.items():
-        if args.reuse and (folder / marker).is_file():
-            print(f"{name}: reusing {folder}")
-            bench[name] = previous.get(name, {"note": "reused a folder made earlier; figures not recorded"})
-            continue
-        if not train_stage(name, [*command, "--overwrite"], out, folder, bench):
-            result_path.write_text(json.dumps(bench, indent=2) + "\n")
-            return 1
-        result_path.write_text(json.dumps(bench, indent=2) + "\n")
+    if not run_training_stages(stages, args.reuse, previous, out, bench, result_path):
+        return 1
     if "seconds_per_step" in bench.get("train_vlm", {}) and "seconds_per_step" in bench.get("train_text", {}):
         vlm, text = bench["train_vlm"]["seconds_per_step"], bench["train_text"]["seconds_per_step"]
         bench["step_time"] = {"vlm_seconds": vlm, "text_seconds": text, "vlm_over_text": round(vlm / text, 3)}
