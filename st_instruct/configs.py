@@ -29,6 +29,8 @@ CONTROLS = ("none", "no_llm", "random_llm")
 HEAD_SKIP_INITS = ("closed", "readout")
 # mirrored from st_instruct.data.render.IMAGE_KINDS (a test checks they agree) plus "none"
 IMAGE_KIND_NAMES = ("none", "map", "multiview")
+# mirrored from st_instruct.data.air_graphs.GRAPH_KINDS (a test checks they agree)
+ST_GRAPH_NAMES = ("none", "static", "static_wind")
 VISION_TOWER_TRAINING = ("frozen", "lora", "full")
 
 
@@ -211,6 +213,14 @@ class ModelConfig:
         "help": "ST-VLM (vision-language backbones): gated cross-attention of the ST tokens to the image and text "
                 "tokens before the first decoder layer, gate starting at 0 (st_instruct.models.fusion)"})
     st_fusion_heads: int = field(default=4, metadata={"help": "heads of the fusion's cross-attention"})
+    st_graph: str = field(default="none", metadata={
+        "help": "AirGPT graph encoder on the ST tokens (stations with lat/lon): none | static (distance graph "
+                "exp(-d^2 / 2 sigma^2)) | static_wind (gated fusion with the wind graph; needs wind speed and "
+                "direction channels in the dataset, read even when dataset_channels leaves them out)"})
+    st_graph_sigma0_km: float = field(default=10.0, metadata={
+        "help": "wind graph: reach of calm air, km (sigma0 in exp(-d^2 / 2 (sigma0 + alpha v)^2))"})
+    st_graph_alpha_km: float = field(default=5.0, metadata={
+        "help": "wind graph: extra reach per m/s of wind speed, km (alpha)"})
     vision_tower_train: str = field(default="full", metadata={
         "help": "ST-VLM adaptive fine-tuning of the vision tower: frozen | lora (LoRA on its attention, with the "
                 "freeze plan's rank) | full (every weight; the embedded VLM's tower is trained here). The "
@@ -236,6 +246,11 @@ class ModelConfig:
         if self.vision_tower_train not in VISION_TOWER_TRAINING:
             raise RecipeError(f"vision_tower_train must be one of {VISION_TOWER_TRAINING}, found "
                               f"{self.vision_tower_train!r}")
+        if self.st_graph not in ST_GRAPH_NAMES:
+            raise RecipeError(f"st_graph must be one of {ST_GRAPH_NAMES}, found {self.st_graph!r}")
+        if not self.st_graph_sigma0_km > 0 or self.st_graph_alpha_km < 0:
+            raise RecipeError(f"st_graph_sigma0_km must be > 0 and st_graph_alpha_km >= 0, found "
+                              f"{self.st_graph_sigma0_km}, {self.st_graph_alpha_km}")
         if self.st_fusion_heads < 1:
             raise RecipeError(f"st_fusion_heads must be >= 1, found {self.st_fusion_heads}")
         if self.control not in CONTROLS:

@@ -130,10 +130,15 @@ def test_accelerate_configs_open_with_their_launch_command(config):
 
 
 def test_model_config_choices_mirror_the_modules_and_are_checked():
+    from st_instruct.configs import ST_GRAPH_NAMES
+    from st_instruct.data.air_graphs import GRAPH_KINDS
     from st_instruct.models.st_encoders import ENCODERS
     from st_instruct.training.freeze import FREEZE_PLANS
 
     assert FREEZE_PLAN_NAMES == tuple(FREEZE_PLANS) and set(ST_ENCODER_NAMES) == set(ENCODERS)
+    assert ST_GRAPH_NAMES == GRAPH_KINDS
+    with pytest.raises(RecipeError, match="st_graph must be one of"):
+        ModelConfig(st_graph="wind")
     with pytest.raises(RecipeError, match="freeze_plan must be one of"):
         ModelConfig(freeze_plan="lorra")
     with pytest.raises(RecipeError, match="st_encoder must be one of"):

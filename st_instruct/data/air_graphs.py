@@ -80,3 +80,75 @@ def wind_channels(channels: list[str], dataset: str) -> tuple[int, int]:
         raise ValueError(f"dataset {dataset!r} has no {' and no '.join(missing)} channel, which the wind graph "
                          f"needs (its channels: {', '.join(channels)}); use the static graph only, or add them")
     return speed, direction
+
+
+GRAPH_KINDS = ("none", "static", "static_wind")
+
+
+class WindowGraphs:
+    """AirGPT's graphs of any sample of an instruction dataset, made when asked (per batch, by the collator), like
+    the images of :class:`~st_instruct.data.render.WindowImages`: nothing is stored in the Arrow rows.
+
+    ``batch(samples, nodes)`` gives ``static_graph`` and (``kind == "static_wind"``) ``wind_graph``, each
+    ``[B, nodes, nodes]`` float32 over the sample's ``node_index`` (zero-padded to ``nodes``). Both are laid out for
+    aggregation: row ``i`` holds what station ``i`` *receives*, so the wind graph is the transpose of
+    :func:`wind_graph`'s "``i`` sends to ``j``". The wind graph of a sample is the mean of the hourly graphs over its
+    history window (the ST encoder gives one token per station, so one graph per window); the future's wind is
+    never read.
+    """
+
+    def __init__(self, static: dict[str, np.ndarray], wind_cumsum: dict[str, np.ndarray] | None,
+                 history: int) -> None:
+        self.static, self.wind_cumsum, self.history = static, wind_cumsum, history
+
+    @property
+    def kind(self) -> str:
+        return "static" if self.wind_cumsum is None else "static_wind"
+
+    def batch(self, samples: list[dict], nodes: int) -> dict[str, np.ndarray]:
+        keys = ["static_graph"] + ([] if self.wind_cumsum is None else ["wind_graph"])
+        out = {key: np.zeros((len(samples), nodes, nodes), np.float32) for key in keys}
+        for b, sample in enumerate(samples):
+            name = sample["dataset"]
+            if name not in self.static:
+                raise ValueError(f"no graphs for dataset {name!r}: they were set up for {sorted(self.static)}; batch "
+                                 "samples of the datasets the recipe names")
+            index = np.asarray(sample["node_index"], dtype=np.int64)
+            pick = np.ix_(index, index)
+            count = len(index)
+            out["static_graph"][b, :count, :count] = self.static[name][pick]
+            if self.wind_cumsum is not None:
+                start = int(sample["window_start"])
+                cumsum = self.wind_cumsum[name]
+                mean = (cumsum[start + self.history] - cumsum[start]) / self.history
+                out["wind_graph"][b, :count, :count] = mean[pick]
+        return out
+
+
+def build_window_graphs(config, kind: str, sigma0_km: float, alpha_km: float) -> WindowGraphs | None:
+    """:class:`WindowGraphs` of ``kind`` (:data:`GRAPH_KINDS`; ``none`` gives ``None``) for every dataset of the
+    :class:`~st_instruct.configs.DataConfig` ``config``. The wind is read from the dataset's wind channels even when
+    the recipe keeps only other channels (``dataset_channels``), so a PM2.5 forecaster still gets its wind graph.
+    A dataset without lat/lon coordinates, or (``static_wind``) without wind channels, is refused in one line."""
+    import dataclasses
+
+    from st_instruct.data.builder import load_series
+
+    if kind not in GRAPH_KINDS:
+        raise ValueError(f"the graph kind must be one of {GRAPH_KINDS}, found {kind!r}")
+    if kind == "none":
+        return None
+    static, cumsums = {}, {}
+    for data in load_series(dataclasses.replace(config, dataset_channels=None)):
+        if data.coords is None or data.coord_kind != "latlon":
+            raise ValueError(f"dataset {data.name!r} has {data.coord_kind or 'no'} node coordinates, but AirGPT's "
+                             "graphs are built from station latitude/longitude; use st_graph: none")
+        static[data.name] = static_distance_graph(data.coords).T.copy()
+        if kind == "static_wind":
+            speed, direction = wind_channels(list(data.channels), data.name)
+            hourly = wind_graph(data.coords, data.values[:, :, speed], data.values[:, :, direction], sigma0_km,
+                                alpha_km).transpose(0, 2, 1)
+            cumsum = np.zeros((len(hourly) + 1, *hourly.shape[1:]), np.float64)
+            np.cumsum(hourly, axis=0, dtype=np.float64, out=cumsum[1:])
+            cumsums[data.name] = cumsum
+    return WindowGraphs(static, cumsums if kind == "static_wind" else None, config.history)

@@ -51,7 +51,9 @@ from torch import nn
 from transformers import PretrainedConfig
 from transformers.utils import ModelOutput
 
+from st_instruct.data.air_graphs import GRAPH_KINDS
 from st_instruct.models.fusion import STFusion, fusion_context
+from st_instruct.models.graph_encoders import GatedGraphEncoder
 from st_instruct.models.mrffn import memory_layers, memory_modules, wrap_mlps
 from st_instruct.models.patching import (
     VISION_INPUTS,
@@ -78,8 +80,8 @@ ST_MODULES_FILE = "st_modules.safetensors"
 ST_CONFIG_FILE = "st_forecaster_config.json"
 # the ST modules held by the forecaster itself; optional ones are None when the config switches them off. MRFFN
 # memories live inside the backbone's decoder layers and are listed by st_modules() as "st_memory.layers.<i>".
-ST_MODULE_NAMES = ("st_encoder", "st_projector", "regression_head", "st_revin", "st_node_table", "st_spatial",
-                   "st_fusion")
+ST_MODULE_NAMES = ("st_encoder", "st_graph", "st_projector", "regression_head", "st_revin", "st_node_table",
+                   "st_spatial", "st_fusion")
 # a VLM backbone's vision parts, listed among the ST modules (saved with them; trained or frozen per recipe); a
 # projector inside the tower (Qwen2-VL's patch merger) is saved as part of the tower
 VISION_MODULE_NAMES = ("st_vision_tower", "st_vision_projector")
@@ -111,6 +113,12 @@ class STForecasterConfig:
     control: the removed backbone's hidden size); ``None`` with a backbone, whose own width is used. ``head_skip``: the
     head's gated skip path from the encoder's per-node features (starts closed). ``fusion`` (vision-language
     backbones only): :class:`~st_instruct.models.fusion.STFusion` with ``fusion_heads`` heads.
+
+    ``graph`` (AirGPT, Li, Chen, Xu, Information Fusion 2025): ``static`` adds a graph encoder over the stations'
+    distance graph to the ST encoder's tokens, ``static_wind`` AirGPT's gated fusion of it with the wind graph
+    (:class:`~st_instruct.models.graph_encoders.GatedGraphEncoder`, residual); the batch carries the graphs
+    (:class:`~st_instruct.data.air_graphs.WindowGraphs`, built from the wind reach ``graph_sigma0_km`` +
+    ``graph_alpha_km`` per m/s of wind, which the config records so a loaded model rebuilds the same graphs).
     """
 
     history: int
@@ -142,10 +150,18 @@ class STForecasterConfig:
     head_skip: bool = False
     fusion: bool = False
     fusion_heads: int = 4
+    graph: str = "none"
+    graph_sigma0_km: float = 10.0
+    graph_alpha_km: float = 5.0
 
     def __post_init__(self) -> None:
         if self.encoder not in ENCODERS:
             raise ValueError(f"encoder must be one of {sorted(ENCODERS)}, found {self.encoder!r}")
+        if self.graph not in GRAPH_KINDS:
+            raise ValueError(f"graph must be one of {GRAPH_KINDS}, found {self.graph!r}")
+        if not self.graph_sigma0_km > 0 or self.graph_alpha_km < 0:
+            raise ValueError(f"the wind graph needs graph_sigma0_km > 0 and graph_alpha_km >= 0, found "
+                             f"{self.graph_sigma0_km}, {self.graph_alpha_km}")
         for key in ("history", "horizon", "channels", "encoder_dim", "steps_per_day", "head_dim"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be >= 1, found {getattr(self, key)}")
@@ -237,6 +253,10 @@ class STForecaster(nn.Module):
             width = hidden_size(unwrap(backbone).config)
             device = input_embeddings(backbone).weight.device
         self.st_encoder = encoder if encoder is not None else build_st_encoder(config.encoder_config())
+        self.st_graph = None
+        if config.graph != "none":
+            dim = self.st_encoder.out_dim
+            self.st_graph = GatedGraphEncoder(dim, dim, dim, dynamic=config.graph == "static_wind")
         self.st_projector = STProjector(self.st_encoder.out_dim, width, config.projector_layers)
         self.regression_head = RegressionHead(width, config.horizon, config.channels, config.head_dim,
                                               skip_dim=self.st_encoder.out_dim if config.head_skip else None)
@@ -346,19 +366,49 @@ class STForecaster(nn.Module):
                              "geo or grid coordinates to run on other graphs")
         return self.st_node_table(index)
 
-    def spatial_context(self, coords: torch.Tensor, his_positions: torch.Tensor, pre_positions: torch.Tensor,
-                        node_mask: torch.Tensor, length: int) -> contextlib.AbstractContextManager:
-        """With SE-Attention: the context in which the backbone's ST tokens (each node's ``<st_his>`` and
-        ``<st_pre>``) are rotated by their node's coordinates, centred and scaled per sample
-        (:func:`normalize_coords`: spatial offsets, not absolute positions, matter); text tokens are not rotated.
-        Without it, a context that does nothing."""
+    def spatial_context(self, coords: torch.Tensor, positions: list[torch.Tensor], node_mask: torch.Tensor,
+                        length: int) -> contextlib.AbstractContextManager:
+        """With SE-Attention: the context in which the backbone's ST tokens at ``positions`` (each [B, N]: every
+        node's ``<st_his>`` and ``<st_pre>``, or only the first in a prompt) are rotated by their node's coordinates,
+        centred and scaled per sample (:func:`normalize_coords`: spatial offsets, not absolute positions, matter);
+        text tokens are not rotated. Without it, a context that does nothing."""
         if self.st_spatial is None:
             return contextlib.nullcontext()
         if not se_attention_enabled(self.backbone):  # a PEFT wrapper applied after construction keeps it; checked
             enable_se_attention(self.backbone, self.st_spatial)
-        token_coordinates, st_mask = token_coords(normalize_coords(coords, node_mask), [his_positions, pre_positions],
-                                                  node_mask, length)
+        token_coordinates, st_mask = token_coords(normalize_coords(coords, node_mask), positions, node_mask, length)
         return spatial_context(self.backbone, self.st_spatial, token_coordinates, st_mask)
+
+    def node_tokens(self, history: torch.Tensor, history_mask: torch.Tensor, history_tod: torch.Tensor,
+                    history_dow: torch.Tensor, coords: torch.Tensor, node_mask: torch.Tensor,
+                    steps_per_day: torch.Tensor | None, batch: dict[str, Any]
+                    ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+        """``(coords [B, N, K], node tokens [B, N, 4 * encoder_dim], RevIN statistics or None)``: the encoder path
+        of :meth:`forward` (node coordinates or the learned table, RevIN, the ST encoder, the graph encoder), before
+        the projector. ``batch``: the other batch keys (``node_index``, the graphs)."""
+        coords = self.node_coordinates(coords, node_mask, batch.get("node_index"))
+        stats = None
+        if self.st_revin is not None:
+            history, stats = self.st_revin.normalise(history, history_mask)
+        nodes = self.st_encoder(history, history_mask, history_tod, history_dow, coords, node_mask, steps_per_day)
+        if self.st_graph is not None:
+            nodes = nodes + self.graph_tokens(nodes, node_mask, batch)
+        return coords, nodes, stats
+
+    def graph_tokens(self, nodes: torch.Tensor, node_mask: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+        """The graph encoder's [B, N, F] addition to the ST encoder's tokens ``nodes``, from the batch's
+        ``static_graph`` / ``wind_graph`` [B, N, N]; zero on padded nodes."""
+        wanted = ["static_graph"] + (["wind_graph"] if self.st_config.graph == "static_wind" else [])
+        missing = [key for key in wanted if batch.get(key) is None]
+        if missing:
+            raise ValueError(f"this forecaster's graph encoder (graph: {self.st_config.graph}) needs the batch's "
+                             f"{' and '.join(missing)}; batch with build_collator(...), which adds them "
+                             "(st_instruct.data.air_graphs.WindowGraphs)")
+        dynamic = batch.get("wind_graph") if self.st_config.graph == "static_wind" else None
+        device = nodes.device
+        out = self.st_graph(nodes, batch["static_graph"].to(device),
+                            None if dynamic is None else dynamic.to(device))
+        return out * node_mask[..., None].to(out.dtype)
 
     def _check_positions(self, input_ids: torch.Tensor, his_positions: torch.Tensor, pre_positions: torch.Tensor,
                          node_mask: torch.Tensor) -> None:
@@ -394,11 +444,8 @@ class STForecaster(nn.Module):
         if labels is not None and (torch.is_tensor(logits_to_keep) or logits_to_keep):
             raise ValueError("logits_to_keep drops the logits the LM loss needs; pass labels=None with it")
         self._check_positions(input_ids, his_positions, pre_positions, node_mask)
-        coords = self.node_coordinates(coords, node_mask, unused.get("node_index"))
-        stats = None
-        if self.st_revin is not None:
-            history, stats = self.st_revin.normalise(history, history_mask)
-        nodes = self.st_encoder(history, history_mask, history_tod, history_dow, coords, node_mask, steps_per_day)
+        coords, nodes, stats = self.node_tokens(history, history_mask, history_tod, history_dow, coords, node_mask,
+                                                steps_per_day, unused)
         skip = nodes if self.st_config.head_skip else None
         if self.backbone is None:  # the no-LLM control: the head reads each node's projected features directly
             features = self.st_projector(nodes)
@@ -414,7 +461,7 @@ class STForecaster(nn.Module):
                              "STDataCollator, or use a vision-language backbone")
         with (self.st_inputs(input_ids, attention_mask, his_positions, pre_positions, node_mask,
                              self.st_projector(nodes)),
-              self.spatial_context(coords, his_positions, pre_positions, node_mask, input_ids.shape[1])):
+              self.spatial_context(coords, [his_positions, pre_positions], node_mask, input_ids.shape[1])):
             out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, labels=labels,
                                 output_hidden_states=True, use_cache=False, logits_to_keep=logits_to_keep, **vision)
         # hidden_states[-1] is after the final norm: what the LM head reads

@@ -53,6 +53,10 @@ class STDataCollator:
       ``steps_per_day`` [B] long (lets the ST encoder read time of day alike across data frequencies).
       Padded nodes hold zeros.
 
+    ``graphs``: AirGPT's station graphs per sample (:class:`~st_instruct.data.air_graphs.WindowGraphs`), added as
+    ``static_graph`` / ``wind_graph`` [B, Nmax, Nmax] (they need the samples' ``dataset``, ``window_start`` and
+    ``node_index``).
+
     With the HF ``Trainer`` set ``remove_unused_columns=False``, or the ST columns never reach the collator.
 
     ``broadcast_channels=C`` feeds one-channel samples to a model trained on ``C`` channels: ``history``,
@@ -62,7 +66,7 @@ class STDataCollator:
     """
 
     def __init__(self, tokenizer: Any, pad_to_multiple_of: int | None = None,
-                 broadcast_channels: int | None = None) -> None:
+                 broadcast_channels: int | None = None, graphs: Any = None) -> None:
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         if pad is None:
             raise ValueError("the tokenizer has neither a pad nor an eos token; set tokenizer.pad_token")
@@ -71,6 +75,7 @@ class STDataCollator:
         if broadcast_channels is not None and broadcast_channels < 1:
             raise ValueError(f"broadcast_channels must be >= 1, found {broadcast_channels}")
         self.broadcast_channels = broadcast_channels
+        self.graphs = graphs
 
     def __call__(self, samples: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
         if not samples:
@@ -90,16 +95,19 @@ class STDataCollator:
 
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
         batch.update(collate_st_arrays(samples, [s["his_positions"] for s in samples],
-                                       [s["pre_positions"] for s in samples], self.broadcast_channels))
+                                       [s["pre_positions"] for s in samples], self.broadcast_channels,
+                                       self.graphs))
         return batch
 
 
 def collate_st_arrays(samples: Sequence[dict[str, Any]], his_positions: Sequence[Sequence[int]],
                       pre_positions: Sequence[Sequence[int]],
-                      broadcast_channels: int | None = None) -> dict[str, torch.Tensor]:
+                      broadcast_channels: int | None = None, graphs: Any = None) -> dict[str, torch.Tensor]:
     """The node-padded part of a batch (everything :class:`STDataCollator` returns but the token ids, attention
     mask and labels): ``his_positions`` / ``pre_positions`` / ``node_mask`` [B, Nmax] from the samples' positions
-    (into their token ids, however those were made) and the ST arrays the samples carry."""
+    (into their token ids, however those were made) and the ST arrays the samples carry; with ``graphs``
+    (:class:`~st_instruct.data.air_graphs.WindowGraphs`) the stations' ``static_graph`` / ``wind_graph``
+    [B, Nmax, Nmax] of each sample's window."""
     names = [sample.get("sample_id", f"#{b}") for b, sample in enumerate(samples)]
     nodes = [len(positions) for positions in his_positions]
     for b, positions in enumerate(pre_positions):
@@ -124,6 +132,8 @@ def collate_st_arrays(samples: Sequence[dict[str, Any]], his_positions: Sequence
             batch[key] = _pad_nodes(values, node_axis, most, dtype, names, key, nodes)
     if broadcast_channels is not None:
         _broadcast_channels(batch, broadcast_channels)
+    if graphs is not None:
+        batch.update({key: torch.as_tensor(value) for key, value in graphs.batch(list(samples), most).items()})
     return batch
 
 

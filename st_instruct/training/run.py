@@ -86,7 +86,9 @@ def build_forecaster(data_config: DataConfig, model_config: ModelConfig, seed: i
         mrffn_layers=list(model_config.mrffn_layers) if model_config.mrffn else None,
         mrffn_slots=model_config.mrffn_slots, mrffn_key_dim=model_config.mrffn_key_dim,
         mrffn_top_k=model_config.mrffn_top_k, hidden_size=width, head_skip=model_config.head_skip,
-        fusion=model_config.st_fusion and control != "no_llm", fusion_heads=model_config.st_fusion_heads)
+        fusion=model_config.st_fusion and control != "no_llm", fusion_heads=model_config.st_fusion_heads,
+        graph=model_config.st_graph, graph_sigma0_km=model_config.st_graph_sigma0_km,
+        graph_alpha_km=model_config.st_graph_alpha_km)
     encoder = None
     if model_config.st_encoder_init and load_pretrained:
         from st_instruct.pretraining.run import get_pretrained_encoder

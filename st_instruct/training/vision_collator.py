@@ -55,13 +55,15 @@ class STVisionCollator:
         processor: the backbone's processor (:func:`~st_instruct.models.backbones.get_processor`) whose tokenizer
             holds the ST tokens; it pads on the right.
         images: the image of each sample, ``images(dataset, window_start)``; ``None`` for text-only batches.
-        broadcast_channels: as :class:`~st_instruct.training.collator.STDataCollator`'s.
+        broadcast_channels, graphs: as :class:`~st_instruct.training.collator.STDataCollator`'s.
 
     Returns the keys of ``STDataCollator`` plus the processor's image inputs.
     """
 
-    def __init__(self, processor: Any, images: ImageSource | None, broadcast_channels: int | None = None) -> None:
+    def __init__(self, processor: Any, images: ImageSource | None, broadcast_channels: int | None = None,
+                 graphs: Any = None) -> None:
         self.processor, self.images, self.broadcast_channels = processor, images, broadcast_channels
+        self.graphs = graphs
         tokenizer = processor.tokenizer
         tokenizer.padding_side = "right"
         self.ids = st_token_ids(tokenizer)
@@ -110,7 +112,7 @@ class STVisionCollator:
                                         "must write one history and one prediction slot per node")
         batch = {key: value for key, value in full.items() if key not in ("input_ids", "attention_mask")}
         batch.update(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
-        batch.update(collate_st_arrays(samples, his, pre, self.broadcast_channels))
+        batch.update(collate_st_arrays(samples, his, pre, self.broadcast_channels, self.graphs))
         return batch
 
 
@@ -119,26 +121,30 @@ def build_collator(data_config: Any, model: Any, tokenizer: Any, model_name_or_p
     """The collator that batches ``data_config``'s samples for ``model``: :class:`STVisionCollator` (with the
     images ``data_config.image_kind`` asks for, or none) when the forecaster's backbone is a vision-language model,
     else :class:`~st_instruct.training.collator.STDataCollator` (a text backbone, or none: the no-LLM control of a
-    VLM recipe reads the ST arrays only). ``model_name_or_path`` names the backbone whose processor is used."""
+    VLM recipe reads the ST arrays only). ``model_name_or_path`` names the backbone whose processor is used. A
+    forecaster with AirGPT's graph encoder (``st_config.graph``) gets its station graphs added to every batch."""
     from st_instruct.configs import RecipeError
+    from st_instruct.data.air_graphs import build_window_graphs
     from st_instruct.data.render import build_window_images
     from st_instruct.models.backbones import get_processor
     from st_instruct.models.patching import image_size_of, is_vision_language
     from st_instruct.models.vlm import check_image_size
     from st_instruct.training.collator import STDataCollator
 
+    config = model.st_config
+    graphs = build_window_graphs(data_config, config.graph, config.graph_sigma0_km, config.graph_alpha_km)
     if model.backbone is None:
-        return STDataCollator(tokenizer, broadcast_channels=broadcast_channels)
+        return STDataCollator(tokenizer, broadcast_channels=broadcast_channels, graphs=graphs)
     if not is_vision_language(model.backbone):
         if data_config.image_kind != "none":
             raise RecipeError(f"image_kind: {data_config.image_kind} gives every window an image, but the backbone "
                               f"{model_name_or_path!r} is a text-only model; use a vision-language backbone (e.g. "
                               "smollm2-135m-vlm) or image_kind: none")
-        return STDataCollator(tokenizer, broadcast_channels=broadcast_channels)
+        return STDataCollator(tokenizer, broadcast_channels=broadcast_channels, graphs=graphs)
     images = None
     if data_config.image_kind != "none":
         size = data_config.image_size or image_size_of(model.backbone) or 224
         check_image_size(model.backbone, size, model_name_or_path)
         images = build_window_images(data_config, data_config.image_kind, size, data_config.image_panels,
                                      data_config.image_channel)
-    return STVisionCollator(get_processor(model_name_or_path, tokenizer), images, broadcast_channels)
+    return STVisionCollator(get_processor(model_name_or_path, tokenizer), images, broadcast_channels, graphs)
