@@ -285,12 +285,16 @@ def tiny_teacher(tiny_tokenizer):
 def test_llm_teacher_prompt_renders_from_the_versioned_template_with_the_truth(tiny_teacher, facts):
     messages = tiny_teacher.prompt(facts)
     assert [m["role"] for m in messages] == ["system", "user", "assistant"]
-    assert messages[-1]["content"] == "### 1. Problem definition"
+    assert messages[-1]["content"].startswith("### 1. Problem definition\nPM2.5 at 3 stations, next 24 h")
+    assert messages[-1]["content"].endswith("### 2. Weather and pattern extrapolation")  # generation goes on here
     truth = facts.conclusion_numbers()
     for name, value in truth.items():
         assert f"{name} {value:.0f}" in messages[1]["content"]
-    assert "- Changping: 64, " in messages[1]["content"] and "wind from NW at 2.0 m/s" in messages[1]["content"]
-    assert "airgpt_teacher@1" in tiny_teacher.identity and "max_new_tokens=12" in tiny_teacher.identity
+    assert "Changping 64, " in messages[1]["content"] and "wind from NW at 2.0 m/s" in messages[1]["content"]
+    assert "airgpt_teacher@2" in tiny_teacher.identity and "max_new_tokens=12" in tiny_teacher.identity
+    first = LLMTeacher("tiny", template="airgpt_teacher@1", model=tiny_teacher.model, tokenizer=tiny_teacher.tokenizer)
+    assert first.prompt(facts)[-1]["content"] == "### 1. Problem definition"
+    assert first.identity != tiny_teacher.identity
 
 
 def test_llm_teacher_generates_in_batches_and_its_garbage_is_rejected(tiny_teacher, data, tmp_path):

@@ -239,7 +239,6 @@ class LLMTeacher:
 
         self._load()
         tokenizer, model = self.tokenizer, self.model
-        tokenizer.padding_side = "left"
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         stop_ids = {tokenizer.eos_token_id}
         im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
@@ -256,7 +255,9 @@ class LLMTeacher:
                 chat = tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=False)
                 prompts.append(chat + prefix)
                 prefixes.append(prefix)
+            side, tokenizer.padding_side = tokenizer.padding_side, "left"  # prompts end where generation starts
             batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+            tokenizer.padding_side = side
             started = time.perf_counter()
             with torch.inference_mode():
                 out = model.generate(**batch, do_sample=False, max_new_tokens=self.max_new_tokens, use_cache=True,
