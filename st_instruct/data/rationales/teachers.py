@@ -15,8 +15,9 @@ sees the history and the true future) into a student LLM. Two teachers here, bot
   as a token) because the student
   learns to generate it on a CPU; units are plain ASCII (``ug/m3``).
 - :class:`LLMTeacher`: a local Hugging Face causal LM (by default the offline SmolLM2-135M-Instruct), prompted with
-  ``prompts/airgpt_teacher.v1.jinja`` (the facts, the context and the true conclusion line, asking for the five
-  labelled stages; the assistant turn is pre-filled with the first heading), greedy decoding in left-padded batches
+  ``prompts/airgpt_teacher.v<N>.jinja`` (the facts, the context and the true conclusion line, asking for the five
+  labelled stages; v1 pre-fills the first heading, v2 (the default, highest) stage 1 and the heading of stage 2,
+  because SmolLM2-135M echoed v1's list of headings), greedy decoding in left-padded batches
   with the KV cache. The model loads on the first :meth:`LLMTeacher.generate`, so a build served from the cache never
   loads it.
 
