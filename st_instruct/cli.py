@@ -253,7 +253,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
                                          batch_size=args.batch_size, split_name=args.split_name, models=args.models,
                                          progress=not args.quiet, seed=args.seed,
                                          broadcast_channels=args.broadcast_channels, spec=_spec_kwargs(args),
-                                         controls=controls, zero_shot_scaling=args.zero_shot_scaling)
+                                         controls=controls, zero_shot_scaling=args.zero_shot_scaling,
+                                         generate_rationales=args.generate_rationales,
+                                         max_new_tokens=args.max_new_tokens)
     report["wall_seconds"] = round(time.perf_counter() - started, 2)
     output = Path(args.output or model_dir / f"eval-{Path(args.dataset).stem}")
     paths = write_evaluation_outputs(report, output, target=arrays["target"], predictions=arrays["predictions"],
@@ -264,6 +266,28 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     print(f"wall time {report['wall_seconds']:.1f} s; wrote {paths['results']}, {paths['report']} and the figures")
     if args.json:
         print(f"wrote {write_results_json(report, args.json)}")
+
+
+def _cmd_explain(args: argparse.Namespace) -> None:
+    from st_instruct.evaluation.forecaster_eval import explain_window
+
+    found = explain_window(args.model, args.dataset, args.window, node=args.node, split_name=args.split_name,
+                           max_new_tokens=args.max_new_tokens, data_dir=args.data_dir)
+    print(f"{found['sample_id']}: the rationale the model generated\n")
+    print(found["text"] or "(the model wrote no rationale: it opened the answer frame at once)")
+    channels = found["channels"]
+    print(f"\nforecast vs truth ({', '.join(channels)}; original units):")
+    header = "step".ljust(20) + "".join(f"{name[:14]:>32}" for name in found["nodes"])
+    print(header)
+    for step, time_value in enumerate(found["times"]):
+        cells = "".join(f"{_pair(found['forecast'][step, j], found['truth'][step, j]):>32}"
+                        for j in range(len(found["nodes"])))
+        print(f"{str(time_value)[:19]:<20}{cells}")
+
+
+def _pair(forecast, truth) -> str:
+    """``forecast / truth`` per channel of one cell of the explain table."""
+    return " ".join(f"{f:.1f}/{'NA' if t != t else f'{t:.1f}'}" for f, t in zip(forecast, truth, strict=True))
 
 
 def _cmd_push(args: argparse.Namespace) -> None:
@@ -376,11 +400,27 @@ def build_parser() -> argparse.ArgumentParser:
                           help="optimizer steps of the few-shot fine-tuning (default: one pass over its samples)")
     evaluate.add_argument("--few-shot-output", default=None, help="folder of the few-shot model (default: beside "
                           "MODEL, named MODEL-few-shot-<dataset>-<fraction>)")
+    evaluate.add_argument("--generate-rationales", action="store_true",
+                          help="AirGPT students: also score the forecast read after the rationale the model generates "
+                          "(row st_forecaster_generated; the single pass without a rationale stays st_forecaster)")
+    evaluate.add_argument("--max-new-tokens", type=int, default=384,
+                          help="with --generate-rationales: at most this many rationale tokens per sample")
     evaluate.add_argument("--json", default=None, help="also write the results JSON here")
     evaluate.add_argument("--output", default=None, help="folder for results.json, report.md and the figures "
                           "(default MODEL/eval-<dataset>)")
     evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
     evaluate.set_defaults(func=_cmd_evaluate)
+    explain = verbs.add_parser("explain", help="the rationale a rationale-trained forecaster (AirGPT) generates for "
+                               "one window, beside its forecast and the truth")
+    explain.add_argument("--model", required=True, help="the output folder of `st-instruct train`")
+    explain.add_argument("--dataset", required=True, help="a registered name or a path")
+    explain.add_argument("--window", type=int, required=True, help="window index within the split")
+    explain.add_argument("--node", type=int, default=None, help="only this node (index; required for node-level "
+                         "recipes)")
+    explain.add_argument("--split-name", default="test", choices=("train", "validation", "test"))
+    explain.add_argument("--max-new-tokens", type=int, default=384, help="at most this many rationale tokens")
+    _add_source_args(explain)
+    explain.set_defaults(func=_cmd_explain)
     push = verbs.add_parser("push", help="push a trained forecaster folder to the Hugging Face Hub")
     push.add_argument("directory", help="the output folder of `st-instruct train`")
     push.add_argument("--repo-id", required=True, help="USER/NAME of the model repo (created if needed)")
@@ -420,7 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--output", default=None, help="folder for the evaluation (default <output_dir>/eval-synthetic)")
     demo.set_defaults(func=_cmd_demo, data_dir=None, channels=None, start=None, end=None, split_name="test",
                       broadcast_channels=False, few_shot=None, few_shot_steps=None, few_shot_output=None,
-                      controls=None, zero_shot_scaling="window")
+                      controls=None, zero_shot_scaling="window", generate_rationales=False, max_new_tokens=384)
     for sub in (baselines, demo):
         sub.add_argument("--models", nargs="+", default=None, help="subset of baselines (default: all)")
         sub.add_argument("--seed", type=int, default=0)

@@ -104,6 +104,13 @@ class DataConfig:
         "help": "image side in pixels (default: the vision tower's image size, 224 for towers of any size)"})
     image_panels: int = field(default=4, metadata={"help": "history steps tiled into one map image"})
     image_channel: int = field(default=0, metadata={"help": "the channel an image colours (index)"})
+    rationale_teacher: str = field(default="none", metadata={
+        "help": "AirGPT: training answers start with a five-stage rationale written by this teacher under the true "
+                "label: none | analytic (deterministic, from the window's facts) | a causal LM (smollm2-135m, a "
+                "folder or a hub id; rejected texts replaced by the analytic teacher's; cached by content hash)"})
+    rationale_fraction: float = field(default=0.5, metadata={
+        "help": "share of the training samples that get a rationale (the rest keep the direct answer, so the "
+                "single-pass forecast stays trained)"})
 
     def __post_init__(self) -> None:
         if self.image_kind not in IMAGE_KIND_NAMES:
@@ -111,6 +118,11 @@ class DataConfig:
         if self.image_size is not None and self.image_size < 32:
             raise RecipeError(f"image_size must be >= 32 pixels (or null for the vision tower's), found "
                               f"{self.image_size}")
+        if not 0 < self.rationale_fraction <= 1:
+            raise RecipeError(f"rationale_fraction must be in (0, 1], found {self.rationale_fraction}")
+        if self.rationale_teacher != "none" and self.streaming:
+            raise RecipeError("rationale_teacher adds the teacher's rationales to a built dataset; it cannot stream: "
+                              "set streaming: false")
         if self.image_panels < 1 or self.image_channel < 0:
             raise RecipeError(f"image_panels must be >= 1 and image_channel >= 0, found {self.image_panels}, "
                               f"{self.image_channel}")

@@ -44,6 +44,9 @@ target_tod/_dow     int32 ``[P]``              same for the horizon (zeros with 
 steps_per_day       int32                      steps in one day (0 when the step is unknown)
 ==================  =========================  =================================================================
 
+With ``DataConfig.rationale_teacher`` (AirGPT) two string columns more, ``rationale`` and ``rationale_source``, and
+the answers of some training samples start with the rationale (:mod:`st_instruct.data.rationale_samples`).
+
 Integer columns are stored as int32 (``window_start`` int64); ``with_format("numpy")`` returns integer arrays as
 int64, as ``datasets`` does for every integer column. Several datasets are concatenated per split (each keeps its
 own scaler, hence the per-sample scaler columns). Samples are ordered by dataset (config order), then window, then
@@ -443,6 +446,10 @@ def _fingerprint(config: DataConfig, series: list[STData], template: PromptTempl
     fields = {k: v for k, v in dataclasses.asdict(config).items() if k not in _NOT_FINGERPRINTED}
     payload = {"builder_version": BUILDER_VERSION, "config": fields, "data": [_data_hash(d) for d in series],
                "template": hashlib.sha256(template.source.encode()).hexdigest()}
+    if config.rationale_teacher != "none":  # the teacher's prompt version and settings decide the rationales
+        from st_instruct.data.rationale_samples import build_teacher
+
+        payload["rationale_teacher"] = build_teacher(config.rationale_teacher).identity
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
@@ -501,6 +508,10 @@ def build_dataset(config: DataConfig, tokenizer: Any = None,
             built = datasets.DatasetDict({split: datasets.Dataset(
                 build_split_table(plans, split, template, config.granularity), split=datasets.Split(split),
                 fingerprint=f"{fingerprint}-{split}") for split in SPLITS})
+            if config.rationale_teacher != "none":
+                from st_instruct.data.rationale_samples import add_rationales
+
+                built = add_rationales(built, series, config)
             # one rename into place; a complete copy another process (rank) saved meanwhile is kept, as it may be
             # loading it right now; a broken leftover is replaced
             with staged_output(path, keep=_complete_build) as partial:

@@ -42,6 +42,7 @@ from st_instruct.evaluation.metrics import horizon_metrics
 from st_instruct.training.few_shot import read_few_shot
 
 MODEL_NAME = "st_forecaster"
+GENERATED_NAME = "st_forecaster_generated"  # the same model's forecast after the rationale it generates
 # bump a protocol's version when what it fits, scales or scores changes
 PROTOCOL_VERSION = {"in-domain": "in-domain/1", "zero-shot": "zero-shot/1", "few-shot": "few-shot/1"}
 CONTROL_KINDS = ("no_llm", "random_llm")  # ModelConfig.control values other than "none"; row f"{MODEL_NAME}_{kind}"
@@ -124,7 +125,8 @@ def evaluation_config(trained: DataConfig, dataset: str, data_dir: str | None = 
 
     In-domain, the recipe's data folder, channels, time range and dataset specification (``dataset_freq``,
     ``dataset_series_start``, ``dataset_adjacency``, ...) apply unless given; zero-shot, only the given ones.
-    ``spec`` holds the given specification as :func:`~st_instruct.data.loaders.get_dataset` keywords.
+    ``spec`` holds the given specification as :func:`~st_instruct.data.loaders.get_dataset` keywords. The recipe's
+    rationale teacher is dropped: the scored splits are direct samples either way.
     """
     from st_instruct.data.loaders import DATASET_SPEC_KEYS
 
@@ -149,6 +151,7 @@ def evaluation_config(trained: DataConfig, dataset: str, data_dir: str | None = 
         dataset_start=start if start is not None else (trained.dataset_start if in_domain else None),
         dataset_end=end if end is not None else (trained.dataset_end if in_domain else None),
         node_sample=None, window_sample=window_sample, streaming=False,
+        rationale_teacher="none",  # only training answers carry rationales; the scored splits never do
         scaling=zero_shot_scaling if zero_shot_scaling is not None and not in_domain else trained.scaling,
         **spec_fields)
     return config, protocol
@@ -175,7 +178,7 @@ def _source_baselines(trained: DataConfig, target: Any, models: Sequence[str] | 
 
 
 def scatter_predictions(model: Any, collator: Any, samples: Any, starts: np.ndarray, num_nodes: int,
-                        batch_size: int = 16, broadcast_channels: bool = False
+                        batch_size: int = 16, broadcast_channels: bool = False, predict: Any = None
                         ) -> tuple[np.ndarray, np.ndarray, float]:
     """Predict every sample of ``samples`` (a tokenised split), batched by ``collator``
     (:func:`~st_instruct.training.vision_collator.build_collator` built with ``broadcast_channels`` alike), and
@@ -184,7 +187,8 @@ def scatter_predictions(model: Any, collator: Any, samples: Any, starts: np.ndar
     Returns ``(pred [B, P, N, C] float32, covered [B, N] bool, predict seconds)`` with ``B = len(starts)`` the
     windows of the split in ``starts`` order; windows / nodes without a sample stay NaN / False. With
     ``broadcast_channels`` the samples have one channel, fed to every input channel of the model, and the forecast
-    is the mean of its outputs (``C = 1``).
+    is the mean of its outputs (``C = 1``). ``predict(batch) -> [b, P, Nmax, C]`` replaces ``model.predict`` (the
+    generated-rationale forecast of :func:`~st_instruct.models.rationale.generate_forecast`).
     """
     from st_instruct.training.collator import mean_over_channels
 
@@ -200,7 +204,7 @@ def scatter_predictions(model: Any, collator: Any, samples: Any, starts: np.ndar
         rows = [samples[i] for i in range(lo, min(lo + batch_size, len(samples)))]
         batch = collator(rows)
         tic = time.perf_counter()
-        forecast = model.predict(batch)  # [b, P, Nmax, C]
+        forecast = (predict or model.predict)(batch)  # [b, P, Nmax, C]
         if broadcast_channels:
             forecast = mean_over_channels(forecast)
         out = forecast.float().cpu().numpy()
@@ -219,12 +223,39 @@ def scatter_predictions(model: Any, collator: Any, samples: Any, starts: np.ndar
     return pred, covered, seconds
 
 
+def _generated_forecasts(model: Any, tokenizer: Any, collator: Any, samples: Any, starts: np.ndarray,
+                         num_nodes: int, batch_size: int, broadcast_channels: bool, max_new_tokens: int,
+                         progress: bool = True) -> dict[str, Any]:
+    """:func:`scatter_predictions` of the forecasts read after a generated rationale (progress bar per sample),
+    with the first three texts."""
+    from tqdm.auto import tqdm
+
+    from st_instruct.models.rationale import generate_forecast
+
+    examples: list[dict[str, Any]] = []
+    bar = tqdm(total=len(samples), desc="generating rationales", unit="sample", disable=not progress)
+
+    def predict(batch: dict[str, Any]) -> Any:
+        texts, forecast = generate_forecast(model, tokenizer, batch, max_new_tokens=max_new_tokens)
+        examples.extend({"text": text} for text in texts[:max(0, 3 - len(examples))])
+        bar.update(len(texts))
+        return forecast
+
+    with bar:
+        pred, covered, seconds = scatter_predictions(model, collator, samples, starts, num_nodes, batch_size,
+                                                     broadcast_channels, predict=predict)
+    for example, sample in zip(examples, samples, strict=False):
+        example.update(sample_id=sample["sample_id"], window_start=int(sample["window_start"]))
+    return {"pred": pred, "covered": covered, "seconds": seconds, "examples": examples}
+
+
 def evaluate_forecaster(model_dir: str | Path, dataset: str, data_dir: str | None = None,
                         channels: Sequence[str] | None = None, start: str | None = None, end: str | None = None,
                         max_windows: int | None = None, batch_size: int = 16, split_name: str = "test",
                         models: Sequence[str] | None = None, progress: bool = True, seed: int = 0,
                         broadcast_channels: bool = False, spec: dict[str, Any] | None = None,
-                        controls: Sequence[str | Path] = (), zero_shot_scaling: str = "window"
+                        controls: Sequence[str | Path] = (), zero_shot_scaling: str = "window",
+                        generate_rationales: bool = False, max_new_tokens: int = 384
                         ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Score the forecaster in ``model_dir`` and the baselines ``models`` (default all) on the same windows.
 
@@ -234,6 +265,10 @@ def evaluate_forecaster(model_dir: str | Path, dataset: str, data_dir: str | Non
 
     ``zero_shot_scaling``: ``window`` (strict zero-shot) or ``train`` (the target's train split), for a dataset
     the forecaster was not trained on (module docstring); a few-shot folder on its target keeps its recipe's.
+
+    ``generate_rationales`` (AirGPT students): also score the forecast read after a rationale the model generates
+    itself (:func:`~st_instruct.models.rationale.generate_forecast`, at most ``max_new_tokens``) as
+    ``st_forecaster_generated``; ``report["generated_rationales"]`` keeps the first three texts with their windows.
 
     ``spec``: the dataset specification given for this evaluation (``get_dataset`` keywords such as ``freq``,
     ``series_start``); in-domain the recipe's own specification fills the rest (:func:`evaluation_config`).
@@ -299,6 +334,14 @@ def evaluate_forecaster(model_dir: str | Path, dataset: str, data_dir: str | Non
     pred, covered, predict_seconds = scatter_predictions(
         model, build_collator(config, model, tokenizer, backbone_name, broadcast), samples, starts, data.num_nodes,
         batch_size, broadcast_channels)
+    generated: dict[str, Any] = {}
+    if generate_rationales:
+        generated = _generated_forecasts(model, tokenizer, build_collator(config, model, tokenizer, backbone_name,
+                                                                          broadcast),
+                                         samples, starts, data.num_nodes, batch_size, broadcast_channels,
+                                         max_new_tokens, progress)
+        if not np.array_equal(generated["covered"], covered):
+            raise RuntimeError("the generated forecasts covered other (window, node) pairs than the single pass")
     rows = np.flatnonzero(covered.any(axis=1))  # the evaluated windows
     target = windows.batch(split_name, rows)
     mask = target["y_mask"] & covered[rows][:, None, :, None]
@@ -329,6 +372,10 @@ def evaluate_forecaster(model_dir: str | Path, dataset: str, data_dir: str | Non
     results: dict[str, dict] = {MODEL_NAME: {**horizon_metrics(pred, target["y"], mask), "fit_seconds": 0.0,
                                              "predict_seconds": predict_seconds}}
     predictions = {MODEL_NAME: pred}
+    if generated:
+        predictions[GENERATED_NAME] = np.nan_to_num(generated["pred"][rows])
+        results[GENERATED_NAME] = {**horizon_metrics(predictions[GENERATED_NAME], target["y"], mask),
+                                   "fit_seconds": 0.0, "predict_seconds": generated["seconds"]}
     for name, found in control_preds.items():
         results[name] = {**horizon_metrics(found, target["y"], mask), "fit_seconds": 0.0,
                          "predict_seconds": control_seconds[name]}
@@ -349,6 +396,8 @@ def evaluate_forecaster(model_dir: str | Path, dataset: str, data_dir: str | Non
                                      baseline_results[name]}
     report["model"] = str(model_dir)
     report["trained_on"] = list(trained.dataset_names)
+    if generated:
+        report["generated_rationales"] = generated["examples"]
     if control_rows:
         report["controls"] = {name: str(folder) for name, folder in control_rows.items()}
     if protocol.startswith("few-shot"):
@@ -359,3 +408,61 @@ def evaluate_forecaster(model_dir: str | Path, dataset: str, data_dir: str | Non
     arrays = {"target": target["y"], "mask": mask, "predictions": predictions, "starts": starts[rows],
               "times": window_times(windows, split_name)[rows], "node_names": data.node_names}
     return report, arrays
+
+
+def explain_window(model_dir: str | Path, dataset: str, window: int, node: int | None = None,
+                   split_name: str = "test", max_new_tokens: int = 384, data_dir: str | None = None
+                   ) -> dict[str, Any]:
+    """The rationale the forecaster in ``model_dir`` generates for window ``window`` (index within ``split_name``)
+    of ``dataset``, beside its forecast and the truth (``st-instruct explain``).
+
+    Returns ``text``, ``nodes`` (the names of the sample's nodes; with ``node`` only that one), ``channels``,
+    ``forecast`` / ``truth`` ``[P, N', C]`` in original units (truth NaN where missing), ``times`` (each horizon
+    step's timestamp, or step numbers) and ``sample_id``. A node-level recipe needs ``node`` (its sample is one
+    node's)."""
+    from st_instruct.data.builder import build_dataset
+    from st_instruct.data.loaders import dataset_spec
+    from st_instruct.evaluation.plots import window_times
+    from st_instruct.evaluation.protocols import prepare_windows
+    from st_instruct.models.rationale import generate_forecast
+    from st_instruct.models.saving import load_forecaster, read_backbone_source
+    from st_instruct.training.vision_collator import build_collator
+
+    read_backbone_source(model_dir)
+    config, _ = evaluation_config(trained_data_config(model_dir), dataset, data_dir)
+    windows = prepare_windows(dataset, config.history, config.horizon, config.split, config.dataset_channels,
+                              config.dataset_start, config.dataset_end, stride=config.stride,
+                              data_dir=config.dataset_dir, spec=dataset_spec(config))
+    if split_name not in windows.starts:
+        raise ValueError(f"unknown split {split_name!r}; the splits are {sorted(windows.starts)}")
+    count = windows.num_windows(split_name)
+    if not 0 <= window < count:
+        raise ValueError(f"--window {window} is outside the {count} {split_name} windows of {dataset!r} (0 .. "
+                         f"{count - 1})")
+    start = int(windows.starts[split_name][window])
+    names = windows.data.node_names or [str(i) for i in range(windows.data.num_nodes)]
+    if node is not None and not 0 <= node < windows.data.num_nodes:
+        raise ValueError(f"--node {node} is outside the {windows.data.num_nodes} nodes of {dataset!r}")
+    model, tokenizer = load_forecaster(model_dir)
+    samples = build_dataset(config, tokenizer)[split_name]
+    starts = np.asarray(samples["window_start"])
+    candidates = [int(i) for i in np.flatnonzero(starts == start)]
+    if config.granularity == "node":
+        if node is None:
+            raise ValueError("this forecaster reads one node per sample (granularity: node): pass --node K")
+        candidates = [i for i in candidates if int(samples[i]["node_index"][0]) == node]
+    if not candidates:
+        raise ValueError(f"no {split_name} sample of {dataset!r} starts at window {window} (step {start})")
+    sample = samples[candidates[0]]
+    backbone_name = read_backbone_source(model_dir)[0].model_name_or_path
+    batch = build_collator(config, model, tokenizer, backbone_name)([sample])
+    texts, forecast = generate_forecast(model, tokenizer, batch, max_new_tokens=max_new_tokens)
+    index = np.asarray(sample["node_index"])
+    truth = windows.batch(split_name, np.array([window]))
+    values = np.where(truth["y_mask"][0], truth["y"][0], np.nan)[:, index]  # [P, N', C]
+    if node is not None and node not in index:
+        raise ValueError(f"node {node} is not in the sample of window {window} (its nodes: {index.tolist()})")
+    keep = slice(None) if node is None else [int(np.flatnonzero(index == node)[0])]
+    return {"text": texts[0], "sample_id": sample["sample_id"], "nodes": [names[i] for i in index[keep]],
+            "channels": list(windows.data.channels), "forecast": forecast[0].numpy()[:, keep],
+            "truth": values[:, keep], "times": window_times(windows, split_name)[window]}

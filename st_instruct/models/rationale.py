@@ -25,11 +25,10 @@ from typing import Any
 
 import torch
 
+from st_instruct.data.rationale_samples import RATIONALE_SEPARATOR
 from st_instruct.data.st_tokens import st_token_ids
 from st_instruct.models.patching import is_vision_language, unwrap
 from st_instruct.training.tokenize import IGNORE_INDEX, end_of_turn_ids
-
-RATIONALE_SEPARATOR = "\n"  # between the rationale and the answer frame in the assistant's answer
 
 
 def answer_frame_start(input_ids: list[int], labels: list[int], frame_token: int, sample: str) -> tuple[int, int]:
