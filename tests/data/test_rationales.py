@@ -321,3 +321,19 @@ def test_real_smollm2_teacher_on_beijing_air(tmp_path):
     assert report.accepted + sum(report.rejected.values()) == 2
     assert all(math.isfinite(v) for v in facts[0].conclusion_numbers().values())
     print(report.summary())
+
+
+def test_stagewise_generation_fills_the_five_headings_in_order(tiny_teacher, data):
+    """The model writes each stage's body and the teacher appends the next heading: a tiny random model's text has
+    all five headings in order, whatever it writes (one-pass generation leaves them to the model)."""
+    import re
+
+    facts = many_facts(data, 2)
+    for template in ("airgpt_teacher@1", "airgpt_teacher@2"):
+        teacher = LLMTeacher("tiny", template=template, max_new_tokens=20, model=tiny_teacher.model,
+                             tokenizer=tiny_teacher.tokenizer)
+        for text in teacher.generate(facts):
+            assert re.findall(r"^### (\d)\. ", text, re.MULTILINE) == ["1", "2", "3", "4", "5"], text
+        assert 0 < teacher.tokens_generated <= 2 * 20
+    one_pass = LLMTeacher("tiny", stagewise=False, model=tiny_teacher.model, tokenizer=tiny_teacher.tokenizer)
+    assert "stagewise" in tiny_teacher.identity and "stagewise" not in one_pass.identity

@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -42,6 +43,8 @@ from st_instruct.data.rationales.validate import format_conclusion
 ANALYTIC_VERSION = 1  # bump when the analytic text changes: it is part of the teacher's identity (cache keys)
 NORTHERLY = {"WNW", "NW", "NNW", "N", "NNE"}
 SOUTHERLY = {"SE", "SSE", "S", "SSW", "SW"}
+STAGE5_SHARE = 0.55  # of max_new_tokens in stagewise generation: 176 of 320, the synthesis + the ~117-token conclusion
+_OPEN_HEADING = re.compile(r"^### (\d+)\. ", re.MULTILINE)  # the stage headings a pre-filled answer ends with
 
 
 def fmt(value: float | None, decimals: int = 0) -> str:
@@ -171,7 +174,7 @@ class LLMTeacher:
     """
 
     def __init__(self, model_name_or_path: str = "smollm2-135m", template: str = "airgpt_teacher", batch_size: int = 8,
-                 max_new_tokens: int = 320, model: Any = None, tokenizer: Any = None):
+                 max_new_tokens: int = 320, model: Any = None, tokenizer: Any = None, stagewise: bool = True):
         if batch_size < 1 or max_new_tokens < 1:
             raise ValueError(f"batch_size and max_new_tokens must be >= 1, found {batch_size} and {max_new_tokens}")
         self.model_name_or_path = model_name_or_path
@@ -179,6 +182,7 @@ class LLMTeacher:
         self.template_sha256 = hashlib.sha256(self.template.source.encode()).hexdigest()
         self.batch_size = batch_size
         self.max_new_tokens = max_new_tokens
+        self.stagewise = stagewise
         self.model, self.tokenizer = model, tokenizer
         self.tokens_generated = 0
         self.generation_seconds = 0.0
@@ -190,7 +194,7 @@ class LLMTeacher:
     @property
     def identity(self) -> str:
         return (f"llm:{self.model_name_or_path}|template={self.template.spec}|sha256={self.template_sha256[:16]}|"
-                f"greedy|max_new_tokens={self.max_new_tokens}")
+                f"greedy|max_new_tokens={self.max_new_tokens}" + ("|stagewise" if self.stagewise else ""))
 
     def context(self, facts: WindowFacts) -> dict[str, Any]:
         """The template variables of one window: the facts as display strings (``fmt``: integers, trends and weather
@@ -234,40 +238,71 @@ class LLMTeacher:
             self.model = get_backbone(self.model_name_or_path)
 
     def generate(self, facts: Sequence[WindowFacts]) -> list[str]:
-        """One rationale text per window (the pre-filled heading plus the continuation, special tokens dropped),
-        greedy, in batches of ``batch_size`` left-padded prompts."""
+        """One rationale text per window (the pre-filled start plus the continuation, special tokens dropped),
+        greedy, in batches of ``batch_size`` left-padded prompts.
+
+        ``stagewise`` (the default): the model writes one stage at a time; each stage's text ends at a blank line or
+        a heading (stage 5 only at a heading or the end of turn), then the next heading is appended and generation
+        continues, so the five headings are there by construction and the model's text fills them (what it writes
+        is still validated: the conclusion it must copy, no future value in stages 1-4). Stage 5 gets 55 % of
+        ``max_new_tokens`` (176 of 320: the conclusion line alone is ~117), the stages before it share the rest (a
+        pre-filled one gets none). Otherwise one
+        continuation of ``max_new_tokens``, the model writing the headings itself."""
+        self._load()
+        self.model.eval()
+        texts: list[str] = []
+        for lo in range(0, len(facts), self.batch_size):
+            chats, written = [], []
+            for f in facts[lo:lo + self.batch_size]:
+                messages = self.prompt(f)
+                written.append(messages[-1]["content"] + "\n")
+                chats.append(self.tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True,
+                                                                tokenize=False))
+            if not self.stagewise:
+                texts += [text + more for text, more in zip(written, self._continue(
+                    [c + w for c, w in zip(chats, written, strict=True)], self.max_new_tokens, ()), strict=True)]
+                continue
+            numbers = [int(found[-1]) if (found := _OPEN_HEADING.findall(text)) else 1 for text in written]
+            for stage in range(min(numbers), len(STAGE_TITLES) + 1):
+                last = stage == len(STAGE_TITLES)
+                stage5 = max(1, round(self.max_new_tokens * STAGE5_SHARE))
+                open_stages = max(1, len(STAGE_TITLES) - min(numbers))  # before stage 5
+                budget = stage5 if last else max(1, (self.max_new_tokens - stage5) // open_stages)
+                active = [i for i, number in enumerate(numbers) if number <= stage]
+                bodies = self._continue([chats[i] + written[i] for i in active], budget,
+                                        ("\n###",) if last else ("\n\n", "\n###"))
+                for i, body in zip(active, bodies, strict=True):
+                    written[i] += body.strip() + ("" if last else f"\n\n{stage_heading(stage + 1)}\n")
+            texts += written
+        return [text.strip() for text in texts]
+
+    def _continue(self, prompts: list[str], max_new_tokens: int, stops: tuple[str, ...]) -> list[str]:
+        """Greedy continuations of ``prompts`` (one batch, left-padded), each cut at the end of turn and at the first
+        of ``stops`` (generation stops there too); counts ``tokens_generated`` (up to the end of turn or the stop,
+        padding not counted) and ``generation_seconds``."""
         import torch
 
-        self._load()
-        tokenizer, model = self.tokenizer, self.model
+        tokenizer = self.tokenizer
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         stop_ids = {tokenizer.eos_token_id}
         im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
         if isinstance(im_end, int) and im_end != tokenizer.unk_token_id:
             stop_ids.add(im_end)
         stop_ids.discard(None)
-        model.eval()
-        texts: list[str] = []
-        for lo in range(0, len(facts), self.batch_size):
-            prompts, prefixes = [], []
-            for f in facts[lo:lo + self.batch_size]:
-                messages = self.prompt(f)
-                prefix = messages[-1]["content"] + "\n"
-                chat = tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=False)
-                prompts.append(chat + prefix)
-                prefixes.append(prefix)
-            side, tokenizer.padding_side = tokenizer.padding_side, "left"  # prompts end where generation starts
-            batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-            tokenizer.padding_side = side
-            started = time.perf_counter()
-            with torch.inference_mode():
-                out = model.generate(**batch, do_sample=False, max_new_tokens=self.max_new_tokens, use_cache=True,
-                                     pad_token_id=pad_id, eos_token_id=sorted(stop_ids), temperature=None,
-                                     top_p=None, top_k=None)
-            self.generation_seconds += time.perf_counter() - started
-            new = out[:, batch["input_ids"].shape[1]:]
-            for prefix, row in zip(prefixes, new.tolist(), strict=True):
-                end = next((i + 1 for i, t in enumerate(row) if t in stop_ids), len(row))
-                self.tokens_generated += end
-                texts.append(prefix + tokenizer.decode(row[:end], skip_special_tokens=True).strip())
+        side, tokenizer.padding_side = tokenizer.padding_side, "left"  # prompts end where generation starts
+        batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        tokenizer.padding_side = side
+        extra = {"stop_strings": list(stops), "tokenizer": tokenizer} if stops else {}
+        started = time.perf_counter()
+        with torch.inference_mode():
+            out = self.model.generate(**batch, do_sample=False, max_new_tokens=max_new_tokens, use_cache=True,
+                                      pad_token_id=pad_id, eos_token_id=sorted(stop_ids), temperature=None,
+                                      top_p=None, top_k=None, **extra)
+        self.generation_seconds += time.perf_counter() - started
+        texts = []
+        for row in out[:, batch["input_ids"].shape[1]:].tolist():
+            end = next((i + 1 for i, t in enumerate(row) if t in stop_ids), len(row))
+            text = tokenizer.decode(row[:end], skip_special_tokens=True)
+            self.tokens_generated += sum(1 for t in row[:end] if t != pad_id or t in stop_ids)
+            texts.append(text[:min((text.find(stop) for stop in stops if stop in text), default=len(text))])
         return texts
