@@ -195,7 +195,20 @@ def test_validation_verdicts(facts):
     dropped = good.replace("; Dongsi", "; Dongsix")  # a station not stated is a mismatch
     assert validate_rationale(dropped, facts) == "conclusion_mismatch"
     assert validate_rationale(good.replace("PM2.5", "PM2.5 (24 h, ug/m3)", 1), facts) is None  # no numbers
-    assert set(REJECTION_REASONS) == {"empty", "unparsable", "conclusion_mismatch", "future_leak"}
+    assert set(REJECTION_REASONS) == {"empty", "unparsable", "conclusion_mismatch", "future_leak", "uninformative"}
+
+
+def test_a_rationale_that_never_reads_the_window_is_uninformative(facts):
+    """What SmolLM2-135M writes under stage-by-stage generation: the true conclusion copied, the reasoning one
+    sentence repeated (or sentences quoting no number of the history facts)."""
+    stages = parse_rationale(AnalyticTeacher().generate([facts])[0])
+    repeated = format_rationale([stages[0]] + ["The weather is a forecast based on historical data."] * 3
+                                + [stages[4]])
+    assert validate_rationale(repeated, facts) == "uninformative"
+    vague = format_rationale([stages[0], "Calm air.", "Levels are moderate.", "Wind lowers them.", stages[4]])
+    assert validate_rationale(vague, facts) == "uninformative"
+    quoting = format_rationale([stages[0], stages[1], "Levels are moderate.", "Wind lowers them.", stages[4]])
+    assert validate_rationale(quoting, facts) is None  # one stage quoting the facts is enough
 
 
 def test_tolerance_edge():
@@ -241,7 +254,8 @@ def test_build_counts_every_rejection_and_the_fallback_replaces_them(data, tmp_p
     facts = many_facts(data, 7)
     kinds = {1: "mismatch", 2: "leak", 3: "empty", 4: "garbage", 5: "none"}
     report = build_rationales(facts, StubTeacher(kinds), cache_dir=tmp_path, progress=False)
-    assert report.rejected == {"empty": 2, "unparsable": 1, "conclusion_mismatch": 1, "future_leak": 1}
+    assert report.rejected == {"empty": 2, "unparsable": 1, "conclusion_mismatch": 1, "future_leak": 1,
+                               "uninformative": 0}
     assert report.accepted == 2 and report.generated == 7 and report.tokens == 70
     assert report.sources == ["stub", "analytic", "analytic", "analytic", "analytic", "analytic", "stub"]
     assert report.texts == AnalyticTeacher().generate(facts)  # the fallback wrote exactly the analytic texts

@@ -244,9 +244,11 @@ class LLMTeacher:
         ``stagewise`` (the default): the model writes one stage at a time; each stage's text ends at a blank line or
         a heading (stage 5 only at a heading or the end of turn), then the next heading is appended and generation
         continues, so the five headings are there by construction and the model's text fills them (what it writes
-        is still validated: the conclusion it must copy, no future value in stages 1-4). Stage 5 gets 55 % of
-        ``max_new_tokens`` (176 of 320: the conclusion line alone is ~117), the stages before it share the rest (a
-        pre-filled one gets none). Otherwise one
+        is still validated). Stage 5 is written in two parts: the synthesis (one line), then the teacher
+        appends the conclusion line's header (``Conclusion (mean PM2.5 over the next 24 h, ug/m3):``) and the model
+        writes the numbers, which it must copy from its prompt within the tolerance. Stage 5 gets 55 % of
+        ``max_new_tokens`` (176 of 320: the conclusion line alone is ~117; a quarter for the synthesis), the stages
+        before it share the rest (a pre-filled one gets none). Otherwise one
         continuation of ``max_new_tokens``, the model writing the headings itself."""
         self._load()
         self.model.eval()
@@ -262,18 +264,25 @@ class LLMTeacher:
                 texts += [text + more for text, more in zip(written, self._continue(
                     [c + w for c, w in zip(chats, written, strict=True)], self.max_new_tokens, ()), strict=True)]
                 continue
+            chunk = facts[lo:lo + self.batch_size]
             numbers = [int(found[-1]) if (found := _OPEN_HEADING.findall(text)) else 1 for text in written]
-            for stage in range(min(numbers), len(STAGE_TITLES) + 1):
-                last = stage == len(STAGE_TITLES)
-                stage5 = max(1, round(self.max_new_tokens * STAGE5_SHARE))
-                open_stages = max(1, len(STAGE_TITLES) - min(numbers))  # before stage 5
-                budget = stage5 if last else max(1, (self.max_new_tokens - stage5) // open_stages)
+            stage5 = max(2, round(self.max_new_tokens * STAGE5_SHARE))
+            open_stages = max(1, len(STAGE_TITLES) - min(numbers))  # before stage 5
+            for stage in range(min(numbers), len(STAGE_TITLES)):
                 active = [i for i, number in enumerate(numbers) if number <= stage]
-                bodies = self._continue([chats[i] + written[i] for i in active], budget,
-                                        ("\n###",) if last else ("\n\n", "\n###"))
+                bodies = self._continue([chats[i] + written[i] for i in active],
+                                        max(1, (self.max_new_tokens - stage5) // open_stages), ("\n\n", "\n###"))
                 for i, body in zip(active, bodies, strict=True):
-                    written[i] += body.strip() + ("" if last else f"\n\n{stage_heading(stage + 1)}\n")
-            texts += written
+                    written[i] += body.strip() + f"\n\n{stage_heading(stage + 1)}\n"
+            # stage 5: the synthesis (one paragraph), then the conclusion line's header, whose numbers the model
+            # must write (copied from its prompt; validated)
+            synthesis = self._continue([c + w for c, w in zip(chats, written, strict=True)], stage5 // 4,
+                                       ("\n",))
+            written = [w + body.strip() + "\n" + conclusion_line(f).split(":")[0] + ":"
+                       for w, body, f in zip(written, synthesis, chunk, strict=True)]
+            numbers_text = self._continue([c + w for c, w in zip(chats, written, strict=True)],
+                                          stage5 - stage5 // 4, ("\n",))
+            texts += [w + body.rstrip() for w, body in zip(written, numbers_text, strict=True)]
         return [text.strip() for text in texts]
 
     def _continue(self, prompts: list[str], max_new_tokens: int, stops: tuple[str, ...]) -> list[str]:

@@ -11,6 +11,8 @@ constrained generation) and keeps only rationales that arrive at the label. The 
   and ``"city mean"``) the conclusion must state a number with ``|stated - true| <= max(absolute, relative * |true|)``
   (:class:`Tolerance`, default 10 ug/m3 or 20 %); a key not stated is a mismatch. Stations the conclusion states
   beyond those (one without an observed future) are ignored. Names match case-insensitively.
+- ``"uninformative"`` (checked last): stages 2-4 repeat one another, or none of them quotes a number of the window's
+  history facts (``facts.stated_numbers()``): a text that reaches the label without reading the window.
 - ``"future_leak"``: stages 1-4 are written as if from the history only, so none may quote a future value. Every
   number written there (digits not glued to a letter, so ``PM2.5`` and ``ug/m3`` are no numbers; signs dropped, as
   "fell 3.2 per hour" writes a negative trend unsigned) is compared, at the precision it is written, with the
@@ -36,7 +38,7 @@ from dataclasses import dataclass
 from st_instruct.data.rationales.facts import WindowFacts
 from st_instruct.data.rationales.stages import RationaleParseError, parse_rationale
 
-REJECTION_REASONS = ("empty", "unparsable", "conclusion_mismatch", "future_leak")
+REJECTION_REASONS = ("empty", "unparsable", "conclusion_mismatch", "future_leak", "uninformative")
 _NUMBER_RE = re.compile(r"(?<![A-Za-z0-9_.])\d+(?:\.\d+)?(?![A-Za-z0-9_])")
 _CONCLUSION_RE = re.compile(r"^[ \t*_]*conclusion\b[^:\n]*:(?P<items>[^\n]*)$", re.IGNORECASE | re.MULTILINE)
 _ITEM_RE = re.compile(r"^(?P<name>.*?\S)\s*[:=]?\s*(?P<value>-?\d+(?:\.\d+)?)\s*(?:[A-Za-z/0-9]*)?$")
@@ -127,4 +129,17 @@ def validate_rationale(text: str, facts: WindowFacts, tolerance: Tolerance = Tol
         return "conclusion_mismatch"
     if leaked_numbers("\n".join(stages[:-1]), facts):
         return "future_leak"
+    if uninformative(stages, facts):
+        return "uninformative"
     return None
+
+
+def uninformative(stages: list[str], facts: WindowFacts) -> bool:
+    """Whether stages 2-4 (the reasoning from the history) repeat one another or quote no number of the window's
+    history facts at all: a text that arrives at the label without reading the window teaches the student nothing
+    (SmolLM2-135M writes "The weather is a forecast based on historical data." under every heading)."""
+    reasoning = [" ".join(body.split()).casefold() for body in stages[1:4]]
+    if len(set(reasoning)) < len(reasoning):
+        return True
+    stated = {abs(value) for value in facts.stated_numbers()}
+    return not any(_matches(number, stated) for number in written_numbers(" ".join(stages[1:4])))
