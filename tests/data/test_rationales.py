@@ -207,6 +207,9 @@ def test_a_rationale_that_never_reads_the_window_is_uninformative(facts):
     assert validate_rationale(repeated, facts) == "uninformative"
     vague = format_rationale([stages[0], "Calm air.", "Levels are moderate.", "Wind lowers them.", stages[4]])
     assert validate_rationale(vague, facts) == "uninformative"
+    sizes = format_rationale([stages[0], f"Data from {len(facts.station_names)} stations.", "Over 24 hours.",
+                              "Based on the last 24 h.", stages[4]])
+    assert validate_rationale(sizes, facts) == "uninformative"  # the task's sizes read nothing of the window
     quoting = format_rationale([stages[0], stages[1], "Levels are moderate.", "Wind lowers them.", stages[4]])
     assert validate_rationale(quoting, facts) is None  # one stage quoting the facts is enough
 

@@ -12,7 +12,8 @@ constrained generation) and keeps only rationales that arrive at the label. The 
   (:class:`Tolerance`, default 10 ug/m3 or 20 %); a key not stated is a mismatch. Stations the conclusion states
   beyond those (one without an observed future) are ignored. Names match case-insensitively.
 - ``"uninformative"`` (checked last): stages 2-4 repeat one another, or none of them quotes a number of the window's
-  history facts (``facts.stated_numbers()``): a text that reaches the label without reading the window.
+  history facts (``facts.stated_numbers()``) other than the task's sizes (history and horizon length, station
+  count): a text that reaches the label without reading the window.
 - ``"future_leak"``: stages 1-4 are written as if from the history only, so none may quote a future value. Every
   number written there (digits not glued to a letter, so ``PM2.5`` and ``ug/m3`` are no numbers; signs dropped, as
   "fell 3.2 per hour" writes a negative trend unsigned) is compared, at the precision it is written, with the
@@ -136,10 +137,13 @@ def validate_rationale(text: str, facts: WindowFacts, tolerance: Tolerance = Tol
 
 def uninformative(stages: list[str], facts: WindowFacts) -> bool:
     """Whether stages 2-4 (the reasoning from the history) repeat one another or quote no number of the window's
-    history facts at all: a text that arrives at the label without reading the window teaches the student nothing
-    (SmolLM2-135M writes "The weather is a forecast based on historical data." under every heading)."""
+    history facts (the task's sizes aside): a text that arrives at the label without reading the window teaches the
+    student nothing (SmolLM2-135M writes "The weather is a forecast based on historical data." under every heading)."""
     reasoning = [" ".join(body.split()).casefold() for body in stages[1:4]]
     if len(set(reasoning)) < len(reasoning):
         return True
+    # the task's own sizes (24 hours, 12 stations) are in every prompt: quoting them reads nothing of the window
+    sizes = {float(facts.history_steps), float(facts.horizon_steps), float(len(facts.station_names))}
     stated = {abs(value) for value in facts.stated_numbers()}
-    return not any(_matches(number, stated) for number in written_numbers(" ".join(stages[1:4])))
+    return not any(_matches(number, stated) and not _matches(number, sizes)
+                   for number in written_numbers(" ".join(stages[1:4])))
