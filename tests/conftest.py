@@ -10,15 +10,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
-def require_real_data(name: str) -> Path:
-    """The folder holding the real dataset ``name``; skips the calling test, with the reason, when it is absent."""
-    from st_instruct.data import registry
-
-    root = registry.find_dataset_dir(name)
-    if root is None:
-        pytest.skip(reason=f"{name}: real data not found in $ST_INSTRUCT_DATA or ../shared/data (next to the "
-                    "repository or the working directory); see ../shared/data/README.md")
-    return root
+from real_data import require_real_data  # noqa: E402,F401  (tests import it from here, or from real_data)
 
 
 @pytest.fixture(scope="session")

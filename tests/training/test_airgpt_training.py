@@ -5,7 +5,7 @@ the tests expect to survive, not to read."""
 
 import numpy as np
 import pytest
-from conftest import require_real_data
+from real_data import require_real_data
 
 RECIPE = "recipes/airgpt_cot.yaml"
 SHORT = ["--dataset_end", "2013-07-01", "--stride", "48"]  # 4 months, a window every two days
