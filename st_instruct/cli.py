@@ -290,6 +290,15 @@ def _pair(forecast, truth) -> str:
     return " ".join(f"{f:.1f}/{'NA' if t != t else f'{t:.1f}'}" for f, t in zip(forecast, truth, strict=True))
 
 
+def _cmd_recipes(args: argparse.Namespace) -> None:
+    from st_instruct.configs import shipped_recipes
+
+    for name, path in shipped_recipes().items():
+        lines = [line.lstrip("# ").rstrip() for line in path.read_text().splitlines()[:3] if line.startswith("#")]
+        about = next((line for line in lines if not line.startswith(("accelerate ", "st-instruct "))), "")
+        print(f"{name:<28} {about[:90]}")
+
+
 def _cmd_push(args: argparse.Namespace) -> None:
     from st_instruct.hub import push_to_hub
 
@@ -342,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "dataset specification flags of the other verbs (--freq, --series-start, --adjacency, "
                              "--null-value, --channel-names, --nodes, --no-calendar) set the recipe keys dataset_freq "
                              "etc. and apply to every dataset of dataset_names.")
-    build.add_argument("recipe", help="recipe YAML (see recipes/)")
+    build.add_argument("recipe", help="recipe YAML, or a shipped recipe by name (`st-instruct recipes`)")
     build.add_argument("--output", default=None, help="save_to_disk folder (default outputs/data/<recipe name>)")
     build.add_argument("--overwrite", action="store_true",
                        help="replace a non-empty --output folder (once the new dataset is completely saved)")
@@ -421,6 +430,8 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--max-new-tokens", type=int, default=384, help="at most this many rationale tokens")
     _add_source_args(explain)
     explain.set_defaults(func=_cmd_explain)
+    recipes = verbs.add_parser("recipes", help="list the shipped recipes; any verb taking a recipe takes one by name")
+    recipes.set_defaults(func=_cmd_recipes)
     push = verbs.add_parser("push", help="push a trained forecaster folder to the Hugging Face Hub")
     push.add_argument("directory", help="the output folder of `st-instruct train`")
     push.add_argument("--repo-id", required=True, help="USER/NAME of the model repo (created if needed)")

@@ -404,6 +404,32 @@ def check_unique_fields(dataclass_types: tuple[type, ...]) -> None:
             seen[f.name] = cls.__name__
 
 
+def shipped_recipes_dir() -> Path:
+    """``recipes/`` at the repository root: the shipped recipes."""
+    import st_instruct
+
+    return Path(st_instruct.__file__).resolve().parent.parent / "recipes"
+
+
+def shipped_recipes() -> dict[str, Path]:
+    """``{name: path}`` of the shipped recipes (``recipes/NAME.yaml``), by name."""
+    return {path.stem: path for path in sorted(shipped_recipes_dir().glob("*.yaml"))}
+
+
+def resolve_recipe(name_or_path: str | Path) -> Path:
+    """A recipe file: ``name_or_path`` itself when it exists (or looks like a path), else the shipped recipe of that
+    name (``smoke_sft`` -> ``recipes/smoke_sft.yaml``). An unknown name is a :class:`RecipeError` listing the
+    shipped ones."""
+    path = Path(name_or_path)
+    if path.exists() or path.suffix in (".yaml", ".yml") or len(path.parts) > 1:
+        return path
+    shipped = shipped_recipes()
+    if str(name_or_path) in shipped:
+        return shipped[str(name_or_path)]
+    raise RecipeError(f"recipe {name_or_path!r} is neither a file nor a shipped recipe; shipped: "
+                      f"{', '.join(shipped)} (`st-instruct recipes` lists them)")
+
+
 def load_recipe_file(path: str | Path, dataclass_types: tuple[type, ...]) -> dict[str, Any]:
     """Read a recipe YAML mapping and check every key against ``dataclass_types`` (close names suggested)."""
     path = Path(path)
@@ -611,7 +637,7 @@ def parse_recipe(dataclass_types: tuple[type, ...], args: list[str] | None = Non
         i = args.index("--config")
         if i + 1 >= len(args):
             raise RecipeError("--config needs a recipe path")
-        recipe = args[i + 1]
+        recipe = args[i + 1] = str(resolve_recipe(args[i + 1]))
         config = load_recipe_file(recipe, dataclass_types)  # names the offending key before TRL sees it
     parser = RecipeParser(dataclass_types)
     actions = {action.dest: action for action in parser._actions if action.option_strings

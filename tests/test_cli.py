@@ -207,3 +207,15 @@ def test_build_data_takes_the_friendly_dataset_flags(tmp_path, capsys, monkeypat
     first = int(sample["window_start"])  # 06:00 is step 24 of the day; 15-minute steps
     assert sample["history_tod"].tolist() == [(24 + first + i) % 96 for i in range(12)]
     assert int(sample["steps_per_day"]) == 96
+
+
+def test_shipped_recipes_are_listed_and_taken_by_name(cli, tmp_path, tiny_backbone_dir):
+    listed = cli("recipes")
+    assert listed.code == 0 and "smoke_sft " in listed.out and "airgpt_cot " in listed.out
+    built = cli("build-data", "smoke_sft", "--model_name_or_path", tiny_backbone_dir, "--dataset_cache_dir",
+                tmp_path / "built", "--output", tmp_path / "data")
+    assert built.code == 0, built.err
+    assert (tmp_path / "data" / "dataset_dict.json").is_file()
+    unknown = cli("build-data", "smoke_sfx")
+    assert unknown.code == 2 and "'smoke_sfx' is neither a file nor a shipped recipe" in unknown.err
+    assert "smoke_sft" in unknown.err
