@@ -219,3 +219,21 @@ def test_shipped_recipes_are_listed_and_taken_by_name(cli, tmp_path, tiny_backbo
     unknown = cli("build-data", "smoke_sfx")
     assert unknown.code == 2 and "'smoke_sfx' is neither a file nor a shipped recipe" in unknown.err
     assert "smoke_sft" in unknown.err
+
+
+def test_the_training_entry_point_is_a_module_that_takes_a_recipe_name(tmp_path, tiny_backbone_dir):
+    """``python -m st_instruct.train smoke_sft`` from a folder outside the repository (what ``accelerate launch -m
+    st_instruct.train`` runs on every process)."""
+    import subprocess
+    import sys
+
+    output = tmp_path / "model"
+    done = subprocess.run([sys.executable, "-m", "st_instruct.train", "smoke_sft", "--model_name_or_path",
+                           str(tiny_backbone_dir), "--max_steps", "1", "--report_to", "none", "--dataset_cache_dir",
+                           str(tmp_path / "built"), "--output_dir", str(output)], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (output / "st_backbone.json").is_file() and (output / "recipe.yaml").is_file()
+    bad = subprocess.run([sys.executable, "-m", "st_instruct.train", "nope"], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=120)
+    assert bad.returncode == 2 and "python -m st_instruct.train: error: recipe 'nope'" in bad.stderr
