@@ -28,7 +28,7 @@ import torch
 from st_instruct.data.rationale_samples import RATIONALE_SEPARATOR
 from st_instruct.data.st_tokens import st_token_ids
 from st_instruct.models.patching import is_vision_language, unwrap
-from st_instruct.training.tokenize import IGNORE_INDEX, end_of_turn_ids
+from st_instruct.training.tokenize import IGNORE_INDEX, end_of_turn_ids, padding_id
 
 
 def answer_frame_start(input_ids: list[int], labels: list[int], frame_token: int, sample: str) -> tuple[int, int]:
@@ -71,7 +71,7 @@ def generate_forecast(model: Any, tokenizer: Any, batch: dict[str, Any], rationa
     try:
         with torch.no_grad():
             if rationales is None:
-                generated = _greedy_rationales(model, tokenizer, batch, prompts, max_new_tokens)
+                generated = _greedy_rationales(model, tokenizer, ids, batch, prompts, max_new_tokens)
                 texts = [tokenizer.decode(tokens, skip_special_tokens=False) for tokens in generated]
             else:
                 texts = list(rationales)
@@ -87,9 +87,8 @@ def generate_forecast(model: Any, tokenizer: Any, batch: dict[str, Any], rationa
 
 def _with_sequences(batch: dict[str, Any], sequences: list[list[int]], tokenizer: Any, ids: Any) -> dict[str, Any]:
     """``batch`` with its token ids replaced by ``sequences`` (right-padded) and the ST positions found in them."""
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     width = max(len(sequence) for sequence in sequences)
-    input_ids = torch.full((len(sequences), width), int(pad), dtype=torch.long)
+    input_ids = torch.full((len(sequences), width), padding_id(tokenizer), dtype=torch.long)
     attention_mask = torch.zeros_like(input_ids)
     nodes = batch["his_positions"].shape[1]
     his, pre = torch.zeros((len(sequences), nodes), dtype=torch.long), torch.zeros_like(batch["pre_positions"])
@@ -108,15 +107,14 @@ def _with_sequences(batch: dict[str, Any], sequences: list[list[int]], tokenizer
     return out
 
 
-def _greedy_rationales(model: Any, tokenizer: Any, batch: dict[str, Any], prompts: list[list[int]],
+def _greedy_rationales(model: Any, tokenizer: Any, ids: Any, batch: dict[str, Any], prompts: list[list[int]],
                        max_new_tokens: int) -> list[list[int]]:
     """Greedy continuation of every prompt (left-padded batch, key/value cache) under the forecaster's ST contexts;
     each sample's new tokens up to (without) the first ``<st_start>`` / end-of-turn token."""
-    ids = st_token_ids(tokenizer)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = padding_id(tokenizer)
     width = max(len(prompt) for prompt in prompts)
     device = model.regression_head.out.weight.device
-    input_ids = torch.full((len(prompts), width), int(pad), dtype=torch.long)
+    input_ids = torch.full((len(prompts), width), pad, dtype=torch.long)
     attention_mask = torch.zeros_like(input_ids)
     offsets = []
     for b, prompt in enumerate(prompts):
@@ -132,7 +130,7 @@ def _greedy_rationales(model: Any, tokenizer: Any, batch: dict[str, Any], prompt
     with _prompt_contexts(model, inputs, input_ids, attention_mask, his, pre, node_mask.to(device)):
         out = unwrap(model.backbone).generate(
             input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens, do_sample=False,
-            eos_token_id=stops, pad_token_id=int(pad), use_cache=True)
+            eos_token_id=stops, pad_token_id=pad, use_cache=True)
     texts = []
     for row in out[:, width:].tolist():
         stop = next((k for k, token in enumerate(row) if token in stops), len(row))

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from st_instruct.training.tokenize import IGNORE_INDEX
+from st_instruct.training.tokenize import IGNORE_INDEX, padding_id
 
 # key -> (dtype, index of the node axis or None); arrays without a node axis must have equal shapes in a batch
 ST_ARRAYS: dict[str, tuple[torch.dtype, int | None]] = {
@@ -67,10 +67,7 @@ class STDataCollator:
 
     def __init__(self, tokenizer: Any, pad_to_multiple_of: int | None = None,
                  broadcast_channels: int | None = None, graphs: Any = None) -> None:
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        if pad is None:
-            raise ValueError("the tokenizer has neither a pad nor an eos token; set tokenizer.pad_token")
-        self.pad_token_id = int(pad)
+        self.pad_token_id = padding_id(tokenizer)
         self.pad_to_multiple_of = pad_to_multiple_of
         if broadcast_channels is not None and broadcast_channels < 1:
             raise ValueError(f"broadcast_channels must be >= 1, found {broadcast_channels}")

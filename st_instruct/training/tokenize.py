@@ -202,6 +202,14 @@ def _positions(input_ids: list[int], token: int) -> list[int]:
         return found
 
 
+def padding_id(tokenizer: Any) -> int:
+    """The id that pads a batch: the pad token, else the eos token (those positions are masked either way)."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad is None:
+        raise ValueError("the tokenizer has neither a pad nor an eos token; set tokenizer.pad_token")
+    return int(pad)
+
+
 def end_of_turn_ids(tokenizer: Any, ids: STTokenIds) -> set[int]:
     """Special tokens that may close an assistant turn: every special added token except the ST tokens."""
     special = {index for index, token in tokenizer.added_tokens_decoder.items() if token.special}

@@ -74,6 +74,7 @@ def test_generation_under_se_attention_continues_the_teacher_forced_pass(st_tok)
     """Greedy tokens generated with the key/value cache under the ST contexts (left-padded batch) equal the argmax of
     one full pass over prompt + those tokens: the embeddings and the spatial rotation act in generation as in the
     forward pass."""
+    from st_instruct.data.st_tokens import st_token_ids
     from st_instruct.models.rationale import _greedy_rationales, answer_frame_start
 
     model = build_tiny_forecaster(st_tok, coord_dim=4, se_attention=True, se_pairs=2, se_init_scale=1.0)
@@ -87,7 +88,7 @@ def test_generation_under_se_attention_continues_the_teacher_forced_pass(st_tok)
                for s in samples]
     assert len(set(map(len, prompts))) == 2  # one prompt is left-padded
     with torch.no_grad():
-        generated = _greedy_rationales(model.eval(), st_tok, batch, prompts, max_new_tokens=6)
+        generated = _greedy_rationales(model.eval(), st_tok, st_token_ids(st_tok), batch, prompts, max_new_tokens=6)
     assert any(generated)
     for sample, prompt, tokens in zip(samples, prompts, generated, strict=True):
         one = STDataCollator(st_tok)([dict(sample, input_ids=prompt + tokens,
