@@ -3,7 +3,9 @@
     accelerate launch [--config_file recipes/accelerate/zero2.yaml] scripts/sft.py recipes/stlink_sft.yaml [--k v]
         [--overwrite]
 
-The same as ``python -m st_instruct.train`` / ``accelerate launch -m st_instruct.train``; see that module.
+The same as ``python -m st_instruct.train`` / ``accelerate launch -m st_instruct.train``, which also run from an
+installed package (``st-instruct train RECIPE --num_processes N --accelerate_config zero2`` launches it); see that
+module.
 """
 
 from __future__ import annotations

@@ -404,16 +404,20 @@ def check_unique_fields(dataclass_types: tuple[type, ...]) -> None:
             seen[f.name] = cls.__name__
 
 
-def shipped_recipes_dir() -> Path:
-    """``recipes/`` at the repository root: the shipped recipes."""
+def shipped_dir(name: str) -> Path:
+    """The folder of the shipped files ``name`` (``"recipes"`` or ``"prompts"``): ``st_instruct/NAME`` inside an
+    installed wheel (pyproject.toml maps the top-level folders there), else ``NAME/`` at the repository root (a clone,
+    or an editable install of one). Every lookup of a shipped recipe or template goes through here."""
     import st_instruct
 
-    return Path(st_instruct.__file__).resolve().parent.parent / "recipes"
+    package = Path(st_instruct.__file__).resolve().parent
+    installed = package / name
+    return installed if installed.is_dir() else package.parent / name
 
 
 def shipped_recipes() -> dict[str, Path]:
     """``{name: path}`` of the shipped recipes (``recipes/NAME.yaml``), by name."""
-    return {path.stem: path for path in sorted(shipped_recipes_dir().glob("*.yaml"))}
+    return {path.stem: path for path in sorted(shipped_dir("recipes").glob("*.yaml"))}
 
 
 def resolve_recipe(name_or_path: str | Path) -> Path:

@@ -5,28 +5,31 @@
 
 ``RECIPE`` is a recipe file or a shipped recipe's name (``smoke_sft``; ``st-instruct recipes`` lists them).
 accelerate runs this module on every process; the recipe (``st_instruct.configs.train_dataclasses()``: DataConfig,
-ModelConfig and TRL's SFTConfig in one flat YAML) says what to train, the accelerate config how to spread it. The
-same command runs on CPU-only machines: without CUDA the recipe's ``use_cpu`` defaults to true (gloo; see
-recipes/accelerate/*.yaml). ``scripts/sft.py`` is this entry point as a file.
+ModelConfig and TRL's SFTConfig in one flat YAML) says what to train, the accelerate config how to spread it.
+``st-instruct train RECIPE --num_processes N [--accelerate_config zero2]`` builds that accelerate command
+(``st_instruct.launch``). The same command runs on CPU-only machines: without CUDA the recipe's ``use_cpu`` defaults
+to true (gloo; see recipes/accelerate/*.yaml). Bad input (a recipe key, a dataset, a file) is one line and exit
+status 2, as in ``st-instruct train``.
 """
 
 from __future__ import annotations
 
 import sys
 
-from st_instruct.configs import RecipeError, parse_recipe, train_dataclasses
+from st_instruct.configs import parse_recipe, train_dataclasses
 from st_instruct.training.run import OVERWRITE_FLAG, train
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m st_instruct.train") -> int:
+    """Parse ``RECIPE [--k v] [--overwrite]`` and train; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     overwrite = OVERWRITE_FLAG in argv  # as `st-instruct train --overwrite`: a flag, never a recipe key
     try:
         configs = parse_recipe(train_dataclasses(), [arg for arg in argv if arg != OVERWRITE_FLAG])
-    except RecipeError as err:
+        train(*configs, overwrite_output_dir=overwrite)
+    except (ValueError, OSError) as err:  # bad input (RecipeError, STDataError, ...) or an unreadable file
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
-    train(*configs, overwrite_output_dir=overwrite)
     return 0
 
 

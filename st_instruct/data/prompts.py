@@ -38,7 +38,7 @@ import jinja2.sandbox
 import numpy as np
 import pandas as pd
 
-import st_instruct
+from st_instruct.configs import shipped_dir
 from st_instruct.data.st_tokens import ST_END, ST_HIS, ST_PRE, ST_START
 from st_instruct.data.stdata import STData
 
@@ -59,8 +59,9 @@ class TemplateError(ValueError):
 
 # ---------------------------------------------------------------------------------------------------- templates
 def package_prompts_dir() -> Path:
-    """``prompts/`` at the repository root: the shipped templates."""
-    return Path(st_instruct.__file__).resolve().parent.parent / "prompts"
+    """``prompts/``, the shipped templates: inside the installed package, else at the repository root
+    (:func:`st_instruct.configs.shipped_dir`)."""
+    return shipped_dir("prompts")
 
 
 def prompts_dir() -> Path:
