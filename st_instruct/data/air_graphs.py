@@ -125,11 +125,13 @@ class WindowGraphs:
         return out
 
 
-def build_window_graphs(config, kind: str, sigma0_km: float, alpha_km: float) -> WindowGraphs | None:
+def build_window_graphs(config, kind: str, sigma0_km: float, alpha_km: float, series: list | None = None
+                        ) -> WindowGraphs | None:
     """:class:`WindowGraphs` of ``kind`` (:data:`GRAPH_KINDS`; ``none`` gives ``None``) for every dataset of the
     :class:`~st_instruct.configs.DataConfig` ``config``. The wind is read from the dataset's wind channels even when
     the recipe keeps only other channels (``dataset_channels``), so a PM2.5 forecaster still gets its wind graph.
-    A dataset without lat/lon coordinates, or (``static_wind``) without wind channels, is refused in one line."""
+    A dataset without lat/lon coordinates, or (``static_wind``) without wind channels, is refused in one line.
+    ``series``: these :class:`~st_instruct.data.stdata.STData` (all their channels) instead of the recipe's."""
     import dataclasses
 
     from st_instruct.data.builder import load_series
@@ -139,7 +141,7 @@ def build_window_graphs(config, kind: str, sigma0_km: float, alpha_km: float) ->
     if kind == "none":
         return None
     static, cumsums = {}, {}
-    for data in load_series(dataclasses.replace(config, dataset_channels=None)):
+    for data in series if series is not None else load_series(dataclasses.replace(config, dataset_channels=None)):
         if data.coords is None or data.coord_kind != "latlon":
             raise ValueError(f"dataset {data.name!r} has {data.coord_kind or 'no'} node coordinates, but AirGPT's "
                              "graphs are built from station latitude/longitude; use st_graph: none")

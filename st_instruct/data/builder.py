@@ -220,9 +220,12 @@ class SourcePlan:
     values: np.ndarray | None = None
 
 
-def plan_source(data: STData, config: DataConfig) -> SourcePlan:
-    """Window ``data`` per ``config``, pick its nodes and windows (seeded by ``sample_seed`` and the dataset name)."""
-    windows = build_windows(data, config.history, config.horizon, config.split, config.stride)
+def plan_source(data: STData, config: DataConfig, windows: STWindows | None = None) -> SourcePlan:
+    """Window ``data`` per ``config``, pick its nodes and windows (seeded by ``sample_seed`` and the dataset name).
+    ``windows``: already cut windows of ``data`` instead (a forecast's, :func:`~st_instruct.data.windows.windows_at`).
+    """
+    if windows is None:
+        windows = build_windows(data, config.history, config.horizon, config.split, config.stride)
     name_seed = zlib.crc32(data.name.encode())
     nodes = _subsample(data.num_nodes, config.node_sample, (config.sample_seed, name_seed, 0))
     window_index = {split: _subsample(windows.num_windows(split), config.window_sample,

@@ -151,11 +151,14 @@ class WindowRenderer:
         size: image side in pixels (at least :data:`MIN_SIZE`).
         panels: history steps per ``map`` image, tiled on a square grid of ``ceil(sqrt(panels))`` columns.
         channel: the channel coloured (index into the dataset's channels).
+        colour_range: ``(low, high)`` to colour on instead of the train split's :func:`value_range` (windows
+            without a train split: a forecast's, coloured as training coloured them).
 
     Layout, node order, edges and value range are computed once here; :meth:`render` only colours.
     """
 
-    def __init__(self, windows: STWindows, kind: str = "map", size: int = 224, panels: int = 4, channel: int = 0):
+    def __init__(self, windows: STWindows, kind: str = "map", size: int = 224, panels: int = 4, channel: int = 0,
+                 colour_range: tuple[float, float] | None = None):
         data = windows.data
         if kind not in IMAGE_KINDS:
             raise RenderError(f"image kind {kind!r} is not one of {', '.join(IMAGE_KINDS)}")
@@ -167,7 +170,7 @@ class WindowRenderer:
         if panels < 1:
             raise RenderError(f"panels must be >= 1, found {panels}")
         self.windows, self.kind, self.size, self.channel = windows, kind, size, channel
-        self.low, self.high = value_range(windows, channel)
+        self.low, self.high = colour_range if colour_range is not None else value_range(windows, channel)
         self.steps = panel_steps(windows.history, panels) if kind == "map" else np.array([windows.history - 1])
         columns = int(np.ceil(np.sqrt(len(self.steps)))) if kind == "map" else 2
         self.columns, self.panel = columns, size // columns
@@ -370,15 +373,20 @@ class WindowImages:
         return renderer.render(renderer.history_at(int(window_start)))
 
 
-def build_window_images(config, kind: str, size: int, panels: int = 4, channel: int = 0) -> WindowImages:
+def build_window_images(config, kind: str, size: int, panels: int = 4, channel: int = 0,
+                        windows: list[STWindows] | None = None, value_ranges: dict | None = None) -> WindowImages:
     """:class:`WindowImages` for every dataset of the :class:`~st_instruct.configs.DataConfig` ``config``, windowed
-    as :func:`~st_instruct.data.builder.build_dataset` windows them."""
+    as :func:`~st_instruct.data.builder.build_dataset` windows them; or for ``windows`` already cut (a forecast's),
+    coloured on ``value_ranges[dataset name]`` (training's, from the data profile)."""
     from st_instruct.data.builder import load_series
     from st_instruct.data.windows import build_windows
 
-    return WindowImages({data.name: WindowRenderer(build_windows(data, config.history, config.horizon, config.split,
-                                                                 config.stride), kind, size, panels, channel)
-                         for data in load_series(config)})
+    if windows is None:
+        windows = [build_windows(data, config.history, config.horizon, config.split, config.stride)
+                   for data in load_series(config)]
+    ranges = value_ranges or {}
+    return WindowImages({w.data.name: WindowRenderer(w, kind, size, panels, channel, ranges.get(w.data.name))
+                         for w in windows})
 
 
 def describe_images(kind: str, size: int | None, panels: int, channel: int) -> str:

@@ -226,10 +226,35 @@ def build_windows(data: STData, history: int, horizon: int, split: str | tuple[f
     _check_observed(data, observed, borders)
     train_lo, train_hi = borders["train"]
     scaler = StandardScaler.fit(data.values[train_lo:train_hi], observed[train_lo:train_hi])
-    scaled = np.where(observed, scaler.transform(np.nan_to_num(data.values)), 0.0).astype(np.float32)
+    scaled = _scaled_series(data, observed, scaler)
     return STWindows(data=data, history=history, horizon=horizon, stride=stride, split=ratios, borders=borders,
                      starts=starts, scaler=scaler, scaled=scaled, observed=observed, time_of_day=tod,
                      day_of_week=dow)
+
+
+def windows_at(data: STData, history: int, horizon: int, starts: np.ndarray, scaler: StandardScaler,
+               stride: int = 1) -> STWindows:
+    """The windows of ``data`` starting at ``starts``, all in the ``test`` split (train and validation empty), scaled
+    with ``scaler`` fitted elsewhere: what a saved forecaster reads to forecast new values
+    (:mod:`st_instruct.inference`; the scaler is its training data's, from the data profile). Steps after the input
+    whose values are unknown are NaN in ``data`` and only ever appear as (unobserved) targets."""
+    starts = np.asarray(starts, dtype=np.int64)
+    if len(starts) and (starts.min() < 0 or starts.max() + history + horizon > data.num_steps):
+        raise ValueError(f"dataset {data.name!r}: windows of {history} + {horizon} steps starting at "
+                         f"{starts.min()}..{starts.max()} do not fit its {data.num_steps} steps")
+    tod, dow = calendar_features(data)
+    observed = data.mask()
+    scaled = _scaled_series(data, observed, scaler)
+    empty = np.zeros(0, dtype=np.int64)
+    return STWindows(data=data, history=history, horizon=horizon, stride=stride, split=(0.0, 0.0, 1.0),
+                     borders={"train": (0, 0), "validation": (0, 0), "test": (0, data.num_steps)},
+                     starts={"train": empty, "validation": empty.copy(), "test": starts}, scaler=scaler,
+                     scaled=scaled, observed=observed, time_of_day=tod, day_of_week=dow)
+
+
+def _scaled_series(data: STData, observed: np.ndarray, scaler: StandardScaler) -> np.ndarray:
+    """``[T, N, C]`` float32 z-scores of ``data``, unobserved entries 0 (the scaled mean)."""
+    return np.where(observed, scaler.transform(np.nan_to_num(data.values)), 0.0).astype(np.float32)
 
 
 def _check_observed(data: STData, observed: np.ndarray, borders: dict[str, tuple[int, int]]) -> None:

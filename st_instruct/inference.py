@@ -1,0 +1,410 @@
+"""Use a trained forecaster on new data: ``load_forecaster(DIR_OR_REPO_ID)``, then ``.forecast(history, timestamps)``.
+
+    from st_instruct import load_forecaster
+
+    forecaster = load_forecaster("outputs/demo_sft")          # a folder, or a Hub repo id (downloaded and cached)
+    result = forecaster.forecast(history, timestamps)          # history [L', N, C] raw values, or a DataFrame
+    result.values                                              # [W, P, N, C] in the data's own units
+    result.to_frame()                                          # a row per (window, time, node), a column per channel
+
+A forecast reads what evaluation reads: the recipe's prompt, windowing and coordinates, and -- from the folder's data
+profile (:mod:`st_instruct.data.profile`) -- the training dataset's name, city, nodes, graph and, for ``scaling:
+train``, its train-split statistics. An input with the training dataset's nodes and channels is that dataset's new
+data: whatever it does not say itself (node names, coordinates, adjacency, units, city) comes from the profile, so the
+prompt is the one the model was trained and evaluated on, and the forecast of a test window equals the one
+``st-instruct evaluate`` scored, bit for bit (a test checks it). An input of another node set is forecast zero-shot: it
+brings its own metadata, and every window is z-scored with its own history statistics (``scaling: window``, evaluate's
+zero-shot protocol); ``Forecast.scaling`` says which applied.
+
+Each window's ``history`` steps end where its forecast starts. By default only the last window is forecast (the
+``horizon`` steps after the input); ``every_window=True`` forecasts every window of the input with the recipe's stride
+-- the last ``horizon`` of them reach past its end. The same call serves every model kind: text forecasters, VLM
+forecasters (images rendered from the input as in training, coloured on the training range) and the no-LLM control in
+one forward pass; a rationale-trained forecaster with ``rationale=True`` also returns the text it writes."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from st_instruct.data.stdata import STData, STDataError
+
+
+@dataclass
+class ForecastInputs:
+    """What the collator of a forecast reads besides the samples: the input with all its channels (AirGPT's wind
+    graph reads wind channels the model may not forecast), its windows and the training colour ranges (VLM)."""
+
+    full_data: STData
+    windows: Any
+    image_value_ranges: dict[str, tuple[float, float]]
+
+
+@dataclass
+class Forecast:
+    """Forecasts of ``W`` windows.
+
+    Attributes:
+        values: ``[W, P, N, C]`` float32 in the data's own units.
+        times: ``[W, P]`` time of every forecast step (``datetime64``; the step index without a calendar).
+        issued: ``[W]`` time (or step index) of each window's last history step.
+        window_starts: ``[W]`` index of each window's first history step in the input.
+        node_names / channels / units: one per node / channel.
+        scaling: ``train`` (the training dataset's statistics) or ``window`` (each window's own history).
+        profile: the training dataset whose profile completed the input, or ``None`` (a zero-shot input).
+        rationales: with ``rationale=True``, one ``{"window", "node", "text"}`` per sample (``node`` is ``None``
+            for a graph-level recipe, whose one sample covers every node).
+    """
+
+    values: np.ndarray
+    times: np.ndarray
+    issued: np.ndarray
+    window_starts: np.ndarray
+    node_names: list[str]
+    channels: list[str]
+    units: list[str]
+    scaling: str
+    profile: str | None
+    rationales: list[dict[str, Any]] | None = None
+
+    def to_frame(self) -> pd.DataFrame:
+        """Long table: columns ``window``, ``issued``, ``time``, ``step`` (1 .. P), ``node`` and one per channel."""
+        W, P, N, C = self.values.shape
+        frame = pd.DataFrame({
+            "window": np.repeat(np.arange(W), P * N),
+            "issued": np.repeat(self.issued, P * N),
+            "time": np.repeat(self.times.reshape(-1), N),
+            "step": np.tile(np.repeat(np.arange(1, P + 1), N), W),
+            "node": np.tile(np.asarray(self.node_names, dtype=object), W * P),
+        })
+        for c, name in enumerate(self.channels):
+            frame[name] = self.values[..., c].reshape(-1)
+        return frame
+
+    def save(self, path: str | Path) -> Path:
+        """Write ``.csv`` (:meth:`to_frame`) or ``.npz`` (``values``, ``times`` / ``issued`` as ISO text or step
+        indices, ``window_starts``, ``node_names``, ``channels``, ``units``, ``scaling``); returns the path."""
+        path = Path(path)
+        if path.suffix not in (".csv", ".npz"):
+            raise ValueError(f"--output {path}: the forecast is written as .csv or .npz, not "
+                             f"{path.suffix or 'a file without extension'}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.suffix == ".csv":
+            self.to_frame().to_csv(path, index=False)
+        else:
+            def text(times: np.ndarray) -> np.ndarray:
+                return np.datetime_as_string(times, unit="s") if np.issubdtype(times.dtype, np.datetime64) else times
+
+            np.savez(path, values=self.values, times=text(self.times), issued=text(self.issued),
+                     window_starts=self.window_starts, node_names=np.asarray(self.node_names),
+                     channels=np.asarray(self.channels), units=np.asarray(self.units),
+                     scaling=np.asarray(self.scaling))
+        return path
+
+
+class Forecaster:
+    """A loaded forecaster (:func:`load_forecaster`): the model, its tokenizer, its recipe and its data profiles."""
+
+    def __init__(self, directory: Path, model: Any, tokenizer: Any, data_config: Any, backbone_name: str) -> None:
+        self.directory, self.model, self.tokenizer = directory, model, tokenizer
+        self.data_config, self.backbone_name = data_config, backbone_name
+        self._profiles: dict[str, dict[str, Any]] | None = None
+
+    @property
+    def profiles(self) -> dict[str, dict[str, Any]]:
+        """``{training dataset: profile}`` (read once, when first needed)."""
+        if self._profiles is None:
+            from st_instruct.data.profile import read_data_profiles
+
+            self._profiles = read_data_profiles(self.directory, self.data_config)
+        return self._profiles
+
+    @property
+    def history(self) -> int:
+        return self.data_config.history
+
+    @property
+    def horizon(self) -> int:
+        return self.data_config.horizon
+
+    def forecast(self, history: np.ndarray | pd.DataFrame, timestamps: Any = None, *, freq: str | None = None,
+                 node_names: list[str] | None = None, coordinates: np.ndarray | None = None,
+                 coord_kind: str | None = None, adjacency: Any = None, channels: list[str] | None = None,
+                 units: list[str] | None = None, name: str | None = None, city: str | None = None,
+                 every_window: bool = False, batch_size: int = 16, rationale: bool = False,
+                 max_new_tokens: int = 384, progress: bool = False) -> Forecast:
+        """Forecast the ``horizon`` steps after ``history`` (module docstring).
+
+        Args:
+            history: ``[L', N, C]`` (or ``[L', N]``) raw values, NaN where missing, ``L' >= history``; or a
+                DataFrame indexed by time whose columns are the nodes (one channel) or ``(node, channel)`` pairs.
+            timestamps: ``[L']`` times of the steps (a DataFrame's ``DatetimeIndex`` by default); required by a
+                forecaster trained with a calendar (its prompts and time features read them).
+            freq: the step (``"1h"``), when ``timestamps`` cannot tell it (fewer than 3, or irregular); the
+                training dataset's step by default.
+            node_names / coordinates (``[N, 2]``, ``coord_kind`` ``latlon`` | ``xy`` | ``grid``) / adjacency
+                (``[N, N]``) / channels / units / city: the input's own metadata; what is not given comes from the
+                training dataset's profile when the input has its nodes and channels.
+            name: the training dataset this input belongs to (default: the one whose node and channel counts it
+                has); another name forecasts it zero-shot under that name.
+            every_window: forecast every window of the input (stride of the recipe), not only the last.
+            batch_size: samples per forward pass.
+            rationale: a rationale-trained (AirGPT) forecaster writes its rationale first and the forecast is read
+                after it; the texts come back in ``Forecast.rationales``.
+        """
+        values, timestamps, frame_nodes, frame_channels = _history_array(history, timestamps)
+        if freq is None and timestamps is not None:
+            from st_instruct.data.files import infer_freq
+
+            freq = infer_freq(pd.DatetimeIndex(timestamps))
+        data = STData(values=values, name=name or "input", city=city or "", freq=freq,
+                      timestamps=None if timestamps is None else pd.DatetimeIndex(timestamps),
+                      no_calendar=timestamps is None,
+                      channels=list(channels or frame_channels or []), units=list(units or []),
+                      node_names=list(node_names or frame_nodes) if (node_names or frame_nodes) else None,
+                      coords=coordinates, coord_kind=coord_kind if coordinates is not None else None,
+                      adjacency=adjacency)
+        return self.forecast_data(data, every_window=every_window, batch_size=batch_size, rationale=rationale,
+                                  max_new_tokens=max_new_tokens, progress=progress, profile_name=name)
+
+    def forecast_data(self, data: STData, *, every_window: bool = False, batch_size: int = 16,
+                      rationale: bool = False, max_new_tokens: int = 384, progress: bool = False,
+                      profile_name: str | None = None) -> Forecast:
+        """:meth:`forecast` of an :class:`STData` (e.g. a file read by :func:`~st_instruct.data.loaders.get_dataset`,
+        what ``st-instruct predict`` does). A field the input leaves at its default (channels ``ch0, ...``, empty
+        units or city, no node names, coordinates or graph) is taken from the training dataset's profile when the
+        input is that dataset's (:meth:`_match_profile`); what the input says is kept."""
+        import datasets
+        import pyarrow as pa
+        from tqdm.auto import tqdm
+
+        from st_instruct.data.builder import plan_source, record_batch, sample_columns, sample_features
+        from st_instruct.data.prompts import load_template
+        from st_instruct.data.windows import StandardScaler, windows_at
+        from st_instruct.evaluation.forecaster_eval import scatter_predictions
+        from st_instruct.training.tokenize import tokenize_dataset
+        from st_instruct.training.vision_collator import build_collator
+
+        L, P = self.history, self.horizon
+        if data.num_steps < L:
+            raise STDataError(f"the input has {data.num_steps} steps, but the forecaster reads a history of {L} "
+                              f"(input shape [T, N, C] = {list(data.values.shape)}); give at least {L} steps")
+        profile = self._match_profile(data, profile_name)
+        full = _complete(data, profile)
+        trained_calendar = any(p["freq"] is not None and not p["no_calendar"] for p in self.profiles.values())
+        if trained_calendar and full.time_index() is None:
+            raise STDataError(f"the forecaster in {self.directory} was trained with a calendar (its prompts name the "
+                              "period, its ST features the time of day): give the input's timestamps (a DataFrame's "
+                              "DatetimeIndex, timestamps=, or a file with a time column / --series-start and --freq)")
+        model_data = self._model_channels(full)
+        scaling = self.data_config.scaling if profile is not None else "window"
+        if profile is not None and scaling == "train":
+            scaler = StandardScaler(mean=np.asarray(profile["scaler_mean"], np.float32),
+                                    std=np.asarray(profile["scaler_std"], np.float32))
+        else:  # window scaling reads each window's own statistics; this scaler only fills the unused series
+            scaler = StandardScaler(mean=np.zeros(model_data.num_channels, np.float32),
+                                    std=np.ones(model_data.num_channels, np.float32))
+        T = data.num_steps
+        stride = self.data_config.stride
+        starts = np.arange(0, T - L + 1, stride, dtype=np.int64) if every_window else np.array([T - L], np.int64)
+        extended_full = _extend(full, int(starts[-1]) + L + P)
+        extended = self._model_channels(extended_full)
+        windows = windows_at(extended, L, P, starts, scaler, stride)
+        config = dataclasses.replace(self.data_config, dataset_names=[extended.name], scaling=scaling,
+                                     node_sample=None, window_sample=None, streaming=False, rationale_teacher="none")
+        plan = plan_source(extended, config, windows=windows)
+        template = load_template(config.template)
+        schema = sample_features().arrow_schema
+        batches = [record_batch(sample_columns(plan, "test", np.arange(lo, min(lo + 256, len(starts))), template,
+                                               config.granularity), schema)
+                   for lo in range(0, len(starts), 256)]
+        samples = tokenize_dataset(datasets.Dataset(pa.Table.from_batches(batches, schema=schema)), self.tokenizer)
+        ranges = {}
+        if profile is not None and profile.get("image_value_range") is not None:
+            ranges[extended.name] = tuple(profile["image_value_range"])
+        inputs = ForecastInputs(full_data=extended_full, windows=windows, image_value_ranges=ranges)
+        collator = build_collator(config, self.model, self.tokenizer, self.backbone_name, forecast_inputs=inputs)
+        texts: list[str] = []
+        bar = tqdm(total=len(samples), desc="forecasting", unit="sample", disable=not progress)
+        predict = None
+        if rationale:
+            from st_instruct.models.rationale import generate_forecast
+
+            def predict(batch: dict[str, Any]) -> Any:
+                found, forecast = generate_forecast(self.model, self.tokenizer, batch, max_new_tokens=max_new_tokens)
+                texts.extend(found)
+                bar.update(len(found))
+                return forecast
+        else:
+            def predict(batch: dict[str, Any]) -> Any:
+                forecast = self.model.predict(batch)
+                bar.update(len(batch["input_ids"]))
+                return forecast
+        with bar:
+            pred, _, _ = scatter_predictions(self.model, collator, samples, starts, extended.num_nodes, batch_size,
+                                             predict=predict)
+        index = extended.time_index()
+        steps = starts[:, None] + L + np.arange(P)[None, :]
+        times = steps if index is None else index.to_numpy()[steps]
+        issued = starts + L - 1 if index is None else index.to_numpy()[starts + L - 1]
+        rationales = None
+        if rationale:
+            nodes = [None] if config.granularity == "graph" else list(range(extended.num_nodes))
+            rationales = [{"window": w, "node": n, "text": text}
+                          for (w, n), text in zip(((w, n) for w in range(len(starts)) for n in nodes), texts,
+                                                  strict=True)]
+        return Forecast(values=pred, times=times, issued=issued, window_starts=starts,
+                        node_names=extended.node_names or [f"node {i}" for i in range(extended.num_nodes)],
+                        channels=list(extended.channels), units=list(extended.units), scaling=scaling,
+                        profile=None if profile is None else profile["name"], rationales=rationales)
+
+    def _match_profile(self, data: STData, name: str | None) -> dict[str, Any] | None:
+        """The training dataset profile ``data`` belongs to: ``name``'s, else the one with its node count and
+        channels (the model's, or all of the profile's); ``None``: a zero-shot input."""
+        profiles = self.profiles
+        if name is not None and name not in profiles:
+            return None
+        candidates = [profiles[name]] if name is not None else list(profiles.values())
+        wanted = [c for c in self.data_config.dataset_channels or [] if isinstance(c, str)]
+        fits = [p for p in candidates if p["num_nodes"] == data.num_nodes and (
+            data.num_channels == len(p["channels"]) or (wanted and set(wanted) <= set(data.channels)))]
+        if name is not None and not fits:
+            profile = profiles[name]
+            raise STDataError(f"the input has {data.num_nodes} nodes and {data.num_channels} channel(s), but "
+                              f"{name!r}, the training dataset it was named after, has {profile['num_nodes']} nodes "
+                              f"and channels {profile['channels']}; give its data, or another name (zero-shot)")
+        return fits[0] if len(fits) == 1 else None
+
+    def _model_channels(self, data: STData) -> STData:
+        """``data`` with the channels the model forecasts: the recipe's ``dataset_channels`` when the input has
+        more (all of a dataset's channels, some of which only feed the graphs); the channel count checked."""
+        wanted = self.data_config.dataset_channels
+        if wanted and data.num_channels != self.model.st_config.channels:
+            missing = [c for c in wanted if not isinstance(c, int) and c not in data.channels]
+            if missing:
+                raise STDataError(f"the forecaster reads the channels {wanted}; the input has {data.channels}")
+            data = data.select_channels(wanted)
+        if data.num_channels != self.model.st_config.channels:
+            raise STDataError(f"the input has {data.num_channels} channel(s) {data.channels}, the forecaster in "
+                              f"{self.directory} forecasts {self.model.st_config.channels}; give [T, N, "
+                              f"{self.model.st_config.channels}] values")
+        return data
+
+
+def _history_array(history: Any, timestamps: Any) -> tuple[np.ndarray, Any, list[str] | None, list[str] | None]:
+    """``(values [T, N, C], timestamps, node names, channel names)`` of an array or a DataFrame input."""
+    if isinstance(history, pd.DataFrame):
+        frame = history
+        if timestamps is None and isinstance(frame.index, pd.DatetimeIndex):
+            timestamps = frame.index
+        if isinstance(frame.columns, pd.MultiIndex):
+            if frame.columns.nlevels != 2:
+                raise STDataError(f"a DataFrame input has one column per node, or per (node, channel); found "
+                                  f"{frame.columns.nlevels} column levels")
+            nodes = list(dict.fromkeys(frame.columns.get_level_values(0)))
+            channels = list(dict.fromkeys(frame.columns.get_level_values(1)))
+            try:
+                frame = frame.reindex(columns=pd.MultiIndex.from_product([nodes, channels]))
+            except ValueError as err:
+                raise STDataError(f"a DataFrame input's (node, channel) columns must be unique: {err}") from err
+            values = frame.to_numpy(dtype=np.float64).reshape(len(frame), len(nodes), len(channels))
+            return values, timestamps, [str(n) for n in nodes], [str(c) for c in channels]
+        values = frame.to_numpy(dtype=np.float64)[:, :, None]
+        return values, timestamps, [str(c) for c in frame.columns], None
+    values = np.asarray(history)
+    if values.ndim not in (2, 3):
+        raise STDataError(f"history must be a [T, N, C] (or [T, N]) array or a DataFrame, found shape "
+                          f"{list(values.shape)}")
+    if timestamps is not None and len(timestamps) != len(values):
+        raise STDataError(f"timestamps has {len(timestamps)} entries but history has {len(values)} steps")
+    return values, timestamps, None, None
+
+
+def _complete(data: STData, profile: dict[str, Any] | None) -> STData:
+    """``data`` with what it does not say (fields at their defaults) taken from ``profile`` (module docstring); a
+    step that contradicts the profile's is refused."""
+    if profile is None:
+        return data
+    from st_instruct.data.profile import profile_adjacency, profile_coords
+
+    if profile["freq"] is not None and data.freq is not None and data.freq != profile["freq"]:
+        raise STDataError(f"the input's step is {data.freq}, the forecaster was trained on {profile['name']!r} with "
+                          f"steps of {profile['freq']}; resample the input")
+    changes: dict[str, Any] = {"name": profile["name"], "description": data.description or profile["description"]}
+    if not data.city:
+        changes["city"] = profile["city"]
+    if data.num_channels == len(profile["channels"]):
+        if data.channels == [f"ch{i}" for i in range(data.num_channels)]:
+            changes["channels"] = list(profile["channels"])
+        if not any(data.units):
+            changes["units"] = list(profile["units"])
+    if data.node_names is None and profile["node_names"] is not None:
+        changes["node_names"] = list(profile["node_names"])
+    if data.node_descriptions is None and profile["node_descriptions"] is not None:
+        changes["node_descriptions"] = list(profile["node_descriptions"])
+    if data.coords is None and profile["coords"] is not None:
+        changes.update(coords=profile_coords(profile), coord_kind=profile["coord_kind"])
+    if data.adjacency is None:
+        changes["adjacency"] = profile_adjacency(profile)
+    if data.grid_shape is None and profile["grid_shape"] is not None:
+        changes["grid_shape"] = tuple(profile["grid_shape"])
+    if data.null_value is None:
+        changes["null_value"] = profile["null_value"]
+    if data.freq is None and profile["freq"] is not None and data.timestamps is not None:
+        changes["freq"] = profile["freq"]
+    return dataclasses.replace(data, **changes)
+
+
+def _extend(data: STData, steps: int) -> STData:
+    """``data`` continued with unknown (NaN) steps up to ``steps``: the future a window forecasts."""
+    extra = steps - data.num_steps
+    if extra <= 0:
+        return data
+    values = np.concatenate([data.values, np.full((extra, *data.values.shape[1:]), np.nan, np.float32)])
+    index = data.time_index()
+    if index is None:
+        if data.has_calendar:
+            raise STDataError(f"dataset {data.name!r}: the calendar of the forecast steps is unknown")
+        return dataclasses.replace(data, values=values)
+    if data.freq is None:
+        raise STDataError("the input's step is unknown (irregular or too few timestamps); give freq= (e.g. '1h') "
+                          "so the forecast steps can be dated")
+    future = pd.date_range(index[-1], periods=extra + 1, freq=data.freq)[1:]
+    return dataclasses.replace(data, values=values, timestamps=index.append(future), start=None)
+
+
+def load_forecaster(source: str | Path, *, revision: str | None = None, token: str | None = None,
+                    cache_dir: str | Path | None = None) -> Forecaster:
+    """A saved forecaster ready to :meth:`~Forecaster.forecast`: a folder written by ``st-instruct train`` (or one
+    of its ``checkpoint-N`` folders), or a Hub repo id pushed by ``st-instruct push``, downloaded through
+    ``huggingface_hub`` into its cache (``HF_HUB_OFFLINE=1`` uses the cached copy and never the network)."""
+    from st_instruct.evaluation.forecaster_eval import trained_data_config
+    from st_instruct.models.saving import load_forecaster as load_saved
+    from st_instruct.models.saving import read_backbone_source
+
+    directory = Path(source).expanduser()
+    if not directory.exists():
+        directory = _download(str(source), revision, token, cache_dir)
+    model, tokenizer = load_saved(directory)
+    return Forecaster(directory, model, tokenizer, trained_data_config(directory),
+                      read_backbone_source(directory)[0].model_name_or_path)
+
+
+def _download(repo_id: str, revision: str | None, token: str | None, cache_dir: str | Path | None) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    if repo_id.count("/") != 1 or repo_id.startswith((".", "/", "~")):
+        raise FileNotFoundError(f"{repo_id}: no such folder, and not a Hub repo id (USER/NAME)")
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, token=token, cache_dir=cache_dir))
+    except LocalEntryNotFoundError as err:
+        raise FileNotFoundError(f"{repo_id}: no such folder, and the Hub repo is not in the local cache while the "
+                                f"Hub cannot be reached or HF_HUB_OFFLINE is set ({err})") from err
+    except HfHubHTTPError as err:
+        raise FileNotFoundError(f"{repo_id}: no such folder, and the Hub refused it ({err})") from err
