@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import sys
 from dataclasses import dataclass, field, fields
 from enum import Enum
@@ -710,7 +711,7 @@ def recipe_dict(*configs: Any) -> dict[str, Any]:
         if not hasattr(config, "to_dict"):
             out.update({f.name: _plain(getattr(config, f.name)) for f in fields(config)})
             continue
-        reference = type(config)(**cpu_training_defaults(set())).to_dict()
+        reference = _default_training_values(type(config))
         values = config.to_dict()  # resolved and serialisable; hides every *_token value
         always = {"bf16", "use_cpu", "activation_checkpointing"}
         for f in fields(config):
@@ -720,6 +721,13 @@ def recipe_dict(*configs: Any) -> dict[str, Any]:
             if name in always or values[name] != reference.get(name):
                 out[name] = _plain(getattr(config, name) if name.endswith("_token") else values[name])
     return out
+
+
+@functools.cache
+def _default_training_values(cls: type) -> dict[str, Any]:
+    """``cls()``'s resolved values (with the CPU defaults), made once per class: building ``TrainingArguments`` resets
+    accelerate's state, so it must not happen again once a trainer runs (a checkpoint's card reads the recipe)."""
+    return cls(**cpu_training_defaults(set())).to_dict()
 
 
 def _plain(value: Any) -> Any:

@@ -1,9 +1,22 @@
 """Model cards and pushes of saved st_instruct forecasters to the Hugging Face Hub.
 
-A saved forecaster is one directory: the PEFT adapter, the ST encoder / projector / head weights
-(safetensors), the tokenizer with its special tokens, the recipe and a model card. ``write_model_card``
-writes the card; ``push_to_hub`` uploads the directory as it is, after checking that it is complete. A push
-only reads the directory: whatever fails (no token, rejected token, no network), nothing there changes.
+A saved forecaster is one directory: the PEFT adapter (or backbone weights), the ST encoder / projector / head
+weights (safetensors), the tokenizer with its special tokens, the recipe, the data profile and a model card.
+
+The card (``README.md``, :func:`write_model_card`) is built with ``huggingface_hub``'s ``ModelCard`` /
+``ModelCardData``: the base model as a Hub id (:func:`~st_instruct.models.backbones.hub_model_id`), ``library_name``
+(``peft`` for an adapter, whose ``base_model_relation`` is ``adapter``; ``st_instruct`` for the other formats),
+tags, the training datasets and a ``model-index`` holding the forecaster's metrics of every evaluation recorded in
+``st_evaluations.json``. ``st-instruct evaluate`` records its report there (:func:`record_evaluation`) and the card
+is rewritten, so its ``model-index`` always equals the ``results.json`` of those evaluations. The body says what
+the model is, the evaluation protocol and the controls beside it (every table shows the same model without its LLM
+where one was scored), how to use it (a snippet that runs once the folder is on the Hub: a test runs it against the
+local Hub stand-in), the training recipe and the full results tables.
+
+``push_to_hub`` uploads the directory as it is, after checking that it is complete; only the card's usage snippet
+gets the repo id written in (:data:`REPO_PLACEHOLDER`). A push only reads the directory: whatever fails (no token,
+rejected token, no network), nothing there changes. ``push_to_hub: true`` in a recipe pushes through the same
+function once the final folder is complete (:func:`st_instruct.training.run.train`), so both push the same files.
 
 The endpoint is ``endpoint=`` if given, else ``$HF_ENDPOINT`` read at call time, else huggingface_hub's
 default. ``huggingface_hub`` reads ``HF_ENDPOINT`` once, at import, into ``constants.ENDPOINT``; reading
@@ -12,6 +25,7 @@ the variable again here means a value set later (by a test, or a notebook) is ho
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from pathlib import Path
@@ -20,17 +34,24 @@ from typing import Any
 import yaml
 
 from st_instruct.evaluation.metrics import METRICS
-from st_instruct.evaluation.report import format_results_table
+from st_instruct.evaluation.report import format_results_table, protocol_lines
 
 # Glob patterns that must each match a file at the top of a saved forecaster directory.
 REQUIRED_FILES: tuple[str, ...] = ("README.md", "st_forecaster_config.json", "*.safetensors")
 CARD_TAGS = ["time-series-forecasting", "spatio-temporal", "st_instruct"]
-LOAD_SNIPPET = """```python
-from huggingface_hub import snapshot_download
-from st_instruct.models.saving import load_forecaster
+EVALUATIONS_FILE = "st_evaluations.json"
+MODEL_ROW = "st_forecaster"  # the forecaster's row in an evaluation report (st_instruct.evaluation.forecaster_eval)
+REPO_PLACEHOLDER = "<hub-repo-id>"  # in the local card's snippet; a push writes the repo id in its place
+USAGE_SNIPPET = """```python
+from st_instruct import load_forecaster
+from st_instruct.data.loaders import get_dataset
 
-model, tokenizer = load_forecaster(snapshot_download("USER/{name}"))  # or the local directory
-predictions = model.predict(batch)  # [B, P, N, C] in original units; batch from STDataCollator
+forecaster = load_forecaster("{source}")  # a Hub repo id, or the path of this folder
+data = get_dataset("{dataset}")  # {data_note}
+last = slice(-forecaster.history, None)  # the last `history` steps: [L, N, C] raw values and their timestamps
+times = None if data.time_index() is None else data.time_index()[last]
+result = forecaster.forecast(data.values[last], times)
+print(result.to_frame().head())  # forecasts in original units: one row per (window, time, node), a column per channel
 ```"""
 
 
@@ -38,56 +59,172 @@ class HubError(OSError):
     """A push that could not be made (incomplete directory, no or rejected token, no network); says what to do."""
 
 
-def write_model_card(directory: str | Path, *, base_model: str, datasets: list[str], metrics: dict[str, Any] | None,
-                     recipe: dict[str, Any] | None, description: str = "") -> Path:
-    """Write ``directory/README.md``: YAML front matter for the Hub, then what the model is, how to load it,
-    its training recipe and its metrics table.
+def _folder_json(directory: Path, name: str) -> Any:
+    from st_instruct.models.saving import read_json_file
 
-    ``metrics`` follows the results-JSON schema of ``st_instruct.evaluation.report`` (``{"results": {MODEL:
-    {"MAE", "RMSE", "MAPE", "WAPE", ...}}, "dataset": ..., ...}``); a metric that is ``None`` or NaN prints
-    as "n/a". ``recipe`` is the training recipe as a mapping (the parsed recipe YAML).
-    """
+    path = directory / name
+    return read_json_file(path) if path.is_file() else None
+
+
+def _folder_recipe(directory: Path) -> dict[str, Any] | None:
+    for candidate in (directory / "recipe.yaml", directory.parent / "recipe.yaml"):
+        if candidate.is_file():
+            return yaml.safe_load(candidate.read_text())
+    return None
+
+
+def read_evaluations(directory: str | Path) -> list[dict[str, Any]]:
+    """The evaluation reports recorded in ``directory/st_evaluations.json`` (``[]`` when none)."""
+    found = _folder_json(Path(directory), EVALUATIONS_FILE)
+    if found is not None and not isinstance(found, list):
+        raise ValueError(f"{Path(directory) / EVALUATIONS_FILE} must hold a JSON list of evaluation reports")
+    return found or []
+
+
+def record_evaluation(directory: str | Path, report: dict[str, Any]) -> Path:
+    """Record ``report`` (``st-instruct evaluate``'s, as written to ``results.json``) in ``directory``'s
+    ``st_evaluations.json`` -- replacing an earlier one of the same dataset, split and protocol -- and rewrite the
+    model card, whose ``model-index`` then holds it. Returns the card's path."""
+    from st_instruct.outputs import write_text_atomic
+
+    directory = Path(directory)
+    key = (report.get("dataset"), report.get("split_name", "test"), report.get("protocol_version"))
+    kept = [r for r in read_evaluations(directory)
+            if (r.get("dataset"), r.get("split_name", "test"), r.get("protocol_version")) != key]
+    write_text_atomic(directory / EVALUATIONS_FILE, json.dumps([*kept, report], indent=1, allow_nan=False) + "\n")
+    return write_model_card(directory)
+
+
+def _is_hub_id(name: str) -> bool:
+    return name.count("/") == 1 and not Path(name).expanduser().exists() and not name.startswith((".", "/", "~"))
+
+
+def write_model_card(directory: str | Path, recipe: dict[str, Any] | None = None) -> Path:
+    """Write ``directory/README.md`` (module docstring) from what the folder holds: ``st_backbone.json``,
+    ``recipe`` (default: the folder's ``recipe.yaml``, or its parent's for a checkpoint), ``few_shot.json`` and the
+    evaluations of ``st_evaluations.json``. Returns the path."""
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+    from st_instruct.models.backbones import hub_model_id
+
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    meta = {"library_name": "st_instruct", "base_model": base_model, "datasets": list(datasets),
-            "tags": CARD_TAGS, "pipeline_tag": "time-series-forecasting"}
-    body = [f"# {directory.name}", "",
-            f"A spatio-temporal forecaster built with st_instruct on the language model "
-            f"`{base_model}`, trained on {', '.join(f'`{d}`' for d in datasets) or 'no named dataset'}. An ST "
-            "encoder and projector put the history into the LLM at the `<st_his>` tokens, and a regression head "
-            "reads the hidden states at the `<st_pre>` tokens: a forecast is one forward pass, no text generation.",
-            ""]
-    if description:
-        body += [description.strip(), ""]
-    if recipe and recipe.get("image_kind", "none") != "none":
-        from st_instruct.data.render import describe_images
-
-        body += ["## What the image shows", "", describe_images(recipe["image_kind"], recipe.get("image_size"),
-                                                                recipe.get("image_panels", 4),
-                                                                recipe.get("image_channel", 0)), ""]
-    body += ["## How to load", "", LOAD_SNIPPET.format(name=directory.name), "", "## Training recipe", ""]
+    recipe = recipe if recipe is not None else _folder_recipe(directory)
+    backbone = _folder_json(directory, "st_backbone.json") or {}
+    few_shot = _folder_json(directory, "few_shot.json")
+    evaluations = read_evaluations(directory)
+    kind = backbone.get("format")
+    name = backbone.get("model_name_or_path") or (recipe or {}).get("model_name_or_path") or ""
+    base = hub_model_id(name) if name else ""
+    datasets = list((recipe or {}).get("dataset_names") or [])
+    if few_shot and few_shot["dataset"] not in datasets:
+        datasets.append(few_shot["dataset"])
+    control = (recipe or {}).get("control", "none")
+    title = f"{directory.name}: {'the ' + control.replace('_', '-') + ' control of ' if control != 'none' else ''}" \
+            f"an st_instruct forecaster on {base or 'no backbone'}"
+    results = []
+    for report in evaluations:
+        row = report.get("results", {}).get(MODEL_ROW, {})
+        for metric in METRICS:
+            if row.get(metric) is not None:
+                results.append(EvalResult(
+                    task_type="time-series-forecasting", task_name="spatio-temporal forecasting",
+                    dataset_type=report["dataset"], dataset_name=report["dataset"],
+                    dataset_split=report.get("split_name", "test"), dataset_config=report.get("protocol_version"),
+                    metric_type=metric.lower(), metric_name=metric, metric_value=row[metric]))
+    extra = {"base_model_relation": "adapter"} if kind == "adapter" and _is_hub_id(base) else {}
+    data = ModelCardData(
+        library_name="peft" if kind == "adapter" else "st_instruct",
+        base_model=base if _is_hub_id(base) else None, datasets=datasets or None,
+        tags=[*CARD_TAGS, *(["lora", "peft"] if kind == "adapter" else [])], pipeline_tag="time-series-forecasting",
+        model_name=directory.name if results else None, eval_results=results or None, **extra)
+    body = [f"# {title}", "", *_what_section(base, name, datasets, kind, control, recipe, few_shot),
+            "## How to use", "", *_usage_section(datasets), "## Evaluation", "", *_evaluation_section(evaluations),
+            "## Training recipe", ""]
     if recipe:
         body += ["```yaml", yaml.safe_dump(recipe, sort_keys=False).rstrip(), "```", "",
-                 "Reproduce with `accelerate launch scripts/sft.py recipe.yaml`.", ""]
+                 "Reproduce with `st-instruct train recipe.yaml` (several processes: `--num_processes N "
+                 "--accelerate_config zero2`).", ""]
     else:
         body += ["(not recorded)", ""]
-    body += ["## Metrics", "", *_metrics_section(metrics), ""]
+    card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body))
     path = directory / "README.md"
-    path.write_text("---\n" + yaml.safe_dump(meta, sort_keys=False) + "---\n\n" + "\n".join(body))
+    card.save(path)
     return path
 
 
-def _metrics_section(report: dict[str, Any] | None) -> list[str]:
-    if not report or not report.get("results"):
-        return ["(not evaluated yet)"]
-    # format_results_table wants every metric as a float (NaN prints as n/a)
-    results = {model: {**r, **{m: _nan_if_none(r.get(m)) for m in METRICS}} for model, r in report["results"].items()}
+def _what_section(base: str, name: str, datasets: list[str], kind: str | None, control: str,
+                  recipe: dict[str, Any] | None, few_shot: dict[str, Any] | None) -> list[str]:
+    embedded = f" (run here as `{name}`, its embedded Q4_1 GGUF copy, dequantised)" if name and name != base else ""
+    lines = [f"A spatio-temporal forecaster built with st_instruct on the language model `{base}`{embedded}, trained "
+             f"on {', '.join(f'`{d}`' for d in datasets) or 'no named dataset'}. An ST encoder and projector put the "
+             "history into the LLM at the `<st_his>` tokens, and a regression head reads the hidden states at the "
+             "`<st_pre>` tokens: a forecast is one forward pass, no text generation.", ""]
+    if kind == "adapter":
+        lines += ["The backbone is stored as a PEFT adapter; it was trained on a backbone that st_instruct changed "
+                  "(see `st_backbone.json`: layers kept, ST tokens added), so load it with `st_instruct` as below. "
+                  "Plain `AutoPeftModelForCausalLM` refuses it rather than build a different model.", ""]
+    if control != "none" and recipe is not None:
+        from st_instruct.configs import ModelConfig
+        from st_instruct.training.run import control_card_note
+
+        lines += [control_card_note(ModelConfig(model_name_or_path=recipe.get("model_name_or_path"),
+                                                control=control), recipe.get("seed", 0)), ""]
+    if few_shot:
+        lines += [f"Few-shot: fine-tuned from `{few_shot['source_model']}` (pre-trained on "
+                  f"{', '.join(few_shot['pretrained_on'])}) on the first {few_shot['train_windows']} training windows "
+                  f"({few_shot['fraction']:g}) of `{few_shot['dataset']}` for {few_shot['steps']} steps.", ""]
+    if recipe and recipe.get("image_kind", "none") != "none":
+        from st_instruct.data.render import describe_images
+
+        lines += ["## What the image shows", "", describe_images(recipe["image_kind"], recipe.get("image_size"),
+                                                                 recipe.get("image_panels", 4),
+                                                                 recipe.get("image_channel", 0)), ""]
+    return lines
+
+
+def _usage_section(datasets: list[str]) -> list[str]:
+    from st_instruct.data.registry import is_registered_name
+
+    dataset = datasets[-1] if datasets else "synthetic"
+    note = ("the training dataset here (embedded, or from `st-instruct data download`); any [T, N, C] values with "
+            "their timestamps will do" if is_registered_name(dataset) else
+            "a stand-in: use your own [T, N, C] values and timestamps (this model was trained on a file)")
+    if not is_registered_name(dataset):
+        dataset = "synthetic"
+    return [USAGE_SNIPPET.format(source=REPO_PLACEHOLDER, dataset=dataset, data_note=note), "",
+            "An input with the training dataset's nodes is completed from the folder's data profile "
+            "(`st_data_profile.json`: node names, coordinates, graph, units, scaling); another node set is forecast "
+            "zero-shot. From the command line: `st-instruct predict --model REPO_OR_DIR --input FILE --output "
+            "OUT.csv`.", ""]
+
+
+def _evaluation_section(evaluations: list[dict[str, Any]]) -> list[str]:
+    if not evaluations:
+        return ["(not evaluated yet: `st-instruct evaluate --model DIR --dataset NAME --train-controls no_llm` "
+                "scores it beside its no-LLM control and the baselines, and records the results here)", ""]
     lines = []
-    if "dataset" in report:
-        steps = (f", history {report['history']} -> horizon {report['horizon']} steps"
-                 if "history" in report and "horizon" in report else "")
-        lines += [f"Test split of `{report['dataset']}`{steps}; lower is better; n/a: nothing observed.", ""]
-    return [*lines, format_results_table(results)]
+    for report in evaluations:
+        rows = report.get("results", {})
+        controls = [row for row in rows if row.startswith(f"{MODEL_ROW}_")]
+        lines += [f"### `{report.get('dataset')}`, {report.get('split_name', 'test')} split: "
+                  f"{report.get('protocol', 'in-domain')}", "",
+                  f"History {report.get('history')} -> horizon {report.get('horizon')} steps, "
+                  f"{report.get('windows', {}).get(report.get('split_name', 'test'), '?')} windows, channels "
+                  f"{report.get('channels')}; lower is better; n/a: nothing observed.", "",
+                  *protocol_lines(report),
+                  f"- **Controls**: {', '.join(f'`{c}`' for c in controls)} (the same recipe, data and budget, "
+                  "only `control` changed)" if controls else
+                  "- **Controls**: none scored; the LLM's contribution is unmeasured here "
+                  "(`--train-controls no_llm`)", "",
+                  _metrics_table(rows), ""]
+    return lines
+
+
+def _metrics_table(results: dict[str, Any]) -> str:
+    # format_results_table wants every metric as a float (NaN prints as n/a)
+    return format_results_table({model: {**r, **{m: _nan_if_none(r.get(m)) for m in METRICS}}
+                                 for model, r in results.items() if "skipped" not in r})
 
 
 def _nan_if_none(value: Any) -> float:
@@ -115,12 +252,14 @@ def push_to_hub(directory: str | Path, repo_id: str, *, token: str | None = None
                 endpoint: str | None = None, commit_message: str | None = None) -> str:
     """Upload the saved forecaster in ``directory`` to the Hub model repo ``repo_id``; return the commit URL.
 
-    The repo is created if needed; ``checkpoint-N`` folders and TensorBoard ``runs/`` are not uploaded
-    (:data:`PUSH_IGNORE`). The token is ``token``, else ``$HF_TOKEN``, else the one saved by
-    ``hf auth login``. Files unchanged since the last push are not committed again. Raises ``HubError``
+    The repo is created if needed (``repo_id`` without a namespace goes to the token's user); ``checkpoint-N``
+    folders and TensorBoard ``runs/`` are not uploaded (:data:`PUSH_IGNORE`), and the card's usage snippet gets
+    ``repo_id`` in place of :data:`REPO_PLACEHOLDER`. The token is ``token``, else ``$HF_TOKEN``, else the one saved
+    by ``hf auth login``. Files unchanged since the last push are not committed again. Raises ``HubError``
     (incomplete directory, no token, token rejected, Hub unreachable); the directory is only ever read.
     """
-    from huggingface_hub import HfApi, constants, get_token
+    from huggingface_hub import CommitOperationAdd, HfApi, constants, get_token
+    from huggingface_hub.utils import filter_repo_objects
 
     directory = check_model_dir(directory)
     endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
@@ -130,8 +269,17 @@ def push_to_hub(directory: str | Path, repo_id: str, *, token: str | None = None
         raise HubError(f"no Hugging Face token: pass --token, set HF_TOKEN or run `hf auth login`; {unchanged}")
     api = HfApi(endpoint=endpoint, token=token)
     try:
+        if "/" not in repo_id:
+            repo_id = f"{api.whoami()['name']}/{repo_id}"
         api.create_repo(repo_id, private=private, exist_ok=True)
-        info = api.upload_folder(repo_id=repo_id, folder_path=directory, ignore_patterns=PUSH_IGNORE,
+        files = sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file())
+        operations = []
+        for name in filter_repo_objects(files, ignore_patterns=PUSH_IGNORE):
+            content: Any = directory / name
+            if name == "README.md":
+                content = content.read_text().replace(REPO_PLACEHOLDER, repo_id).encode()
+            operations.append(CommitOperationAdd(path_in_repo=name, path_or_fileobj=content))
+        info = api.create_commit(repo_id=repo_id, operations=operations,
                                  commit_message=commit_message or f"Upload st_instruct forecaster {directory.name}")
     except Exception as err:
         hub_error = _hub_error(err, endpoint, repo_id, f"{directory} is unchanged")

@@ -13,14 +13,31 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-from st_instruct.hub import REQUIRED_FILES, HubError, check_model_dir, push_to_hub, write_model_card
+from st_instruct.hub import (
+    EVALUATIONS_FILE,
+    REPO_PLACEHOLDER,
+    REQUIRED_FILES,
+    HubError,
+    check_model_dir,
+    push_to_hub,
+    write_model_card,
+)
 
 REPO = "st-user/smoke-forecaster"
-REPORT = {"dataset": "synthetic-small", "history": 12, "horizon": 12,
-          "results": {"stlink-smollm2": {"MAE": 3.25, "RMSE": 5.5, "MAPE": 0.21, "WAPE": None},
+REPORT = {"dataset": "synthetic-small", "history": 12, "horizon": 12, "split_name": "test",
+          "protocol": "in-domain", "protocol_version": "in-domain/1", "windows": {"test": 3}, "channels": ["a"],
+          "results": {"st_forecaster": {"MAE": 3.25, "RMSE": 5.5, "MAPE": 0.21, "WAPE": None},
+                      "st_forecaster_no_llm": {"MAE": 3.5, "RMSE": 5.75, "MAPE": 0.22, "WAPE": 0.2},
                       "historical_average": {"MAE": 4.0, "RMSE": 6.0, "MAPE": 0.3, "WAPE": 0.25}}}
-RECIPE = {"backbone": "smollm2-135m", "st_encoder": "patch", "freeze_plan": "lora", "lora_r": 8,
-          "dataset": "synthetic-small", "learning_rate": 2e-4}
+RECIPE = {"model_name_or_path": "smollm2-135m", "st_encoder": "patch", "freeze_plan": "lora", "lora_r": 8,
+          "dataset_names": ["synthetic-small"], "learning_rate": 2e-4}
+
+
+def pushed_view(directory: Path, repo_id: str) -> dict[str, bytes]:
+    """What a push of ``directory`` to ``repo_id`` delivers: every file as it is, the card snippet naming the repo."""
+    files = local_files(directory)
+    files["README.md"] = files["README.md"].replace(REPO_PLACEHOLDER.encode(), repo_id.encode())
+    return files
 
 
 def fingerprint(directory: Path) -> dict[str, str]:
@@ -53,9 +70,10 @@ def model_dir(tmp_path, st_tokenizer) -> Path:
     (root / "st_forecaster_config.json").write_text(json.dumps({"backbone": "smollm2-135m", "history": 12,
                                                                 "horizon": 12, "channels": 2}, indent=2))
     (root / "recipe.yaml").write_text(yaml.safe_dump(RECIPE))
+    (root / "st_backbone.json").write_text(json.dumps({"model_name_or_path": "smollm2-135m", "format": "adapter"}))
+    (root / EVALUATIONS_FILE).write_text(json.dumps([REPORT]))
     st_tokenizer.save_pretrained(root)
-    write_model_card(root, base_model="HuggingFaceTB/SmolLM2-135M-Instruct", datasets=["synthetic-small"],
-                     metrics=REPORT, recipe=RECIPE)
+    write_model_card(root)
     return root
 
 
@@ -71,7 +89,7 @@ def test_push_delivers_every_file_byte_for_byte(hub_server, model_dir, tmp_path,
     url = push_to_hub(model_dir, REPO, token=hub_server.token)  # endpoint from $HF_ENDPOINT, set by the fixture
 
     assert re.fullmatch(rf"{hub_server.url}/{REPO}/commit/[0-9a-f]{{40}}", url)
-    assert hub_server.repo_files(REPO) == local_files(model_dir)
+    assert hub_server.repo_files(REPO) == pushed_view(model_dir, REPO)
     expected_lfs = {"st_modules.safetensors", "adapter_model.safetensors"} if upload_mode == "lfs" else set()
     assert hub_server.lfs_paths(REPO) == expected_lfs
     assert fingerprint(model_dir) == before
@@ -81,7 +99,7 @@ def test_push_delivers_every_file_byte_for_byte(hub_server, model_dir, tmp_path,
     info = api.model_info(REPO)
     assert info.sha == url.rsplit("/", 1)[1]
     assert info.card_data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct"
-    assert info.library_name == "st_instruct"
+    assert info.library_name == "peft"  # an adapter; its card names the base model's Hub id
     for name in ("st_modules.safetensors", "st_forecaster_config.json", "tokenizer.json"):
         path = hf_hub_download(REPO, name, endpoint=hub_server.url, token=hub_server.token,
                                cache_dir=tmp_path / "hf_cache")
@@ -89,7 +107,7 @@ def test_push_delivers_every_file_byte_for_byte(hub_server, model_dir, tmp_path,
 
 
 def test_checkpoints_and_tensorboard_runs_stay_local(hub_server, model_dir):
-    pushed = local_files(model_dir)
+    pushed = pushed_view(model_dir, REPO)
     for extra in ("checkpoint-2/optimizer.pt", "checkpoint-2/adapter_model.safetensors", "runs/Nov21/events.out"):
         (model_dir / extra).parent.mkdir(parents=True, exist_ok=True)
         (model_dir / extra).write_bytes(b"not for the hub")
@@ -104,12 +122,11 @@ def test_second_push_commits_only_changes(hub_server, model_dir):
     assert push_to_hub(model_dir, REPO, token=hub_server.token, endpoint=hub_server.url) == first
     assert hub_server.commits(REPO) == commits  # nothing changed: no empty commit
 
-    write_model_card(model_dir, base_model="HuggingFaceTB/SmolLM2-135M-Instruct", datasets=["synthetic-small"],
-                     metrics=None, recipe=RECIPE, description="Retrained.")
+    write_model_card(model_dir, recipe={**RECIPE, "lora_r": 16})
     third = push_to_hub(model_dir, REPO, token=hub_server.token, endpoint=hub_server.url, commit_message="card")
     assert third != first
     assert hub_server.commits(REPO)[-1] == (third.rsplit("/", 1)[1], "card")
-    assert hub_server.repo_files(REPO) == local_files(model_dir)
+    assert hub_server.repo_files(REPO) == pushed_view(model_dir, REPO)
 
 
 def test_no_token_is_a_clear_error_and_nothing_is_sent(hub_server, model_dir):
@@ -124,7 +141,7 @@ def test_no_token_is_a_clear_error_and_nothing_is_sent(hub_server, model_dir):
 def test_token_from_environment(hub_server, model_dir, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", hub_server.token)
     push_to_hub(model_dir, REPO)
-    assert hub_server.repo_files(REPO) == local_files(model_dir)
+    assert hub_server.repo_files(REPO) == pushed_view(model_dir, REPO)
 
 
 def test_wrong_token_is_rejected(hub_server, model_dir):
@@ -175,29 +192,38 @@ def test_complete_directory_passes_the_check(model_dir):
 
 
 def test_model_card_front_matter_recipe_and_metrics(model_dir):
+    from huggingface_hub import ModelCard
+
     text = (model_dir / "README.md").read_text()
     front, body = re.fullmatch(r"---\n(.*?)\n---\n(.*)", text, re.DOTALL).groups()
     meta = yaml.safe_load(front)
-    assert meta == {"library_name": "st_instruct", "base_model": "HuggingFaceTB/SmolLM2-135M-Instruct",
-                    "datasets": ["synthetic-small"],
-                    "tags": ["time-series-forecasting", "spatio-temporal", "st_instruct"],
-                    "pipeline_tag": "time-series-forecasting"}
-    assert "from st_instruct.models.saving import load_forecaster" in body
+    assert meta["library_name"] == "peft" and meta["base_model_relation"] == "adapter"
+    assert meta["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"  # the Hub id, not the local alias
+    assert meta["datasets"] == ["synthetic-small"] and meta["pipeline_tag"] == "time-series-forecasting"
+    assert {"time-series-forecasting", "spatio-temporal", "st_instruct", "lora"} <= set(meta["tags"])
+    # the model-index holds the forecaster's own row, metric by metric (WAPE None: not reported)
+    results = ModelCard(text).data.eval_results
+    assert {(r.metric_name, r.metric_value) for r in results} == {("MAE", 3.25), ("RMSE", 5.5), ("MAPE", 0.21)}
+    assert {(r.dataset_name, r.dataset_split, r.dataset_config) for r in results} == {
+        ("synthetic-small", "test", "in-domain/1")}
+    assert body.startswith(f"\n# {model_dir.name}: an st_instruct forecaster on HuggingFaceTB/SmolLM2-135M-Instruct")
+    assert f'load_forecaster("{REPO_PLACEHOLDER}")' in body and 'get_dataset("synthetic-small")' in body
     recipe_block = re.search(r"```yaml\n(.*?)```", body, re.DOTALL).group(1)
     assert yaml.safe_load(recipe_block) == RECIPE
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
             for line in body.splitlines() if line.startswith("| ") and "model" not in line.split("|")[1]}
-    assert rows["stlink-smollm2"][:4] == ["3.250", "5.500", "0.210", "n/a"]
+    assert rows["st_forecaster"][:4] == ["3.250", "5.500", "0.210", "n/a"]
     assert rows["historical_average"][:4] == ["4.000", "6.000", "0.300", "0.250"]
-    assert "synthetic-small" in body and "history 12 -> horizon 12" in body
+    assert "Controls**: `st_forecaster_no_llm`" in body and "in-domain/1" in body
+    assert "History 12 -> horizon 12 steps, 3 windows" in body
 
 
 def test_model_card_without_metrics_or_recipe(tmp_path):
-    path = write_model_card(tmp_path / "m", base_model="gpt2", datasets=[], metrics=None, recipe=None)
+    path = write_model_card(tmp_path / "m")
     text = path.read_text()
     assert path.name == "README.md"
-    assert "(not evaluated yet)" in text and "(not recorded)" in text
-    assert yaml.safe_load(text.split("---\n")[1])["datasets"] == []
+    assert "(not evaluated yet" in text and "(not recorded)" in text
+    assert "model-index" not in text and "base_model" not in text
 
 
 def test_push_verb_of_the_cli(tmp_path, hub_server, capsys):
@@ -206,8 +232,7 @@ def test_push_verb_of_the_cli(tmp_path, hub_server, capsys):
 
     directory = tmp_path / "model"
     directory.mkdir()
-    write_model_card(directory, base_model="HuggingFaceTB/SmolLM2-135M-Instruct", datasets=["synthetic"],
-                     metrics=None, recipe=None)
+    write_model_card(directory)
     (directory / "st_forecaster_config.json").write_text("{}")
     save_file({"w": torch.zeros(2)}, str(directory / "st_modules.safetensors"))
     assert main(["push", str(directory), "--repo-id", "user/cli-model", "--token", hub_server.token]) == 0

@@ -248,6 +248,11 @@ def synthetic_names() -> list[str]:
     return ["synthetic"] + [f"synthetic-{city}" for city in SYNTHETIC_CITIES if city != "default"]
 
 
+def is_registered_name(name: str) -> bool:
+    """Whether ``name`` is a registered dataset or a synthetic city (rather than a path)."""
+    return name in DATASETS or name in synthetic_names()
+
+
 def unknown_name_message(name: str, extra_hint: str = "") -> str:
     """``unknown dataset 'nyc-txi'; did you mean 'nyc-taxi'? Known: ...`` (close names by difflib)."""
     known = list(DATASETS) + synthetic_names()

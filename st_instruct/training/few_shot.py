@@ -42,13 +42,15 @@ def few_shot_train_windows(num_train_windows: int, fraction: float) -> int:
 def few_shot_finetune(model_dir: str | Path, dataset: str, fraction: float, output_dir: str | Path, *,
                       data_dir: str | None = None, channels: list[str] | None = None, start: str | None = None,
                       end: str | None = None, steps: int | None = None, broadcast_channels: bool = False,
-                      seed: int = 0, spec: dict[str, Any] | None = None) -> Path:
+                      seed: int = 0, spec: dict[str, Any] | None = None, progress: bool = True) -> Path:
     """Fine-tune the forecaster in ``model_dir`` on the first ``fraction`` of ``dataset``'s train windows and save
     it to ``output_dir`` (returned). ``steps`` optimizer steps (default one pass over the few-shot samples);
     ``broadcast_channels`` trains a multi-channel model on a one-channel dataset (see ``STDataCollator``); ``spec``
     is the dataset specification given for ``dataset`` (``get_dataset`` keywords; in-domain the recipe's fills the
-    rest, see ``evaluation_config``), saved in the new folder's recipe.yaml so its evaluation uses it too."""
+    rest, see ``evaluation_config``), saved in the new folder's recipe.yaml so its evaluation uses it too.
+    ``progress=False`` turns off the trainer's progress bar and its per-step log lines (``disable_tqdm``)."""
     import yaml
+    from transformers import PrinterCallback
 
     from st_instruct.configs import parse_recipe, recipe_dict, train_dataclasses
     from st_instruct.data.prompts import save_template_copy
@@ -91,9 +93,12 @@ def few_shot_finetune(model_dir: str | Path, dataset: str, fraction: float, outp
     # the recipe's optimiser settings, with this run's length, folder and seed (and no checkpoints or evaluation)
     _, _, sft_config = parse_recipe(train_dataclasses(), [
         recipe_path, "--template", template, "--output_dir", str(output_dir), "--max_steps", str(steps),
-        "--save_strategy", "no", "--eval_strategy", "no", "--seed", str(seed)])
+        "--save_strategy", "no", "--eval_strategy", "no", "--seed", str(seed),
+        "--disable_tqdm", str(not progress).lower()])
     trainer = build_trainer(model, target, model_config, sft_config, train, tokenizer, backbone_seed,
                             broadcast_channels=trained_channels if broadcast_channels else None)
+    if not progress:
+        trainer.remove_callback(PrinterCallback)  # what the trainer prints per logging step instead of its bar
     trainer.train()
     trainer.save_model(str(output_dir))
     trainer.save_state()
@@ -104,8 +109,7 @@ def few_shot_finetune(model_dir: str | Path, dataset: str, fraction: float, outp
               "fraction": fraction, "train_windows": kept, "of_train_windows": windows.num_windows("train"),
               "train_samples": len(train), "steps": sft_config.max_steps, "broadcast_channels": broadcast_channels}
     (output_dir / FEW_SHOT_FILE).write_text(json.dumps(record, indent=2) + "\n")
-    write_model_card(output_dir, base_model=model_config.model_name_or_path,
-                     datasets=[*data_config.dataset_names, dataset], metrics=None, recipe=recipe)
+    write_model_card(output_dir, recipe=recipe)  # reads few_shot.json: the source, its datasets and this one
     return output_dir
 
 

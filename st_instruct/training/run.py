@@ -106,7 +106,8 @@ def build_forecaster(data_config: DataConfig, model_config: ModelConfig, seed: i
             raise RecipeError("head_skip_init: readout starts from a readout pretrained without RevIN; with revin: "
                               "true it would read normalised features in other units: drop one of them")
         load_readout_into_skip(model_config.st_encoder_init, model.regression_head)
-    if model_config.mrffn and model_config.mrffn_init == "kmeans":
+    if model_config.mrffn and model_config.mrffn_init == "kmeans" and load_pretrained:
+        # not for a caller that loads every weight next (few-shot): the trained memories replace the centroids
         init_memories_from_data(model, dataset["train"], tokenizer, seed=seed)
     if backbone is None:
         return model, tokenizer, dataset, no_backbone_report(model, frozen)
@@ -163,12 +164,14 @@ def learned_node_table_size(data_config: DataConfig) -> int:
 
 
 def init_memories_from_data(model: Any, train_dataset: Any, tokenizer: Any, patterns_per_slot: int = 16,
-                            batch_size: int = 8, seed: int = 0) -> None:
+                            batch_size: int = 8, seed: int = 0, progress: bool = True) -> None:
     """Initialise every MRFFN memory from "key historical patterns" (ST-LINK): the k-means centroids of what its
     wrapped MLP reads at the ``<st_his>`` tokens of training samples -- history windows encoded by the (freshly
-    built) model -- with ``patterns_per_slot`` times as many patterns as slots, samples drawn with ``seed``."""
+    built) model -- with ``patterns_per_slot`` times as many patterns as slots, samples drawn with ``seed``.
+    ``progress`` shows a bar of the patterns encoded (one forward pass per ``batch_size`` samples)."""
     import numpy as np
     import torch
+    from tqdm.auto import tqdm
 
     from st_instruct.models.mrffn import init_memory_from_patterns, memory_modules, recorded_inputs
     from st_instruct.models.regression_head import gather_positions
@@ -180,20 +183,22 @@ def init_memories_from_data(model: Any, train_dataset: Any, tokenizer: Any, patt
     collator = STDataCollator(tokenizer)
     patterns: list[list[torch.Tensor]] = [[] for _ in wrappers]
     found = 0
-    for lo in range(0, len(order), batch_size):
-        batch = collator([train_dataset[int(i)] for i in order[lo:lo + batch_size]])
-        records = []
-        with contextlib.ExitStack() as stack:
-            records = [stack.enter_context(recorded_inputs(w)) for w in wrappers]
-            model.predict(batch)
-        mask = batch["node_mask"]
-        for rows, record in zip(patterns, records, strict=True):
-            hidden = record[0]
-            rows.append(gather_positions(hidden, batch["his_positions"].to(hidden.device))[mask.to(hidden.device)]
-                        .float().cpu())
-        found += int(mask.sum())
-        if found >= wanted:
-            break
+    with tqdm(total=wanted, desc="k-means memory patterns", unit="pattern", disable=not progress) as bar:
+        for lo in range(0, len(order), batch_size):
+            batch = collator([train_dataset[int(i)] for i in order[lo:lo + batch_size]])
+            records = []
+            with contextlib.ExitStack() as stack:
+                records = [stack.enter_context(recorded_inputs(w)) for w in wrappers]
+                model.predict(batch)
+            mask = batch["node_mask"]
+            for rows, record in zip(patterns, records, strict=True):
+                hidden = record[0]
+                rows.append(gather_positions(hidden, batch["his_positions"].to(hidden.device))[mask.to(hidden.device)]
+                            .float().cpu())
+            bar.update(min(int(mask.sum()), wanted - found))
+            found += int(mask.sum())
+            if found >= wanted:
+                break
     slots = max(w.st_memory.slots for w in wrappers)
     if found < slots:
         raise RecipeError(f"mrffn_init: kmeans needs at least mrffn_slots = {slots} encoded history windows, the "
@@ -383,8 +388,9 @@ def train(data_config: DataConfig, model_config: ModelConfig, sft_config: Any,
     checkpoint removes the folder it created; one that fails later keeps its checkpoints. Only the main process
     writes and moves.
     """
+    from st_instruct.data.profile import write_data_profiles
     from st_instruct.data.prompts import save_template_copy
-    from st_instruct.hub import write_model_card
+    from st_instruct.hub import HubError, push_to_hub
     from st_instruct.models.saving import BACKBONE_FILE
     from st_instruct.outputs import check_writable, clean_stale_siblings, commit, is_nonempty, sibling, staged_into
 
@@ -407,10 +413,13 @@ def train(data_config: DataConfig, model_config: ModelConfig, sft_config: Any,
                 print(f"no CUDA device: training on the CPU (bf16 {sft_config.bf16}, activation checkpointing "
                       f"{sft_config.activation_checkpointing}; see configs.cpu_training_defaults)")
             print(report.summary())
+        recipe_dict(data_config, model_config, sft_config)  # its TrainingArguments defaults, made before the trainer
         evaluate = sft_config.eval_strategy != "no"
         trainer = build_trainer(model, data_config, model_config, sft_config, dataset["train"], tokenizer,
                                 sft_config.seed,
                                 eval_dataset=dataset["validation"] if evaluate else None)
+        # every checkpoint's card and the final one show the recipe as recipe.yaml will record it
+        trainer.card_recipe = lambda: {**recipe_dict(data_config, model_config, sft_config), "output_dir": str(output)}
         trainer.train(resume_from_checkpoint=resume)
         sft_config.output_dir = str(output)  # what recipe.yaml records
         if not main:
@@ -420,11 +429,9 @@ def train(data_config: DataConfig, model_config: ModelConfig, sft_config: Any,
                 trainer.save_model(str(staging))
                 trainer.state.save_to_json(str(staging / TRAINER_STATE_FILE))  # the log history
                 save_template_copy(staging, data_config)  # records template_sha256 for the recipe
+                write_data_profiles(staging, data_config)  # what forecasting new values needs (st_instruct.inference)
                 recipe = recipe_dict(data_config, model_config, sft_config)
                 (staging / RECIPE_FILE).write_text(yaml.safe_dump(recipe, sort_keys=False))
-                write_model_card(staging, base_model=model_config.model_name_or_path,
-                                 datasets=data_config.dataset_names, metrics=None, recipe=recipe,
-                                 description=control_card_note(model_config, sft_config.seed))
             if replacing:
                 commit(run_dir, output, overwrite=True)
             what = "forecaster" if model_config.control == "none" else f"{model_config.control} control"
@@ -437,4 +444,13 @@ def train(data_config: DataConfig, model_config: ModelConfig, sft_config: Any,
             discard_failed_run(run_dir, created)
         raise
     trainer.accelerator.wait_for_everyone()
+    if main and sft_config.push_to_hub:  # the complete folder, exactly as `st-instruct push` pushes it
+        repo_id = sft_config.hub_model_id or output.name
+        try:
+            url = push_to_hub(output, repo_id, token=sft_config.hub_token, private=bool(sft_config.hub_private_repo))
+        except HubError as err:
+            raise HubError(f"{err}. The trained model is saved in {output}: push it with `st-instruct push {output} "
+                           f"--repo-id {repo_id}`") from err
+        print(f"pushed {output} to the Hub: {url} (push_to_hub pushes the final folder; checkpoints stay local "
+              "whatever hub_strategy says)")
     return output

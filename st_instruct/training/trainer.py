@@ -155,16 +155,36 @@ class STSFTTrainer(SFTTrainer):
             loss = self.compute_loss(model, inputs)
         return loss.detach(), None, None
 
+    # what every saved folder's model card shows as its recipe (st_instruct.hub.write_model_card); set by the
+    # training entry, None: no card (a few-shot run writes its own at the end)
+    card_recipe: Any = None
+
     def create_model_card(self, *args: Any, **kwargs: Any) -> None:
-        """No TRL model card: the training entry writes st_instruct's (``st_instruct.hub.write_model_card``)."""
+        """No TRL model card: every save writes st_instruct's (``st_instruct.hub.write_model_card``)."""
+
+    def init_hf_repo(self, *args: Any, **kwargs: Any) -> None:
+        """No repo is made at start: with ``push_to_hub`` the training entry pushes the final folder once it is
+        complete, through ``st_instruct.hub.push_to_hub`` (the same files as ``st-instruct push``)."""
+
+    def push_to_hub(self, *args: Any, **kwargs: Any) -> None:
+        """Nothing is pushed from inside the trainer (see :meth:`init_hf_repo`): TRL's push would upload PEFT's card
+        and TensorBoard files without the recipe."""
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        """Checkpoints stay local (:meth:`init_hf_repo`)."""
 
     def _save(self, output_dir: str | None = None, state_dict: dict[str, torch.Tensor] | None = None) -> None:
-        """Checkpoint / final weights as :func:`save_forecaster` writes them, plus the training arguments."""
+        """Checkpoint / final weights as :func:`save_forecaster` writes them, the training arguments and the
+        project's model card (:attr:`card_recipe`)."""
         if not self.args.should_save:
             return
         output_dir = output_dir or self.args.output_dir
         save_forecaster(self.model, output_dir, self.backbone_source, self.processing_class, state_dict=state_dict)
         torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+        if self.card_recipe is not None:
+            from st_instruct.hub import write_model_card
+
+            write_model_card(output_dir, recipe=self.card_recipe() if callable(self.card_recipe) else self.card_recipe)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: torch.nn.Module | None = None) -> None:
         load_forecaster_weights(model if model is not None else self.model, resume_from_checkpoint)
