@@ -241,3 +241,22 @@ def test_push_verb_of_the_cli(tmp_path, hub_server, capsys):
     assert files["st_modules.safetensors"] == (directory / "st_modules.safetensors").read_bytes()
     assert main(["push", str(directory), "--repo-id", "user/cli-model"]) == 2  # no token: one clear line
     assert "no Hugging Face token" in capsys.readouterr().err
+
+
+def test_build_data_writes_a_dataset_card(tmp_path, tiny_backbone_dir):
+    from datasets import load_from_disk
+    from huggingface_hub import DatasetCard
+
+    from st_instruct.cli import main
+
+    out = tmp_path / "data"
+    assert main(["build-data", "smoke_sft", "--model_name_or_path", str(tiny_backbone_dir), "--dataset_cache_dir",
+                 str(tmp_path / "cache"), "--output", str(out)]) == 0
+    card = DatasetCard.load(out / "README.md")
+    assert card.data.task_categories == ["time-series-forecasting"] and "st_instruct" in card.data.tags
+    text = card.text
+    for fact in ("`train`: 16 samples", "[T, N, C] = [1344, 12, 2]", "inflow (trips/h)", "**z-scored**",
+                 "value = scaled * scaler_std + scaler_mean", "L = 12 history steps", "C = 2 channel(s)",
+                 "`forecast_node@1`", "history_mask", "granularity: node"):
+        assert fact in text, fact
+    assert len(load_from_disk(str(out))["train"]) == 16  # the card does not disturb the saved dataset
