@@ -157,6 +157,25 @@ def evaluation_config(trained: DataConfig, dataset: str, data_dir: str | None = 
     return config, protocol
 
 
+def report_rows(models: Sequence[str] | None, control_rows: Sequence[str] = (), generate_rationales: bool = False,
+                zero_shot: bool = False) -> list[str]:
+    """The rows an evaluation reports: the forecaster, its generated-rationale forecast, its controls
+    (``control_rows``, as :func:`read_control` names them), the baselines ``models`` (default all) and, zero-shot,
+    the same baselines fitted on the source (``NAME@source``); a baseline that cannot run is reported skipped."""
+    from st_instruct.evaluation.baselines import BASELINES, SOURCE_SUFFIX
+
+    baselines = list(BASELINES) if models is None else list(models)
+    return [MODEL_NAME, *([GENERATED_NAME] if generate_rationales else []), *control_rows, *baselines,
+            *([f"{name}{SOURCE_SUFFIX}" for name in baselines] if zero_shot else [])]
+
+
+def check_plot_models(plot_models: Sequence[str], rows: Sequence[str]) -> None:
+    """``ValueError`` (one line naming the known ``rows``) for a name of ``plot_models`` not among ``rows``."""
+    unknown = [name for name in plot_models if name not in rows]
+    if unknown:
+        raise ValueError(f"--plot-models {' '.join(unknown)}: not a row of this evaluation; known: {', '.join(rows)}")
+
+
 def _source_baselines(trained: DataConfig, target: Any, models: Sequence[str] | None, split: str, progress: bool,
                       seed: int) -> tuple[dict[str, dict], dict[str, Any]]:
     """The baselines fitted on the one source dataset of ``trained`` (windowed as the recipe windows it) and
@@ -178,8 +197,8 @@ def _source_baselines(trained: DataConfig, target: Any, models: Sequence[str] | 
 
 
 def scatter_predictions(model: Any, collator: Any, samples: Any, starts: np.ndarray, num_nodes: int,
-                        batch_size: int = 16, broadcast_channels: bool = False, predict: Any = None
-                        ) -> tuple[np.ndarray, np.ndarray, float]:
+                        batch_size: int = 16, broadcast_channels: bool = False, predict: Any = None,
+                        progress: bool = False, desc: str = "predicting") -> tuple[np.ndarray, np.ndarray, float]:
     """Predict every sample of ``samples`` (a tokenised split), batched by ``collator``
     (:func:`~st_instruct.training.vision_collator.build_collator` built with ``broadcast_channels`` alike), and
     place it in its window and nodes.
@@ -188,8 +207,11 @@ def scatter_predictions(model: Any, collator: Any, samples: Any, starts: np.ndar
     windows of the split in ``starts`` order; windows / nodes without a sample stay NaN / False. With
     ``broadcast_channels`` the samples have one channel, fed to every input channel of the model, and the forecast
     is the mean of its outputs (``C = 1``). ``predict(batch) -> [b, P, Nmax, C]`` replaces ``model.predict`` (the
-    generated-rationale forecast of :func:`~st_instruct.models.rationale.generate_forecast`).
+    generated-rationale forecast of :func:`~st_instruct.models.rationale.generate_forecast`). ``progress`` shows a
+    bar named ``desc``, advanced per sample (off by default: a caller with its own bar keeps just that one).
     """
+    from tqdm.auto import tqdm
+
     from st_instruct.training.collator import mean_over_channels
 
     if batch_size < 1:
@@ -200,26 +222,28 @@ def scatter_predictions(model: Any, collator: Any, samples: Any, starts: np.ndar
     pred = np.full((len(starts), config.horizon, num_nodes, channels), np.nan, dtype=np.float32)
     covered = np.zeros((len(starts), num_nodes), dtype=bool)
     seconds = 0.0
-    for lo in range(0, len(samples), batch_size):
-        rows = [samples[i] for i in range(lo, min(lo + batch_size, len(samples)))]
-        batch = collator(rows)
-        tic = time.perf_counter()
-        forecast = (predict or model.predict)(batch)  # [b, P, Nmax, C]
-        if broadcast_channels:
-            forecast = mean_over_channels(forecast)
-        out = forecast.float().cpu().numpy()
-        seconds += time.perf_counter() - tic
-        node_index = batch["node_index"].numpy()
-        node_mask = batch["node_mask"].numpy()
-        for b, row in enumerate(rows):
-            start = int(row["window_start"])
-            if start not in row_of:
-                raise ValueError(f"sample {row['sample_id']!r} starts at step {start}, not a test window of the "
-                                 "evaluation windows (the data or the split differ from the recipe's)")
-            r = row_of[start]
-            nodes = node_index[b][node_mask[b]]
-            pred[r][:, nodes] = out[b][:, node_mask[b]]
-            covered[r, nodes] = True
+    with tqdm(total=len(samples), desc=desc, unit="sample", disable=not progress) as bar:
+        for lo in range(0, len(samples), batch_size):
+            rows = [samples[i] for i in range(lo, min(lo + batch_size, len(samples)))]
+            batch = collator(rows)
+            tic = time.perf_counter()
+            forecast = (predict or model.predict)(batch)  # [b, P, Nmax, C]
+            if broadcast_channels:
+                forecast = mean_over_channels(forecast)
+            out = forecast.float().cpu().numpy()
+            seconds += time.perf_counter() - tic
+            bar.update(len(rows))
+            node_index = batch["node_index"].numpy()
+            node_mask = batch["node_mask"].numpy()
+            for b, row in enumerate(rows):
+                start = int(row["window_start"])
+                if start not in row_of:
+                    raise ValueError(f"sample {row['sample_id']!r} starts at step {start}, not a test window of "
+                                     "the evaluation windows (the data or the split differ from the recipe's)")
+                r = row_of[start]
+                nodes = node_index[b][node_mask[b]]
+                pred[r][:, nodes] = out[b][:, node_mask[b]]
+                covered[r, nodes] = True
     return pred, covered, seconds
 
 
@@ -228,22 +252,18 @@ def _generated_forecasts(model: Any, tokenizer: Any, collator: Any, samples: Any
                          progress: bool = True) -> dict[str, Any]:
     """:func:`scatter_predictions` of the forecasts read after a generated rationale (progress bar per sample),
     with the first three texts."""
-    from tqdm.auto import tqdm
-
     from st_instruct.models.rationale import generate_forecast
 
     examples: list[dict[str, Any]] = []
-    bar = tqdm(total=len(samples), desc="generating rationales", unit="sample", disable=not progress)
 
     def predict(batch: dict[str, Any]) -> Any:
         texts, forecast = generate_forecast(model, tokenizer, batch, max_new_tokens=max_new_tokens)
         examples.extend({"text": text} for text in texts[:max(0, 3 - len(examples))])
-        bar.update(len(texts))
         return forecast
 
-    with bar:
-        pred, covered, seconds = scatter_predictions(model, collator, samples, starts, num_nodes, batch_size,
-                                                     broadcast_channels, predict=predict)
+    pred, covered, seconds = scatter_predictions(model, collator, samples, starts, num_nodes, batch_size,
+                                                 broadcast_channels, predict=predict, progress=progress,
+                                                 desc="generating rationales")
     for example, sample in zip(examples, samples, strict=False):
         example.update(sample_id=sample["sample_id"], window_start=int(sample["window_start"]))
     return {"pred": pred, "covered": covered, "seconds": seconds, "examples": examples}
@@ -255,8 +275,8 @@ def evaluate_forecaster(model_dir: str | Path, dataset: str, data_dir: str | Non
                         models: Sequence[str] | None = None, progress: bool = True, seed: int = 0,
                         broadcast_channels: bool = False, spec: dict[str, Any] | None = None,
                         controls: Sequence[str | Path] = (), zero_shot_scaling: str = "window",
-                        generate_rationales: bool = False, max_new_tokens: int = 384
-                        ) -> tuple[dict[str, Any], dict[str, Any]]:
+                        generate_rationales: bool = False, max_new_tokens: int = 384,
+                        plot_models: Sequence[str] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """Score the forecaster in ``model_dir`` and the baselines ``models`` (default all) on the same windows.
 
     ``controls``: folders of controls of the forecaster's recipe (:func:`read_control`; at most one of each kind),
@@ -270,6 +290,13 @@ def evaluate_forecaster(model_dir: str | Path, dataset: str, data_dir: str | Non
     itself (:func:`~st_instruct.models.rationale.generate_forecast`, at most ``max_new_tokens``) as
     ``st_forecaster_generated``; ``report["generated_rationales"]`` keeps the first three texts with their windows.
 
+    ``plot_models``: the models the forecast figures will draw
+    (:func:`~st_instruct.evaluation.report.write_evaluation_outputs`), checked against the rows this evaluation
+    reports (:func:`report_rows`) before any slow work; ``ValueError`` naming those rows otherwise.
+
+    ``progress``: bars for the predictions of the forecaster and of each control, the generated rationales and
+    the baselines.
+
     ``spec``: the dataset specification given for this evaluation (``get_dataset`` keywords such as ``freq``,
     ``series_start``); in-domain the recipe's own specification fills the rest (:func:`evaluation_config`).
 
@@ -280,8 +307,8 @@ def evaluate_forecaster(model_dir: str | Path, dataset: str, data_dir: str | Non
 
     Returns ``(report, arrays)``: the report of :func:`~st_instruct.evaluation.protocols.make_report` with the
     forecaster as ``"st_forecaster"`` and ``report["protocol"]``; ``arrays`` holds ``target``, ``mask``,
-    ``predictions`` (``{model: [B, P, N, C]}``), ``starts`` (each window's first history step), ``times`` and
-    ``node_names`` for
+    ``predictions`` (``{model: [B, P, N, C]}``), ``starts`` (each window's first history step), ``times``,
+    ``node_names`` and ``units`` (one per channel) for
     :func:`~st_instruct.evaluation.report.write_evaluation_outputs`.
     """
     from st_instruct.data.builder import build_dataset
@@ -307,6 +334,9 @@ def evaluate_forecaster(model_dir: str | Path, dataset: str, data_dir: str | Non
         kind, config = "few-shot", dataclasses.replace(config, scaling=trained.scaling)
         protocol = (f"few-shot ({few_shot['fraction']:g} of the train split: the first {few_shot['train_windows']} "
                     f"windows; pre-trained on {', '.join(few_shot['pretrained_on'])})")
+    if plot_models is not None:
+        check_plot_models(plot_models, report_rows(models, list(control_rows), generate_rationales,
+                                                   zero_shot=kind == "zero-shot"))
     windows = prepare_windows(dataset, config.history, config.horizon, config.split, config.dataset_channels,
                               config.dataset_start, config.dataset_end, stride=config.stride,
                               data_dir=config.dataset_dir, spec=dataset_spec(config))
@@ -333,7 +363,7 @@ def evaluate_forecaster(model_dir: str | Path, dataset: str, data_dir: str | Non
     broadcast = trained_channels if broadcast_channels else None
     pred, covered, predict_seconds = scatter_predictions(
         model, build_collator(config, model, tokenizer, backbone_name, broadcast), samples, starts, data.num_nodes,
-        batch_size, broadcast_channels)
+        batch_size, broadcast_channels, progress=progress, desc=f"predicting ({MODEL_NAME})")
     generated: dict[str, Any] = {}
     if generate_rationales:
         generated = _generated_forecasts(model, tokenizer, build_collator(config, model, tokenizer, backbone_name,
@@ -354,7 +384,7 @@ def evaluate_forecaster(model_dir: str | Path, dataset: str, data_dir: str | Non
                              "samples; train the control from the same recipe")
         found, control_covered, control_seconds[name] = scatter_predictions(
             control, build_collator(config, control, tokenizer, backbone_name, broadcast), samples, starts,
-            data.num_nodes, batch_size, broadcast_channels)
+            data.num_nodes, batch_size, broadcast_channels, progress=progress, desc=f"predicting ({name})")
         if not np.array_equal(control_covered, covered):  # the same samples: cannot differ unless the code is wrong
             raise RuntimeError(f"the control {folder} covered other (window, node) pairs than the forecaster")
         control_preds[name] = np.nan_to_num(found[rows])
@@ -406,7 +436,8 @@ def evaluate_forecaster(model_dir: str | Path, dataset: str, data_dir: str | Non
     if broadcast_channels:
         report["broadcast_channels"] = f"one channel fed to the model's {trained_channels} and its outputs averaged"
     arrays = {"target": target["y"], "mask": mask, "predictions": predictions, "starts": starts[rows],
-              "times": window_times(windows, split_name)[rows], "node_names": data.node_names}
+              "times": window_times(windows, split_name)[rows], "node_names": data.node_names,
+              "units": list(data.units)}
     return report, arrays
 
 

@@ -85,37 +85,45 @@ def pick_nodes(target: np.ndarray, mask: np.ndarray, channel: int = 0, count: in
     return [int(n) for n in order[:count]]
 
 
-def plot_forecasts(path: str | Path, target: np.ndarray, predictions: Mapping[str, np.ndarray],
-                   mask: np.ndarray | None = None, nodes: Sequence[int] | None = None, channel: int = 0,
-                   node_names: Sequence[str] | None = None, window: int | None = None, units: str = "",
-                   max_nodes: int = 4, times: np.ndarray | None = None, max_windows: int | None = None,
-                   title: str | None = None, colors: Mapping[str, Any] | None = None) -> Path:
-    """Forecasts against the truth for a few nodes, one row of subplots per node, one line per model.
+def axis_label(name: str, unit: str = "") -> str:
+    """The y-axis label of a channel: ``"inflow (trips/h)"``, or the name alone when the unit is empty."""
+    return f"{name} ({unit})" if unit else name
 
-    Args:
-        path: the PNG to write (parent folders are created).
-        target: ``[B, P, N, C]`` truth in original units, NaN where missing, windows in time order.
-        predictions: ``{model: [B, P, N, C]}`` forecasts in original units on the same windows.
-        mask: ``[B, P, N, C]`` bool, True where the truth is observed; default: where ``target`` is finite.
-            Unobserved truth is not drawn (the line breaks).
-        nodes: which nodes to draw; default :func:`pick_nodes` (the ``max_nodes`` most observed).
-        channel: which channel to draw.
-        node_names: one name per node for the subplot titles.
-        window: draw this one window's full horizon (x = horizon step) instead of the traces below.
-        units: y-axis label (e.g. ``"trips/h"``).
-        times: ``[B, P]`` time of each target (:func:`window_times`); default: window ``b`` step ``h`` at
-            ``b + h`` (consecutive windows, stride 1).
-        max_windows: traces cover the first ``max_windows`` windows; default the windows of the first 7 days
-            (any number of windows without datetimes), at most ``MAX_TRACE_WINDOWS`` = 288 (a week of hourly
-            steps, a day of 5-minute steps).
-        title: figure title.
-        colors: ``{model: colour}`` (see :func:`model_colors`); default one colour per model in order.
 
-    Without ``window`` each node gets two panels over consecutive test windows: the *1-step-ahead* forecast
-    (``pred[b, 0]`` at the time of ``target[b, 0]``) and the *P-step-ahead* forecast (``pred[b, P-1]`` at the
-    time of ``target[b, P-1]``), both against the truth series, so the loss of accuracy with lead time is
-    visible at a glance. With ``P = 1`` there is one panel.
-    """
+def _time_step(times: np.ndarray) -> Any:
+    """The data's step in the units of ``times`` ``[B, P]``: between a window's first two targets, or with
+    ``P = 1`` the smallest spacing of the windows' targets (None for a single window)."""
+    if times.shape[1] > 1:
+        return times[0, 1] - times[0, 0]
+    spacing = np.diff(np.unique(times[:, 0]))
+    return spacing.min() if len(spacing) else None
+
+
+def _with_breaks(x: np.ndarray, y: np.ndarray, step: Any) -> tuple[np.ndarray, np.ndarray, bool]:
+    """``(x, y, isolated)``: the points of a line sorted by ``x``, with a NaN point inserted wherever two
+    consecutive points are more than ``step`` apart, so the line breaks there instead of joining across the gap
+    (a split with missing stretches, sampled windows, a stride). ``isolated``: some point has no neighbour to
+    join, so the line needs markers to be seen."""
+    order = np.argsort(x, kind="stable")
+    x, y = x[order], np.asarray(y, dtype=np.float64)[order]
+    gaps = np.zeros(0, dtype=np.int64) if step is None or len(x) < 2 else np.flatnonzero(np.diff(x) > step)
+    if len(gaps):
+        dated = _is_datetime(x)
+        middle = x[gaps] + (x[gaps + 1] - x[gaps]) / 2 if dated else (x[gaps] + x[gaps + 1]) / 2
+        x = np.insert(x if dated else x.astype(np.float64), gaps + 1, middle)
+        y = np.insert(y, gaps + 1, np.nan)
+    missing = np.isnan(y)
+    alone = np.concatenate([[True], missing[:-1]]) & np.concatenate([missing[1:], [True]]) & ~missing
+    return x, y, bool(alone.any())
+
+
+def forecast_figure(target: np.ndarray, predictions: Mapping[str, np.ndarray], mask: np.ndarray | None = None,
+                    nodes: Sequence[int] | None = None, channel: int = 0, node_names: Sequence[str] | None = None,
+                    window: int | None = None, channel_name: str | None = None, units: str = "",
+                    max_nodes: int = 4, times: np.ndarray | None = None, max_windows: int | None = None,
+                    title: str | None = None, colors: Mapping[str, Any] | None = None) -> Figure:
+    """The figure of :func:`plot_forecasts` (same arguments but the path), not saved: its axes and lines can be
+    read (``fig.axes``, ``ax.get_ylabel()``, ``line.get_ydata()``)."""
     target = np.asarray(target)
     times = None if times is None else np.asarray(times)
     _check_arrays(target, predictions, mask, times, channel)
@@ -137,6 +145,7 @@ def plot_forecasts(path: str | Path, target: np.ndarray, predictions: Mapping[st
     colors = dict(colors) if colors is not None else model_colors(list(predictions))
     truth = np.where(mask, target, np.nan)[..., channel]  # [B, P, N]
     dated = _is_datetime(times)
+    step = _time_step(times)
 
     if window is not None:
         panels = [("", None)]
@@ -155,7 +164,7 @@ def plot_forecasts(path: str | Path, target: np.ndarray, predictions: Mapping[st
     axes = fig.subplots(len(nodes), len(panels), squeeze=False, sharex=window is None, sharey="row")
     for row, n in enumerate(nodes):
         name = f"node {n}: {node_names[n]}" if node_names is not None else f"node {n}"
-        for col, (label, step) in enumerate(panels):
+        for col, (label, lead) in enumerate(panels):
             ax = axes[row, col]
             if window is not None:
                 x = np.arange(1, P + 1)
@@ -171,18 +180,20 @@ def plot_forecasts(path: str | Path, target: np.ndarray, predictions: Mapping[st
             else:
                 # The truth series: every target of the shown windows, each time once (windows overlap).
                 t_all, first = np.unique(times[shown].ravel(), return_index=True)
-                ax.plot(t_all, truth[shown, :, n].reshape(-1)[first], color=TRUTH_COLOR, lw=1.6, label="truth",
-                        zorder=3)
+                x, y, isolated = _with_breaks(t_all, truth[shown, :, n].reshape(-1)[first], step)
+                ax.plot(x, y, color=TRUTH_COLOR, lw=1.6, label="truth", zorder=3, marker="." if isolated else None,
+                        ms=4)
                 for model, pred in predictions.items():
-                    ax.plot(times[shown, step], np.asarray(pred)[shown, step, n, channel], color=colors[model],
-                            lw=1.0, alpha=0.9, label=model)
+                    x, y, isolated = _with_breaks(times[shown, lead], np.asarray(pred)[shown, lead, n, channel], step)
+                    ax.plot(x, y, color=colors[model], lw=1.0, alpha=0.9, label=model,
+                            marker="." if isolated else None, ms=4)
                 ax.set_title(f"{name}: {label}", fontsize=9)
                 if dated:
                     _format_time_axis(ax)
                 elif row == len(nodes) - 1:
                     ax.set_xlabel("time step of the target")
             if col == 0:
-                ax.set_ylabel(units or "value")
+                ax.set_ylabel(axis_label(channel_name or f"channel {channel}", units))
             ax.grid(alpha=0.3)
     handles, labels = axes[0, 0].get_legend_handles_labels()
     # Below the panels: above them it would collide with the title under constrained layout.
@@ -192,7 +203,48 @@ def plot_forecasts(path: str | Path, target: np.ndarray, predictions: Mapping[st
         title = f"{title + ': ' if title else ''}window {window}{when}"
     if title:
         fig.suptitle(title, fontsize=11)
-    return _save(fig, path)
+    return fig
+
+
+def plot_forecasts(path: str | Path, target: np.ndarray, predictions: Mapping[str, np.ndarray],
+                   mask: np.ndarray | None = None, nodes: Sequence[int] | None = None, channel: int = 0,
+                   node_names: Sequence[str] | None = None, window: int | None = None,
+                   channel_name: str | None = None, units: str = "", max_nodes: int = 4,
+                   times: np.ndarray | None = None, max_windows: int | None = None, title: str | None = None,
+                   colors: Mapping[str, Any] | None = None) -> Path:
+    """Forecasts against the truth of one channel for a few nodes, one row of subplots per node, one line per
+    model; saved as a PNG at ``path`` (returned).
+
+    Args:
+        path: the PNG to write (parent folders are created).
+        target: ``[B, P, N, C]`` truth in original units, NaN where missing, windows in time order.
+        predictions: ``{model: [B, P, N, C]}`` forecasts in original units on the same windows; every one is drawn.
+        mask: ``[B, P, N, C]`` bool, True where the truth is observed; default: where ``target`` is finite.
+            Unobserved truth is not drawn (the line breaks).
+        nodes: which nodes to draw; default :func:`pick_nodes` (the ``max_nodes`` most observed).
+        channel: which channel to draw (one figure per channel: call once for each).
+        node_names: one name per node for the subplot titles.
+        window: draw this one window's full horizon (x = horizon step) instead of the traces below.
+        channel_name / units: the y-axis label, :func:`axis_label` (e.g. ``"inflow (trips/h)"``; the name alone
+            without a unit; default name ``"channel C"``).
+        times: ``[B, P]`` time of each target (:func:`window_times`); default: window ``b`` step ``h`` at
+            ``b + h`` (consecutive windows, stride 1).
+        max_windows: traces cover the first ``max_windows`` windows; default the windows of the first 7 days
+            (any number of windows without datetimes), at most ``MAX_TRACE_WINDOWS`` = 288 (a week of hourly
+            steps, a day of 5-minute steps).
+        title: figure title.
+        colors: ``{model: colour}`` (see :func:`model_colors`); default one colour per model in order.
+
+    Without ``window`` each node gets two panels over the test windows: the *1-step-ahead* forecast
+    (``pred[b, 0]`` at the time of ``target[b, 0]``) and the *P-step-ahead* forecast (``pred[b, P-1]`` at the
+    time of ``target[b, P-1]``), both against the truth series, so the loss of accuracy with lead time is
+    visible at a glance. With ``P = 1`` there is one panel. A line joins two points only when they are one data
+    step apart (the step between a window's first two targets; with ``P = 1`` the windows' smallest spacing):
+    across a gap between windows -- a split with missing stretches, sampled windows, a stride above 1 -- it
+    breaks (a NaN point in its data), and a point left alone gets a marker.
+    """
+    return _save(forecast_figure(target, predictions, mask, nodes, channel, node_names, window, channel_name, units,
+                                 max_nodes, times, max_windows, title, colors), path)
 
 
 def _as_float(value: Any) -> float:

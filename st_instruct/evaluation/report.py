@@ -16,7 +16,7 @@ keys: ``"city"``, ``"protocol"`` (e.g. ``"in-domain"``, ``"zero-shot (trained on
 for every scored baseline row; source-fitted rows are named ``MODEL@source``).
 
 :func:`write_evaluation_outputs` writes one evaluation's folder: ``results.json``, ``report.md`` and the PNG
-figures of :mod:`st_instruct.evaluation.plots`.
+figures of :mod:`st_instruct.evaluation.plots` (the error per horizon step; the forecasts, one figure per channel).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ import numpy as np
 from st_instruct.evaluation.metrics import METRICS
 from st_instruct.outputs import OutputExistsError, staged_output, write_text_atomic
 
+# the fixed files of an evaluation folder, beside forecasts_<channel>.png ("forecasts.png": one of an earlier version)
 EVALUATION_FILES = ("results.json", "report.md", "error_per_horizon.png", "forecasts.png")
 
 
@@ -222,23 +224,55 @@ def write_markdown_report(report: dict[str, Any], path: str | Path, plots: Seque
     return path
 
 
+def default_plot_models(results: Mapping[str, Mapping[str, Any]], available: Sequence[str]) -> list[str]:
+    """The models the forecast figures draw by default, among ``available`` (those with forecasts): every
+    forecaster row (``st_forecaster`` and ``st_forecaster_*``: its controls, its generated-rationale forecast) and
+    the best other row by averaged MAE (the strongest baseline); best MAE first."""
+    from st_instruct.evaluation.forecaster_eval import MODEL_NAME
+
+    ranked = _best_first({m: results.get(m, {}) for m in available})
+    ours = {m for m in ranked if m == MODEL_NAME or m.startswith(f"{MODEL_NAME}_")}
+    best_other = next((m for m in ranked if m not in ours), None)
+    return [m for m in ranked if m in ours or m == best_other]
+
+
+def forecast_figure_names(channels: Sequence[str]) -> list[str]:
+    """One PNG name per channel, ``forecasts_<channel>.png`` (lower case, runs of other characters as ``-``; the
+    channel index added where two names would clash or a name has no letter or digit)."""
+    slugs = [re.sub(r"[^0-9a-z]+", "-", str(name).lower()).strip("-") for name in channels]
+    return [f"forecasts_{slug if slug and slugs.count(slug) == 1 else f'{slug}-{c}'.lstrip('-')}.png"
+            for c, slug in enumerate(slugs)]
+
+
+def _is_evaluation_file(name: str) -> bool:
+    return name in EVALUATION_FILES or re.fullmatch(r"forecasts_[0-9a-z-]+\.png", name) is not None
+
+
 def write_evaluation_outputs(report: dict[str, Any], out_dir: str | Path, target: np.ndarray | None = None,
                              predictions: Mapping[str, np.ndarray] | None = None, mask: np.ndarray | None = None,
                              node_names: Sequence[str] | None = None, times: np.ndarray | None = None,
-                             units: str = "") -> dict[str, Path]:
-    """Write one evaluation into ``out_dir``: ``results.json``, ``error_per_horizon.png``, ``forecasts.png``
-    (only when ``target`` and ``predictions`` are given) and ``report.md`` linking the figures.
+                             units: Sequence[str] | None = None, plot_models: Sequence[str] | None = None
+                             ) -> dict[str, Path]:
+    """Write one evaluation into ``out_dir``: ``results.json``, ``error_per_horizon.png``, one
+    ``forecasts_<channel>.png`` per channel (:func:`forecast_figure_names`; only when ``target`` and
+    ``predictions`` are given) and ``report.md`` linking the figures.
 
     Args:
-        report: the schema above.
+        report: the schema above; its ``channels`` name the channels (default ``channel 0`` ...).
         target / mask: ``[B, P, N, C]`` test targets in original units and their observed mask
             (``STWindows.batch("test")["y"]`` / ``["y_mask"]``).
         predictions: ``{model: [B, P, N, C]}`` on the same windows, e.g. from
             ``run_baselines(..., return_predictions=True)`` plus the model's own.
-        node_names / times / units: passed to :func:`st_instruct.evaluation.plots.plot_forecasts` (``times``
-            from :func:`st_instruct.evaluation.plots.window_times`); the forecasts show channel 0.
+        node_names / times: passed to :func:`st_instruct.evaluation.plots.plot_forecasts` (``times`` from
+            :func:`st_instruct.evaluation.plots.window_times`: lines break where windows are not contiguous).
+        units: one unit per channel (``STData.units``) for the y-axis labels; empty: the channel name alone.
+        plot_models: the models the forecast figures draw (the error-per-horizon figure draws every row); default
+            :func:`default_plot_models` (the forecaster rows and the best other one). A model skipped by the run
+            (in ``report["skipped"]``) is left out -- the report says why; any other name without forecasts is a
+            ``ValueError`` naming the models that have them.
     Returns:
-        ``{"results", "error_per_horizon", "forecasts" (when drawn), "report"}`` -> written paths.
+        ``{"results", "error_per_horizon", "forecasts_<channel>" (when drawn, one per channel), "report"}`` ->
+        written paths.
     """
     from st_instruct.evaluation.plots import model_colors, plot_error_per_horizon, plot_forecasts
 
@@ -250,9 +284,29 @@ def write_evaluation_outputs(report: dict[str, Any], out_dir: str | Path, target
     names = [*order, *(m for m in (predictions or {}) if m not in results)]
     colors = model_colors(names)
     dataset = report.get("dataset", "")
+    shown: list[str] = []
+    if predictions is not None:
+        available = [m for m in names if m in predictions]
+        if plot_models is None:
+            shown = default_plot_models(results, available)
+        else:
+            unknown = [m for m in plot_models if m not in predictions and m not in (report.get("skipped") or {})]
+            if unknown:
+                raise ValueError(f"--plot-models {' '.join(unknown)}: no forecasts of that model in this evaluation; "
+                                 f"known: {', '.join(available)}")
+            shown = [m for m in available if m in plot_models]
+    channels = list(report.get("channels") or [])
+    if target is not None:
+        count = np.shape(target)[-1]
+        channels = channels if len(channels) == count else [f"channel {c}" for c in range(count)]
+        if isinstance(units, str):
+            raise ValueError(f"units must list one unit per channel (C={count}), found the string {units!r}")
+        units = list(units) if units is not None else [""] * count
+        if len(units) != count:
+            raise ValueError(f"units has {len(units)} entries, expected one per channel (C={count})")
     # staged: a crash leaves the previous evaluation (or nothing), never a part; a re-run replaces an earlier
     # evaluation once complete, but never a folder holding anything else
-    others = sorted(p.name for p in out_dir.iterdir() if p.name not in EVALUATION_FILES) if out_dir.is_dir() else []
+    others = sorted(p.name for p in out_dir.iterdir() if not _is_evaluation_file(p.name)) if out_dir.is_dir() else []
     if others:
         raise OutputExistsError(f"{out_dir} holds {', '.join(others[:5])}, not only an earlier evaluation's files; "
                                 "nothing was written: choose an empty or new --output folder")
@@ -262,11 +316,12 @@ def write_evaluation_outputs(report: dict[str, Any], out_dir: str | Path, target
             staging / "error_per_horizon.png", results, title=f"{dataset}: MAE per horizon step (test windows)",
             colors=colors)
         if target is not None and predictions is not None:
-            channel = (report.get("channels") or ["channel 0"])[0]
-            shown = {m: predictions[m] for m in names if m in predictions}
-            paths["forecasts"] = plot_forecasts(
-                staging / "forecasts.png", target, shown, mask=mask, node_names=node_names, times=times, units=units,
-                title=f"{dataset}: {channel}, forecast vs truth (test windows)", colors=colors)
+            drawn = {m: predictions[m] for m in shown}
+            for c, (channel, file) in enumerate(zip(channels, forecast_figure_names(channels), strict=True)):
+                paths[Path(file).stem] = plot_forecasts(
+                    staging / file, target, drawn, mask=mask, channel=c, node_names=node_names, times=times,
+                    channel_name=channel, units=units[c], colors=colors,
+                    title=f"{dataset}: {channel}, forecast vs truth (test windows)")
         figures = [p for key, p in paths.items() if key != "results"]
         paths["report"] = write_markdown_report(report, staging / "report.md", plots=figures)
     return {key: out_dir / path.name for key, path in paths.items()}

@@ -46,7 +46,8 @@ def test_in_domain_report_scores_model_and_baselines_on_the_same_windows(model_d
         assert {"MAE", "RMSE", "MAPE", "WAPE", "per_horizon", "fit_seconds", "predict_seconds"} <= set(result)
         assert len(result["per_horizon"]) == 12 and result["MAE"] is not None
     assert report["results"][MODEL_NAME]["fit_seconds"] == 0
-    assert (out / "report.md").is_file() and (out / "forecasts.png").is_file()
+    assert (out / "report.md").is_file()
+    assert (out / "forecasts_inflow.png").is_file() and (out / "forecasts_outflow.png").is_file()  # one per channel
     assert MODEL_NAME in (out / "report.md").read_text() and MODEL_NAME in capsys.readouterr().out
 
 
@@ -67,6 +68,47 @@ def test_forecaster_covers_every_node_of_the_sampled_windows_and_baselines_are_r
     metrics = horizon_metrics(full["last_value"][rows], target, mask)
     assert report["results"]["last_value"]["MAE"] == pytest.approx(metrics["MAE"])
     assert report["windows"]["test"] == 2
+
+
+def test_prediction_shows_a_progress_bar_unless_quiet_and_returns_the_units(model_dir, capsys):
+    capsys.readouterr()
+    _, arrays = evaluate_forecaster(model_dir, "synthetic-small", max_windows=2, models=["last_value"],
+                                    progress=True)
+    assert f"predicting ({MODEL_NAME})" in capsys.readouterr().err
+    assert arrays["units"] == ["trips/h", "trips/h"]
+    evaluate_forecaster(model_dir, "synthetic-small", max_windows=2, models=["last_value"], progress=False)
+    assert "predicting" not in capsys.readouterr().err
+
+
+def test_unknown_plot_models_is_one_line_naming_the_rows_before_any_work(model_dir, tmp_path, capsys, monkeypatch):
+    from st_instruct.models import saving
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model was loaded before --plot-models was checked")
+
+    monkeypatch.setattr(saving, "load_forecaster", no_load)
+    code = main(["evaluate", "--model", str(model_dir), "--dataset", "synthetic-small", "--models", "last_value",
+                 "ridge", "--plot-models", "st_forecaster", "ridgee", "--output", str(tmp_path / "e"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "--plot-models ridgee: not a row of this evaluation; known: st_forecaster, last_value, ridge" in err
+    # in-domain: no source-fitted rows (the command line accepted the name, the protocol refuses it)
+    with pytest.raises(ValueError, match="--plot-models ridge@source: not a row of this evaluation; known: "
+                                         "st_forecaster, ridge$"):
+        evaluate_forecaster(model_dir, "synthetic-small", models=["ridge"], plot_models=["ridge@source"])
+    assert not (tmp_path / "e").exists()
+
+
+def test_plot_models_selects_the_drawn_rows(model_dir, tmp_path, monkeypatch):
+    from st_instruct.evaluation import plots
+
+    drawn = []
+    monkeypatch.setattr(plots, "plot_forecasts", lambda path, target, predictions, **kw: drawn.append(
+        (kw["channel_name"], kw["units"], sorted(predictions))) or Path(path))
+    assert main(["evaluate", "--model", str(model_dir), "--dataset", "synthetic-small", "--max-windows", "2",
+                 "--models", "last_value", "ridge", "--plot-models", "last_value", "--output", str(tmp_path / "e"),
+                 "--quiet"]) == 0
+    assert drawn == [("inflow", "trips/h", ["last_value"]), ("outflow", "trips/h", ["last_value"])]
 
 
 def test_zero_shot_on_another_city_with_other_node_count(model_dir, tmp_path):

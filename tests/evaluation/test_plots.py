@@ -12,6 +12,8 @@ from PIL import Image
 from st_instruct.data.stdata import STData
 from st_instruct.data.windows import build_windows
 from st_instruct.evaluation.plots import (
+    axis_label,
+    forecast_figure,
     model_colors,
     pick_nodes,
     plot_error_per_horizon,
@@ -88,6 +90,69 @@ def test_plot_forecasts_one_window_and_single_step(arrays, tmp_path):
     single = {name: pred[:, :1] for name, pred in arrays["predictions"].items()}
     assert_drawn_png(plot_forecasts(tmp_path / "p1.png", arrays["target"][:, :1], single, arrays["mask"][:, :1]),
                      min_size=(300, 250))
+
+
+def line_data(fig) -> dict[str, list[np.ndarray]]:
+    """``{label: [y data of each axes' line with that label]}`` of a figure."""
+    found: dict[str, list[np.ndarray]] = {}
+    for ax in fig.axes:
+        for line in ax.get_lines():
+            found.setdefault(line.get_label(), []).append(np.asarray(line.get_ydata(), dtype=np.float64))
+    return found
+
+
+def test_axis_label_names_the_channel_and_its_unit():
+    assert axis_label("inflow", "trips/h") == "inflow (trips/h)"
+    assert axis_label("inflow", "") == "inflow"
+
+
+def test_forecast_figure_y_axis_carries_the_channel_and_unit(arrays):
+    fig = forecast_figure(arrays["target"], arrays["predictions"], arrays["mask"], nodes=[0, 2], channel=1,
+                          channel_name="outflow", units="trips/h", times=arrays["times"])
+    labels = [ax.get_ylabel() for ax in fig.axes]
+    assert labels == ["outflow (trips/h)", "", "outflow (trips/h)", ""]  # 2 nodes x (1 step, P steps) panels
+    fig = forecast_figure(arrays["target"], arrays["predictions"], nodes=[0], channel_name="speed")
+    assert fig.axes[0].get_ylabel() == "speed"  # no unit: the name alone
+    assert forecast_figure(arrays["target"], arrays["predictions"], nodes=[0], channel=1).axes[0].get_ylabel() \
+        == "channel 1"
+
+
+def test_forecast_figure_draws_the_given_channel(arrays):
+    """Each channel's figure shows that channel's values (the truth line of node 0 is the target's)."""
+    for channel in (0, 1):
+        fig = forecast_figure(arrays["target"], {}, arrays["mask"], nodes=[0], channel=channel,
+                              times=arrays["times"], max_windows=10)
+        truth = line_data(fig)["truth"][0]
+        expected = np.concatenate([arrays["target"][:10, 0, 0, channel], arrays["target"][9, 1:, 0, channel]])
+        np.testing.assert_allclose(truth, expected)
+
+
+def test_forecast_lines_break_where_windows_are_not_contiguous(arrays):
+    """Windows 0..19 and 40..59 (a gap of 20 hourly steps between them): every line holds a NaN point at the gap;
+    contiguous windows draw unbroken lines."""
+    kept = np.r_[0:20, 40:60]
+    target, mask, times = arrays["target"][kept], arrays["mask"][kept], arrays["times"][kept]
+    predictions = {name: pred[kept] for name, pred in arrays["predictions"].items()}
+    lines = line_data(forecast_figure(target, predictions, mask, nodes=[0], times=times))
+    assert set(lines) == {"truth", "good", "flat"}
+    for label, panels in lines.items():
+        for y in panels:
+            assert np.isnan(y).sum() == 1, label  # one break, at the gap
+            before = int(np.flatnonzero(np.isnan(y))[0])
+            assert np.isfinite(y[:before]).all() and np.isfinite(y[before + 1:]).all(), label
+    contiguous = line_data(forecast_figure(arrays["target"][:40], {m: p[:40] for m, p in predictions.items()},
+                                           arrays["mask"][:40], nodes=[0], times=arrays["times"][:40]))
+    assert all(np.isfinite(y).all() for panels in contiguous.values() for y in panels)
+    # integer step times (no calendar) break the same way
+    steps = np.arange(len(target))[:, None] + np.arange(4)[None, :]
+    steps[20:] += 20
+    assert all(np.isnan(y).sum() == 1 for y in line_data(forecast_figure(target, predictions, mask, nodes=[0],
+                                                                         times=steps))["good"])
+
+
+def test_forecast_figure_draws_exactly_the_given_models(arrays):
+    fig = forecast_figure(arrays["target"], {"flat": arrays["predictions"]["flat"]}, arrays["mask"], nodes=[0])
+    assert set(line_data(fig)) == {"truth", "flat"}
 
 
 def test_plot_forecasts_leaves_pyplot_alone(arrays, tmp_path):

@@ -16,6 +16,8 @@ from st_instruct.evaluation.metrics import METRICS, horizon_metrics
 from st_instruct.evaluation.plots import window_times
 from st_instruct.evaluation.protocols import make_report
 from st_instruct.evaluation.report import (
+    default_plot_models,
+    forecast_figure_names,
     format_horizon_table,
     format_results_table,
     horizon_steps_to_show,
@@ -132,20 +134,105 @@ def test_write_evaluation_outputs_on_real_baseline_run(small_run, tmp_path):
     test = windows.batch("test")
     paths = write_evaluation_outputs(report, tmp_path / "eval", test["y"], small_run["predictions"],
                                      test["y_mask"], node_names=data.node_names, times=window_times(windows),
-                                     units=data.units[0])
-    assert set(paths) == {"results", "report", "error_per_horizon", "forecasts"}
-    assert [p.name for p in paths.values()] == ["results.json", "error_per_horizon.png", "forecasts.png",
-                                                 "report.md"]
+                                     units=data.units)
+    assert set(paths) == {"results", "report", "error_per_horizon", "forecasts_inflow", "forecasts_outflow"}
+    assert [p.name for p in paths.values()] == ["results.json", "error_per_horizon.png", "forecasts_inflow.png",
+                                                 "forecasts_outflow.png", "report.md"]
     assert all(p.parent == tmp_path / "eval" for p in paths.values())
     saved = json.loads(paths["results"].read_text())
     assert set(saved["results"]) == set(MODELS) and saved["protocol"] == "in-domain"
     assert set(saved["results"]["last_value"]["per_horizon"]) == {str(h) for h in range(1, 7)}
     assert_png(paths["error_per_horizon"])
-    assert_png(paths["forecasts"])
+    assert_png(paths["forecasts_inflow"])
+    assert_png(paths["forecasts_outflow"])
     text = paths["report"].read_text()
-    assert "![error per horizon](error_per_horizon.png)" in text and "![forecasts](forecasts.png)" in text
+    assert "![error per horizon](error_per_horizon.png)" in text
+    assert "![forecasts inflow](forecasts_inflow.png)" in text
+    assert "![forecasts outflow](forecasts_outflow.png)" in text
     assert "- **Protocol**: in-domain" in text and "12 -> 6 steps" in text
     assert all(f"| {model} " in text for model in MODELS)
+    # a re-run replaces the earlier evaluation's files (its per-channel figures included)
+    assert write_evaluation_outputs(report, tmp_path / "eval")["results"].is_file()
+    assert not (tmp_path / "eval" / "forecasts_inflow.png").exists()
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """Spy on the forecast figures write_evaluation_outputs draws: one entry per figure with its channel, the
+    y-axis labels and the labels of the lines actually drawn (the real figure, built by forecast_figure)."""
+    from st_instruct.evaluation import plots
+
+    calls = []
+    real = plots.plot_forecasts
+
+    def spy(path, target, predictions, **kwargs):
+        options = {k: v for k, v in kwargs.items() if k != "colors"}
+        fig = plots.forecast_figure(target, predictions, **options)
+        calls.append({"file": Path(path).name, "channel": kwargs["channel"],
+                      "ylabels": {ax.get_ylabel() for ax in fig.axes} - {""},
+                      "lines": {line.get_label() for ax in fig.axes for line in ax.get_lines()} - {"truth"}})
+        return real(path, target, predictions, **kwargs)
+
+    monkeypatch.setattr(plots, "plot_forecasts", spy)
+    return calls
+
+
+def forecaster_run(horizon: int = 3, channels: tuple[str, ...] = ("inflow", "outflow")) -> tuple[dict, dict]:
+    """A report and forecasts ``[B=30, P, N=4, C]`` of the forecaster, its no-LLM control and three baselines
+    (``ridge`` the best of them, ``last_value`` skipped)."""
+    rng = np.random.default_rng(0)
+    target = rng.uniform(10, 50, (30, horizon, 4, len(channels)))
+    maes = {"st_forecaster": 2.0, "st_forecaster_no_llm": 3.0, "ridge": 2.5, "historical_average": 4.0,
+            "seasonal_naive_day": 5.0}
+    predictions = {name: target + rng.normal(0, mae, target.shape) for name, mae in maes.items()}
+    report = {"dataset": "toy", "channels": list(channels), "skipped": {"last_value": "no history"},
+              "results": {name: {**metrics(mae, horizon), "MAE": mae} for name, mae in maes.items()}}
+    return report, {"target": target, "predictions": predictions, "mask": np.ones(target.shape, dtype=bool)}
+
+
+def test_every_channel_gets_a_figure_with_its_unit(drawn, tmp_path):
+    report, arrays = forecaster_run(channels=("PM2.5", "NO2", "wind speed"))
+    paths = write_evaluation_outputs(report, tmp_path / "eval", **arrays, units=["µg/m³", "µg/m³", ""])
+    assert [call["file"] for call in drawn] == ["forecasts_pm2-5.png", "forecasts_no2.png",
+                                                "forecasts_wind-speed.png"]
+    assert [call["channel"] for call in drawn] == [0, 1, 2]
+    assert [call["ylabels"] for call in drawn] == [{"PM2.5 (µg/m³)"}, {"NO2 (µg/m³)"}, {"wind speed"}]
+    for key in ("forecasts_pm2-5", "forecasts_no2", "forecasts_wind-speed"):
+        assert_png(paths[key])
+    with pytest.raises(ValueError, match="units has 2 entries, expected one per channel"):
+        write_evaluation_outputs(report, tmp_path / "other", **arrays, units=["a", "b"])
+    with pytest.raises(ValueError, match="one unit per channel"):
+        write_evaluation_outputs(report, tmp_path / "other", **arrays, units="trips/h")
+
+
+def test_forecast_figures_draw_the_forecaster_its_controls_and_the_best_baseline_by_default(drawn, tmp_path):
+    report, arrays = forecaster_run()
+    write_evaluation_outputs(report, tmp_path / "eval", **arrays)
+    assert len(drawn) == 2 and all(call["lines"] == {"st_forecaster", "st_forecaster_no_llm", "ridge"}
+                                   for call in drawn)
+    assert default_plot_models(report["results"], list(arrays["predictions"])) == [
+        "st_forecaster", "ridge", "st_forecaster_no_llm"]  # best MAE first
+
+
+def test_plot_models_selects_the_lines(drawn, tmp_path):
+    report, arrays = forecaster_run()
+    write_evaluation_outputs(report, tmp_path / "a", **arrays, plot_models=["seasonal_naive_day", "st_forecaster"])
+    assert all(call["lines"] == {"seasonal_naive_day", "st_forecaster"} for call in drawn)
+    drawn.clear()
+    # a skipped baseline has no forecasts to draw: left out (the report lists it as skipped with the reason)
+    write_evaluation_outputs(report, tmp_path / "b", **arrays, plot_models=["last_value", "ridge"])
+    assert all(call["lines"] == {"ridge"} for call in drawn)
+    with pytest.raises(ValueError, match="--plot-models stid: no forecasts of that model in this evaluation; known: "
+                                         "st_forecaster, ridge, st_forecaster_no_llm, historical_average, "
+                                         "seasonal_naive_day"):
+        write_evaluation_outputs(report, tmp_path / "c", **arrays, plot_models=["stid"])
+    assert not (tmp_path / "c").exists()
+
+
+def test_forecast_figure_names():
+    assert forecast_figure_names(["inflow", "outflow"]) == ["forecasts_inflow.png", "forecasts_outflow.png"]
+    assert forecast_figure_names(["Speed", "speed", "°"]) == ["forecasts_speed-0.png", "forecasts_speed-1.png",
+                                                               "forecasts_2.png"]
 
 
 def test_write_evaluation_outputs_without_arrays(tmp_path):
