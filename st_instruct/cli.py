@@ -1,7 +1,8 @@
 """``st-instruct <verb>``: the command-line face of the package.
 
 Verbs: ``demo`` (the README's main job), ``data list | inspect | download``, ``baselines``, ``build-data``,
-``train``, ``pretrain`` (the ST encoder alone), ``evaluate``, ``push``.
+``train``, ``pretrain`` (the ST encoder alone), ``evaluate``, ``predict`` (forecast new values), ``explain``,
+``render``, ``recipes``, ``push``.
 Errors caused by the user's input (unknown dataset, bad file, bad split) are printed as one clear line with
 exit code 2 instead of a traceback.
 """
@@ -133,16 +134,20 @@ def _split_pretrain_flags(overrides: list[str]) -> tuple[list[str], list[str]]:
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
-    import st_instruct
-    from st_instruct.configs import parse_recipe, train_dataclasses
+    from st_instruct.configs import parse_recipe, shipped_dir, train_dataclasses
 
-    recipes = Path(st_instruct.__file__).resolve().parent.parent / "recipes"
+    recipes = shipped_dir("recipes")
     print("st-instruct demo: pretrain the ST encoder of the embedded synthetic city (demo_pretrain.yaml: STID's "
           "fusion blocks, forecast objective, no LLM, ~20 s), train the LLM forecaster of demo_sft.yaml from it "
           "(SmolLM2 on the CPU, a few minutes) and its no-LLM control (the same encoder and head, the backbone "
           "removed, the same budget), then evaluate both beside every baseline on the same test windows.", flush=True)
     started = time.perf_counter()
     pretrain_flags, recipe_flags = _split_pretrain_flags(args.overrides)
+    if args.quiet:  # the training bars too (recorded as disable_tqdm: true in the models' recipe.yaml)
+        from st_instruct.console import disable_library_progress_bars
+
+        disable_library_progress_bars()
+        recipe_flags = [*recipe_flags, "--disable_tqdm", "true"]
     output_dir = parse_recipe(train_dataclasses(), [str(recipes / "demo_sft.yaml"), *recipe_flags])[2].output_dir
     args.recipe, args.overrides = str(recipes / "demo_pretrain.yaml"), [
         *pretrain_flags, "--pretrain_output_dir", f"{output_dir}-pretrain"]
@@ -167,6 +172,7 @@ def _cmd_build_data(args: argparse.Namespace) -> None:
     from st_instruct.configs import parse_recipe, train_dataclasses
     from st_instruct.data.builder import build_dataset
     from st_instruct.data.st_tokens import add_st_tokens
+    from st_instruct.hub import write_dataset_card
     from st_instruct.models.backbones import get_tokenizer
     from st_instruct.outputs import check_writable, staged_output
 
@@ -189,6 +195,7 @@ def _cmd_build_data(args: argparse.Namespace) -> None:
     else:
         with staged_output(output, overwrite=args.overwrite, flag="--overwrite") as staging:
             dataset.save_to_disk(str(staging))
+            write_dataset_card(staging, data_config, dataset)
         sizes = ", ".join(f"{split} {len(ds)}" for split, ds in dataset.items())
         print(f"built {sizes} samples in {seconds:.1f} s; saved to {output}")
     for split in ("train", "validation", "test"):
@@ -200,12 +207,12 @@ def _cmd_build_data(args: argparse.Namespace) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> Path:
-    from st_instruct.configs import parse_recipe, train_dataclasses
-    from st_instruct.training.run import train
+    from st_instruct.launch import launch_training
 
-    # a flag, not a recipe key: recipe.yaml is saved with the model and must not overwrite anything when re-run
-    configs = parse_recipe(train_dataclasses(), [args.recipe, *args.overrides])
-    return train(*configs, overwrite_output_dir=args.overwrite)
+    # --overwrite is a flag, not a recipe key: recipe.yaml is saved with the model and must not overwrite anything
+    # when re-run. The demo trains through here too, in this process (its parser has no launch flags).
+    return launch_training(args.recipe, args.overrides, getattr(args, "num_processes", None),
+                           getattr(args, "accelerate_config", None), overwrite=args.overwrite)
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> Path:
@@ -213,7 +220,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> Path:
     from st_instruct.pretraining.run import pretrain
 
     configs = parse_recipe(PRETRAIN_DATACLASSES, [args.recipe, *args.overrides])
-    return pretrain(*configs, overwrite=args.overwrite)
+    return pretrain(*configs, overwrite=args.overwrite, progress=not getattr(args, "quiet", False))  # demo --quiet
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
@@ -223,6 +230,16 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     model_dir = Path(args.model)
     controls = args.controls or []
+    if args.quiet:
+        from st_instruct.console import disable_library_progress_bars
+
+        disable_library_progress_bars()
+    if args.plot_models:  # before any training: evaluate_forecaster checks again with the protocol known
+        from st_instruct.evaluation.forecaster_eval import MODEL_NAME, check_plot_models, read_control, report_rows
+
+        rows = [read_control(folder, model_dir) for folder in controls]
+        rows += [f"{MODEL_NAME}_{kind}" for kind in args.train_controls or []]
+        check_plot_models(args.plot_models, report_rows(args.models, rows, args.generate_rationales, zero_shot=True))
     if args.train_controls:
         from st_instruct.training.run import train_control
 
@@ -241,12 +258,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         outputs = [Path(tuned), *(Path(tuned).parent / f"{Path(tuned).name}-{Path(c).name}" for c in controls)]
         tuned_dirs = []
         for source, output in zip(sources, outputs, strict=True):
-            print(f"few-shot: fine-tuning {source} on the first {args.few_shot:g} of {args.dataset}'s train split "
-                  f"into {output}", flush=True)
+            if not args.quiet:
+                print(f"few-shot: fine-tuning {source} on the first {args.few_shot:g} of {args.dataset}'s train "
+                      f"split into {output}", flush=True)
             tuned_dirs.append(few_shot_finetune(source, args.dataset, args.few_shot, output, data_dir=args.data_dir,
                                                 channels=args.channels, start=args.start, end=args.end,
                                                 steps=args.few_shot_steps, broadcast_channels=args.broadcast_channels,
-                                                seed=args.seed, spec=_spec_kwargs(args)))
+                                                seed=args.seed, spec=_spec_kwargs(args), progress=not args.quiet))
         model_dir, controls = tuned_dirs[0], [str(folder) for folder in tuned_dirs[1:]]
     report, arrays = evaluate_forecaster(model_dir, args.dataset, data_dir=args.data_dir, channels=args.channels,
                                          start=args.start, end=args.end, max_windows=args.max_windows,
@@ -255,17 +273,41 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
                                          broadcast_channels=args.broadcast_channels, spec=_spec_kwargs(args),
                                          controls=controls, zero_shot_scaling=args.zero_shot_scaling,
                                          generate_rationales=args.generate_rationales,
-                                         max_new_tokens=args.max_new_tokens)
+                                         max_new_tokens=args.max_new_tokens, plot_models=args.plot_models)
     report["wall_seconds"] = round(time.perf_counter() - started, 2)
+    report["split_name"] = args.split_name
     output = Path(args.output or model_dir / f"eval-{Path(args.dataset).stem}")
     paths = write_evaluation_outputs(report, output, target=arrays["target"], predictions=arrays["predictions"],
-                                     mask=arrays["mask"], node_names=arrays["node_names"], times=arrays["times"])
+                                     mask=arrays["mask"], node_names=arrays["node_names"], times=arrays["times"],
+                                     units=arrays["units"], plot_models=args.plot_models)
     _print_report(report)
     for line in protocol_lines(report):
         print(line.removeprefix("- ").replace("**", ""))
     print(f"wall time {report['wall_seconds']:.1f} s; wrote {paths['results']}, {paths['report']} and the figures")
     if args.json:
         print(f"wrote {write_results_json(report, args.json)}")
+    from st_instruct.hub import record_evaluation
+
+    print(f"recorded in the model card {record_evaluation(model_dir, json.loads(paths['results'].read_text()))} "
+          "(model-index)")
+
+
+def _cmd_predict(args: argparse.Namespace) -> None:
+    from st_instruct.data.loaders import get_dataset
+    from st_instruct.inference import load_forecaster
+
+    forecaster = load_forecaster(args.model)
+    data = get_dataset(args.input, **_spec_kwargs(args))
+    result = forecaster.forecast_data(data, every_window=args.every_window, batch_size=args.batch_size,
+                                      rationale=args.rationale, max_new_tokens=args.max_new_tokens,
+                                      progress=not args.quiet, profile_name=args.name)
+    path = result.save(args.output)
+    source = f"the profile of {result.profile!r}" if result.profile else "zero-shot: the input's own metadata"
+    print(f"forecast {result.values.shape[0]} window(s) x {result.values.shape[1]} steps x {result.values.shape[2]} "
+          f"nodes x {result.values.shape[3]} channel(s) ({source}, scaling {result.scaling}); wrote {path}")
+    for item in result.rationales or []:
+        node = "" if item["node"] is None else f", node {result.node_names[item['node']]}"
+        print(f"\n===== rationale, window {item['window']}{node} =====\n{item['text']}")
 
 
 def _cmd_explain(args: argparse.Namespace) -> None:
@@ -356,11 +398,17 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--overwrite", action="store_true",
                        help="replace a non-empty --output folder (once the new dataset is completely saved)")
     build.set_defaults(func=_cmd_build_data)
-    train = verbs.add_parser("train", help="train the LLM forecaster of a recipe (one process)",
+    train = verbs.add_parser("train", help="train the LLM forecaster of a recipe, on one process or several",
                              description="Any recipe key can be overridden as a flag, e.g. --max_steps 10 (the "
-                             "dataset flags --freq, --series-start, ... too, as in build-data). For "
-                             "several processes: accelerate launch scripts/sft.py RECIPE.yaml")
-    train.add_argument("recipe", help="training recipe YAML (see recipes/*_sft.yaml)")
+                             "dataset flags --freq, --series-start, ... too, as in build-data). With "
+                             "--num_processes N and/or --accelerate_config it runs `accelerate launch -m "
+                             "st_instruct.train` for you (on the CPU when there is no CUDA device).")
+    train.add_argument("recipe", help="training recipe YAML, or a shipped recipe by name (`st-instruct recipes`)")
+    train.add_argument("--num_processes", default=None, metavar="N",
+                       help="processes to train on (default 1; several: DDP unless --accelerate_config says so)")
+    train.add_argument("--accelerate_config", default=None, metavar="ddp|zero2|zero3|single|FILE",
+                       help="a shipped accelerate config (recipes/accelerate/NAME.yaml) or an accelerate config file; "
+                       "without --num_processes its own num_processes applies")
     train.set_defaults(func=_cmd_train)
     pretrain = verbs.add_parser("pretrain", help="pretrain the ST encoder of a recipe (forecast or masked "
                                 "autoencoder; no LLM)", description="Any recipe key can be overridden as a flag, "
@@ -417,7 +465,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", default=None, help="also write the results JSON here")
     evaluate.add_argument("--output", default=None, help="folder for results.json, report.md and the figures "
                           "(default MODEL/eval-<dataset>)")
-    evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
+    evaluate.add_argument("--plot-models", nargs="+", default=None, metavar="NAME",
+                          help="rows drawn in the forecast figures, one per channel (default: st_forecaster, its "
+                          "controls and the best other row by MAE); the error-per-horizon figure draws every row")
+    evaluate.add_argument("--quiet", action="store_true", help="no progress bars (nor the libraries': model "
+                          "loading, tokenising) and no few-shot status lines")
     evaluate.set_defaults(func=_cmd_evaluate)
     explain = verbs.add_parser("explain", help="the rationale a rationale-trained forecaster (AirGPT) generates for "
                                "one window, beside its forecast and the truth")
@@ -430,6 +482,26 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--max-new-tokens", type=int, default=384, help="at most this many rationale tokens")
     _add_source_args(explain)
     explain.set_defaults(func=_cmd_explain)
+    predict = verbs.add_parser("predict", help="forecast the steps after a file of new values with a trained "
+                               "forecaster", description="The input is a series file (.npz/.npy/.h5/.csv, as `data "
+                               "inspect` reads) of at least the model's history length. An input with the training "
+                               "dataset's nodes and channels is completed from the model's data profile (node names, "
+                               "coordinates, graph, units, scaling) and forecast as evaluate forecasts; another node "
+                               "set is forecast zero-shot (each window scaled by its own history).")
+    predict.add_argument("--model", required=True, help="a trained forecaster folder, or a Hub repo id (USER/NAME)")
+    predict.add_argument("--input", required=True, help="series file of new values [T, N, C] with its timestamps")
+    predict.add_argument("--output", required=True, help="OUT.csv (a row per window, step and node) or OUT.npz")
+    predict.add_argument("--every-window", action="store_true", help="forecast every window of the input (the "
+                         "recipe's stride), not only the steps after its end")
+    predict.add_argument("--name", default=None, help="the training dataset the input belongs to (default: the one "
+                         "with its node and channel counts)")
+    predict.add_argument("--batch-size", type=int, default=16, help="samples per forward pass (default 16)")
+    predict.add_argument("--rationale", action="store_true", help="rationale-trained forecasters (AirGPT): write "
+                         "the rationale first, read the forecast after it, and print the texts")
+    predict.add_argument("--max-new-tokens", type=int, default=384, help="with --rationale: at most this many tokens")
+    predict.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_dataset_spec_args(predict)
+    predict.set_defaults(func=_cmd_predict)
     recipes = verbs.add_parser("recipes", help="list the shipped recipes; any verb taking a recipe takes one by name")
     recipes.set_defaults(func=_cmd_recipes)
     push = verbs.add_parser("push", help="push a trained forecaster folder to the Hugging Face Hub")
@@ -471,7 +543,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--output", default=None, help="folder for the evaluation (default <output_dir>/eval-synthetic)")
     demo.set_defaults(func=_cmd_demo, data_dir=None, channels=None, start=None, end=None, split_name="test",
                       broadcast_channels=False, few_shot=None, few_shot_steps=None, few_shot_output=None,
-                      controls=None, zero_shot_scaling="window", generate_rationales=False, max_new_tokens=384)
+                      controls=None, zero_shot_scaling="window", generate_rationales=False, max_new_tokens=384,
+                      plot_models=None)
     for sub in (baselines, demo):
         sub.add_argument("--models", nargs="+", default=None, help="subset of baselines (default: all)")
         sub.add_argument("--seed", type=int, default=0)
