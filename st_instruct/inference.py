@@ -181,7 +181,6 @@ class Forecaster:
         input is that dataset's (:meth:`_match_profile`); what the input says is kept."""
         import datasets
         import pyarrow as pa
-        from tqdm.auto import tqdm
 
         from st_instruct.data.builder import plan_source, record_batch, sample_columns, sample_features
         from st_instruct.data.prompts import load_template
@@ -230,7 +229,6 @@ class Forecaster:
         inputs = ForecastInputs(full_data=extended_full, windows=windows, image_value_ranges=ranges)
         collator = build_collator(config, self.model, self.tokenizer, self.backbone_name, forecast_inputs=inputs)
         texts: list[str] = []
-        bar = tqdm(total=len(samples), desc="forecasting", unit="sample", disable=not progress)
         predict = None
         if rationale:
             from st_instruct.models.rationale import generate_forecast
@@ -238,16 +236,9 @@ class Forecaster:
             def predict(batch: dict[str, Any]) -> Any:
                 found, forecast = generate_forecast(self.model, self.tokenizer, batch, max_new_tokens=max_new_tokens)
                 texts.extend(found)
-                bar.update(len(found))
                 return forecast
-        else:
-            def predict(batch: dict[str, Any]) -> Any:
-                forecast = self.model.predict(batch)
-                bar.update(len(batch["input_ids"]))
-                return forecast
-        with bar:
-            pred, _, _ = scatter_predictions(self.model, collator, samples, starts, extended.num_nodes, batch_size,
-                                             predict=predict)
+        pred, _, _ = scatter_predictions(self.model, collator, samples, starts, extended.num_nodes, batch_size,
+                                         predict=predict, progress=progress, desc="forecasting")
         index = extended.time_index()
         steps = starts[:, None] + L + np.arange(P)[None, :]
         times = steps if index is None else index.to_numpy()[steps]

@@ -308,7 +308,7 @@ def describe_freq(freq: str | None) -> str:
 
 def describe_date(ts: pd.Timestamp) -> str:
     """``"Tuesday, 8 January 2019"``."""
-    return f"{_DAYS[ts.dayofweek]}, {ts.day} {_MONTHS[ts.month - 1]} {ts.year}"
+    return f"{_DAYS[ts.day_of_week]}, {ts.day} {_MONTHS[ts.month - 1]} {ts.year}"
 
 
 class PeriodText:

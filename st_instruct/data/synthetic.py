@@ -431,7 +431,7 @@ def _hours(ts: pd.DatetimeIndex) -> np.ndarray:
 
 def _day_type(ts: pd.DatetimeIndex, holidays: list[str]) -> np.ndarray:
     """``[T]`` day type: 0 Mon-Thu, 1 Fri, 2 Sat, 3 Sun or public holiday."""
-    dow = ts.dayofweek.to_numpy()
+    dow = ts.day_of_week.to_numpy()
     day_type = np.select([dow <= 3, dow == 4, dow == 5], [0, 1, 2], default=3)
     if holidays:
         day_type[ts.normalize().isin(pd.DatetimeIndex(holidays))] = 3

@@ -198,7 +198,7 @@ def calendar_features(data: STData) -> tuple[np.ndarray, np.ndarray]:
     seconds = (ts - ts.normalize()).total_seconds().to_numpy()
     step_seconds = 86400.0 / data.steps_per_day
     tod = np.minimum((seconds // step_seconds).astype(np.int64), data.steps_per_day - 1)
-    return tod, ts.dayofweek.to_numpy().astype(np.int64)
+    return tod, ts.day_of_week.to_numpy().astype(np.int64)
 
 
 def build_windows(data: STData, history: int, horizon: int, split: str | tuple[float, ...] = "7:1:2",
