@@ -143,11 +143,10 @@ def _cmd_demo(args: argparse.Namespace) -> None:
           "removed, the same budget), then evaluate both beside every baseline on the same test windows.", flush=True)
     started = time.perf_counter()
     pretrain_flags, recipe_flags = _split_pretrain_flags(args.overrides)
-    if args.quiet:  # the training bars too (recorded as disable_tqdm: true in the models' recipe.yaml)
+    if args.quiet:  # the training bars too: _cmd_train records disable_tqdm: true in the models' recipe.yaml
         from st_instruct.console import disable_library_progress_bars
 
         disable_library_progress_bars()
-        recipe_flags = [*recipe_flags, "--disable_tqdm", "true"]
     output_dir = parse_recipe(train_dataclasses(), [str(recipes / "demo_sft.yaml"), *recipe_flags])[2].output_dir
     args.recipe, args.overrides = str(recipes / "demo_pretrain.yaml"), [
         *pretrain_flags, "--pretrain_output_dir", f"{output_dir}-pretrain"]
@@ -211,7 +210,13 @@ def _cmd_train(args: argparse.Namespace) -> Path:
 
     # --overwrite is a flag, not a recipe key: recipe.yaml is saved with the model and must not overwrite anything
     # when re-run. The demo trains through here too, in this process (its parser has no launch flags).
-    return launch_training(args.recipe, args.overrides, getattr(args, "num_processes", None),
+    overrides = args.overrides
+    if args.quiet:  # the trainer's bar off (disable_tqdm, kept in recipe.yaml), the libraries' bars too
+        from st_instruct.console import disable_library_progress_bars
+
+        disable_library_progress_bars()
+        overrides = [*overrides, "--disable_tqdm", "true"]
+    return launch_training(args.recipe, overrides, getattr(args, "num_processes", None),
                            getattr(args, "accelerate_config", None), overwrite=args.overwrite)
 
 
@@ -550,6 +555,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--seed", type=int, default=0)
         sub.add_argument("--json", default=None, help="write the results JSON here")
         sub.add_argument("--quiet", action="store_true", help="no progress bars")
+    train.add_argument("--quiet", action="store_true", help="no progress bars (the trainer prints its log lines "
+                       "every logging_steps instead)")
     for sub in (train, demo):
         sub.add_argument("--overwrite", action="store_true",
                          help="train although output_dir is not empty: the new run trains in a temporary sibling "

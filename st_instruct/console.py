@@ -21,8 +21,10 @@ and datasets (``tokenising``, ``Saving the dataset``) for a ``--quiet`` run; our
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
+from collections.abc import Iterator
 
 # (logger name, start of the message it logs) of each library message dropped
 DROPPED_LOG_MESSAGES = (
@@ -61,3 +63,17 @@ def disable_library_progress_bars() -> None:
 
     transformers_logging.disable_progress_bar()  # huggingface_hub's too
     datasets.disable_progress_bars()
+
+
+@contextlib.contextmanager
+def datasets_progress_bars(enabled: bool) -> Iterator[None]:
+    """Within the block, ``datasets``' bars (``tokenising``) on or off as ``enabled``; restored afterwards (a forecast
+    call tokenises a few samples and keeps its caller's console as it found it)."""
+    from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    was_disabled = are_progress_bars_disabled()
+    (enable_progress_bars if enabled else disable_progress_bars)()
+    try:
+        yield
+    finally:
+        (disable_progress_bars if was_disabled else enable_progress_bars)()

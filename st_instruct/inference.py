@@ -182,6 +182,7 @@ class Forecaster:
         import datasets
         import pyarrow as pa
 
+        from st_instruct.console import datasets_progress_bars
         from st_instruct.data.builder import plan_source, record_batch, sample_columns, sample_features
         from st_instruct.data.prompts import load_template
         from st_instruct.data.windows import StandardScaler, windows_at
@@ -222,7 +223,9 @@ class Forecaster:
         batches = [record_batch(sample_columns(plan, "test", np.arange(lo, min(lo + 256, len(starts))), template,
                                                config.granularity), schema)
                    for lo in range(0, len(starts), 256)]
-        samples = tokenize_dataset(datasets.Dataset(pa.Table.from_batches(batches, schema=schema)), self.tokenizer)
+        with datasets_progress_bars(progress):
+            samples = tokenize_dataset(datasets.Dataset(pa.Table.from_batches(batches, schema=schema)),
+                                       self.tokenizer)
         ranges = {}
         if profile is not None and profile.get("image_value_range") is not None:
             ranges[extended.name] = tuple(profile["image_value_range"])

@@ -83,3 +83,16 @@ def test_a_recipe_trains_evaluates_with_generated_rationales_and_explains(cli, t
     assert len([line for line in result.out.splitlines() if line.startswith("2013-")]) == 24  # one row per hour
     result = cli("explain", "--model", output, "--dataset", "beijing-air", "--window", "999")
     assert result.code == 2 and "--window 999 is outside the" in result.err
+    # the prediction API on raw values: all channels in (the wind graph reads wind), PM2.5 out, rationale first
+    from st_instruct import load_forecaster
+    from st_instruct.data.loaders import get_dataset
+
+    data = get_dataset("beijing-air")
+    forecaster = load_forecaster(output)
+    steps = slice(0, forecaster.history)
+    found = forecaster.forecast(data.values[steps], data.time_index()[steps], channels=data.channels,
+                                rationale=True, max_new_tokens=4)
+    assert found.values.shape == (1, forecaster.horizon, 12, 1) and found.channels == ["PM2.5"]
+    assert found.profile == "beijing-air" and found.rationales and all("text" in r for r in found.rationales)
+    plain = forecaster.forecast(data.values[steps], data.time_index()[steps], channels=data.channels)
+    assert plain.rationales is None and np.isfinite(plain.values).all()

@@ -2,6 +2,7 @@
 built from config and saved as a backbone folder a recipe names), through the real recipe -> trainer -> save ->
 load path; the adaptive fine-tuning choices of the vision tower (frozen / lora / full)."""
 
+import numpy as np
 import pytest
 import torch
 from test_trainer import SMOKE
@@ -110,3 +111,13 @@ def test_trained_vlm_card_push_and_reload_from_the_hub(vlm_dirs, tmp_path, hub_s
     batch = build_collator(data_config, here, tokenizer, str(vlm_dirs["llava"]))([rows[i] for i in range(2)])
     assert "pixel_values" in batch
     torch.testing.assert_close(there.predict(batch), here.predict(batch), atol=0, rtol=0)
+    # the prediction API on raw values: the images rendered from the input, coloured on training's range
+    from st_instruct import load_forecaster as load_model
+    from st_instruct.data.loaders import get_dataset
+
+    data = get_dataset("synthetic-small")
+    steps = slice(-12, None)
+    local = load_model(output).forecast(data.values[steps], data.time_index()[steps])
+    hub = load_model(copy).forecast(data.values[steps], data.time_index()[steps])
+    assert local.values.shape == (1, 12, 12, 2) and np.isfinite(local.values).all()
+    np.testing.assert_array_equal(hub.values, local.values)
