@@ -98,3 +98,9 @@ def test_the_card_snippet_runs_against_the_hub(pushed, hub_server, tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     assert "window" in run.stdout and "inflow" in run.stdout
     assert any((tmp_path / "hf").rglob("st_modules.safetensors"))  # it did download the repo
+    # offline, with the Hub unreachable, the cached copy is used and the network never asked
+    offline = {**env, "HF_HUB_OFFLINE": "1", "HF_ENDPOINT": "http://127.0.0.1:9"}
+    run = subprocess.run([sys.executable, "-c", snippet], cwd=tmp_path, env=offline, capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "inflow" in run.stdout
