@@ -210,7 +210,9 @@ def test_cli_train_writes_a_complete_model_directory(flags, tmp_path, capsys):
     expected = recipe(flags, output, "--lora_r", "4", "--template_sha256", saved["template_sha256"])
     assert again[:2] == expected[:2]  # the saved recipe also pins its template's checksum
     card = (output / "README.md").read_text()
-    assert "base_model:" in card and "lora_r: 4" in card and "synthetic-small" in card
+    assert "lora_r: 4" in card and "synthetic-small" in card and "library_name: peft" in card
+    # a local base folder is no Hub id: the card names it in the text, never as the Hub's base_model
+    assert "base_model:" not in card and f"forecaster on {flags[1]}" in card
 
 
 def test_bad_input_is_one_clear_line(flags, tmp_path, capsys):
