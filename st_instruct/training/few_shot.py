@@ -53,6 +53,7 @@ def few_shot_finetune(model_dir: str | Path, dataset: str, fraction: float, outp
     from transformers import PrinterCallback
 
     from st_instruct.configs import parse_recipe, recipe_dict, train_dataclasses
+    from st_instruct.data.profile import write_data_profiles
     from st_instruct.data.prompts import save_template_copy
     from st_instruct.data.windows import build_windows
     from st_instruct.evaluation.forecaster_eval import evaluation_config, find_recipe, trained_data_config
@@ -103,6 +104,7 @@ def few_shot_finetune(model_dir: str | Path, dataset: str, fraction: float, outp
     trainer.save_model(str(output_dir))
     trainer.save_state()
     save_template_copy(output_dir, target)  # the few-shot folder ships its template too
+    write_data_profiles(output_dir, target)  # what forecasting the target's new values needs (st_instruct.inference)
     recipe = recipe_dict(target, model_config, sft_config)
     (output_dir / RECIPE_FILE).write_text(yaml.safe_dump(recipe, sort_keys=False))
     record = {"source_model": str(model_dir), "pretrained_on": list(data_config.dataset_names), "dataset": dataset,

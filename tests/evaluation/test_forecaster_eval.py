@@ -184,6 +184,10 @@ def test_few_shot_fine_tunes_on_the_first_windows_then_reports_beside_baselines_
                  "--models", "historical_average", "--output", str(tmp_path / "e"), "--quiet"])
     assert code == 0
     record = json.loads((tuned / "few_shot.json").read_text())
+    # the few-shot folder forecasts its target's new values on its own: its data profile is the target's, and its card
+    # records the evaluation it just had
+    assert list(json.loads((tuned / "st_data_profile.json").read_text())["datasets"]) == ["synthetic-small"]
+    assert "few-shot" in (tuned / "README.md").read_text() and (tuned / "st_evaluations.json").is_file()
     windows = prepare_windows("synthetic-small")
     kept = int(np.ceil(0.005 * windows.num_windows("train")))
     assert record["train_windows"] == kept and record["steps"] == 2
