@@ -13,7 +13,9 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
 def _add_window_args(parser: argparse.ArgumentParser) -> None:
@@ -570,10 +572,16 @@ def main(argv: list[str] | None = None) -> int:
     if overrides and args.verb not in ("build-data", "train", "demo", "pretrain"):
         build_parser().error(f"unrecognized arguments: {' '.join(overrides)}")
     args.overrides = overrides
+    return run_reporting_input_errors(f"st-instruct {args.verb}", lambda: args.func(args))
+
+
+def run_reporting_input_errors(prog: str, action: Callable[[], Any]) -> int:
+    """Run ``action``; an error caused by the user's input (``ValueError``: STDataError, RecipeError, ...; ``OSError``:
+    an unreadable file) is printed as one line ``PROG: error: ...`` with exit status 2, never a traceback."""
     try:
-        args.func(args)
-    except (ValueError, OSError) as err:  # bad input (STDataError, RecipeError, ...) or an unreadable file
-        print(f"st-instruct {args.verb}: error: {err}", file=sys.stderr)
+        action()
+    except (ValueError, OSError) as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
     return 0
 

@@ -67,10 +67,13 @@ def _folder_json(directory: Path, name: str) -> Any:
 
 
 def _folder_recipe(directory: Path) -> dict[str, Any] | None:
-    for candidate in (directory / "recipe.yaml", directory.parent / "recipe.yaml"):
-        if candidate.is_file():
-            return yaml.safe_load(candidate.read_text())
-    return None
+    """The folder's recipe.yaml (a checkpoint's: its parent's) as a mapping; ``None`` when it has none."""
+    from st_instruct.evaluation.forecaster_eval import find_recipe
+
+    try:
+        return yaml.safe_load(find_recipe(directory).read_text())
+    except FileNotFoundError:
+        return None
 
 
 def read_evaluations(directory: str | Path) -> list[dict[str, Any]]:

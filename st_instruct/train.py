@@ -24,13 +24,13 @@ def main(argv: list[str] | None = None, prog: str = "python -m st_instruct.train
     """Parse ``RECIPE [--k v] [--overwrite]`` and train; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     overwrite = OVERWRITE_FLAG in argv  # as `st-instruct train --overwrite`: a flag, never a recipe key
-    try:
+    from st_instruct.cli import run_reporting_input_errors
+
+    def run() -> None:
         configs = parse_recipe(train_dataclasses(), [arg for arg in argv if arg != OVERWRITE_FLAG])
         train(*configs, overwrite_output_dir=overwrite)
-    except (ValueError, OSError) as err:  # bad input (RecipeError, STDataError, ...) or an unreadable file
-        print(f"{prog}: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_reporting_input_errors(prog, run)
 
 
 if __name__ == "__main__":
