@@ -301,17 +301,24 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 
 def _cmd_predict(args: argparse.Namespace) -> None:
     from st_instruct.data.loaders import get_dataset
-    from st_instruct.inference import load_forecaster
+    from st_instruct.inference import check_forecast_output, load_forecaster
 
+    check_forecast_output(args.output, args.overwrite)  # before the slow work
     forecaster = load_forecaster(args.model)
     data = get_dataset(args.input, **_spec_kwargs(args))
     result = forecaster.forecast_data(data, every_window=args.every_window, batch_size=args.batch_size,
                                       rationale=args.rationale, max_new_tokens=args.max_new_tokens,
-                                      progress=not args.quiet, profile_name=args.name)
-    path = result.save(args.output)
-    source = f"the profile of {result.profile!r}" if result.profile else "zero-shot: the input's own metadata"
-    print(f"forecast {result.values.shape[0]} window(s) x {result.values.shape[1]} steps x {result.values.shape[2]} "
-          f"nodes x {result.values.shape[3]} channel(s) ({source}, scaling {result.scaling}); wrote {path}")
+                                      progress=not args.quiet, profile_name=args.name, fill_gaps=args.fill_gaps,
+                                      **({} if args.min_observed is None else {"min_observed": args.min_observed}))
+    path = result.save(args.output, overwrite=args.overwrite)
+    W, P, N, C = result.values.shape
+    print(f"input: {result.routing}")
+    if result.withheld:
+        first = result.withheld[0]
+        print(f"withheld {len(result.withheld)} of {W} window(s) (NaN in the output): too little of their history "
+              f"observed, below --min-observed {result.min_observed:g} (first: window {first}, issued "
+              f"{result.issued[first]}, {result.observed[first]:.0%} observed)")
+    print(f"forecast {W - len(result.withheld)} window(s) x {P} steps x {N} nodes x {C} channel(s); wrote {path}")
     for item in result.rationales or []:
         node = "" if item["node"] is None else f", node {result.node_names[item['node']]}"
         print(f"\n===== rationale, window {item['window']}{node} =====\n{item['text']}")
@@ -506,6 +513,14 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--rationale", action="store_true", help="rationale-trained forecasters (AirGPT): write "
                          "the rationale first, read the forecast after it, and print the texts")
     predict.add_argument("--max-new-tokens", type=int, default=384, help="with --rationale: at most this many tokens")
+    predict.add_argument("--min-observed", type=float, default=None, metavar="SHARE",
+                         help="forecast only windows with at least this share of their history observed (not NaN, "
+                         "not the null value; default a quarter, input_checks.DEFAULT_MIN_OBSERVED); the others are "
+                         "NaN in the output and listed. A history with nothing observed is never forecast")
+    predict.add_argument("--fill-gaps", action="store_true", help="insert steps missing from the input's "
+                         "timestamps as unobserved (without it an irregular clock is refused)")
+    predict.add_argument("--overwrite", action="store_true", help="replace an existing --output file (once the new "
+                         "one is complete)")
     predict.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_dataset_spec_args(predict)
     predict.set_defaults(func=_cmd_predict)

@@ -20,11 +20,17 @@ Each window's ``history`` steps end where its forecast starts. By default only t
 ``horizon`` steps after the input); ``every_window=True`` forecasts every window of the input with the recipe's stride
 -- the last ``horizon`` of them reach past its end. The same call serves every model kind: text forecasters, VLM
 forecasters (images rendered from the input as in training, coloured on the training range) and the no-LLM control in
-one forward pass; a rationale-trained forecaster with ``rationale=True`` also returns the text it writes."""
+one forward pass; a rationale-trained forecaster with ``rationale=True`` also returns the text it writes.
+
+New values are checked where they enter (:mod:`st_instruct.data.input_checks`): an irregular clock, unknown channel
+names and values far outside the training range are refused naming the culprit, named channels are put in the model's
+order, and a window whose history is mostly unobserved gets no forecast (NaN, listed in ``Forecast.withheld``).
+``Forecast.routing`` says which profile was used, or why the input was forecast zero-shot."""
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +38,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from st_instruct.data.input_checks import (
+    DEFAULT_MIN_OBSERVED,
+    check_timestamps,
+    check_value_range,
+    observed_fractions,
+    order_channels,
+    regular_clock,
+)
 from st_instruct.data.stdata import STData, STDataError
+
+FORECAST_SUFFIXES = (".csv", ".npz")
+SCALING_TEXT = {"train": "values z-scored with its train-split statistics",
+                "window": "each window z-scored with its own history's statistics"}
 
 
 @dataclass
@@ -57,8 +75,12 @@ class Forecast:
         node_names / channels / units: one per node / channel.
         scaling: ``train`` (the training dataset's statistics) or ``window`` (each window's own history).
         profile: the training dataset whose profile completed the input, or ``None`` (a zero-shot input).
-        rationales: with ``rationale=True``, one ``{"window", "node", "text"}`` per sample (``node`` is ``None``
-            for a graph-level recipe, whose one sample covers every node).
+        routing: one sentence: which profile completed the input and why, or why it was forecast zero-shot.
+        observed: ``[W]`` the share of each window's history that was observed.
+        withheld: indices of the windows not forecast (their ``values`` NaN): less than ``min_observed`` of their
+            history observed.
+        rationales: with ``rationale=True``, one ``{"window", "node", "text"}`` per forecast sample (``node`` is
+            ``None`` for a graph-level recipe, whose one sample covers every node).
     """
 
     values: np.ndarray
@@ -70,6 +92,10 @@ class Forecast:
     units: list[str]
     scaling: str
     profile: str | None
+    routing: str
+    observed: np.ndarray
+    withheld: list[int]
+    min_observed: float
     rationales: list[dict[str, Any]] | None = None
 
     def to_frame(self) -> pd.DataFrame:
@@ -86,25 +112,40 @@ class Forecast:
             frame[name] = self.values[..., c].reshape(-1)
         return frame
 
-    def save(self, path: str | Path) -> Path:
+    def save(self, path: str | Path, overwrite: bool = False) -> Path:
         """Write ``.csv`` (:meth:`to_frame`) or ``.npz`` (``values``, ``times`` / ``issued`` as ISO text or step
-        indices, ``window_starts``, ``node_names``, ``channels``, ``units``, ``scaling``); returns the path."""
-        path = Path(path)
-        if path.suffix not in (".csv", ".npz"):
-            raise ValueError(f"--output {path}: the forecast is written as .csv or .npz, not "
-                             f"{path.suffix or 'a file without extension'}")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.suffix == ".csv":
-            self.to_frame().to_csv(path, index=False)
-        else:
-            def text(times: np.ndarray) -> np.ndarray:
-                return np.datetime_as_string(times, unit="s") if np.issubdtype(times.dtype, np.datetime64) else times
+        indices, ``window_starts``, ``node_names``, ``channels``, ``units``, ``scaling``, ``observed``,
+        ``withheld``); returns the path. Staged (:func:`~st_instruct.outputs.staged_file`): an existing file is
+        refused unless ``overwrite``, and is replaced only once the new one is complete."""
+        from st_instruct.outputs import staged_file
 
-            np.savez(path, values=self.values, times=text(self.times), issued=text(self.issued),
-                     window_starts=self.window_starts, node_names=np.asarray(self.node_names),
-                     channels=np.asarray(self.channels), units=np.asarray(self.units),
-                     scaling=np.asarray(self.scaling))
+        def text(times: np.ndarray) -> np.ndarray:
+            return np.datetime_as_string(times, unit="s") if np.issubdtype(times.dtype, np.datetime64) else times
+
+        path = check_forecast_output(path, overwrite)
+        with staged_file(path, overwrite) as staged:
+            if path.suffix == ".csv":
+                self.to_frame().to_csv(staged, index=False)
+            else:
+                with open(staged, "wb") as file:  # a file object: np.savez appends .npz to a name without it
+                    np.savez(file, values=self.values, times=text(self.times), issued=text(self.issued),
+                             window_starts=self.window_starts, node_names=np.asarray(self.node_names),
+                             channels=np.asarray(self.channels), units=np.asarray(self.units),
+                             scaling=np.asarray(self.scaling), observed=self.observed,
+                             withheld=np.asarray(self.withheld, dtype=np.int64))
         return path
+
+
+def check_forecast_output(path: str | Path, overwrite: bool = False) -> Path:
+    """``path`` if a forecast can be written there (``.csv`` or ``.npz``; :func:`~st_instruct.outputs.
+    check_output_file`), checked before any slow work; else one error naming it."""
+    from st_instruct.outputs import check_output_file
+
+    path = Path(path)
+    if path.suffix not in FORECAST_SUFFIXES:
+        raise ValueError(f"--output {path}: the forecast is written as .csv or .npz, not "
+                         f"{path.suffix or 'a file without extension'}")
+    return check_output_file(path, overwrite)
 
 
 class Forecaster:
@@ -137,7 +178,8 @@ class Forecaster:
                  coord_kind: str | None = None, adjacency: Any = None, channels: list[str] | None = None,
                  units: list[str] | None = None, name: str | None = None, city: str | None = None,
                  every_window: bool = False, batch_size: int = 16, rationale: bool = False,
-                 max_new_tokens: int = 384, progress: bool = False) -> Forecast:
+                 max_new_tokens: int = 384, progress: bool = False, min_observed: float = DEFAULT_MIN_OBSERVED,
+                 fill_gaps: bool = False) -> Forecast:
         """Forecast the ``horizon`` steps after ``history`` (module docstring).
 
         Args:
@@ -149,32 +191,39 @@ class Forecaster:
                 training dataset's step by default.
             node_names / coordinates (``[N, 2]``, ``coord_kind`` ``latlon`` | ``xy`` | ``grid``) / adjacency
                 (``[N, N]``) / channels / units / city: the input's own metadata; what is not given comes from the
-                training dataset's profile when the input has its nodes and channels.
+                training dataset's profile when the input has its nodes and channels. Named channels are matched to
+                the model's by name (and reordered); unnamed ones are read by position.
             name: the training dataset this input belongs to (default: the one whose node and channel counts it
                 has); another name forecasts it zero-shot under that name.
             every_window: forecast every window of the input (stride of the recipe), not only the last.
             batch_size: samples per forward pass.
             rationale: a rationale-trained (AirGPT) forecaster writes its rationale first and the forecast is read
                 after it; the texts come back in ``Forecast.rationales``.
+            min_observed: windows with a smaller share of their history observed get no forecast (NaN, listed in
+                ``Forecast.withheld``); a window with nothing observed never does. All windows withheld: an error.
+            fill_gaps: insert steps missing from ``timestamps`` as unobserved instead of refusing the input.
         """
         values, timestamps, frame_nodes, frame_channels = _history_array(history, timestamps)
-        if freq is None and timestamps is not None:
+        if timestamps is not None:
             from st_instruct.data.files import infer_freq
 
-            freq = infer_freq(pd.DatetimeIndex(timestamps))
+            timestamps = check_timestamps(timestamps)
+            freq = freq or infer_freq(timestamps)
         data = STData(values=values, name=name or "input", city=city or "", freq=freq,
-                      timestamps=None if timestamps is None else pd.DatetimeIndex(timestamps),
+                      timestamps=timestamps,
                       no_calendar=timestamps is None,
                       channels=list(channels or frame_channels or []), units=list(units or []),
                       node_names=list(node_names or frame_nodes) if (node_names or frame_nodes) else None,
                       coords=coordinates, coord_kind=coord_kind if coordinates is not None else None,
                       adjacency=adjacency)
         return self.forecast_data(data, every_window=every_window, batch_size=batch_size, rationale=rationale,
-                                  max_new_tokens=max_new_tokens, progress=progress, profile_name=name)
+                                  max_new_tokens=max_new_tokens, progress=progress, profile_name=name,
+                                  min_observed=min_observed, fill_gaps=fill_gaps)
 
     def forecast_data(self, data: STData, *, every_window: bool = False, batch_size: int = 16,
                       rationale: bool = False, max_new_tokens: int = 384, progress: bool = False,
-                      profile_name: str | None = None) -> Forecast:
+                      profile_name: str | None = None, min_observed: float = DEFAULT_MIN_OBSERVED,
+                      fill_gaps: bool = False) -> Forecast:
         """:meth:`forecast` of an :class:`STData` (e.g. a file read by :func:`~st_instruct.data.loaders.get_dataset`,
         what ``st-instruct predict`` does). A field the input leaves at its default (channels ``ch0, ...``, empty
         units or city, no node names, coordinates or graph) is taken from the training dataset's profile when the
@@ -191,30 +240,48 @@ class Forecaster:
         from st_instruct.training.vision_collator import build_collator
 
         L, P = self.history, self.horizon
+        if rationale and self.data_config.rationale_teacher == "none":
+            raise ValueError(f"the forecaster in {self.directory} was not trained with rationales (its recipe has "
+                             "rationale_teacher: none), so the text it would generate is no rationale: leave out "
+                             "--rationale (rationale=True), or train an AirGPT student (recipes/airgpt_cot.yaml)")
+        if not 0 <= min_observed <= 1:
+            raise ValueError(f"--min-observed (min_observed) is a share of the history, in [0, 1]; found "
+                             f"{min_observed}")
         if data.num_steps < L:
             raise STDataError(f"the input has {data.num_steps} steps, but the forecaster reads a history of {L} "
                               f"(input shape [T, N, C] = {list(data.values.shape)}); give at least {L} steps")
-        profile = self._match_profile(data, profile_name)
-        full = _complete(data, profile)
+        profile, reason = self._match_profile(data, profile_name)
+        if profile is not None:
+            data = order_channels(data, profile["channels"], f"the training dataset {profile['name']!r}")
+        else:
+            data = order_channels(data, self.training_channels, "the forecaster's training data")
+        full = regular_clock(_complete(data, profile), fill_gaps)
         trained_calendar = any(p["freq"] is not None and not p["no_calendar"] for p in self.profiles.values())
         if trained_calendar and full.time_index() is None:
             raise STDataError(f"the forecaster in {self.directory} was trained with a calendar (its prompts name the "
                               "period, its ST features the time of day): give the input's timestamps (a DataFrame's "
                               "DatetimeIndex, timestamps=, or a file with a time column / --series-start and --freq)")
+        check_value_range(full, profile)
         model_data = self._model_channels(full)
         scaling = self.data_config.scaling if profile is not None else "window"
+        routing = f"{reason}; {SCALING_TEXT[scaling]}"
         if profile is not None and scaling == "train":
             scaler = StandardScaler(mean=np.asarray(profile["scaler_mean"], np.float32),
                                     std=np.asarray(profile["scaler_std"], np.float32))
         else:  # window scaling reads each window's own statistics; this scaler only fills the unused series
             scaler = StandardScaler(mean=np.zeros(model_data.num_channels, np.float32),
                                     std=np.ones(model_data.num_channels, np.float32))
-        T = data.num_steps
-        stride = self.data_config.stride
-        starts = np.arange(0, T - L + 1, stride, dtype=np.int64) if every_window else np.array([T - L], np.int64)
-        extended_full = _extend(full, int(starts[-1]) + L + P)
+        T = full.num_steps
+        every = np.arange(0, T - L + 1, self.data_config.stride, dtype=np.int64) if every_window else \
+            np.array([T - L], np.int64)
+        observed = observed_fractions(model_data, every, L)
+        kept = (observed >= min_observed) & (observed > 0)
+        if not kept.any():
+            raise STDataError(_nothing_to_forecast(observed, min_observed, L, every_window))
+        starts = every[kept]
+        extended_full = _extend(full, int(every[-1]) + L + P)
         extended = self._model_channels(extended_full)
-        windows = windows_at(extended, L, P, starts, scaler, stride)
+        windows = windows_at(extended, L, P, starts, scaler, self.data_config.stride)
         config = dataclasses.replace(self.data_config, dataset_names=[extended.name], scaling=scaling,
                                      node_sample=None, window_sample=None, streaming=False, rationale_teacher="none")
         plan = plan_source(extended, config, windows=windows)
@@ -242,37 +309,64 @@ class Forecaster:
                 return forecast
         pred, _, _ = scatter_predictions(self.model, collator, samples, starts, extended.num_nodes, batch_size,
                                          predict=predict, progress=progress, desc="forecasting")
+        values = np.full((len(every), *pred.shape[1:]), np.nan, dtype=np.float32)
+        values[kept] = pred
         index = extended.time_index()
-        steps = starts[:, None] + L + np.arange(P)[None, :]
+        steps = every[:, None] + L + np.arange(P)[None, :]
         times = steps if index is None else index.to_numpy()[steps]
-        issued = starts + L - 1 if index is None else index.to_numpy()[starts + L - 1]
+        issued = every + L - 1 if index is None else index.to_numpy()[every + L - 1]
         rationales = None
         if rationale:
             nodes = [None] if config.granularity == "graph" else list(range(extended.num_nodes))
-            rationales = [{"window": w, "node": n, "text": text}
-                          for (w, n), text in zip(((w, n) for w in range(len(starts)) for n in nodes), texts,
+            forecast_windows = np.flatnonzero(kept)
+            rationales = [{"window": int(w), "node": n, "text": text}
+                          for (w, n), text in zip(((w, n) for w in forecast_windows for n in nodes), texts,
                                                   strict=True)]
-        return Forecast(values=pred, times=times, issued=issued, window_starts=starts,
+        return Forecast(values=values, times=times, issued=issued, window_starts=every,
                         node_names=extended.node_names or [f"node {i}" for i in range(extended.num_nodes)],
                         channels=list(extended.channels), units=list(extended.units), scaling=scaling,
-                        profile=None if profile is None else profile["name"], rationales=rationales)
+                        profile=None if profile is None else profile["name"], routing=routing, observed=observed,
+                        withheld=np.flatnonzero(~kept).tolist(), min_observed=min_observed,
+                        rationales=rationales)
 
-    def _match_profile(self, data: STData, name: str | None) -> dict[str, Any] | None:
-        """The training dataset profile ``data`` belongs to: ``name``'s, else the one with its node count and
-        channels (the model's, or all of the profile's); ``None``: a zero-shot input."""
+    @property
+    def training_channels(self) -> list[str] | None:
+        """The channel names of the training datasets where they all have the same (``None``: they differ, and
+        named channels of a zero-shot input cannot be matched by name)."""
+        names = {tuple(profile["channels"]) for profile in self.profiles.values()}
+        return list(names.pop()) if len(names) == 1 else None
+
+    def _match_profile(self, data: STData, name: str | None) -> tuple[dict[str, Any] | None, str]:
+        """``(profile, why)``: the training dataset profile ``data`` belongs to -- ``name``'s, else the one with its
+        node count and channels (the model's, or all of the profile's) -- and one sentence saying why; ``None`` and
+        the reason for a zero-shot input."""
+        import difflib
+
         profiles = self.profiles
+        shape = f"{data.num_nodes} nodes and {data.num_channels} channel(s)"
         if name is not None and name not in profiles:
-            return None
+            close = difflib.get_close_matches(name, list(profiles), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            return None, (f"zero-shot: {name!r} is not a training dataset of this forecaster ({', '.join(profiles)})"
+                          f"{hint}")
         candidates = [profiles[name]] if name is not None else list(profiles.values())
         wanted = [c for c in self.data_config.dataset_channels or [] if isinstance(c, str)]
         fits = [p for p in candidates if p["num_nodes"] == data.num_nodes and (
             data.num_channels == len(p["channels"]) or (wanted and set(wanted) <= set(data.channels)))]
         if name is not None and not fits:
             profile = profiles[name]
-            raise STDataError(f"the input has {data.num_nodes} nodes and {data.num_channels} channel(s), but "
-                              f"{name!r}, the training dataset it was named after, has {profile['num_nodes']} nodes "
-                              f"and channels {profile['channels']}; give its data, or another name (zero-shot)")
-        return fits[0] if len(fits) == 1 else None
+            raise STDataError(f"the input has {shape}, but {name!r}, the training dataset it was named after, has "
+                              f"{profile['num_nodes']} nodes and channels {profile['channels']}; give its data, or "
+                              "another name (zero-shot)")
+        if len(fits) == 1:
+            how = "named by --name (name=)" if name is not None else f"the input has its {shape}"
+            return fits[0], f"the profile of the training dataset {fits[0]['name']!r} ({how})"
+        if fits:
+            return None, (f"zero-shot: {len(fits)} training datasets have the input's {shape} "
+                          f"({', '.join(p['name'] for p in fits)}); give --name (name=) to use one's profile")
+        trained = "; ".join(f"{p['name']}: {p['num_nodes']} nodes, {len(p['channels'])} channel(s)"
+                            for p in profiles.values())
+        return None, f"zero-shot: no training dataset has the input's {shape} ({trained})"
 
     def _model_channels(self, data: STData) -> STData:
         """``data`` with the channels the model forecasts: the recipe's ``dataset_channels`` when the input has
@@ -288,6 +382,29 @@ class Forecaster:
                               f"{self.directory} forecasts {self.model.st_config.channels}; give [T, N, "
                               f"{self.model.st_config.channels}] values")
         return data
+
+
+def _nothing_to_forecast(observed: np.ndarray, min_observed: float, history: int, every_window: bool) -> str:
+    """Why no window of an input is forecast: the share of their histories observed is too small."""
+    rule = (f"below the {min_observed:.0%} a forecast needs (--min-observed / min_observed; a history with nothing "
+            "observed is never forecast)")
+    if not every_window:
+        return (f"the input's last {history} steps, the history of the forecast, have {observed[0]:.0%} of their "
+                f"values observed (not NaN, not the null value), {rule}: give a history with observed values")
+    return (f"none of the input's {len(observed)} windows has enough of its history observed (at best "
+            f"{observed.max():.0%}), {rule}: give a history with observed values")
+
+
+def _numbers(frame: pd.DataFrame) -> np.ndarray:
+    """The DataFrame's cells as float64; a cell that is not a number (nor missing) is refused, naming its row and
+    column."""
+    numeric = frame.apply(pd.to_numeric, errors="coerce")
+    bad = numeric.isna().to_numpy() & frame.notna().to_numpy()
+    if bad.any():
+        r, c = np.argwhere(bad)[0]
+        raise STDataError(f"the DataFrame's cell at row {frame.index[r]!r}, column {frame.columns[c]!r} is "
+                          f"{frame.iat[r, c]!r}, not a number; give numbers (NaN where nothing was observed)")
+    return numeric.to_numpy(dtype=np.float64)
 
 
 def _history_array(history: Any, timestamps: Any) -> tuple[np.ndarray, Any, list[str] | None, list[str] | None]:
@@ -306,9 +423,9 @@ def _history_array(history: Any, timestamps: Any) -> tuple[np.ndarray, Any, list
                 frame = frame.reindex(columns=pd.MultiIndex.from_product([nodes, channels]))
             except ValueError as err:
                 raise STDataError(f"a DataFrame input's (node, channel) columns must be unique: {err}") from err
-            values = frame.to_numpy(dtype=np.float64).reshape(len(frame), len(nodes), len(channels))
+            values = _numbers(frame).reshape(len(frame), len(nodes), len(channels))
             return values, timestamps, [str(n) for n in nodes], [str(c) for c in channels]
-        values = frame.to_numpy(dtype=np.float64)[:, :, None]
+        values = _numbers(frame)[:, :, None]
         return values, timestamps, [str(c) for c in frame.columns], None
     values = np.asarray(history)
     if values.ndim not in (2, 3):
@@ -382,6 +499,9 @@ def load_forecaster(source: str | Path, *, revision: str | None = None, token: s
     from st_instruct.models.saving import read_backbone_source
 
     directory = Path(source).expanduser()
+    if directory.is_symlink() and not directory.exists():
+        raise FileNotFoundError(f"{directory} is a symbolic link to {os.readlink(directory)}, which does not exist or "
+                                "leads back to itself (a loop); point it at a trained forecaster folder")
     if not directory.exists():
         directory = _download(str(source), revision, token, cache_dir)
     model, tokenizer = load_saved(directory)

@@ -7,6 +7,11 @@ sibling is removed. A replaced folder is first renamed to ``.NAME.replaced-HOST-
 is in place. Siblings left by killed runs (their PID no longer alive on this host) are cleaned up by the next write
 of the same output: a partial one is removed, a replaced one is put back when ``NAME`` is missing (the run died
 between the two renames) and removed otherwise. Siblings of other hosts (a shared filesystem) are left alone.
+
+Every output path is checked before any slow work (:func:`check_writable`, :func:`check_output_file`): an existing
+output is refused unless the user passed the verb's ``--overwrite``, a file path that is a folder (or a folder path
+that is a file, or a path under a file) is refused, and the folder it goes into must accept a new file (probed with
+an unnamed temporary file, so a check leaves nothing behind even when killed).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import os
 import re
 import shutil
 import socket
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -81,14 +87,48 @@ def is_nonempty(path: str | Path) -> bool:
     return path.is_file() or (path.is_dir() and any(path.iterdir()))
 
 
-def check_writable(path: str | Path, overwrite: bool, flag: str, what: str = "") -> None:
-    """Raise :class:`OutputExistsError` (one line naming ``path`` and ``flag``) if ``path`` is not empty and
-    ``overwrite`` is off; ``what`` says what it holds."""
+def check_can_create(path: str | Path) -> None:
+    """Raise an ``OSError`` naming ``path`` unless it can be written: none of its parents is a file, and the folder
+    it goes into (its nearest existing parent: missing ones are created) accepts a new file -- probed by creating an
+    unnamed temporary file there, which catches read-only folders and filesystems whatever the user's rights."""
     path = Path(path)
+    folder = next(parent for parent in path.absolute().parents if parent.exists() or parent == parent.parent)
+    if not folder.is_dir():
+        raise NotADirectoryError(f"{path} cannot be written: {folder} is a file, not a folder; choose an output path "
+                                 "in a folder")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise PermissionError(f"{path} cannot be written: the folder {folder} does not accept new files "
+                              f"({err.strerror or err}); choose another output path or make it writable") from err
+
+
+def check_writable(path: str | Path, overwrite: bool, flag: str, what: str = "") -> None:
+    """Before writing the folder ``path``: raise :class:`OutputExistsError` (one line naming ``path`` and ``flag``)
+    if it is not empty and ``overwrite`` is off (``what`` says what it holds), ``NotADirectoryError`` if it is a
+    file, and :func:`check_can_create`'s error if it cannot be written."""
+    path = Path(path)
+    if path.is_file():
+        raise NotADirectoryError(f"{path} is a file; give a folder path for this output (it holds several files)")
     if not overwrite and is_nonempty(path):
         holds = f" ({what})" if what else ""
         raise OutputExistsError(f"{path} already exists and is not empty{holds}; nothing was written. Pass {flag} "
                                 "to replace it once the new output is complete, or choose another path")
+    check_can_create(path / "output")
+
+
+def check_output_file(path: str | Path, overwrite: bool, flag: str = "--overwrite") -> Path:
+    """Before any slow work: ``path`` can be written as a file -- not a folder, not present unless ``overwrite``
+    (:class:`OutputExistsError` naming ``flag``), in a folder that accepts it (:func:`check_can_create`)."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder; give a file path (e.g. {path / 'out'}{path.suffix})")
+    if path.exists() and not overwrite:
+        raise OutputExistsError(f"{path} already exists; nothing was written. Pass {flag} to replace it once the new "
+                                "file is complete, or choose another path")
+    check_can_create(path)
+    return path
 
 
 def commit(staged: Path, path: Path, overwrite: bool, keep: Callable[[Path], bool] | None = None,
@@ -106,7 +146,8 @@ def commit(staged: Path, path: Path, overwrite: bool, keep: Callable[[Path], boo
         return
     if not overwrite and keep is None:
         _remove(staged)
-        check_writable(path, overwrite, flag, "written by another process meanwhile")  # raises
+        raise OutputExistsError(f"{path} was written by another process meanwhile; nothing was written. Pass {flag} "
+                                "to replace it once the new output is complete, or choose another path")
     if path.is_file() or staged.is_file():
         os.replace(staged, path)
         return
@@ -173,22 +214,31 @@ def merge_staged(staged: Path, directory: Path, last: str) -> None:
     _remove(staged)
 
 
-def write_text_atomic(path: str | Path, text: str) -> Path:
-    """Write ``text`` to the file ``path`` (parents created) through a temporary sibling and one rename, so ``path``
-    holds the old text or the new, never a part; returns ``path``. A folder at ``path`` is an error naming it."""
-    path = Path(path)
-    if path.is_dir():
-        raise IsADirectoryError(f"{path} is a folder; give a file path (e.g. {path / 'results.json'})")
+@contextlib.contextmanager
+def staged_file(path: str | Path, overwrite: bool = False, flag: str = "--overwrite") -> Iterator[Path]:
+    """Yield this process's temporary sibling of the file ``path`` (:func:`check_output_file` first; parents
+    created) to write; when the block ends without an error it replaces ``path`` with one rename, so ``path`` holds
+    the old content or the new, never a part -- also when the process is killed. On an error the sibling is
+    removed; one left by a killed process is removed by the next write of ``path``. A file that appeared at
+    ``path`` meanwhile is kept (:class:`OutputExistsError`) unless ``overwrite``."""
+    path = check_output_file(path, overwrite, flag)
     path.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_siblings(path.parent, path.name)
     staged = sibling(path)
+    _remove(staged)
     try:
-        staged.write_text(text)
-        os.replace(staged, path)
+        yield staged
+        commit(staged, path, overwrite, flag=flag)
     except BaseException:
-        staged.unlink(missing_ok=True)
+        _remove(staged)
         raise
-    return path
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write ``text`` to the file ``path``, replacing what it holds, through :func:`staged_file`; returns ``path``."""
+    with staged_file(path, overwrite=True) as staged:
+        staged.write_text(text)
+    return Path(path)
 
 
 @contextlib.contextmanager
