@@ -86,10 +86,19 @@ def _cmd_data_download(args: argparse.Namespace) -> None:
     print(f"{args.name}: ready in {path}")
 
 
+def _check_json_output(args: argparse.Namespace) -> None:
+    """``--json FILE`` can be written (a new file, or ``--overwrite``): checked before the slow work."""
+    if args.json:
+        from st_instruct.outputs import check_output_file
+
+        check_output_file(args.json, args.overwrite)
+
+
 def _run_baselines(dataset: str, args: argparse.Namespace) -> dict:
     from st_instruct.evaluation.protocols import baseline_report, prepare_windows
     from st_instruct.evaluation.report import write_results_json
 
+    _check_json_output(args)
     started = time.perf_counter()
     windows = prepare_windows(dataset, args.history, args.horizon, args.split, args.channels, args.start, args.end,
                               data_dir=getattr(args, "data_dir", None), spec=_spec_kwargs(args))
@@ -98,7 +107,7 @@ def _run_baselines(dataset: str, args: argparse.Namespace) -> dict:
     _print_report(report)
     print(f"wall time {report['wall_seconds']:.1f} s")
     if args.json:
-        print(f"wrote {write_results_json(report, args.json)}")
+        print(f"wrote {write_results_json(report, args.json, args.overwrite)}")
     return report
 
 
@@ -144,6 +153,7 @@ def _cmd_demo(args: argparse.Namespace) -> None:
           "(SmolLM2 on the CPU, a few minutes) and its no-LLM control (the same encoder and head, the backbone "
           "removed, the same budget), then evaluate both beside every baseline on the same test windows.", flush=True)
     started = time.perf_counter()
+    _check_json_output(args)
     pretrain_flags, recipe_flags = _split_pretrain_flags(args.overrides)
     if args.quiet:  # the training bars too: _cmd_train records disable_tqdm: true in the models' recipe.yaml
         from st_instruct.console import disable_library_progress_bars
@@ -232,11 +242,25 @@ def _cmd_pretrain(args: argparse.Namespace) -> Path:
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     from st_instruct.evaluation.forecaster_eval import evaluate_forecaster
-    from st_instruct.evaluation.report import protocol_lines, write_evaluation_outputs, write_results_json
+    from st_instruct.evaluation.report import (
+        check_evaluation_folder,
+        protocol_lines,
+        write_evaluation_outputs,
+        write_results_json,
+    )
+    from st_instruct.hub import EVALUATIONS_FILE
+    from st_instruct.outputs import check_can_create
 
     started = time.perf_counter()
     model_dir = Path(args.model)
     controls = args.controls or []
+    # every output checked before the slow work: the results JSON, the evaluation folder and -- unless a few-shot
+    # run makes a new one -- the model folder, where the evaluation is recorded
+    _check_json_output(args)
+    if args.few_shot is None:
+        if model_dir.is_dir():
+            check_can_create(model_dir / EVALUATIONS_FILE)
+        check_evaluation_folder(args.output or model_dir / f"eval-{Path(args.dataset).stem}")
     if args.quiet:
         from st_instruct.console import disable_library_progress_bars
 
@@ -283,7 +307,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
                                          max_new_tokens=args.max_new_tokens, plot_models=args.plot_models)
     report["wall_seconds"] = round(time.perf_counter() - started, 2)
     report["split_name"] = args.split_name
-    output = Path(args.output or model_dir / f"eval-{Path(args.dataset).stem}")
+    output = Path(args.output or model_dir / f"eval-{Path(args.dataset).stem}")  # model_dir: the few-shot one
     paths = write_evaluation_outputs(report, output, target=arrays["target"], predictions=arrays["predictions"],
                                      mask=arrays["mask"], node_names=arrays["node_names"], times=arrays["times"],
                                      units=arrays["units"], plot_models=args.plot_models)
@@ -292,7 +316,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         print(line.removeprefix("- ").replace("**", ""))
     print(f"wall time {report['wall_seconds']:.1f} s; wrote {paths['results']}, {paths['report']} and the figures")
     if args.json:
-        print(f"wrote {write_results_json(report, args.json)}")
+        print(f"wrote {write_results_json(report, args.json, args.overwrite)}")
     from st_instruct.hub import record_evaluation
 
     print(f"recorded in the model card {record_evaluation(model_dir, json.loads(paths['results'].read_text()))} "
@@ -304,6 +328,10 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     from st_instruct.inference import check_forecast_output, load_forecaster
 
     check_forecast_output(args.output, args.overwrite)  # before the slow work
+    if args.quiet:
+        from st_instruct.console import disable_library_progress_bars
+
+        disable_library_progress_bars()
     forecaster = load_forecaster(args.model)
     data = get_dataset(args.input, **_spec_kwargs(args))
     result = forecaster.forecast_data(data, every_window=args.every_window, batch_size=args.batch_size,
@@ -363,9 +391,11 @@ def _cmd_push(args: argparse.Namespace) -> None:
 
 
 def _cmd_render(args: argparse.Namespace) -> None:
-    from st_instruct.data.render import WindowRenderer, save_window
+    from st_instruct.data.render import WindowRenderer, save_window, window_files
     from st_instruct.evaluation.protocols import prepare_windows
 
+    stem = f"{Path(args.dataset).stem}-{args.split_name}-{args.window}"
+    window_files(args.out, stem, args.kind, args.overwrite)  # before the slow work
     windows = prepare_windows(args.dataset, args.history, args.horizon, args.split, args.channels, args.start,
                               args.end, data_dir=args.data_dir, spec=_spec_kwargs(args))
     names = windows.data.channels
@@ -375,8 +405,7 @@ def _cmd_render(args: argparse.Namespace) -> None:
         raise ValueError(f"--channel {args.channel!r} is not a channel of {args.dataset!r} ({', '.join(names)}) "
                          "nor an index")
     renderer = WindowRenderer(windows, args.kind, size=args.size, panels=args.panels, channel=channel)
-    stem = f"{Path(args.dataset).stem}-{args.split_name}-{args.window}"
-    png, gif = save_window(renderer, args.split_name, args.window, args.out, stem)
+    png, gif = save_window(renderer, args.split_name, args.window, args.out, stem, args.overwrite)
     print(f"{args.kind} image of {args.dataset} {args.split_name} window {args.window} (channel "
           f"{names[channel] if channel < len(names) else channel}, colours on {renderer.low:g} .. {renderer.high:g} "
           f"from the train split): wrote {png} and {gif}")
@@ -455,8 +484,8 @@ def build_parser() -> argparse.ArgumentParser:
                           metavar="KIND", help="first train these controls (no_llm, random_llm) from the model's own "
                           "recipe.yaml, same data, model and budget, into MODEL-no-llm / MODEL-random-llm (a "
                           "complete one there is reused unless --overwrite), then score them as --controls")
-    evaluate.add_argument("--overwrite", action="store_true", help="with --train-controls: retrain a control "
-                          "folder that exists")
+    evaluate.add_argument("--overwrite", action="store_true", help="replace an existing --json file, and with "
+                          "--train-controls retrain a control folder that exists")
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--zero-shot-scaling", choices=("window", "train"), default="window",
                           help="zero-shot only: scale each sample with its own history window's statistics "
@@ -521,7 +550,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "timestamps as unobserved (without it an irregular clock is refused)")
     predict.add_argument("--overwrite", action="store_true", help="replace an existing --output file (once the new "
                          "one is complete)")
-    predict.add_argument("--quiet", action="store_true", help="no progress bar")
+    predict.add_argument("--quiet", action="store_true", help="no progress bars (nor the libraries')")
     _add_dataset_spec_args(predict)
     predict.set_defaults(func=_cmd_predict)
     recipes = verbs.add_parser("recipes", help="list the shipped recipes; any verb taking a recipe takes one by name")
@@ -550,6 +579,7 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--panels", type=int, default=4, help="history steps per map image (default 4)")
     render.add_argument("--channel", default="0", help="channel to colour: a name or an index (default 0)")
     render.add_argument("--out", required=True, help="folder for the PNG and the GIF")
+    render.add_argument("--overwrite", action="store_true", help="replace the PNG and the GIF if --out holds them")
     _add_source_args(render)
     _add_window_args(render)
     _add_dataset_spec_args(render)
@@ -574,11 +604,12 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--quiet", action="store_true", help="no progress bars")
     train.add_argument("--quiet", action="store_true", help="no progress bars (the trainer prints its log lines "
                        "every logging_steps instead)")
-    for sub in (train, demo):
-        sub.add_argument("--overwrite", action="store_true",
-                         help="train although output_dir is not empty: the new run trains in a temporary sibling "
-                         "folder that replaces output_dir only once its final save is complete (without it, a "
-                         "non-empty output_dir is refused unless resume_from_checkpoint resumes from it)")
+    train_overwrite = ("train although output_dir is not empty: the new run trains in a temporary sibling folder "
+                       "that replaces output_dir only once its final save is complete (without it, a non-empty "
+                       "output_dir is refused unless resume_from_checkpoint resumes from it)")
+    train.add_argument("--overwrite", action="store_true", help=train_overwrite)
+    demo.add_argument("--overwrite", action="store_true", help=f"{train_overwrite}; also replace an existing --json")
+    baselines.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     return parser
 
 

@@ -235,22 +235,20 @@ class Forecaster:
         from st_instruct.data.builder import plan_source, record_batch, sample_columns, sample_features
         from st_instruct.data.prompts import load_template
         from st_instruct.data.windows import StandardScaler, windows_at
-        from st_instruct.evaluation.forecaster_eval import scatter_predictions
+        from st_instruct.evaluation.forecaster_eval import require_rationale_training, scatter_predictions
         from st_instruct.training.tokenize import tokenize_dataset
         from st_instruct.training.vision_collator import build_collator
 
         L, P = self.history, self.horizon
-        if rationale and self.data_config.rationale_teacher == "none":
-            raise ValueError(f"the forecaster in {self.directory} was not trained with rationales (its recipe has "
-                             "rationale_teacher: none), so the text it would generate is no rationale: leave out "
-                             "--rationale (rationale=True), or train an AirGPT student (recipes/airgpt_cot.yaml)")
+        if rationale:
+            require_rationale_training(self.directory, self.data_config, "--rationale (rationale=True)")
         if not 0 <= min_observed <= 1:
             raise ValueError(f"--min-observed (min_observed) is a share of the history, in [0, 1]; found "
                              f"{min_observed}")
         if data.num_steps < L:
             raise STDataError(f"the input has {data.num_steps} steps, but the forecaster reads a history of {L} "
                               f"(input shape [T, N, C] = {list(data.values.shape)}); give at least {L} steps")
-        profile, reason = self._match_profile(data, profile_name)
+        profile, why = self._match_profile(data, profile_name)
         if profile is not None:
             data = order_channels(data, profile["channels"], f"the training dataset {profile['name']!r}")
         else:
@@ -264,7 +262,8 @@ class Forecaster:
         check_value_range(full, profile)
         model_data = self._model_channels(full)
         scaling = self.data_config.scaling if profile is not None else "window"
-        routing = f"{reason}; {SCALING_TEXT[scaling]}"
+        routing = (f"the profile of the training dataset {profile['name']!r} ({why}), {SCALING_TEXT[scaling]}"
+                   if profile is not None else f"zero-shot, {SCALING_TEXT[scaling]}: {why}")
         if profile is not None and scaling == "train":
             scaler = StandardScaler(mean=np.asarray(profile["scaler_mean"], np.float32),
                                     std=np.asarray(profile["scaler_std"], np.float32))
@@ -338,8 +337,8 @@ class Forecaster:
 
     def _match_profile(self, data: STData, name: str | None) -> tuple[dict[str, Any] | None, str]:
         """``(profile, why)``: the training dataset profile ``data`` belongs to -- ``name``'s, else the one with its
-        node count and channels (the model's, or all of the profile's) -- and one sentence saying why; ``None`` and
-        the reason for a zero-shot input."""
+        node count and channels (the model's, or all of the profile's) -- and why; ``None`` and the reason for a
+        zero-shot input."""
         import difflib
 
         profiles = self.profiles
@@ -347,8 +346,7 @@ class Forecaster:
         if name is not None and name not in profiles:
             close = difflib.get_close_matches(name, list(profiles), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            return None, (f"zero-shot: {name!r} is not a training dataset of this forecaster ({', '.join(profiles)})"
-                          f"{hint}")
+            return None, f"{name!r} is not a training dataset of this forecaster ({', '.join(profiles)}){hint}"
         candidates = [profiles[name]] if name is not None else list(profiles.values())
         wanted = [c for c in self.data_config.dataset_channels or [] if isinstance(c, str)]
         fits = [p for p in candidates if p["num_nodes"] == data.num_nodes and (
@@ -359,14 +357,13 @@ class Forecaster:
                               f"{profile['num_nodes']} nodes and channels {profile['channels']}; give its data, or "
                               "another name (zero-shot)")
         if len(fits) == 1:
-            how = "named by --name (name=)" if name is not None else f"the input has its {shape}"
-            return fits[0], f"the profile of the training dataset {fits[0]['name']!r} ({how})"
+            return fits[0], "named by --name (name=)" if name is not None else f"the input has its {shape}"
         if fits:
-            return None, (f"zero-shot: {len(fits)} training datasets have the input's {shape} "
+            return None, (f"{len(fits)} training datasets have the input's {shape} "
                           f"({', '.join(p['name'] for p in fits)}); give --name (name=) to use one's profile")
         trained = "; ".join(f"{p['name']}: {p['num_nodes']} nodes, {len(p['channels'])} channel(s)"
                             for p in profiles.values())
-        return None, f"zero-shot: no training dataset has the input's {shape} ({trained})"
+        return None, f"no training dataset has the input's {shape} ({trained})"
 
     def _model_channels(self, data: STData) -> STData:
         """``data`` with the channels the model forecasts: the recipe's ``dataset_channels`` when the input has

@@ -167,6 +167,9 @@ def load_series_file(path: str | os.PathLike, *, freq: str | None = None,
         raise STDataError(f"unsupported file type {suffix or '(none)'!r} for {path}; give one of "
                           f"{', '.join(SERIES_SUFFIXES)} or a registered dataset name")
     if not path.is_file():
+        if path.is_symlink():
+            raise STDataError(f"{path} is a symbolic link to {os.readlink(path)}, which does not exist or leads back "
+                              "to itself (a loop); point it at the series file")
         raise STDataError(f"no such file: {path}")
     timestamps = names = None
     if suffix == ".npz":

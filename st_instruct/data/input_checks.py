@@ -64,9 +64,9 @@ def regular_clock(data: STData, fill_gaps: bool = False) -> STData:
         remedy = ("give every step (NaN where nothing was observed), or pass --fill-gaps (fill_gaps=True) to insert "
                   "the missing steps as unobserved" if on_grid else
                   "some timestamps are off that step's grid: resample the input to one value per step")
+        gap = _duration(index[i + 1] - index[i])
         raise STDataError(f"the input's clock is irregular: row {i + 1} ({index[i]}) is followed by row {i + 2} "
-                          f"({index[i + 1]}), {index[i + 1] - index[i]} later where the step is {data.freq}; "
-                          f"{remedy}")
+                          f"({index[i + 1]}), {gap} later where the step is {data.freq}; {remedy}")
     rows = np.round(offsets).astype(np.int64)
     values = np.full((int(rows[-1]) + 1, *data.values.shape[1:]), np.nan, dtype=np.float32)
     values[rows] = data.values
@@ -74,9 +74,14 @@ def regular_clock(data: STData, fill_gaps: bool = False) -> STData:
     return dataclasses.replace(data, values=values, timestamps=full, start=None)
 
 
+def _duration(delta: pd.Timedelta) -> str:
+    """``2h``, ``90min``, ``3D``: a time difference as a step is written."""
+    return pd.tseries.frequencies.to_offset(delta).freqstr
+
+
 def order_channels(data: STData, known: list[str] | None, whose: str) -> STData:
-    """``data`` with its named channels in the order of ``known`` (the channels ``whose`` data has, e.g. "the
-    training dataset 'nyc-bike'"). Unnamed channels (``ch0, ch1, ...``) and ``known=None`` (unknown) leave it as it
+    """``data`` with its named channels in the order of ``known`` (the channels of ``whose``, e.g. "the training
+    dataset 'nyc-bike'"). Unnamed channels (``ch0, ch1, ...``) and ``known=None`` (unknown) leave it as it
     is; a name not in ``known`` is refused. An input with fewer channels keeps them (a model may read a selection of
     its training dataset's channels by name)."""
     if known is None or data.channels == [f"ch{i}" for i in range(data.num_channels)]:
@@ -84,8 +89,8 @@ def order_channels(data: STData, known: list[str] | None, whose: str) -> STData:
     unknown = [name for name in data.channels if name not in known]
     if unknown:
         raise STDataError(f"the input's channel {unknown[0]!r} (channels {', '.join(data.channels)}) is not one of "
-                          f"{whose}'s channels ({', '.join(known)}): name them as the model knows them (they are "
-                          "matched by name and put in its order), or leave the names out to read them by position")
+                          f"the channels of {whose} ({', '.join(known)}): name them as the model knows them (they "
+                          "are matched by name and put in its order), or leave the names out to read them by position")
     order = sorted(range(data.num_channels), key=lambda c: known.index(data.channels[c]))
     if order == list(range(data.num_channels)):
         return data

@@ -26,6 +26,7 @@ the same window gives the same pixels and the same PNG bytes (:func:`png_bytes`)
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -44,6 +45,7 @@ BACKGROUND = (255, 255, 255)
 EDGE_COLOUR = (215, 215, 215)
 RANGE_QUANTILES = (0.005, 0.995)
 MIN_SIZE = 32
+MAX_SIZE = 2048  # a side of 100000 pixels asked for 23 GB; vision towers read 224 .. 1024
 
 
 class RenderError(ValueError):
@@ -148,7 +150,7 @@ class WindowRenderer:
         windows: the dataset's windows (:func:`~st_instruct.data.windows.build_windows`); the value range comes
             from their train split.
         kind: one of :data:`IMAGE_KINDS`.
-        size: image side in pixels (at least :data:`MIN_SIZE`).
+        size: image side in pixels (:data:`MIN_SIZE` .. :data:`MAX_SIZE`).
         panels: history steps per ``map`` image, tiled on a square grid of ``ceil(sqrt(panels))`` columns.
         channel: the channel coloured (index into the dataset's channels).
         colour_range: ``(low, high)`` to colour on instead of the train split's :func:`value_range` (windows
@@ -162,8 +164,10 @@ class WindowRenderer:
         data = windows.data
         if kind not in IMAGE_KINDS:
             raise RenderError(f"image kind {kind!r} is not one of {', '.join(IMAGE_KINDS)}")
-        if size < MIN_SIZE:
-            raise RenderError(f"image size {size} is below the {MIN_SIZE} pixels a panel needs")
+        if not MIN_SIZE <= size <= MAX_SIZE:
+            raise RenderError(f"image size {size} (--size / image_size) is outside {MIN_SIZE} .. {MAX_SIZE} pixels "
+                              f"(below {MIN_SIZE} a panel has no room; above {MAX_SIZE} no vision tower reads it and "
+                              "memory runs out)")
         if not 0 <= channel < data.num_channels:
             raise RenderError(f"dataset {data.name!r} has {data.num_channels} channel(s) {data.channels}; channel "
                               f"{channel} does not exist")
@@ -343,17 +347,31 @@ def correlation(rows: np.ndarray) -> np.ndarray:
     return np.clip(np.nan_to_num(corr, nan=0.0, posinf=0.0, neginf=0.0), -1.0, 1.0)
 
 
-def save_window(renderer: WindowRenderer, split: str, index: int, out_dir: str, stem: str) -> list[str]:
-    """Write ``<stem>-<kind>.png`` (the image the model reads) and ``<stem>.gif`` (every step of the window, 400 ms
-    each) into ``out_dir``; returns the two paths."""
-    from pathlib import Path
+def window_files(out_dir: str, stem: str, kind: str, overwrite: bool = False) -> tuple[Path, Path]:
+    """The paths :func:`save_window` writes, ``<stem>-<kind>.png`` and ``<stem>.gif`` in ``out_dir``, each checked
+    (:func:`~st_instruct.outputs.check_output_file`: an existing one is refused unless ``overwrite``)."""
+    from st_instruct.outputs import check_output_file
 
     folder = Path(out_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    png, gif = folder / f"{stem}-{renderer.kind}.png", folder / f"{stem}.gif"
-    png.write_bytes(png_bytes(renderer.render(renderer.window_history(split, index))))
+    if folder.is_file():
+        raise NotADirectoryError(f"--out {folder} is a file; give the folder for the PNG and the GIF")
+    return (check_output_file(folder / f"{stem}-{kind}.png", overwrite),
+            check_output_file(folder / f"{stem}.gif", overwrite))
+
+
+def save_window(renderer: WindowRenderer, split: str, index: int, out_dir: str, stem: str,
+                overwrite: bool = False) -> list[str]:
+    """Write ``<stem>-<kind>.png`` (the image the model reads) and ``<stem>.gif`` (every step of the window, 400 ms
+    each) into ``out_dir`` (:func:`window_files`), each staged; returns the two paths."""
+    from st_instruct.outputs import staged_file
+
+    png, gif = window_files(out_dir, stem, renderer.kind, overwrite)
+    image = png_bytes(renderer.render(renderer.window_history(split, index)))
     frames = renderer.frames(split, index)
-    frames[0].save(gif, save_all=True, append_images=frames[1:], duration=400, loop=0)
+    with staged_file(png, overwrite) as staged:
+        staged.write_bytes(image)
+    with staged_file(gif, overwrite) as staged:
+        frames[0].save(staged, format="GIF", save_all=True, append_images=frames[1:], duration=400, loop=0)
     return [str(png), str(gif)]
 
 

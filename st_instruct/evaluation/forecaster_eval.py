@@ -65,6 +65,15 @@ def find_recipe(model_dir: str | Path) -> Path:
                             "recipe the forecaster was trained with (written by `st-instruct train`)")
 
 
+def require_rationale_training(model_dir: str | Path, config: DataConfig, flag: str) -> None:
+    """Refuse ``flag`` -- a rationale asked of the forecaster in ``model_dir``, trained with the recipe ``config`` --
+    when that recipe trained no rationales: what such a model generates after its prompt is no rationale."""
+    if config.rationale_teacher == "none":
+        raise ValueError(f"{flag}: the forecaster in {model_dir} was not trained with rationales (its recipe has "
+                         "rationale_teacher: none), so the text it would generate is no rationale; use a "
+                         "rationale-trained forecaster (an AirGPT student, recipes/airgpt_cot.yaml)")
+
+
 def trained_data_config(model_dir: str | Path) -> DataConfig:
     """The :class:`DataConfig` of the recipe a forecaster was trained with (keys checked as ``train`` does).
 
@@ -326,6 +335,8 @@ def evaluate_forecaster(model_dir: str | Path, dataset: str, data_dir: str | Non
         raise ValueError(f"--controls holds two folders of the same control kind ({', '.join(map(str, controls))}); "
                          "pass at most one no_llm and one random_llm control")
     trained = trained_data_config(model_dir)
+    if generate_rationales:
+        require_rationale_training(model_dir, trained, "--generate-rationales")
     config, protocol = evaluation_config(trained, dataset, data_dir, channels, start, end, max_windows, spec,
                                          zero_shot_scaling)
     kind = "zero-shot" if protocol.startswith("zero-shot") else "in-domain"
@@ -460,7 +471,9 @@ def explain_window(model_dir: str | Path, dataset: str, window: int, node: int |
     from st_instruct.training.vision_collator import build_collator
 
     read_backbone_source(model_dir)
-    config, _ = evaluation_config(trained_data_config(model_dir), dataset, data_dir)
+    trained = trained_data_config(model_dir)
+    require_rationale_training(model_dir, trained, "explain")
+    config, _ = evaluation_config(trained, dataset, data_dir)
     windows = prepare_windows(dataset, config.history, config.horizon, config.split, config.dataset_channels,
                               config.dataset_start, config.dataset_end, stride=config.stride,
                               data_dir=config.dataset_dir, spec=dataset_spec(config))

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from st_instruct.evaluation.metrics import METRICS
-from st_instruct.outputs import OutputExistsError, staged_output, write_text_atomic
+from st_instruct.outputs import OutputExistsError, check_writable, staged_file, staged_output
 
 # the fixed files of an evaluation folder, beside forecasts_<channel>.png ("forecasts.png": one of an earlier version)
 EVALUATION_FILES = ("results.json", "report.md", "error_per_horizon.png", "forecasts.png")
@@ -127,11 +127,12 @@ def results_json_text(report: dict[str, Any]) -> str:
     return json.dumps(_json_safe(report), indent=2, allow_nan=False) + "\n"
 
 
-def write_results_json(report: dict[str, Any], path: str | Path) -> Path:
-    """Write ``report`` (the schema above) as indented strict JSON, NaN as ``null``; creates parent folders."""
-    path = Path(path)
-    write_text_atomic(path, results_json_text(report))
-    return path
+def write_results_json(report: dict[str, Any], path: str | Path, overwrite: bool = False) -> Path:
+    """Write ``report`` (the schema above) as indented strict JSON, NaN as ``null``; creates parent folders. Staged
+    (:func:`~st_instruct.outputs.staged_file`): an existing file is refused unless ``overwrite`` (``--overwrite``)."""
+    with staged_file(path, overwrite) as staged:
+        staged.write_text(results_json_text(report))
+    return Path(path)
 
 
 def undefined_lines(results: Mapping[str, Mapping[str, Any]]) -> list[str]:
@@ -248,6 +249,18 @@ def _is_evaluation_file(name: str) -> bool:
     return name in EVALUATION_FILES or re.fullmatch(r"forecasts_[0-9a-z-]+\.png", name) is not None
 
 
+def check_evaluation_folder(out_dir: str | Path) -> None:
+    """Before an evaluation (and again when writing it): ``out_dir`` can take it -- a re-run replaces an earlier
+    evaluation once complete, but never a folder holding anything else, a file, or a folder that cannot be written;
+    each refused with one line naming it."""
+    out_dir = Path(out_dir)
+    others = sorted(p.name for p in out_dir.iterdir() if not _is_evaluation_file(p.name)) if out_dir.is_dir() else []
+    if others:
+        raise OutputExistsError(f"{out_dir} holds {', '.join(others[:5])}, not only an earlier evaluation's files; "
+                                "nothing was written: choose an empty or new --output folder")
+    check_writable(out_dir, overwrite=True, flag="--output")
+
+
 def write_evaluation_outputs(report: dict[str, Any], out_dir: str | Path, target: np.ndarray | None = None,
                              predictions: Mapping[str, np.ndarray] | None = None, mask: np.ndarray | None = None,
                              node_names: Sequence[str] | None = None, times: np.ndarray | None = None,
@@ -304,12 +317,8 @@ def write_evaluation_outputs(report: dict[str, Any], out_dir: str | Path, target
         units = list(units) if units is not None else [""] * count
         if len(units) != count:
             raise ValueError(f"units has {len(units)} entries, expected one per channel (C={count})")
-    # staged: a crash leaves the previous evaluation (or nothing), never a part; a re-run replaces an earlier
-    # evaluation once complete, but never a folder holding anything else
-    others = sorted(p.name for p in out_dir.iterdir() if not _is_evaluation_file(p.name)) if out_dir.is_dir() else []
-    if others:
-        raise OutputExistsError(f"{out_dir} holds {', '.join(others[:5])}, not only an earlier evaluation's files; "
-                                "nothing was written: choose an empty or new --output folder")
+    # staged: a crash leaves the previous evaluation (or nothing), never a part
+    check_evaluation_folder(out_dir)
     with staged_output(out_dir, overwrite=True) as staging:
         paths = {"results": write_results_json(report, staging / "results.json")}
         paths["error_per_horizon"] = plot_error_per_horizon(
