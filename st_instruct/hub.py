@@ -25,6 +25,7 @@ the variable again here means a value set later (by a test, or a notebook) is ho
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -40,6 +41,9 @@ from st_instruct.evaluation.report import format_results_table, protocol_lines
 REQUIRED_FILES: tuple[str, ...] = ("README.md", "st_forecaster_config.json", "*.safetensors")
 CARD_TAGS = ["time-series-forecasting", "spatio-temporal", "st_instruct"]
 EVALUATIONS_FILE = "st_evaluations.json"
+# the lock record_evaluation holds on a model folder; it stays there (unlinking a lock file lets two processes
+# lock different files of the same name) and is never pushed (PUSH_IGNORE)
+LOCK_FILE = ".st_instruct.lock"
 MODEL_ROW = "st_forecaster"  # the forecaster's row in an evaluation report (st_instruct.evaluation.forecaster_eval)
 REPO_PLACEHOLDER = "<hub-repo-id>"  # in the local card's snippet; a push writes the repo id in its place
 USAGE_SNIPPET = """```python
@@ -87,15 +91,22 @@ def read_evaluations(directory: str | Path) -> list[dict[str, Any]]:
 def record_evaluation(directory: str | Path, report: dict[str, Any]) -> Path:
     """Record ``report`` (``st-instruct evaluate``'s, as written to ``results.json``) in ``directory``'s
     ``st_evaluations.json`` -- replacing an earlier one of the same dataset, split and protocol -- and rewrite the
-    model card, whose ``model-index`` then holds it. Returns the card's path."""
+    model card, whose ``model-index`` then holds it. Returns the card's path.
+
+    Several evaluations of one model may run at once (other datasets, protocols), each ending here: the read, the
+    write and the card's rewrite happen under a lock on the folder (:data:`LOCK_FILE`), so none drops another's
+    record, and each file is replaced with one rename, so a reader sees the old file or the new, never a part."""
+    from filelock import FileLock
+
     from st_instruct.outputs import write_text_atomic
 
     directory = Path(directory)
     key = (report.get("dataset"), report.get("split_name", "test"), report.get("protocol_version"))
-    kept = [r for r in read_evaluations(directory)
-            if (r.get("dataset"), r.get("split_name", "test"), r.get("protocol_version")) != key]
-    write_text_atomic(directory / EVALUATIONS_FILE, json.dumps([*kept, report], indent=1, allow_nan=False) + "\n")
-    return write_model_card(directory)
+    with FileLock(directory / LOCK_FILE):
+        kept = [r for r in read_evaluations(directory)
+                if (r.get("dataset"), r.get("split_name", "test"), r.get("protocol_version")) != key]
+        write_text_atomic(directory / EVALUATIONS_FILE, json.dumps([*kept, report], indent=1, allow_nan=False) + "\n")
+        return write_model_card(directory)
 
 
 def _is_hub_id(name: str) -> bool:
@@ -105,10 +116,12 @@ def _is_hub_id(name: str) -> bool:
 def write_model_card(directory: str | Path, recipe: dict[str, Any] | None = None) -> Path:
     """Write ``directory/README.md`` (module docstring) from what the folder holds: ``st_backbone.json``,
     ``recipe`` (default: the folder's ``recipe.yaml``, or its parent's for a checkpoint), ``few_shot.json`` and the
-    evaluations of ``st_evaluations.json``. Returns the path."""
+    evaluations of ``st_evaluations.json``. Returns the path. The card is replaced with one rename (never seen half
+    written); :func:`record_evaluation` holds the folder's lock around it."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     from st_instruct.models.backbones import hub_model_id
+    from st_instruct.outputs import write_text_atomic
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -151,9 +164,7 @@ def write_model_card(directory: str | Path, recipe: dict[str, Any] | None = None
     else:
         body += ["(not recorded)", ""]
     card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body))
-    path = directory / "README.md"
-    card.save(path)
-    return path
+    return write_text_atomic(directory / "README.md", str(card))
 
 
 def _what_section(base: str, name: str, datasets: list[str], kind: str | None, control: str,
@@ -310,12 +321,13 @@ def _size_category(count: int) -> str:
 
 
 # what a training output folder holds besides the model: checkpoints (optimizer states, several times the
-# adapter's size) and TensorBoard event files stay local
-PUSH_IGNORE = ["checkpoint-*", "checkpoint-*/**", "runs/**"]
+# adapter's size), TensorBoard event files and the evaluation lock stay local
+PUSH_IGNORE = ["checkpoint-*", "checkpoint-*/**", "runs/**", LOCK_FILE]
 
 
 def check_model_dir(directory: str | Path) -> Path:
-    """``directory`` as a Path if it holds every ``REQUIRED_FILES`` pattern; else ``HubError`` naming the gaps."""
+    """``directory`` as a Path if it holds every ``REQUIRED_FILES`` pattern and no symlink that leaves it
+    (:func:`_check_symlinks`); else ``HubError`` naming the gaps or the link."""
     directory = Path(directory)
     if not directory.is_dir():
         raise HubError(f"{directory}: no such directory; pass the output directory of a trained forecaster")
@@ -323,7 +335,28 @@ def check_model_dir(directory: str | Path) -> Path:
     if missing:
         raise HubError(f"{directory} is not a complete st_instruct model: missing {', '.join(missing)} "
                        f"(expected {', '.join(REQUIRED_FILES)}); nothing was uploaded")
+    _check_symlinks(directory)
     return directory
+
+
+def _check_symlinks(directory: Path) -> None:
+    """Refuse a symlink anywhere in ``directory`` that resolves outside it, loops or leads nowhere: a push uploads
+    what a file link points to, so a link out of the folder would publish a file from elsewhere on this machine.
+    Links that stay inside are allowed: a file link uploads its target's bytes under its own name, and a folder
+    link is not descended into (``rglob`` does not follow it), so its files are pushed once, from where they are."""
+    root = directory.resolve()
+    for link in sorted(p for p in directory.rglob("*") if p.is_symlink()):
+        try:
+            target = Path(os.path.realpath(link, strict=True))
+        except OSError as err:
+            problem = ("is a symlink loop" if err.errno == errno.ELOOP else
+                       f"is a symlink to {os.readlink(link)}, which does not exist")
+            raise HubError(f"{link} {problem}; remove it or replace it by the file it should be; nothing was "
+                           "uploaded") from err
+        if not target.is_relative_to(root):
+            raise HubError(f"{link} is a symlink to {target}, outside the model folder {directory}: a push uploads "
+                           "only the folder's own files; replace the link by a copy of its target (cp -L) or remove "
+                           "it; nothing was uploaded")
 
 
 def push_to_hub(directory: str | Path, repo_id: str, *, token: str | None = None, private: bool = False,

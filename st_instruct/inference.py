@@ -162,7 +162,7 @@ class Forecaster:
         if self._profiles is None:
             from st_instruct.data.profile import read_data_profiles
 
-            self._profiles = read_data_profiles(self.directory, self.data_config)
+            self._profiles = read_data_profiles(self.directory, self.data_config, self.model.st_config.channels)
         return self._profiles
 
     @property

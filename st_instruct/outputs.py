@@ -237,7 +237,7 @@ def staged_file(path: str | Path, overwrite: bool = False, flag: str = "--overwr
 def write_text_atomic(path: str | Path, text: str) -> Path:
     """Write ``text`` to the file ``path``, replacing what it holds, through :func:`staged_file`; returns ``path``."""
     with staged_file(path, overwrite=True) as staged:
-        staged.write_text(text)
+        staged.write_text(text, encoding="utf-8")
     return Path(path)
 
 

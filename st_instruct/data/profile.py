@@ -19,16 +19,27 @@ bit). A folder trained before profiles existed gets them computed from its recip
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 
-from st_instruct.data.stdata import STData
+from st_instruct.data.stdata import COORD_KINDS, STData, normalize_freq
 
 PROFILE_FILE = "st_data_profile.json"
 PROFILE_VERSION = 1
+# the keys data_profile writes, every one read when a profile completes an input
+PROFILE_KEYS = {"name", "num_nodes", "city", "description", "freq", "no_calendar", "channels", "units", "node_names",
+                "node_descriptions", "coords", "coords_dtype", "coord_kind", "grid_shape", "null_value", "adjacency",
+                "scaler_mean", "scaler_std", "image_value_range"}
+ADJACENCY_KEYS = {"shape", "rows", "cols", "values", "dtype", "sparse"}
+# The most nodes a profile may hold: far above the datasets in use (LargeST's 8,600 sensors), and a bound on what
+# a profile's graph and coordinates may allocate
+MAX_NODES = 100_000
+# what to do about a file of a saved forecaster that fails its checks (models/ says it too)
+COPY_AGAIN = "copy the model folder again or re-train"
 
 
 def data_profile(data: STData, config: Any) -> dict[str, Any]:
@@ -72,23 +83,22 @@ def write_data_profiles(directory: str | Path, config: Any) -> Path:
     return path
 
 
-def read_data_profiles(directory: str | Path, config: Any) -> dict[str, dict[str, Any]]:
+def read_data_profiles(directory: str | Path, config: Any, channels: int | None = None) -> dict[str, dict[str, Any]]:
     """``{dataset name: profile}`` of the forecaster in ``directory`` (a checkpoint reads its parent's); a folder
     without ``st_data_profile.json`` gets the profiles of its recipe's datasets (``config``) computed, which needs
-    those datasets here. A corrupt file is a ValueError naming it."""
+    those datasets here.
+
+    A file is checked before any profile is used (:func:`_checked_profiles`): against itself, and, given the
+    model's channel count ``channels``, against the model; a ValueError names the file, the dataset and the key."""
     directory = Path(directory)
     for candidate in (directory / PROFILE_FILE, directory.parent / PROFILE_FILE):
         if candidate.is_file():
             try:
                 content = json.loads(candidate.read_text())
-                version, profiles = content["version"], content["datasets"]
-            except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
-                raise ValueError(f"{candidate} is not a data profile written by st_instruct ({err}); copy the model "
-                                 "folder again or re-train") from err
-            if version != PROFILE_VERSION:
-                raise ValueError(f"{candidate} has profile version {version}; this st_instruct reads version "
-                                 f"{PROFILE_VERSION}")
-            return profiles
+            except (json.JSONDecodeError, UnicodeDecodeError) as err:
+                raise ValueError(f"{candidate} is not a data profile written by st_instruct ({err}): it is "
+                                 f"damaged; {COPY_AGAIN}") from err
+            return _checked_profiles(candidate, content, config, channels)
     from st_instruct.data.builder import load_series
 
     try:
@@ -98,6 +108,145 @@ def read_data_profiles(directory: str | Path, config: Any) -> dict[str, dict[str
                                 f"recipe's datasets {config.dataset_names} cannot be loaded here ({err}); give the "
                                 "node names, coordinates and adjacency with the input, or re-train") from err
     return {data.name: data_profile(data, config) for data in series}
+
+
+def _checked_profiles(path: Path, content: Any, config: Any, channels: int | None) -> dict[str, dict[str, Any]]:
+    """The profiles of ``content`` (the JSON of ``path``) once every one holds what :func:`data_profile` writes, of
+    the types and sizes it writes, consistent with itself (one name, coordinate and scaler per node / channel, the
+    adjacency's indices among the nodes) and with the model: its ``channels`` are the profile's, or -- with the
+    recipe's ``dataset_channels`` (``config``), a selection of the profile's -- that many of them. This catches the
+    edits that would otherwise give a quietly wrong forecast (a node count that no longer fits the node names: a
+    zero-shot forecast; a scale of 0: NaN) or allocate more than the node count allows (a graph's shape). Else a
+    ValueError naming ``path``, the dataset and the key."""
+    try:
+        _require("the file", content, isinstance(content, dict), "a JSON object")
+        _require("version", content.get("version"), content.get("version") == PROFILE_VERSION,
+                 f"{PROFILE_VERSION}, the version this st_instruct reads")
+        _require("datasets", content.get("datasets"), isinstance(content.get("datasets"), dict),
+                 "an object mapping dataset names to profiles")
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}: it was edited or damaged; {COPY_AGAIN}") from err
+    for name, profile in content["datasets"].items():
+        try:
+            _check_profile(name, profile, config.dataset_channels, channels)
+        except ValueError as err:
+            raise ValueError(f"{path}: dataset {name!r}: {err}: it was edited or damaged; {COPY_AGAIN}") from err
+    return content["datasets"]
+
+
+def _check_profile(name: str, profile: Any, selected: list[str | int] | None, channels: int | None) -> None:
+    """Raise a ValueError ``KEY must be ..., found ...`` for the first key of ``profile`` that is not as
+    :func:`data_profile` writes it (:func:`_checked_profiles`)."""
+    if not isinstance(profile, dict):
+        raise ValueError(f"the profile must be a JSON object, found {type(profile).__name__}")
+    missing = sorted(PROFILE_KEYS - set(profile))
+    if missing:
+        raise ValueError(f"the profile lacks the keys {missing}")
+    _require("name", profile["name"], profile["name"] == name, f"{name!r}, its key in datasets")
+    nodes = profile["num_nodes"]
+    _require("num_nodes", nodes, isinstance(nodes, int) and not isinstance(nodes, bool) and 1 <= nodes <= MAX_NODES,
+             f"an integer from 1 to {MAX_NODES}")
+    for key in ("city", "description"):
+        _require(key, profile[key], isinstance(profile[key], str), "text")
+    _require("no_calendar", profile["no_calendar"], isinstance(profile["no_calendar"], bool), "true or false")
+    freq = profile["freq"]
+    _require("freq", freq, freq is None or isinstance(freq, str), "null or a step such as '1h'")
+    if freq is not None:
+        normalize_freq(freq, "freq")
+    names = profile["channels"]
+    _require("channels", names, _is_list(names, str) and 1 <= len(names), "a list of channel names")
+    for key in ("units", "scaler_mean", "scaler_std"):
+        _require(key, profile[key], isinstance(profile[key], list) and len(profile[key]) == len(names),
+                 f"a list of {len(names)} entries, one per channel")
+    _require("units", profile["units"], _is_list(profile["units"], str), "a list of unit names")
+    for key in ("scaler_mean", "scaler_std"):
+        _require(key, profile[key], _is_list(profile[key], float), "finite numbers")
+    _require("scaler_std", profile["scaler_std"], all(std > 0 for std in profile["scaler_std"]),
+             "positive numbers (a scale of 0 divides by zero)")
+    for key in ("node_names", "node_descriptions"):
+        texts = profile[key]
+        _require(key, texts, texts is None or (_is_list(texts, str) and len(texts) == nodes),
+                 f"null or a list of num_nodes = {nodes} strings, one per node")
+    coords = profile["coords"]
+    if coords is not None:
+        fits = isinstance(coords, list) and len(coords) == nodes and all(
+            _is_list(row, float) and len(row) == 2 for row in coords)
+        _require("coords", coords, fits, f"null or [num_nodes, 2] = [{nodes}, 2] finite numbers")
+        _require("coord_kind", profile["coord_kind"], profile["coord_kind"] in COORD_KINDS, f"one of {COORD_KINDS}")
+        _require("coords_dtype", profile["coords_dtype"], _is_numeric_dtype(profile["coords_dtype"]),
+                 "a numeric dtype such as 'float64'")
+    grid = profile["grid_shape"]
+    fits = grid is None or (_is_list(grid, int) and len(grid) == 2 and min(grid) >= 1 and grid[0] * grid[1] == nodes)
+    _require("grid_shape", grid, fits, f"null or [H, W] with H * W = num_nodes = {nodes}")
+    null = profile["null_value"]
+    _require("null_value", null, null is None or _is_list([null], float), "null or a finite number")
+    value_range = profile["image_value_range"]
+    _require("image_value_range", value_range, value_range is None or (
+        _is_list(value_range, float) and len(value_range) == 2 and value_range[0] < value_range[1]),
+        "null or [low, high] finite numbers with low < high")
+    if profile["adjacency"] is not None:
+        _check_adjacency(profile["adjacency"], nodes)
+    if channels is not None:
+        _check_model_channels(names, selected, channels)
+
+
+def _check_adjacency(adjacency: Any, nodes: int) -> None:
+    """The profile's adjacency (:func:`data_profile`) is ``[nodes, nodes]`` with its non-zeros inside: checked before
+    :func:`profile_adjacency` allocates it."""
+    _require("adjacency", adjacency, isinstance(adjacency, dict) and ADJACENCY_KEYS <= set(adjacency),
+             f"null or an object with the keys {sorted(ADJACENCY_KEYS)}")
+    _require("adjacency.shape", adjacency["shape"], adjacency["shape"] == [nodes, nodes],
+             f"[num_nodes, num_nodes] = [{nodes}, {nodes}]")
+    rows, cols, values = adjacency["rows"], adjacency["cols"], adjacency["values"]
+    for key, indices in (("rows", rows), ("cols", cols)):
+        _require(f"adjacency.{key}", indices, _is_list(indices, int) and all(0 <= i < nodes for i in indices),
+                 f"a list of node indices in 0..{nodes - 1}")
+    _require("adjacency.values", values, _is_list(values, float) and len(values) == len(rows) == len(cols),
+             f"a list of finite numbers as long as adjacency.rows and adjacency.cols ({len(rows)}, {len(cols)})")
+    _require("adjacency.dtype", adjacency["dtype"], _is_numeric_dtype(adjacency["dtype"]),
+             "a numeric dtype such as 'float32'")
+    _require("adjacency.sparse", adjacency["sparse"], isinstance(adjacency["sparse"], bool), "true or false")
+
+
+def _check_model_channels(names: list[str], selected: list[str | int] | None, channels: int) -> None:
+    """The model forecasts ``channels`` channels: all of the profile's ``names``, or the recipe's ``selected``
+    (``dataset_channels``: names or indices) among them."""
+    if not selected:
+        _require("channels", names, len(names) == channels,
+                 f"the model's {channels} channel(s) (channels in st_forecaster_config.json)")
+        return
+    # as STData.select_channels reads them: a name, else a digit string or an int is an index
+    known = [c in names or (str(c).isdigit() and int(c) < len(names)) for c in selected]
+    _require("channels", names, all(known), f"a list holding the recipe's dataset_channels {selected}")
+    if len(selected) != channels:
+        raise ValueError(f"the recipe's dataset_channels {selected} select {len(selected)} of its channels, but the "
+                         f"model forecasts {channels}")
+
+
+def _require(key: str, value: Any, holds: bool, expected: str) -> None:
+    if not holds:
+        raise ValueError(f"{key} must be {expected}, found {_short(value)}")
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:77]}..."
+
+
+def _is_list(value: Any, kind: type) -> bool:
+    """``value`` is a list of ``kind`` (``float``: finite numbers, ints included; ``int``: not bools)."""
+    if not isinstance(value, list):
+        return False
+    if kind is float:
+        return all(not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v) for v in value)
+    return all(isinstance(v, kind) and not isinstance(v, bool) for v in value)
+
+
+def _is_numeric_dtype(name: Any) -> bool:
+    try:
+        return isinstance(name, str) and np.issubdtype(np.dtype(name), np.number)
+    except TypeError:
+        return False
 
 
 def profile_adjacency(profile: dict[str, Any]) -> np.ndarray | sp.csr_array | None:

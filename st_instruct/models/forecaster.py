@@ -41,6 +41,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,7 @@ from transformers import PretrainedConfig
 from transformers.utils import ModelOutput
 
 from st_instruct.data.air_graphs import GRAPH_KINDS
+from st_instruct.data.profile import COPY_AGAIN
 from st_instruct.models.fusion import STFusion, fusion_context
 from st_instruct.models.graph_encoders import GatedGraphEncoder
 from st_instruct.models.mrffn import memory_layers, memory_modules, wrap_mlps
@@ -85,6 +87,32 @@ ST_MODULE_NAMES = ("st_encoder", "st_graph", "st_projector", "regression_head", 
 # a VLM backbone's vision parts, listed among the ST modules (saved with them; trained or frozen per recipe); a
 # projector inside the tower (Qwen2-VL's patch merger) is saved as part of the tower
 VISION_MODULE_NAMES = ("st_vision_tower", "st_vision_projector")
+# The range of every integer in a saved forecaster's st_forecaster_config.json and st_backbone.json, inclusive:
+# checked when a folder is read, before anything is built, so an edited or damaged size is one line naming its key
+# and not an allocation error. Generous: the data and models in use are far inside them.
+SIZE_BOUNDS: dict[str, tuple[int, int]] = {
+    "history": (1, 100_000), "horizon": (1, 10_000), "channels": (1, 4_096), "coord_dim": (0, 4_096),
+    "his_token_id": (0, 2**31 - 1), "pre_token_id": (0, 2**31 - 1), "encoder_dim": (1, 65_536),
+    "steps_per_day": (1, 86_400), "tcn_layers": (1, 16), "tcn_kernel_size": (1, 64), "encoder_mlp_layers": (0, 64),
+    "projector_layers": (1, 2), "head_dim": (1, 65_536), "node_table_size": (0, 1_000_000), "se_pairs": (1, 4_096),
+    "mrffn_slots": (1, 65_536), "mrffn_key_dim": (1, 65_536), "mrffn_top_k": (1, 65_536),
+    "hidden_size": (1, 65_536), "fusion_heads": (1, 1_024),
+    # st_backbone.json; a decoder layer index may count from the end (negative)
+    "num_layers": (1, 1_024), "base_num_layers": (1, 1_024), "decoder_layer": (-1_024, 1_023),
+    "random_init_seed": (0, 2**32 - 1), "token_id": (0, 2**31 - 1),
+}
+
+
+def check_size(key: str, value: Any, bounds: str | None = None, nullable: bool = False) -> None:
+    """Raise a ValueError naming ``key`` unless ``value`` is an integer (not a bool) within
+    ``SIZE_BOUNDS[bounds or key]``, or ``None`` when ``nullable``."""
+    low, high = SIZE_BOUNDS[bounds or key]
+    if value is None and nullable:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        kind = {0: "a non-negative integer", 1: "a positive integer"}.get(low, "an integer")
+        raise ValueError(f"{key} must be {kind}{' or null' if nullable else ''}, found {value!r} (st_instruct reads "
+                         f"{low} to {high})")
 
 
 @dataclass
@@ -155,16 +183,38 @@ class STForecasterConfig:
     graph_alpha_km: float = 5.0
 
     def __post_init__(self) -> None:
+        """Every field's type and range (:data:`SIZE_BOUNDS`), so a config -- built by training or read from an
+        edited file -- never reaches a module constructor with a size it cannot allocate."""
         if self.encoder not in ENCODERS:
             raise ValueError(f"encoder must be one of {sorted(ENCODERS)}, found {self.encoder!r}")
         if self.graph not in GRAPH_KINDS:
             raise ValueError(f"graph must be one of {GRAPH_KINDS}, found {self.graph!r}")
+        for key in ("history", "horizon", "channels", "coord_dim", "his_token_id", "pre_token_id", "encoder_dim",
+                    "steps_per_day", "tcn_layers", "tcn_kernel_size", "encoder_mlp_layers", "projector_layers",
+                    "head_dim", "node_table_size", "se_pairs", "mrffn_slots", "mrffn_key_dim", "fusion_heads"):
+            check_size(key, getattr(self, key))
+        for key in ("mrffn_top_k", "hidden_size"):
+            check_size(key, getattr(self, key), nullable=True)
+        if self.mrffn_layers is not None:
+            if not isinstance(self.mrffn_layers, list):
+                raise ValueError(f"mrffn_layers must be a list of decoder layer indices or null, found "
+                                 f"{self.mrffn_layers!r}")
+            for index in self.mrffn_layers:
+                check_size("mrffn_layers", index, "decoder_layer")
+        for key in ("revin", "se_attention", "se_learned_scale", "head_skip", "fusion"):
+            if not isinstance(getattr(self, key), bool):
+                raise ValueError(f"{key} must be true or false, found {getattr(self, key)!r}")
+        for key in ("encoder_mlp_dropout", "se_init_scale", "graph_sigma0_km", "graph_alpha_km"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{key} must be a finite number, found {value!r}")
+        if not 0 <= self.encoder_mlp_dropout < 1:
+            raise ValueError(f"encoder_mlp_dropout must be in [0, 1), found {self.encoder_mlp_dropout}")
         if not self.graph_sigma0_km > 0 or self.graph_alpha_km < 0:
             raise ValueError(f"the wind graph needs graph_sigma0_km > 0 and graph_alpha_km >= 0, found "
                              f"{self.graph_sigma0_km}, {self.graph_alpha_km}")
-        for key in ("history", "horizon", "channels", "encoder_dim", "steps_per_day", "head_dim"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"{key} must be >= 1, found {getattr(self, key)}")
+        if self.mrffn_top_k is not None and self.mrffn_top_k > self.mrffn_slots:
+            raise ValueError(f"mrffn_top_k ({self.mrffn_top_k}) must be at most mrffn_slots ({self.mrffn_slots})")
 
     def encoder_config(self) -> STEncoderConfig:
         """The :class:`STEncoderConfig` of this forecaster's encoder."""
@@ -178,6 +228,8 @@ class STForecasterConfig:
 
     @classmethod
     def load(cls, directory: str | Path) -> STForecasterConfig:
+        """The config saved in ``directory``; a ValueError naming the file and the key when it is not one this
+        version wrote (unknown or missing keys, a type or size out of :data:`SIZE_BOUNDS`)."""
         path = Path(directory, ST_CONFIG_FILE)
         if not path.is_file():
             raise FileNotFoundError(f"{directory} holds no {ST_CONFIG_FILE}; it is written by save_st_modules")
@@ -188,11 +240,53 @@ class STForecasterConfig:
                              "folder again or re-train") from err
         if not isinstance(values, dict):
             raise ValueError(f"{path} must hold a JSON object of the ST configuration, found {type(values).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
+        fields = dataclasses.fields(cls)
+        unknown = sorted(set(values) - {f.name for f in fields})
         if unknown:
             raise ValueError(f"{path}: unknown keys {unknown}; it was written by another version of st_instruct")
-        return cls(**values)
+        missing = [f.name for f in fields if f.default is dataclasses.MISSING and f.name not in values]
+        if missing:
+            raise ValueError(f"{path} lacks the keys {missing}: it was edited or damaged; {COPY_AGAIN}")
+        try:
+            return cls(**values)
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}: it was edited or damaged; {COPY_AGAIN}") from err
+
+
+def check_st_weights(directory: str | Path, config: STForecasterConfig) -> None:
+    """Compare the tensor shapes of ``directory``'s ``st_modules.safetensors`` (read from its header, nothing
+    loaded) with those ``config`` builds, so a config edited against its weights is one error naming both files
+    before the model is built at the edited sizes.
+
+    The ST modules that do not depend on the backbone's layers are built on the meta device (no memory): encoder,
+    graph encoder, projector, head, RevIN, node table, at the width ``hidden_size`` or, with a backbone, the one the
+    saved head reads (the backbone's own width is checked against it when the weights are loaded). SE-Attention,
+    MRFFN memories, fusion and a VLM's vision parts need the backbone; :func:`load_st_modules` checks those."""
+    from safetensors import SafetensorError, safe_open
+
+    directory = Path(directory)
+    path = directory / ST_MODULES_FILE
+    try:
+        with safe_open(str(path), framework="pt") as saved_file:
+            saved = {key: list(saved_file.get_slice(key).get_shape()) for key in saved_file.keys()}
+    except SafetensorError as err:
+        raise ValueError(f"{path} is corrupt or truncated ({err}); copy the model folder again (completely) or "
+                         "re-train") from err
+    width = config.hidden_size or saved.get("regression_head.his.weight", [0, 1])[1]  # lacking: reported below
+    twin = dataclasses.replace(config, hidden_size=width, se_attention=False, mrffn_layers=None, fusion=False)
+    with torch.device("meta"):
+        built = STForecaster(None, twin).st_modules()
+    expected = {f"{name}.{key}": list(value.shape) for name, module in built.items()
+                for key, value in module.state_dict().items()}
+    for key, shape in expected.items():
+        if saved.get(key) != shape:
+            found = f"has {key} of shape {saved[key]}" if key in saved else f"lacks {key}"
+            raise ValueError(f"{path} {found}, but {directory / ST_CONFIG_FILE} gives it shape {shape}: the two files "
+                             f"do not belong together (one was edited or damaged); {COPY_AGAIN}")
+    extra = sorted(key for key in saved if key.split(".")[0] in built and key not in expected)
+    if extra:
+        raise ValueError(f"{path} holds {extra[:3]}, which {directory / ST_CONFIG_FILE} does not build: the two "
+                         f"files do not belong together (one was edited or damaged); {COPY_AGAIN}")
 
 
 @dataclass
@@ -244,7 +338,8 @@ class STForecaster(nn.Module):
             raise ValueError(f"the encoder given reads history {encoder.history} x channels {encoder.channels}, the "
                              f"config says {config.history} x {config.channels}")
         if backbone is None:
-            width, device = self._check_no_backbone(config), torch.device("cpu")
+            # the default device: the CPU, or the meta device where check_st_weights builds a memory-free twin
+            width, device = self._check_no_backbone(config), torch.get_default_device()
             self._plain_config = PretrainedConfig(hidden_size=width)  # what trainers read as model.config
         else:
             if config.hidden_size is not None:
@@ -565,4 +660,6 @@ def load_st_modules(model: STForecaster, directory: str | Path) -> STForecaster:
 
 def load_st_forecaster(backbone: nn.Module, directory: str | Path) -> STForecaster:
     """An :class:`STForecaster` on ``backbone`` with the config and ST weights saved in ``directory``."""
-    return load_st_modules(STForecaster(backbone, STForecasterConfig.load(directory)), directory)
+    config = STForecasterConfig.load(directory)
+    check_st_weights(directory, config)
+    return load_st_modules(STForecaster(backbone, config), directory)

@@ -41,11 +41,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from st_instruct.models.forecaster import (
+    COPY_AGAIN,
     ST_CONFIG_FILE,
     ST_MODULES_FILE,
     STForecaster,
     STForecasterConfig,
     add_memories,
+    check_size,
+    check_st_weights,
     load_st_modules,
     save_st_modules,
     st_state_dict,
@@ -54,6 +57,7 @@ from st_instruct.models.patching import unwrap
 
 BACKBONE_FILE = "st_backbone.json"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")  # what save_pretrained writes and loading reads
 FORMATS = ("adapter", "full", "base", "none")
 
 
@@ -201,20 +205,32 @@ def read_backbone_source(directory: str | Path) -> tuple[BackboneSource, str]:
     weights += sorted(p.name for p in directory.glob("model*.safetensors")) if kind == "full" else []
     for name in weights:
         check_safetensors(directory / name)
+    return _backbone_source(directory / BACKBONE_FILE, meta), kind
+
+
+def _backbone_source(path: Path, meta: dict[str, Any]) -> BackboneSource:
+    """The :class:`BackboneSource` that ``meta`` (``st_backbone.json`` at ``path``, without ``format``) records; a
+    ValueError naming the file and the key for anything this version did not write: unknown keys, a type, or a size
+    out of :data:`~st_instruct.models.forecaster.SIZE_BOUNDS` (checked before any backbone is built)."""
     unknown = sorted(set(meta) - {f.name for f in fields(BackboneSource)})
-    if unknown or "model_name_or_path" not in meta:
-        raise ValueError(f"{directory / BACKBONE_FILE} must hold model_name_or_path (and num_layers, load_in_4bit, "
-                         f"format), found keys {sorted(meta)}; it was not written by this version of st_instruct")
+    name = meta.get("model_name_or_path")
+    if unknown or not (isinstance(name, str) and name):
+        raise ValueError(f"{path} must hold model_name_or_path (and num_layers, load_in_4bit, format), found keys "
+                         f"{sorted(meta)} with model_name_or_path {name!r}; it was not written by this version of "
+                         "st_instruct")
     tokens = meta.get("added_tokens")
-    if tokens is not None and not (isinstance(tokens, dict) and all(
-            isinstance(k, str) and isinstance(v, int) for k, v in tokens.items())):
-        raise ValueError(f"{directory / BACKBONE_FILE}: added_tokens must map token strings to integer ids, found "
-                         f"{tokens!r}")
-    layers = meta.get("base_num_layers")
-    if layers is not None and not (isinstance(layers, int) and layers > 0):
-        raise ValueError(f"{directory / BACKBONE_FILE}: base_num_layers must be a positive integer or null, found "
-                         f"{layers!r}")
-    return BackboneSource(**meta), kind
+    try:
+        if tokens is not None and not (isinstance(tokens, dict) and all(isinstance(k, str) for k in tokens)):
+            raise ValueError(f"added_tokens must map token strings to integer ids, found {tokens!r}")
+        if not isinstance(meta.get("load_in_4bit", False), bool):
+            raise ValueError(f"load_in_4bit must be true or false, found {meta['load_in_4bit']!r}")
+        for key in ("num_layers", "base_num_layers", "random_init_seed"):
+            check_size(key, meta.get(key), nullable=True)
+        for token, token_id in (tokens or {}).items():
+            check_size(f"added_tokens[{token!r}]", token_id, "token_id")
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}: it was edited or damaged; {COPY_AGAIN}") from err
+    return BackboneSource(**meta)
 
 
 def read_json_file(path: Path) -> Any:
@@ -252,13 +268,20 @@ def build_base_backbone(source: BackboneSource) -> tuple[Any, Any]:
 
 
 def load_forecaster(directory: str | Path) -> tuple[STForecaster, Any]:
-    """``(model in eval mode, tokenizer)`` from a directory written by :func:`save_forecaster`."""
+    """``(model in eval mode, tokenizer)`` from a directory written by :func:`save_forecaster`. Its files are checked
+    against each other (:func:`read_backbone_source`, :meth:`STForecasterConfig.load`, :func:`check_st_weights`, the
+    tokenizer's files) before anything is built, so an edited or incomplete folder is one error naming the file."""
     from peft import PeftModel
     from transformers import AutoTokenizer
 
     directory = Path(directory)
     source, kind = read_backbone_source(directory)
     config = STForecasterConfig.load(directory)
+    check_st_weights(directory, config)
+    missing = [name for name in TOKENIZER_FILES if not (directory / name).is_file()]
+    if missing:  # transformers would answer "install sentencepiece or tiktoken", which is not the problem
+        raise FileNotFoundError(f"{directory} lacks its tokenizer's {' and '.join(missing)} (a saved forecaster "
+                                f"holds {' and '.join(TOKENIZER_FILES)}); copy the model folder again (completely)")
     tokenizer = AutoTokenizer.from_pretrained(directory)
     if kind == "none":  # the no-LLM control: the tokenizer only tokenises its prompts, the model reads the arrays
         return load_st_modules(STForecaster(None, config), directory).eval(), tokenizer
