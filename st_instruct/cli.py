@@ -249,7 +249,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         write_results_json,
     )
     from st_instruct.hub import EVALUATIONS_FILE
-    from st_instruct.outputs import check_can_create
+    from st_instruct.outputs import check_can_create, check_writable
 
     started = time.perf_counter()
     model_dir = Path(args.model)
@@ -287,6 +287,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         # each control is fine-tuned on the same windows with the same steps, so its row stays a like-for-like one
         sources = [model_dir, *map(Path, controls)]
         outputs = [Path(tuned), *(Path(tuned).parent / f"{Path(tuned).name}-{Path(c).name}" for c in controls)]
+        for output in outputs:  # every folder checked before the first fine-tuning
+            check_writable(output, args.overwrite, "--overwrite", "an earlier few-shot model")
         tuned_dirs = []
         for source, output in zip(sources, outputs, strict=True):
             if not args.quiet:
@@ -295,7 +297,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
             tuned_dirs.append(few_shot_finetune(source, args.dataset, args.few_shot, output, data_dir=args.data_dir,
                                                 channels=args.channels, start=args.start, end=args.end,
                                                 steps=args.few_shot_steps, broadcast_channels=args.broadcast_channels,
-                                                seed=args.seed, spec=_spec_kwargs(args), progress=not args.quiet))
+                                                seed=args.seed, spec=_spec_kwargs(args), progress=not args.quiet,
+                                                overwrite=args.overwrite))
         model_dir, controls = tuned_dirs[0], [str(folder) for folder in tuned_dirs[1:]]
     report, arrays = evaluate_forecaster(model_dir, args.dataset, data_dir=args.data_dir, channels=args.channels,
                                          start=args.start, end=args.end, max_windows=args.max_windows,
@@ -484,8 +487,8 @@ def build_parser() -> argparse.ArgumentParser:
                           metavar="KIND", help="first train these controls (no_llm, random_llm) from the model's own "
                           "recipe.yaml, same data, model and budget, into MODEL-no-llm / MODEL-random-llm (a "
                           "complete one there is reused unless --overwrite), then score them as --controls")
-    evaluate.add_argument("--overwrite", action="store_true", help="replace an existing --json file, and with "
-                          "--train-controls retrain a control folder that exists")
+    evaluate.add_argument("--overwrite", action="store_true", help="replace an existing --json file and few-shot "
+                          "folder, and with --train-controls retrain a control folder that exists")
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--zero-shot-scaling", choices=("window", "train"), default="window",
                           help="zero-shot only: scale each sample with its own history window's statistics "

@@ -121,7 +121,7 @@ def write_model_card(directory: str | Path, recipe: dict[str, Any] | None = None
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     from st_instruct.models.backbones import hub_model_id
-    from st_instruct.outputs import write_text_atomic
+    from st_instruct.outputs import final_path, write_text_atomic
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -136,7 +136,8 @@ def write_model_card(directory: str | Path, recipe: dict[str, Any] | None = None
     if few_shot and few_shot["dataset"] not in datasets:
         datasets.append(few_shot["dataset"])
     control = (recipe or {}).get("control", "none")
-    title = f"{directory.name}: {'the ' + control.replace('_', '-') + ' control of ' if control != 'none' else ''}" \
+    name = final_path(directory).name  # a folder being saved is a staged sibling: the card names the final one
+    title = f"{name}: {'the ' + control.replace('_', '-') + ' control of ' if control != 'none' else ''}" \
             f"an st_instruct forecaster on {base or 'no backbone'}"
     results = []
     for report in evaluations:
@@ -153,7 +154,7 @@ def write_model_card(directory: str | Path, recipe: dict[str, Any] | None = None
         library_name="peft" if kind == "adapter" else "st_instruct",
         base_model=base if _is_hub_id(base) else None, datasets=datasets or None,
         tags=[*CARD_TAGS, *(["lora", "peft"] if kind == "adapter" else [])], pipeline_tag="time-series-forecasting",
-        model_name=directory.name if results else None, eval_results=results or None, **extra)
+        model_name=name if results else None, eval_results=results or None, **extra)
     body = [f"# {title}", "", *_what_section(base, name, datasets, kind, control, recipe, few_shot),
             "## How to use", "", *_usage_section(datasets), "## Evaluation", "", *_evaluation_section(evaluations),
             "## Training recipe", ""]

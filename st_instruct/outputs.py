@@ -81,6 +81,20 @@ def clean_stale_siblings(directory: str | Path, name: str | None = None) -> list
     return cleaned
 
 
+def final_path(path: str | Path) -> Path:
+    """Where ``path`` will be once every staged folder on its way is committed: ``.NAME.partial-HOST-PID`` becomes
+    ``NAME``, and :func:`staged_into`'s ``.final.partial-HOST-PID`` merges into its parent. What a file written
+    while staged (a model card) names as its folder."""
+    parts: list[str] = []
+    for part in Path(path).parts:
+        match = _SIBLING.match(part)
+        if match is None or match["kind"] != "partial":
+            parts.append(part)
+        elif match["name"] != "final":
+            parts.append(match["name"])
+    return Path(*parts)
+
+
 def is_nonempty(path: str | Path) -> bool:
     """A file, or a folder with anything in it."""
     path = Path(path)

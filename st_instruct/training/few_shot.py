@@ -42,13 +42,17 @@ def few_shot_train_windows(num_train_windows: int, fraction: float) -> int:
 def few_shot_finetune(model_dir: str | Path, dataset: str, fraction: float, output_dir: str | Path, *,
                       data_dir: str | None = None, channels: list[str] | None = None, start: str | None = None,
                       end: str | None = None, steps: int | None = None, broadcast_channels: bool = False,
-                      seed: int = 0, spec: dict[str, Any] | None = None, progress: bool = True) -> Path:
+                      seed: int = 0, spec: dict[str, Any] | None = None, progress: bool = True,
+                      overwrite: bool = False) -> Path:
     """Fine-tune the forecaster in ``model_dir`` on the first ``fraction`` of ``dataset``'s train windows and save
     it to ``output_dir`` (returned). ``steps`` optimizer steps (default one pass over the few-shot samples);
     ``broadcast_channels`` trains a multi-channel model on a one-channel dataset (see ``STDataCollator``); ``spec``
     is the dataset specification given for ``dataset`` (``get_dataset`` keywords; in-domain the recipe's fills the
     rest, see ``evaluation_config``), saved in the new folder's recipe.yaml so its evaluation uses it too.
-    ``progress=False`` turns off the trainer's progress bar and its per-step log lines (``disable_tqdm``)."""
+    ``progress=False`` turns off the trainer's progress bar and its per-step log lines (``disable_tqdm``).
+
+    The folder is written staged (:func:`~st_instruct.outputs.staged_output`): an existing one is refused before any
+    work unless ``overwrite`` (``--overwrite``), and replaced only once the new one is complete."""
     import yaml
     from transformers import PrinterCallback
 
@@ -60,8 +64,10 @@ def few_shot_finetune(model_dir: str | Path, dataset: str, fraction: float, outp
     from st_instruct.hub import write_model_card
     from st_instruct.models.forecaster import STForecasterConfig
     from st_instruct.models.saving import load_forecaster_weights, read_backbone_source
+    from st_instruct.outputs import check_writable, staged_output
     from st_instruct.training.run import RECIPE_FILE, build_forecaster, build_trainer
 
+    check_writable(output_dir, overwrite, "--overwrite", "an earlier few-shot model")
     source, _ = read_backbone_source(model_dir)  # names missing files before anything slow
     few_shot_train_windows(1, fraction)  # checks the fraction
     if steps is not None and steps < 1:
@@ -91,27 +97,30 @@ def few_shot_finetune(model_dir: str | Path, dataset: str, fraction: float, outp
     train = built["train"].filter(lambda start: start <= last_start, input_columns="window_start")
     per_step = sft_config.per_device_train_batch_size * sft_config.gradient_accumulation_steps
     steps = steps or max(1, math.ceil(len(train) / per_step))
-    # the recipe's optimiser settings, with this run's length, folder and seed (and no checkpoints or evaluation)
-    _, _, sft_config = parse_recipe(train_dataclasses(), [
-        recipe_path, "--template", template, "--output_dir", str(output_dir), "--max_steps", str(steps),
-        "--save_strategy", "no", "--eval_strategy", "no", "--seed", str(seed),
-        "--disable_tqdm", str(not progress).lower()])
-    trainer = build_trainer(model, target, model_config, sft_config, train, tokenizer, backbone_seed,
-                            broadcast_channels=trained_channels if broadcast_channels else None)
-    if not progress:
-        trainer.remove_callback(PrinterCallback)  # what the trainer prints per logging step instead of its bar
-    trainer.train()
-    trainer.save_model(str(output_dir))
-    trainer.save_state()
-    save_template_copy(output_dir, target)  # the few-shot folder ships its template too
-    write_data_profiles(output_dir, target)  # what forecasting the target's new values needs (st_instruct.inference)
-    recipe = recipe_dict(target, model_config, sft_config)
-    (output_dir / RECIPE_FILE).write_text(yaml.safe_dump(recipe, sort_keys=False))
-    record = {"source_model": str(model_dir), "pretrained_on": list(data_config.dataset_names), "dataset": dataset,
-              "fraction": fraction, "train_windows": kept, "of_train_windows": windows.num_windows("train"),
-              "train_samples": len(train), "steps": sft_config.max_steps, "broadcast_channels": broadcast_channels}
-    (output_dir / FEW_SHOT_FILE).write_text(json.dumps(record, indent=2) + "\n")
-    write_model_card(output_dir, recipe=recipe)  # reads few_shot.json: the source, its datasets and this one
+    with staged_output(output_dir, overwrite=overwrite) as staging:
+        # the recipe's optimiser settings, with this run's length, folder and seed (and no checkpoints or evaluation)
+        _, _, sft_config = parse_recipe(train_dataclasses(), [
+            recipe_path, "--template", template, "--output_dir", str(staging), "--max_steps", str(steps),
+            "--save_strategy", "no", "--eval_strategy", "no", "--seed", str(seed),
+            "--disable_tqdm", str(not progress).lower()])
+        trainer = build_trainer(model, target, model_config, sft_config, train, tokenizer, backbone_seed,
+                                broadcast_channels=trained_channels if broadcast_channels else None)
+        if not progress:
+            trainer.remove_callback(PrinterCallback)  # what the trainer prints per logging step instead of its bar
+        trainer.train()
+        trainer.save_model(str(staging))
+        trainer.save_state()
+        save_template_copy(staging, target)  # the few-shot folder ships its template too
+        write_data_profiles(staging, target)  # what forecasting the target's new values needs (st_instruct.inference)
+        sft_config.output_dir = str(output_dir)  # what recipe.yaml records
+        recipe = recipe_dict(target, model_config, sft_config)
+        (staging / RECIPE_FILE).write_text(yaml.safe_dump(recipe, sort_keys=False))
+        record = {"source_model": str(model_dir), "pretrained_on": list(data_config.dataset_names),
+                  "dataset": dataset, "fraction": fraction, "train_windows": kept,
+                  "of_train_windows": windows.num_windows("train"), "train_samples": len(train),
+                  "steps": sft_config.max_steps, "broadcast_channels": broadcast_channels}
+        (staging / FEW_SHOT_FILE).write_text(json.dumps(record, indent=2) + "\n")
+        write_model_card(staging, recipe=recipe)  # reads few_shot.json: the source, its datasets and this one
     return output_dir
 
 

@@ -210,6 +210,16 @@ def test_few_shot_fine_tunes_on_the_first_windows_then_reports_beside_baselines_
     rows = [list(windows.starts["test"]).index(s) for s in arrays["starts"]]
     np.testing.assert_allclose(arrays["predictions"]["historical_average"], ha["historical_average"][rows])
     assert not np.allclose(ha["historical_average"][rows], ha_full["historical_average"][rows])
+    # the folder is staged: its card names it (not its temporary sibling), and a second run is refused until
+    # --overwrite, before any fine-tuning, leaving it as it was
+    assert "# tuned: " in (tuned / "README.md").read_text() and ".partial-" not in (tuned / "README.md").read_text()
+    kept_files = {p.name: p.read_bytes() for p in tuned.iterdir() if p.is_file()}
+    again = ["evaluate", "--model", str(model_dir), "--dataset", "synthetic-small", "--few-shot", "0.005",
+             "--few-shot-steps", "2", "--few-shot-output", str(tuned), "--max-windows", "2", "--models",
+             "historical_average", "--output", str(tmp_path / "e2"), "--quiet"]
+    assert main(again) == 2
+    assert {p.name: p.read_bytes() for p in tuned.iterdir() if p.is_file()} == kept_files
+    assert main([*again, "--overwrite"]) == 0 and not [p for p in tmp_path.iterdir() if ".partial-" in p.name]
 
 
 def test_few_shot_fraction_out_of_range_is_a_clear_error(model_dir, tmp_path, capsys):
