@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import math
 import sys
 from dataclasses import dataclass, field, fields
 from enum import Enum
@@ -37,6 +38,32 @@ VISION_TOWER_TRAINING = ("frozen", "lora", "full")
 
 class RecipeError(ValueError):
     """A recipe file or flag is wrong; the message names the file and key."""
+
+
+class TrainingDivergedError(ValueError):
+    """Training stopped because its loss or weights turned inf or nan (most often: too high a learning rate); the
+    message names the step, the loss and the recipe keys to change, and nothing non-finite was saved. Here, beside
+    :class:`RecipeError`, so the SFT trainer and the pretraining loop raise the same error without importing each
+    other."""
+
+
+def check_finite_numbers(config: Any) -> None:
+    """Refuse an inf or nan in any float field of a recipe dataclass (a :class:`RecipeError` naming the key): no key
+    means anything by one, and a range check such as ``x <= 0`` lets nan through."""
+    for f in fields(config):
+        value = getattr(config, f.name, None)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise RecipeError(f"{f.name} must be a finite number, found {value}; set it in the recipe or with "
+                              f"--{f.name}")
+
+
+def check_training_arguments(args: Any) -> None:
+    """What ``TrainingArguments`` (TRL's ``SFTConfig``) itself lets through and training cannot use: an inf or nan
+    value, or a ``learning_rate`` <= 0 (the adapters / backbone would not learn, or climb the loss)."""
+    check_finite_numbers(args)
+    if not args.learning_rate > 0:
+        raise RecipeError(f"learning_rate must be > 0, found {args.learning_rate}; set it in the recipe or with "
+                          "--learning_rate")
 
 
 @dataclass
@@ -114,6 +141,7 @@ class DataConfig:
                 "single-pass forecast stays trained)"})
 
     def __post_init__(self) -> None:
+        check_finite_numbers(self)
         if self.image_kind not in IMAGE_KIND_NAMES:
             raise RecipeError(f"image_kind must be one of {IMAGE_KIND_NAMES}, found {self.image_kind!r}")
         if self.image_size is not None and self.image_size < 32:
@@ -245,6 +273,7 @@ class ModelConfig:
                 "initialised weights, seeded by seed)"})
 
     def __post_init__(self) -> None:
+        check_finite_numbers(self)
         if self.freeze_plan not in FREEZE_PLAN_NAMES:
             raise RecipeError(f"freeze_plan must be one of {FREEZE_PLAN_NAMES}, found {self.freeze_plan!r}")
         if self.st_encoder not in ST_ENCODER_NAMES:
@@ -344,6 +373,7 @@ class PretrainConfig:
     pretrain_seed: int = field(default=0, metadata={"help": "seed of the initialisation, batches and masks"})
 
     def __post_init__(self) -> None:
+        check_finite_numbers(self)
         if isinstance(self.pretrain_mask_families, str):
             self.pretrain_mask_families = [self.pretrain_mask_families]
         if self.pretrain_objective not in PRETRAIN_OBJECTIVES:
@@ -619,10 +649,12 @@ def parse_recipe(dataclass_types: tuple[type, ...], args: list[str] | None = Non
     types, :func:`cpu_training_defaults` apply under the recipe on a machine without CUDA.
 
     Every mistake is one :class:`RecipeError` line naming the recipe (or flag), the key, the value and what is
-    expected -- never argparse's usage text. A recipe file may only name templates in ``prompts/`` or
-    ``$ST_INSTRUCT_PROMPTS`` (a ``--template`` flag may name any file); a set ``template_sha256`` must match the
-    template's file.
+    expected -- never argparse's usage text; an inf or nan value and a ``learning_rate`` <= 0 among them
+    (:func:`check_finite_numbers`, :func:`check_training_arguments`). A recipe file may only name templates in
+    ``prompts/`` or ``$ST_INSTRUCT_PROMPTS`` (a ``--template`` flag may name any file); a set ``template_sha256``
+    must match the template's file.
     """
+    from transformers import TrainingArguments
     from trl import TrlParser
 
     class RecipeParser(TrlParser):
@@ -662,6 +694,9 @@ def parse_recipe(dataclass_types: tuple[type, ...], args: list[str] | None = Non
     except ValueError as err:  # a dataclass's own check (TrainingArguments: bf16 without a GPU, ...)
         raise RecipeError(f"recipe {recipe or '(none)'}: {err}") from err
     parsed = tuple(_null_flags(config, flags) for config in parsed)
+    for config in parsed:
+        if isinstance(config, TrainingArguments):
+            check_training_arguments(config)
     _check_template_sha256(parsed)
     data = [config for config in parsed if isinstance(config, DataConfig)]
     model = [config for config in parsed if isinstance(config, ModelConfig)]

@@ -24,7 +24,14 @@ import yaml
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from st_instruct.configs import DataConfig, ModelConfig, PretrainConfig, RecipeError, recipe_dict
+from st_instruct.configs import (
+    DataConfig,
+    ModelConfig,
+    PretrainConfig,
+    RecipeError,
+    TrainingDivergedError,
+    recipe_dict,
+)
 from st_instruct.data.windows import STWindows
 from st_instruct.models.st_encoders import ENCODER_CONFIG_FILE, STEncoderConfig, build_st_encoder
 from st_instruct.pretraining.model import HEAD_FILE, PretrainModel, forecast_loss, reconstruction_loss
@@ -126,10 +133,20 @@ class EpochOrder:
         return index
 
 
+def divergence_error(what: str, step: int, config: PretrainConfig) -> TrainingDivergedError:
+    """The error of a pretraining run whose loss or weights turned inf or nan: ``what`` happened at ``step``."""
+    return TrainingDivergedError(f"{what} at step {step} of {config.pretrain_steps}: pretraining diverged and was "
+                                 f"stopped, nothing was saved; lower pretrain_learning_rate (now "
+                                 f"{config.pretrain_learning_rate:g}) and pretrain again")
+
+
 def train_encoder(data_config: DataConfig, model_config: ModelConfig, config: PretrainConfig,
                   progress: bool = True) -> tuple[PretrainModel, STEncoderConfig, dict]:
     """Pretrain the recipe's encoder: ``(model, its encoder's config, log)``; the log holds the loss of every step.
-    Seeded by ``pretrain_seed`` (initialisation, batches, masks): the same recipe gives the same weights."""
+    Seeded by ``pretrain_seed`` (initialisation, batches, masks): the same recipe gives the same weights.
+
+    A loss that turns inf or nan stops the run before its step is applied, and weights left non-finite by the last
+    step are refused too (:class:`TrainingDivergedError`), so no folder of non-finite weights is ever written."""
     from tqdm.auto import tqdm
 
     sources = load_sources(data_config, list(config.pretrain_mask_families))
@@ -153,10 +170,12 @@ def train_encoder(data_config: DataConfig, model_config: ModelConfig, config: Pr
     started = time.perf_counter()
     bar = tqdm(range(config.pretrain_steps), desc=f"pretrain ({config.pretrain_objective})", disable=not progress)
     model.train()
-    for _ in bar:
+    for step in bar:
         pick = int(torch.randint(len(sources), (), generator=generator))
         source, index = sources[pick], orders[pick].next(config.pretrain_batch_size)
         loss = step_loss(model, window_batch(source, index), source, config.pretrain_mask_ratio, generator)
+        if not loss.isfinite():
+            raise divergence_error(f"the {config.pretrain_objective} loss is {loss.item():g}", step + 1, config)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -164,6 +183,8 @@ def train_encoder(data_config: DataConfig, model_config: ModelConfig, config: Pr
             schedule.step()
         losses.append(float(loss.detach()))
         bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
+    if not all(p.isfinite().all() for p in model.parameters()):  # the last step's update: no loss has read it
+        raise divergence_error("the weights turned inf or nan", config.pretrain_steps, config)
     log = {"objective": config.pretrain_objective, "datasets": [s.name for s in sources], "losses": losses,
            "seconds": round(time.perf_counter() - started, 2)}
     return model.eval(), encoder_config, log

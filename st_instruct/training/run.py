@@ -8,15 +8,26 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
 
-from st_instruct.configs import DataConfig, ModelConfig, RecipeError, check_recipe_consistency, recipe_dict
+from st_instruct.configs import (
+    DataConfig,
+    ModelConfig,
+    RecipeError,
+    TrainingDivergedError,
+    check_recipe_consistency,
+    recipe_dict,
+)
 
 RECIPE_FILE = "recipe.yaml"
 TRAINER_STATE_FILE = "trainer_state.json"
@@ -357,18 +368,73 @@ def _same_on_every_process(value: str) -> str:
     return value
 
 
-def discard_failed_run(run_dir: Path, created: bool) -> None:
-    """After a failed run: keep ``run_dir`` if it holds checkpoints (work to resume from; says how), else remove
-    it if this run created it, or what this run put into it (it was empty)."""
-    checkpoints = checkpoint_folders(run_dir) if run_dir.is_dir() else []
+def discard_failed_run(run_dir: Path, created: bool, diverged: bool) -> None:
+    """After a failed run: keep ``run_dir`` if it holds complete checkpoints (work to resume from; says how), else
+    remove it if this run created it, or what this run put into it (it was empty). After a run that ``diverged``
+    (:class:`~st_instruct.configs.TrainingDivergedError`) the checkpoints are kept as what was learnt before, but
+    resuming is not offered: it restores the learning rate with the optimizer state and repeats the divergence."""
+    checkpoints = [p for p in checkpoint_folders(run_dir) if not checkpoint_missing(p)]
     if checkpoints:
-        print(f"training failed; kept {', '.join(p.name for p in checkpoints)} in {run_dir}: resume with "
-              "--resume_from_checkpoint true", file=sys.stderr)
+        advice = (f"they predate the divergence, but resuming would repeat it: train again with a lower learning rate "
+                  f"(with {OVERWRITE_FLAG} to replace this folder)" if diverged
+                  else "resume with --resume_from_checkpoint true")
+        print(f"training failed; kept {', '.join(p.name for p in checkpoints)} in {run_dir}: {advice}",
+              file=sys.stderr)
     elif created:
         shutil.rmtree(run_dir, ignore_errors=True)
     elif run_dir.is_dir():
         for entry in run_dir.iterdir():
             shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def sigterm_as_exit() -> Iterator[None]:
+    """While the block runs, SIGTERM (a scheduler's or ``kill``'s stop) raises ``SystemExit(143)`` in the main
+    thread instead of ending the process at once, so the block's cleanup (``except`` / ``finally``) runs as on
+    Ctrl-C; the previous handler is restored afterwards. As with Ctrl-C, the exception arrives when the main thread
+    next runs Python code (one blocked inside a collective waits for it to return; SIGKILL still ends it at once).
+    Elsewhere than the main thread Python cannot install a handler, and the block runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+def stage_tensorboard_logs(trainer: Any, staged: Path) -> None:
+    """Point the trainer's TensorBoard callback (``report_to: tensorboard``) at a folder inside ``staged`` instead
+    of ``OUTPUT/runs/`` (unless ``$TENSORBOARD_LOGGING_DIR`` chose the place). A killed run then leaves its log only
+    in ``staged``, a temporary sibling removed once its process is dead, not a ``runs/`` that makes the folder look
+    used and mixes into the next run's; :func:`collect_tensorboard_logs` moves a complete run's log into the final
+    save."""
+    from transformers.integrations import TensorBoardCallback
+    from transformers.integrations.integration_utils import default_logdir
+
+    for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, TensorBoardCallback) and callback.logging_dir is None:
+            callback.logging_dir = str(staged / Path(default_logdir()).name)
+
+
+def collect_tensorboard_logs(staged: Path, earlier: Path, staging: Path) -> None:
+    """Put ``staging/runs/`` together for the final save, when this run logged into ``staged``
+    (:func:`stage_tensorboard_logs`): the ``earlier`` complete runs' logs (``OUTPUT/runs/`` of a resumed run; copied,
+    so an interrupted save leaves them as they were) plus this run's, moved; ``staged`` is removed."""
+    if not staged.is_dir():
+        return
+    runs = staging / "runs"
+    if earlier.is_dir():
+        shutil.copytree(earlier, runs)
+    runs.mkdir(exist_ok=True)
+    for log in staged.iterdir():
+        os.replace(log, runs / log.name)
+    staged.rmdir()
 
 
 def train(data_config: DataConfig, model_config: ModelConfig, sft_config: Any,
@@ -384,9 +450,12 @@ def train(data_config: DataConfig, model_config: ModelConfig, sft_config: Any,
     new run trains in a temporary sibling (``.NAME.partial-HOST-PID``: checkpoint rotation never sees the old run's
     checkpoints) that replaces the old folder only once its final save is complete; a failed or killed overwriting
     run leaves the old folder as it was (and its own checkpoints are discarded). The final save is staged and moved
-    in with ``st_backbone.json`` last (:func:`st_instruct.outputs.staged_into`). A run that fails before its first
-    checkpoint removes the folder it created; one that fails later keeps its checkpoints. Only the main process
-    writes and moves.
+    in with ``st_backbone.json`` last (:func:`st_instruct.outputs.staged_into`), the run's TensorBoard log among
+    it as ``runs/NAME`` (written to a temporary sibling until then: :func:`stage_tensorboard_logs`). A run that
+    fails before its first checkpoint removes the folder it created; one that fails later keeps its checkpoints
+    (:func:`discard_failed_run`); SIGTERM counts as a failure (:func:`sigterm_as_exit`). A run whose loss or weights
+    turn inf or nan stops before they are applied or saved (:class:`~st_instruct.configs.TrainingDivergedError`).
+    Only the main process writes and moves.
     """
     from st_instruct.data.profile import write_data_profiles
     from st_instruct.data.prompts import save_template_copy
@@ -399,50 +468,58 @@ def train(data_config: DataConfig, model_config: ModelConfig, sft_config: Any,
     if main:
         clean_stale_siblings(output.parent, output.name)
         clean_stale_siblings(output, "final")
+        clean_stale_siblings(output, "runs")  # a killed run's TensorBoard log: alone, it leaves the folder empty
     resume = resolve_resume(sft_config.resume_from_checkpoint, output, announce=main)
     replacing = resume is None and is_nonempty(output)
     if replacing:
         check_writable(output, overwrite_output_dir, OVERWRITE_FLAG, describe_output(output))
     run_dir = Path(_same_on_every_process(str(sibling(output)))) if replacing else output
     created = not run_dir.exists()
+    staged_logs = sibling(run_dir / "runs")
     sft_config.output_dir = str(run_dir)
-    try:
-        model, tokenizer, dataset, report = build_forecaster(data_config, model_config, sft_config.seed)
-        if main:
-            if not torch.cuda.is_available():
-                print(f"no CUDA device: training on the CPU (bf16 {sft_config.bf16}, activation checkpointing "
-                      f"{sft_config.activation_checkpointing}; see configs.cpu_training_defaults)")
-            print(report.summary())
-        recipe_dict(data_config, model_config, sft_config)  # its TrainingArguments defaults, made before the trainer
-        evaluate = sft_config.eval_strategy != "no"
-        trainer = build_trainer(model, data_config, model_config, sft_config, dataset["train"], tokenizer,
-                                sft_config.seed,
-                                eval_dataset=dataset["validation"] if evaluate else None)
-        # every checkpoint's card and the final one show the recipe as recipe.yaml will record it
-        trainer.card_recipe = lambda: {**recipe_dict(data_config, model_config, sft_config), "output_dir": str(output)}
-        trainer.train(resume_from_checkpoint=resume)
-        sft_config.output_dir = str(output)  # what recipe.yaml records
-        if not main:
-            trainer.save_model(str(run_dir))  # joins the collective gathers (ZeRO-3); only the main process writes
-        else:
-            with staged_into(run_dir, last=BACKBONE_FILE) as staging:
-                trainer.save_model(str(staging))
-                trainer.state.save_to_json(str(staging / TRAINER_STATE_FILE))  # the log history
-                save_template_copy(staging, data_config)  # records template_sha256 for the recipe
-                write_data_profiles(staging, data_config)  # what forecasting new values needs (st_instruct.inference)
-                recipe = recipe_dict(data_config, model_config, sft_config)
-                (staging / RECIPE_FILE).write_text(yaml.safe_dump(recipe, sort_keys=False))
-            if replacing:
-                commit(run_dir, output, overwrite=True)
-            what = "forecaster" if model_config.control == "none" else f"{model_config.control} control"
-            print(f"saved the {what} to {output}")
-    except BaseException:
-        sft_config.output_dir = str(output)
-        if main and replacing:
-            shutil.rmtree(run_dir, ignore_errors=True)
-        elif main:
-            discard_failed_run(run_dir, created)
-        raise
+    with sigterm_as_exit():
+        try:
+            model, tokenizer, dataset, report = build_forecaster(data_config, model_config, sft_config.seed)
+            if main:
+                if not torch.cuda.is_available():
+                    print(f"no CUDA device: training on the CPU (bf16 {sft_config.bf16}, activation checkpointing "
+                          f"{sft_config.activation_checkpointing}; see configs.cpu_training_defaults)")
+                print(report.summary())
+            recipe_dict(data_config, model_config, sft_config)  # its TrainingArguments defaults, before the trainer
+            evaluate = sft_config.eval_strategy != "no"
+            trainer = build_trainer(model, data_config, model_config, sft_config, dataset["train"], tokenizer,
+                                    sft_config.seed,
+                                    eval_dataset=dataset["validation"] if evaluate else None)
+            if main:
+                stage_tensorboard_logs(trainer, staged_logs)
+            # every checkpoint's card and the final one show the recipe as recipe.yaml will record it
+            trainer.card_recipe = lambda: {**recipe_dict(data_config, model_config, sft_config),
+                                           "output_dir": str(output)}
+            trainer.train(resume_from_checkpoint=resume)
+            sft_config.output_dir = str(output)  # what recipe.yaml records
+            if not main:
+                trainer.save_model(str(run_dir))  # joins the collective gathers (ZeRO-3); only the main process writes
+            else:
+                with staged_into(run_dir, last=BACKBONE_FILE) as staging:
+                    trainer.save_model(str(staging))
+                    trainer.state.save_to_json(str(staging / TRAINER_STATE_FILE))  # the log history
+                    save_template_copy(staging, data_config)  # records template_sha256 for the recipe
+                    write_data_profiles(staging, data_config)  # what forecasting new values needs (inference)
+                    recipe = recipe_dict(data_config, model_config, sft_config)
+                    (staging / RECIPE_FILE).write_text(yaml.safe_dump(recipe, sort_keys=False))
+                    collect_tensorboard_logs(staged_logs, run_dir / "runs", staging)
+                if replacing:
+                    commit(run_dir, output, overwrite=True)
+                what = "forecaster" if model_config.control == "none" else f"{model_config.control} control"
+                print(f"saved the {what} to {output}")
+        except BaseException as err:
+            sft_config.output_dir = str(output)
+            if main and replacing:
+                shutil.rmtree(run_dir, ignore_errors=True)
+            elif main:
+                shutil.rmtree(staged_logs, ignore_errors=True)  # an unfinished run's log joins no folder
+                discard_failed_run(run_dir, created, diverged=isinstance(err, TrainingDivergedError))
+            raise
     trainer.accelerator.wait_for_everyone()
     if main and sft_config.push_to_hub:  # the complete folder, exactly as `st-instruct push` pushes it
         repo_id = sft_config.hub_model_id or output.name

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from trl import SFTConfig, SFTTrainer
 
+from st_instruct.configs import TrainingDivergedError
 from st_instruct.models.forecaster import STForecaster, masked_mae_loss, regression_mask
 from st_instruct.models.saving import BackboneSource, load_forecaster_weights, save_forecaster
 from st_instruct.training.collator import STDataCollator
@@ -140,12 +141,33 @@ class STSFTTrainer(SFTTrainer):
 
     def compute_loss(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> torch.Tensor | tuple[torch.Tensor, Any]:
-        """``λ_reg · masked MAE + λ_lm · LM loss`` of one micro-batch (an ``STDataCollator`` batch), one forward."""
+        """``λ_reg · masked MAE + λ_lm · LM loss`` of one micro-batch (an ``STDataCollator`` batch), one forward.
+
+        A training loss that is inf or nan on any process stops training with :class:`TrainingDivergedError` here,
+        before its backward pass and optimizer step: the weights stay as the last finite step left them (every
+        process sees the same gathered parts, so all of them stop). At the first step no update is to blame, and the
+        message says so."""
         mode = "train" if model.training else "eval"
         loss, reg_loss, lm_loss, outputs = forecaster_loss(model, inputs, self.loss_reg_weight, self.loss_lm_weight)
-        for name, value in (("loss_reg", reg_loss), ("loss_lm", lm_loss)):
-            self._metrics[mode][name].append(self.accelerator.gather_for_metrics(value.detach()[None]).mean().item())
+        parts = self.accelerator.gather_for_metrics(torch.stack([loss, reg_loss, lm_loss]).detach()[None]).mean(0)
+        total, reg, lm = parts.tolist()
+        if model.training and not parts.isfinite().all():
+            where = f"loss is {total:g} at step {self.state.global_step + 1} (loss_reg {reg:g}, loss_lm {lm:g})"
+            if self.state.global_step == 0:
+                raise TrainingDivergedError(
+                    f"{where}, before any step changed the weights: the backbone or the data give inf / nan, not the "
+                    "learning rate; check the backbone's weights, its precision (bf16 / fp16) and the dataset")
+            raise TrainingDivergedError(
+                f"{where}: training diverged and was stopped before this step changed the weights; lower the "
+                f"learning rate ({self._learning_rates()}) or add warmup_steps, and train again from the start")
+        self._metrics[mode]["loss_reg"].append(reg)
+        self._metrics[mode]["loss_lm"].append(lm)
         return (loss, outputs) if return_outputs else loss
+
+    def _learning_rates(self) -> str:
+        """The recipe's learning rates, as the keys that set them (for the message of a diverged run)."""
+        rates = f"learning_rate {self.args.learning_rate:g}"
+        return rates if self.st_learning_rate is None else f"{rates}, st_learning_rate {self.st_learning_rate:g}"
 
     def prediction_step(self, model: torch.nn.Module, inputs: dict[str, Any], prediction_loss_only: bool,
                         ignore_keys: list[str] | None = None) -> tuple[torch.Tensor, None, None]:
@@ -175,7 +197,18 @@ class STSFTTrainer(SFTTrainer):
 
     def _save(self, output_dir: str | None = None, state_dict: dict[str, torch.Tensor] | None = None) -> None:
         """Checkpoint / final weights as :func:`save_forecaster` writes them, the training arguments and the
-        project's model card (:attr:`card_recipe`)."""
+        project's model card (:attr:`card_recipe`). Weights that turned inf or nan (a finite loss can still step
+        into them) are never written: :class:`TrainingDivergedError` instead, so no checkpoint or final folder of a
+        diverged run exists to be resumed or loaded. Every process raises it together (one all-reduce: under ZeRO-3
+        only the main process holds the gathered ``state_dict``, and a process left alone would wait forever)."""
+        weights = state_dict.values() if state_dict is not None else \
+            (p for p in self.model.parameters() if p.requires_grad)
+        non_finite = not all(w.isfinite().all() for w in weights if w.is_floating_point())
+        if self.accelerator.reduce(torch.tensor(int(non_finite), device=self.accelerator.device), "max").item():
+            raise TrainingDivergedError(
+                f"the weights turned inf or nan at step {self.state.global_step} (they were not saved): training "
+                f"diverged; lower the learning rate ({self._learning_rates()}) or add warmup_steps, and train again "
+                "from the start")
         if not self.args.should_save:
             return
         output_dir = output_dir or self.args.output_dir
