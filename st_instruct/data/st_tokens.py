@@ -74,8 +74,16 @@ def add_st_tokens(tokenizer: Any, model: torch.nn.Module | None = None) -> STTok
 
 
 def grow_embeddings(model: Any, vocab_size: int, new_ids: list[int]) -> None:
-    """Resize ``model`` to ``vocab_size`` rows if smaller and mean-initialise the rows that are new to it."""
-    rows = model.get_input_embeddings().weight.shape[0]
+    """Resize ``model`` to ``vocab_size`` rows if smaller and mean-initialise the rows that are new to it.
+
+    Under DeepSpeed ZeRO-3 every process holds only a shard of each weight (its ``shape`` is empty): the row count
+    is read from the module (``num_embeddings``) and the weights are gathered for the edit, rank 0's edit scattered
+    back. Reading the shard's shape once made every row "new" and the mean of no rows, NaN, the whole embedding."""
+    import contextlib
+
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    rows = model.get_input_embeddings().num_embeddings
     if rows < vocab_size:
         model.resize_token_embeddings(vocab_size, mean_resizing=False)
         fresh = list(range(rows, vocab_size))
@@ -85,8 +93,13 @@ def grow_embeddings(model: Any, vocab_size: int, new_ids: list[int]) -> None:
         return
     weights = [model.get_input_embeddings().weight]
     output = model.get_output_embeddings()
-    if output is not None and output.weight.data_ptr() != weights[0].data_ptr():
+    if output is not None and output.weight is not weights[0]:  # tied: one Parameter (a shard has no data_ptr)
         weights.append(output.weight)
-    with torch.no_grad():
+    gathered = contextlib.nullcontext()
+    if is_deepspeed_zero3_enabled():
+        import deepspeed
+
+        gathered = deepspeed.zero.GatheredParameters(weights, modifier_rank=0)
+    with gathered, torch.no_grad():
         for weight in weights:
             weight[fresh] = weight[: fresh[0]].mean(dim=0, dtype=torch.float32).to(weight.dtype)
