@@ -249,10 +249,12 @@ class Forecaster:
             raise STDataError(f"the input has {data.num_steps} steps, but the forecaster reads a history of {L} "
                               f"(input shape [T, N, C] = {list(data.values.shape)}); give at least {L} steps")
         profile, why = self._match_profile(data, profile_name)
-        if profile is not None:
-            data = order_channels(data, profile["channels"], f"the training dataset {profile['name']!r}")
-        else:
-            data = order_channels(data, self.training_channels, "the forecaster's training data")
+        if not any(isinstance(c, str) for c in self.data_config.dataset_channels or []):
+            # (a recipe selecting channels by name reads them by name, among others: AirGPT's wind channels)
+            if profile is not None:
+                data = order_channels(data, profile["channels"], f"the training dataset {profile['name']!r}")
+            else:
+                data = order_channels(data, self.training_channels, "the forecaster's training data")
         full = regular_clock(_complete(data, profile), fill_gaps)
         trained_calendar = any(p["freq"] is not None and not p["no_calendar"] for p in self.profiles.values())
         if trained_calendar and full.time_index() is None:

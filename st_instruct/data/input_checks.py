@@ -99,15 +99,17 @@ def order_channels(data: STData, known: list[str] | None, whose: str) -> STData:
 
 
 def check_value_range(data: STData, profile: dict[str, Any] | None) -> None:
-    """Refuse the first observed value of ``data`` outside the range this module's docstring states (``profile``:
-    the training dataset's, whose channels are ``data``'s in the same order; ``None``: the input's own statistics)."""
+    """Refuse the first observed value of ``data`` outside the range this module's docstring states: by the
+    training statistics of ``profile`` for a channel it names (the training dataset's), else by the input's own."""
     values, observed = data.values, data.mask()
+    known = profile["channels"] if profile is not None else []
     for c, channel in enumerate(data.channels):
         column, seen = values[:, :, c], observed[:, :, c]
         if not seen.any():
             continue
-        if profile is not None:
-            mean, std = float(profile["scaler_mean"][c]), float(profile["scaler_std"][c])
+        if channel in known:
+            k = known.index(channel)
+            mean, std = float(profile["scaler_mean"][k]), float(profile["scaler_std"][k])
             low, high = mean - PROFILE_RANGE_STDS * std, mean + PROFILE_RANGE_STDS * std
             rule = (f"training mean ± {PROFILE_RANGE_STDS:g} standard deviations of {profile['name']!r}, "
                     f"{mean:.4g} ± {PROFILE_RANGE_STDS:g} × {std:.4g}")

@@ -382,3 +382,10 @@ def test_symlink_loops_are_named(cli, model_dir, series, tmp_path):
     looped = tmp_path / "loop.npz"
     looped.symlink_to(looped)
     assert_clean_failure(predict(cli, model_dir, looped, tmp_path / "f.csv"), "loop.npz", "symbolic link", "loop")
+
+
+def test_the_model_card_names_the_final_folder_not_its_staging_sibling(model_dir):
+    """Training saves through a temporary sibling; the card it writes there names the final folder (it was titled
+    '.final.partial-HOST-PID')."""
+    card = (model_dir / "README.md").read_text()
+    assert f"\n# {model_dir.name}: an st_instruct forecaster" in card and ".partial-" not in card
