@@ -69,9 +69,9 @@ def require_rationale_training(model_dir: str | Path, config: DataConfig, flag: 
     """Refuse ``flag`` -- a rationale asked of the forecaster in ``model_dir``, trained with the recipe ``config`` --
     when that recipe trained no rationales: what such a model generates after its prompt is no rationale."""
     if config.rationale_teacher == "none":
-        raise ValueError(f"{flag}: the forecaster in {model_dir} was not trained with rationales (its recipe has "
-                         "rationale_teacher: none), so the text it would generate is no rationale; use a "
-                         "rationale-trained forecaster (an AirGPT student, recipes/airgpt_cot.yaml)")
+        raise ValueError(f"{flag} needs a rationale-trained forecaster (an AirGPT student, recipes/airgpt_cot.yaml): "
+                         f"the one in {model_dir} was not trained with rationales (its recipe has rationale_teacher: "
+                         "none), so the text it would generate is no rationale")
 
 
 def trained_data_config(model_dir: str | Path) -> DataConfig:
