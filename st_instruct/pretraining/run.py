@@ -178,7 +178,12 @@ def train_encoder(data_config: DataConfig, model_config: ModelConfig, config: Pr
             raise divergence_error(f"the {config.pretrain_objective} loss is {loss.item():g}", step + 1, config)
         optimizer.zero_grad()
         loss.backward()
-        optimizer.step()
+        try:
+            optimizer.step()
+        except RuntimeError as err:  # AdamW's step size lr / (1 - beta1^t) beyond float32: lr above about 3e37
+            if "overflow" not in str(err):
+                raise
+            raise divergence_error(f"the optimizer step overflowed ({err})", step + 1, config) from err
         if schedule is not None:
             schedule.step()
         losses.append(float(loss.detach()))
