@@ -7,11 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from tiny import train_smoke
 
-from st_instruct.configs import parse_recipe, train_dataclasses
-from st_instruct.training.run import train
-
-SMOKE = Path(__file__).resolve().parents[1] / "recipes" / "smoke_sft.yaml"
 # the messages of the libraries that every run printed (st_instruct.console drops them)
 NOISE = ("Setting accelerator to CPU", "Failed to load CPU gemm_4bit_forward", "is_gradient_checkpointing")
 TQDM_BAR = re.compile(r"\d{1,3}%\|")  # "100%|██████████| 24/24 [...]"
@@ -21,11 +18,7 @@ PYTHON_WARNING = re.compile(r"^\S+:\d+: \w*Warning: ", re.MULTILINE)  # how the 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory, tiny_backbone_dir):
     """A LoRA forecaster trained for 1 step by the smoke recipe on a tiny Llama (synthetic-small)."""
-    output = tmp_path_factory.mktemp("trained")
-    flags = ["--model_name_or_path", str(tiny_backbone_dir), "--dataset_cache_dir",
-             str(tmp_path_factory.mktemp("built")), "--report_to", "none", "--output_dir", str(output),
-             "--max_steps", "1", "--save_strategy", "no"]
-    return train(*parse_recipe(train_dataclasses(), [str(SMOKE), *flags]))
+    return train_smoke(tmp_path_factory, tiny_backbone_dir, steps=1)
 
 
 def evaluate(model_dir: Path, tmp_path: Path, *flags: str) -> subprocess.CompletedProcess:

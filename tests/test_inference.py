@@ -3,37 +3,25 @@ values of the test split of the training dataset they reproduce, bit for bit, th
 scored; arrays and DataFrames give the same; another node set is forecast zero-shot; bad inputs are one-line errors.
 The model is the smoke recipe on a tiny random Llama (the forecasts are not good; their identity is what is tested)."""
 
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from cli_check import assert_clean_failure
+from tiny import train_smoke
 
 from st_instruct import load_forecaster
 from st_instruct.cli import main
-from st_instruct.configs import parse_recipe, train_dataclasses
 from st_instruct.data.loaders import get_dataset
 from st_instruct.data.profile import PROFILE_FILE
 from st_instruct.data.windows import build_windows
 from st_instruct.evaluation.forecaster_eval import MODEL_NAME, evaluate_forecaster
-from st_instruct.training.run import train
-
-ROOT = Path(__file__).resolve().parents[1]
-SMOKE = ROOT / "recipes" / "smoke_sft.yaml"
-
-
-def _train(tmp_path_factory, backbone: Path, *flags: str) -> Path:
-    output = tmp_path_factory.mktemp("trained")
-    args = ["--model_name_or_path", str(backbone), "--dataset_cache_dir", str(tmp_path_factory.mktemp("built")),
-            "--report_to", "none", "--output_dir", str(output), "--max_steps", "2", "--save_strategy", "no", *flags]
-    return train(*parse_recipe(train_dataclasses(), [str(SMOKE), *args]))
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory, tiny_backbone_dir):
     """Smoke recipe (node prompts, Laplacian coordinates, scaling: train) on synthetic-small, 2 steps."""
-    return _train(tmp_path_factory, tiny_backbone_dir)
+    return train_smoke(tmp_path_factory, tiny_backbone_dir)
 
 
 @pytest.fixture(scope="module")

@@ -200,3 +200,19 @@ def build_tiny_vlm(family: str, tokenizer, seed: int = 0, hidden_size: int = 32,
     else:
         raise ValueError(f"no tiny {family!r} VLM; use one of {VLM_FAMILIES}")
     return model.eval(), processor
+
+
+def train_smoke(tmp_path_factory, backbone, *flags: str, steps: int = 2):
+    """A forecaster trained by ``recipes/smoke_sft.yaml`` (synthetic-small: 12 zones, inflow / outflow; node prompts,
+    scaling: train) on ``backbone`` for ``steps`` steps, no checkpoints, into a fresh folder; ``flags`` override
+    recipe keys. Seconds on the tiny Llama of the ``tiny_backbone_dir`` fixture. Returns the folder."""
+    from pathlib import Path
+
+    from st_instruct.configs import parse_recipe, train_dataclasses
+    from st_instruct.training.run import train
+
+    smoke = Path(__file__).resolve().parents[1] / "recipes" / "smoke_sft.yaml"
+    args = ["--model_name_or_path", str(backbone), "--dataset_cache_dir", str(tmp_path_factory.mktemp("built")),
+            "--report_to", "none", "--output_dir", str(tmp_path_factory.mktemp("trained")), "--max_steps",
+            str(steps), "--save_strategy", "no", *flags]
+    return train(*parse_recipe(train_dataclasses(), [str(smoke), *args]))

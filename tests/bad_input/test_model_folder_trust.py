@@ -15,14 +15,13 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from cli_check import assert_clean_failure
+from tiny import train_smoke
 
 from st_instruct.data.loaders import get_dataset
 from st_instruct.data.profile import PROFILE_FILE, read_data_profiles
 from st_instruct.models.forecaster import ST_CONFIG_FILE
 from st_instruct.models.saving import BACKBONE_FILE
 
-ROOT = Path(__file__).resolve().parents[2]
-SMOKE = ROOT / "recipes" / "smoke_sft.yaml"
 DATASET = "synthetic-small"
 REPO = "st-user/trusted"
 
@@ -30,14 +29,7 @@ REPO = "st-user/trusted"
 @pytest.fixture(scope="module")
 def trained(tiny_backbone_dir, tmp_path_factory) -> Path:
     """The smoke recipe on synthetic-small (12 nodes, channels inflow / outflow), 2 steps."""
-    from st_instruct.configs import parse_recipe, train_dataclasses
-    from st_instruct.training.run import train
-
-    output = tmp_path_factory.mktemp("trained")
-    return train(*parse_recipe(train_dataclasses(), [
-        str(SMOKE), "--model_name_or_path", str(tiny_backbone_dir), "--report_to", "none", "--max_steps", "2",
-        "--dataset_cache_dir", str(tmp_path_factory.mktemp("built")), "--output_dir", str(output),
-        "--save_strategy", "no"]))
+    return train_smoke(tmp_path_factory, tiny_backbone_dir)
 
 
 @pytest.fixture(scope="module")

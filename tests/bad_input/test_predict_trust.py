@@ -21,14 +21,12 @@ import numpy as np
 import pandas as pd
 import pytest
 from cli_check import assert_clean_failure
+from tiny import train_smoke
 
 from st_instruct import load_forecaster
-from st_instruct.configs import parse_recipe, train_dataclasses
 from st_instruct.data.loaders import get_dataset
-from st_instruct.training.run import train
 
 ROOT = Path(__file__).resolve().parents[2]
-SMOKE = ROOT / "recipes" / "smoke_sft.yaml"
 START = "2024-02-24"  # the clock of the input below: the last 48 steps of synthetic-small
 CLOCK = ["--series-start", START, "--freq", "1h"]
 
@@ -36,11 +34,7 @@ CLOCK = ["--series-start", START, "--freq", "1h"]
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory, tiny_backbone_dir):
     """Smoke recipe (node prompts, scaling: train) on synthetic-small, 2 steps, no checkpoints."""
-    output = tmp_path_factory.mktemp("trained")
-    flags = ["--model_name_or_path", str(tiny_backbone_dir), "--dataset_cache_dir",
-             str(tmp_path_factory.mktemp("built")), "--report_to", "none", "--output_dir", str(output),
-             "--max_steps", "2", "--save_strategy", "no"]
-    return train(*parse_recipe(train_dataclasses(), [str(SMOKE), *flags]))
+    return train_smoke(tmp_path_factory, tiny_backbone_dir)
 
 
 @pytest.fixture(scope="module")

@@ -8,15 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny import train_smoke
 
 from st_instruct.cli import main
-from st_instruct.configs import parse_recipe, train_dataclasses
 from st_instruct.evaluation.baselines import run_baselines
 from st_instruct.evaluation.forecaster_eval import MODEL_NAME, evaluate_forecaster
 from st_instruct.evaluation.metrics import horizon_metrics
 from st_instruct.evaluation.plots import window_times
 from st_instruct.evaluation.protocols import prepare_windows
-from st_instruct.training.run import train
 
 SMOKE = Path(__file__).resolve().parents[2] / "recipes" / "smoke_sft.yaml"
 BASELINES = ["historical_average", "last_value", "ridge"]
@@ -25,11 +24,7 @@ BASELINES = ["historical_average", "last_value", "ridge"]
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory, tiny_backbone_dir):
     """A forecaster trained for 2 steps by the smoke recipe on a tiny Llama (synthetic-small, 2 channels)."""
-    backbone = tiny_backbone_dir
-    output = tmp_path_factory.mktemp("trained")
-    flags = ["--model_name_or_path", str(backbone), "--dataset_cache_dir", str(tmp_path_factory.mktemp("built")),
-             "--report_to", "none", "--output_dir", str(output), "--max_steps", "2", "--save_strategy", "no"]
-    return train(*parse_recipe(train_dataclasses(), [str(SMOKE), *flags]))
+    return train_smoke(tmp_path_factory, tiny_backbone_dir)
 
 
 def test_in_domain_report_scores_model_and_baselines_on_the_same_windows(model_dir, tmp_path, capsys):

@@ -4,15 +4,15 @@ protocol version, the scaling and what every baseline was fitted on."""
 
 import dataclasses
 import json
-from pathlib import Path
 
 import datasets
 import numpy as np
 import pyarrow as pa
 import pytest
+from tiny import train_smoke
 
 from st_instruct.cli import main
-from st_instruct.configs import DataConfig, RecipeError, parse_recipe, train_dataclasses
+from st_instruct.configs import DataConfig, RecipeError
 from st_instruct.data.builder import plan_source, record_batch, sample_columns, sample_features
 from st_instruct.data.loaders import get_dataset
 from st_instruct.data.prompts import load_template
@@ -25,19 +25,12 @@ from st_instruct.evaluation.baselines import (
 from st_instruct.evaluation.forecaster_eval import MODEL_NAME, evaluate_forecaster
 from st_instruct.evaluation.protocols import prepare_windows
 from st_instruct.evaluation.stid import STIDBaseline
-from st_instruct.training.run import train
-
-SMOKE = Path(__file__).resolve().parents[2] / "recipes" / "smoke_sft.yaml"
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory, tiny_backbone_dir):
     """A forecaster trained for 2 steps by the smoke recipe on a tiny Llama (synthetic-small: 12 zones, 2 channels)."""
-    output = tmp_path_factory.mktemp("trained")
-    flags = ["--model_name_or_path", str(tiny_backbone_dir), "--dataset_cache_dir",
-             str(tmp_path_factory.mktemp("built")), "--report_to", "none", "--output_dir", str(output),
-             "--max_steps", "2", "--save_strategy", "no"]
-    return train(*parse_recipe(train_dataclasses(), [str(SMOKE), *flags]))
+    return train_smoke(tmp_path_factory, tiny_backbone_dir)
 
 
 def _window_samples(data, scaling: str) -> dict:
