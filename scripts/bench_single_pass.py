@@ -97,7 +97,8 @@ def main() -> int:
 
     from st_instruct.data.builder import build_dataset
     from st_instruct.data.loaders import get_dataset
-    from st_instruct.evaluation.forecaster_eval import evaluation_config, trained_data_config
+    from st_instruct.evaluation.forecaster_eval import evaluation_config
+    from st_instruct.model_dir import trained_data_config
     from st_instruct.models.saving import load_forecaster
 
     if not Path(args.model).is_dir():

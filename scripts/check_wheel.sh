@@ -50,7 +50,7 @@ import sys
 from pathlib import Path
 
 import st_instruct
-from st_instruct.configs import shipped_dir
+from st_instruct.shipped import shipped_dir
 
 where = [Path(st_instruct.__file__).resolve(), shipped_dir("recipes"), shipped_dir("prompts")]
 print("st_instruct from", where[0].parent, "| recipes", where[1], "| prompts", where[2])

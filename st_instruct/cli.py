@@ -51,7 +51,7 @@ def _add_dataset_spec_args(parser: argparse.ArgumentParser) -> None:
 
 def _spec_kwargs(args: argparse.Namespace) -> dict:
     """The dataset specification flags given, as ``get_dataset`` keywords."""
-    from st_instruct.data.loaders import DATASET_SPEC_KEYS
+    from st_instruct.configs import DATASET_SPEC_KEYS
 
     values = {key: getattr(args, key, None) for key in DATASET_SPEC_KEYS}
     return {key: value for key, value in values.items() if value is not None and value is not False}
@@ -145,7 +145,8 @@ def _split_pretrain_flags(overrides: list[str]) -> tuple[list[str], list[str]]:
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
-    from st_instruct.configs import parse_recipe, shipped_dir, train_dataclasses
+    from st_instruct.configs import parse_recipe, train_dataclasses
+    from st_instruct.shipped import shipped_dir
 
     recipes = shipped_dir("recipes")
     print("st-instruct demo: pretrain the ST encoder of the embedded synthetic city (demo_pretrain.yaml: STID's "
@@ -248,7 +249,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         write_evaluation_outputs,
         write_results_json,
     )
-    from st_instruct.hub import EVALUATIONS_FILE
+    from st_instruct.model_dir import EVALUATIONS_FILE
     from st_instruct.outputs import check_can_create, check_writable
 
     started = time.perf_counter()
@@ -378,7 +379,7 @@ def _pair(forecast, truth) -> str:
 
 
 def _cmd_recipes(args: argparse.Namespace) -> None:
-    from st_instruct.configs import shipped_recipes
+    from st_instruct.shipped import shipped_recipes
 
     for name, path in shipped_recipes().items():
         lines = [line.lstrip("# ").rstrip() for line in path.read_text().splitlines()[:3] if line.startswith("#")]

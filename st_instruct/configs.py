@@ -19,6 +19,8 @@ from typing import Any
 
 import yaml
 
+from st_instruct.shipped import shipped_recipes
+
 GRANULARITIES = ("node", "graph")
 SCALINGS = ("train", "window")
 COORDINATE_KINDS = ("laplacian", "geo", "grid", "learned", "none")
@@ -66,6 +68,13 @@ def check_training_arguments(args: Any) -> None:
                           "--learning_rate")
 
 
+DATASET_SPEC_KEYS = ("adjacency", "freq", "series_start", "null_value", "channel_names", "nodes", "no_calendar")
+"""What a user can say about a dataset where it is used: the keyword arguments of
+:func:`~st_instruct.data.loaders.get_dataset`, the CLI flags ``--adjacency --freq --series-start --null-value
+--channel-names --nodes --no-calendar`` of every verb that reads a dataset, and the recipe keys ``dataset_<key>`` of
+:class:`DataConfig`."""
+
+
 @dataclass
 class DataConfig:
     """What goes into the instruction dataset: which series, how it is windowed, which template renders it.
@@ -79,7 +88,7 @@ class DataConfig:
     dataset_channels: list[str] | None = field(default=None, metadata={"help": "channels to keep (default all)"})
     dataset_start: str | None = field(default=None, metadata={"help": "keep steps from this date on"})
     dataset_end: str | None = field(default=None, metadata={"help": "keep steps before this date"})
-    # The dataset specification (st_instruct.data.loaders.DATASET_SPEC_KEYS; CLI flags --adjacency, --freq, ...).
+    # The dataset specification (DATASET_SPEC_KEYS; CLI flags --adjacency, --freq, ...).
     # It applies to EACH dataset of dataset_names: several path datasets needing different specs are not supported.
     dataset_adjacency: str | None = field(default=None, metadata={
         "help": "adjacency file replacing the graph: N x N matrix (.csv/.npy/.npz) or from,to[,cost] edge list"})
@@ -435,22 +444,6 @@ def check_unique_fields(dataclass_types: tuple[type, ...]) -> None:
             seen[f.name] = cls.__name__
 
 
-def shipped_dir(name: str) -> Path:
-    """The folder of the shipped files ``name`` (``"recipes"`` or ``"prompts"``): ``st_instruct/NAME`` inside an
-    installed wheel (pyproject.toml maps the top-level folders there), else ``NAME/`` at the repository root (a clone,
-    or an editable install of one). Every lookup of a shipped recipe or template goes through here."""
-    import st_instruct
-
-    package = Path(st_instruct.__file__).resolve().parent
-    installed = package / name
-    return installed if installed.is_dir() else package.parent / name
-
-
-def shipped_recipes() -> dict[str, Path]:
-    """``{name: path}`` of the shipped recipes (``recipes/NAME.yaml``), by name."""
-    return {path.stem: path for path in sorted(shipped_dir("recipes").glob("*.yaml"))}
-
-
 def resolve_recipe(name_or_path: str | Path) -> Path:
     """A recipe file: ``name_or_path`` itself when it exists (or looks like a path), else the shipped recipe of that
     name (``smoke_sft`` -> ``recipes/smoke_sft.yaml``). An unknown name is a :class:`RecipeError` listing the
@@ -582,7 +575,7 @@ def _converts(item: Any, kind: Any) -> bool:
 def _check_recipe_template(path: str, config: dict[str, Any]) -> None:
     """A recipe file may only name templates in the trusted folders (prompts/, $ST_INSTRUCT_PROMPTS): a shared
     recipe (or model folder) must not make this machine render a file of its choosing."""
-    from st_instruct.data.prompts import PROMPTS_ENV, is_trusted_template, names_a_path
+    from st_instruct.shipped import PROMPTS_ENV, is_trusted_template, names_a_path
 
     value = config.get("template")
     if isinstance(value, str) and names_a_path(value) and not is_trusted_template(value):
@@ -607,7 +600,7 @@ def _check_flags(args: list[str], known: list[str]) -> None:
 
 
 def _check_template_sha256(configs: tuple[Any, ...]) -> None:
-    from st_instruct.data.prompts import file_sha256, resolve_template
+    from st_instruct.shipped import file_sha256, resolve_template
 
     for config in configs:
         if isinstance(config, DataConfig) and config.template_sha256:
@@ -621,11 +614,9 @@ def _check_template_sha256(configs: tuple[Any, ...]) -> None:
 
 def dataset_flags_as_recipe_keys(args: list[str]) -> list[str]:
     """The dataset flags of the other verbs (``--freq 15min``, ``--series-start``, ``--no-calendar``, ``--start``,
-    ``--channels``, ...; ``st_instruct.data.loaders.DATASET_SPEC_KEYS`` and the slicing flags) written as their
+    ``--channels``, ...; :data:`DATASET_SPEC_KEYS` and the slicing flags) written as their
     ``DataConfig`` recipe keys (``--dataset_freq 15min``), so ``train`` / ``build-data`` / ``scripts/sft.py`` take the
     same names as ``baselines`` and ``evaluate``. They apply to every dataset of ``dataset_names``."""
-    from st_instruct.data.loaders import DATASET_SPEC_KEYS
-
     keys = (*DATASET_SPEC_KEYS, "start", "end", "channels")
     flags = {f"--{key.replace('_', '-')}": f"--dataset_{key}" for key in keys}
     out = []

@@ -36,15 +36,18 @@ import yaml
 
 from st_instruct.evaluation.metrics import METRICS
 from st_instruct.evaluation.report import format_results_table, protocol_lines
+from st_instruct.model_dir import (
+    EVALUATIONS_FILE,
+    LOCK_FILE,
+    MODEL_ROW,
+    read_evaluations,
+    read_folder_json,
+    read_recipe,
+)
 
 # Glob patterns that must each match a file at the top of a saved forecaster directory.
 REQUIRED_FILES: tuple[str, ...] = ("README.md", "st_forecaster_config.json", "*.safetensors")
 CARD_TAGS = ["time-series-forecasting", "spatio-temporal", "st_instruct"]
-EVALUATIONS_FILE = "st_evaluations.json"
-# the lock record_evaluation holds on a model folder; it stays there (unlinking a lock file lets two processes
-# lock different files of the same name) and is never pushed (PUSH_IGNORE)
-LOCK_FILE = ".st_instruct.lock"
-MODEL_ROW = "st_forecaster"  # the forecaster's row in an evaluation report (st_instruct.evaluation.forecaster_eval)
 REPO_PLACEHOLDER = "<hub-repo-id>"  # in the local card's snippet; a push writes the repo id in its place
 USAGE_SNIPPET = """```python
 from st_instruct import load_forecaster
@@ -61,31 +64,6 @@ print(result.to_frame().head())  # forecasts in original units: one row per (win
 
 class HubError(OSError):
     """A push that could not be made (incomplete directory, no or rejected token, no network); says what to do."""
-
-
-def _folder_json(directory: Path, name: str) -> Any:
-    from st_instruct.models.saving import read_json_file
-
-    path = directory / name
-    return read_json_file(path) if path.is_file() else None
-
-
-def _folder_recipe(directory: Path) -> dict[str, Any] | None:
-    """The folder's recipe.yaml (a checkpoint's: its parent's) as a mapping; ``None`` when it has none."""
-    from st_instruct.evaluation.forecaster_eval import find_recipe
-
-    try:
-        return yaml.safe_load(find_recipe(directory).read_text())
-    except FileNotFoundError:
-        return None
-
-
-def read_evaluations(directory: str | Path) -> list[dict[str, Any]]:
-    """The evaluation reports recorded in ``directory/st_evaluations.json`` (``[]`` when none)."""
-    found = _folder_json(Path(directory), EVALUATIONS_FILE)
-    if found is not None and not isinstance(found, list):
-        raise ValueError(f"{Path(directory) / EVALUATIONS_FILE} must hold a JSON list of evaluation reports")
-    return found or []
 
 
 def record_evaluation(directory: str | Path, report: dict[str, Any]) -> Path:
@@ -125,9 +103,9 @@ def write_model_card(directory: str | Path, recipe: dict[str, Any] | None = None
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    recipe = recipe if recipe is not None else _folder_recipe(directory)
-    backbone = _folder_json(directory, "st_backbone.json") or {}
-    few_shot = _folder_json(directory, "few_shot.json")
+    recipe = recipe if recipe is not None else read_recipe(directory)
+    backbone = read_folder_json(directory, "st_backbone.json") or {}
+    few_shot = read_folder_json(directory, "few_shot.json")
     evaluations = read_evaluations(directory)
     kind = backbone.get("format")
     name = backbone.get("model_name_or_path") or (recipe or {}).get("model_name_or_path") or ""
@@ -263,7 +241,7 @@ def write_dataset_card(directory: str | Path, config: Any, dataset_dict: Any) ->
     template and its version, and the recipe's data keys. Returns the path."""
     from huggingface_hub import DatasetCard, DatasetCardData
 
-    from st_instruct.data.builder import load_series
+    from st_instruct.data.loaders import load_series
     from st_instruct.data.prompts import load_template
 
     series = load_series(config)

@@ -493,7 +493,7 @@ def load_forecaster(source: str | Path, *, revision: str | None = None, token: s
     """A saved forecaster ready to :meth:`~Forecaster.forecast`: a folder written by ``st-instruct train`` (or one
     of its ``checkpoint-N`` folders), or a Hub repo id pushed by ``st-instruct push``, downloaded through
     ``huggingface_hub`` into its cache (``HF_HUB_OFFLINE=1`` uses the cached copy and never the network)."""
-    from st_instruct.evaluation.forecaster_eval import trained_data_config
+    from st_instruct.model_dir import trained_data_config
     from st_instruct.models.saving import load_forecaster as load_saved
     from st_instruct.models.saving import read_backbone_source
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from st_instruct.configs import shipped_dir
+from st_instruct.shipped import shipped_dir
 from st_instruct.training.run import OVERWRITE_FLAG
 
 PROCESSES_FLAG = "--num_processes"

@@ -14,7 +14,8 @@ import torch
 from huggingface_hub import ModelCard
 from safetensors.torch import save_file
 
-from st_instruct.hub import EVALUATIONS_FILE, LOCK_FILE, push_to_hub, read_evaluations, record_evaluation
+from st_instruct.hub import push_to_hub, record_evaluation
+from st_instruct.model_dir import EVALUATIONS_FILE, LOCK_FILE, read_evaluations
 
 PROCESSES, RECORDS = 2, 40
 # One process's share: wait until every process is ready (a file each in the barrier folder), then record RECORDS

@@ -13,15 +13,8 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-from st_instruct.hub import (
-    EVALUATIONS_FILE,
-    REPO_PLACEHOLDER,
-    REQUIRED_FILES,
-    HubError,
-    check_model_dir,
-    push_to_hub,
-    write_model_card,
-)
+from st_instruct.hub import REPO_PLACEHOLDER, REQUIRED_FILES, HubError, check_model_dir, push_to_hub, write_model_card
+from st_instruct.model_dir import EVALUATIONS_FILE
 
 REPO = "st-user/smoke-forecaster"
 REPORT = {"dataset": "synthetic-small", "history": 12, "horizon": 12, "split_name": "test",

@@ -13,9 +13,9 @@ from tiny import train_smoke
 from st_instruct import load_forecaster
 from st_instruct.cli import main
 from st_instruct.data.loaders import get_dataset
-from st_instruct.data.profile import PROFILE_FILE
 from st_instruct.data.windows import build_windows
 from st_instruct.evaluation.forecaster_eval import MODEL_NAME, evaluate_forecaster
+from st_instruct.model_dir import PROFILE_FILE
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,9 @@ import pytest
 import yaml
 
 from st_instruct import launch
-from st_instruct.configs import parse_recipe, shipped_dir, train_dataclasses
+from st_instruct.configs import parse_recipe, train_dataclasses
 from st_instruct.launch import LaunchError, accelerate_command
+from st_instruct.shipped import shipped_dir
 
 ACCELERATE = shipped_dir("recipes") / "accelerate"
 HEAD = [sys.executable, "-m", "accelerate.commands.launch", "--config_file"]

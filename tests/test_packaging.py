@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 import st_instruct
-from st_instruct.configs import shipped_dir
+from st_instruct.shipped import shipped_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = ("pyproject.toml", "README.md", "st_instruct", "recipes", "prompts")  # what the build reads
@@ -106,7 +106,7 @@ def test_the_installed_wheel_runs_the_shipped_recipes_outside_the_clone(tmp_path
         assert done.returncode == 0, f"{argv}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
         return done.stdout
 
-    where = run(bin_dir / "python", "-c", "import st_instruct, st_instruct.configs as c; print(st_instruct.__file__);"
+    where = run(bin_dir / "python", "-c", "import st_instruct, st_instruct.shipped as c; print(st_instruct.__file__);"
                 " print(c.shipped_dir('recipes')); print(c.shipped_dir('prompts'))").split()
     site = tmp_path / "env" / "venv" / "lib"
     assert all(Path(p).is_relative_to(site) for p in where), where  # the wheel's st_instruct, not the clone's

@@ -134,7 +134,7 @@ def build_window_graphs(config, kind: str, sigma0_km: float, alpha_km: float, se
     ``series``: these :class:`~st_instruct.data.stdata.STData` (all their channels) instead of the recipe's."""
     import dataclasses
 
-    from st_instruct.data.builder import load_series
+    from st_instruct.data.loaders import load_series
 
     if kind not in GRAPH_KINDS:
         raise ValueError(f"the graph kind must be one of {GRAPH_KINDS}, found {kind!r}")

@@ -79,11 +79,10 @@ import xxhash
 
 from st_instruct.configs import DataConfig
 from st_instruct.data.graph import grid_coordinates, laplacian_eigenvectors
-from st_instruct.data.loaders import dataset_spec, get_dataset
+from st_instruct.data.loaders import load_series
 from st_instruct.data.prompts import (
     PeriodText,
     PromptTemplate,
-    TemplateError,
     dataset_context,
     format_values,
     load_template,
@@ -94,6 +93,7 @@ from st_instruct.data.st_tokens import ST_HIS, ST_PRE
 from st_instruct.data.stdata import STData, STDataError
 from st_instruct.data.windows import SPLITS, STWindows, build_windows, window_statistics
 from st_instruct.outputs import clean_stale_siblings, staged_output
+from st_instruct.shipped import TemplateError
 
 # Bump when the sample columns or their meaning change: it is part of every fingerprint.
 BUILDER_VERSION = 1
@@ -130,30 +130,6 @@ def sample_features() -> datasets.Features:
 
 
 # ---------------------------------------------------------------------------------------------------- sources
-def load_series(config: DataConfig) -> list[STData]:
-    """Every dataset of ``config.dataset_names``, with ``dataset_channels`` and ``[dataset_start, dataset_end)``.
-
-    The dataset specification keys (``dataset_freq``, ``dataset_series_start``, ``dataset_adjacency``, ...;
-    :data:`~st_instruct.data.loaders.DATASET_SPEC_KEYS`) apply to each dataset of the list."""
-    if len(set(config.dataset_names)) != len(config.dataset_names):
-        raise ValueError(f"dataset_names lists a dataset twice: {config.dataset_names}")
-    series = []
-    spec = dataset_spec(config)
-    for name in config.dataset_names:
-        try:
-            data = get_dataset(name, data_dir=config.dataset_dir, channels=config.dataset_channels, **spec)
-        except STDataError as err:
-            if spec and len(config.dataset_names) > 1:  # one spec for several datasets: say which one it broke
-                raise STDataError(f"{err} (the dataset_* specification keys {sorted(spec)} apply to every dataset "
-                                  f"of dataset_names; here they do not fit {name!r}: give one path dataset per "
-                                  "recipe when they need different specifications)") from err
-            raise
-        if config.dataset_start is not None or config.dataset_end is not None:
-            data = data.slice_time(config.dataset_start, config.dataset_end)
-        series.append(data)
-    return series
-
-
 def _subsample(count: int, sample: float | None, seed: tuple[int, ...]) -> np.ndarray:
     """Ascending indices of ``sample`` (fraction <= 1 or count > 1) out of ``count``, drawn with ``seed``."""
     if sample is None or count == 0:

@@ -14,11 +14,13 @@ import os
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from st_instruct.configs import DATASET_SPEC_KEYS
 from st_instruct.data.files import SERIES_SUFFIXES, load_adjacency_file, load_nodes_file, load_series_file
 from st_instruct.data.graph import edge_list_to_dense, gaussian_kernel_adjacency, grid_coordinates, haversine_km
 from st_instruct.data.registry import (
@@ -198,12 +200,6 @@ def _load_synthetic(name: str) -> STData:
     return generate_synthetic(city)
 
 
-DATASET_SPEC_KEYS = ("adjacency", "freq", "series_start", "null_value", "channel_names", "nodes", "no_calendar")
-"""What a user can say about a dataset where it is used: the keyword arguments of :func:`get_dataset`, the CLI
-flags ``--adjacency --freq --series-start --null-value --channel-names --nodes --no-calendar`` of every verb
-that reads a dataset, and the recipe keys ``dataset_<key>`` of :class:`~st_instruct.configs.DataConfig`."""
-
-
 def spec_flag(key: str) -> str:
     """``"series_start"`` -> ``"--series-start (dataset_series_start)"``: how errors name a spec key."""
     return f"--{key.replace('_', '-')} (dataset_{key})"
@@ -331,3 +327,27 @@ def list_datasets() -> list[dict]:
         rows.append({"name": name, "shape": [c.num_steps, c.num_nodes, len(c.channels)], "freq": c.freq,
                      "city": c.city, "available": True, "where": "generated"})
     return rows
+
+
+def load_series(config: Any) -> list[STData]:
+    """Every dataset of ``config.dataset_names``, with ``dataset_channels`` and ``[dataset_start, dataset_end)``.
+
+    The dataset specification keys (``dataset_freq``, ``dataset_series_start``, ``dataset_adjacency``, ...;
+    :data:`~st_instruct.data.loaders.DATASET_SPEC_KEYS`) apply to each dataset of the list."""
+    if len(set(config.dataset_names)) != len(config.dataset_names):
+        raise ValueError(f"dataset_names lists a dataset twice: {config.dataset_names}")
+    series = []
+    spec = dataset_spec(config)
+    for name in config.dataset_names:
+        try:
+            data = get_dataset(name, data_dir=config.dataset_dir, channels=config.dataset_channels, **spec)
+        except STDataError as err:
+            if spec and len(config.dataset_names) > 1:  # one spec for several datasets: say which one it broke
+                raise STDataError(f"{err} (the dataset_* specification keys {sorted(spec)} apply to every dataset "
+                                  f"of dataset_names; here they do not fit {name!r}: give one path dataset per "
+                                  "recipe when they need different specifications)") from err
+            raise
+        if config.dataset_start is not None or config.dataset_end is not None:
+            data = data.slice_time(config.dataset_start, config.dataset_end)
+        series.append(data)
+    return series

@@ -26,9 +26,10 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from st_instruct.data.loaders import load_series
 from st_instruct.data.stdata import COORD_KINDS, STData, normalize_freq
+from st_instruct.model_dir import COPY_AGAIN, PROFILE_FILE, find_in_folder, read_json_file
 
-PROFILE_FILE = "st_data_profile.json"
 PROFILE_VERSION = 1
 # the keys data_profile writes, every one read when a profile completes an input
 PROFILE_KEYS = {"name", "num_nodes", "city", "description", "freq", "no_calendar", "channels", "units", "node_names",
@@ -38,8 +39,6 @@ ADJACENCY_KEYS = {"shape", "rows", "cols", "values", "dtype", "sparse"}
 # The most nodes a profile may hold: far above the datasets in use (LargeST's 8,600 sensors), and a bound on what
 # a profile's graph and coordinates may allocate
 MAX_NODES = 100_000
-# what to do about a file of a saved forecaster that fails its checks (models/ says it too)
-COPY_AGAIN = "copy the model folder again or re-train"
 
 
 def data_profile(data: STData, config: Any) -> dict[str, Any]:
@@ -75,7 +74,7 @@ def data_profile(data: STData, config: Any) -> dict[str, Any]:
 
 def write_data_profiles(directory: str | Path, config: Any) -> Path:
     """Write ``directory/st_data_profile.json`` with the profile of every dataset of ``config``; returns the path."""
-    from st_instruct.data.builder import load_series
+    from st_instruct.data.loaders import load_series
 
     profiles = {data.name: data_profile(data, config) for data in load_series(config)}
     path = Path(directory) / PROFILE_FILE
@@ -90,17 +89,9 @@ def read_data_profiles(directory: str | Path, config: Any, channels: int | None 
 
     A file is checked before any profile is used (:func:`_checked_profiles`): against itself, and, given the
     model's channel count ``channels``, against the model; a ValueError names the file, the dataset and the key."""
-    directory = Path(directory)
-    for candidate in (directory / PROFILE_FILE, directory.parent / PROFILE_FILE):
-        if candidate.is_file():
-            try:
-                content = json.loads(candidate.read_text())
-            except (json.JSONDecodeError, UnicodeDecodeError) as err:
-                raise ValueError(f"{candidate} is not a data profile written by st_instruct ({err}): it is "
-                                 f"damaged; {COPY_AGAIN}") from err
-            return _checked_profiles(candidate, content, config, channels)
-    from st_instruct.data.builder import load_series
-
+    found = find_in_folder(directory, PROFILE_FILE)
+    if found is not None:
+        return _checked_profiles(found, read_json_file(found), config, channels)
     try:
         series = load_series(config)
     except (OSError, ValueError) as err:

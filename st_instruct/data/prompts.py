@@ -25,7 +25,6 @@ renders only the copy it ships (:data:`TEMPLATE_COPY_FILE`) or a trusted templat
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import traceback
@@ -38,107 +37,19 @@ import jinja2.sandbox
 import numpy as np
 import pandas as pd
 
-from st_instruct.configs import shipped_dir
 from st_instruct.data.st_tokens import ST_END, ST_HIS, ST_PRE, ST_START
 from st_instruct.data.stdata import STData
+from st_instruct.shipped import TEMPLATE_NAME_RE, TemplateError, resolve_template
 
-PROMPTS_ENV = "ST_INSTRUCT_PROMPTS"
-TEMPLATE_COPY_FILE = "prompt_template.jinja"  # the copy of its template a trained forecaster's folder ships
 TURNS = ("system", "user", "assistant")
 HISTORY_SLOT = f"{ST_START}{ST_HIS}{ST_END}"
 PREDICTION_SLOT = f"{ST_START}{ST_PRE}{ST_END}"
-_FILE_RE = re.compile(r"^(?P<name>[A-Za-z0-9_\-]+)\.v(?P<version>\d+)\.jinja$")
 _MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
            "November", "December")
 _DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 
 
-class TemplateError(ValueError):
-    """A prompt template cannot be found, loaded or rendered; the message names the template file."""
 
-
-# ---------------------------------------------------------------------------------------------------- templates
-def package_prompts_dir() -> Path:
-    """``prompts/``, the shipped templates: inside the installed package, else at the repository root
-    (:func:`st_instruct.configs.shipped_dir`)."""
-    return shipped_dir("prompts")
-
-
-def prompts_dir() -> Path:
-    """``$ST_INSTRUCT_PROMPTS`` if set, else ``prompts/`` at the repository root."""
-    if os.environ.get(PROMPTS_ENV):
-        return Path(os.environ[PROMPTS_ENV]).expanduser()
-    return package_prompts_dir()
-
-
-def trusted_template_dirs() -> list[Path]:
-    """The folders whose templates a recipe file may name: the package's ``prompts/`` and ``$ST_INSTRUCT_PROMPTS``
-    (the user's explicit template folder), resolved."""
-    dirs = [package_prompts_dir()]
-    if os.environ.get(PROMPTS_ENV):
-        dirs.append(Path(os.environ[PROMPTS_ENV]).expanduser().resolve())
-    return dirs
-
-
-def is_trusted_template(path: str | os.PathLike) -> bool:
-    """Whether ``path`` (symlinks resolved) lies in one of :func:`trusted_template_dirs`."""
-    resolved = Path(path).expanduser().resolve()
-    return any(resolved.is_relative_to(root) for root in trusted_template_dirs())
-
-
-def names_a_path(spec: str | os.PathLike) -> bool:
-    """Whether a ``template`` value is a file path (``.jinja`` or a separator) rather than ``name`` / ``name@N``."""
-    text = os.fspath(spec)
-    return text.endswith(".jinja") or os.sep in text or "/" in text
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file's bytes."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def available_templates(directory: str | os.PathLike | None = None) -> dict[str, list[int]]:
-    """``{name: [versions, ascending]}`` of the ``<name>.v<N>.jinja`` files in ``directory`` (default prompts_dir)."""
-    root = Path(directory) if directory is not None else prompts_dir()
-    found: dict[str, list[int]] = {}
-    if root.is_dir():
-        for path in root.iterdir():
-            match = _FILE_RE.match(path.name)
-            if match and path.is_file():
-                found.setdefault(match["name"], []).append(int(match["version"]))
-    return {name: sorted(versions) for name, versions in sorted(found.items())}
-
-
-def _available_text(root: Path) -> str:
-    found = available_templates(root)
-    if not found:
-        return f"no templates (<name>.v<N>.jinja) in {root}"
-    return f"available in {root}: " + ", ".join(f"{n} (versions {', '.join(map(str, v))})" for n, v in found.items())
-
-
-def resolve_template(spec: str | os.PathLike, directory: str | os.PathLike | None = None) -> Path:
-    """Template file of ``spec``: ``"name"`` (highest version), ``"name@N"`` (version N) or a ``.jinja`` path."""
-    text = os.fspath(spec)
-    if names_a_path(text):
-        path = Path(text).expanduser()
-        if not path.is_file():
-            raise TemplateError(f"prompt template file {path} does not exist")
-        return path
-    root = Path(directory) if directory is not None else prompts_dir()
-    name, _, version = text.partition("@")
-    versions = available_templates(root).get(name)
-    if not versions:
-        raise TemplateError(f"unknown prompt template {name!r}; {_available_text(root)}")
-    if not version:
-        return root / f"{name}.v{versions[-1]}.jinja"
-    try:
-        number = int(version.removeprefix("v"))
-    except ValueError as err:
-        raise TemplateError(f"prompt template {text!r}: the version after '@' must be a number, e.g. "
-                            f"'{name}@{versions[-1]}'") from err
-    if number not in versions:
-        raise TemplateError(f"prompt template {name!r} has no version {number}; {_available_text(root)}")
-    return root / f"{name}.v{number}.jinja"
 
 
 def _undefined_name(err: jinja2.UndefinedError) -> str:
@@ -218,7 +129,7 @@ def load_template(spec: str | os.PathLike, directory: str | os.PathLike | None =
         raise TemplateError(f"prompt template {path} line {err.lineno}: {err.message}") from err
     except UnicodeDecodeError as err:
         raise TemplateError(f"prompt template {path} is not UTF-8 text ({err.reason} at byte {err.start})") from err
-    match = _FILE_RE.match(path.name)
+    match = TEMPLATE_NAME_RE.match(path.name)
     name = match["name"] if match else path.name.removesuffix(".jinja")
     version = int(match["version"]) if match else None
     by_name = not os.fspath(spec).endswith(".jinja") and version is not None
@@ -227,69 +138,6 @@ def load_template(spec: str | os.PathLike, directory: str | os.PathLike | None =
 
 
 # ---------------------------------------------------------------------------------------------------- model folders
-def save_template_copy(output_dir: str | os.PathLike, data_config: Any) -> Path:
-    """Copy the template of ``data_config`` into a forecaster folder as :data:`TEMPLATE_COPY_FILE` and record its
-    sha256 in ``data_config.template_sha256`` (in place, so the ``recipe.yaml`` written next carries it); returns
-    the copy. Loading the folder later renders only this copy or a trusted template with the same checksum
-    (:func:`model_template`)."""
-    source = resolve_template(data_config.template)
-    data = source.read_bytes()
-    digest = hashlib.sha256(data).hexdigest()
-    if data_config.template_sha256 not in (None, digest):
-        raise TemplateError(f"prompt template {source} has sha256 {digest}, but template_sha256 is "
-                            f"{data_config.template_sha256}: the file changed since the recipe was written")
-    target = Path(output_dir) / TEMPLATE_COPY_FILE
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
-    partial.write_bytes(data)
-    os.replace(partial, target)
-    data_config.template_sha256 = digest
-    return target
-
-
-def _trusted_by_sha(digest: str, preferred: Path | None) -> Path | None:
-    """A template in :func:`trusted_template_dirs` whose sha256 is ``digest`` (``preferred`` first), or None."""
-    candidates = [preferred] if preferred is not None else []
-    for root in trusted_template_dirs():
-        if root.is_dir():
-            candidates += sorted(root.glob("*.jinja"))
-    return next((path for path in candidates if path.is_file() and file_sha256(path) == digest), None)
-
-
-def model_template(recipe_path: str | os.PathLike, spec: str, sha256: str | None) -> Path:
-    """The template file a saved forecaster may render: the ``recipe.yaml`` at ``recipe_path`` names ``spec`` with
-    checksum ``sha256``; returns the trusted template with that checksum (the one ``spec`` names when it is trusted),
-    else the folder's own copy (:data:`TEMPLATE_COPY_FILE`, beside the recipe) when its checksum matches.
-
-    Raises :class:`TemplateError` when the recipe has no checksum (a folder saved before checksums were recorded)
-    or when neither file matches it; nothing is rendered then.
-    """
-    recipe_path = Path(recipe_path)
-    folder = recipe_path.parent
-    named = None
-    if not names_a_path(spec) or is_trusted_template(spec):
-        try:
-            named = resolve_template(spec).resolve()
-        except TemplateError:
-            named = None
-    if not sha256:
-        how = "check the template it was trained with, then add `template_sha256: <sha256 of that file>` to it"
-        if named is not None and is_trusted_template(named):
-            how += f" (the shipped {named.name} has sha256 {file_sha256(named)})"
-        raise TemplateError(f"{recipe_path} names the template {spec!r} without template_sha256 (saved by an older "
-                            f"st_instruct), so it is not rendered: {how}; or re-train the model")
-    trusted = _trusted_by_sha(sha256, named if named is not None and is_trusted_template(named) else None)
-    if trusted is not None:
-        return trusted
-    copy = folder / TEMPLATE_COPY_FILE
-    if copy.is_file() and file_sha256(copy) == sha256:
-        return copy
-    found = f"its {copy.name} has sha256 {file_sha256(copy)}" if copy.is_file() else f"it has no {copy.name}"
-    raise TemplateError(f"{folder}: the recipe's template {spec!r} must have template_sha256 {sha256}, but {found} "
-                        "and no template in prompts/ has it; the folder was altered or copied incompletely: "
-                        "copy it again from where it was trained, or re-train")
-
-
 # ---------------------------------------------------------------------------------------------------- time text
 def describe_freq(freq: str | None) -> str:
     """Readable interval: ``"1h"`` -> ``"hourly"``, ``"5min"`` -> ``"every 5 minutes"``, ``"7D"`` -> ``"weekly"``;

@@ -49,7 +49,8 @@ def add_rationales(built: Any, series: list, config: Any, progress: bool = True)
     ``series``: the recipe's datasets as the builder loaded them (their names and slicing)."""
     from datasets import Value
 
-    from st_instruct.data.builder import built_cache_root, load_series
+    from st_instruct.data.builder import built_cache_root
+    from st_instruct.data.loaders import load_series
     from st_instruct.data.rationales.build import build_rationales
     from st_instruct.data.rationales.facts import window_facts
     from st_instruct.data.rationales.teachers import AnalyticTeacher

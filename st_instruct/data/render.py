@@ -396,7 +396,7 @@ def build_window_images(config, kind: str, size: int, panels: int = 4, channel: 
     """:class:`WindowImages` for every dataset of the :class:`~st_instruct.configs.DataConfig` ``config``, windowed
     as :func:`~st_instruct.data.builder.build_dataset` windows them; or for ``windows`` already cut (a forecast's),
     coloured on ``value_ranges[dataset name]`` (training's, from the data profile)."""
-    from st_instruct.data.builder import load_series
+    from st_instruct.data.loaders import load_series
     from st_instruct.data.windows import build_windows
 
     if windows is None:

@@ -39,7 +39,7 @@ import numpy as np
 
 from st_instruct.configs import DataConfig
 from st_instruct.evaluation.metrics import horizon_metrics
-from st_instruct.training.few_shot import read_few_shot
+from st_instruct.model_dir import find_recipe, read_few_shot, trained_data_config
 
 MODEL_NAME = "st_forecaster"
 GENERATED_NAME = "st_forecaster_generated"  # the same model's forecast after the rationale it generates
@@ -53,18 +53,6 @@ BUDGET_KEYS = ("max_steps", "num_train_epochs", "per_device_train_batch_size", "
 UNSHARED_KEYS = ("control", "dataset_cache_dir", "output_dir")
 
 
-def find_recipe(model_dir: str | Path) -> Path:
-    """``recipe.yaml`` of a saved forecaster: in ``model_dir`` or, for a ``checkpoint-N`` folder, its parent."""
-    from st_instruct.training.run import RECIPE_FILE
-
-    model_dir = Path(model_dir)
-    for candidate in (model_dir / RECIPE_FILE, model_dir.parent / RECIPE_FILE):
-        if candidate.is_file():
-            return candidate
-    raise FileNotFoundError(f"{model_dir} has no {RECIPE_FILE} (nor its parent folder): the evaluation needs the "
-                            "recipe the forecaster was trained with (written by `st-instruct train`)")
-
-
 def require_rationale_training(model_dir: str | Path, config: DataConfig, flag: str) -> None:
     """Refuse ``flag`` -- a rationale asked of the forecaster in ``model_dir``, trained with the recipe ``config`` --
     when that recipe trained no rationales: what such a model generates after its prompt is no rationale."""
@@ -72,22 +60,6 @@ def require_rationale_training(model_dir: str | Path, config: DataConfig, flag: 
         raise ValueError(f"{flag} needs a rationale-trained forecaster (an AirGPT student, recipes/airgpt_cot.yaml): "
                          f"the one in {model_dir} was not trained with rationales (its recipe has rationale_teacher: "
                          "none), so the text it would generate is no rationale")
-
-
-def trained_data_config(model_dir: str | Path) -> DataConfig:
-    """The :class:`DataConfig` of the recipe a forecaster was trained with (keys checked as ``train`` does).
-
-    Its ``template`` is the file the folder may render: the trusted template or the folder's own copy whose sha256
-    is the recipe's ``template_sha256`` (:func:`~st_instruct.data.prompts.model_template`; raises otherwise).
-    """
-    from st_instruct.configs import load_recipe_file, train_dataclasses
-    from st_instruct.data.prompts import model_template
-
-    recipe = find_recipe(model_dir)
-    values = load_recipe_file(recipe, train_dataclasses())
-    names = {f.name for f in dataclasses.fields(DataConfig)}
-    config = DataConfig(**{key: value for key, value in values.items() if key in names})
-    return dataclasses.replace(config, template=str(model_template(recipe, config.template, config.template_sha256)))
 
 
 def read_control(control_dir: str | Path, model_dir: str | Path) -> str:
@@ -137,7 +109,7 @@ def evaluation_config(trained: DataConfig, dataset: str, data_dir: str | None = 
     ``spec`` holds the given specification as :func:`~st_instruct.data.loaders.get_dataset` keywords. The recipe's
     rationale teacher is dropped: the scored splits are direct samples either way.
     """
-    from st_instruct.data.loaders import DATASET_SPEC_KEYS
+    from st_instruct.configs import DATASET_SPEC_KEYS
 
     in_domain = any(_same_dataset(dataset, name) for name in trained.dataset_names)
     protocol = "in-domain" if in_domain else f"zero-shot (trained on {', '.join(trained.dataset_names)})"

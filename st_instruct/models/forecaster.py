@@ -53,7 +53,7 @@ from transformers import PretrainedConfig
 from transformers.utils import ModelOutput
 
 from st_instruct.data.air_graphs import GRAPH_KINDS
-from st_instruct.data.profile import COPY_AGAIN
+from st_instruct.model_dir import COPY_AGAIN, ST_CONFIG_FILE, ST_MODULES_FILE
 from st_instruct.models.fusion import STFusion, fusion_context
 from st_instruct.models.graph_encoders import GatedGraphEncoder
 from st_instruct.models.mrffn import memory_layers, memory_modules, wrap_mlps
@@ -78,8 +78,6 @@ from st_instruct.models.se_attention import (
 )
 from st_instruct.models.st_encoders import ENCODERS, RevIN, STEncoderConfig, STProjector, build_st_encoder
 
-ST_MODULES_FILE = "st_modules.safetensors"
-ST_CONFIG_FILE = "st_forecaster_config.json"
 # the ST modules held by the forecaster itself; optional ones are None when the config switches them off. MRFFN
 # memories live inside the backbone's decoder layers and are listed by st_modules() as "st_memory.layers.<i>".
 ST_MODULE_NAMES = ("st_encoder", "st_graph", "st_projector", "regression_head", "st_revin", "st_node_table",

@@ -40,10 +40,16 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from st_instruct.models.forecaster import (
+from st_instruct.model_dir import (
+    ADAPTER_FILES,
+    BACKBONE_FILE,
     COPY_AGAIN,
     ST_CONFIG_FILE,
     ST_MODULES_FILE,
+    TOKENIZER_FILES,
+    read_json_file,
+)
+from st_instruct.models.forecaster import (
     STForecaster,
     STForecasterConfig,
     add_memories,
@@ -55,9 +61,6 @@ from st_instruct.models.forecaster import (
 )
 from st_instruct.models.patching import unwrap
 
-BACKBONE_FILE = "st_backbone.json"
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")  # what save_pretrained writes and loading reads
 FORMATS = ("adapter", "full", "base", "none")
 
 
@@ -231,15 +234,6 @@ def _backbone_source(path: Path, meta: dict[str, Any]) -> BackboneSource:
     except ValueError as err:
         raise ValueError(f"{path}: {err}: it was edited or damaged; {COPY_AGAIN}") from err
     return BackboneSource(**meta)
-
-
-def read_json_file(path: Path) -> Any:
-    """The JSON in ``path``; a ValueError naming the file when it is not valid JSON (a truncated copy, an edit)."""
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path} is not valid JSON ({err}): the file is corrupt or truncated; copy the model folder "
-                         "again or re-train") from err
 
 
 def check_safetensors(path: Path) -> None:

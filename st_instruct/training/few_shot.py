@@ -20,16 +20,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-FEW_SHOT_FILE = "few_shot.json"
-
-
-def read_few_shot(model_dir: str | Path) -> dict[str, Any] | None:
-    """The ``few_shot.json`` of a forecaster folder (or of a checkpoint's parent), or None for a plain model."""
-    model_dir = Path(model_dir)
-    for candidate in (model_dir / FEW_SHOT_FILE, model_dir.parent / FEW_SHOT_FILE):
-        if candidate.is_file():
-            return json.loads(candidate.read_text())
-    return None
+from st_instruct.model_dir import FEW_SHOT_FILE
 
 
 def few_shot_train_windows(num_train_windows: int, fraction: float) -> int:
@@ -58,14 +49,14 @@ def few_shot_finetune(model_dir: str | Path, dataset: str, fraction: float, outp
 
     from st_instruct.configs import parse_recipe, recipe_dict, train_dataclasses
     from st_instruct.data.profile import write_data_profiles
-    from st_instruct.data.prompts import save_template_copy
     from st_instruct.data.windows import build_windows
-    from st_instruct.evaluation.forecaster_eval import evaluation_config, find_recipe, trained_data_config
+    from st_instruct.evaluation.forecaster_eval import evaluation_config
     from st_instruct.hub import write_model_card
+    from st_instruct.model_dir import RECIPE_FILE, find_recipe, save_template_copy, trained_data_config
     from st_instruct.models.forecaster import STForecasterConfig
     from st_instruct.models.saving import load_forecaster_weights, read_backbone_source
     from st_instruct.outputs import check_writable, staged_output
-    from st_instruct.training.run import RECIPE_FILE, build_forecaster, build_trainer
+    from st_instruct.training.run import build_forecaster, build_trainer
 
     check_writable(output_dir, overwrite, "--overwrite", "an earlier few-shot model")
     source, _ = read_backbone_source(model_dir)  # names missing files before anything slow
@@ -126,7 +117,7 @@ def few_shot_finetune(model_dir: str | Path, dataset: str, fraction: float, outp
 
 def _load(config: Any) -> Any:
     """The one series of a single-dataset data config, loaded as the builder loads it."""
-    from st_instruct.data.builder import load_series
+    from st_instruct.data.loaders import load_series
 
     (series,) = load_series(config)
     return series

@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import signal
@@ -28,10 +27,14 @@ from st_instruct.configs import (
     check_recipe_consistency,
     recipe_dict,
 )
+from st_instruct.model_dir import (
+    RECIPE_FILE,
+    TRAINER_STATE_FILE,
+    checkpoint_folders,
+    checkpoint_missing,
+    control_dir,
+)
 
-RECIPE_FILE = "recipe.yaml"
-TRAINER_STATE_FILE = "trainer_state.json"
-OPTIMIZER_FILE, SCHEDULER_FILE = "optimizer.pt", "scheduler.pt"  # as transformers.Trainer names them
 OVERWRITE_FLAG = "--overwrite"  # of `st-instruct train` / `demo` and scripts/sft.py; not a recipe key (see train)
 
 
@@ -164,7 +167,7 @@ def no_backbone_report(model: Any, frozen_st_modules: list[str] | None = None) -
 
 def learned_node_table_size(data_config: DataConfig) -> int:
     """Rows of the learned node table of ``coordinates: learned``: the node count of the one training dataset."""
-    from st_instruct.data.builder import load_series
+    from st_instruct.data.loaders import load_series
 
     series = load_series(data_config)
     if len(series) != 1:
@@ -252,20 +255,13 @@ def build_trainer(model: Any, data_config: DataConfig, model_config: ModelConfig
                         st_learning_rate=model_config.st_learning_rate, data_collator=collator, **extra)
 
 
-def control_dir(model_dir: str | Path, kind: str) -> Path:
-    """Where :func:`train_control` puts the ``kind`` control of the forecaster in ``model_dir``: the sibling
-    ``MODEL-no-llm`` / ``MODEL-random-llm``."""
-    model_dir = Path(model_dir)
-    return model_dir.parent / f"{model_dir.name}-{kind.replace('_', '-')}"
-
-
 def train_control(model_dir: str | Path, kind: str, overwrite: bool = False) -> Path:
     """Train the ``kind`` control (``no_llm`` / ``random_llm``) of the forecaster in ``model_dir`` from the
     ``recipe.yaml`` saved with it (the same data, model keys and budget; ``st_encoder_init`` included) into
     :func:`control_dir`; returns that folder. A complete control already there is reused unless ``overwrite``
     (``evaluate --controls`` checks that it is a control of the same recipe)."""
     from st_instruct.configs import parse_recipe, train_dataclasses
-    from st_instruct.evaluation.forecaster_eval import find_recipe
+    from st_instruct.model_dir import find_recipe
 
     folder = control_dir(model_dir, kind)
     if not overwrite and (folder / TRAINER_STATE_FILE).is_file():
@@ -274,45 +270,6 @@ def train_control(model_dir: str | Path, kind: str, overwrite: bool = False) -> 
     configs = parse_recipe(train_dataclasses(), [str(find_recipe(model_dir)), "--control", kind, "--output_dir",
                                                  str(folder)])
     return train(*configs, overwrite_output_dir=overwrite)
-
-
-def checkpoint_missing(folder: str | Path) -> list[str]:
-    """The files ``folder`` lacks to resume training exactly: the forecaster's weights (as :func:`save_forecaster`
-    writes them), the optimizer and scheduler states (``optimizer.pt`` / ``scheduler.pt``, or DeepSpeed's
-    ``global_stepN/``), the RNG state (``rng_state.pth``, ``rng_state_<rank>.pth`` on several processes) and a
-    readable ``trainer_state.json``. Empty for a complete ``checkpoint-N`` folder."""
-    from st_instruct.models.forecaster import ST_CONFIG_FILE, ST_MODULES_FILE
-    from st_instruct.models.saving import ADAPTER_FILES, BACKBONE_FILE
-
-    folder = Path(folder)
-    if not folder.is_dir():
-        return [f"{folder.name}/ (no such folder)"]
-    missing = [name for name in (BACKBONE_FILE, ST_CONFIG_FILE, ST_MODULES_FILE) if not (folder / name).is_file()]
-    try:
-        kind = json.loads((folder / BACKBONE_FILE).read_text()).get("format")
-    except (OSError, ValueError, AttributeError):
-        kind = None
-    if kind == "adapter":
-        missing += [name for name in ADAPTER_FILES if not (folder / name).is_file()]
-    elif kind == "full" and not list(folder.glob("model*.safetensors")):
-        missing.append("model.safetensors")
-    deepspeed = any(path.is_dir() for path in folder.glob("global_step*"))
-    if not deepspeed:
-        missing += [name for name in (OPTIMIZER_FILE, SCHEDULER_FILE) if not (folder / name).is_file()]
-    if not list(folder.glob("rng_state*.pth")):
-        missing.append("rng_state.pth")
-    try:
-        int(json.loads((folder / TRAINER_STATE_FILE).read_text())["global_step"])
-    except (OSError, ValueError, KeyError, TypeError):
-        missing.append(TRAINER_STATE_FILE)
-    return missing
-
-
-def checkpoint_folders(output_dir: str | Path) -> list[Path]:
-    """The ``checkpoint-N`` folders of ``output_dir``, newest (highest N) first."""
-    output_dir = Path(output_dir)
-    found = [p for p in output_dir.glob("checkpoint-*") if p.is_dir() and p.name[len("checkpoint-"):].isdigit()]
-    return sorted(found, key=lambda p: int(p.name[len("checkpoint-"):]), reverse=True)
 
 
 def resolve_resume(value: str | bool | None, output_dir: str | Path, announce: bool = True) -> str | None:
@@ -348,7 +305,7 @@ def resolve_resume(value: str | bool | None, output_dir: str | Path, announce: b
 
 def describe_output(output: Path) -> str:
     """What a non-empty training output folder holds, for the refusal to train into it."""
-    from st_instruct.models.saving import BACKBONE_FILE
+    from st_instruct.model_dir import BACKBONE_FILE
 
     checkpoints = ", ".join(p.name for p in checkpoint_folders(output))
     resume = f"{checkpoints}: to continue from them, pass --resume_from_checkpoint true" if checkpoints else ""
@@ -458,9 +415,8 @@ def train(data_config: DataConfig, model_config: ModelConfig, sft_config: Any,
     Only the main process writes and moves.
     """
     from st_instruct.data.profile import write_data_profiles
-    from st_instruct.data.prompts import save_template_copy
     from st_instruct.hub import HubError, push_to_hub
-    from st_instruct.models.saving import BACKBONE_FILE
+    from st_instruct.model_dir import BACKBONE_FILE, save_template_copy
     from st_instruct.outputs import check_writable, clean_stale_siblings, commit, is_nonempty, sibling, staged_into
 
     output = Path(sft_config.output_dir)

@@ -18,9 +18,8 @@ from cli_check import assert_clean_failure
 from tiny import train_smoke
 
 from st_instruct.data.loaders import get_dataset
-from st_instruct.data.profile import PROFILE_FILE, read_data_profiles
-from st_instruct.models.forecaster import ST_CONFIG_FILE
-from st_instruct.models.saving import BACKBONE_FILE
+from st_instruct.data.profile import read_data_profiles
+from st_instruct.model_dir import BACKBONE_FILE, PROFILE_FILE, ST_CONFIG_FILE
 
 DATASET = "synthetic-small"
 REPO = "st-user/trusted"

@@ -18,8 +18,8 @@ from cli_check import assert_clean_failure
 from safetensors.torch import load_file
 
 from st_instruct import outputs
+from st_instruct.model_dir import checkpoint_missing
 from st_instruct.training import trainer as trainer_module
-from st_instruct.training.run import checkpoint_missing
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE = ROOT / "recipes" / "smoke_sft.yaml"

@@ -8,12 +8,12 @@ import pytest
 from conftest import require_real_data
 
 from st_instruct.configs import DataConfig
-from st_instruct.data import builder
+from st_instruct.data import builder, loaders
 from st_instruct.data.builder import build_dataset, dataset_fingerprint, sample_features
-from st_instruct.data.loaders import get_dataset
-from st_instruct.data.prompts import TemplateError
+from st_instruct.data.loaders import get_dataset, load_series
 from st_instruct.data.stdata import STDataError
 from st_instruct.data.windows import SPLITS, build_windows
+from st_instruct.shipped import TemplateError
 
 ARRAY_COLUMNS = ("node_index", "history", "history_mask", "target", "target_mask", "scaler_mean", "scaler_std",
                  "coords", "history_tod", "history_dow", "target_tod", "target_dow", "steps_per_day",
@@ -172,7 +172,7 @@ def test_multiple_datasets_are_concatenated_with_their_own_scalers(tmp_path):
 # ---------------------------------------------------------------------------------------------------- cache
 def test_round_trip_save_load_identical(tmp_path):
     cfg = config(tmp_path, granularity="graph", values_in_text=True, window_sample=3)
-    plans = [builder.plan_source(d, cfg) for d in builder.load_series(cfg)]
+    plans = [builder.plan_source(d, cfg) for d in load_series(cfg)]
     template = builder.load_template(cfg.template)
     in_memory = datasets.DatasetDict({s: datasets.Dataset(builder.build_split_table(plans, s, template, "graph"))
                                       for s in SPLITS})
@@ -215,14 +215,14 @@ def test_fingerprint_cache_hit_and_invalidation(tmp_path, monkeypatch):
 def test_fingerprint_follows_data_content(tmp_path, monkeypatch):
     cfg = config(tmp_path)
     fingerprint = dataset_fingerprint(cfg)
-    real = builder.get_dataset
+    real = loaders.get_dataset
 
     def perturbed(name, **kwargs):
         data = real(name, **kwargs)
         data.values[5, 3, 1] += 1
         return data
 
-    monkeypatch.setattr(builder, "get_dataset", perturbed)
+    monkeypatch.setattr(loaders, "get_dataset", perturbed)  # what load_series reads the data with
     assert dataset_fingerprint(cfg) != fingerprint
 
 
@@ -271,7 +271,7 @@ def test_streaming_equals_arrow_build(tmp_path, granularity):
 def test_named_real_datasets_build(tmp_path, monkeypatch, name, C, steps_per_day):
     require_real_data(name)
     loaded = []  # the builder's own STData: loading beijing-air twice would double this test's time
-    monkeypatch.setattr(builder, "get_dataset", lambda *a, **kw: loaded.append(get_dataset(*a, **kw)) or loaded[-1])
+    monkeypatch.setattr(loaders, "get_dataset", lambda *a, **kw: loaded.append(get_dataset(*a, **kw)) or loaded[-1])
     built = build_dataset(config(tmp_path, dataset_names=[name], window_sample=2, node_sample=3))
     data = loaded[0]
     for split in SPLITS:

@@ -11,20 +11,18 @@ from conftest import require_real_data
 
 from st_instruct.configs import DataConfig
 from st_instruct.data import builder
+from st_instruct.data.loaders import load_series
 from st_instruct.data.prompts import (
-    PROMPTS_ENV,
-    TemplateError,
-    available_templates,
     channels_text,
     describe_freq,
     describe_period,
     format_values,
     load_template,
     node_context,
-    prompts_dir,
 )
 from st_instruct.data.st_tokens import ST_HIS, ST_PRE
 from st_instruct.data.synthetic import generate_synthetic
+from st_instruct.shipped import PROMPTS_ENV, TemplateError, available_templates, prompts_dir
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden"
 UPDATE_GOLDEN = os.environ.get("ST_INSTRUCT_UPDATE_GOLDEN") == "1"  # rewrite the files instead of comparing
@@ -49,7 +47,7 @@ def check_golden(name: str, text: str) -> None:
 
 def window_sample(config: DataConfig, split: str, window: int, sample: int = 0) -> str:
     """Golden text of sample ``sample`` of window ``window`` (index into the split's windows)."""
-    plan = builder.plan_source(builder.load_series(config)[0], config)
+    plan = builder.plan_source(load_series(config)[0], config)
     columns = builder.sample_columns(plan, split, np.array([window]), load_template(config.template),
                                      config.granularity)
     return as_text(columns["sample_id"][sample], columns["messages"][sample])
@@ -93,7 +91,7 @@ def test_shipped_templates_resolve_and_have_one_slot_per_node():
     assert prompts_dir() == Path(__file__).resolve().parents[2] / "prompts"
     config = DataConfig(dataset_names=["synthetic-small"], granularity="graph", template="forecast_graph",
                         node_sample=5)
-    plan = builder.plan_source(builder.load_series(config)[0], config)
+    plan = builder.plan_source(load_series(config)[0], config)
     for granularity, template, nodes in (("node", "forecast_node", 1), ("graph", "forecast_graph", 5)):
         messages = builder.sample_columns(plan, "train", np.array([0]), load_template(template),
                                           granularity)["messages"][0]
@@ -238,7 +236,7 @@ def test_crafted_template_cannot_reach_os_subprocess_or_files(tmp_path, expressi
 
 
 def test_shipped_templates_are_trusted_and_other_paths_are_not(tmp_path, monkeypatch):
-    from st_instruct.data.prompts import is_trusted_template, resolve_template
+    from st_instruct.shipped import is_trusted_template, resolve_template
 
     assert is_trusted_template(resolve_template("forecast_node"))
     outside = write(tmp_path, "mine.v1.jinja", MINIMAL)
@@ -253,7 +251,7 @@ ROOT_PROMPTS = Path(__file__).resolve().parents[2] / "prompts"
 def test_model_template_prefers_trusted_then_checked_copy(tmp_path):
     import hashlib
 
-    from st_instruct.data.prompts import TEMPLATE_COPY_FILE, model_template
+    from st_instruct.model_dir import TEMPLATE_COPY_FILE, model_template
 
     shipped = ROOT_PROMPTS / "forecast_node.v1.jinja"
     digest = hashlib.sha256(shipped.read_bytes()).hexdigest()

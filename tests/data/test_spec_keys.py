@@ -5,8 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from st_instruct.configs import DataConfig
-from st_instruct.data.loaders import DATASET_SPEC_KEYS, dataset_spec, get_dataset
+from st_instruct.configs import DATASET_SPEC_KEYS, DataConfig
+from st_instruct.data.loaders import dataset_spec, get_dataset
 from st_instruct.data.stdata import STDataError, normalize_freq
 from st_instruct.evaluation.baselines import HistoricalAverage, SeasonalNaiveDay
 from st_instruct.evaluation.forecaster_eval import evaluation_config

@@ -140,7 +140,8 @@ def test_broadcast_channels_forecasts_a_one_channel_dataset_with_the_two_channel
     input channels and averages the two outputs: the forecast is the mean of the model's own outputs on the
     duplicated batch, and the report says so."""
     from st_instruct.data.builder import build_dataset
-    from st_instruct.evaluation.forecaster_eval import evaluation_config, trained_data_config
+    from st_instruct.evaluation.forecaster_eval import evaluation_config
+    from st_instruct.model_dir import trained_data_config
     from st_instruct.models.saving import load_forecaster
     from st_instruct.training.collator import STDataCollator
 

@@ -15,12 +15,11 @@ import torch
 from peft import AutoPeftModelForCausalLM, PeftModelForCausalLM
 
 from st_instruct.data.st_tokens import ST_TOKENS, st_token_ids
+from st_instruct.model_dir import ADAPTER_FILES, BACKBONE_FILE
 from st_instruct.models import hub_backbone
 from st_instruct.models.backbones import embedded_backbone_name, hub_model_id
 from st_instruct.models.forecaster import STForecaster, STForecasterConfig, add_memories
 from st_instruct.models.saving import (
-    ADAPTER_FILES,
-    BACKBONE_FILE,
     BackboneSource,
     build_base_backbone,
     load_forecaster,

@@ -5,9 +5,8 @@ import pytest
 import torch
 from tiny import build_tiny_forecaster
 
+from st_instruct.model_dir import ST_CONFIG_FILE, ST_MODULES_FILE
 from st_instruct.models.forecaster import (
-    ST_CONFIG_FILE,
-    ST_MODULES_FILE,
     STForecasterConfig,
     inverse_scale,
     load_st_forecaster,

@@ -158,7 +158,7 @@ def test_evaluate_trains_the_controls_from_the_models_own_recipe_then_reuses_the
     evaluation's recipe check passes) into the sibling MODEL-no-llm, scored, and reused by the next call."""
     import shutil
 
-    from st_instruct.training.run import control_dir
+    from st_instruct.model_dir import control_dir
 
     model = tmp_path / "model"
     shutil.copytree(trained["none"], model)

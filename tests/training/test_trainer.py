@@ -14,8 +14,9 @@ from transformers import TrainerCallback
 from st_instruct.cli import main
 from st_instruct.configs import parse_recipe, train_dataclasses
 from st_instruct.hub import check_model_dir
+from st_instruct.model_dir import BACKBONE_FILE
 from st_instruct.models.forecaster import masked_mae_loss, regression_mask
-from st_instruct.models.saving import BACKBONE_FILE, load_forecaster
+from st_instruct.models.saving import load_forecaster
 from st_instruct.training.run import backbone_source, build_forecaster, train
 from st_instruct.training.trainer import STSFTTrainer
 
