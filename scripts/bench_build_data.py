@@ -29,10 +29,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from st_instruct.configs import DataConfig
-from st_instruct.data.builder import build_dataset
-from st_instruct.data.st_tokens import add_st_tokens
 from st_instruct.models.backbones import get_tokenizer
-from st_instruct.training.tokenize import tokenize_dataset
+from st_instruct.samples.builder import build_dataset
+from st_instruct.samples.st_tokens import add_st_tokens
+from st_instruct.samples.tokenize import tokenize_dataset
 
 BASE = DataConfig(dataset_names=["nyc-taxi"], dataset_start="2019-01-01", dataset_end="2020-01-01", history=12,
                   horizon=12, split="7:1:2")

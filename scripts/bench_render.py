@@ -23,8 +23,8 @@ import time
 from pathlib import Path
 
 from st_instruct.data.registry import DatasetNotFoundError
-from st_instruct.data.render import IMAGE_KINDS, WindowRenderer, png_bytes
-from st_instruct.evaluation.protocols import prepare_windows
+from st_instruct.protocols.baselines import prepare_windows
+from st_instruct.samples.render import IMAGE_KINDS, WindowRenderer, png_bytes
 
 DATASETS = {"synthetic": {}, "nyc-taxi": {"start": "2019-01-01", "end": "2020-01-01"}, "nycbike1-grid": {},
             "los-loop": {}}

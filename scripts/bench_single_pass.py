@@ -45,7 +45,7 @@ def forecast_text(target: np.ndarray, channels: list[str]) -> str:
 
 def time_single_pass(model, tokenizer, samples, batch_size: int) -> tuple[float, int]:
     """Seconds to predict every sample (forward passes only) and the number of zone forecasts made."""
-    from st_instruct.training.collator import STDataCollator
+    from st_instruct.samples.collator import STDataCollator
 
     collator = STDataCollator(tokenizer)
     seconds, forecasts = 0.0, 0
@@ -95,11 +95,11 @@ def main() -> int:
     parser.add_argument("--out", default="outputs/bench_single_pass.json")
     args = parser.parse_args()
 
-    from st_instruct.data.builder import build_dataset
     from st_instruct.data.loaders import get_dataset
-    from st_instruct.evaluation.forecaster_eval import evaluation_config
     from st_instruct.model_dir import trained_data_config
     from st_instruct.models.saving import load_forecaster
+    from st_instruct.protocols.evaluate import evaluation_config
+    from st_instruct.samples.builder import build_dataset
 
     if not Path(args.model).is_dir():
         print(f"no forecaster in {args.model}: run scripts/bench_forecaster.py first (or pass --model)")

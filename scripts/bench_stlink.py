@@ -77,7 +77,7 @@ def overhead(steps: int, pretrained: Path, recipe: str) -> dict:
     import torch
 
     from st_instruct.configs import parse_recipe, train_dataclasses
-    from st_instruct.training.collator import STDataCollator
+    from st_instruct.samples.collator import STDataCollator
     from st_instruct.training.run import build_forecaster
     from st_instruct.training.trainer import forecaster_loss
 

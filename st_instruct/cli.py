@@ -13,9 +13,9 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+
+from st_instruct.console import run_reporting_input_errors
 
 
 def _add_window_args(parser: argparse.ArgumentParser) -> None:
@@ -95,8 +95,8 @@ def _check_json_output(args: argparse.Namespace) -> None:
 
 
 def _run_baselines(dataset: str, args: argparse.Namespace) -> dict:
-    from st_instruct.evaluation.protocols import baseline_report, prepare_windows
     from st_instruct.evaluation.report import write_results_json
+    from st_instruct.protocols.baselines import baseline_report, prepare_windows
 
     _check_json_output(args)
     started = time.perf_counter()
@@ -182,11 +182,11 @@ def _show_sample(sample: dict, tokenizer) -> str:
 
 def _cmd_build_data(args: argparse.Namespace) -> None:
     from st_instruct.configs import parse_recipe, train_dataclasses
-    from st_instruct.data.builder import build_dataset
-    from st_instruct.data.st_tokens import add_st_tokens
-    from st_instruct.hub import write_dataset_card
-    from st_instruct.models.backbones import get_tokenizer
+    from st_instruct.models.backbones import build_teacher, get_tokenizer
     from st_instruct.outputs import check_writable, staged_output
+    from st_instruct.samples.builder import build_dataset
+    from st_instruct.samples.dataset_card import write_dataset_card
+    from st_instruct.samples.st_tokens import add_st_tokens
 
     # a training recipe builds its own dataset: parse its training arguments too, and ignore them
     data_config, model_config, _ = parse_recipe(train_dataclasses(), [args.recipe, *args.overrides])
@@ -200,7 +200,7 @@ def _cmd_build_data(args: argparse.Namespace) -> None:
     if not data_config.streaming:
         check_writable(output, args.overwrite, "--overwrite")  # before the build: fail fast
     started = time.perf_counter()
-    dataset = build_dataset(data_config, tokenizer)
+    dataset = build_dataset(data_config, tokenizer, teacher=build_teacher(data_config.rationale_teacher))
     seconds = time.perf_counter() - started
     if data_config.streaming:
         print(f"streaming dataset built in {seconds:.1f} s (an IterableDatasetDict is not saved to disk)")
@@ -242,7 +242,6 @@ def _cmd_pretrain(args: argparse.Namespace) -> Path:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
-    from st_instruct.evaluation.forecaster_eval import evaluate_forecaster
     from st_instruct.evaluation.report import (
         check_evaluation_folder,
         protocol_lines,
@@ -251,6 +250,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     )
     from st_instruct.model_dir import EVALUATIONS_FILE
     from st_instruct.outputs import check_can_create, check_writable
+    from st_instruct.protocols.evaluate import evaluate_forecaster
 
     started = time.perf_counter()
     model_dir = Path(args.model)
@@ -267,18 +267,20 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 
         disable_library_progress_bars()
     if args.plot_models:  # before any training: evaluate_forecaster checks again with the protocol known
-        from st_instruct.evaluation.forecaster_eval import MODEL_NAME, check_plot_models, read_control, report_rows
+        from st_instruct.model_dir import MODEL_ROW
+        from st_instruct.protocols.controls import read_control
+        from st_instruct.protocols.evaluate import check_plot_models, report_rows
 
         rows = [read_control(folder, model_dir) for folder in controls]
-        rows += [f"{MODEL_NAME}_{kind}" for kind in args.train_controls or []]
+        rows += [f"{MODEL_ROW}_{kind}" for kind in args.train_controls or []]
         check_plot_models(args.plot_models, report_rows(args.models, rows, args.generate_rationales, zero_shot=True))
     if args.train_controls:
-        from st_instruct.training.run import train_control
+        from st_instruct.protocols.controls import train_control
 
         controls += [str(train_control(model_dir, kind, overwrite=args.overwrite)) for kind in args.train_controls]
     if args.few_shot is not None:
-        from st_instruct.evaluation.forecaster_eval import read_control
-        from st_instruct.training.few_shot import few_shot_finetune
+        from st_instruct.protocols.controls import read_control
+        from st_instruct.protocols.few_shot import few_shot_finetune
 
         for folder in controls:  # a wrong control is refused before any fine-tuning
             read_control(folder, model_dir)
@@ -321,7 +323,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     print(f"wall time {report['wall_seconds']:.1f} s; wrote {paths['results']}, {paths['report']} and the figures")
     if args.json:
         print(f"wrote {write_results_json(report, args.json, args.overwrite)}")
-    from st_instruct.hub import record_evaluation
+    from st_instruct.protocols.records import record_evaluation
 
     print(f"recorded in the model card {record_evaluation(model_dir, json.loads(paths['results'].read_text()))} "
           "(model-index)")
@@ -357,7 +359,7 @@ def _cmd_predict(args: argparse.Namespace) -> None:
 
 
 def _cmd_explain(args: argparse.Namespace) -> None:
-    from st_instruct.evaluation.forecaster_eval import explain_window
+    from st_instruct.protocols.evaluate import explain_window
 
     found = explain_window(args.model, args.dataset, args.window, node=args.node, split_name=args.split_name,
                            max_new_tokens=args.max_new_tokens, data_dir=args.data_dir)
@@ -395,8 +397,8 @@ def _cmd_push(args: argparse.Namespace) -> None:
 
 
 def _cmd_render(args: argparse.Namespace) -> None:
-    from st_instruct.data.render import WindowRenderer, save_window, window_files
-    from st_instruct.evaluation.protocols import prepare_windows
+    from st_instruct.protocols.baselines import prepare_windows
+    from st_instruct.samples.render import WindowRenderer, save_window, window_files
 
     stem = f"{Path(args.dataset).stem}-{args.split_name}-{args.window}"
     window_files(args.out, stem, args.kind, args.overwrite)  # before the slow work
@@ -623,17 +625,6 @@ def main(argv: list[str] | None = None) -> int:
         build_parser().error(f"unrecognized arguments: {' '.join(overrides)}")
     args.overrides = overrides
     return run_reporting_input_errors(f"st-instruct {args.verb}", lambda: args.func(args))
-
-
-def run_reporting_input_errors(prog: str, action: Callable[[], Any]) -> int:
-    """Run ``action``; an error caused by the user's input (``ValueError``: STDataError, RecipeError, ...; ``OSError``:
-    an unreadable file) is printed as one line ``PROG: error: ...`` with exit status 2, never a traceback."""
-    try:
-        action()
-    except (ValueError, OSError) as err:
-        print(f"{prog}: error: {err}", file=sys.stderr)
-        return 2
-    return 0
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ FREEZE_PLAN_NAMES = ("frozen", "lora", "pfa", "full", "qlora")
 ST_ENCODER_NAMES = ("patch", "tcn")
 CONTROLS = ("none", "no_llm", "random_llm")
 HEAD_SKIP_INITS = ("closed", "readout")
-# mirrored from st_instruct.data.render.IMAGE_KINDS (a test checks they agree) plus "none"
+# mirrored from st_instruct.samples.render.IMAGE_KINDS (a test checks they agree) plus "none"
 IMAGE_KIND_NAMES = ("none", "map", "multiview")
 # mirrored from st_instruct.data.air_graphs.GRAPH_KINDS (a test checks they agree)
 ST_GRAPH_NAMES = ("none", "static", "static_wind")
@@ -134,7 +134,7 @@ class DataConfig:
         "help": "where built datasets are cached by fingerprint (default: the user cache)"})
     streaming: bool = field(default=False, metadata={"help": "build an IterableDataset instead of Arrow tables"})
     image_kind: str = field(default="none", metadata={
-        "help": "ST-VLM: the image of each window a vision-language backbone reads (st_instruct.data.render): map "
+        "help": "ST-VLM: the image of each window a vision-language backbone reads (st_instruct.samples.render): map "
                 "(history steps as map / heat-map panels) | multiview (temporal, spatial, correlation and map "
                 "views) | none (text and ST tokens only)"})
     image_size: int | None = field(default=None, metadata={

@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 # (logger name, start of the message it logs) of each library message dropped
 DROPPED_LOG_MESSAGES = (
@@ -77,3 +79,14 @@ def datasets_progress_bars(enabled: bool) -> Iterator[None]:
         yield
     finally:
         (disable_progress_bars if was_disabled else enable_progress_bars)()
+
+
+def run_reporting_input_errors(prog: str, action: Callable[[], Any]) -> int:
+    """Run ``action``; an error caused by the user's input (``ValueError``: STDataError, RecipeError, ...; ``OSError``:
+    an unreadable file) is printed as one line ``PROG: error: ...`` with exit status 2, never a traceback."""
+    try:
+        action()
+    except (ValueError, OSError) as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 2
+    return 0

@@ -232,12 +232,13 @@ class Forecaster:
         import pyarrow as pa
 
         from st_instruct.console import datasets_progress_bars
-        from st_instruct.data.builder import plan_source, record_batch, sample_columns, sample_features
-        from st_instruct.data.prompts import load_template
         from st_instruct.data.windows import StandardScaler, windows_at
-        from st_instruct.evaluation.forecaster_eval import require_rationale_training, scatter_predictions
-        from st_instruct.training.tokenize import tokenize_dataset
-        from st_instruct.training.vision_collator import build_collator
+        from st_instruct.evaluation.predict import scatter_predictions
+        from st_instruct.models.collators import build_collator
+        from st_instruct.protocols.evaluate import require_rationale_training
+        from st_instruct.samples.builder import plan_source, record_batch, sample_columns, sample_features
+        from st_instruct.samples.prompts import load_template
+        from st_instruct.samples.tokenize import tokenize_dataset
 
         L, P = self.history, self.horizon
         if rationale:

@@ -155,11 +155,11 @@ def launch_training(recipe: str, overrides: list[str], num_processes: str | None
     (:func:`accelerate_command`); returns the output folder. The recipe is parsed here first either way, so a bad key
     or value is one line rather than one per process."""
     from st_instruct.configs import parse_recipe, train_dataclasses
-    from st_instruct.training.run import train
+    from st_instruct.train import train_and_push
 
     command = accelerate_command(recipe, overrides, num_processes, accelerate_config, overwrite)
     configs = parse_recipe(train_dataclasses(), [recipe, *overrides])
     if command is None:
-        return train(*configs, overwrite_output_dir=overwrite)
+        return train_and_push(*configs, overwrite=overwrite)
     run_accelerate(command)
     return Path(configs[2].output_dir)

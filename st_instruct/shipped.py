@@ -15,8 +15,6 @@ import os
 import re
 from pathlib import Path
 
-import st_instruct
-
 PROMPTS_ENV = "ST_INSTRUCT_PROMPTS"
 TEMPLATE_NAME_RE = re.compile(r"^(?P<name>[A-Za-z0-9_\-]+)\.v(?P<version>\d+)\.jinja$")
 
@@ -29,7 +27,7 @@ def shipped_dir(name: str) -> Path:
     """The folder of the shipped files ``name`` (``"recipes"`` or ``"prompts"``): ``st_instruct/NAME`` inside an
     installed wheel (pyproject.toml maps the top-level folders there), else ``NAME/`` at the repository root (a clone,
     or an editable install of one). Every lookup of a shipped recipe or template goes through here."""
-    package = Path(st_instruct.__file__).resolve().parent
+    package = Path(__file__).resolve().parent  # st_instruct/
     installed = package / name
     return installed if installed.is_dir() else package.parent / name
 

@@ -15,20 +15,40 @@ status 2, as in ``st-instruct train``.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
+from typing import Any
 
 from st_instruct.configs import parse_recipe, train_dataclasses
+from st_instruct.console import run_reporting_input_errors
+from st_instruct.hub import HubError, push_to_hub
 from st_instruct.training.run import OVERWRITE_FLAG, train
+
+
+def train_and_push(data_config: Any, model_config: Any, sft_config: Any, overwrite: bool = False) -> Path:
+    """Train a parsed recipe (:func:`~st_instruct.training.run.train`); with ``push_to_hub: true`` the main process
+    then pushes the complete final folder, exactly as ``st-instruct push`` pushes it (checkpoints stay local whatever
+    ``hub_strategy`` says). Returns the folder."""
+    output = train(data_config, model_config, sft_config, overwrite_output_dir=overwrite)
+    if sft_config.process_index != 0 or not sft_config.push_to_hub:
+        return output
+    repo_id = sft_config.hub_model_id or output.name
+    try:
+        url = push_to_hub(output, repo_id, token=sft_config.hub_token, private=bool(sft_config.hub_private_repo))
+    except HubError as err:
+        raise HubError(f"{err}. The trained model is saved in {output}: push it with `st-instruct push {output} "
+                       f"--repo-id {repo_id}`") from err
+    print(f"pushed {output} to the Hub: {url} (push_to_hub pushes the final folder; checkpoints stay local whatever "
+          "hub_strategy says)")
+    return output
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m st_instruct.train") -> int:
     """Parse ``RECIPE [--k v] [--overwrite]`` and train; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     overwrite = OVERWRITE_FLAG in argv  # as `st-instruct train --overwrite`: a flag, never a recipe key
-    from st_instruct.cli import run_reporting_input_errors
-
     def run() -> None:
         configs = parse_recipe(train_dataclasses(), [arg for arg in argv if arg != OVERWRITE_FLAG])
-        train(*configs, overwrite_output_dir=overwrite)
+        train_and_push(*configs, overwrite=overwrite)
 
     return run_reporting_input_errors(prog, run)
 

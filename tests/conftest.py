@@ -34,7 +34,7 @@ def tiny_tokenizer(tiny_tokenizer_dir):
 @pytest.fixture
 def st_tokenizer(tiny_tokenizer):
     """The test tokenizer with the ST special tokens added."""
-    from st_instruct.data.st_tokens import add_st_tokens
+    from st_instruct.samples.st_tokens import add_st_tokens
 
     add_st_tokens(tiny_tokenizer)
     return tiny_tokenizer
@@ -67,7 +67,7 @@ def st_tok(tiny_tokenizer_dir):
     """The test tokenizer with the ST tokens, shared by the session: tests must not change it."""
     from transformers import AutoTokenizer
 
-    from st_instruct.data.st_tokens import add_st_tokens
+    from st_instruct.samples.st_tokens import add_st_tokens
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
     add_st_tokens(tokenizer)

@@ -1,6 +1,6 @@
-"""Evaluation records (``st_instruct.hub.record_evaluation``) under the model folder's lock: evaluations recorded by
-several processes at once are all kept, card included; a reader never sees a part of a file; the lock file is not
-pushed."""
+"""Evaluation records (``st_instruct.protocols.records.record_evaluation``) under the model folder's lock: evaluations
+recorded by several processes at once are all kept, card included; a reader never sees a part of a file; the lock file
+is not pushed."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ import torch
 from huggingface_hub import ModelCard
 from safetensors.torch import save_file
 
-from st_instruct.hub import push_to_hub, record_evaluation
+from st_instruct.hub import push_to_hub
 from st_instruct.model_dir import EVALUATIONS_FILE, LOCK_FILE, read_evaluations
+from st_instruct.protocols.records import record_evaluation
 
 PROCESSES, RECORDS = 2, 40
 # One process's share: wait until every process is ready (a file each in the barrier folder), then record RECORDS
@@ -24,7 +25,7 @@ WORKER = """
 import sys, time
 from pathlib import Path
 from test_evaluation_records import report
-from st_instruct.hub import record_evaluation
+from st_instruct.protocols.records import record_evaluation
 
 folder, barrier, tag, processes, records = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], *map(int, sys.argv[4:])
 (barrier / tag).touch()

@@ -13,8 +13,10 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-from st_instruct.hub import REPO_PLACEHOLDER, REQUIRED_FILES, HubError, check_model_dir, push_to_hub, write_model_card
+from st_instruct.hub import REQUIRED_FILES, HubError, check_model_dir, push_to_hub
 from st_instruct.model_dir import EVALUATIONS_FILE
+from st_instruct.models.card import REPO_PLACEHOLDER, write_model_card
+from st_instruct.protocols.records import write_card_with_evaluations
 
 REPO = "st-user/smoke-forecaster"
 REPORT = {"dataset": "synthetic-small", "history": 12, "horizon": 12, "split_name": "test",
@@ -66,7 +68,7 @@ def model_dir(tmp_path, st_tokenizer) -> Path:
     (root / "st_backbone.json").write_text(json.dumps({"model_name_or_path": "smollm2-135m", "format": "adapter"}))
     (root / EVALUATIONS_FILE).write_text(json.dumps([REPORT]))
     st_tokenizer.save_pretrained(root)
-    write_model_card(root)
+    write_card_with_evaluations(root)
     return root
 
 

@@ -15,7 +15,7 @@ import yaml
 from huggingface_hub import HfApi, ModelCard
 
 from st_instruct.cli import main
-from st_instruct.hub import REPO_PLACEHOLDER
+from st_instruct.models.card import REPO_PLACEHOLDER
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "recipes" / "smoke_sft.yaml"

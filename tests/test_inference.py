@@ -14,8 +14,8 @@ from st_instruct import load_forecaster
 from st_instruct.cli import main
 from st_instruct.data.loaders import get_dataset
 from st_instruct.data.windows import build_windows
-from st_instruct.evaluation.forecaster_eval import MODEL_NAME, evaluate_forecaster
-from st_instruct.model_dir import PROFILE_FILE
+from st_instruct.model_dir import MODEL_ROW, PROFILE_FILE
+from st_instruct.protocols.evaluate import evaluate_forecaster
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +50,7 @@ def test_forecast_reproduces_evaluate_bit_for_bit(model_dir, evaluated):
     report, arrays, values, times = evaluated
     forecaster = load_forecaster(model_dir)
     result = forecaster.forecast(values, times, every_window=True)
-    scored = arrays["predictions"][MODEL_NAME]
+    scored = arrays["predictions"][MODEL_ROW]
     assert result.values.shape == scored.shape == (report["windows"]["test"], 12, 12, 2)
     assert result.profile == "synthetic-small" and result.scaling == "train"
     np.testing.assert_array_equal(result.values, scored)  # bit for bit
@@ -74,7 +74,7 @@ def test_forecast_of_a_dataframe_equals_the_array(model_dir, evaluated):
                          columns=pd.MultiIndex.from_product([data.node_names or range(data.num_nodes),
                                                              data.channels]))
     result = load_forecaster(model_dir).forecast(frame, every_window=True)
-    np.testing.assert_array_equal(result.values, arrays["predictions"][MODEL_NAME][:FIRST])
+    np.testing.assert_array_equal(result.values, arrays["predictions"][MODEL_ROW][:FIRST])
     table = result.to_frame()
     assert len(table) == result.values.shape[0] * 12 * 12 and list(table.columns[-2:]) == data.channels
 
@@ -90,7 +90,7 @@ def test_predict_verb_writes_what_evaluate_scored(model_dir, evaluated, tmp_path
     assert main(["predict", "--model", str(model_dir), "--input", str(series), *clock, "--every-window",
                  "--output", str(out), "--quiet"]) == 0
     saved = np.load(out)
-    np.testing.assert_array_equal(saved["values"], arrays["predictions"][MODEL_NAME][:FIRST])
+    np.testing.assert_array_equal(saved["values"], arrays["predictions"][MODEL_ROW][:FIRST])
     assert list(saved["channels"]) == data.channels
     csv = tmp_path / "forecast.csv"
     assert main(["predict", "--model", str(model_dir), "--input", str(series), *clock, "--output", str(csv),

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-import st_instruct
+from st_instruct import shipped
 from st_instruct.shipped import shipped_dir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,7 +45,7 @@ def test_shipped_files_are_found_in_the_package_else_at_the_repository_root(tmp_
     assert shipped_dir("recipes") == ROOT / "recipes" and shipped_dir("prompts") == ROOT / "prompts"  # this clone
     package = tmp_path / "site-packages" / "st_instruct"
     package.mkdir(parents=True)
-    monkeypatch.setattr(st_instruct, "__file__", str(package / "__init__.py"))
+    monkeypatch.setattr(shipped, "__file__", str(package / "shipped.py"))
     assert shipped_dir("recipes") == tmp_path / "site-packages" / "recipes"  # no package folder: the root's
     (package / "recipes").mkdir()
     assert shipped_dir("recipes") == package / "recipes"

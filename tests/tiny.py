@@ -72,7 +72,7 @@ def st_messages(num_nodes: int = 1, sample_id: str = "s0") -> list[dict[str, str
 
 def st_sample(sample_id: str = "s0", num_nodes: int = 1, history: int = 12, horizon: int = 12, channels: int = 2,
               coord_dim: int = 4, seed: int = 0) -> dict:
-    """One untokenised sample with the columns of st_instruct.data.builder (numbers random, shapes right)."""
+    """One untokenised sample with the columns of st_instruct.samples.builder (numbers random, shapes right)."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
@@ -127,8 +127,8 @@ def build_tiny_forecaster(tokenizer, arch: str = "llama", history: int = 12, hor
     """An ``STForecaster`` on a tiny backbone whose vocabulary covers ``tokenizer`` (which must hold the ST tokens)."""
     import torch
 
-    from st_instruct.data.st_tokens import st_token_ids
     from st_instruct.models.forecaster import STForecaster, STForecasterConfig
+    from st_instruct.samples.st_tokens import st_token_ids
 
     ids = st_token_ids(tokenizer)
     backbone = build_tiny_backbone(arch, vocab_size=len(tokenizer), seed=seed)

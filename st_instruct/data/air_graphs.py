@@ -87,7 +87,7 @@ GRAPH_KINDS = ("none", "static", "static_wind")
 
 class WindowGraphs:
     """AirGPT's graphs of any sample of an instruction dataset, made when asked (per batch, by the collator), like
-    the images of :class:`~st_instruct.data.render.WindowImages`: nothing is stored in the Arrow rows.
+    the images of :class:`~st_instruct.samples.render.WindowImages`: nothing is stored in the Arrow rows.
 
     ``batch(samples, nodes)`` gives ``static_graph`` and (``kind == "static_wind"``) ``wind_graph``, each
     ``[B, nodes, nodes]`` float32 over the sample's ``node_index`` (zero-padded to ``nodes``). Both are laid out for

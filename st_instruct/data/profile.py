@@ -43,7 +43,7 @@ MAX_NODES = 100_000
 
 def data_profile(data: STData, config: Any) -> dict[str, Any]:
     """The profile of ``data`` as the recipe ``config`` (a :class:`~st_instruct.configs.DataConfig`) windows it."""
-    from st_instruct.data.windows import build_windows
+    from st_instruct.data.windows import build_windows, image_value_range
 
     windows = build_windows(data, config.history, config.horizon, config.split, config.stride)
     adjacency = None
@@ -54,9 +54,7 @@ def data_profile(data: STData, config: Any) -> dict[str, Any]:
                      "sparse": bool(sp.issparse(data.adjacency))}
     image_range = None
     if getattr(config, "image_kind", "none") != "none":
-        from st_instruct.data.render import value_range
-
-        image_range = [float(v) for v in value_range(windows, config.image_channel)]
+        image_range = [float(v) for v in image_value_range(windows, config.image_channel)]
     return {
         "name": data.name, "num_nodes": data.num_nodes, "city": data.city, "description": data.description,
         "freq": data.freq,

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 
-import st_instruct
 from st_instruct.data.fetch import (
     ChecksumError,
     DownloadError,
@@ -35,8 +34,8 @@ from st_instruct.data.stdata import STDataError
 
 __all__ = [  # ChecksumError, DownloadError and sha256_file live in fetch.py; they are part of this API too
     "ChecksumError", "DATASETS", "DataFile", "DatasetNotFoundError", "DatasetSpec", "DownloadError",
-    "UnknownDatasetError", "data_dir_candidates", "default_cache_dir", "download_dataset", "find_dataset_dir",
-    "get_spec", "resolve_dataset_dir", "sha256_file", "shared_data_dirs", "synthetic_names",
+    "UnknownDatasetError", "cache_dir", "data_dir_candidates", "default_cache_dir", "download_dataset",
+    "find_dataset_dir", "get_spec", "resolve_dataset_dir", "sha256_file", "shared_data_dirs", "synthetic_names",
 ]
 
 
@@ -269,18 +268,29 @@ def get_spec(name: str) -> DatasetSpec:
 
 
 # ---------------------------------------------------------------------------------------------------- where
-def default_cache_dir() -> Path:
-    """``$ST_INSTRUCT_CACHE``, else ``$XDG_CACHE_HOME/st_instruct/data``, else ``~/.cache/st_instruct/data``."""
+def cache_dir(kind: str) -> Path:
+    """Where st_instruct caches ``kind``: ``data`` (downloaded datasets), ``built`` (instruction datasets),
+    ``rationales`` (teacher texts) or ``models`` (converted backbones). ``$ST_INSTRUCT_MODEL_CACHE`` is the models'
+    folder when set; ``$ST_INSTRUCT_CACHE`` holds the downloads themselves and every other kind in a sub-folder;
+    otherwise ``$XDG_CACHE_HOME/st_instruct/<kind>`` (``~/.cache`` without ``$XDG_CACHE_HOME``). The one rule of
+    every cache folder."""
+    if kind == "models" and os.environ.get("ST_INSTRUCT_MODEL_CACHE"):
+        return Path(os.environ["ST_INSTRUCT_MODEL_CACHE"]).expanduser()
     if os.environ.get("ST_INSTRUCT_CACHE"):
-        return Path(os.environ["ST_INSTRUCT_CACHE"]).expanduser()
+        root = Path(os.environ["ST_INSTRUCT_CACHE"]).expanduser()
+        return root if kind == "data" else root / kind
     xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "st_instruct" / "data"
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "st_instruct" / kind
+
+
+def default_cache_dir() -> Path:
+    """Where downloaded datasets go: :func:`cache_dir` ``("data")``."""
+    return cache_dir("data")
 
 
 def shared_data_dirs() -> list[Path]:
     """``../shared/data`` relative to the repository root and relative to the current directory (deduplicated)."""
-    repo_root = Path(st_instruct.__file__).resolve().parent.parent  # st_instruct/__init__.py -> repository root
+    repo_root = Path(__file__).resolve().parents[2]  # st_instruct/data/registry.py -> the repository root
     dirs: list[Path] = []
     for d in (repo_root.parent / "shared" / "data", Path.cwd().resolve().parent / "shared" / "data"):
         if d not in dirs:

@@ -267,3 +267,22 @@ def _check_observed(data: STData, observed: np.ndarray, borders: dict[str, tuple
         if hi > lo and not observed[lo:hi].any():
             raise STDataError(f"dataset {data.name!r}: the {name} split (steps {lo}..{hi}) has no observed value "
                               f"(all {null}); use another --split or time range (--start / --end)")
+
+
+# the value range a rendered image colours (st_instruct.samples.render): these quantiles of the train split, so one
+# outlier does not wash every colour out
+RANGE_QUANTILES = (0.005, 0.995)
+
+
+def image_value_range(windows: STWindows, channel: int) -> tuple[float, float]:
+    """``(low, high)`` of ``channel``: the :data:`RANGE_QUANTILES` of its observed train-split values (a constant
+    channel gets ``(v, v + 1)``). Fixed per dataset, so a colour means the same value in every window."""
+    lo, hi = windows.borders["train"]
+    values = windows.data.values[lo:hi, :, channel]
+    observed = windows.observed[lo:hi, :, channel]
+    kept = values[observed]
+    if kept.size == 0:
+        raise STDataError(f"dataset {windows.data.name!r}: channel {channel} has no observed value in the train "
+                          "split, so there is no value range to colour it by")
+    low, high = (float(q) for q in np.quantile(kept, RANGE_QUANTILES))
+    return (low, high) if high > low else (low, low + 1.0)

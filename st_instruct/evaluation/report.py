@@ -229,10 +229,10 @@ def default_plot_models(results: Mapping[str, Mapping[str, Any]], available: Seq
     """The models the forecast figures draw by default, among ``available`` (those with forecasts): every
     forecaster row (``st_forecaster`` and ``st_forecaster_*``: its controls, its generated-rationale forecast) and
     the best other row by averaged MAE (the strongest baseline); best MAE first."""
-    from st_instruct.evaluation.forecaster_eval import MODEL_NAME
+    from st_instruct.model_dir import MODEL_ROW
 
     ranked = _best_first({m: results.get(m, {}) for m in available})
-    ours = {m for m in ranked if m == MODEL_NAME or m.startswith(f"{MODEL_NAME}_")}
+    ours = {m for m in ranked if m == MODEL_ROW or m.startswith(f"{MODEL_ROW}_")}
     best_other = next((m for m in ranked if m not in ours), None)
     return [m for m in ranked if m in ours or m == best_other]
 

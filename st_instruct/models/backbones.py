@@ -27,7 +27,10 @@ from typing import Any
 
 import torch
 
+from st_instruct.data.registry import cache_dir
 from st_instruct.models.patching import truncate_layers
+from st_instruct.samples.rationales.teachers import AnalyticTeacher, LLMTeacher
+from st_instruct.samples.st_tokens import add_st_tokens
 
 
 @dataclass(frozen=True)
@@ -145,11 +148,8 @@ def _image_text_processor(name_or_path: str, tokenizer: Any, err: Exception) -> 
 
 
 def model_cache_dir() -> Path:
-    """``$ST_INSTRUCT_MODEL_CACHE``, else ``$XDG_CACHE_HOME/st_instruct/models``, else ``~/.cache/...``."""
-    if os.environ.get("ST_INSTRUCT_MODEL_CACHE"):
-        return Path(os.environ["ST_INSTRUCT_MODEL_CACHE"]).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "st_instruct" / "models"
+    """Where converted backbones go: :func:`~st_instruct.data.registry.cache_dir` ``("models")``."""
+    return cache_dir("models")
 
 
 def gguf_path(name: str) -> Path:
@@ -330,3 +330,50 @@ def _convert_gguf_model(name: str, target: Path) -> None:
     plain = type(loaded)(config)
     plain.load_state_dict(loaded.state_dict())
     _save_pretrained_atomically(plain, target)
+
+
+@dataclass
+class BackboneSource:
+    """How a forecaster's base backbone is rebuilt: ``get_backbone(model_name_or_path, num_layers, ...)``;
+    ``random_init_seed`` set: the same architecture with the random weights that seed draws (random-LLM control).
+
+    ``base_num_layers`` and ``added_tokens`` record what training changed, for readers of the folder (the rebuild
+    does not need them): the base's decoder layer count before ``num_layers`` truncated it, and the ST special
+    tokens -> their ids. :func:`~st_instruct.models.saving.save_forecaster` fills them in; ``None`` in folders
+    written before them, or when the base's config could not be read.
+    """
+
+    model_name_or_path: str
+    num_layers: int | None = None
+    load_in_4bit: bool = False
+    random_init_seed: int | None = None
+    base_num_layers: int | None = None
+    added_tokens: dict[str, int] | None = None
+
+    @property
+    def truncated(self) -> bool:
+        """Whether ``num_layers`` dropped decoder layers of the base (assumed when its layer count is unknown)."""
+        return self.num_layers is not None and (self.base_num_layers is None or self.num_layers < self.base_num_layers)
+
+
+def build_base_backbone(source: BackboneSource) -> tuple[Any, Any]:
+    """``(backbone, tokenizer)`` as training starts from: the base backbone with the ST tokens added."""
+    tokenizer = get_tokenizer(source.model_name_or_path)
+    extra = {"load_in_4bit": True} if source.load_in_4bit else {}
+    backbone = get_backbone(source.model_name_or_path, num_layers=source.num_layers,
+                            random_init_seed=source.random_init_seed, **extra)
+    add_st_tokens(tokenizer, backbone)
+    return backbone, tokenizer
+
+
+def build_teacher(name: str, **settings: Any) -> Any:
+    """The rationale teacher ``rationale_teacher`` names (AirGPT): none for ``none``, the analytic one for
+    ``analytic``, else an
+    :class:`~st_instruct.samples.rationales.teachers.LLMTeacher` on that backbone (``smollm2-135m``, a folder, a Hub
+    id), loaded by :func:`get_backbone` on its first generation. ``settings``: the LLM teacher's keywords
+    (``batch_size``, ``max_new_tokens``, ``template``, ``stagewise``)."""
+    if name == "none":
+        return None
+    if name == "analytic":
+        return AnalyticTeacher()
+    return LLMTeacher(name, load=lambda: (get_backbone(name), get_tokenizer(name)), **settings)

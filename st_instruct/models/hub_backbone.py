@@ -1,10 +1,11 @@
 """The base-model classes a saved adapter names for ``AutoPeftModel*.from_pretrained``: its backbone, or a refusal.
 
 A forecaster saved with format ``"adapter"`` (:mod:`st_instruct.models.saving`) holds a PEFT adapter for a base
-backbone that training changed: the ST special tokens were added (their embedding rows set to the mean of the others,
-:func:`~st_instruct.data.st_tokens.add_st_tokens`), possibly the decoder layers truncated, the base quantised to 4-bit,
-drawn at random (the random-LLM control), or given modules trained here (MRFFN memories, a VLM's vision tower and
-projector). With PEFT's usual ``task_type: CAUSAL_LM``, ``AutoPeftModelForCausalLM.from_pretrained(DIR)`` loads
+backbone that training changed: the ST special tokens were added (their embedding rows set to the mean of the
+others, :func:`~st_instruct.samples.st_tokens.add_st_tokens`), possibly the decoder layers truncated, the base
+quantised to 4-bit, drawn at random (the random-LLM control), or given modules trained here (MRFFN memories, a VLM's
+vision tower and projector). With PEFT's usual ``task_type: CAUSAL_LM``,
+``AutoPeftModelForCausalLM.from_pretrained(DIR)`` loads
 ``AutoModelForCausalLM.from_pretrained(base_model_name_or_path)`` -- all layers, new token rows drawn at random by
 ``resize_token_embeddings`` -- and applies the adapter to it: a different model, silently.
 
@@ -24,7 +25,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from st_instruct.models.saving import BackboneSource
+    from st_instruct.models.backbones import BackboneSource
 
 LOAD_FORECASTER = "st_instruct.models.saving.load_forecaster(DIR)"
 
@@ -45,8 +46,7 @@ class STBackbone:
                 backbone's Hub id that no registered backbone has.
             TypeError: further keyword arguments: nothing about the rebuild is configurable, it must be training's.
         """
-        from st_instruct.models.backbones import embedded_backbone_name
-        from st_instruct.models.saving import BackboneSource, build_base_backbone
+        from st_instruct.models.backbones import BackboneSource, build_base_backbone, embedded_backbone_name
 
         if revision is not None:
             raise ValueError(f"adapter_config.json names revision {revision!r} of the base {name_or_path!r}, but "

@@ -1,7 +1,7 @@
 """A forecaster that explains itself: generate a rationale, append the answer frame, read the head in one more pass.
 
 AirGPT (Li, Chen, Xu, Information Fusion 2025) trains the student LLM to write a staged rationale before its
-forecast (:mod:`st_instruct.data.rationales`: the assistant's answer is ``rationale + "\\n" + <st_start><st_pre>...
+forecast (:mod:`st_instruct.samples.rationales`: the assistant's answer is ``rationale + "\\n" + <st_start><st_pre>...
 <st_end>``). :func:`generate_forecast` does at inference what training teacher-forces:
 
 1. the prompt (the sample's tokens up to its answer) runs through the backbone with the ST embeddings in place and,
@@ -25,10 +25,10 @@ from typing import Any
 
 import torch
 
-from st_instruct.data.rationale_samples import RATIONALE_SEPARATOR
-from st_instruct.data.st_tokens import st_token_ids
 from st_instruct.models.patching import is_vision_language, unwrap
-from st_instruct.training.tokenize import IGNORE_INDEX, end_of_turn_ids, padding_id
+from st_instruct.samples.rationale_samples import RATIONALE_SEPARATOR
+from st_instruct.samples.st_tokens import st_token_ids
+from st_instruct.samples.tokenize import IGNORE_INDEX, end_of_turn_ids, padding_id
 
 
 def answer_frame_start(input_ids: list[int], labels: list[int], frame_token: int, sample: str) -> tuple[int, int]:

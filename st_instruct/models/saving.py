@@ -33,7 +33,7 @@ insufficient), else the refusal.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,7 @@ from st_instruct.model_dir import (
     TOKENIZER_FILES,
     read_json_file,
 )
+from st_instruct.models.backbones import BackboneSource, build_base_backbone
 from st_instruct.models.forecaster import (
     STForecaster,
     STForecasterConfig,
@@ -62,30 +63,6 @@ from st_instruct.models.forecaster import (
 from st_instruct.models.patching import unwrap
 
 FORMATS = ("adapter", "full", "base", "none")
-
-
-@dataclass
-class BackboneSource:
-    """How a forecaster's base backbone is rebuilt: ``get_backbone(model_name_or_path, num_layers, ...)``;
-    ``random_init_seed`` set: the same architecture with the random weights that seed draws (random-LLM control).
-
-    ``base_num_layers`` and ``added_tokens`` record what training changed, for readers of the folder (the rebuild
-    does not need them): the base's decoder layer count before ``num_layers`` truncated it, and the ST special
-    tokens -> their ids. :func:`save_forecaster` fills them in; ``None`` in folders written before them, or when
-    the base's config could not be read.
-    """
-
-    model_name_or_path: str
-    num_layers: int | None = None
-    load_in_4bit: bool = False
-    random_init_seed: int | None = None
-    base_num_layers: int | None = None
-    added_tokens: dict[str, int] | None = None
-
-    @property
-    def truncated(self) -> bool:
-        """Whether ``num_layers`` dropped decoder layers of the base (assumed when its layer count is unknown)."""
-        return self.num_layers is not None and (self.base_num_layers is None or self.num_layers < self.base_num_layers)
 
 
 def is_peft_model(module: torch.nn.Module) -> bool:
@@ -151,9 +128,9 @@ def save_forecaster(model: STForecaster, directory: str | Path, source: Backbone
 def _with_records(source: BackboneSource, model: STForecaster, tokenizer: Any) -> BackboneSource:
     """``source`` with ``base_num_layers`` (``None`` without a backbone) and ``added_tokens`` (``None`` without a
     tokenizer) filled in."""
-    from st_instruct.data.st_tokens import ST_TOKENS, st_token_ids
     from st_instruct.models.backbones import base_num_layers
     from st_instruct.models.patching import decoder_layers
+    from st_instruct.samples.st_tokens import ST_TOKENS, st_token_ids
 
     layers = None
     if model.backbone is not None:  # untruncated: the live count, no config to read
@@ -246,19 +223,6 @@ def check_safetensors(path: Path) -> None:
     except SafetensorError as err:
         raise ValueError(f"{path} is corrupt or truncated ({err}); copy the model folder again (completely) or "
                          "re-train") from err
-
-
-def build_base_backbone(source: BackboneSource) -> tuple[Any, Any]:
-    """``(backbone, tokenizer)`` as training starts from: the base backbone with the ST tokens added."""
-    from st_instruct.data.st_tokens import add_st_tokens
-    from st_instruct.models.backbones import get_backbone, get_tokenizer
-
-    tokenizer = get_tokenizer(source.model_name_or_path)
-    extra = {"load_in_4bit": True} if source.load_in_4bit else {}
-    backbone = get_backbone(source.model_name_or_path, num_layers=source.num_layers,
-                            random_init_seed=source.random_init_seed, **extra)
-    add_st_tokens(tokenizer, backbone)
-    return backbone, tokenizer
 
 
 def load_forecaster(directory: str | Path) -> tuple[STForecaster, Any]:

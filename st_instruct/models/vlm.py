@@ -1,7 +1,7 @@
 """Vision-language backbones for ST-VLM: the embedded CPU VLM, processors, and the checks a recipe's images need.
 
 ST-VLM (Zhao et al., AAAI 2026) forecasts with a vision-language model reading a rendered image of the window
-(:mod:`st_instruct.data.render`) beside the text and the ST tokens. Any LLaVA, Qwen2-VL / Qwen2.5-VL or Idefics3 /
+(:mod:`st_instruct.samples.render`) beside the text and the ST tokens. Any LLaVA, Qwen2-VL / Qwen2.5-VL or Idefics3 /
 SmolVLM checkpoint works by Hub id (``AutoModelForImageTextToText`` + ``AutoProcessor``) on a machine that has its
 weights. Offline there is no pretrained vision-language model, so the project ships an **embedded VLM**
 (``smollm2-135m-vlm``): LLaVA's architecture (``LlavaForConditionalGeneration``) whose language model is the
@@ -61,7 +61,7 @@ def build_embedded_vlm(language_model: Any, image_token_id: int, vocab_size: int
     from :data:`EMBEDDED_VISION_SEED` (the global generator is left as it was)."""
     from transformers import LlavaConfig, LlavaForConditionalGeneration, SiglipVisionConfig
 
-    from st_instruct.data.st_tokens import grow_embeddings
+    from st_instruct.samples.st_tokens import grow_embeddings
 
     grow_embeddings(language_model, vocab_size, [image_token_id])
     text_config = language_model.config

@@ -62,9 +62,9 @@ class PretrainSource:
 def load_sources(data_config: DataConfig, families: list[str]) -> list[PretrainSource]:
     """Every dataset of the recipe, windowed; refuses learned coordinates and datasets of different channel
     counts (one encoder reads them all)."""
-    from st_instruct.data.builder import node_coordinates
     from st_instruct.data.loaders import load_series
     from st_instruct.data.windows import build_windows
+    from st_instruct.samples.builder import node_coordinates
 
     if data_config.coordinates == "learned":
         raise RecipeError("coordinates: learned is a table per node id trained with the forecaster, not part of the "

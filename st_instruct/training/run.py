@@ -32,7 +32,6 @@ from st_instruct.model_dir import (
     TRAINER_STATE_FILE,
     checkpoint_folders,
     checkpoint_missing,
-    control_dir,
 )
 
 OVERWRITE_FLAG = "--overwrite"  # of `st-instruct train` / `demo` and scripts/sft.py; not a recipe key (see train)
@@ -63,11 +62,11 @@ def build_forecaster(data_config: DataConfig, model_config: ModelConfig, seed: i
     """
     from transformers import set_seed
 
-    from st_instruct.data.builder import build_dataset
-    from st_instruct.data.st_tokens import add_st_tokens
-    from st_instruct.models.backbones import get_backbone, get_tokenizer
+    from st_instruct.models.backbones import build_teacher, get_backbone, get_tokenizer
     from st_instruct.models.forecaster import STForecaster, STForecasterConfig
     from st_instruct.models.patching import hidden_size, is_vision_language
+    from st_instruct.samples.builder import build_dataset
+    from st_instruct.samples.st_tokens import add_st_tokens
     from st_instruct.training.freeze import apply_freeze_plan
 
     check_recipe_consistency(data_config, model_config)
@@ -85,7 +84,7 @@ def build_forecaster(data_config: DataConfig, model_config: ModelConfig, seed: i
     if model_config.model_max_length:
         tokenizer.model_max_length = model_config.model_max_length
     ids = add_st_tokens(tokenizer, backbone)
-    dataset = build_dataset(data_config, tokenizer)
+    dataset = build_dataset(data_config, tokenizer, teacher=build_teacher(data_config.rationale_teacher))
     sample = next(iter(dataset["train"]))
     learned = data_config.coordinates == "learned"
     st_config = STForecasterConfig(
@@ -133,22 +132,6 @@ def build_forecaster(data_config: DataConfig, model_config: ModelConfig, seed: i
     return model, tokenizer, dataset, report
 
 
-def control_card_note(model_config: ModelConfig, seed: int) -> str:
-    """What a control's model card must say first (empty for the forecaster): which part of the named backbone it
-    does not use."""
-    name = model_config.model_name_or_path
-    if model_config.control == "no_llm":
-        return (f"**This is the no-LLM control of its recipe** (Tan et al., NeurIPS 2024): `{name}` is *not* part of "
-                "this model. Only its hidden size (the projector's width) and its tokenizer (the prompts are "
-                "tokenised as the forecaster's, then not read) are taken from it; the forecast comes from the ST "
-                "encoder, projector and regression head alone.")
-    if model_config.control == "random_llm":
-        return (f"**This is the random-LLM control of its recipe** (Tan et al., NeurIPS 2024): the backbone has "
-                f"`{name}`'s architecture but randomly initialised weights (drawn with seed {seed}; no pretrained "
-                "weight is used), trained with the recipe's freeze plan.")
-    return ""
-
-
 def no_backbone_report(model: Any, frozen_st_modules: list[str] | None = None) -> Any:
     """The :class:`FreezeReport` of a forecaster without a backbone (the no-LLM control): every ST module trains but
     those of ``frozen_st_modules`` (e.g. a frozen pretrained ``st_encoder``), whose parameters it freezes."""
@@ -189,7 +172,7 @@ def init_memories_from_data(model: Any, train_dataset: Any, tokenizer: Any, patt
 
     from st_instruct.models.mrffn import init_memory_from_patterns, memory_modules, recorded_inputs
     from st_instruct.models.regression_head import gather_positions
-    from st_instruct.training.collator import STDataCollator
+    from st_instruct.samples.collator import STDataCollator
 
     wrappers = memory_modules(model.backbone)
     wanted = patterns_per_slot * max(w.st_memory.slots for w in wrappers)
@@ -224,7 +207,7 @@ def init_memories_from_data(model: Any, train_dataset: Any, tokenizer: Any, patt
 def backbone_source(model_config: ModelConfig, seed: int | None = None) -> Any:
     """The recipe's :class:`BackboneSource`: how a saved forecaster's base backbone is rebuilt. The ``random_llm``
     control needs the ``seed`` its random backbone was drawn with (:func:`build_forecaster`)."""
-    from st_instruct.models.saving import BackboneSource
+    from st_instruct.models.backbones import BackboneSource
 
     random_init_seed = None
     if model_config.control == "random_llm":
@@ -240,36 +223,19 @@ def backbone_source(model_config: ModelConfig, seed: int | None = None) -> Any:
 def build_trainer(model: Any, data_config: DataConfig, model_config: ModelConfig, sft_config: Any,
                   train_dataset: Any, tokenizer: Any, backbone_seed: int | None,
                   broadcast_channels: int | None = None, **extra: Any) -> Any:
-    """The :class:`STSFTTrainer` of a recipe: its collator (:func:`~st_instruct.training.vision_collator.
+    """The :class:`STSFTTrainer` of a recipe: its collator (:func:`~st_instruct.samples.vision_collator.
     build_collator`: rendered images for a VLM backbone), its loss weights (the no-LLM control has no LM to score
     the answer text, so it trains on the regression loss alone), its ST modules' learning rate, and the
     :func:`backbone_source` saved with the model (``backbone_seed``: the seed a random_llm control's backbone was
     drawn with). ``extra``: further ``STSFTTrainer`` keywords."""
+    from st_instruct.models.collators import build_collator
     from st_instruct.training.trainer import STSFTTrainer
-    from st_instruct.training.vision_collator import build_collator
 
     lm_weight = 0.0 if model_config.control == "no_llm" else model_config.loss_lm_weight
     collator = build_collator(data_config, model, tokenizer, model_config.model_name_or_path, broadcast_channels)
     return STSFTTrainer(model, sft_config, train_dataset, tokenizer, backbone_source(model_config, backbone_seed),
                         loss_reg_weight=model_config.loss_reg_weight, loss_lm_weight=lm_weight,
                         st_learning_rate=model_config.st_learning_rate, data_collator=collator, **extra)
-
-
-def train_control(model_dir: str | Path, kind: str, overwrite: bool = False) -> Path:
-    """Train the ``kind`` control (``no_llm`` / ``random_llm``) of the forecaster in ``model_dir`` from the
-    ``recipe.yaml`` saved with it (the same data, model keys and budget; ``st_encoder_init`` included) into
-    :func:`control_dir`; returns that folder. A complete control already there is reused unless ``overwrite``
-    (``evaluate --controls`` checks that it is a control of the same recipe)."""
-    from st_instruct.configs import parse_recipe, train_dataclasses
-    from st_instruct.model_dir import find_recipe
-
-    folder = control_dir(model_dir, kind)
-    if not overwrite and (folder / TRAINER_STATE_FILE).is_file():
-        print(f"{kind} control: reusing {folder}")
-        return folder
-    configs = parse_recipe(train_dataclasses(), [str(find_recipe(model_dir)), "--control", kind, "--output_dir",
-                                                 str(folder)])
-    return train(*configs, overwrite_output_dir=overwrite)
 
 
 def resolve_resume(value: str | bool | None, output_dir: str | Path, announce: bool = True) -> str | None:
@@ -415,7 +381,6 @@ def train(data_config: DataConfig, model_config: ModelConfig, sft_config: Any,
     Only the main process writes and moves.
     """
     from st_instruct.data.profile import write_data_profiles
-    from st_instruct.hub import HubError, push_to_hub
     from st_instruct.model_dir import BACKBONE_FILE, save_template_copy
     from st_instruct.outputs import check_writable, clean_stale_siblings, commit, is_nonempty, sibling, staged_into
 
@@ -477,13 +442,4 @@ def train(data_config: DataConfig, model_config: ModelConfig, sft_config: Any,
                 discard_failed_run(run_dir, created, diverged=isinstance(err, TrainingDivergedError))
             raise
     trainer.accelerator.wait_for_everyone()
-    if main and sft_config.push_to_hub:  # the complete folder, exactly as `st-instruct push` pushes it
-        repo_id = sft_config.hub_model_id or output.name
-        try:
-            url = push_to_hub(output, repo_id, token=sft_config.hub_token, private=bool(sft_config.hub_private_repo))
-        except HubError as err:
-            raise HubError(f"{err}. The trained model is saved in {output}: push it with `st-instruct push {output} "
-                           f"--repo-id {repo_id}`") from err
-        print(f"pushed {output} to the Hub: {url} (push_to_hub pushes the final folder; checkpoints stay local "
-              "whatever hub_strategy says)")
     return output

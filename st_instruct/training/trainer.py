@@ -13,8 +13,8 @@ count, :func:`regression_mask`) and computed in scaled units. Both come out of O
 their own beside the adapters' / backbone's ``learning_rate`` (the stock optimizer's groups, each split in two).
 
 Everything else is the stock trainer: the optimizer, schedules, gradient accumulation, TensorBoard and progress
-bars, ``accelerate`` / DeepSpeed. The dataset arrives tokenised by :func:`st_instruct.data.builder.build_dataset`, so
-TRL's own preparation is switched off and :class:`STDataCollator` batches it. Checkpoints are saved by
+bars, ``accelerate`` / DeepSpeed. The dataset arrives tokenised by :func:`st_instruct.samples.builder.build_dataset`,
+so TRL's own preparation is switched off and :class:`STDataCollator` batches it. Checkpoints are saved by
 :func:`save_forecaster` (adapter or backbone, ST modules, tokenizer) beside the trainer's optimizer, scheduler and
 RNG states, and :func:`load_forecaster_weights` restores them, so ``resume_from_checkpoint`` continues to the same
 weights as an uninterrupted run.
@@ -30,10 +30,11 @@ import torch.nn.functional as F
 from trl import SFTConfig, SFTTrainer
 
 from st_instruct.configs import TrainingDivergedError
+from st_instruct.models.backbones import BackboneSource
 from st_instruct.models.forecaster import STForecaster, masked_mae_loss, regression_mask
-from st_instruct.models.saving import BackboneSource, load_forecaster_weights, save_forecaster
-from st_instruct.training.collator import STDataCollator
-from st_instruct.training.tokenize import IGNORE_INDEX
+from st_instruct.models.saving import load_forecaster_weights, save_forecaster
+from st_instruct.samples.collator import STDataCollator
+from st_instruct.samples.tokenize import IGNORE_INDEX
 
 TRAINING_ARGS_NAME = "training_args.bin"  # as transformers.Trainer names it
 
@@ -78,7 +79,7 @@ class STSFTTrainer(SFTTrainer):
         loss_reg_weight / loss_lm_weight: λ_reg and λ_lm (λ_lm must be 0 for a forecaster without a backbone).
         broadcast_channels: train a ``C``-channel model on one-channel data (``STDataCollator``'s option).
         data_collator: batches the samples instead of ``STDataCollator`` (a VLM backbone's
-            :class:`~st_instruct.training.vision_collator.STVisionCollator`, which takes ``broadcast_channels``
+            :class:`~st_instruct.samples.vision_collator.STVisionCollator`, which takes ``broadcast_channels``
             itself).
         st_learning_rate: learning rate of the ST modules' parameters (:meth:`STForecaster.st_modules`: encoder,
             projector, head with its skip path, RevIN, node table, SE rotation, MRFFN memories); the others (adapters
@@ -177,12 +178,12 @@ class STSFTTrainer(SFTTrainer):
             loss = self.compute_loss(model, inputs)
         return loss.detach(), None, None
 
-    # what every saved folder's model card shows as its recipe (st_instruct.hub.write_model_card); set by the
+    # what every saved folder's model card shows as its recipe (st_instruct.models.card.write_model_card); set by the
     # training entry, None: no card (a few-shot run writes its own at the end)
     card_recipe: Any = None
 
     def create_model_card(self, *args: Any, **kwargs: Any) -> None:
-        """No TRL model card: every save writes st_instruct's (``st_instruct.hub.write_model_card``)."""
+        """No TRL model card: every save writes st_instruct's (``st_instruct.models.card.write_model_card``)."""
 
     def init_hf_repo(self, *args: Any, **kwargs: Any) -> None:
         """No repo is made at start: with ``push_to_hub`` the training entry pushes the final folder once it is
@@ -215,7 +216,7 @@ class STSFTTrainer(SFTTrainer):
         save_forecaster(self.model, output_dir, self.backbone_source, self.processing_class, state_dict=state_dict)
         torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
         if self.card_recipe is not None:
-            from st_instruct.hub import write_model_card
+            from st_instruct.models.card import write_model_card
 
             write_model_card(output_dir, recipe=self.card_recipe() if callable(self.card_recipe) else self.card_recipe)
 

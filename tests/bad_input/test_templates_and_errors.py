@@ -10,8 +10,8 @@ import yaml
 from cli_check import assert_clean_failure
 
 from st_instruct.configs import parse_recipe, train_dataclasses
-from st_instruct.data.prompts import load_template
 from st_instruct.model_dir import TEMPLATE_COPY_FILE
+from st_instruct.samples.prompts import load_template
 from st_instruct.training.run import train
 
 ROOT = Path(__file__).resolve().parents[2]

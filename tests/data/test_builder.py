@@ -5,14 +5,15 @@ import re
 import datasets
 import numpy as np
 import pytest
-from conftest import require_real_data
+from real_data import require_real_data
 
 from st_instruct.configs import DataConfig
-from st_instruct.data import builder, loaders
-from st_instruct.data.builder import build_dataset, dataset_fingerprint, sample_features
+from st_instruct.data import loaders
 from st_instruct.data.loaders import get_dataset, load_series
 from st_instruct.data.stdata import STDataError
 from st_instruct.data.windows import SPLITS, build_windows
+from st_instruct.samples import builder
+from st_instruct.samples.builder import build_dataset, dataset_fingerprint, sample_features
 from st_instruct.shipped import TemplateError
 
 ARRAY_COLUMNS = ("node_index", "history", "history_mask", "target", "target_mask", "scaler_mean", "scaler_std",

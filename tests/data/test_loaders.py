@@ -3,7 +3,7 @@
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import require_real_data
+from real_data import require_real_data
 
 from st_instruct.data import registry
 from st_instruct.data.loaders import WIND_DEGREES, get_dataset, list_datasets

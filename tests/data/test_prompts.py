@@ -7,12 +7,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import require_real_data
+from real_data import require_real_data
 
 from st_instruct.configs import DataConfig
-from st_instruct.data import builder
 from st_instruct.data.loaders import load_series
-from st_instruct.data.prompts import (
+from st_instruct.data.synthetic import generate_synthetic
+from st_instruct.samples import builder
+from st_instruct.samples.prompts import (
     channels_text,
     describe_freq,
     describe_period,
@@ -20,8 +21,7 @@ from st_instruct.data.prompts import (
     load_template,
     node_context,
 )
-from st_instruct.data.st_tokens import ST_HIS, ST_PRE
-from st_instruct.data.synthetic import generate_synthetic
+from st_instruct.samples.st_tokens import ST_HIS, ST_PRE
 from st_instruct.shipped import PROMPTS_ENV, TemplateError, available_templates, prompts_dir
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden"

@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import require_real_data
+from real_data import require_real_data
 
-from st_instruct.data.rationales import (
+from st_instruct.data.stdata import STData
+from st_instruct.samples.rationales import (
     CITY_MEAN,
     REJECTION_REASONS,
     STAGE_TITLES,
@@ -34,7 +35,6 @@ from st_instruct.data.rationales import (
     validate_rationale,
     window_facts,
 )
-from st_instruct.data.stdata import STData
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden"
 UPDATE_GOLDEN = os.environ.get("ST_INSTRUCT_UPDATE_GOLDEN") == "1"  # rewrite the file instead of comparing
@@ -332,7 +332,9 @@ def test_real_smollm2_teacher_on_beijing_air(tmp_path):
 
     data = get_dataset("beijing-air")
     facts = [window_facts(data, 24 * k, 24, 24) for k in range(2)]
-    teacher = LLMTeacher("smollm2-135m", batch_size=2, max_new_tokens=320)
+    from st_instruct.models.backbones import build_teacher
+
+    teacher = build_teacher("smollm2-135m", batch_size=2, max_new_tokens=320)
     report = build_rationales(facts, teacher, cache_dir=tmp_path, progress=False)
     assert report.generated == 2 and report.tokens > 0 and all(t is not None for t in report.texts)
     assert report.accepted + sum(report.rejected.values()) == 2

@@ -1,4 +1,4 @@
-"""The ST-VLM renderer (``st_instruct.data.render``): viridis on a value range fixed from the train split,
+"""The ST-VLM renderer (``st_instruct.samples.render``): viridis on a value range fixed from the train split,
 deterministic layouts and bytes, exact grid cells, clear errors for data it cannot place."""
 
 import hashlib
@@ -9,7 +9,10 @@ import pytest
 from PIL import Image
 
 from st_instruct.cli import main
-from st_instruct.data.render import (
+from st_instruct.data.stdata import STData
+from st_instruct.data.windows import build_windows, image_value_range
+from st_instruct.protocols.baselines import prepare_windows
+from st_instruct.samples.render import (
     COLOURS,
     MISSING_COLOUR,
     RenderError,
@@ -18,11 +21,7 @@ from st_instruct.data.render import (
     colourize,
     node_layout,
     png_bytes,
-    value_range,
 )
-from st_instruct.data.stdata import STData
-from st_instruct.data.windows import build_windows
-from st_instruct.evaluation.protocols import prepare_windows
 
 # sha256 of the PNG bytes of synthetic-small's test window 3, channel 0, 224 x 224 (pillow pinned in the lock)
 GOLDEN = {
@@ -57,14 +56,14 @@ def test_colour_map_is_viridis_on_the_range_clipped_and_missing_is_grey():
 
 def test_value_range_comes_from_the_train_split_only():
     windows = prepare_windows("synthetic-small")
-    before = value_range(windows, 0)
+    before = image_value_range(windows, 0)
     lo, hi = windows.borders["train"]
     assert before[0] >= np.nanmin(windows.data.values[lo:hi, :, 0]) and before[1] <= np.nanmax(
         windows.data.values[lo:hi, :, 0])
     changed = windows.data.values.copy()
     changed[hi:] *= 100  # the validation and test splits change; the range must not
     again = build_windows(STData(**{**windows.data.__dict__, "values": changed}), 12, 12)
-    assert value_range(again, 0) == before
+    assert image_value_range(again, 0) == before
     # so the same value gets the same colour in every window
     renderer = WindowRenderer(windows, "map", panels=1)
     assert (renderer.low, renderer.high) == before

@@ -9,8 +9,8 @@ from st_instruct.configs import DATASET_SPEC_KEYS, DataConfig
 from st_instruct.data.loaders import dataset_spec, get_dataset
 from st_instruct.data.stdata import STDataError, normalize_freq
 from st_instruct.evaluation.baselines import HistoricalAverage, SeasonalNaiveDay
-from st_instruct.evaluation.forecaster_eval import evaluation_config
-from st_instruct.evaluation.protocols import prepare_windows
+from st_instruct.protocols.baselines import prepare_windows
+from st_instruct.protocols.evaluate import evaluation_config
 
 
 @pytest.mark.parametrize("given,canonical", [("h", "1h"), ("1h", "1h"), ("H", "1h"), ("15min", "15min"),

@@ -2,7 +2,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from st_instruct.data.st_tokens import ST_END, ST_HIS, ST_PRE, ST_START, ST_TOKENS, add_st_tokens, st_token_ids
+from st_instruct.samples.st_tokens import ST_END, ST_HIS, ST_PRE, ST_START, ST_TOKENS, add_st_tokens, st_token_ids
 
 
 def tiny_llama(vocab_size: int, tie: bool = False) -> LlamaForCausalLM:

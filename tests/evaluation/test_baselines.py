@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import require_real_data
+from real_data import require_real_data
 
 from st_instruct.data.loaders import get_dataset
 from st_instruct.data.stdata import STData

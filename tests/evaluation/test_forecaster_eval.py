@@ -12,10 +12,11 @@ from tiny import train_smoke
 
 from st_instruct.cli import main
 from st_instruct.evaluation.baselines import run_baselines
-from st_instruct.evaluation.forecaster_eval import MODEL_NAME, evaluate_forecaster
 from st_instruct.evaluation.metrics import horizon_metrics
 from st_instruct.evaluation.plots import window_times
-from st_instruct.evaluation.protocols import prepare_windows
+from st_instruct.model_dir import MODEL_ROW
+from st_instruct.protocols.baselines import prepare_windows
+from st_instruct.protocols.evaluate import evaluate_forecaster
 
 SMOKE = Path(__file__).resolve().parents[2] / "recipes" / "smoke_sft.yaml"
 BASELINES = ["historical_average", "last_value", "ridge"]
@@ -36,14 +37,14 @@ def test_in_domain_report_scores_model_and_baselines_on_the_same_windows(model_d
     assert json.loads((tmp_path / "r.json").read_text()) == report
     assert report["protocol"] == "in-domain"
     assert report["dataset"] == "synthetic-small" and report["horizon"] == 12 and report["windows"]["test"] == 3
-    assert set(report["results"]) == {MODEL_NAME, *BASELINES}
+    assert set(report["results"]) == {MODEL_ROW, *BASELINES}
     for result in report["results"].values():
         assert {"MAE", "RMSE", "MAPE", "WAPE", "per_horizon", "fit_seconds", "predict_seconds"} <= set(result)
         assert len(result["per_horizon"]) == 12 and result["MAE"] is not None
-    assert report["results"][MODEL_NAME]["fit_seconds"] == 0
+    assert report["results"][MODEL_ROW]["fit_seconds"] == 0
     assert (out / "report.md").is_file()
     assert (out / "forecasts_inflow.png").is_file() and (out / "forecasts_outflow.png").is_file()  # one per channel
-    assert MODEL_NAME in (out / "report.md").read_text() and MODEL_NAME in capsys.readouterr().out
+    assert MODEL_ROW in (out / "report.md").read_text() and MODEL_ROW in capsys.readouterr().out
 
 
 def test_forecaster_covers_every_node_of_the_sampled_windows_and_baselines_are_restricted(model_dir):
@@ -69,7 +70,7 @@ def test_prediction_shows_a_progress_bar_unless_quiet_and_returns_the_units(mode
     capsys.readouterr()
     _, arrays = evaluate_forecaster(model_dir, "synthetic-small", max_windows=2, models=["last_value"],
                                     progress=True)
-    assert f"predicting ({MODEL_NAME})" in capsys.readouterr().err
+    assert f"predicting ({MODEL_ROW})" in capsys.readouterr().err
     assert arrays["units"] == ["trips/h", "trips/h"]
     evaluate_forecaster(model_dir, "synthetic-small", max_windows=2, models=["last_value"], progress=False)
     assert "predicting" not in capsys.readouterr().err
@@ -111,7 +112,7 @@ def test_zero_shot_on_another_city_with_other_node_count(model_dir, tmp_path):
                                          progress=False)
     assert report["protocol"] == "zero-shot (trained on synthetic-small)"
     assert arrays["target"].shape[2] == 48 and report["windows"]["test"] == 2
-    assert set(report["results"]) == {MODEL_NAME, "last_value"}
+    assert set(report["results"]) == {MODEL_ROW, "last_value"}
 
 
 def test_channel_mismatch_is_one_clear_line(model_dir, tmp_path, capsys):
@@ -139,16 +140,16 @@ def test_broadcast_channels_forecasts_a_one_channel_dataset_with_the_two_channel
     """synthetic-motorway has one speed channel; the model was trained on two. The flag feeds the speed to both
     input channels and averages the two outputs: the forecast is the mean of the model's own outputs on the
     duplicated batch, and the report says so."""
-    from st_instruct.data.builder import build_dataset
-    from st_instruct.evaluation.forecaster_eval import evaluation_config
     from st_instruct.model_dir import trained_data_config
     from st_instruct.models.saving import load_forecaster
-    from st_instruct.training.collator import STDataCollator
+    from st_instruct.protocols.evaluate import evaluation_config
+    from st_instruct.samples.builder import build_dataset
+    from st_instruct.samples.collator import STDataCollator
 
     report, arrays = evaluate_forecaster(model_dir, "synthetic-motorway", max_windows=2, models=["last_value"],
                                          progress=False, broadcast_channels=True)
     assert report["protocol"].startswith("zero-shot") and "averaged" in report["broadcast_channels"]
-    pred = arrays["predictions"][MODEL_NAME]
+    pred = arrays["predictions"][MODEL_ROW]
     assert pred.shape == arrays["target"].shape and pred.shape[-1] == 1 and np.isfinite(pred).all()
     # by hand: one sample, both channels filled with the speed, the mean of the two outputs
     model, tokenizer = load_forecaster(model_dir)

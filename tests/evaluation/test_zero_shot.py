@@ -13,18 +13,19 @@ from tiny import train_smoke
 
 from st_instruct.cli import main
 from st_instruct.configs import DataConfig, RecipeError
-from st_instruct.data.builder import plan_source, record_batch, sample_columns, sample_features
 from st_instruct.data.loaders import get_dataset
-from st_instruct.data.prompts import load_template
 from st_instruct.evaluation.baselines import (
     HistoricalAverage,
     RidgeBaseline,
     run_baselines,
     run_source_baselines,
 )
-from st_instruct.evaluation.forecaster_eval import MODEL_NAME, evaluate_forecaster
-from st_instruct.evaluation.protocols import prepare_windows
 from st_instruct.evaluation.stid import STIDBaseline
+from st_instruct.model_dir import MODEL_ROW
+from st_instruct.protocols.baselines import prepare_windows
+from st_instruct.protocols.evaluate import evaluate_forecaster
+from st_instruct.samples.builder import plan_source, record_batch, sample_columns, sample_features
+from st_instruct.samples.prompts import load_template
 
 
 @pytest.fixture(scope="module")
@@ -78,8 +79,8 @@ def test_strict_zero_shot_scaling_uses_no_value_outside_the_input_window(model_d
     """Change every value of the target outside one window's history: with window scaling the window's samples
     (history, scaler statistics) and the model's forecast for it are unchanged; with train scaling they change."""
     from st_instruct.models.saving import load_forecaster
-    from st_instruct.training.collator import STDataCollator
-    from st_instruct.training.tokenize import tokenize_dataset
+    from st_instruct.samples.collator import STDataCollator
+    from st_instruct.samples.tokenize import tokenize_dataset
 
     model, tokenizer = load_forecaster(model_dir)
     collator = STDataCollator(tokenizer)
@@ -155,7 +156,7 @@ def test_zero_shot_report_carries_the_protocol_and_skips_per_node_baselines(mode
     assert report["protocol_version"] == "zero-shot/1" and report["scaling"] == "window"
     assert report["baselines_fitted_on"] == {"historical_average": "synthetic", "ridge": "synthetic",
                                              "last_value": "synthetic"}
-    assert set(report["results"]) == {MODEL_NAME, "historical_average", "ridge", "last_value"}
+    assert set(report["results"]) == {MODEL_ROW, "historical_average", "ridge", "last_value"}
     reason = "per-node parameters of the source's 12 nodes do not apply to the target's 48 nodes"
     assert report["skipped"]["ridge@source"] == reason and report["skipped"]["historical_average@source"] == reason
     assert "last_value" in report["skipped"]["last_value@source"]
@@ -181,7 +182,7 @@ def test_train_scaling_and_source_rows_on_the_same_node_set(model_dir, tmp_path)
     report = json.loads((out / "results.json").read_text())
     assert report["scaling"] == "train" and report["protocol_version"] == "zero-shot/1"
     assert report["baselines_fitted_on"] == {"ridge": "copy", "ridge@source": "synthetic-small"}
-    assert set(report["results"]) == {MODEL_NAME, "ridge", "ridge@source"} and not report["skipped"]
+    assert set(report["results"]) == {MODEL_ROW, "ridge", "ridge@source"} and not report["skipped"]
 
 
 def test_in_domain_report_states_its_protocol(model_dir):

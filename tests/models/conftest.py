@@ -8,7 +8,7 @@ def built(st_tok, tmp_path_factory):
     """Tokenised train splits built by the real builder: ``node`` (synthetic-small, N'=1), ``graph12``
     (synthetic-small, N'=12) and ``graph48`` (synthetic, N'=48); a few windows each."""
     from st_instruct.configs import DataConfig
-    from st_instruct.data.builder import build_dataset
+    from st_instruct.samples.builder import build_dataset
 
     cache = str(tmp_path_factory.mktemp("built"))
     specs = {"node": ("synthetic-small", "node"), "graph12": ("synthetic-small", "graph"),
@@ -22,6 +22,6 @@ def built(st_tok, tmp_path_factory):
 @pytest.fixture(scope="session")
 def collate(st_tok):
     """``collate(rows)`` -> an STDataCollator batch."""
-    from st_instruct.training.collator import STDataCollator
+    from st_instruct.samples.collator import STDataCollator
 
     return STDataCollator(st_tok)

@@ -14,18 +14,12 @@ import pytest
 import torch
 from peft import AutoPeftModelForCausalLM, PeftModelForCausalLM
 
-from st_instruct.data.st_tokens import ST_TOKENS, st_token_ids
 from st_instruct.model_dir import ADAPTER_FILES, BACKBONE_FILE
 from st_instruct.models import hub_backbone
-from st_instruct.models.backbones import embedded_backbone_name, hub_model_id
+from st_instruct.models.backbones import BackboneSource, build_base_backbone, embedded_backbone_name, hub_model_id
 from st_instruct.models.forecaster import STForecaster, STForecasterConfig, add_memories
-from st_instruct.models.saving import (
-    BackboneSource,
-    build_base_backbone,
-    load_forecaster,
-    read_backbone_source,
-    save_forecaster,
-)
+from st_instruct.models.saving import load_forecaster, read_backbone_source, save_forecaster
+from st_instruct.samples.st_tokens import ST_TOKENS, st_token_ids
 from st_instruct.training.freeze import apply_freeze_plan
 
 SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -162,7 +156,7 @@ def test_auto_peft_with_the_allowlist_rebuilds_the_backbone_load_forecaster_buil
 def test_the_class_tells_the_embedded_weights_from_the_hub_checkpoint_of_the_same_id(cls, built, monkeypatch):
     """A model trained on the embedded GGUF weights names EmbeddedSTBackbone, one trained on the Hub checkpoint
     itself STBackbone: the same Hub id rebuilds from the embedded weights or from the Hub."""
-    from st_instruct.models import saving
+    from st_instruct.models import backbones
 
     sources = []
 
@@ -170,7 +164,7 @@ def test_the_class_tells_the_embedded_weights_from_the_hub_checkpoint_of_the_sam
         sources.append(source)
         return "backbone", "tokenizer"
 
-    monkeypatch.setattr(saving, "build_base_backbone", build)
+    monkeypatch.setattr(backbones, "build_base_backbone", build)
     assert cls.from_pretrained(SMOLLM2_HUB_ID) == "backbone"
     assert sources == [built]
 

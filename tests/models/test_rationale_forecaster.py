@@ -7,8 +7,8 @@ from tiny import build_tiny_forecaster, st_sample
 
 from st_instruct.data.air_graphs import WindowGraphs
 from st_instruct.models.rationale import generate_forecast
-from st_instruct.training.collator import STDataCollator
-from st_instruct.training.tokenize import tokenize_messages
+from st_instruct.samples.collator import STDataCollator
+from st_instruct.samples.tokenize import tokenize_messages
 
 RATIONALES = ["### 1. Problem definition\nForecast the zones.\n### 5. Synthesis and conclusion\nLevels stay high.",
               "Short reason 42."]
@@ -16,7 +16,7 @@ RATIONALES = ["### 1. Problem definition\nForecast the zones.\n### 5. Synthesis 
 
 def rationale_sample(tokenizer, index: int, nodes: int, rationale: str, **kwargs) -> dict:
     """An ``st_sample`` whose answer is ``rationale`` + newline + the answer frame, tokenised (the layout of
-    st_instruct.data.rationales' student samples)."""
+    st_instruct.samples.rationales' student samples)."""
     sample = st_sample(f"s{index}", num_nodes=nodes, seed=index, **kwargs)
     frame = "<st_start>" + "<st_pre>" * nodes + "<st_end>"
     sample["messages"][-1]["content"] = f"{rationale}\n{frame}"
@@ -74,8 +74,8 @@ def test_generation_under_se_attention_continues_the_teacher_forced_pass(st_tok)
     """Greedy tokens generated with the key/value cache under the ST contexts (left-padded batch) equal the argmax of
     one full pass over prompt + those tokens: the embeddings and the spatial rotation act in generation as in the
     forward pass."""
-    from st_instruct.data.st_tokens import st_token_ids
     from st_instruct.models.rationale import _greedy_rationales, answer_frame_start
+    from st_instruct.samples.st_tokens import st_token_ids
 
     model = build_tiny_forecaster(st_tok, coord_dim=4, se_attention=True, se_pairs=2, se_init_scale=1.0)
     samples = [rationale_sample(st_tok, i, nodes, text)

@@ -13,7 +13,7 @@ from st_instruct.models.mrffn import memory_modules
 from st_instruct.models.saving import load_forecaster
 from st_instruct.models.se_attention import se_attention_enabled
 from st_instruct.models.st_encoders import RevIN
-from st_instruct.training.collator import STDataCollator
+from st_instruct.samples.collator import STDataCollator
 from st_instruct.training.run import train
 
 SMOKE = Path(__file__).resolve().parents[2] / "recipes" / "smoke_sft.yaml"
@@ -74,7 +74,7 @@ def test_stlink_trains_saves_and_loads_back_identically(plan, tiny_backbone_dir,
     assert se_attention_enabled(model.backbone) and model.st_revin is not None
     (memory,) = memory_modules(model.backbone)
     assert float(memory.st_memory.gate) != 0  # trained: the gate opened in every plan
-    from st_instruct.data.builder import build_dataset
+    from st_instruct.samples.builder import build_dataset
 
     test = build_dataset(data_config, tokenizer)["test"]
     batch = STDataCollator(tokenizer)([test[i] for i in range(2)])
@@ -102,7 +102,7 @@ def test_freeze_report_names_the_stlink_groups_and_memory_trains_under_lora(st_t
 
 
 def test_learned_coordinates_train_and_refuse_another_node_set(tiny_backbone_dir, tmp_path):
-    from st_instruct.evaluation.forecaster_eval import evaluate_forecaster
+    from st_instruct.protocols.evaluate import evaluate_forecaster
 
     flags = ["--model_name_or_path", str(tiny_backbone_dir), "--dataset_cache_dir", str(tmp_path / "built"),
              "--report_to", "none", "--output_dir", str(tmp_path / "out"), "--max_steps", "1", "--save_strategy",
@@ -141,8 +141,8 @@ def seeded_forecaster(st_tok, seed):
     """A tiny ST-LINK forecaster on the same backbone weights, its ST modules built after torch.manual_seed(seed)."""
     from tiny import build_tiny_backbone
 
-    from st_instruct.data.st_tokens import st_token_ids
     from st_instruct.models.forecaster import STForecaster, STForecasterConfig
+    from st_instruct.samples.st_tokens import st_token_ids
 
     ids = st_token_ids(st_tok)
     config = STForecasterConfig(history=12, horizon=12, channels=2, coord_dim=8, his_token_id=ids.his,

@@ -9,9 +9,6 @@ import torch
 from tiny import VLM_FAMILIES, VLM_IMAGE_TOKENS, build_test_tokenizer, build_tiny_vlm
 
 from st_instruct.configs import DataConfig
-from st_instruct.data.builder import build_dataset
-from st_instruct.data.render import build_window_images
-from st_instruct.data.st_tokens import add_st_tokens, st_token_ids
 from st_instruct.models.forecaster import STForecaster, STForecasterConfig
 from st_instruct.models.patching import (
     attention_implementation,
@@ -20,8 +17,11 @@ from st_instruct.models.patching import (
     language_model,
     vision_tower,
 )
-from st_instruct.training.collator import STDataCollator
-from st_instruct.training.vision_collator import STVisionCollator
+from st_instruct.samples.builder import build_dataset
+from st_instruct.samples.collator import STDataCollator
+from st_instruct.samples.render import build_window_images
+from st_instruct.samples.st_tokens import add_st_tokens, st_token_ids
+from st_instruct.samples.vision_collator import STVisionCollator
 
 DATA = dict(dataset_names=["synthetic-small"], granularity="graph", template="forecast_graph", window_sample=3)
 

@@ -27,7 +27,7 @@ from st_instruct.pretraining.run import (
     train_encoder,
     window_batch,
 )
-from st_instruct.training.collator import STDataCollator
+from st_instruct.samples.collator import STDataCollator
 from st_instruct.training.run import backbone_source, build_forecaster
 from st_instruct.training.trainer import STSFTTrainer
 

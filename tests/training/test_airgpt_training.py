@@ -24,8 +24,8 @@ def air_config(tmp_path_factory):
 
 
 def test_student_samples_carry_the_rationale_before_the_answer_frame(air_config, st_tok):
-    from st_instruct.data.builder import build_dataset
-    from st_instruct.data.rationales.validate import parse_conclusion
+    from st_instruct.samples.builder import build_dataset
+    from st_instruct.samples.rationales.validate import parse_conclusion
 
     built = build_dataset(air_config, st_tok)
     train = built["train"]

@@ -4,8 +4,8 @@ import torch
 from datasets import Dataset
 from tiny import st_sample
 
-from st_instruct.training.collator import STDataCollator
-from st_instruct.training.tokenize import IGNORE_INDEX, tokenize_messages
+from st_instruct.samples.collator import STDataCollator
+from st_instruct.samples.tokenize import IGNORE_INDEX, tokenize_messages
 
 
 def tokenised(tokenizer, sample_id, num_nodes=1, **kwargs):
@@ -65,7 +65,7 @@ def test_graph_batch_pads_nodes(st_tokenizer):
 
 
 def test_rows_of_a_tokenised_dataset(st_tokenizer):
-    from st_instruct.training.tokenize import tokenize_dataset
+    from st_instruct.samples.tokenize import tokenize_dataset
 
     rows = [st_sample(f"s{i}", num_nodes=n, seed=i) for i, n in enumerate([1, 3])]
     dataset = tokenize_dataset(Dataset.from_dict({k: [r[k] for r in rows] for k in rows[0]}), st_tokenizer)

@@ -13,13 +13,14 @@ import yaml
 
 from st_instruct.cli import main
 from st_instruct.configs import parse_recipe, train_dataclasses
-from st_instruct.evaluation.forecaster_eval import MODEL_NAME, evaluate_forecaster
+from st_instruct.model_dir import MODEL_ROW
 from st_instruct.models.patching import unwrap
 from st_instruct.models.saving import load_forecaster
+from st_instruct.protocols.evaluate import evaluate_forecaster
 from st_instruct.training.run import build_forecaster, train
 
 SMOKE = Path(__file__).resolve().parents[2] / "recipes" / "smoke_sft.yaml"
-NO_LLM, RANDOM_LLM = f"{MODEL_NAME}_no_llm", f"{MODEL_NAME}_random_llm"
+NO_LLM, RANDOM_LLM = f"{MODEL_ROW}_no_llm", f"{MODEL_ROW}_random_llm"
 
 
 def smoke_flags(backbone: Path, output: Path, cache: Path, *extra: str) -> list[str]:
@@ -130,7 +131,7 @@ def test_evaluate_controls_scores_them_on_the_forecasters_windows(trained, tmp_p
     assert code == 0
     printed = capsys.readouterr().out
     report = json.loads((out / "results.json").read_text())
-    assert set(report["results"]) == {MODEL_NAME, NO_LLM, RANDOM_LLM, "last_value"}
+    assert set(report["results"]) == {MODEL_ROW, NO_LLM, RANDOM_LLM, "last_value"}
     assert report["controls"] == {NO_LLM: str(trained["no_llm"]), RANDOM_LLM: str(trained["random_llm"])}
     assert report["windows"]["test"] == 3
     for name in (NO_LLM, RANDOM_LLM):
@@ -144,13 +145,13 @@ def test_evaluate_controls_scores_them_on_the_forecasters_windows(trained, tmp_p
                                             models=["last_value"], progress=False)
         assert alone["windows"]["test"] == 3
         np.testing.assert_array_equal(arrays["starts"], together["starts"])
-        np.testing.assert_allclose(together["predictions"][name], arrays["predictions"][MODEL_NAME], rtol=1e-6,
+        np.testing.assert_allclose(together["predictions"][name], arrays["predictions"][MODEL_ROW], rtol=1e-6,
                                    atol=1e-5)
-        assert alone["results"][MODEL_NAME]["MAE"] == pytest.approx(report["results"][name]["MAE"], rel=1e-5)
+        assert alone["results"][MODEL_ROW]["MAE"] == pytest.approx(report["results"][name]["MAE"], rel=1e-5)
         assert alone["results"]["last_value"]["MAE"] == report["results"]["last_value"]["MAE"]
     # and they are forecasts of their own, not the forecaster's
-    assert not np.allclose(together["predictions"][NO_LLM], together["predictions"][MODEL_NAME])
-    assert not np.allclose(together["predictions"][RANDOM_LLM], together["predictions"][MODEL_NAME])
+    assert not np.allclose(together["predictions"][NO_LLM], together["predictions"][MODEL_ROW])
+    assert not np.allclose(together["predictions"][RANDOM_LLM], together["predictions"][MODEL_ROW])
 
 
 def test_evaluate_trains_the_controls_from_the_models_own_recipe_then_reuses_them(trained, tmp_path, capsys):
@@ -189,7 +190,7 @@ def test_few_shot_fine_tunes_each_control_on_the_same_windows_and_steps(trained,
                  str(out), "--quiet"])
     assert code == 0
     report = json.loads((out / "results.json").read_text())
-    assert report["protocol"].startswith("few-shot") and set(report["results"]) == {MODEL_NAME, NO_LLM, RANDOM_LLM,
+    assert report["protocol"].startswith("few-shot") and set(report["results"]) == {MODEL_ROW, NO_LLM, RANDOM_LLM,
                                                                                    "last_value"}
     records = {}
     for control, name in (("no_llm", NO_LLM), ("random_llm", RANDOM_LLM)):

@@ -34,8 +34,8 @@ def tok(st_tok):
 @pytest.fixture(scope="module")
 def batch(tok):
     """A real collated batch: two samples with 2 and 3 nodes."""
-    from st_instruct.training.collator import STDataCollator
-    from st_instruct.training.tokenize import tokenize_messages
+    from st_instruct.samples.collator import STDataCollator
+    from st_instruct.samples.tokenize import tokenize_messages
 
     samples = []
     for seed, (sample_id, nodes) in enumerate([("a", 2), ("b", 3)]):

@@ -5,8 +5,8 @@ import pytest
 from datasets import Dataset, DatasetDict, IterableDatasetDict
 from tiny import CHATML_TEMPLATE, st_messages, st_sample
 
-from st_instruct.data.st_tokens import ST_HIS, ST_PRE, add_st_tokens, st_token_ids
-from st_instruct.training.tokenize import (
+from st_instruct.samples.st_tokens import ST_HIS, ST_PRE, add_st_tokens, st_token_ids
+from st_instruct.samples.tokenize import (
     IGNORE_INDEX,
     TokenizationError,
     tokenize_dataset,

@@ -88,8 +88,8 @@ def test_trained_vlm_card_push_and_reload_from_the_hub(vlm_dirs, tmp_path, hub_s
     from safetensors import safe_open
 
     from st_instruct.hub import push_to_hub
+    from st_instruct.models.collators import build_collator
     from st_instruct.training.run import train
-    from st_instruct.training.vision_collator import build_collator
 
     output = train(*parse_recipe(train_dataclasses(), [
         str(SMOKE), "--model_name_or_path", str(vlm_dirs["llava"]), "--dataset_cache_dir", str(tmp_path / "built"),
@@ -105,7 +105,7 @@ def test_trained_vlm_card_push_and_reload_from_the_hub(vlm_dirs, tmp_path, hub_s
     here, tokenizer = load_forecaster(output)
     there, _ = load_forecaster(copy)
     data_config, _, _ = parse_recipe(train_dataclasses(), [str(output / "recipe.yaml")])
-    from st_instruct.data.builder import build_dataset
+    from st_instruct.samples.builder import build_dataset
 
     rows = build_dataset(data_config, tokenizer)["test"]
     batch = build_collator(data_config, here, tokenizer, str(vlm_dirs["llava"]))([rows[i] for i in range(2)])

@@ -9,7 +9,7 @@ evaluate on, with every node. Protocol: ``"in-domain"`` when the dataset was amo
 Zero-shot, version 1 (UrbanGPT, Li et al., KDD 2024):
 
 - scaling: strict by default, ``scaling: window`` -- every sample is z-scored with the statistics of its own
-  history window (:mod:`st_instruct.data.builder`), so no value outside the input window is read; or ``train``,
+  history window (:mod:`st_instruct.samples.builder`), so no value outside the input window is read; or ``train``,
   the target's train-split statistics (the transductive variant). ``report["scaling"]`` says which.
 - baselines: fitted on the target's train split (rows ``NAME``) *and* on the source's -- the one training
   dataset, with the recipe's windowing -- then applied to the target's test windows (rows ``NAME@source``,
@@ -19,7 +19,7 @@ Zero-shot, version 1 (UrbanGPT, Li et al., KDD 2024):
 
 The forecaster predicts every (window, node) sample of the test split in one teacher-forced forward pass per
 batch (no generation); its ``[P, N', C]`` forecasts are scattered into ``[B, P, N, C]`` by ``window_start`` and
-``node_index``, aligned with :func:`~st_instruct.evaluation.protocols.prepare_windows`'s test windows. The
+``node_index``, aligned with :func:`~st_instruct.protocols.baselines.prepare_windows`'s test windows. The
 baselines are fitted as in ``st-instruct baselines`` and scored on exactly the same windows, targets and masks.
 
 Controls (Tan et al., NeurIPS 2024, "Are Language Models Actually Useful for Time Series Forecasting?"): folders
@@ -30,7 +30,6 @@ very same tokenised samples and are reported as ``st_forecaster_no_llm`` / ``st_
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -39,18 +38,13 @@ import numpy as np
 
 from st_instruct.configs import DataConfig
 from st_instruct.evaluation.metrics import horizon_metrics
-from st_instruct.model_dir import find_recipe, read_few_shot, trained_data_config
+from st_instruct.evaluation.predict import scatter_predictions
+from st_instruct.model_dir import MODEL_ROW, read_few_shot, trained_data_config
+from st_instruct.protocols.controls import read_control
 
-MODEL_NAME = "st_forecaster"
 GENERATED_NAME = "st_forecaster_generated"  # the same model's forecast after the rationale it generates
 # bump a protocol's version when what it fits, scales or scores changes
 PROTOCOL_VERSION = {"in-domain": "in-domain/1", "zero-shot": "zero-shot/1", "few-shot": "few-shot/1"}
-CONTROL_KINDS = ("no_llm", "random_llm")  # ModelConfig.control values other than "none"; row f"{MODEL_NAME}_{kind}"
-# what a control must share with the forecaster it controls besides the data and model keys: the training budget
-BUDGET_KEYS = ("max_steps", "num_train_epochs", "per_device_train_batch_size", "gradient_accumulation_steps",
-               "learning_rate", "lr_scheduler_type", "warmup_steps", "warmup_ratio", "weight_decay", "seed")
-# recipe keys that may differ between a forecaster and its control: where each was written, and the switch itself
-UNSHARED_KEYS = ("control", "dataset_cache_dir", "output_dir")
 
 
 def require_rationale_training(model_dir: str | Path, config: DataConfig, flag: str) -> None:
@@ -60,30 +54,6 @@ def require_rationale_training(model_dir: str | Path, config: DataConfig, flag: 
         raise ValueError(f"{flag} needs a rationale-trained forecaster (an AirGPT student, recipes/airgpt_cot.yaml): "
                          f"the one in {model_dir} was not trained with rationales (its recipe has rationale_teacher: "
                          "none), so the text it would generate is no rationale")
-
-
-def read_control(control_dir: str | Path, model_dir: str | Path) -> str:
-    """The row name of the control in ``control_dir`` (``st_forecaster_no_llm`` / ``st_forecaster_random_llm``),
-    after checking that it was trained from the recipe of the forecaster in ``model_dir`` with only ``control``
-    changed: the same data, model keys and budget (:data:`BUDGET_KEYS`); ``ValueError`` naming the keys otherwise."""
-    from st_instruct.configs import DataConfig, ModelConfig, load_recipe_file, train_dataclasses
-    from st_instruct.models.saving import read_backbone_source
-
-    read_backbone_source(control_dir)  # names the missing files before anything slow
-    control = load_recipe_file(find_recipe(control_dir), train_dataclasses())
-    kind = control.get("control", "none")
-    if kind not in CONTROL_KINDS:
-        raise ValueError(f"--controls {control_dir}: its recipe.yaml says control: {kind}, not one of "
-                         f"{', '.join(CONTROL_KINDS)}; train a control with `st-instruct train RECIPE --control "
-                         "no_llm` (or random_llm)")
-    trained = load_recipe_file(find_recipe(model_dir), train_dataclasses())
-    keys = [f.name for config in (DataConfig, ModelConfig) for f in dataclasses.fields(config)] + list(BUDGET_KEYS)
-    differ = [f"{key}: control {control.get(key)!r}, forecaster {trained.get(key)!r}" for key in keys
-              if key not in UNSHARED_KEYS and control.get(key) != trained.get(key)]
-    if differ:
-        raise ValueError(f"--controls {control_dir} was not trained from the recipe of {model_dir} with only "
-                         f"control changed ({'; '.join(differ)}); train the control from the same recipe and budget")
-    return f"{MODEL_NAME}_{kind}"
 
 
 def _same_dataset(a: str, b: str) -> bool:
@@ -146,7 +116,7 @@ def report_rows(models: Sequence[str] | None, control_rows: Sequence[str] = (), 
     from st_instruct.evaluation.baselines import BASELINES, SOURCE_SUFFIX
 
     baselines = list(BASELINES) if models is None else list(models)
-    return [MODEL_NAME, *([GENERATED_NAME] if generate_rationales else []), *control_rows, *baselines,
+    return [MODEL_ROW, *([GENERATED_NAME] if generate_rationales else []), *control_rows, *baselines,
             *([f"{name}{SOURCE_SUFFIX}" for name in baselines] if zero_shot else [])]
 
 
@@ -164,7 +134,7 @@ def _source_baselines(trained: DataConfig, target: Any, models: Sequence[str] | 
     reason when the recipe trained on several datasets."""
     from st_instruct.data.loaders import dataset_spec
     from st_instruct.evaluation.baselines import BASELINES, SOURCE_SUFFIX, run_source_baselines
-    from st_instruct.evaluation.protocols import prepare_windows
+    from st_instruct.protocols.baselines import prepare_windows
 
     names = list(BASELINES) if models is None else list(models)
     if len(trained.dataset_names) != 1:
@@ -175,57 +145,6 @@ def _source_baselines(trained: DataConfig, target: Any, models: Sequence[str] | 
                              trained.dataset_channels, trained.dataset_start, trained.dataset_end,
                              stride=trained.stride, data_dir=trained.dataset_dir, spec=dataset_spec(trained))
     return run_source_baselines(source, target, names, split=split, progress=progress, seed=seed)
-
-
-def scatter_predictions(model: Any, collator: Any, samples: Any, starts: np.ndarray, num_nodes: int,
-                        batch_size: int = 16, broadcast_channels: bool = False, predict: Any = None,
-                        progress: bool = False, desc: str = "predicting") -> tuple[np.ndarray, np.ndarray, float]:
-    """Predict every sample of ``samples`` (a tokenised split), batched by ``collator``
-    (:func:`~st_instruct.training.vision_collator.build_collator` built with ``broadcast_channels`` alike), and
-    place it in its window and nodes.
-
-    Returns ``(pred [B, P, N, C] float32, covered [B, N] bool, predict seconds)`` with ``B = len(starts)`` the
-    windows of the split in ``starts`` order; windows / nodes without a sample stay NaN / False. With
-    ``broadcast_channels`` the samples have one channel, fed to every input channel of the model, and the forecast
-    is the mean of its outputs (``C = 1``). ``predict(batch) -> [b, P, Nmax, C]`` replaces ``model.predict`` (the
-    generated-rationale forecast of :func:`~st_instruct.models.rationale.generate_forecast`). ``progress`` shows a
-    bar named ``desc``, advanced per sample (off by default: a caller with its own bar keeps just that one).
-    """
-    from tqdm.auto import tqdm
-
-    from st_instruct.training.collator import mean_over_channels
-
-    if batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, found {batch_size}")
-    config = model.st_config
-    row_of = {int(s): i for i, s in enumerate(starts)}
-    channels = 1 if broadcast_channels else config.channels
-    pred = np.full((len(starts), config.horizon, num_nodes, channels), np.nan, dtype=np.float32)
-    covered = np.zeros((len(starts), num_nodes), dtype=bool)
-    seconds = 0.0
-    with tqdm(total=len(samples), desc=desc, unit="sample", disable=not progress) as bar:
-        for lo in range(0, len(samples), batch_size):
-            rows = [samples[i] for i in range(lo, min(lo + batch_size, len(samples)))]
-            batch = collator(rows)
-            tic = time.perf_counter()
-            forecast = (predict or model.predict)(batch)  # [b, P, Nmax, C]
-            if broadcast_channels:
-                forecast = mean_over_channels(forecast)
-            out = forecast.float().cpu().numpy()
-            seconds += time.perf_counter() - tic
-            bar.update(len(rows))
-            node_index = batch["node_index"].numpy()
-            node_mask = batch["node_mask"].numpy()
-            for b, row in enumerate(rows):
-                start = int(row["window_start"])
-                if start not in row_of:
-                    raise ValueError(f"sample {row['sample_id']!r} starts at step {start}, not a test window of "
-                                     "the evaluation windows (the data or the split differ from the recipe's)")
-                r = row_of[start]
-                nodes = node_index[b][node_mask[b]]
-                pred[r][:, nodes] = out[b][:, node_mask[b]]
-                covered[r, nodes] = True
-    return pred, covered, seconds
 
 
 def _generated_forecasts(model: Any, tokenizer: Any, collator: Any, samples: Any, starts: np.ndarray,
@@ -283,23 +202,23 @@ def evaluate_forecaster(model_dir: str | Path, dataset: str, data_dir: str | Non
 
     ``broadcast_channels`` lets a multi-channel model forecast a one-channel dataset (zero-shot across modes, e.g.
     taxi pickups/drop-offs -> loop speeds): the series fills every input channel and the outputs are averaged. A
-    few-shot folder (``few_shot.json``, :mod:`st_instruct.training.few_shot`) evaluated on its target dataset is
+    few-shot folder (``few_shot.json``, :mod:`st_instruct.protocols.few_shot`) evaluated on its target dataset is
     reported as few-shot, with the baselines fitted on the same few-shot train windows.
 
-    Returns ``(report, arrays)``: the report of :func:`~st_instruct.evaluation.protocols.make_report` with the
+    Returns ``(report, arrays)``: the report of :func:`~st_instruct.protocols.baselines.make_report` with the
     forecaster as ``"st_forecaster"`` and ``report["protocol"]``; ``arrays`` holds ``target``, ``mask``,
     ``predictions`` (``{model: [B, P, N, C]}``), ``starts`` (each window's first history step), ``times``,
     ``node_names`` and ``units`` (one per channel) for
     :func:`~st_instruct.evaluation.report.write_evaluation_outputs`.
     """
-    from st_instruct.data.builder import build_dataset
     from st_instruct.data.loaders import dataset_spec
     from st_instruct.evaluation.baselines import run_baselines
     from st_instruct.evaluation.plots import window_times
-    from st_instruct.evaluation.protocols import make_report, prepare_windows
+    from st_instruct.models.collators import build_collator
     from st_instruct.models.forecaster import STForecasterConfig
     from st_instruct.models.saving import load_forecaster, read_backbone_source
-    from st_instruct.training.vision_collator import build_collator
+    from st_instruct.protocols.baselines import make_report, prepare_windows
+    from st_instruct.samples.builder import build_dataset
 
     read_backbone_source(model_dir)  # names the missing files before anything slow
     control_rows = {read_control(folder, model_dir): Path(folder) for folder in controls}
@@ -346,7 +265,7 @@ def evaluate_forecaster(model_dir: str | Path, dataset: str, data_dir: str | Non
     broadcast = trained_channels if broadcast_channels else None
     pred, covered, predict_seconds = scatter_predictions(
         model, build_collator(config, model, tokenizer, backbone_name, broadcast), samples, starts, data.num_nodes,
-        batch_size, broadcast_channels, progress=progress, desc=f"predicting ({MODEL_NAME})")
+        batch_size, broadcast_channels, progress=progress, desc=f"predicting ({MODEL_ROW})")
     generated: dict[str, Any] = {}
     if generate_rationales:
         generated = _generated_forecasts(model, tokenizer, build_collator(config, model, tokenizer, backbone_name,
@@ -382,9 +301,9 @@ def evaluate_forecaster(model_dir: str | Path, dataset: str, data_dir: str | Non
         baseline_results.update(source_results)
         baseline_preds.update(source_preds)
         fitted_on.update({name: trained.dataset_names[0] for name in source_results})
-    results: dict[str, dict] = {MODEL_NAME: {**horizon_metrics(pred, target["y"], mask), "fit_seconds": 0.0,
+    results: dict[str, dict] = {MODEL_ROW: {**horizon_metrics(pred, target["y"], mask), "fit_seconds": 0.0,
                                              "predict_seconds": predict_seconds}}
-    predictions = {MODEL_NAME: pred}
+    predictions = {MODEL_ROW: pred}
     if generated:
         predictions[GENERATED_NAME] = np.nan_to_num(generated["pred"][rows])
         results[GENERATED_NAME] = {**horizon_metrics(predictions[GENERATED_NAME], target["y"], mask),
@@ -434,13 +353,13 @@ def explain_window(model_dir: str | Path, dataset: str, window: int, node: int |
     ``forecast`` / ``truth`` ``[P, N', C]`` in original units (truth NaN where missing), ``times`` (each horizon
     step's timestamp, or step numbers) and ``sample_id``. A node-level recipe needs ``node`` (its sample is one
     node's)."""
-    from st_instruct.data.builder import build_dataset
     from st_instruct.data.loaders import dataset_spec
     from st_instruct.evaluation.plots import window_times
-    from st_instruct.evaluation.protocols import prepare_windows
+    from st_instruct.models.collators import build_collator
     from st_instruct.models.rationale import generate_forecast
     from st_instruct.models.saving import load_forecaster, read_backbone_source
-    from st_instruct.training.vision_collator import build_collator
+    from st_instruct.protocols.baselines import prepare_windows
+    from st_instruct.samples.builder import build_dataset
 
     read_backbone_source(model_dir)
     trained = trained_data_config(model_dir)

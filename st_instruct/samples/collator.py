@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from st_instruct.training.tokenize import IGNORE_INDEX, padding_id
+from st_instruct.samples.tokenize import IGNORE_INDEX, padding_id
 
 # key -> (dtype, index of the node axis or None); arrays without a node axis must have equal shapes in a batch
 ST_ARRAYS: dict[str, tuple[torch.dtype, int | None]] = {

@@ -40,7 +40,7 @@ def st_token_ids(tokenizer: Any) -> STTokenIds:
     missing = [token for token in ST_TOKENS if token not in added]
     if missing:
         raise ValueError(f"the tokenizer lacks the ST special tokens {missing}; call "
-                         "st_instruct.data.st_tokens.add_st_tokens(tokenizer, model) before tokenising ST prompts")
+                         "st_instruct.samples.st_tokens.add_st_tokens(tokenizer, model) before tokenising ST prompts")
     return STTokenIds(his=added[ST_HIS], pre=added[ST_PRE], start=added[ST_START], end=added[ST_END])
 
 

@@ -23,7 +23,7 @@ from functools import partial
 from operator import itemgetter
 from typing import Any
 
-from st_instruct.data.st_tokens import STTokenIds, st_token_ids
+from st_instruct.samples.st_tokens import STTokenIds, st_token_ids
 
 IGNORE_INDEX = -100
 # transformers stores "no limit" as int(1e30); any model_max_length this large is not a real context length
@@ -95,7 +95,7 @@ def tokenize_dataset(dataset_dict: Any, tokenizer: Any, max_length: int | None =
 def _tokenize_columns(batch: Any, tokenizer: Any, limit: int | None, ids: STTokenIds) -> dict[str, list[list[int]]]:
     if "messages" not in batch:
         raise TokenizationError(f"the dataset has no 'messages' column (columns: {sorted(batch.keys())}); build it "
-                                "with st_instruct.data.builder")
+                                "with st_instruct.samples.builder")
     messages = batch["messages"]
     sample_ids = batch["sample_id"] if "sample_id" in batch else [None] * len(messages)
     templates = batch["template"] if "template" in batch else [None] * len(messages)

@@ -3,12 +3,12 @@
 AirGPT (Li, Chen, Xu, Information Fusion 2025) distils a teacher's label-constrained rationale into the student
 forecaster: the assistant's answer is the rationale (LM loss) followed by the answer frame ``<st_start><st_pre>...
 <st_end>`` (regression loss at the ``<st_pre>`` tokens). :func:`add_rationales` does that to a built dataset
-(:func:`~st_instruct.data.builder.build_dataset` calls it when ``DataConfig.rationale_teacher`` is set):
+(:func:`~st_instruct.samples.builder.build_dataset` calls it when ``DataConfig.rationale_teacher`` is set):
 
 - only training samples get a rationale, and only ``rationale_fraction`` of them (drawn with ``sample_seed``): the
   others keep the direct answer, so the single-pass forecast without a rationale (validation / test samples are
   direct) stays in distribution;
-- the teacher (:mod:`st_instruct.data.rationales`) reads the window from the dataset with *all* its channels (the
+- the teacher (:mod:`st_instruct.samples.rationales`) reads the window from the dataset with *all* its channels (the
   weather the recipe may leave out of the forecast, e.g. ``dataset_channels: [PM2.5]``); the rationale is about the
   recipe's first channel;
 - ``rationale_teacher: analytic`` is the deterministic teacher; any other value names a causal LM (``smollm2-135m``,
@@ -23,6 +23,7 @@ Two columns are added to every split: ``rationale`` (the text, ``""`` for a dire
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,24 +37,18 @@ def student_answer(rationale: str, answer: str) -> str:
     return f"{rationale}{RATIONALE_SEPARATOR}{answer}"
 
 
-def build_teacher(name: str) -> Any:
-    """The teacher ``rationale_teacher`` names: ``analytic``, or an :class:`LLMTeacher` on that model."""
-    from st_instruct.data.rationales.teachers import AnalyticTeacher, LLMTeacher
-
-    return AnalyticTeacher() if name == "analytic" else LLMTeacher(name)
-
-
-def add_rationales(built: Any, series: list, config: Any, progress: bool = True) -> Any:
-    """``built`` (a ``DatasetDict`` of :func:`~st_instruct.data.builder.build_dataset`) with the rationale columns,
-    and the answers of the chosen training samples rewritten as :func:`student_answer` (module docstring).
-    ``series``: the recipe's datasets as the builder loaded them (their names and slicing)."""
+def add_rationales(built: Any, series: list, config: Any, teacher: Any, cache_dir: Path, progress: bool = True
+                   ) -> Any:
+    """``built`` (a ``DatasetDict`` of :func:`~st_instruct.samples.builder.build_dataset`) with the rationale columns,
+    and the answers of the chosen training samples rewritten as :func:`student_answer` (module docstring), written by
+    ``teacher`` (the one ``rationale_teacher`` names) and cached in ``cache_dir``. ``series``: the recipe's datasets
+    as the builder loaded them (their names and slicing)."""
     from datasets import Value
 
-    from st_instruct.data.builder import built_cache_root
     from st_instruct.data.loaders import load_series
-    from st_instruct.data.rationales.build import build_rationales
-    from st_instruct.data.rationales.facts import window_facts
-    from st_instruct.data.rationales.teachers import AnalyticTeacher
+    from st_instruct.samples.rationales.build import build_rationales
+    from st_instruct.samples.rationales.facts import window_facts
+    from st_instruct.samples.rationales.teachers import AnalyticTeacher
 
     if not 0 < config.rationale_fraction <= 1:
         raise ValueError(f"rationale_fraction must be in (0, 1], found {config.rationale_fraction}")
@@ -65,9 +60,7 @@ def add_rationales(built: Any, series: list, config: Any, progress: bool = True)
     rows = train.select_columns(["dataset", "window_start", "node_index"]).select(chosen)
     facts = [window_facts(full[row["dataset"]], row["window_start"], config.history, config.horizon,
                           row["node_index"], target[row["dataset"]]) for row in rows]
-    teacher = build_teacher(config.rationale_teacher)
-    # beside the built datasets (a test's dataset_cache_dir keeps its rationales too)
-    report = build_rationales(facts, teacher, cache_dir=built_cache_root(config).parent / "rationales",
+    report = build_rationales(facts, teacher, cache_dir=cache_dir,
                               fallback=None if isinstance(teacher, AnalyticTeacher) else AnalyticTeacher(),
                               progress=progress)
     print(f"rationales ({teacher.name} teacher, {len(facts)} of {len(train)} training samples): {report.summary()}")

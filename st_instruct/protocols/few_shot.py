@@ -8,7 +8,7 @@ so no window overlaps the validation or test periods), then is tested on the usu
 The forecaster is rebuilt as the recipe built it (same backbone, freeze plan, ST module sizes), its trained weights
 restored, and trained on with the recipe's optimiser settings for ``steps`` optimizer steps (default: one pass over
 the few-shot samples). The output folder is a normal forecaster folder plus ``few_shot.json`` (source model,
-fraction, the number of train windows used); :func:`~st_instruct.evaluation.forecaster_eval.evaluate_forecaster`
+fraction, the number of train windows used); :func:`~st_instruct.protocols.evaluate.evaluate_forecaster`
 reads it, names the protocol and fits the baselines on the same few-shot windows. The z-score statistics of the
 target still come from its whole train split (as the windows are built), a mild advantage shared by every model.
 """
@@ -50,12 +50,12 @@ def few_shot_finetune(model_dir: str | Path, dataset: str, fraction: float, outp
     from st_instruct.configs import parse_recipe, recipe_dict, train_dataclasses
     from st_instruct.data.profile import write_data_profiles
     from st_instruct.data.windows import build_windows
-    from st_instruct.evaluation.forecaster_eval import evaluation_config
-    from st_instruct.hub import write_model_card
     from st_instruct.model_dir import RECIPE_FILE, find_recipe, save_template_copy, trained_data_config
+    from st_instruct.models.card import write_model_card
     from st_instruct.models.forecaster import STForecasterConfig
     from st_instruct.models.saving import load_forecaster_weights, read_backbone_source
     from st_instruct.outputs import check_writable, staged_output
+    from st_instruct.protocols.evaluate import evaluation_config
     from st_instruct.training.run import build_forecaster, build_trainer
 
     check_writable(output_dir, overwrite, "--overwrite", "an earlier few-shot model")

@@ -3,14 +3,14 @@ history and its true future writes five labelled stages arriving at that future;
 by a student LLM. Modules: :mod:`.stages` (text form), :mod:`.facts` (what a teacher may know), :mod:`.teachers`
 (analytic and LLM teachers), :mod:`.validate` (acceptance rules), :mod:`.build` (cached building with fallback)."""
 
-from st_instruct.data.rationales.build import (
+from st_instruct.samples.rationales.build import (
     RationaleCache,
     RationaleReport,
     build_rationales,
     cache_key,
     default_rationale_cache_dir,
 )
-from st_instruct.data.rationales.facts import (
+from st_instruct.samples.rationales.facts import (
     CITY_MEAN,
     StationFacts,
     WindowFacts,
@@ -18,9 +18,9 @@ from st_instruct.data.rationales.facts import (
     relative_humidity,
     window_facts,
 )
-from st_instruct.data.rationales.stages import STAGE_TITLES, RationaleParseError, format_rationale, parse_rationale
-from st_instruct.data.rationales.teachers import AnalyticTeacher, LLMTeacher, conclusion_line
-from st_instruct.data.rationales.validate import (
+from st_instruct.samples.rationales.stages import STAGE_TITLES, RationaleParseError, format_rationale, parse_rationale
+from st_instruct.samples.rationales.teachers import AnalyticTeacher, LLMTeacher, conclusion_line
+from st_instruct.samples.rationales.validate import (
     REJECTION_REASONS,
     Tolerance,
     format_conclusion,

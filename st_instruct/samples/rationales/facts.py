@@ -44,8 +44,8 @@ import numpy as np
 
 from st_instruct.data.air_graphs import bearing_deg
 from st_instruct.data.graph import haversine_km
-from st_instruct.data.prompts import PeriodText, describe_date
 from st_instruct.data.stdata import STData
+from st_instruct.samples.prompts import PeriodText, describe_date
 
 CITY_MEAN = "city mean"
 TREND_HOURS = 6

@@ -6,7 +6,7 @@ of the region's history goes, and a ``<st_pre>`` token whose hidden state a regr
 forecast. ST-LLM (Liu et al., "Spatial-Temporal Large Language Model for Traffic Prediction", MDM 2024) puts
 every node of a window in one sample, one token per node. :func:`build_dataset` makes both
 (``DataConfig.granularity`` = ``"node"`` / ``"graph"``) as a ``datasets.DatasetDict`` (train / validation /
-test), rendered by a versioned template of ``prompts/`` (:mod:`st_instruct.data.prompts`), cached on disk by a
+test), rendered by a versioned template of ``prompts/`` (:mod:`st_instruct.samples.prompts`), cached on disk by a
 fingerprint of everything that determines it (:func:`dataset_fingerprint`).
 
 Sample schema (one row; ``N'`` = nodes in the sample: 1 for ``node``, the (sampled) nodes of the dataset in
@@ -45,7 +45,7 @@ steps_per_day       int32                      steps in one day (0 when the step
 ==================  =========================  =================================================================
 
 With ``DataConfig.rationale_teacher`` (AirGPT) two string columns more, ``rationale`` and ``rationale_source``, and
-the answers of some training samples start with the rationale (:mod:`st_instruct.data.rationale_samples`).
+the answers of some training samples start with the rationale (:mod:`st_instruct.samples.rationale_samples`).
 
 Integer columns are stored as int32 (``window_start`` int64); ``with_format("numpy")`` returns integer arrays as
 int64, as ``datasets`` does for every integer column. Several datasets are concatenated per split (each keeps its
@@ -64,7 +64,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -80,7 +79,11 @@ import xxhash
 from st_instruct.configs import DataConfig
 from st_instruct.data.graph import grid_coordinates, laplacian_eigenvectors
 from st_instruct.data.loaders import load_series
-from st_instruct.data.prompts import (
+from st_instruct.data.registry import cache_dir
+from st_instruct.data.stdata import STData, STDataError
+from st_instruct.data.windows import SPLITS, STWindows, build_windows, window_statistics
+from st_instruct.outputs import clean_stale_siblings, staged_output
+from st_instruct.samples.prompts import (
     PeriodText,
     PromptTemplate,
     dataset_context,
@@ -88,11 +91,9 @@ from st_instruct.data.prompts import (
     load_template,
     node_context,
 )
-from st_instruct.data.registry import default_cache_dir
-from st_instruct.data.st_tokens import ST_HIS, ST_PRE
-from st_instruct.data.stdata import STData, STDataError
-from st_instruct.data.windows import SPLITS, STWindows, build_windows, window_statistics
-from st_instruct.outputs import clean_stale_siblings, staged_output
+from st_instruct.samples.rationale_samples import add_rationales
+from st_instruct.samples.rationales.teachers import AnalyticTeacher
+from st_instruct.samples.st_tokens import ST_HIS, ST_PRE
 from st_instruct.shipped import TemplateError
 
 # Bump when the sample columns or their meaning change: it is part of every fingerprint.
@@ -421,30 +422,47 @@ def _data_hash(data: STData) -> str:
     return h.hexdigest()
 
 
-def _fingerprint(config: DataConfig, series: list[STData], template: PromptTemplate) -> str:
+def _fingerprint(config: DataConfig, series: list[STData], template: PromptTemplate, teacher: Any) -> str:
     fields = {k: v for k, v in dataclasses.asdict(config).items() if k not in _NOT_FINGERPRINTED}
     payload = {"builder_version": BUILDER_VERSION, "config": fields, "data": [_data_hash(d) for d in series],
                "template": hashlib.sha256(template.source.encode()).hexdigest()}
-    if config.rationale_teacher != "none":  # the teacher's prompt version and settings decide the rationales
-        from st_instruct.data.rationale_samples import build_teacher
-
-        payload["rationale_teacher"] = build_teacher(config.rationale_teacher).identity
+    if teacher is not None:  # the teacher's prompt version and settings decide the rationales
+        payload["rationale_teacher"] = teacher.identity
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
-def dataset_fingerprint(config: DataConfig) -> str:
+def dataset_fingerprint(config: DataConfig, teacher: Any = None) -> str:
     """Hex digest of what determines the built dataset: the config fields that matter, the data content (values,
-    clock, graph, metadata), the template file text and :data:`BUILDER_VERSION`. Loads the datasets to hash them."""
-    return _fingerprint(config, load_series(config), load_template(config.template))
+    clock, graph, metadata), the template file text, the rationale teacher's identity and :data:`BUILDER_VERSION`.
+    Loads the datasets to hash them."""
+    return _fingerprint(config, load_series(config), load_template(config.template),
+                        rationale_teacher(config, teacher))
+
+
+def rationale_teacher(config: DataConfig, teacher: Any = None) -> Any:
+    """The teacher that writes ``config``'s rationales: ``None`` without ``rationale_teacher``; ``teacher`` when
+    given (it must be the one the key names); the analytic teacher for ``analytic``. A language-model teacher loads
+    a model, which is the models layer's part: it is built by :func:`st_instruct.models.backbones.build_teacher`
+    and passed in (``st-instruct train`` and ``build-data`` do)."""
+    name = config.rationale_teacher
+    if name == "none":
+        return None
+    if teacher is not None:
+        if teacher.name not in (name, f"llm:{name}"):
+            raise ValueError(f"rationale_teacher is {name!r}, but the teacher given is {teacher.name!r}")
+        return teacher
+    if name == "analytic":
+        return AnalyticTeacher()
+    raise ValueError(f"rationale_teacher: {name} is a language model; build it with "
+                     "st_instruct.models.backbones.build_teacher and pass it as teacher= (st-instruct train and "
+                     "build-data do)")
 
 
 def built_cache_root(config: DataConfig) -> Path:
-    """``config.dataset_cache_dir``, else ``$ST_INSTRUCT_CACHE/built``, else ``~/.cache/st_instruct/built``."""
+    """``config.dataset_cache_dir``, else :func:`~st_instruct.data.registry.cache_dir` ``("built")``."""
     if config.dataset_cache_dir:
         return Path(config.dataset_cache_dir).expanduser()
-    if os.environ.get("ST_INSTRUCT_CACHE"):
-        return Path(os.environ["ST_INSTRUCT_CACHE"]).expanduser() / "built"
-    return default_cache_dir().parent / "built"
+    return cache_dir("built")
 
 
 # ---------------------------------------------------------------------------------------------------- build
@@ -460,7 +478,7 @@ def _generate_split(config_json: str, split: str) -> Iterator[dict[str, Any]]:
     yield from iter_split_samples(plans, split, load_template(config.template), config.granularity)
 
 
-def build_dataset(config: DataConfig, tokenizer: Any = None,
+def build_dataset(config: DataConfig, tokenizer: Any = None, teacher: Any = None,
                   ) -> datasets.DatasetDict | datasets.IterableDatasetDict:
     """Build (or load from the fingerprint cache) the instruction dataset described by ``config``.
 
@@ -468,8 +486,10 @@ def build_dataset(config: DataConfig, tokenizer: Any = None,
     from ``<cache root>/<fingerprint>`` (:func:`built_cache_root`), where a first build saves it. With
     ``config.streaming`` an ``IterableDatasetDict`` of the same samples, generated lazily (the data are loaded
     when iteration starts; rendered samples never pile up in memory) and not cached. With a
-    ``tokenizer``, ``st_instruct.training.tokenize.tokenize_dataset`` adds the token columns (after the cache).
+    ``tokenizer``, ``st_instruct.samples.tokenize.tokenize_dataset`` adds the token columns (after the cache).
+    ``teacher`` writes the rationales of a recipe with ``rationale_teacher`` (:func:`rationale_teacher`).
     """
+    teacher = rationale_teacher(config, teacher)
     template = load_template(config.template)
     if config.streaming:
         config_json = json.dumps(dataclasses.asdict(config))
@@ -478,7 +498,7 @@ def build_dataset(config: DataConfig, tokenizer: Any = None,
             for split in SPLITS})
     else:
         series = load_series(config)
-        fingerprint = _fingerprint(config, series, template)
+        fingerprint = _fingerprint(config, series, template, teacher)
         path = built_cache_root(config) / fingerprint
         clean_stale_siblings(path.parent)  # partial copies of killed builds, of any fingerprint
         if not _complete_build(path):
@@ -487,17 +507,15 @@ def build_dataset(config: DataConfig, tokenizer: Any = None,
             built = datasets.DatasetDict({split: datasets.Dataset(
                 build_split_table(plans, split, template, config.granularity), split=datasets.Split(split),
                 fingerprint=f"{fingerprint}-{split}") for split in SPLITS})
-            if config.rationale_teacher != "none":
-                from st_instruct.data.rationale_samples import add_rationales
-
-                built = add_rationales(built, series, config)
+            if teacher is not None:  # beside the built datasets (a test's dataset_cache_dir keeps its rationales too)
+                built = add_rationales(built, series, config, teacher, built_cache_root(config).parent / "rationales")
             # one rename into place; a complete copy another process (rank) saved meanwhile is kept, as it may be
             # loading it right now; a broken leftover is replaced
             with staged_output(path, keep=_complete_build) as partial:
                 built.save_to_disk(str(partial))
         result = datasets.load_from_disk(str(path))
     if tokenizer is not None:
-        from st_instruct.training.tokenize import tokenize_dataset
+        from st_instruct.samples.tokenize import tokenize_dataset
 
         result = tokenize_dataset(result, tokenizer, max_length=None)
     return result

@@ -1,9 +1,9 @@
 """Batch ST instruction samples for a vision-language backbone: rendered window image + text + ST tokens.
 
 ST-VLM (Zhao et al., AAAI 2026) shows the VLM an image of the window's spatial state beside the prompt. The samples
-are the same rows as the text path's (:func:`~st_instruct.data.builder.build_dataset`: same windows, same splits);
+are the same rows as the text path's (:func:`~st_instruct.samples.builder.build_dataset`: same windows, same splits);
 the image is rendered here, per batch, from the sample's dataset and ``window_start``
-(:class:`~st_instruct.data.render.WindowImages`), so no decoded image ever sits in an Arrow row. The image becomes
+(:class:`~st_instruct.samples.render.WindowImages`), so no decoded image ever sits in an Arrow row. The image becomes
 the first part of the first user turn, and the backbone's own processor tokenises the conversation
 (``processor.apply_chat_template(..., tokenize=True, return_dict=True)``), expanding the image placeholder into the
 family's image tokens and producing ``pixel_values`` (with ``image_grid_thw`` for Qwen2-VL, ``pixel_attention_mask``
@@ -11,10 +11,10 @@ for Idefics3). Then:
 
 - ``labels`` cover the assistant answer only: the conversation rendered up to the answer with the generation prompt
   must tokenise to a prefix of the whole (checked), and the answer runs from there to its end-of-turn token
-  (the newline after it, and padding, are ``-100``), as in :mod:`st_instruct.training.tokenize`;
+  (the newline after it, and padding, are ``-100``), as in :mod:`st_instruct.samples.tokenize`;
 - ``his_positions`` / ``pre_positions`` are found in the *expanded* ids, so they point past the image tokens; each
   sample must carry one of each per node (``node_index``), else a clear error;
-- the ST arrays are batched as :class:`~st_instruct.training.collator.STDataCollator` batches them.
+- the ST arrays are batched as :class:`~st_instruct.samples.collator.STDataCollator` batches them.
 
 ``images=None`` batches the same conversations without an image (a text-only batch for the same VLM: with it the VLM
 forecaster equals the text forecaster on its language model; a test checks it).
@@ -27,9 +27,9 @@ from typing import Any
 
 import torch
 
-from st_instruct.data.st_tokens import st_token_ids
-from st_instruct.training.collator import collate_st_arrays
-from st_instruct.training.tokenize import IGNORE_INDEX, TokenizationError, end_of_turn_ids
+from st_instruct.samples.collator import collate_st_arrays
+from st_instruct.samples.st_tokens import st_token_ids
+from st_instruct.samples.tokenize import IGNORE_INDEX, TokenizationError, end_of_turn_ids
 
 ImageSource = Callable[[str, int], Any]  # (dataset name, window_start) -> PIL image
 
@@ -55,7 +55,7 @@ class STVisionCollator:
         processor: the backbone's processor (:func:`~st_instruct.models.backbones.get_processor`) whose tokenizer
             holds the ST tokens; it pads on the right.
         images: the image of each sample, ``images(dataset, window_start)``; ``None`` for text-only batches.
-        broadcast_channels, graphs: as :class:`~st_instruct.training.collator.STDataCollator`'s.
+        broadcast_channels, graphs: as :class:`~st_instruct.samples.collator.STDataCollator`'s.
 
     Returns the keys of ``STDataCollator`` plus the processor's image inputs.
     """
@@ -114,42 +114,3 @@ class STVisionCollator:
         batch.update(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
         batch.update(collate_st_arrays(samples, his, pre, self.broadcast_channels, self.graphs))
         return batch
-
-
-def build_collator(data_config: Any, model: Any, tokenizer: Any, model_name_or_path: str,
-                   broadcast_channels: int | None = None, forecast_inputs: Any = None) -> Any:
-    """The collator that batches ``data_config``'s samples for ``model``: :class:`STVisionCollator` (with the
-    images ``data_config.image_kind`` asks for, or none) when the forecaster's backbone is a vision-language model,
-    else :class:`~st_instruct.training.collator.STDataCollator` (a text backbone, or none: the no-LLM control of a
-    VLM recipe reads the ST arrays only). ``model_name_or_path`` names the backbone whose processor is used. A
-    forecaster with AirGPT's graph encoder (``st_config.graph``) gets its station graphs added to every batch.
-    ``forecast_inputs`` (:class:`st_instruct.inference.ForecastInputs`): graphs and images come from a forecast's
-    own data and windows instead of the recipe's datasets."""
-    from st_instruct.configs import RecipeError
-    from st_instruct.data.air_graphs import build_window_graphs
-    from st_instruct.data.render import build_window_images
-    from st_instruct.models.backbones import get_processor
-    from st_instruct.models.patching import image_size_of, is_vision_language
-    from st_instruct.models.vlm import check_image_size
-    from st_instruct.training.collator import STDataCollator
-
-    config = model.st_config
-    graphs = build_window_graphs(data_config, config.graph, config.graph_sigma0_km, config.graph_alpha_km,
-                                 series=None if forecast_inputs is None else [forecast_inputs.full_data])
-    if model.backbone is None:
-        return STDataCollator(tokenizer, broadcast_channels=broadcast_channels, graphs=graphs)
-    if not is_vision_language(model.backbone):
-        if data_config.image_kind != "none":
-            raise RecipeError(f"image_kind: {data_config.image_kind} gives every window an image, but the backbone "
-                              f"{model_name_or_path!r} is a text-only model; use a vision-language backbone (e.g. "
-                              "smollm2-135m-vlm) or image_kind: none")
-        return STDataCollator(tokenizer, broadcast_channels=broadcast_channels, graphs=graphs)
-    images = None
-    if data_config.image_kind != "none":
-        size = data_config.image_size or image_size_of(model.backbone) or 224
-        check_image_size(model.backbone, size, model_name_or_path)
-        own = forecast_inputs
-        images = build_window_images(data_config, data_config.image_kind, size, data_config.image_panels,
-                                     data_config.image_channel, windows=None if own is None else [own.windows],
-                                     value_ranges=None if own is None else own.image_value_ranges)
-    return STVisionCollator(get_processor(model_name_or_path, tokenizer), images, broadcast_channels, graphs)

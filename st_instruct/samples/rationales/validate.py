@@ -5,7 +5,7 @@ constrained generation) and keeps only rationales that arrive at the label. The 
 (:func:`validate_rationale`) gives each text exactly one verdict, checked in this order:
 
 - ``"empty"``: nothing but whitespace.
-- ``"unparsable"``: not five stages (:func:`~st_instruct.data.rationales.stages.parse_rationale`), or stage 5 has no
+- ``"unparsable"``: not five stages (:func:`~st_instruct.samples.rationales.stages.parse_rationale`), or stage 5 has no
   conclusion line (:func:`parse_conclusion` finds nothing).
 - ``"conclusion_mismatch"``: for every key of ``facts.conclusion_numbers()`` (each station with an observed future,
   and ``"city mean"``) the conclusion must state a number with ``|stated - true| <= max(absolute, relative * |true|)``
@@ -36,8 +36,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from st_instruct.data.rationales.facts import WindowFacts
-from st_instruct.data.rationales.stages import RationaleParseError, parse_rationale
+from st_instruct.samples.rationales.facts import WindowFacts
+from st_instruct.samples.rationales.stages import RationaleParseError, parse_rationale
 
 REJECTION_REASONS = ("empty", "unparsable", "conclusion_mismatch", "future_leak", "uninformative")
 _NUMBER_RE = re.compile(r"(?<![A-Za-z0-9_.])\d+(?:\.\d+)?(?![A-Za-z0-9_])")

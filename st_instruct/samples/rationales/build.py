@@ -2,7 +2,7 @@
 
 AirGPT (Li, Chen, Xu, Information Fusion 2025) keeps only the teacher rationales that arrive at the label. Here
 :func:`build_rationales` asks the teacher only for the windows its cache lacks, validates every text
-(:func:`~st_instruct.data.rationales.validate.validate_rationale`), and replaces a rejected one with the fallback
+(:func:`~st_instruct.samples.rationales.validate.validate_rationale`), and replaces a rejected one with the fallback
 teacher's (by default the analytic teacher, which is always valid), so the dataset keeps every window; with
 ``fallback=None`` a rejected window's text is ``None``.
 
@@ -10,7 +10,7 @@ Cache (:class:`RationaleCache`): one JSONL file per teacher identity in ``cache_
 ``$ST_INSTRUCT_CACHE/rationales``, else ``~/.cache/st_instruct/rationales``, beside ``data`` and ``built``), one line
 ``{"key", "text"}`` per generated window, the raw teacher output before validation (a tolerance change needs no new
 generation). ``key`` is the sha256 of the teacher identity and the window's content: the rendered prompt for an
-:class:`~st_instruct.data.rationales.teachers.LLMTeacher` (what determines its output), else the facts' canonical
+:class:`~st_instruct.samples.rationales.teachers.LLMTeacher` (what determines its output), else the facts' canonical
 JSON. Lines are appended and flushed (``fsync``) after every generated batch, so an interrupted build loses nothing
 it completed; a truncated last line (a kill during the write) is skipped when read and ended before the next append.
 """
@@ -27,21 +27,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from st_instruct.data.rationales.facts import WindowFacts
-from st_instruct.data.rationales.teachers import AnalyticTeacher
-from st_instruct.data.rationales.validate import REJECTION_REASONS, Tolerance, validate_rationale
+from st_instruct.data.registry import cache_dir
+from st_instruct.samples.rationales.facts import WindowFacts
+from st_instruct.samples.rationales.teachers import AnalyticTeacher
+from st_instruct.samples.rationales.validate import REJECTION_REASONS, Tolerance, validate_rationale
 
 ANALYTIC = AnalyticTeacher()  # the default fallback (stateless)
 DEFAULT_TOLERANCE = Tolerance()
 
 
 def default_rationale_cache_dir() -> Path:
-    """``$ST_INSTRUCT_CACHE/rationales``, else ``<st_instruct cache root>/rationales`` (``~/.cache/st_instruct``)."""
-    from st_instruct.data.registry import default_cache_dir
-
-    if os.environ.get("ST_INSTRUCT_CACHE"):
-        return Path(os.environ["ST_INSTRUCT_CACHE"]).expanduser() / "rationales"
-    return default_cache_dir().parent / "rationales"
+    """Where rationales are cached by default: :func:`~st_instruct.data.registry.cache_dir` ``("rationales")``."""
+    return cache_dir("rationales")
 
 
 def cache_key(teacher: Any, facts: WindowFacts) -> str:

@@ -37,8 +37,8 @@ import jinja2.sandbox
 import numpy as np
 import pandas as pd
 
-from st_instruct.data.st_tokens import ST_END, ST_HIS, ST_PRE, ST_START
 from st_instruct.data.stdata import STData
+from st_instruct.samples.st_tokens import ST_END, ST_HIS, ST_PRE, ST_START
 from st_instruct.shipped import TEMPLATE_NAME_RE, TemplateError, resolve_template
 
 TURNS = ("system", "user", "assistant")

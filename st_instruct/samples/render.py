@@ -18,9 +18,9 @@ Two image kinds (``IMAGE_KINDS``), both ``size x size`` RGB:
 
 Colours: viridis (perceptually uniform; its 11 standard stops, linearly interpolated to 256 entries, no matplotlib),
 on a value range fixed per dataset and channel from the observed values of the *train split*
-(:func:`value_range`: the 0.5 % and 99.5 % quantiles), so a colour means the same value in every sample of that
-dataset; values outside are clipped; missing values are mid grey. Everything is numpy + Pillow, with no randomness:
-the same window gives the same pixels and the same PNG bytes (:func:`png_bytes`).
+(:func:`~st_instruct.data.windows.image_value_range`: the 0.5 % and 99.5 % quantiles), so a colour means the same
+value in every sample of that dataset; values outside are clipped; missing values are mid grey. Everything is numpy
++ Pillow, with no randomness: the same window gives the same pixels and the same PNG bytes (:func:`png_bytes`).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from PIL import Image, ImageDraw
 
 from st_instruct.data.graph import laplacian_eigenvectors
 from st_instruct.data.stdata import STData
-from st_instruct.data.windows import STWindows
+from st_instruct.data.windows import STWindows, image_value_range
 
 IMAGE_KINDS = ("map", "multiview")
 # viridis at 0, 0.1, ..., 1 (matplotlib's colour map, CC0)
@@ -43,7 +43,6 @@ VIRIDIS_STOPS = np.array([[0x44, 0x01, 0x54], [0x48, 0x24, 0x75], [0x41, 0x44, 0
 MISSING_COLOUR = (128, 128, 128)
 BACKGROUND = (255, 255, 255)
 EDGE_COLOUR = (215, 215, 215)
-RANGE_QUANTILES = (0.005, 0.995)
 MIN_SIZE = 32
 MAX_SIZE = 2048  # a side of 100000 pixels asked for 23 GB; vision towers read 224 .. 1024
 
@@ -61,20 +60,6 @@ def colour_table() -> np.ndarray:
 
 
 COLOURS = colour_table()
-
-
-def value_range(windows: STWindows, channel: int) -> tuple[float, float]:
-    """``(low, high)`` of ``channel``: the :data:`RANGE_QUANTILES` of its observed train-split values (a constant
-    channel gets ``(v, v + 1)``). Fixed per dataset, so a colour means the same value in every window."""
-    lo, hi = windows.borders["train"]
-    values = windows.data.values[lo:hi, :, channel]
-    observed = windows.observed[lo:hi, :, channel]
-    kept = values[observed]
-    if kept.size == 0:
-        raise RenderError(f"dataset {windows.data.name!r}: channel {channel} has no observed value in the train "
-                          "split, so there is no value range to colour it by")
-    low, high = (float(q) for q in np.quantile(kept, RANGE_QUANTILES))
-    return (low, high) if high > low else (low, low + 1.0)
 
 
 def colour_indices(values: np.ndarray, low: float, high: float) -> np.ndarray:
@@ -153,8 +138,9 @@ class WindowRenderer:
         size: image side in pixels (:data:`MIN_SIZE` .. :data:`MAX_SIZE`).
         panels: history steps per ``map`` image, tiled on a square grid of ``ceil(sqrt(panels))`` columns.
         channel: the channel coloured (index into the dataset's channels).
-        colour_range: ``(low, high)`` to colour on instead of the train split's :func:`value_range` (windows
-            without a train split: a forecast's, coloured as training coloured them).
+        colour_range: ``(low, high)`` to colour on instead of the train split's
+            :func:`~st_instruct.data.windows.image_value_range` (windows without a train split: a forecast's, coloured
+            as training coloured them).
 
     Layout, node order, edges and value range are computed once here; :meth:`render` only colours.
     """
@@ -174,7 +160,7 @@ class WindowRenderer:
         if panels < 1:
             raise RenderError(f"panels must be >= 1, found {panels}")
         self.windows, self.kind, self.size, self.channel = windows, kind, size, channel
-        self.low, self.high = colour_range if colour_range is not None else value_range(windows, channel)
+        self.low, self.high = colour_range if colour_range is not None else image_value_range(windows, channel)
         self.steps = panel_steps(windows.history, panels) if kind == "map" else np.array([windows.history - 1])
         columns = int(np.ceil(np.sqrt(len(self.steps)))) if kind == "map" else 2
         self.columns, self.panel = columns, size // columns
@@ -394,7 +380,7 @@ class WindowImages:
 def build_window_images(config, kind: str, size: int, panels: int = 4, channel: int = 0,
                         windows: list[STWindows] | None = None, value_ranges: dict | None = None) -> WindowImages:
     """:class:`WindowImages` for every dataset of the :class:`~st_instruct.configs.DataConfig` ``config``, windowed
-    as :func:`~st_instruct.data.builder.build_dataset` windows them; or for ``windows`` already cut (a forecast's),
+    as :func:`~st_instruct.samples.builder.build_dataset` windows them; or for ``windows`` already cut (a forecast's),
     coloured on ``value_ranges[dataset name]`` (training's, from the data profile)."""
     from st_instruct.data.loaders import load_series
     from st_instruct.data.windows import build_windows
@@ -421,5 +407,5 @@ def describe_images(kind: str, size: int | None, panels: int, channel: int) -> s
                  "after averaging every node with its graph neighbours, the node x node correlation, and the map of "
                  "the last step")
     return (f"Every window is shown to the model as one {side} RGB image ({kind}) of channel {channel}: {shown}; "
-            f"colours: {colours}. Rendered by `st_instruct.data.render` (`st-instruct render DATASET --window I "
+            f"colours: {colours}. Rendered by `st_instruct.samples.render` (`st-instruct render DATASET --window I "
             f"--kind {kind}` writes one as PNG).")

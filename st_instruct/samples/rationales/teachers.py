@@ -2,7 +2,7 @@
 
 AirGPT (Li, Chen, Xu, Information Fusion 2025) distils a teacher's label-constrained chain of thought (the teacher
 sees the history and the true future) into a student LLM. Two teachers here, both writing the five stages of
-:mod:`~st_instruct.data.rationales.stages`:
+:mod:`~st_instruct.samples.rationales.stages`:
 
 - :class:`AnalyticTeacher` (``name = "analytic"``): writes the history facts into stages 1-4 by fixed rules and the
   label's conclusion into stage 5; deterministic, instant, always valid. It is the fallback of a build and a
@@ -18,8 +18,8 @@ sees the history and the true future) into a student LLM. Two teachers here, bot
   ``prompts/airgpt_teacher.v<N>.jinja`` (the facts, the context and the true conclusion line, asking for the five
   labelled stages; v1 pre-fills the first heading, v2 (the default, highest) stage 1 and the heading of stage 2,
   because SmolLM2-135M echoed v1's list of headings), greedy decoding in left-padded batches
-  with the KV cache. The model loads on the first :meth:`LLMTeacher.generate`, so a build served from the cache never
-  loads it.
+  with the KV cache. The model loads on the first :meth:`LLMTeacher.generate` (through the ``load`` it is given), so
+  a build served from the cache never loads it.
 
 A teacher is any object with ``name``, ``identity`` (for cache keys) and ``generate(facts) -> list[str]``; optional:
 ``batch_size``, ``tokens_generated``, ``generation_seconds`` and ``cache_content(facts) -> str``.
@@ -32,13 +32,13 @@ import json
 import math
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from st_instruct.data.prompts import load_template
-from st_instruct.data.rationales.facts import CITY_MEAN, WindowFacts
-from st_instruct.data.rationales.stages import STAGE_TITLES, format_rationale, stage_heading
-from st_instruct.data.rationales.validate import format_conclusion
+from st_instruct.samples.prompts import load_template
+from st_instruct.samples.rationales.facts import CITY_MEAN, WindowFacts
+from st_instruct.samples.rationales.stages import STAGE_TITLES, format_rationale, stage_heading
+from st_instruct.samples.rationales.validate import format_conclusion
 
 ANALYTIC_VERSION = 1  # bump when the analytic text changes: it is part of the teacher's identity (cache keys)
 NORTHERLY = {"WNW", "NW", "NNW", "N", "NNE"}
@@ -55,7 +55,7 @@ def fmt(value: float | None, decimals: int = 0) -> str:
 
 
 def conclusion_line(facts: WindowFacts) -> str:
-    """The true stage-5 line of ``facts`` (:func:`~st_instruct.data.rationales.validate.format_conclusion`)."""
+    """The true stage-5 line of ``facts`` (:func:`~st_instruct.samples.rationales.validate.format_conclusion`)."""
     return format_conclusion(facts.conclusion_numbers(), facts.target_channel, facts.horizon_steps, facts.unit)
 
 
@@ -163,18 +163,22 @@ class LLMTeacher:
 
     Args:
         model_name_or_path: ``"smollm2-135m"`` (offline SmolLM2-135M-Instruct), a folder or a hub id (local hub cache
-            only when ``HF_HUB_OFFLINE`` is set); loaded by ``st_instruct.models.backbones`` on first use.
+            only when ``HF_HUB_OFFLINE`` is set): the teacher's name, and what ``load`` loads.
         template: the prompt template spec (``prompts/README.md``); ``"airgpt_teacher"`` is its highest version.
         batch_size: windows per ``model.generate`` call.
         max_new_tokens: generation budget per window (the analytic text of 12 stations is about 320 tokens).
-        model / tokenizer: injected instead of loading (tests give tiny ones); the tokenizer needs a chat template.
+        model / tokenizer: the loaded model (tests give tiny ones); the tokenizer needs a chat template.
+        load: ``() -> (model, tokenizer)``, called on the first :meth:`generate` when they were not given, so a build
+            served from the cache never loads the model (:func:`st_instruct.models.backbones.build_teacher` passes
+            one that loads ``model_name_or_path``).
 
     After :meth:`generate`: ``tokens_generated`` (new tokens up to and including the end-of-turn token, all calls)
     and ``generation_seconds`` (wall time in ``model.generate``, all calls).
     """
 
     def __init__(self, model_name_or_path: str = "smollm2-135m", template: str = "airgpt_teacher", batch_size: int = 8,
-                 max_new_tokens: int = 320, model: Any = None, tokenizer: Any = None, stagewise: bool = True):
+                 max_new_tokens: int = 320, model: Any = None, tokenizer: Any = None, stagewise: bool = True,
+                 load: Callable[[], tuple[Any, Any]] | None = None):
         if batch_size < 1 or max_new_tokens < 1:
             raise ValueError(f"batch_size and max_new_tokens must be >= 1, found {batch_size} and {max_new_tokens}")
         self.model_name_or_path = model_name_or_path
@@ -183,7 +187,7 @@ class LLMTeacher:
         self.batch_size = batch_size
         self.max_new_tokens = max_new_tokens
         self.stagewise = stagewise
-        self.model, self.tokenizer = model, tokenizer
+        self.model, self.tokenizer, self.load = model, tokenizer, load
         self.tokens_generated = 0
         self.generation_seconds = 0.0
 
@@ -230,12 +234,14 @@ class LLMTeacher:
         return json.dumps(self.prompt(facts), sort_keys=True)
 
     def _load(self) -> None:
-        from st_instruct.models.backbones import get_backbone, get_tokenizer
-
-        if self.tokenizer is None:
-            self.tokenizer = get_tokenizer(self.model_name_or_path)
-        if self.model is None:
-            self.model = get_backbone(self.model_name_or_path)
+        if self.model is not None and self.tokenizer is not None:
+            return
+        if self.load is None:
+            raise ValueError(f"the teacher {self.name} was given no model and no way to load one: build it with "
+                             "st_instruct.models.backbones.build_teacher, or pass model= and tokenizer=")
+        model, tokenizer = self.load()
+        self.model = self.model if self.model is not None else model
+        self.tokenizer = self.tokenizer if self.tokenizer is not None else tokenizer
 
     def generate(self, facts: Sequence[WindowFacts]) -> list[str]:
         """One rationale text per window (the pre-filled start plus the continuation, special tokens dropped),
