@@ -7,10 +7,12 @@ unique across all recipe dataclasses (TRL's ``SFTConfig`` included), so one flat
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
 import functools
 import math
+import re
 import sys
 from dataclasses import dataclass, field, fields
 from enum import Enum
@@ -19,7 +21,14 @@ from typing import Any
 
 import yaml
 
-from st_instruct.shipped import shipped_recipes
+from st_instruct.shipped import (
+    PROMPTS_ENV,
+    file_sha256,
+    is_trusted_template,
+    names_a_path,
+    resolve_template,
+    shipped_recipes,
+)
 
 GRANULARITIES = ("node", "graph")
 SCALINGS = ("train", "window")
@@ -487,7 +496,7 @@ def cpu_training_defaults(given: set[str]) -> dict[str, Any]:
     without a GPU; multi-process runs on CPU need ``use_cpu`` (DESIGN.md §8). Deriving these from the hardware keeps
     the recipe the same on a laptop, on 2 CPU processes and on 8 GPUs. Empty when CUDA is available.
     """
-    import torch
+    import torch  # here, not at the top: every verb imports configs, and torch takes seconds
 
     if torch.cuda.is_available():
         return {}
@@ -561,8 +570,6 @@ def _fits(value: Any, kind: Any) -> bool:
 
 def _converts(item: Any, kind: Any) -> bool:
     """Whether a string item of a list converts with ``kind`` (``int("last")`` does not); non-strings: True."""
-    import argparse
-
     if not isinstance(item, str):
         return True
     try:
@@ -575,8 +582,6 @@ def _converts(item: Any, kind: Any) -> bool:
 def _check_recipe_template(path: str, config: dict[str, Any]) -> None:
     """A recipe file may only name templates in the trusted folders (prompts/, $ST_INSTRUCT_PROMPTS): a shared
     recipe (or model folder) must not make this machine render a file of its choosing."""
-    from st_instruct.shipped import PROMPTS_ENV, is_trusted_template, names_a_path
-
     value = config.get("template")
     if isinstance(value, str) and names_a_path(value) and not is_trusted_template(value):
         raise RecipeError(f"recipe {path}: key 'template' names {value}, a file outside prompts/ and "
@@ -600,8 +605,6 @@ def _check_flags(args: list[str], known: list[str]) -> None:
 
 
 def _check_template_sha256(configs: tuple[Any, ...]) -> None:
-    from st_instruct.shipped import file_sha256, resolve_template
-
     for config in configs:
         if isinstance(config, DataConfig) and config.template_sha256:
             path = resolve_template(config.template)
@@ -645,6 +648,7 @@ def parse_recipe(dataclass_types: tuple[type, ...], args: list[str] | None = Non
     ``prompts/`` or ``$ST_INSTRUCT_PROMPTS`` (a ``--template`` flag may name any file); a set ``template_sha256``
     must match the template's file.
     """
+    # here, not at the top: every verb imports configs, and TRL / transformers take seconds
     from transformers import TrainingArguments
     from trl import TrlParser
 
@@ -712,8 +716,6 @@ def _null_flags(config: Any, flags: set[str]) -> Any:
 
 def _parser_message(message: str, recipe: str | None, file_keys: set[str]) -> str:
     """argparse's ``argument --history/--history: invalid int value: 'abc'`` as a line naming where it came from."""
-    import re
-
     match = re.match(r"argument (--[\w-]+)(?:/--[\w-]+)*: (.*)", message)
     if match is None:
         return f"{message} (see `st-instruct VERB --help`)"

@@ -60,6 +60,7 @@ def drop_library_noise() -> None:
 
 def disable_library_progress_bars() -> None:
     """Turn off the progress bars of transformers, huggingface_hub and datasets for the rest of the process."""
+    # the libraries whose bars these are: imported when asked for, so importing the console stays instant
     import datasets
     from transformers.utils import logging as transformers_logging
 
@@ -71,7 +72,7 @@ def disable_library_progress_bars() -> None:
 def datasets_progress_bars(enabled: bool) -> Iterator[None]:
     """Within the block, ``datasets``' bars (``tokenising``) on or off as ``enabled``; restored afterwards (a forecast
     call tokenises a few samples and keeps its caller's console as it found it)."""
-    from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+    from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars  # as above
 
     was_disabled = are_progress_bars_disabled()
     (enable_progress_bars if enabled else disable_progress_bars)()

@@ -18,6 +18,11 @@ import os
 from pathlib import Path
 from typing import Any
 
+import httpx2
+from huggingface_hub import CommitOperationAdd, HfApi, constants, get_token
+from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+from huggingface_hub.utils import filter_repo_objects
+
 from st_instruct.model_dir import LOCK_FILE
 from st_instruct.models.card import REPO_PLACEHOLDER
 
@@ -78,9 +83,6 @@ def push_to_hub(directory: str | Path, repo_id: str, *, token: str | None = None
     by ``hf auth login``. Files unchanged since the last push are not committed again. Raises ``HubError``
     (incomplete directory, no token, token rejected, Hub unreachable); the directory is only ever read.
     """
-    from huggingface_hub import CommitOperationAdd, HfApi, constants, get_token
-    from huggingface_hub.utils import filter_repo_objects
-
     directory = check_model_dir(directory)
     endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
     token = token or os.environ.get("HF_TOKEN") or get_token()
@@ -111,9 +113,6 @@ def push_to_hub(directory: str | Path, repo_id: str, *, token: str | None = None
 
 def _hub_error(err: Exception, endpoint: str, repo_id: str, unchanged: str) -> HubError | None:
     """A ``HubError`` for a failure the user can act on (network, offline mode, token, refusal); else None."""
-    import httpx2
-    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
-
     cause: BaseException | None = err
     seen: set[int] = set()
     while cause is not None and id(cause) not in seen:  # the upload may wrap the failure of one of its threads

@@ -30,14 +30,21 @@ order, and a window whose history is mostly unobserved gets no forecast (NaN, li
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import datasets
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+from huggingface_hub import snapshot_download
+from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
+from st_instruct.console import datasets_progress_bars
+from st_instruct.data.files import infer_freq
 from st_instruct.data.input_checks import (
     DEFAULT_MIN_OBSERVED,
     check_timestamps,
@@ -46,7 +53,20 @@ from st_instruct.data.input_checks import (
     order_channels,
     regular_clock,
 )
+from st_instruct.data.profile import profile_adjacency, profile_coords, read_data_profiles
 from st_instruct.data.stdata import STData, STDataError
+from st_instruct.data.windows import StandardScaler, windows_at
+from st_instruct.evaluation.predict import scatter_predictions
+from st_instruct.model_dir import trained_data_config
+from st_instruct.models.collators import build_collator
+from st_instruct.models.rationale import generate_forecast
+from st_instruct.models.saving import load_forecaster as load_saved
+from st_instruct.models.saving import read_backbone_source
+from st_instruct.outputs import check_output_file, staged_file
+from st_instruct.protocols.evaluate import require_rationale_training
+from st_instruct.samples.builder import plan_source, record_batch, sample_columns, sample_features
+from st_instruct.samples.prompts import load_template
+from st_instruct.samples.tokenize import tokenize_dataset
 
 FORECAST_SUFFIXES = (".csv", ".npz")
 SCALING_TEXT = {"train": "values z-scored with its train-split statistics",
@@ -117,8 +137,6 @@ class Forecast:
         indices, ``window_starts``, ``node_names``, ``channels``, ``units``, ``scaling``, ``observed``,
         ``withheld``); returns the path. Staged (:func:`~st_instruct.outputs.staged_file`): an existing file is
         refused unless ``overwrite``, and is replaced only once the new one is complete."""
-        from st_instruct.outputs import staged_file
-
         def text(times: np.ndarray) -> np.ndarray:
             return np.datetime_as_string(times, unit="s") if np.issubdtype(times.dtype, np.datetime64) else times
 
@@ -139,8 +157,6 @@ class Forecast:
 def check_forecast_output(path: str | Path, overwrite: bool = False) -> Path:
     """``path`` if a forecast can be written there (``.csv`` or ``.npz``; :func:`~st_instruct.outputs.
     check_output_file`), checked before any slow work; else one error naming it."""
-    from st_instruct.outputs import check_output_file
-
     path = Path(path)
     if path.suffix not in FORECAST_SUFFIXES:
         raise ValueError(f"--output {path}: the forecast is written as .csv or .npz, not "
@@ -160,8 +176,6 @@ class Forecaster:
     def profiles(self) -> dict[str, dict[str, Any]]:
         """``{training dataset: profile}`` (read once, when first needed)."""
         if self._profiles is None:
-            from st_instruct.data.profile import read_data_profiles
-
             self._profiles = read_data_profiles(self.directory, self.data_config, self.model.st_config.channels)
         return self._profiles
 
@@ -205,8 +219,6 @@ class Forecaster:
         """
         values, timestamps, frame_nodes, frame_channels = _history_array(history, timestamps)
         if timestamps is not None:
-            from st_instruct.data.files import infer_freq
-
             timestamps = check_timestamps(timestamps)
             freq = freq or infer_freq(timestamps)
         data = STData(values=values, name=name or "input", city=city or "", freq=freq,
@@ -228,18 +240,6 @@ class Forecaster:
         what ``st-instruct predict`` does). A field the input leaves at its default (channels ``ch0, ...``, empty
         units or city, no node names, coordinates or graph) is taken from the training dataset's profile when the
         input is that dataset's (:meth:`_match_profile`); what the input says is kept."""
-        import datasets
-        import pyarrow as pa
-
-        from st_instruct.console import datasets_progress_bars
-        from st_instruct.data.windows import StandardScaler, windows_at
-        from st_instruct.evaluation.predict import scatter_predictions
-        from st_instruct.models.collators import build_collator
-        from st_instruct.protocols.evaluate import require_rationale_training
-        from st_instruct.samples.builder import plan_source, record_batch, sample_columns, sample_features
-        from st_instruct.samples.prompts import load_template
-        from st_instruct.samples.tokenize import tokenize_dataset
-
         L, P = self.history, self.horizon
         if rationale:
             require_rationale_training(self.directory, self.data_config, "--rationale (rationale=True)")
@@ -303,8 +303,6 @@ class Forecaster:
         texts: list[str] = []
         predict = None
         if rationale:
-            from st_instruct.models.rationale import generate_forecast
-
             def predict(batch: dict[str, Any]) -> Any:
                 found, forecast = generate_forecast(self.model, self.tokenizer, batch, max_new_tokens=max_new_tokens)
                 texts.extend(found)
@@ -342,8 +340,6 @@ class Forecaster:
         """``(profile, why)``: the training dataset profile ``data`` belongs to -- ``name``'s, else the one with its
         node count and channels (the model's, or all of the profile's) -- and why; ``None`` and the reason for a
         zero-shot input."""
-        import difflib
-
         profiles = self.profiles
         shape = f"{data.num_nodes} nodes and {data.num_channels} channel(s)"
         if name is not None and name not in profiles:
@@ -441,8 +437,6 @@ def _complete(data: STData, profile: dict[str, Any] | None) -> STData:
     step that contradicts the profile's is refused."""
     if profile is None:
         return data
-    from st_instruct.data.profile import profile_adjacency, profile_coords
-
     if profile["freq"] is not None and data.freq is not None and data.freq != profile["freq"]:
         raise STDataError(f"the input's step is {data.freq}, the forecaster was trained on {profile['name']!r} with "
                           f"steps of {profile['freq']}; resample the input")
@@ -494,10 +488,6 @@ def load_forecaster(source: str | Path, *, revision: str | None = None, token: s
     """A saved forecaster ready to :meth:`~Forecaster.forecast`: a folder written by ``st-instruct train`` (or one
     of its ``checkpoint-N`` folders), or a Hub repo id pushed by ``st-instruct push``, downloaded through
     ``huggingface_hub`` into its cache (``HF_HUB_OFFLINE=1`` uses the cached copy and never the network)."""
-    from st_instruct.model_dir import trained_data_config
-    from st_instruct.models.saving import load_forecaster as load_saved
-    from st_instruct.models.saving import read_backbone_source
-
     directory = Path(source).expanduser()
     if directory.is_symlink() and not directory.exists():
         raise FileNotFoundError(f"{directory} is a symbolic link to {os.readlink(directory)}, which does not exist or "
@@ -510,9 +500,6 @@ def load_forecaster(source: str | Path, *, revision: str | None = None, token: s
 
 
 def _download(repo_id: str, revision: str | None, token: str | None, cache_dir: str | Path | None) -> Path:
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
-
     if repo_id.count("/") != 1 or repo_id.startswith((".", "/", "~")):
         raise FileNotFoundError(f"{repo_id}: no such folder, and not a Hub repo id (USER/NAME)")
     try:

@@ -23,7 +23,9 @@ from typing import Any
 
 import yaml
 
+from st_instruct.configs import parse_recipe, train_dataclasses
 from st_instruct.shipped import shipped_dir
+from st_instruct.train import train_and_push
 from st_instruct.training.run import OVERWRITE_FLAG
 
 PROCESSES_FLAG = "--num_processes"
@@ -109,7 +111,7 @@ def _check_config(path: Path, config: dict[str, Any], processes: int, environ: M
 
 def _check_devices(processes: int) -> None:
     """With CUDA, one process per device at most (NCCL refuses two processes on one GPU); without, CPU processes."""
-    import torch
+    import torch  # only here: the launcher stays quick to import for the CLI
 
     if torch.cuda.is_available() and processes > torch.cuda.device_count():
         raise LaunchError(f"{PROCESSES_FLAG} {processes}, but this machine has {torch.cuda.device_count()} CUDA "
@@ -154,9 +156,6 @@ def launch_training(recipe: str, overrides: list[str], num_processes: str | None
     """``st-instruct train``: train ``recipe`` in this process, or on several under accelerate
     (:func:`accelerate_command`); returns the output folder. The recipe is parsed here first either way, so a bad key
     or value is one line rather than one per process."""
-    from st_instruct.configs import parse_recipe, train_dataclasses
-    from st_instruct.train import train_and_push
-
     command = accelerate_command(recipe, overrides, num_processes, accelerate_config, overwrite)
     configs = parse_recipe(train_dataclasses(), [recipe, *overrides])
     if command is None:

@@ -24,6 +24,7 @@ A ``checkpoint-N`` folder has no recipe, profile or records of its own: they are
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -164,8 +165,6 @@ def trained_data_config(directory: str | Path) -> DataConfig:
     Its ``template`` is the file the folder may render: the trusted template or the folder's own copy whose sha256
     is the recipe's ``template_sha256`` (:func:`model_template`; raises otherwise).
     """
-    import dataclasses
-
     recipe = find_recipe(directory)
     values = load_recipe_file(recipe, train_dataclasses())
     names = {f.name for f in dataclasses.fields(DataConfig)}

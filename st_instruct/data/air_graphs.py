@@ -18,9 +18,12 @@ to itself is undefined); a station whose wind speed or direction is missing (NaN
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from st_instruct.data.graph import gaussian_kernel_adjacency, haversine_km
+from st_instruct.data.loaders import load_series
 
 WIND_SPEED_CHANNELS = ("WSPM", "wind_speed", "wspd")
 WIND_DIRECTION_CHANNELS = ("wd_deg", "wind_direction", "wdir")
@@ -132,10 +135,6 @@ def build_window_graphs(config, kind: str, sigma0_km: float, alpha_km: float, se
     the recipe keeps only other channels (``dataset_channels``), so a PM2.5 forecaster still gets its wind graph.
     A dataset without lat/lon coordinates, or (``static_wind``) without wind channels, is refused in one line.
     ``series``: these :class:`~st_instruct.data.stdata.STData` (all their channels) instead of the recipe's."""
-    import dataclasses
-
-    from st_instruct.data.loaders import load_series
-
     if kind not in GRAPH_KINDS:
         raise ValueError(f"the graph kind must be one of {GRAPH_KINDS}, found {kind!r}")
     if kind == "none":

@@ -33,6 +33,7 @@ from st_instruct.data.registry import (
     unknown_name_message,
 )
 from st_instruct.data.stdata import STData, STDataError, normalize_freq, parse_timestamp
+from st_instruct.data.synthetic import SYNTHETIC_CITIES, generate_synthetic
 
 # 16 compass points, clockwise from north in 22.5 degree steps (the convention of the UCI files' `wd` column).
 WIND_DEGREES = {p: 22.5 * i for i, p in enumerate(
@@ -192,8 +193,6 @@ _LOADERS: dict[str, Callable[[Path], STData]] = {
 
 
 def _load_synthetic(name: str) -> STData:
-    from st_instruct.data.synthetic import SYNTHETIC_CITIES, generate_synthetic
-
     city = "default" if name == "synthetic" else name.removeprefix("synthetic-")
     if city not in SYNTHETIC_CITIES:
         raise UnknownDatasetError(unknown_name_message(name))
@@ -318,10 +317,6 @@ def list_datasets() -> list[dict]:
         root = find_dataset_dir(name)
         rows.append({"name": name, "shape": list(spec.shape) if spec.shape else None, "freq": spec.freq,
                      "city": spec.city, "available": root is not None, "where": str(root) if root else None})
-    try:
-        from st_instruct.data.synthetic import SYNTHETIC_CITIES
-    except ImportError:  # generator not installed: only the registered datasets exist
-        return rows
     for name in synthetic_names():
         c = SYNTHETIC_CITIES["default" if name == "synthetic" else name.removeprefix("synthetic-")]
         rows.append({"name": name, "shape": [c.num_steps, c.num_nodes, len(c.channels)], "freq": c.freq,

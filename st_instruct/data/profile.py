@@ -28,6 +28,7 @@ import scipy.sparse as sp
 
 from st_instruct.data.loaders import load_series
 from st_instruct.data.stdata import COORD_KINDS, STData, normalize_freq
+from st_instruct.data.windows import build_windows, image_value_range
 from st_instruct.model_dir import COPY_AGAIN, PROFILE_FILE, find_in_folder, read_json_file
 
 PROFILE_VERSION = 1
@@ -43,8 +44,6 @@ MAX_NODES = 100_000
 
 def data_profile(data: STData, config: Any) -> dict[str, Any]:
     """The profile of ``data`` as the recipe ``config`` (a :class:`~st_instruct.configs.DataConfig`) windows it."""
-    from st_instruct.data.windows import build_windows, image_value_range
-
     windows = build_windows(data, config.history, config.horizon, config.split, config.stride)
     adjacency = None
     if data.adjacency is not None:  # its non-zeros, in the dtype and the layout (dense / sparse) they came in
@@ -72,8 +71,6 @@ def data_profile(data: STData, config: Any) -> dict[str, Any]:
 
 def write_data_profiles(directory: str | Path, config: Any) -> Path:
     """Write ``directory/st_data_profile.json`` with the profile of every dataset of ``config``; returns the path."""
-    from st_instruct.data.loaders import load_series
-
     profiles = {data.name: data_profile(data, config) for data in load_series(config)}
     path = Path(directory) / PROFILE_FILE
     path.write_text(json.dumps({"version": PROFILE_VERSION, "datasets": profiles}) + "\n")

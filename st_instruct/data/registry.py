@@ -31,6 +31,7 @@ from st_instruct.data.fetch import (
     sha256_file,
 )
 from st_instruct.data.stdata import STDataError
+from st_instruct.data.synthetic import SYNTHETIC_CITIES
 
 __all__ = [  # ChecksumError, DownloadError and sha256_file live in fetch.py; they are part of this API too
     "ChecksumError", "DATASETS", "DataFile", "DatasetNotFoundError", "DatasetSpec", "DownloadError",
@@ -240,10 +241,6 @@ for _d, _n, _t, _area, _period, _start, _sha_npz, _sha_csv in (
 # ---------------------------------------------------------------------------------------------------- names
 def synthetic_names() -> list[str]:
     """``synthetic`` (the default city) plus ``synthetic-<city>`` for every other city of the synthetic generator."""
-    try:
-        from st_instruct.data.synthetic import SYNTHETIC_CITIES
-    except ImportError:  # the generator is optional for the registry; names simply are not offered then
-        return ["synthetic"]
     return ["synthetic"] + [f"synthetic-{city}" for city in SYNTHETIC_CITIES if city != "default"]
 
 

@@ -32,6 +32,8 @@ from typing import Any
 import numpy as np
 
 from st_instruct.evaluation.metrics import METRICS
+from st_instruct.evaluation.plots import model_colors, plot_error_per_horizon, plot_forecasts
+from st_instruct.model_dir import MODEL_ROW
 from st_instruct.outputs import OutputExistsError, check_writable, staged_file, staged_output
 
 # the fixed files of an evaluation folder, beside forecasts_<channel>.png ("forecasts.png": one of an earlier version)
@@ -229,8 +231,6 @@ def default_plot_models(results: Mapping[str, Mapping[str, Any]], available: Seq
     """The models the forecast figures draw by default, among ``available`` (those with forecasts): every
     forecaster row (``st_forecaster`` and ``st_forecaster_*``: its controls, its generated-rationale forecast) and
     the best other row by averaged MAE (the strongest baseline); best MAE first."""
-    from st_instruct.model_dir import MODEL_ROW
-
     ranked = _best_first({m: results.get(m, {}) for m in available})
     ours = {m for m in ranked if m == MODEL_ROW or m.startswith(f"{MODEL_ROW}_")}
     best_other = next((m for m in ranked if m not in ours), None)
@@ -287,8 +287,6 @@ def write_evaluation_outputs(report: dict[str, Any], out_dir: str | Path, target
         ``{"results", "error_per_horizon", "forecasts_<channel>" (when drawn, one per channel), "report"}`` ->
         written paths.
     """
-    from st_instruct.evaluation.plots import model_colors, plot_error_per_horizon, plot_forecasts
-
     if (target is None) != (predictions is None):
         raise ValueError("give both target and predictions to plot forecasts, or neither")
     out_dir = Path(out_dir)

@@ -26,9 +26,28 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModelForCausalLM,
+    AutoModelForImageTextToText,
+    AutoProcessor,
+    AutoTokenizer,
+    BitsAndBytesConfig,
+    ProcessorMixin,
+)
 
 from st_instruct.data.registry import cache_dir
-from st_instruct.models.patching import truncate_layers
+from st_instruct.models.patching import VISION_LANGUAGE, truncate_layers
+from st_instruct.models.vlm import (
+    IMAGE_TOKEN,
+    add_image_token,
+    build_embedded_processor,
+    build_embedded_vlm,
+    chatml_vision_template,
+    check_processor,
+    qwen2_vl_processor,
+)
 from st_instruct.samples.rationales.teachers import AnalyticTeacher, LLMTeacher
 from st_instruct.samples.st_tokens import add_st_tokens
 
@@ -81,8 +100,6 @@ def base_num_layers(name_or_path: str) -> int | None:
     """The decoder layer count of a backbone as published, before any ``num_layers`` truncation, read from its
     config alone (an embedded VLM: its language model's); ``None`` when that config cannot be read (a registered
     backbone not converted into the model cache yet, a hub id neither cached nor reachable)."""
-    from transformers import AutoConfig
-
     name = EMBEDDED_VLMS.get(name_or_path, name_or_path)
     source = model_cache_dir() / name / "model" if name in BACKBONES else name
     try:
@@ -99,10 +116,6 @@ def is_vlm_name(name_or_path: str) -> bool:
         return True
     if name_or_path in BACKBONES:
         return False
-    from transformers import AutoConfig
-
-    from st_instruct.models.patching import VISION_LANGUAGE
-
     try:
         return AutoConfig.from_pretrained(name_or_path).model_type in VISION_LANGUAGE
     except (OSError, ValueError):
@@ -112,13 +125,9 @@ def is_vlm_name(name_or_path: str) -> bool:
 def get_processor(name_or_path: str, tokenizer: Any) -> Any:
     """The multimodal processor of a vision-language backbone, holding ``tokenizer`` (the backbone's, with the ST
     tokens added) so that text and images are tokenised alike; refuses one without a chat template."""
-    from st_instruct.models.vlm import build_embedded_processor, check_processor
-
     if name_or_path in EMBEDDED_VLMS:
         processor = build_embedded_processor(tokenizer)
     else:
-        from transformers import AutoProcessor, ProcessorMixin
-
         try:
             processor = AutoProcessor.from_pretrained(name_or_path)
         except (OSError, ValueError, TypeError, AttributeError, ImportError) as err:
@@ -134,10 +143,6 @@ def get_processor(name_or_path: str, tokenizer: Any) -> Any:
 def _image_text_processor(name_or_path: str, tokenizer: Any, err: Exception) -> Any:
     """A Qwen2-VL checkpoint's processor without its video processor (which needs torchvision, DESIGN.md §8:
     ``AutoProcessor`` fails without it): its image processor's PIL backend, ``tokenizer`` and its chat template."""
-    from transformers import AutoConfig, AutoImageProcessor
-
-    from st_instruct.models.vlm import qwen2_vl_processor
-
     try:
         kind = AutoConfig.from_pretrained(name_or_path).model_type
     except (OSError, ValueError):
@@ -171,11 +176,7 @@ def get_tokenizer(name_or_path: str) -> Any:
     A named GGUF backbone's tokenizer is converted once and cached; its ``model_max_length`` is set to the
     context length recorded in the GGUF file (the conversion leaves it unlimited).
     """
-    from transformers import AutoTokenizer
-
     if name_or_path in EMBEDDED_VLMS:
-        from st_instruct.models.vlm import IMAGE_TOKEN, add_image_token, chatml_vision_template
-
         tokenizer = get_tokenizer(EMBEDDED_VLMS[name_or_path])
         add_image_token(tokenizer)
         tokenizer.chat_template = chatml_vision_template(IMAGE_TOKEN)
@@ -192,8 +193,6 @@ def get_tokenizer(name_or_path: str) -> Any:
 
 
 def _convert_gguf_tokenizer(name: str, target: Path) -> None:
-    from transformers import AutoTokenizer
-
     path = gguf_path(name)
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     tokenizer.model_max_length = _gguf_context_length(path)
@@ -213,7 +212,7 @@ def _save_pretrained_atomically(obj, target: Path) -> None:
 
 
 def _gguf_context_length(path: Path) -> int:
-    from gguf import GGUFReader
+    from gguf import GGUFReader  # only the embedded GGUF backbones need it
 
     fields = GGUFReader(path).fields
     architecture = fields["general.architecture"].contents()
@@ -245,8 +244,6 @@ def get_backbone(name_or_path: str, num_layers: int | None = None, dtype: torch.
     """
 
     if name_or_path in EMBEDDED_VLMS:
-        from st_instruct.models.vlm import IMAGE_TOKEN, build_embedded_vlm
-
         if load_in_4bit:
             raise ValueError(f"the embedded VLM {name_or_path!r} is built in full precision (its vision tower trains "
                              "here); set model_load_in_4bit: false")
@@ -262,8 +259,6 @@ def get_backbone(name_or_path: str, num_layers: int | None = None, dtype: torch.
         source = name_or_path
     kwargs: dict[str, Any] = {"dtype": dtype}
     if load_in_4bit:
-        from transformers import BitsAndBytesConfig
-
         kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
                                                            bnb_4bit_compute_dtype=dtype)
     if random_init_seed is not None and load_in_4bit:
@@ -287,8 +282,6 @@ def get_backbone(name_or_path: str, num_layers: int | None = None, dtype: torch.
 
 def _random_backbone(source: str | Path, dtype: torch.dtype, seed: int) -> Any:
     """The architecture of the checkpoint at ``source`` with fresh weights, initialised under ``seed``."""
-    from transformers import AutoConfig
-
     config = AutoConfig.from_pretrained(source)
     with torch.random.fork_rng(devices=[]):  # built on the CPU: only the CPU generator is drawn from
         torch.manual_seed(seed)
@@ -297,8 +290,6 @@ def _random_backbone(source: str | Path, dtype: torch.dtype, seed: int) -> Any:
 
 def _auto_class(source: str | Path) -> Any:
     """``AutoModelForImageTextToText`` for a vision-language checkpoint, else ``AutoModelForCausalLM``."""
-    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
-
     return AutoModelForImageTextToText if is_vlm_name(str(source)) else AutoModelForCausalLM
 
 
@@ -318,8 +309,6 @@ def _not_loadable(name: str, what: str, err: Exception) -> str:
 
 def _convert_gguf_model(name: str, target: Path) -> None:
     """Dequantise the named GGUF backbone once and save it as a plain safetensors checkpoint at ``target``."""
-    from transformers import AutoModelForCausalLM
-
     path = gguf_path(name)
     loaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
     # A GGUF-loaded model refuses save_pretrained ("quantized with gguf"): copy its weights into a plain model of

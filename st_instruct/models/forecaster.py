@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import PretrainedConfig
@@ -260,8 +261,6 @@ def check_st_weights(directory: str | Path, config: STForecasterConfig) -> None:
     graph encoder, projector, head, RevIN, node table, at the width ``hidden_size`` or, with a backbone, the one the
     saved head reads (the backbone's own width is checked against it when the weights are loaded). SE-Attention,
     MRFFN memories, fusion and a VLM's vision parts need the backbone; :func:`load_st_modules` checks those."""
-    from safetensors import SafetensorError, safe_open
-
     directory = Path(directory)
     path = directory / ST_MODULES_FILE
     try:
@@ -639,8 +638,6 @@ def load_st_modules(model: STForecaster, directory: str | Path) -> STForecaster:
     if differ:
         raise ValueError(f"the ST modules in {directory} were saved for another configuration ({'; '.join(differ)}); "
                          "build the model with STForecasterConfig.load(directory) or use load_st_forecaster")
-    from safetensors import SafetensorError
-
     try:
         state = load_file(str(directory / ST_MODULES_FILE))
     except SafetensorError as err:

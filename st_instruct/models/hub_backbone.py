@@ -24,6 +24,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from st_instruct.models.backbones import BACKBONES, BackboneSource, build_base_backbone, embedded_backbone_name
+
 if TYPE_CHECKING:
     from st_instruct.models.backbones import BackboneSource
 
@@ -46,8 +48,6 @@ class STBackbone:
                 backbone's Hub id that no registered backbone has.
             TypeError: further keyword arguments: nothing about the rebuild is configurable, it must be training's.
         """
-        from st_instruct.models.backbones import BackboneSource, build_base_backbone, embedded_backbone_name
-
         if revision is not None:
             raise ValueError(f"adapter_config.json names revision {revision!r} of the base {name_or_path!r}, but "
                              "st_instruct rebuilds a backbone from its name alone; remove the revision key, or load "
@@ -112,8 +112,6 @@ def auto_class(source: BackboneSource, st_modules_inside: bool) -> type:
     ``base_num_layers`` filled in): a rebuilding one when the base's name, 4-bit or not and whether it is embedded
     say how the backbone was built, else the refusal naming the first difference found. ``st_modules_inside``:
     whether ST modules sit inside the backbone (:meth:`STForecaster.st_modules`)."""
-    from st_instruct.models.backbones import BACKBONES
-
     if source.truncated:
         return TruncatedBackbone
     if source.random_init_seed is not None:

@@ -38,7 +38,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from peft import PeftConfig, PeftModel, set_peft_model_state_dict
+from peft.tuners.tuners_utils import BaseTunerLayer
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
+from transformers import AutoTokenizer
 
 from st_instruct.model_dir import (
     ADAPTER_FILES,
@@ -49,7 +53,7 @@ from st_instruct.model_dir import (
     TOKENIZER_FILES,
     read_json_file,
 )
-from st_instruct.models.backbones import BackboneSource, build_base_backbone
+from st_instruct.models.backbones import BackboneSource, base_num_layers, build_base_backbone, hub_model_id
 from st_instruct.models.forecaster import (
     STForecaster,
     STForecasterConfig,
@@ -60,7 +64,9 @@ from st_instruct.models.forecaster import (
     save_st_modules,
     st_state_dict,
 )
-from st_instruct.models.patching import unwrap
+from st_instruct.models.hub_backbone import auto_class
+from st_instruct.models.patching import decoder_layers, unwrap
+from st_instruct.samples.st_tokens import ST_TOKENS, st_token_ids
 
 FORMATS = ("adapter", "full", "base", "none")
 
@@ -81,8 +87,6 @@ def backbone_format(model: STForecaster) -> str:
     # modules, so they never make a backbone "full"
     st = {id(p) for module in model.st_modules().values() for p in module.parameters()}
     if is_peft_model(model.backbone):
-        from peft.tuners.tuners_utils import BaseTunerLayer
-
         adapter = {id(p) for module in model.backbone.modules() if isinstance(module, BaseTunerLayer)
                    for name in module.adapter_layer_names for p in getattr(module, name).parameters()}
         base = [name for name, p in model.backbone.named_parameters()
@@ -128,10 +132,6 @@ def save_forecaster(model: STForecaster, directory: str | Path, source: Backbone
 def _with_records(source: BackboneSource, model: STForecaster, tokenizer: Any) -> BackboneSource:
     """``source`` with ``base_num_layers`` (``None`` without a backbone) and ``added_tokens`` (``None`` without a
     tokenizer) filled in."""
-    from st_instruct.models.backbones import base_num_layers
-    from st_instruct.models.patching import decoder_layers
-    from st_instruct.samples.st_tokens import ST_TOKENS, st_token_ids
-
     layers = None
     if model.backbone is not None:  # untruncated: the live count, no config to read
         layers = len(decoder_layers(model.backbone)) if source.num_layers is None else \
@@ -147,9 +147,6 @@ def _rewrite_adapter_config(path: Path, source: BackboneSource, model: STForecas
     """Point the ``adapter_config.json`` PEFT just wrote at the base's Hub id and at the
     :mod:`~st_instruct.models.hub_backbone` class that rebuilds the backbone or refuses (module docstring); every
     other key stays as PEFT wrote it."""
-    from st_instruct.models.backbones import hub_model_id
-    from st_instruct.models.hub_backbone import auto_class
-
     inside = {id(module) for module in model.backbone.modules()}
     st_modules_inside = any(id(module) in inside for module in model.st_modules().values())
     cls = auto_class(source, st_modules_inside)
@@ -215,8 +212,6 @@ def _backbone_source(path: Path, meta: dict[str, Any]) -> BackboneSource:
 
 def check_safetensors(path: Path) -> None:
     """Raise a ValueError naming ``path`` when it is not a complete safetensors file (header and data readable)."""
-    from safetensors import SafetensorError, safe_open
-
     try:
         with safe_open(str(path), framework="pt"):
             pass
@@ -229,9 +224,6 @@ def load_forecaster(directory: str | Path) -> tuple[STForecaster, Any]:
     """``(model in eval mode, tokenizer)`` from a directory written by :func:`save_forecaster`. Its files are checked
     against each other (:func:`read_backbone_source`, :meth:`STForecasterConfig.load`, :func:`check_st_weights`, the
     tokenizer's files) before anything is built, so an edited or incomplete folder is one error naming the file."""
-    from peft import PeftModel
-    from transformers import AutoTokenizer
-
     directory = Path(directory)
     source, kind = read_backbone_source(directory)
     config = STForecasterConfig.load(directory)
@@ -259,8 +251,6 @@ def _trained_adapter_config(directory: Path) -> Any:
     """The adapter's PEFT config with the task type training used (kept in ``auto_mapping["task_type"]``, module
     docstring; folders written before keep it in ``task_type``), so the backbone is wrapped in the PEFT class it
     trained in (``PeftModelForCausalLM`` for LoRA, not a plain ``PeftModel``)."""
-    from peft import PeftConfig
-
     config = PeftConfig.from_pretrained(str(directory))
     if isinstance(config.auto_mapping, dict) and "task_type" in config.auto_mapping:
         config.task_type = config.auto_mapping["task_type"]
@@ -270,8 +260,6 @@ def _trained_adapter_config(directory: Path) -> Any:
 def load_forecaster_weights(model: STForecaster, directory: str | Path) -> STForecaster:
     """Copy the weights saved in ``directory`` into ``model`` in place (resuming from a checkpoint); the model must
     have the same structure (same freeze plan, same ST config). Returns ``model``."""
-    from peft import set_peft_model_state_dict
-
     directory = Path(directory)
     _, kind = read_backbone_source(directory)
     if kind != backbone_format(model):

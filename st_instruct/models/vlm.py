@@ -17,6 +17,19 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from tokenizers import AddedToken
+from transformers import (
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaProcessor,
+    Qwen2VLProcessor,
+    SiglipImageProcessorPil,
+    SiglipVisionConfig,
+)
+from transformers.processing_utils import ProcessorMixin
+
+from st_instruct.models.patching import image_size_of, unwrap
+from st_instruct.samples.st_tokens import grow_embeddings
 
 IMAGE_TOKEN = "<image>"
 # the text standing for one image in each family's chat template (the processor expands it to the image's tokens)
@@ -45,8 +58,6 @@ def chatml_vision_template(image_text: str) -> str:
 
 def add_image_token(tokenizer: Any) -> int:
     """Add :data:`IMAGE_TOKEN` to ``tokenizer`` as a special token (idempotent); returns its id."""
-    from tokenizers import AddedToken
-
     if IMAGE_TOKEN not in tokenizer.get_added_vocab():
         tokenizer.add_special_tokens({"extra_special_tokens": [AddedToken(IMAGE_TOKEN, special=True,
                                                                           normalized=False)]},
@@ -59,10 +70,6 @@ def build_embedded_vlm(language_model: Any, image_token_id: int, vocab_size: int
     random one): ``LlavaForConditionalGeneration`` with its weights copied in, the vocabulary grown to
     ``vocab_size`` (new rows the mean of the others), and the :data:`EMBEDDED_VISION` tower and projector drawn
     from :data:`EMBEDDED_VISION_SEED` (the global generator is left as it was)."""
-    from transformers import LlavaConfig, LlavaForConditionalGeneration, SiglipVisionConfig
-
-    from st_instruct.samples.st_tokens import grow_embeddings
-
     grow_embeddings(language_model, vocab_size, [image_token_id])
     text_config = language_model.config
     config = LlavaConfig(vision_config=SiglipVisionConfig(**EMBEDDED_VISION), text_config=text_config,
@@ -82,8 +89,6 @@ def build_embedded_vlm(language_model: Any, image_token_id: int, vocab_size: int
 def build_embedded_processor(tokenizer: Any) -> Any:
     """The embedded VLM's processor: ``LlavaProcessor`` with SigLIP's PIL image processor at the tower's size and
     :func:`chatml_vision_template`; ``tokenizer`` must hold :data:`IMAGE_TOKEN`."""
-    from transformers import LlavaProcessor, SiglipImageProcessorPil
-
     size = EMBEDDED_VISION["image_size"]
     tokenizer.chat_template = chatml_vision_template(IMAGE_TOKEN)
     return LlavaProcessor(image_processor=SiglipImageProcessorPil(size={"height": size, "width": size}),
@@ -108,8 +113,6 @@ def check_processor(processor: Any, name: str) -> None:
 def check_image_size(model: Any, size: int, name: str) -> None:
     """Refuse an image side the VLM's vision tower cannot take: a fixed-size tower (SigLIP / CLIP inside LLaVA,
     Idefics3) takes its ``image_size`` only; Qwen2-VL takes multiples of ``patch_size * spatial_merge_size``."""
-    from st_instruct.models.patching import image_size_of, unwrap
-
     expected = image_size_of(model)
     if expected is not None and size != expected:
         raise ValueError(f"image_size is {size}, but the vision tower of {name!r} takes {expected} x {expected} "
@@ -125,9 +128,6 @@ def qwen2_vl_processor(image_processor: Any, tokenizer: Any, chat_template: str 
     """A Qwen2-VL / Qwen2.5-VL processor for images and text only. transformers' ``Qwen2VLProcessor`` insists on a
     video processor, and every video processor needs torchvision, which must not be installed here (DESIGN.md §8);
     this subclass drops the video modality and keeps the rest (the image-token expansion and ``image_grid_thw``)."""
-    from transformers import Qwen2VLProcessor
-    from transformers.processing_utils import ProcessorMixin
-
     class Qwen2VLImageTextProcessor(Qwen2VLProcessor):
         def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
             self.image_token = getattr(tokenizer, "image_token", None) or "<|image_pad|>"

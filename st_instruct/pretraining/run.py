@@ -21,8 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
+from tqdm.auto import tqdm
 
 from st_instruct.configs import (
     DataConfig,
@@ -32,9 +34,13 @@ from st_instruct.configs import (
     TrainingDivergedError,
     recipe_dict,
 )
-from st_instruct.data.windows import STWindows
+from st_instruct.data.loaders import load_series
+from st_instruct.data.masks import draw_mask
+from st_instruct.data.windows import STWindows, build_windows
 from st_instruct.models.st_encoders import ENCODER_CONFIG_FILE, STEncoderConfig, build_st_encoder
+from st_instruct.outputs import check_writable, staged_output
 from st_instruct.pretraining.model import HEAD_FILE, PretrainModel, forecast_loss, reconstruction_loss
+from st_instruct.samples.builder import node_coordinates
 
 ENCODER_FILE = "encoder.safetensors"
 RECIPE_FILE = "recipe.yaml"
@@ -62,10 +68,6 @@ class PretrainSource:
 def load_sources(data_config: DataConfig, families: list[str]) -> list[PretrainSource]:
     """Every dataset of the recipe, windowed; refuses learned coordinates and datasets of different channel
     counts (one encoder reads them all)."""
-    from st_instruct.data.loaders import load_series
-    from st_instruct.data.windows import build_windows
-    from st_instruct.samples.builder import node_coordinates
-
     if data_config.coordinates == "learned":
         raise RecipeError("coordinates: learned is a table per node id trained with the forecaster, not part of the "
                           "pretrained encoder; pretrain with laplacian, geo, grid or none coordinates")
@@ -107,8 +109,6 @@ def step_loss(model: PretrainModel, batch: dict[str, torch.Tensor], source: Pret
               generator: torch.Generator) -> torch.Tensor:
     """The loss of one batch: the forecast readout's masked MAE, or (``mae``) one mask family drawn from
     ``source.families`` hiding entries that the decoder must reconstruct."""
-    from st_instruct.data.masks import draw_mask
-
     inputs = {key: value for key, value in batch.items() if not key.startswith("target")}
     if model.objective == "forecast":
         return forecast_loss(model(**inputs), batch["target"], batch["target_mask"])
@@ -148,8 +148,6 @@ def train_encoder(data_config: DataConfig, model_config: ModelConfig, config: Pr
 
     A loss that turns inf or nan stops the run before its step is applied, and weights left non-finite by the last
     step are refused too (:class:`TrainingDivergedError`), so no folder of non-finite weights is ever written."""
-    from tqdm.auto import tqdm
-
     sources = load_sources(data_config, list(config.pretrain_mask_families))
     first = sources[0]
     encoder_config = STEncoderConfig(kind=model_config.st_encoder, history=data_config.history,
@@ -200,8 +198,6 @@ def save_encoder(model: PretrainModel, encoder_config: STEncoderConfig, log: dic
                  recipe: dict, overwrite: bool = False) -> Path:
     """Write the pretrained folder (module docstring) through ``staged_output``: it appears only once complete,
     and a non-empty ``output`` is refused unless ``overwrite``."""
-    from st_instruct.outputs import staged_output
-
     output = Path(output)
     with staged_output(output, overwrite=overwrite, flag="--overwrite") as staging:
         save_file(model.encoder.state_dict(), str(staging / ENCODER_FILE), metadata={"format": "pt"})
@@ -216,8 +212,6 @@ def pretrain(data_config: DataConfig, model_config: ModelConfig, config: Pretrai
              progress: bool = True) -> Path:
     """Pretrain the recipe's encoder and save its folder at ``pretrain_output_dir``; returns that path. Nothing is
     overwritten unasked (``overwrite``), checked before any work."""
-    from st_instruct.outputs import check_writable
-
     output = Path(config.pretrain_output_dir)
     check_writable(output, overwrite, "--overwrite")
     model, encoder_config, log = train_encoder(data_config, model_config, config, progress)
@@ -246,8 +240,6 @@ def get_pretrained_encoder(directory: str | Path, expected: STEncoderConfig) -> 
     if differ:
         raise RecipeError(f"{key}: the encoder in {directory} does not fit this recipe ({'; '.join(differ)}); "
                           f"pretrain one with the recipe's settings or set them to the folder's")
-    from safetensors import SafetensorError
-
     path = directory / ENCODER_FILE
     encoder = build_st_encoder(saved)
     try:
@@ -263,8 +255,6 @@ def load_readout_into_skip(directory: str | Path, head: nn.Module) -> None:
     with a skip path) from the forecast readout saved in ``directory``
     (:meth:`~st_instruct.models.regression_head.RegressionHead.start_from_skip`); a :class:`RecipeError` naming the
     folder for one without a forecast readout or with one of another horizon or channel count."""
-    from safetensors import SafetensorError
-
     path = Path(directory) / HEAD_FILE["forecast"]
     if not path.is_file():
         found = [name for name in HEAD_FILE.values() if (Path(directory) / name).is_file()]

@@ -36,11 +36,20 @@ from typing import Any
 
 import numpy as np
 
-from st_instruct.configs import DataConfig
+from st_instruct.configs import DATASET_SPEC_KEYS, DataConfig
+from st_instruct.data.loaders import dataset_spec
+from st_instruct.evaluation.baselines import BASELINES, SOURCE_SUFFIX, run_baselines, run_source_baselines
 from st_instruct.evaluation.metrics import horizon_metrics
+from st_instruct.evaluation.plots import window_times
 from st_instruct.evaluation.predict import scatter_predictions
 from st_instruct.model_dir import MODEL_ROW, read_few_shot, trained_data_config
+from st_instruct.models.collators import build_collator
+from st_instruct.models.forecaster import STForecasterConfig
+from st_instruct.models.rationale import generate_forecast
+from st_instruct.models.saving import load_forecaster, read_backbone_source
+from st_instruct.protocols.baselines import make_report, prepare_windows
 from st_instruct.protocols.controls import read_control
+from st_instruct.samples.builder import build_dataset
 
 GENERATED_NAME = "st_forecaster_generated"  # the same model's forecast after the rationale it generates
 # bump a protocol's version when what it fits, scales or scores changes
@@ -79,8 +88,6 @@ def evaluation_config(trained: DataConfig, dataset: str, data_dir: str | None = 
     ``spec`` holds the given specification as :func:`~st_instruct.data.loaders.get_dataset` keywords. The recipe's
     rationale teacher is dropped: the scored splits are direct samples either way.
     """
-    from st_instruct.configs import DATASET_SPEC_KEYS
-
     in_domain = any(_same_dataset(dataset, name) for name in trained.dataset_names)
     protocol = "in-domain" if in_domain else f"zero-shot (trained on {', '.join(trained.dataset_names)})"
     spec = spec or {}
@@ -113,8 +120,6 @@ def report_rows(models: Sequence[str] | None, control_rows: Sequence[str] = (), 
     """The rows an evaluation reports: the forecaster, its generated-rationale forecast, its controls
     (``control_rows``, as :func:`read_control` names them), the baselines ``models`` (default all) and, zero-shot,
     the same baselines fitted on the source (``NAME@source``); a baseline that cannot run is reported skipped."""
-    from st_instruct.evaluation.baselines import BASELINES, SOURCE_SUFFIX
-
     baselines = list(BASELINES) if models is None else list(models)
     return [MODEL_ROW, *([GENERATED_NAME] if generate_rationales else []), *control_rows, *baselines,
             *([f"{name}{SOURCE_SUFFIX}" for name in baselines] if zero_shot else [])]
@@ -132,10 +137,6 @@ def _source_baselines(trained: DataConfig, target: Any, models: Sequence[str] | 
     """The baselines fitted on the one source dataset of ``trained`` (windowed as the recipe windows it) and
     scored on ``target`` (:func:`~st_instruct.evaluation.baselines.run_source_baselines`); all skipped with the
     reason when the recipe trained on several datasets."""
-    from st_instruct.data.loaders import dataset_spec
-    from st_instruct.evaluation.baselines import BASELINES, SOURCE_SUFFIX, run_source_baselines
-    from st_instruct.protocols.baselines import prepare_windows
-
     names = list(BASELINES) if models is None else list(models)
     if len(trained.dataset_names) != 1:
         reason = (f"the forecaster was trained on {len(trained.dataset_names)} datasets "
@@ -152,8 +153,6 @@ def _generated_forecasts(model: Any, tokenizer: Any, collator: Any, samples: Any
                          progress: bool = True) -> dict[str, Any]:
     """:func:`scatter_predictions` of the forecasts read after a generated rationale (progress bar per sample),
     with the first three texts."""
-    from st_instruct.models.rationale import generate_forecast
-
     examples: list[dict[str, Any]] = []
 
     def predict(batch: dict[str, Any]) -> Any:
@@ -211,15 +210,6 @@ def evaluate_forecaster(model_dir: str | Path, dataset: str, data_dir: str | Non
     ``node_names`` and ``units`` (one per channel) for
     :func:`~st_instruct.evaluation.report.write_evaluation_outputs`.
     """
-    from st_instruct.data.loaders import dataset_spec
-    from st_instruct.evaluation.baselines import run_baselines
-    from st_instruct.evaluation.plots import window_times
-    from st_instruct.models.collators import build_collator
-    from st_instruct.models.forecaster import STForecasterConfig
-    from st_instruct.models.saving import load_forecaster, read_backbone_source
-    from st_instruct.protocols.baselines import make_report, prepare_windows
-    from st_instruct.samples.builder import build_dataset
-
     read_backbone_source(model_dir)  # names the missing files before anything slow
     control_rows = {read_control(folder, model_dir): Path(folder) for folder in controls}
     if len(control_rows) < len(controls):
@@ -353,14 +343,6 @@ def explain_window(model_dir: str | Path, dataset: str, window: int, node: int |
     ``forecast`` / ``truth`` ``[P, N', C]`` in original units (truth NaN where missing), ``times`` (each horizon
     step's timestamp, or step numbers) and ``sample_id``. A node-level recipe needs ``node`` (its sample is one
     node's)."""
-    from st_instruct.data.loaders import dataset_spec
-    from st_instruct.evaluation.plots import window_times
-    from st_instruct.models.collators import build_collator
-    from st_instruct.models.rationale import generate_forecast
-    from st_instruct.models.saving import load_forecaster, read_backbone_source
-    from st_instruct.protocols.baselines import prepare_windows
-    from st_instruct.samples.builder import build_dataset
-
     read_backbone_source(model_dir)
     trained = trained_data_config(model_dir)
     require_rationale_training(model_dir, trained, "explain")

@@ -20,7 +20,20 @@ import math
 from pathlib import Path
 from typing import Any
 
-from st_instruct.model_dir import FEW_SHOT_FILE
+import yaml
+from transformers import PrinterCallback
+
+from st_instruct.configs import parse_recipe, recipe_dict, train_dataclasses
+from st_instruct.data.loaders import load_series
+from st_instruct.data.profile import write_data_profiles
+from st_instruct.data.windows import build_windows
+from st_instruct.model_dir import FEW_SHOT_FILE, RECIPE_FILE, find_recipe, save_template_copy, trained_data_config
+from st_instruct.models.card import write_model_card
+from st_instruct.models.forecaster import STForecasterConfig
+from st_instruct.models.saving import load_forecaster_weights, read_backbone_source
+from st_instruct.outputs import check_writable, staged_output
+from st_instruct.protocols.evaluate import evaluation_config
+from st_instruct.training.run import build_forecaster, build_trainer
 
 
 def few_shot_train_windows(num_train_windows: int, fraction: float) -> int:
@@ -44,20 +57,6 @@ def few_shot_finetune(model_dir: str | Path, dataset: str, fraction: float, outp
 
     The folder is written staged (:func:`~st_instruct.outputs.staged_output`): an existing one is refused before any
     work unless ``overwrite`` (``--overwrite``), and replaced only once the new one is complete."""
-    import yaml
-    from transformers import PrinterCallback
-
-    from st_instruct.configs import parse_recipe, recipe_dict, train_dataclasses
-    from st_instruct.data.profile import write_data_profiles
-    from st_instruct.data.windows import build_windows
-    from st_instruct.model_dir import RECIPE_FILE, find_recipe, save_template_copy, trained_data_config
-    from st_instruct.models.card import write_model_card
-    from st_instruct.models.forecaster import STForecasterConfig
-    from st_instruct.models.saving import load_forecaster_weights, read_backbone_source
-    from st_instruct.outputs import check_writable, staged_output
-    from st_instruct.protocols.evaluate import evaluation_config
-    from st_instruct.training.run import build_forecaster, build_trainer
-
     check_writable(output_dir, overwrite, "--overwrite", "an earlier few-shot model")
     source, _ = read_backbone_source(model_dir)  # names missing files before anything slow
     few_shot_train_windows(1, fraction)  # checks the fraction
@@ -117,7 +116,5 @@ def few_shot_finetune(model_dir: str | Path, dataset: str, fraction: float, outp
 
 def _load(config: Any) -> Any:
     """The one series of a single-dataset data config, loaded as the builder loads it."""
-    from st_instruct.data.loaders import load_series
-
     (series,) = load_series(config)
     return series

@@ -94,6 +94,7 @@ from st_instruct.samples.prompts import (
 from st_instruct.samples.rationale_samples import add_rationales
 from st_instruct.samples.rationales.teachers import AnalyticTeacher
 from st_instruct.samples.st_tokens import ST_HIS, ST_PRE
+from st_instruct.samples.tokenize import tokenize_dataset
 from st_instruct.shipped import TemplateError
 
 # Bump when the sample columns or their meaning change: it is part of every fingerprint.
@@ -515,8 +516,6 @@ def build_dataset(config: DataConfig, tokenizer: Any = None, teacher: Any = None
                 built.save_to_disk(str(partial))
         result = datasets.load_from_disk(str(path))
     if tokenizer is not None:
-        from st_instruct.samples.tokenize import tokenize_dataset
-
         result = tokenize_dataset(result, tokenizer, max_length=None)
     return result
 

@@ -27,6 +27,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from datasets import Value
+
+from st_instruct.data.loaders import load_series
+from st_instruct.samples.rationales.build import build_rationales
+from st_instruct.samples.rationales.facts import window_facts
+from st_instruct.samples.rationales.teachers import AnalyticTeacher
 
 RATIONALE_SEPARATOR = "\n"  # between the rationale and the answer frame in the assistant's answer
 RATIONALE_COLUMNS = ("rationale", "rationale_source")
@@ -43,13 +49,6 @@ def add_rationales(built: Any, series: list, config: Any, teacher: Any, cache_di
     and the answers of the chosen training samples rewritten as :func:`student_answer` (module docstring), written by
     ``teacher`` (the one ``rationale_teacher`` names) and cached in ``cache_dir``. ``series``: the recipe's datasets
     as the builder loaded them (their names and slicing)."""
-    from datasets import Value
-
-    from st_instruct.data.loaders import load_series
-    from st_instruct.samples.rationales.build import build_rationales
-    from st_instruct.samples.rationales.facts import window_facts
-    from st_instruct.samples.rationales.teachers import AnalyticTeacher
-
     if not 0 < config.rationale_fraction <= 1:
         raise ValueError(f"rationale_fraction must be in (0, 1], found {config.rationale_fraction}")
     full = {data.name: data for data in load_series(dataclasses.replace(config, dataset_channels=None))}

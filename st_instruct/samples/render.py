@@ -32,8 +32,10 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from st_instruct.data.graph import laplacian_eigenvectors
+from st_instruct.data.loaders import load_series
 from st_instruct.data.stdata import STData
-from st_instruct.data.windows import STWindows, image_value_range
+from st_instruct.data.windows import STWindows, build_windows, image_value_range
+from st_instruct.outputs import check_output_file, staged_file
 
 IMAGE_KINDS = ("map", "multiview")
 # viridis at 0, 0.1, ..., 1 (matplotlib's colour map, CC0)
@@ -336,8 +338,6 @@ def correlation(rows: np.ndarray) -> np.ndarray:
 def window_files(out_dir: str, stem: str, kind: str, overwrite: bool = False) -> tuple[Path, Path]:
     """The paths :func:`save_window` writes, ``<stem>-<kind>.png`` and ``<stem>.gif`` in ``out_dir``, each checked
     (:func:`~st_instruct.outputs.check_output_file`: an existing one is refused unless ``overwrite``)."""
-    from st_instruct.outputs import check_output_file
-
     folder = Path(out_dir)
     if folder.is_file():
         raise NotADirectoryError(f"--out {folder} is a file; give the folder for the PNG and the GIF")
@@ -349,8 +349,6 @@ def save_window(renderer: WindowRenderer, split: str, index: int, out_dir: str, 
                 overwrite: bool = False) -> list[str]:
     """Write ``<stem>-<kind>.png`` (the image the model reads) and ``<stem>.gif`` (every step of the window, 400 ms
     each) into ``out_dir`` (:func:`window_files`), each staged; returns the two paths."""
-    from st_instruct.outputs import staged_file
-
     png, gif = window_files(out_dir, stem, renderer.kind, overwrite)
     image = png_bytes(renderer.render(renderer.window_history(split, index)))
     frames = renderer.frames(split, index)
@@ -382,9 +380,6 @@ def build_window_images(config, kind: str, size: int, panels: int = 4, channel: 
     """:class:`WindowImages` for every dataset of the :class:`~st_instruct.configs.DataConfig` ``config``, windowed
     as :func:`~st_instruct.samples.builder.build_dataset` windows them; or for ``windows`` already cut (a forecast's),
     coloured on ``value_ranges[dataset name]`` (training's, from the data profile)."""
-    from st_instruct.data.loaders import load_series
-    from st_instruct.data.windows import build_windows
-
     if windows is None:
         windows = [build_windows(data, config.history, config.horizon, config.split, config.stride)
                    for data in load_series(config)]

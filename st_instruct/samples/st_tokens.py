@@ -12,10 +12,13 @@ them inside the distribution the backbone has seen (Hewitt, "Initializing new wo
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from tokenizers import AddedToken
+from transformers.integrations import is_deepspeed_zero3_enabled
 
 ST_HIS = "<st_his>"
 ST_PRE = "<st_pre>"
@@ -60,8 +63,6 @@ def add_st_tokens(tokenizer: Any, model: torch.nn.Module | None = None) -> STTok
     Returns:
         the ids of the four tokens.
     """
-    from tokenizers import AddedToken
-
     before = set(tokenizer.get_added_vocab())
     new_tokens = [AddedToken(token, special=True, normalized=False) for token in ST_TOKENS if token not in before]
     if new_tokens:
@@ -79,10 +80,6 @@ def grow_embeddings(model: Any, vocab_size: int, new_ids: list[int]) -> None:
     Under DeepSpeed ZeRO-3 every process holds only a shard of each weight (its ``shape`` is empty): the row count
     is read from the module (``num_embeddings``) and the weights are gathered for the edit, rank 0's edit scattered
     back. Reading the shard's shape once made every row "new" and the mean of no rows, NaN, the whole embedding."""
-    import contextlib
-
-    from transformers.integrations import is_deepspeed_zero3_enabled
-
     rows = model.get_input_embeddings().num_embeddings
     if rows < vocab_size:
         model.resize_token_embeddings(vocab_size, mean_resizing=False)
@@ -97,7 +94,7 @@ def grow_embeddings(model: Any, vocab_size: int, new_ids: list[int]) -> None:
         weights.append(output.weight)
     gathered = contextlib.nullcontext()
     if is_deepspeed_zero3_enabled():
-        import deepspeed
+        import deepspeed  # an optional dependency, present under ZeRO-3
 
         gathered = deepspeed.zero.GatheredParameters(weights, modifier_rank=0)
     with gathered, torch.no_grad():

@@ -23,6 +23,8 @@ from functools import partial
 from operator import itemgetter
 from typing import Any
 
+from datasets import IterableDataset, IterableDatasetDict
+
 from st_instruct.samples.st_tokens import STTokenIds, st_token_ids
 
 IGNORE_INDEX = -100
@@ -81,8 +83,6 @@ def tokenize_dataset(dataset_dict: Any, tokenizer: Any, max_length: int | None =
     ``num_proc`` is ignored there). Reads the ``messages`` column, and for error messages and checks ``sample_id``,
     ``template`` and ``node_index`` (its length is ``N'``) when present; every other column is kept unchanged.
     """
-    from datasets import IterableDataset, IterableDatasetDict
-
     function = partial(
         _tokenize_columns, tokenizer=tokenizer, limit=context_length(tokenizer, max_length),
         ids=st_token_ids(tokenizer),

@@ -33,6 +33,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from peft import LoraConfig, PeftModel, TrainableTokensConfig, get_peft_model, prepare_model_for_kbit_training
+from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
 from st_instruct.models.forecaster import ST_MODULE_NAMES, VISION_MODULE_NAMES, STForecaster
@@ -154,8 +156,6 @@ def apply_freeze_plan(model: STForecaster, plan: str, *, lora_r: int = 8, lora_a
     if _is_peft_model(backbone):
         _check_same_adapter(backbone, wanted, plan)
     elif wanted is not None:
-        from peft import get_peft_model, prepare_model_for_kbit_training
-
         if plan == "qlora":
             # freezes the base, upcasts fp16/bf16 leftovers to fp32; gradient checkpointing is the trainer's switch
             backbone = prepare_model_for_kbit_training(backbone, use_gradient_checkpointing=False)
@@ -188,14 +188,10 @@ def _peft_config(model: STForecaster, plan: str, r: int, alpha: int, dropout: fl
         raise ValueError(f"<st_pre> has id {tokens[0]}, outside the backbone's {rows} embedding rows; add the ST "
                          "tokens to the model with add_st_tokens(tokenizer, backbone)")
     if plan in ("lora", "qlora"):
-        from peft import LoraConfig
-
         return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, task_type="CAUSAL_LM",
                           target_modules=_lora_targets(model.backbone, targets, vision_lora),
                           trainable_token_indices=tokens)
     if tokens is not None:
-        from peft import TrainableTokensConfig
-
         embedding = next(name for name, module in unwrap(model.backbone).named_modules()
                          if module is input_embeddings(model.backbone))
         return TrainableTokensConfig(target_modules=[embedding.rsplit(".", 1)[-1]], token_indices=tokens)
@@ -223,8 +219,6 @@ def _lora_targets(backbone: nn.Module, targets: Sequence[str] | None, vision_lor
 
 
 def _is_peft_model(module: nn.Module) -> bool:
-    from peft import PeftModel
-
     return isinstance(module, PeftModel)
 
 
@@ -258,8 +252,6 @@ def _adapter_parameters(backbone: nn.Module) -> set[int]:
     """``id`` of every PEFT adapter parameter (LoRA A/B, trainable-token deltas) in ``backbone``."""
     if not _is_peft_model(backbone):
         return set()
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
     ids = set()
     for module in backbone.modules():
         if isinstance(module, BaseTunerLayer):

@@ -16,8 +16,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+import torch.distributed as dist
 import yaml
+from tqdm.auto import tqdm
+from transformers import set_seed
+from transformers.integrations import TensorBoardCallback
+from transformers.integrations.integration_utils import default_logdir
 
 from st_instruct.configs import (
     DataConfig,
@@ -27,12 +33,29 @@ from st_instruct.configs import (
     check_recipe_consistency,
     recipe_dict,
 )
+from st_instruct.data.loaders import load_series
+from st_instruct.data.profile import write_data_profiles
 from st_instruct.model_dir import (
+    BACKBONE_FILE,
     RECIPE_FILE,
     TRAINER_STATE_FILE,
     checkpoint_folders,
     checkpoint_missing,
+    save_template_copy,
 )
+from st_instruct.models.backbones import BackboneSource, build_teacher, get_backbone, get_tokenizer
+from st_instruct.models.collators import build_collator
+from st_instruct.models.forecaster import STForecaster, STForecasterConfig
+from st_instruct.models.mrffn import init_memory_from_patterns, memory_modules, recorded_inputs
+from st_instruct.models.patching import hidden_size, is_vision_language
+from st_instruct.models.regression_head import gather_positions
+from st_instruct.outputs import check_writable, clean_stale_siblings, commit, is_nonempty, sibling, staged_into
+from st_instruct.pretraining.run import get_pretrained_encoder, load_readout_into_skip
+from st_instruct.samples.builder import build_dataset
+from st_instruct.samples.collator import STDataCollator
+from st_instruct.samples.st_tokens import add_st_tokens
+from st_instruct.training.freeze import FreezeReport, apply_freeze_plan
+from st_instruct.training.trainer import STSFTTrainer
 
 OVERWRITE_FLAG = "--overwrite"  # of `st-instruct train` / `demo` and scripts/sft.py; not a recipe key (see train)
 
@@ -60,15 +83,6 @@ def build_forecaster(data_config: DataConfig, model_config: ModelConfig, seed: i
     freeze still applies): for a caller that loads every weight from a trained folder next (few-shot), which then
     does not need the pretrained folder to exist any more.
     """
-    from transformers import set_seed
-
-    from st_instruct.models.backbones import build_teacher, get_backbone, get_tokenizer
-    from st_instruct.models.forecaster import STForecaster, STForecasterConfig
-    from st_instruct.models.patching import hidden_size, is_vision_language
-    from st_instruct.samples.builder import build_dataset
-    from st_instruct.samples.st_tokens import add_st_tokens
-    from st_instruct.training.freeze import apply_freeze_plan
-
     check_recipe_consistency(data_config, model_config)
     name = model_config.model_name_or_path
     if not name:
@@ -104,8 +118,6 @@ def build_forecaster(data_config: DataConfig, model_config: ModelConfig, seed: i
         graph_alpha_km=model_config.st_graph_alpha_km)
     encoder = None
     if model_config.st_encoder_init and load_pretrained:
-        from st_instruct.pretraining.run import get_pretrained_encoder
-
         encoder = get_pretrained_encoder(model_config.st_encoder_init, st_config.encoder_config())
     frozen = ["st_encoder"] if model_config.st_encoder_freeze else []
     if backbone is not None and is_vision_language(backbone) and model_config.vision_tower_train != "full":
@@ -113,8 +125,6 @@ def build_forecaster(data_config: DataConfig, model_config: ModelConfig, seed: i
     set_seed(seed)
     model = STForecaster(backbone, st_config, encoder=encoder)
     if model_config.head_skip_init == "readout" and load_pretrained:
-        from st_instruct.pretraining.run import load_readout_into_skip
-
         if model_config.revin:
             raise RecipeError("head_skip_init: readout starts from a readout pretrained without RevIN; with revin: "
                               "true it would read normalised features in other units: drop one of them")
@@ -135,8 +145,6 @@ def build_forecaster(data_config: DataConfig, model_config: ModelConfig, seed: i
 def no_backbone_report(model: Any, frozen_st_modules: list[str] | None = None) -> Any:
     """The :class:`FreezeReport` of a forecaster without a backbone (the no-LLM control): every ST module trains but
     those of ``frozen_st_modules`` (e.g. a frozen pretrained ``st_encoder``), whose parameters it freezes."""
-    from st_instruct.training.freeze import FreezeReport
-
     frozen = set(frozen_st_modules or [])
     for name, module in model.st_modules().items():
         module.requires_grad_(name not in frozen)
@@ -150,8 +158,6 @@ def no_backbone_report(model: Any, frozen_st_modules: list[str] | None = None) -
 
 def learned_node_table_size(data_config: DataConfig) -> int:
     """Rows of the learned node table of ``coordinates: learned``: the node count of the one training dataset."""
-    from st_instruct.data.loaders import load_series
-
     series = load_series(data_config)
     if len(series) != 1:
         raise RecipeError(f"coordinates: learned gives every node id of one dataset its own trained row; with "
@@ -166,14 +172,6 @@ def init_memories_from_data(model: Any, train_dataset: Any, tokenizer: Any, patt
     wrapped MLP reads at the ``<st_his>`` tokens of training samples -- history windows encoded by the (freshly
     built) model -- with ``patterns_per_slot`` times as many patterns as slots, samples drawn with ``seed``.
     ``progress`` shows a bar of the patterns encoded (one forward pass per ``batch_size`` samples)."""
-    import numpy as np
-    import torch
-    from tqdm.auto import tqdm
-
-    from st_instruct.models.mrffn import init_memory_from_patterns, memory_modules, recorded_inputs
-    from st_instruct.models.regression_head import gather_positions
-    from st_instruct.samples.collator import STDataCollator
-
     wrappers = memory_modules(model.backbone)
     wanted = patterns_per_slot * max(w.st_memory.slots for w in wrappers)
     order = np.random.default_rng(seed).permutation(len(train_dataset))
@@ -207,8 +205,6 @@ def init_memories_from_data(model: Any, train_dataset: Any, tokenizer: Any, patt
 def backbone_source(model_config: ModelConfig, seed: int | None = None) -> Any:
     """The recipe's :class:`BackboneSource`: how a saved forecaster's base backbone is rebuilt. The ``random_llm``
     control needs the ``seed`` its random backbone was drawn with (:func:`build_forecaster`)."""
-    from st_instruct.models.backbones import BackboneSource
-
     random_init_seed = None
     if model_config.control == "random_llm":
         if seed is None:
@@ -228,9 +224,6 @@ def build_trainer(model: Any, data_config: DataConfig, model_config: ModelConfig
     the answer text, so it trains on the regression loss alone), its ST modules' learning rate, and the
     :func:`backbone_source` saved with the model (``backbone_seed``: the seed a random_llm control's backbone was
     drawn with). ``extra``: further ``STSFTTrainer`` keywords."""
-    from st_instruct.models.collators import build_collator
-    from st_instruct.training.trainer import STSFTTrainer
-
     lm_weight = 0.0 if model_config.control == "no_llm" else model_config.loss_lm_weight
     collator = build_collator(data_config, model, tokenizer, model_config.model_name_or_path, broadcast_channels)
     return STSFTTrainer(model, sft_config, train_dataset, tokenizer, backbone_source(model_config, backbone_seed),
@@ -271,8 +264,6 @@ def resolve_resume(value: str | bool | None, output_dir: str | Path, announce: b
 
 def describe_output(output: Path) -> str:
     """What a non-empty training output folder holds, for the refusal to train into it."""
-    from st_instruct.model_dir import BACKBONE_FILE
-
     checkpoints = ", ".join(p.name for p in checkpoint_folders(output))
     resume = f"{checkpoints}: to continue from them, pass --resume_from_checkpoint true" if checkpoints else ""
     if (output / BACKBONE_FILE).is_file():
@@ -282,8 +273,6 @@ def describe_output(output: Path) -> str:
 
 def _same_on_every_process(value: str) -> str:
     """``value`` of the main process on every process of a distributed run."""
-    import torch.distributed as dist
-
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         box = [value]
         dist.broadcast_object_list(box, src=0)
@@ -337,9 +326,6 @@ def stage_tensorboard_logs(trainer: Any, staged: Path) -> None:
     in ``staged``, a temporary sibling removed once its process is dead, not a ``runs/`` that makes the folder look
     used and mixes into the next run's; :func:`collect_tensorboard_logs` moves a complete run's log into the final
     save."""
-    from transformers.integrations import TensorBoardCallback
-    from transformers.integrations.integration_utils import default_logdir
-
     for callback in trainer.callback_handler.callbacks:
         if isinstance(callback, TensorBoardCallback) and callback.logging_dir is None:
             callback.logging_dir = str(staged / Path(default_logdir()).name)
@@ -380,10 +366,6 @@ def train(data_config: DataConfig, model_config: ModelConfig, sft_config: Any,
     turn inf or nan stops before they are applied or saved (:class:`~st_instruct.configs.TrainingDivergedError`).
     Only the main process writes and moves.
     """
-    from st_instruct.data.profile import write_data_profiles
-    from st_instruct.model_dir import BACKBONE_FILE, save_template_copy
-    from st_instruct.outputs import check_writable, clean_stale_siblings, commit, is_nonempty, sibling, staged_into
-
     output = Path(sft_config.output_dir)
     main = sft_config.process_index == 0
     if main:

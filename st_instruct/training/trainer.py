@@ -31,6 +31,7 @@ from trl import SFTConfig, SFTTrainer
 
 from st_instruct.configs import TrainingDivergedError
 from st_instruct.models.backbones import BackboneSource
+from st_instruct.models.card import write_model_card
 from st_instruct.models.forecaster import STForecaster, masked_mae_loss, regression_mask
 from st_instruct.models.saving import load_forecaster_weights, save_forecaster
 from st_instruct.samples.collator import STDataCollator
@@ -216,8 +217,6 @@ class STSFTTrainer(SFTTrainer):
         save_forecaster(self.model, output_dir, self.backbone_source, self.processing_class, state_dict=state_dict)
         torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
         if self.card_recipe is not None:
-            from st_instruct.models.card import write_model_card
-
             write_model_card(output_dir, recipe=self.card_recipe() if callable(self.card_recipe) else self.card_recipe)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: torch.nn.Module | None = None) -> None:

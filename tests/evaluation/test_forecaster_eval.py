@@ -77,12 +77,12 @@ def test_prediction_shows_a_progress_bar_unless_quiet_and_returns_the_units(mode
 
 
 def test_unknown_plot_models_is_one_line_naming_the_rows_before_any_work(model_dir, tmp_path, capsys, monkeypatch):
-    from st_instruct.models import saving
+    from st_instruct.protocols import evaluate as evaluate_module
 
     def no_load(*args, **kwargs):
         raise AssertionError("the model was loaded before --plot-models was checked")
 
-    monkeypatch.setattr(saving, "load_forecaster", no_load)
+    monkeypatch.setattr(evaluate_module, "load_forecaster", no_load)
     code = main(["evaluate", "--model", str(model_dir), "--dataset", "synthetic-small", "--models", "last_value",
                  "ridge", "--plot-models", "st_forecaster", "ridgee", "--output", str(tmp_path / "e"), "--quiet"])
     err = capsys.readouterr().err
@@ -96,10 +96,10 @@ def test_unknown_plot_models_is_one_line_naming_the_rows_before_any_work(model_d
 
 
 def test_plot_models_selects_the_drawn_rows(model_dir, tmp_path, monkeypatch):
-    from st_instruct.evaluation import plots
+    from st_instruct.evaluation import report
 
     drawn = []
-    monkeypatch.setattr(plots, "plot_forecasts", lambda path, target, predictions, **kw: drawn.append(
+    monkeypatch.setattr(report, "plot_forecasts", lambda path, target, predictions, **kw: drawn.append(
         (kw["channel_name"], kw["units"], sorted(predictions))) or Path(path))
     assert main(["evaluate", "--model", str(model_dir), "--dataset", "synthetic-small", "--max-windows", "2",
                  "--models", "last_value", "ridge", "--plot-models", "last_value", "--output", str(tmp_path / "e"),

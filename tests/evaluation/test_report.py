@@ -160,7 +160,7 @@ def test_write_evaluation_outputs_on_real_baseline_run(small_run, tmp_path):
 def drawn(monkeypatch):
     """Spy on the forecast figures write_evaluation_outputs draws: one entry per figure with its channel, the
     y-axis labels and the labels of the lines actually drawn (the real figure, built by forecast_figure)."""
-    from st_instruct.evaluation import plots
+    from st_instruct.evaluation import plots, report
 
     calls = []
     real = plots.plot_forecasts
@@ -173,7 +173,7 @@ def drawn(monkeypatch):
                       "lines": {line.get_label() for ax in fig.axes for line in ax.get_lines()} - {"truth"}})
         return real(path, target, predictions, **kwargs)
 
-    monkeypatch.setattr(plots, "plot_forecasts", spy)
+    monkeypatch.setattr(report, "plot_forecasts", spy)  # the name write_evaluation_outputs calls
     return calls
 
 

@@ -156,15 +156,13 @@ def test_auto_peft_with_the_allowlist_rebuilds_the_backbone_load_forecaster_buil
 def test_the_class_tells_the_embedded_weights_from_the_hub_checkpoint_of_the_same_id(cls, built, monkeypatch):
     """A model trained on the embedded GGUF weights names EmbeddedSTBackbone, one trained on the Hub checkpoint
     itself STBackbone: the same Hub id rebuilds from the embedded weights or from the Hub."""
-    from st_instruct.models import backbones
-
     sources = []
 
     def build(source):
         sources.append(source)
         return "backbone", "tokenizer"
 
-    monkeypatch.setattr(backbones, "build_base_backbone", build)
+    monkeypatch.setattr(hub_backbone, "build_base_backbone", build)
     assert cls.from_pretrained(SMOLLM2_HUB_ID) == "backbone"
     assert sources == [built]
 

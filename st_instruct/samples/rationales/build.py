@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from st_instruct.data.registry import cache_dir
 from st_instruct.samples.rationales.facts import WindowFacts
 from st_instruct.samples.rationales.teachers import AnalyticTeacher
@@ -141,8 +143,6 @@ def build_rationales(facts: Sequence[WindowFacts], teacher: Any, cache_dir: str 
     Raises:
         ValueError: the teacher returned a different number of texts than it was given windows.
     """
-    from tqdm.auto import tqdm
-
     facts = list(facts)
     cache = RationaleCache(teacher.identity, cache_dir)
     keys = [cache_key(teacher, f) for f in facts]

@@ -37,6 +37,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -171,8 +172,6 @@ class WindowFacts:
 
 
 def _digit_runs(text: str) -> list[str]:
-    import re
-
     return re.findall(r"\d+", text)
 
 

@@ -35,6 +35,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import torch
+
 from st_instruct.samples.prompts import load_template
 from st_instruct.samples.rationales.facts import CITY_MEAN, WindowFacts
 from st_instruct.samples.rationales.stages import STAGE_TITLES, format_rationale, stage_heading
@@ -295,8 +297,6 @@ class LLMTeacher:
         """Greedy continuations of ``prompts`` (one batch, left-padded), each cut at the end of turn and at the first
         of ``stops`` (generation stops there too); counts ``tokens_generated`` (up to the end of turn or the stop,
         padding not counted) and ``generation_seconds``."""
-        import torch
-
         tokenizer = self.tokenizer
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         stop_ids = {tokenizer.eos_token_id}
