@@ -122,21 +122,33 @@ def build_tiny_backbone(arch: str = "llama", vocab_size: int = 800, hidden_size:
     raise ValueError(f"no tiny {arch!r} backbone; use llama, qwen2 or gpt2")
 
 
-def build_tiny_forecaster(tokenizer, arch: str = "llama", history: int = 12, horizon: int = 12, channels: int = 2,
-                          coord_dim: int = 8, seed: int = 0, **config):
-    """An ``STForecaster`` on a tiny backbone whose vocabulary covers ``tokenizer`` (which must hold the ST tokens)."""
-    import torch
-
-    from st_instruct.models.forecaster import STForecaster, STForecasterConfig
+def tiny_st_config(tokenizer, history: int = 12, horizon: int = 12, channels: int = 2, coord_dim: int = 8,
+                   hidden_size: int | None = None, **recipe):
+    """The ``STForecasterConfig`` of a tiny forecaster for ``tokenizer`` (which must hold the ST tokens): these shapes,
+    and the concerns of a recipe with the model keys ``recipe`` (``se_attention=True``, ``st_encoder="tcn"``, ...; by
+    default ``st_encoder_dim`` 16 and ``head_dim`` 32)."""
+    from st_instruct.configs import ModelConfig
+    from st_instruct.models.forecaster import STForecasterConfig
     from st_instruct.samples.st_tokens import st_token_ids
 
     ids = st_token_ids(tokenizer)
+    model_config = ModelConfig(**({"st_encoder_dim": 16, "head_dim": 32} | recipe))
+    return STForecasterConfig.of_recipe(model_config, history=history, horizon=horizon, channels=channels,
+                                        coord_dim=coord_dim, his_token_id=ids.his, pre_token_id=ids.pre,
+                                        hidden_size=hidden_size)
+
+
+def build_tiny_forecaster(tokenizer, arch: str = "llama", seed: int = 0, **config):
+    """An ``STForecaster`` on a tiny backbone whose vocabulary covers ``tokenizer`` (which must hold the ST tokens);
+    ``config``: :func:`tiny_st_config`'s shapes and recipe keys."""
+    import torch
+
+    from st_instruct.models.forecaster import build_st_forecaster
+
     backbone = build_tiny_backbone(arch, vocab_size=len(tokenizer), seed=seed)
-    settings = dict(encoder_dim=16, head_dim=32) | config
+    st_config = tiny_st_config(tokenizer, **config)
     torch.manual_seed(seed + 1)
-    return STForecaster(backbone, STForecasterConfig(history=history, horizon=horizon, channels=channels,
-                                                     coord_dim=coord_dim, his_token_id=ids.his,
-                                                     pre_token_id=ids.pre, **settings))
+    return build_st_forecaster(backbone, st_config)
 
 
 VLM_FAMILIES = ("llava", "qwen2_vl", "idefics3")

@@ -28,7 +28,8 @@ def build_collator(data_config: Any, model: Any, tokenizer: Any, model_name_or_p
     ``forecast_inputs`` (:class:`st_instruct.inference.ForecastInputs`): graphs and images come from a forecast's
     own data and windows instead of the recipe's datasets."""
     config = model.st_config
-    graphs = build_window_graphs(data_config, config.graph, config.graph_sigma0_km, config.graph_alpha_km,
+    graphs = build_window_graphs(data_config, config.graph.st_graph, config.graph.st_graph_sigma0_km,
+                                 config.graph.st_graph_alpha_km,
                                  series=None if forecast_inputs is None else [forecast_inputs.full_data])
     if model.backbone is None:
         return STDataCollator(tokenizer, broadcast_channels=broadcast_channels, graphs=graphs)

@@ -41,8 +41,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -53,8 +52,17 @@ from torch import nn
 from transformers import PretrainedConfig
 from transformers.utils import ModelOutput
 
-from st_instruct.data.air_graphs import GRAPH_KINDS
-from st_instruct.model_dir import COPY_AGAIN, ST_CONFIG_FILE, ST_MODULES_FILE
+from st_instruct.configs import (
+    FusionConfig,
+    GraphConfig,
+    HeadConfig,
+    MemoryConfig,
+    SEAttentionConfig,
+    STEncoderConfig,
+    check_size,
+    part,
+)
+from st_instruct.model_dir import COPY_AGAIN, ST_CONFIG_FILE, ST_MODULES_FILE, read_json_file
 from st_instruct.models.fusion import STFusion, fusion_context
 from st_instruct.models.graph_encoders import GatedGraphEncoder
 from st_instruct.models.mrffn import memory_layers, memory_modules, wrap_mlps
@@ -70,14 +78,14 @@ from st_instruct.models.patching import (
 )
 from st_instruct.models.regression_head import RegressionHead
 from st_instruct.models.se_attention import (
+    apply_se_attention,
     build_spatial_rotation,
-    enable_se_attention,
     normalize_coords,
     se_attention_enabled,
     spatial_context,
     token_coords,
 )
-from st_instruct.models.st_encoders import ENCODERS, RevIN, STEncoderConfig, STProjector, build_st_encoder
+from st_instruct.models.st_encoders import EncoderSpec, RevIN, STProjector, build_st_encoder
 
 # the ST modules held by the forecaster itself; optional ones are None when the config switches them off. MRFFN
 # memories live inside the backbone's decoder layers and are listed by st_modules() as "st_memory.layers.<i>".
@@ -86,66 +94,46 @@ ST_MODULE_NAMES = ("st_encoder", "st_graph", "st_projector", "regression_head", 
 # a VLM backbone's vision parts, listed among the ST modules (saved with them; trained or frozen per recipe); a
 # projector inside the tower (Qwen2-VL's patch merger) is saved as part of the tower
 VISION_MODULE_NAMES = ("st_vision_tower", "st_vision_projector")
-# The range of every integer in a saved forecaster's st_forecaster_config.json and st_backbone.json, inclusive:
-# checked when a folder is read, before anything is built, so an edited or damaged size is one line naming its key
-# and not an allocation error. Generous: the data and models in use are far inside them.
-SIZE_BOUNDS: dict[str, tuple[int, int]] = {
-    "history": (1, 100_000), "horizon": (1, 10_000), "channels": (1, 4_096), "coord_dim": (0, 4_096),
-    "his_token_id": (0, 2**31 - 1), "pre_token_id": (0, 2**31 - 1), "encoder_dim": (1, 65_536),
-    "steps_per_day": (1, 86_400), "tcn_layers": (1, 16), "tcn_kernel_size": (1, 64), "encoder_mlp_layers": (0, 64),
-    "projector_layers": (1, 2), "head_dim": (1, 65_536), "node_table_size": (0, 1_000_000), "se_pairs": (1, 4_096),
-    "mrffn_slots": (1, 65_536), "mrffn_key_dim": (1, 65_536), "mrffn_top_k": (1, 65_536),
-    "hidden_size": (1, 65_536), "fusion_heads": (1, 1_024),
-    # st_backbone.json; a decoder layer index may count from the end (negative)
-    "num_layers": (1, 1_024), "base_num_layers": (1, 1_024), "decoder_layer": (-1_024, 1_023),
-    "random_init_seed": (0, 2**32 - 1), "token_id": (0, 2**31 - 1),
+
+
+# the model's concerns a saved forecaster holds, by the name they have in st_forecaster_config.json
+PARTS: dict[str, type] = {"encoder": STEncoderConfig, "head": HeadConfig, "se": SEAttentionConfig,
+                          "memory": MemoryConfig, "fusion": FusionConfig, "graph": GraphConfig}
+# st_forecaster_config.json before its concerns were the recipe's objects (one flat object): its keys -> (part, key)
+LEGACY_KEYS: dict[str, tuple[str, str]] = {
+    "encoder": ("encoder", "st_encoder"), "encoder_dim": ("encoder", "st_encoder_dim"),
+    "steps_per_day": ("encoder", "st_encoder_steps_per_day"), "tcn_layers": ("encoder", "st_encoder_tcn_layers"),
+    "tcn_kernel_size": ("encoder", "st_encoder_tcn_kernel_size"),
+    "encoder_mlp_layers": ("encoder", "st_encoder_mlp_layers"),
+    "encoder_mlp_dropout": ("encoder", "st_encoder_mlp_dropout"),
+    "projector_layers": ("head", "st_projector_layers"),
+    "head_dim": ("head", "head_dim"), "head_skip": ("head", "head_skip"), "revin": ("head", "revin"),
+    "se_attention": ("se", "se_attention"), "se_pairs": ("se", "se_pairs"),
+    "se_learned_scale": ("se", "se_learned_scale"), "se_init_scale": ("se", "se_init_scale"),
+    "mrffn_slots": ("memory", "mrffn_slots"), "mrffn_key_dim": ("memory", "mrffn_key_dim"),
+    "mrffn_top_k": ("memory", "mrffn_top_k"), "fusion": ("fusion", "st_fusion"),
+    "fusion_heads": ("fusion", "st_fusion_heads"), "graph": ("graph", "st_graph"),
+    "graph_sigma0_km": ("graph", "st_graph_sigma0_km"), "graph_alpha_km": ("graph", "st_graph_alpha_km"),
 }
-
-
-def check_size(key: str, value: Any, bounds: str | None = None, nullable: bool = False) -> None:
-    """Raise a ValueError naming ``key`` unless ``value`` is an integer (not a bool) within
-    ``SIZE_BOUNDS[bounds or key]``, or ``None`` when ``nullable``."""
-    low, high = SIZE_BOUNDS[bounds or key]
-    if value is None and nullable:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        kind = {0: "a non-negative integer", 1: "a positive integer"}.get(low, "an integer")
-        raise ValueError(f"{key} must be {kind}{' or null' if nullable else ''}, found {value!r} (st_instruct reads "
-                         f"{low} to {high})")
 
 
 @dataclass
 class STForecasterConfig:
-    """Shapes and sizes of the ST parts of an :class:`STForecaster` (saved as ``st_forecaster_config.json``).
+    """What the ST parts of an :class:`STForecaster` are: the data's shapes and the model's concerns, the very
+    objects a recipe sets (:mod:`st_instruct.configs.model`), saved nested as ``st_forecaster_config.json``.
 
-    ``history`` / ``horizon`` / ``channels`` / ``coord_dim`` are ``L`` / ``P`` / ``C`` / ``K`` of the data;
+    Shapes: ``history`` / ``horizon`` / ``channels`` / ``coord_dim`` are ``L`` / ``P`` / ``C`` / ``K`` of the data;
     ``his_token_id`` / ``pre_token_id`` the ids of ``<st_his>`` / ``<st_pre>`` in the tokenizer
-    (``st_token_ids(tokenizer)``). ``encoder`` is ``"patch"`` (ST-LLM) or ``"tcn"`` (UrbanGPT); ``encoder_dim`` the
-    width of each of its four parts (output ``4 * encoder_dim``); ``steps_per_day`` the rows of the time-of-day
-    table (288 = 5-minute resolution; coarser data is mapped onto it). ``tcn_layers`` / ``tcn_kernel_size`` only
-    matter for ``"tcn"``; ``encoder_mlp_layers`` the STID fusion blocks ending the encoder
-    (:class:`~st_instruct.models.st_encoders.ResidualMLP`, 0 = none) with dropout ``encoder_mlp_dropout``;
-    ``projector_layers`` is 1 (linear) or 2
-    (MLP); ``head_dim`` the width of ``W1`` / ``W2``.
+    (``st_token_ids(tokenizer)``); ``hidden_size`` the width the projector maps to and the head reads when there is
+    no backbone (the no-LLM control: the removed backbone's hidden size; ``None`` with a backbone, whose own width is
+    used); ``node_table_size`` > 0 replaces the data's coordinates by a learned ``[node_table_size, coord_dim]`` table
+    indexed by node id (``coordinates: learned``; ties the model to one node set).
 
-    Options (ST-LINK and friends, all off by default): ``revin`` (:class:`RevIN` around encoder and head);
-    ``node_table_size`` > 0 replaces the data's coordinates by a learned ``[node_table_size, coord_dim]`` table
-    indexed by node id (``coordinates: learned``; ties the model to one node set); ``se_attention`` with
-    ``se_pairs`` / ``se_learned_scale`` / ``se_init_scale`` (:mod:`st_instruct.models.se_attention`; the angle
-    projection starts at ``se_init_scale`` times that module's default, so the pretrained backbone starts close to
-    itself); ``mrffn_layers`` with
-    ``mrffn_slots`` / ``mrffn_key_dim`` / ``mrffn_top_k`` (:mod:`st_instruct.models.mrffn`).
-
-    ``hidden_size``: the width the projector maps to and the head reads when there is no backbone (the no-LLM
-    control: the removed backbone's hidden size); ``None`` with a backbone, whose own width is used. ``head_skip``: the
-    head's gated skip path from the encoder's per-node features (starts closed). ``fusion`` (vision-language
-    backbones only): :class:`~st_instruct.models.fusion.STFusion` with ``fusion_heads`` heads.
-
-    ``graph`` (AirGPT, Li, Chen, Xu, Information Fusion 2025): ``static`` adds a graph encoder over the stations'
-    distance graph to the ST encoder's tokens, ``static_wind`` AirGPT's gated fusion of it with the wind graph
-    (:class:`~st_instruct.models.graph_encoders.GatedGraphEncoder`, residual); the batch carries the graphs
-    (:class:`~st_instruct.data.air_graphs.WindowGraphs`, built from the wind reach ``graph_sigma0_km`` +
-    ``graph_alpha_km`` per m/s of wind, which the config records so a loaded model rebuilds the same graphs).
+    Concerns (:data:`PARTS`): ``encoder`` (:class:`~st_instruct.configs.STEncoderConfig`: the ST encoder), ``head``
+    (the projector into the backbone, the regression head and its skip path, RevIN), ``se`` (ST-LINK's SE-Attention),
+    ``memory`` (ST-LINK's MRFFN), ``fusion`` (ST-VLM's early fusion, vision-language backbones only) and ``graph``
+    (AirGPT's graph encoder; the batch carries the graphs, :class:`~st_instruct.data.air_graphs.WindowGraphs`, built
+    from the wind reach the config records, so a loaded model rebuilds the same graphs).
     """
 
     history: int
@@ -154,102 +142,86 @@ class STForecasterConfig:
     coord_dim: int
     his_token_id: int
     pre_token_id: int
-    encoder: str = "patch"
-    encoder_dim: int = 64
-    steps_per_day: int = 288
-    tcn_layers: int = 3
-    tcn_kernel_size: int = 2
-    encoder_mlp_layers: int = 0
-    encoder_mlp_dropout: float = 0.0
-    projector_layers: int = 1
-    head_dim: int = 128
-    revin: bool = False
-    node_table_size: int = 0
-    se_attention: bool = False
-    se_pairs: int = 8
-    se_learned_scale: bool = True
-    se_init_scale: float = 0.1
-    mrffn_layers: list[int] | None = None
-    mrffn_slots: int = 64
-    mrffn_key_dim: int = 64
-    mrffn_top_k: int | None = 4
     hidden_size: int | None = None
-    head_skip: bool = False
-    fusion: bool = False
-    fusion_heads: int = 4
-    graph: str = "none"
-    graph_sigma0_km: float = 10.0
-    graph_alpha_km: float = 5.0
+    node_table_size: int = 0
+    encoder: STEncoderConfig = field(default_factory=STEncoderConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    se: SEAttentionConfig = field(default_factory=SEAttentionConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+    graph: GraphConfig = field(default_factory=GraphConfig)
 
     def __post_init__(self) -> None:
-        """Every field's type and range (:data:`SIZE_BOUNDS`), so a config -- built by training or read from an
-        edited file -- never reaches a module constructor with a size it cannot allocate."""
-        if self.encoder not in ENCODERS:
-            raise ValueError(f"encoder must be one of {sorted(ENCODERS)}, found {self.encoder!r}")
-        if self.graph not in GRAPH_KINDS:
-            raise ValueError(f"graph must be one of {GRAPH_KINDS}, found {self.graph!r}")
-        for key in ("history", "horizon", "channels", "coord_dim", "his_token_id", "pre_token_id", "encoder_dim",
-                    "steps_per_day", "tcn_layers", "tcn_kernel_size", "encoder_mlp_layers", "projector_layers",
-                    "head_dim", "node_table_size", "se_pairs", "mrffn_slots", "mrffn_key_dim", "fusion_heads"):
+        """The shapes' types and ranges (:data:`~st_instruct.configs.SIZE_BOUNDS`; the concerns check their own), so
+        a config -- built by training or read from an edited file -- never reaches a module constructor with a size
+        it cannot allocate."""
+        for key in ("history", "horizon", "channels", "coord_dim", "his_token_id", "pre_token_id",
+                    "node_table_size"):
             check_size(key, getattr(self, key))
-        for key in ("mrffn_top_k", "hidden_size"):
-            check_size(key, getattr(self, key), nullable=True)
-        if self.mrffn_layers is not None:
-            if not isinstance(self.mrffn_layers, list):
-                raise ValueError(f"mrffn_layers must be a list of decoder layer indices or null, found "
-                                 f"{self.mrffn_layers!r}")
-            for index in self.mrffn_layers:
-                check_size("mrffn_layers", index, "decoder_layer")
-        for key in ("revin", "se_attention", "se_learned_scale", "head_skip", "fusion"):
-            if not isinstance(getattr(self, key), bool):
-                raise ValueError(f"{key} must be true or false, found {getattr(self, key)!r}")
-        for key in ("encoder_mlp_dropout", "se_init_scale", "graph_sigma0_km", "graph_alpha_km"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValueError(f"{key} must be a finite number, found {value!r}")
-        if not 0 <= self.encoder_mlp_dropout < 1:
-            raise ValueError(f"encoder_mlp_dropout must be in [0, 1), found {self.encoder_mlp_dropout}")
-        if not self.graph_sigma0_km > 0 or self.graph_alpha_km < 0:
-            raise ValueError(f"the wind graph needs graph_sigma0_km > 0 and graph_alpha_km >= 0, found "
-                             f"{self.graph_sigma0_km}, {self.graph_alpha_km}")
-        if self.mrffn_top_k is not None and self.mrffn_top_k > self.mrffn_slots:
-            raise ValueError(f"mrffn_top_k ({self.mrffn_top_k}) must be at most mrffn_slots ({self.mrffn_slots})")
+        check_size("hidden_size", self.hidden_size, nullable=True)
+        for name, concern in PARTS.items():
+            if not isinstance(getattr(self, name), concern):
+                raise ValueError(f"{name} must be a {concern.__name__}, found {getattr(self, name)!r}")
 
-    def encoder_config(self) -> STEncoderConfig:
-        """The :class:`STEncoderConfig` of this forecaster's encoder."""
-        return STEncoderConfig(kind=self.encoder, history=self.history, channels=self.channels,
-                               coord_dim=self.coord_dim, dim=self.encoder_dim, steps_per_day=self.steps_per_day,
-                               tcn_layers=self.tcn_layers, tcn_kernel_size=self.tcn_kernel_size,
-                               mlp_layers=self.encoder_mlp_layers, mlp_dropout=self.encoder_mlp_dropout)
+    @classmethod
+    def of_recipe(cls, model_config: Any, **shapes: Any) -> STForecasterConfig:
+        """The config of a recipe's forecaster: ``shapes`` (the fields above it that come from the data and the
+        tokenizer) and every concern taken out of ``model_config`` (:func:`~st_instruct.configs.part`)."""
+        return cls(**shapes, **{name: part(model_config, concern) for name, concern in PARTS.items()})
+
+    def encoder_spec(self) -> EncoderSpec:
+        """The :class:`~st_instruct.models.st_encoders.EncoderSpec` of this forecaster's encoder."""
+        return EncoderSpec(self.encoder, self.history, self.channels, self.coord_dim)
 
     def save(self, directory: str | Path) -> None:
         Path(directory, ST_CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
 
     @classmethod
     def load(cls, directory: str | Path) -> STForecasterConfig:
-        """The config saved in ``directory``; a ValueError naming the file and the key when it is not one this
-        version wrote (unknown or missing keys, a type or size out of :data:`SIZE_BOUNDS`)."""
+        """The config saved in ``directory`` (today's nested file, or a legacy flat one: :data:`LEGACY_KEYS`); a
+        ValueError naming the file and the key when it is not one this version wrote (unknown or missing keys, a
+        type or size out of :data:`~st_instruct.configs.SIZE_BOUNDS`)."""
         path = Path(directory, ST_CONFIG_FILE)
         if not path.is_file():
             raise FileNotFoundError(f"{directory} holds no {ST_CONFIG_FILE}; it is written by save_st_modules")
-        try:
-            values = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ValueError(f"{path} is not valid JSON ({err}): the file is corrupt or truncated; copy the model "
-                             "folder again or re-train") from err
+        values = read_json_file(path)
         if not isinstance(values, dict):
             raise ValueError(f"{path} must hold a JSON object of the ST configuration, found {type(values).__name__}")
-        fields = dataclasses.fields(cls)
-        unknown = sorted(set(values) - {f.name for f in fields})
+        if not any(isinstance(values.get(name), dict) for name in PARTS):
+            values = _from_legacy(values)
+        shape_keys = {f.name for f in dataclasses.fields(cls)} - set(PARTS)
+        unknown = sorted(set(values) - shape_keys - set(PARTS))
+        unknown += sorted(f"{name}.{key}" for name, concern in PARTS.items() if isinstance(values.get(name), dict)
+                          for key in set(values[name]) - {f.name for f in dataclasses.fields(concern)})
         if unknown:
             raise ValueError(f"{path}: unknown keys {unknown}; it was written by another version of st_instruct")
-        missing = [f.name for f in fields if f.default is dataclasses.MISSING and f.name not in values]
+        missing = [f.name for f in dataclasses.fields(cls)
+                   if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+                   and f.name not in values]
         if missing:
             raise ValueError(f"{path} lacks the keys {missing}: it was edited or damaged; {COPY_AGAIN}")
         try:
-            return cls(**values)
-        except ValueError as err:
+            parts = {name: concern(**values[name]) for name, concern in PARTS.items() if name in values}
+            return cls(**{**values, **parts})
+        except (ValueError, TypeError) as err:
             raise ValueError(f"{path}: {err}: it was edited or damaged; {COPY_AGAIN}") from err
+
+
+def _from_legacy(values: dict[str, Any]) -> dict[str, Any]:
+    """A legacy flat ``st_forecaster_config.json`` as today's nested one (:data:`LEGACY_KEYS`; its ``mrffn_layers``,
+    null when off, becomes ``memory.mrffn`` and the layers). Unknown keys stay, for :meth:`STForecasterConfig.load`
+    to name."""
+    nested: dict[str, Any] = {name: {} for name in PARTS}
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if key in LEGACY_KEYS:
+            name, new = LEGACY_KEYS[key]
+            nested[name][new] = value
+        elif key == "mrffn_layers":
+            nested["memory"].update(mrffn=value is not None, **({"mrffn_layers": value} if value else {}))
+        else:
+            out[key] = value
+    return {**out, **nested}
 
 
 def check_st_weights(directory: str | Path, config: STForecasterConfig) -> None:
@@ -270,9 +242,10 @@ def check_st_weights(directory: str | Path, config: STForecasterConfig) -> None:
         raise ValueError(f"{path} is corrupt or truncated ({err}); copy the model folder again (completely) or "
                          "re-train") from err
     width = config.hidden_size or saved.get("regression_head.his.weight", [0, 1])[1]  # lacking: reported below
-    twin = dataclasses.replace(config, hidden_size=width, se_attention=False, mrffn_layers=None, fusion=False)
+    twin = dataclasses.replace(config, hidden_size=width, se=SEAttentionConfig(), memory=MemoryConfig(),
+                               fusion=FusionConfig())
     with torch.device("meta"):
-        built = STForecaster(None, twin).st_modules()
+        built = build_st_forecaster(None, twin).st_modules()
     expected = {f"{name}.{key}": list(value.shape) for name, module in built.items()
                 for key, value in module.state_dict().items()}
     for key, shape in expected.items():
@@ -304,16 +277,16 @@ def draw_seed() -> int:
     return int(torch.randint(2**31 - 1, ()))
 
 
-def add_memories(backbone: nn.Module, config: STForecasterConfig) -> None:
-    """Wrap the MLPs of ``config.mrffn_layers`` with MRFFN memories (idempotent; nothing when off), initialised with
-    a seed from :func:`draw_seed`. Must run before a PEFT adapter is applied or loaded: LoRA target names then
-    include the wrapped MLP (``mlp.base.*``)."""
-    if not config.mrffn_layers:
+def apply_memories(backbone: nn.Module, memory: MemoryConfig) -> None:
+    """Wrap the MLPs of ``memory.mrffn_layers`` with MRFFN memories, in place (idempotent; nothing when ``mrffn`` is
+    off), initialised with a seed from :func:`draw_seed`. Must run before a PEFT adapter is applied or loaded: LoRA
+    target names then include the wrapped MLP (``mlp.base.*``)."""
+    if not memory.mrffn:
         return
     if unwrap(backbone) is not backbone and not memory_modules(backbone):
         raise ValueError("MRFFN memories must be added before the PEFT adapter (its LoRA target names include the "
                          "wrapped MLP); build the forecaster on the plain backbone")
-    wrap_mlps(backbone, config.mrffn_layers, config.mrffn_slots, config.mrffn_key_dim, config.mrffn_top_k,
+    wrap_mlps(backbone, memory.mrffn_layers, memory.mrffn_slots, memory.mrffn_key_dim, memory.mrffn_top_k,
               seed=draw_seed())
 
 
@@ -324,72 +297,22 @@ class STForecaster(nn.Module):
     Every random initialisation draws from torch's global generator (seed it with ``transformers.set_seed``).
     """
 
-    def __init__(self, backbone: nn.Module | None, config: STForecasterConfig,
-                 encoder: nn.Module | None = None) -> None:
-        """``encoder``: the ST encoder to use (e.g. a pretrained one, :mod:`st_instruct.pretraining`); ``None``
-        builds a fresh one with :func:`build_st_encoder` from ``config.encoder_config()``."""
+    def __init__(self, backbone: nn.Module | None, config: STForecasterConfig, *, encoder: nn.Module,
+                 projector: nn.Module, head: nn.Module, graph: nn.Module | None = None, revin: nn.Module | None = None,
+                 node_table: nn.Module | None = None, spatial: nn.Module | None = None,
+                 fusion: nn.Module | None = None) -> None:
+        """Hold the parts :func:`build_st_forecaster` built (or any that fit ``config``): ``encoder``, ``projector``,
+        ``head`` and the optional ``graph`` encoder, ``revin``, learned ``node_table``, SE-Attention's ``spatial``
+        rotation (already applied to ``backbone``: :func:`~st_instruct.models.se_attention.apply_se_attention`) and
+        ``fusion``. Builds nothing and changes nothing of ``backbone``."""
         super().__init__()
         self.backbone = backbone
         self.st_config = config  # not `config`: HF trainers read model.config as a transformers config
-        if encoder is not None and (encoder.history, encoder.channels) != (config.history, config.channels):
-            raise ValueError(f"the encoder given reads history {encoder.history} x channels {encoder.channels}, the "
-                             f"config says {config.history} x {config.channels}")
         if backbone is None:
-            # the default device: the CPU, or the meta device where check_st_weights builds a memory-free twin
-            width, device = self._check_no_backbone(config), torch.get_default_device()
-            self._plain_config = PretrainedConfig(hidden_size=width)  # what trainers read as model.config
-        else:
-            if config.hidden_size is not None:
-                raise ValueError(f"hidden_size ({config.hidden_size}) is only for a forecaster without a backbone; "
-                                 "with one, its own width is used: leave hidden_size unset")
-            width = hidden_size(unwrap(backbone).config)
-            device = input_embeddings(backbone).weight.device
-        self.st_encoder = encoder if encoder is not None else build_st_encoder(config.encoder_config())
-        self.st_graph = None
-        if config.graph != "none":
-            dim = self.st_encoder.out_dim
-            self.st_graph = GatedGraphEncoder(dim, dim, dim, dynamic=config.graph == "static_wind")
-        self.st_projector = STProjector(self.st_encoder.out_dim, width, config.projector_layers)
-        self.regression_head = RegressionHead(width, config.horizon, config.channels, config.head_dim,
-                                              skip_dim=self.st_encoder.out_dim if config.head_skip else None)
-        self.st_revin = RevIN(config.channels) if config.revin else None
-        self.st_node_table = None
-        if config.node_table_size:
-            self.st_node_table = nn.Embedding(config.node_table_size, config.coord_dim)
-            nn.init.normal_(self.st_node_table.weight, std=0.1)
-        self.st_spatial = None
-        if config.se_attention:
-            if config.coord_dim < 1:
-                raise ValueError("se_attention rotates by node coordinates, but coord_dim is 0 (coordinates: none); "
-                                 "use laplacian, geo, grid or learned coordinates")
-            self.st_spatial = build_spatial_rotation(backbone, config.coord_dim, config.se_pairs,
-                                                     config.se_learned_scale, seed=draw_seed())
-            with torch.no_grad():
-                self.st_spatial.weight.mul_(config.se_init_scale)
-            enable_se_attention(backbone, self.st_spatial)
-        self.st_fusion = None
-        if config.fusion:
-            if backbone is None or not is_vision_language(backbone):
-                raise ValueError("fusion joins the ST tokens with a vision-language model's image tokens; this "
-                                 f"backbone ({type(unwrap(backbone)).__name__ if backbone is not None else 'none'}) "
-                                 "is not one: set fusion false or use a VLM backbone")
-            self.st_fusion = STFusion(width, config.fusion_heads)
-        add_memories(backbone, config)
-        for module in self.st_modules().values():
-            module.to(device)
-
-    @staticmethod
-    def _check_no_backbone(config: STForecasterConfig) -> int:
-        """The width of a forecaster without a backbone; refuses the options that live inside one."""
-        if config.hidden_size is None or config.hidden_size < 1:
-            raise ValueError("a forecaster without a backbone (the no-LLM control) needs hidden_size >= 1 in its "
-                             f"config (the removed backbone's width), found {config.hidden_size}")
-        inside = [name for name, on in (("se_attention", config.se_attention), ("mrffn", config.mrffn_layers),
-                                         ("fusion", config.fusion)) if on]
-        if inside:
-            raise ValueError(f"{' and '.join(inside)} modify the backbone's layers, but this forecaster has no "
-                             "backbone (the no-LLM control); switch them off for it")
-        return config.hidden_size
+            self._plain_config = PretrainedConfig(hidden_size=config.hidden_size)  # what trainers read as model.config
+        self.st_encoder, self.st_projector, self.regression_head = encoder, projector, head
+        self.st_graph, self.st_revin, self.st_node_table = graph, revin, node_table
+        self.st_spatial, self.st_fusion = spatial, fusion
 
     def st_modules(self) -> dict[str, nn.Module]:
         """Every ST module that is on, by name: the forecaster's own (:data:`ST_MODULE_NAMES`), a VLM backbone's
@@ -466,8 +389,9 @@ class STForecaster(nn.Module):
         text tokens are not rotated. Without it, a context that does nothing."""
         if self.st_spatial is None:
             return contextlib.nullcontext()
-        if not se_attention_enabled(self.backbone):  # a PEFT wrapper applied after construction keeps it; checked
-            enable_se_attention(self.backbone, self.st_spatial)
+        if not se_attention_enabled(self.backbone):
+            raise ValueError("this forecaster has SE-Attention, but its backbone no longer runs it (its attention "
+                             "implementation was changed after build_st_forecaster applied it); rebuild the model")
         token_coordinates, st_mask = token_coords(normalize_coords(coords, node_mask), positions, node_mask, length)
         return spatial_context(self.backbone, self.st_spatial, token_coordinates, st_mask)
 
@@ -490,13 +414,13 @@ class STForecaster(nn.Module):
     def graph_tokens(self, nodes: torch.Tensor, node_mask: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
         """The graph encoder's [B, N, F] addition to the ST encoder's tokens ``nodes``, from the batch's
         ``static_graph`` / ``wind_graph`` [B, N, N]; zero on padded nodes."""
-        wanted = ["static_graph"] + (["wind_graph"] if self.st_config.graph == "static_wind" else [])
+        wanted = ["static_graph"] + (["wind_graph"] if self.st_config.graph.st_graph == "static_wind" else [])
         missing = [key for key in wanted if batch.get(key) is None]
         if missing:
-            raise ValueError(f"this forecaster's graph encoder (graph: {self.st_config.graph}) needs the batch's "
-                             f"{' and '.join(missing)}; batch with build_collator(...), which adds them "
+            raise ValueError(f"this forecaster's graph encoder (st_graph: {self.st_config.graph.st_graph}) needs the "
+                             f"batch's {' and '.join(missing)}; batch with build_collator(...), which adds them "
                              "(st_instruct.data.air_graphs.WindowGraphs)")
-        dynamic = batch.get("wind_graph") if self.st_config.graph == "static_wind" else None
+        dynamic = batch.get("wind_graph") if self.st_config.graph.st_graph == "static_wind" else None
         device = nodes.device
         out = self.st_graph(nodes, batch["static_graph"].to(device),
                             None if dynamic is None else dynamic.to(device))
@@ -538,7 +462,7 @@ class STForecaster(nn.Module):
         self._check_positions(input_ids, his_positions, pre_positions, node_mask)
         coords, nodes, stats = self.node_tokens(history, history_mask, history_tod, history_dow, coords, node_mask,
                                                 steps_per_day, unused)
-        skip = nodes if self.st_config.head_skip else None
+        skip = nodes if self.st_config.head.head_skip else None
         if self.backbone is None:  # the no-LLM control: the head reads each node's projected features directly
             features = self.st_projector(nodes)
             predictions = self.regression_head(features, features, skip) * node_mask[:, None, :, None].to(
@@ -579,6 +503,80 @@ class STForecaster(nn.Module):
             self.train(was_training)
         return inverse_scale(scaled, inputs["scaler_mean"], inputs["scaler_std"]) * inputs["node_mask"][
             :, None, :, None]
+
+
+def build_st_forecaster(backbone: nn.Module | None, config: STForecasterConfig,
+                        encoder: nn.Module | None = None) -> STForecaster:
+    """The :class:`STForecaster` ``config`` describes on ``backbone``: every ST part built here (random weights;
+    ``encoder`` given: e.g. a pretrained one, :mod:`st_instruct.pretraining`) and the backbone edits applied
+    explicitly -- SE-Attention (:func:`~st_instruct.models.se_attention.apply_se_attention`) and the MRFFN memories
+    (:func:`apply_memories`). The one builder of training, pretraining's readout, few-shot, controls and loading.
+    Every random initialisation draws from torch's global generator (seed it with ``transformers.set_seed``).
+
+    ``backbone=None`` is the no-LLM control: the parts are built at ``config.hidden_size`` (the removed backbone's
+    width) on the default device (the CPU, or the meta device where :func:`check_st_weights` builds a memory-free
+    twin); the options that live inside a backbone are refused."""
+    if encoder is not None and (encoder.history, encoder.channels) != (config.history, config.channels):
+        raise ValueError(f"the encoder given reads history {encoder.history} x channels {encoder.channels}, the "
+                         f"config says {config.history} x {config.channels}")
+    if backbone is None:
+        width, device = _width_without_backbone(config), torch.get_default_device()
+    else:
+        if config.hidden_size is not None:
+            raise ValueError(f"hidden_size ({config.hidden_size}) is only for a forecaster without a backbone; "
+                             "with one, its own width is used: leave hidden_size unset")
+        width = hidden_size(unwrap(backbone).config)
+        device = input_embeddings(backbone).weight.device
+    encoder = encoder if encoder is not None else build_st_encoder(config.encoder_spec())
+    graph = None
+    if config.graph.st_graph != "none":
+        dim = encoder.out_dim
+        graph = GatedGraphEncoder(dim, dim, dim, dynamic=config.graph.st_graph == "static_wind")
+    projector = STProjector(encoder.out_dim, width, config.head.st_projector_layers)
+    head = RegressionHead(width, config.horizon, config.channels, config.head.head_dim,
+                          skip_dim=encoder.out_dim if config.head.head_skip else None)
+    revin = RevIN(config.channels) if config.head.revin else None
+    node_table = None
+    if config.node_table_size:
+        node_table = nn.Embedding(config.node_table_size, config.coord_dim)
+        nn.init.normal_(node_table.weight, std=0.1)
+    spatial = None
+    if config.se.se_attention:
+        if config.coord_dim < 1:
+            raise ValueError("se_attention rotates by node coordinates, but coord_dim is 0 (coordinates: none); "
+                             "use laplacian, geo, grid or learned coordinates")
+        spatial = build_spatial_rotation(backbone, config.coord_dim, config.se.se_pairs, config.se.se_learned_scale,
+                                         pair_indices=config.se.se_pair_indices, seed=draw_seed())
+        with torch.no_grad():
+            spatial.weight.mul_(config.se.se_init_scale)
+        apply_se_attention(backbone, spatial)
+    fusion = None
+    if config.fusion.st_fusion:
+        if backbone is None or not is_vision_language(backbone):
+            name = type(unwrap(backbone)).__name__ if backbone is not None else "none"
+            raise ValueError("fusion joins the ST tokens with a vision-language model's image tokens; this backbone "
+                             f"({name}) is not one: set st_fusion false or use a VLM backbone")
+        fusion = STFusion(width, config.fusion.st_fusion_heads)
+    if backbone is not None:
+        apply_memories(backbone, config.memory)
+    model = STForecaster(backbone, config, encoder=encoder, projector=projector, head=head, graph=graph,
+                         revin=revin, node_table=node_table, spatial=spatial, fusion=fusion)
+    for module in model.st_modules().values():
+        module.to(device)
+    return model
+
+
+def _width_without_backbone(config: STForecasterConfig) -> int:
+    """The width of a forecaster without a backbone; refuses the options that live inside one."""
+    if config.hidden_size is None or config.hidden_size < 1:
+        raise ValueError("a forecaster without a backbone (the no-LLM control) needs hidden_size >= 1 in its "
+                         f"config (the removed backbone's width), found {config.hidden_size}")
+    inside = [name for name, on in (("se_attention", config.se.se_attention), ("mrffn", config.memory.mrffn),
+                                     ("st_fusion", config.fusion.st_fusion)) if on]
+    if inside:
+        raise ValueError(f"{' and '.join(inside)} modify the backbone's layers, but this forecaster has no "
+                         "backbone (the no-LLM control); switch them off for it")
+    return config.hidden_size
 
 
 def inverse_scale(scaled: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -632,8 +630,7 @@ def load_st_modules(model: STForecaster, directory: str | Path) -> STForecaster:
     if missing:
         raise FileNotFoundError(f"{directory} lacks {', '.join(missing)}: not a directory written by "
                                 "save_st_modules (or an incomplete copy of one)")
-    saved = dataclasses.asdict(STForecasterConfig.load(directory))
-    current = dataclasses.asdict(model.st_config)
+    saved, current = _flat(STForecasterConfig.load(directory)), _flat(model.st_config)
     differ = [f"{key}: saved {saved[key]!r}, model {current[key]!r}" for key in saved if saved[key] != current[key]]
     if differ:
         raise ValueError(f"the ST modules in {directory} were saved for another configuration ({'; '.join(differ)}); "
@@ -653,8 +650,19 @@ def load_st_modules(model: STForecaster, directory: str | Path) -> STForecaster:
     return model
 
 
+def _flat(config: STForecasterConfig) -> dict[str, Any]:
+    """``config``'s values by key, a concern's as ``part.key`` (``head.head_skip``)."""
+    out = {}
+    for key, value in dataclasses.asdict(config).items():
+        if isinstance(value, dict):
+            out.update({f"{key}.{inner}": item for inner, item in value.items()})
+        else:
+            out[key] = value
+    return out
+
+
 def load_st_forecaster(backbone: nn.Module, directory: str | Path) -> STForecaster:
     """An :class:`STForecaster` on ``backbone`` with the config and ST weights saved in ``directory``."""
     config = STForecasterConfig.load(directory)
     check_st_weights(directory, config)
-    return load_st_modules(STForecaster(backbone, config), directory)
+    return load_st_modules(build_st_forecaster(backbone, config), directory)

@@ -57,7 +57,8 @@ from st_instruct.models.backbones import BackboneSource, base_num_layers, build_
 from st_instruct.models.forecaster import (
     STForecaster,
     STForecasterConfig,
-    add_memories,
+    apply_memories,
+    build_st_forecaster,
     check_size,
     check_st_weights,
     load_st_modules,
@@ -234,17 +235,17 @@ def load_forecaster(directory: str | Path) -> tuple[STForecaster, Any]:
                                 f"holds {' and '.join(TOKENIZER_FILES)}); copy the model folder again (completely)")
     tokenizer = AutoTokenizer.from_pretrained(directory)
     if kind == "none":  # the no-LLM control: the tokenizer only tokenises its prompts, the model reads the arrays
-        return load_st_modules(STForecaster(None, config), directory).eval(), tokenizer
+        return load_st_modules(build_st_forecaster(None, config), directory).eval(), tokenizer
     backbone, base_tokenizer = build_base_backbone(source)
     if base_tokenizer.get_vocab() != tokenizer.get_vocab():
         raise ValueError(f"the tokenizer saved in {directory} differs from the one of its base backbone "
                          f"{source.model_name_or_path!r}; was the base model changed since training?")
-    add_memories(backbone, config)  # before the adapter: its LoRA names include the wrapped MLPs
+    apply_memories(backbone, config.memory)  # before the adapter: its LoRA names include the wrapped MLPs
     if kind == "adapter":
         backbone = PeftModel.from_pretrained(backbone, directory, config=_trained_adapter_config(directory))
     elif kind == "full":
         _load_full_backbone(backbone, directory)
-    return load_st_modules(STForecaster(backbone, config), directory).eval(), tokenizer
+    return load_st_modules(build_st_forecaster(backbone, config), directory).eval(), tokenizer
 
 
 def _trained_adapter_config(directory: Path) -> Any:

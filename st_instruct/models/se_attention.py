@@ -38,7 +38,7 @@ heads of group ``g`` use ``s_g``. Without GQA that is one scale per head.
 :data:`ATTN_IMPLEMENTATION`, with sdpa's mask function registered under the same name in ``AttentionMaskInterface``
 (without it transformers builds no mask at all for an unknown name: padding is silently attended to, and causality
 rests on sdpa's ``is_causal`` fallback alone). It receives queries / keys after the backbone's RoPE and after
-the KV-cache update, rotates them and delegates to transformers' sdpa attention. :func:`enable_se_attention`
+the KV-cache update, rotates them and delegates to transformers' sdpa attention. :func:`apply_se_attention`
 switches a backbone to it through ``set_attn_implementation`` (GPT-2 dispatches through the same interface in
 transformers 5; GPT-Neo does not and is refused).
 
@@ -64,7 +64,7 @@ Usage (``coords`` [B, S, K] per token, e.g. from :func:`token_coords` of :func:`
 coordinates)::
 
     rotation = build_spatial_rotation(backbone, coord_dim=K)   # owned by the caller, not the backbone
-    enable_se_attention(backbone, rotation)                      # once
+    apply_se_attention(backbone, rotation)                      # once
     with spatial_context(backbone, rotation, coords, st_mask):   # per forward pass, inside the caller's forward
         out = backbone(inputs_embeds=..., attention_mask=...)
     with spatial_context(backbone, rotation, coords, st_mask):   # generation: coords of the prompt
@@ -93,7 +93,7 @@ from st_instruct.models import patching
 ATTN_IMPLEMENTATION = "st_se_attention"
 STATE_KWARG = "st_spatial_rotation"  # keyword argument that carries a _SpatialCall to the attention function
 
-# backbone (unwrapped) -> attention implementation before enable_se_attention; bodies with an open spatial_context
+# backbone (unwrapped) -> attention implementation before apply_se_attention; bodies with an open spatial_context
 _PREVIOUS_IMPLEMENTATION: weakref.WeakKeyDictionary[nn.Module, str] = weakref.WeakKeyDictionary()
 _OPEN_CONTEXTS: weakref.WeakSet[nn.Module] = weakref.WeakSet()
 
@@ -111,7 +111,7 @@ class SpatialRotation(nn.Module):
     geometry (:func:`build_spatial_rotation` reads them from a backbone); ``num_pairs`` n rotated frequency pairs,
     the n lowest-frequency ones unless ``pair_indices`` (n distinct indices in ``[0, D/2)``) names them;
     ``learned_scale`` adds a per-key/value-head scale of the angles (initialised to 1); ``rope`` says whether the
-    backbone has RoPE (checked against it by :func:`enable_se_attention`; the rotation is the same either way);
+    backbone has RoPE (checked against it by :func:`apply_se_attention`; the rotation is the same either way);
     ``seed`` fixes the initial ``W`` (:class:`~st_instruct.models.forecaster.STForecaster` passes one drawn from
     the global generator, so a run's seed reaches it).
 
@@ -242,7 +242,7 @@ def _check_fits(backbone: nn.Module, rotation: SpatialRotation) -> None:
                          f"backbone has {expected}; build it with build_spatial_rotation(backbone, ...)")
 
 
-def enable_se_attention(backbone: nn.Module, rotation: SpatialRotation) -> int:
+def apply_se_attention(backbone: nn.Module, rotation: SpatialRotation) -> int:
     """Switch every attention module of ``backbone`` (plain or PEFT-wrapped) to SE-Attention; returns how many use it.
 
     Idempotent. Checks that ``rotation`` fits the backbone. Until a :func:`spatial_context` is open the model computes
@@ -267,7 +267,7 @@ def enable_se_attention(backbone: nn.Module, rotation: SpatialRotation) -> int:
 
 
 def disable_se_attention(backbone: nn.Module) -> None:
-    """Give ``backbone`` back the attention implementation it had before :func:`enable_se_attention` (idempotent)."""
+    """Give ``backbone`` back the attention implementation it had before :func:`apply_se_attention` (idempotent)."""
     model = patching.unwrap(backbone)
     if patching.attention_implementation(model) == ATTN_IMPLEMENTATION:
         patching.set_attention_implementation(model, _PREVIOUS_IMPLEMENTATION.pop(model, "sdpa"))
@@ -291,7 +291,7 @@ def spatial_context(backbone: nn.Module, rotation: SpatialRotation, coords: torc
     if not se_attention_enabled(backbone):
         raise RuntimeError(f"SE-Attention is not enabled on this {type(patching.unwrap(backbone)).__name__} (its "
                            f"attention implementation is {patching.attention_implementation(backbone)!r}); call "
-                           "enable_se_attention(backbone, rotation) first")
+                           "apply_se_attention(backbone, rotation) first")
     _check_fits(backbone, rotation)
     body = patching.base_model(backbone)
     if body in _OPEN_CONTEXTS:

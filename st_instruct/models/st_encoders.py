@@ -35,6 +35,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from st_instruct.configs import STEncoderConfig
+
 DAYS_PER_WEEK = 7
 
 
@@ -221,56 +223,56 @@ class STProjector(nn.Module):
 
 ENCODERS: dict[str, type[nn.Module]] = {"patch": PatchEmbeddingEncoder, "tcn": DilatedTCNEncoder}
 ENCODER_CONFIG_FILE = "encoder_config.json"
+# the legacy encoder_config.json (before the recipe's STEncoderConfig was what the encoder reads): its keys -> today's
+LEGACY_ENCODER_KEYS = {"kind": "st_encoder", "dim": "st_encoder_dim", "steps_per_day": "st_encoder_steps_per_day",
+                       "tcn_layers": "st_encoder_tcn_layers", "tcn_kernel_size": "st_encoder_tcn_kernel_size",
+                       "mlp_layers": "st_encoder_mlp_layers", "mlp_dropout": "st_encoder_mlp_dropout"}
 
 
 @dataclass
-class STEncoderConfig:
-    """What :func:`build_st_encoder` needs: the encoder ``kind`` (a key of :data:`ENCODERS`), the data's ``history``
-    ``L``, ``channels`` ``C`` and ``coord_dim`` ``K``, the width ``dim`` of each of its four parts, the rows of the
-    time-of-day table, for ``tcn`` its depth and kernel, and the STID fusion blocks after the concatenation
-    (``mlp_layers``, 0 = none, with ``mlp_dropout``). Saved as ``encoder_config.json`` beside a pretrained
-    encoder (:mod:`st_instruct.pretraining`), so the forecaster that loads it can check it fits its data."""
+class EncoderSpec:
+    """An ST encoder as :func:`build_st_encoder` builds it: the recipe's :class:`~st_instruct.configs.STEncoderConfig`
+    and the data it reads (``history`` ``L``, ``channels`` ``C``, ``coord_dim`` ``K``). Saved as
+    ``encoder_config.json`` beside a pretrained encoder (:mod:`st_instruct.pretraining`), so the forecaster that
+    loads it can check it fits its data."""
 
-    kind: str
+    encoder: STEncoderConfig
     history: int
     channels: int
     coord_dim: int
-    dim: int = 64
-    steps_per_day: int = 288
-    tcn_layers: int = 3
-    tcn_kernel_size: int = 2
-    mlp_layers: int = 0
-    mlp_dropout: float = 0.0
-
-    def __post_init__(self) -> None:
-        if self.kind not in ENCODERS:
-            raise ValueError(f"encoder kind must be one of {sorted(ENCODERS)}, found {self.kind!r}")
 
     def save(self, directory: str | Path) -> None:
         Path(directory, ENCODER_CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
 
     @classmethod
-    def load(cls, directory: str | Path) -> STEncoderConfig:
-        """Read ``encoder_config.json`` of ``directory``; ``ValueError`` (one line) when missing or not one."""
+    def load(cls, directory: str | Path) -> EncoderSpec:
+        """Read ``encoder_config.json`` of ``directory`` (today's, or a legacy flat one); ``ValueError`` (one line)
+        when missing or not one."""
         path = Path(directory, ENCODER_CONFIG_FILE)
         if not path.is_file():
             raise ValueError(f"{directory} holds no {ENCODER_CONFIG_FILE}: not a folder written by `st-instruct "
                              "pretrain`")
         try:
             values = json.loads(path.read_text())
-            return cls(**values)
-        except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as err:
+            if "encoder" not in values:  # legacy: one flat object
+                values = {"history": values.pop("history"), "channels": values.pop("channels"),
+                          "coord_dim": values.pop("coord_dim"),
+                          "encoder": {LEGACY_ENCODER_KEYS[key]: value for key, value in values.items()}}
+            return cls(**{**values, "encoder": STEncoderConfig(**values["encoder"])})
+        except (json.JSONDecodeError, UnicodeDecodeError, TypeError, KeyError, AttributeError, ValueError) as err:
             raise ValueError(f"{path} is not an ST encoder configuration ({err}); pretrain the encoder again") from err
 
 
-def build_st_encoder(config: STEncoderConfig) -> nn.Module:
-    """The ST encoder ``config`` describes (random weights): the one builder the forecaster and the pretraining
-    model both take their encoder from (torchtune-style composition, DESIGN.md §4a)."""
-    kwargs: dict[str, float] = {"dim": config.dim, "steps_per_day": config.steps_per_day,
-                                "mlp_layers": config.mlp_layers, "mlp_dropout": config.mlp_dropout}
-    if ENCODERS[config.kind] is DilatedTCNEncoder:
-        kwargs.update(layers=config.tcn_layers, kernel_size=config.tcn_kernel_size)
-    return ENCODERS[config.kind](config.history, config.channels, config.coord_dim, **kwargs)
+def build_st_encoder(spec: EncoderSpec) -> nn.Module:
+    """The ST encoder ``spec`` describes (random weights): the one builder the forecaster and the pretraining
+    model both take their encoder from (torchtune-style composition, docs/design.md §4a)."""
+    config = spec.encoder
+    kwargs: dict[str, float] = {"dim": config.st_encoder_dim, "steps_per_day": config.st_encoder_steps_per_day,
+                                "mlp_layers": config.st_encoder_mlp_layers,
+                                "mlp_dropout": config.st_encoder_mlp_dropout}
+    if ENCODERS[config.st_encoder] is DilatedTCNEncoder:
+        kwargs.update(layers=config.st_encoder_tcn_layers, kernel_size=config.st_encoder_tcn_kernel_size)
+    return ENCODERS[config.st_encoder](spec.history, spec.channels, spec.coord_dim, **kwargs)
 
 
 class RevIN(nn.Module):

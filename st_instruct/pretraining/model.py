@@ -4,7 +4,7 @@ back to the history (masked autoencoder: UniST, UrbanMind).
 UrbanGPT (Li et al., "UrbanGPT: Spatio-Temporal Large Language Models", KDD 2024) pretrains its ST dependency
 encoder on the forecast task before instruction tuning; UniST (Yuan et al., KDD 2024) and UrbanMind (KDD 2025)
 pretrain theirs by reconstructing masked ST data. The encoder is built outside (``build_st_encoder``) and passed
-in, so the same module is later handed to ``STForecaster(backbone, config, encoder=...)``.
+in, so the same module is later handed to ``build_st_forecaster(backbone, config, encoder=...)``.
 
 Hidden entries reach the encoder as gaps: their value zeroed **and** their observed flag cleared, exactly as a
 missing value does (the encoders read the values with gaps zeroed plus the mask), so no learned mask token is

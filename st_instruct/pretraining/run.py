@@ -2,7 +2,7 @@
 several datasets -> encoder + light head -> a plain AdamW loop on the CPU -> its own folder.
 
 The folder holds ``encoder.safetensors``, the head (``readout.safetensors`` or ``decoder.safetensors``),
-``encoder_config.json`` (:class:`~st_instruct.models.st_encoders.STEncoderConfig`), ``recipe.yaml`` (every resolved
+``encoder_config.json`` (:class:`~st_instruct.models.st_encoders.EncoderSpec`), ``recipe.yaml`` (every resolved
 value) and ``pretrain_log.json`` (the loss of every step). A forecaster recipe loads it with ``st_encoder_init: DIR``
 (:func:`get_pretrained_encoder`).
 
@@ -31,13 +31,15 @@ from st_instruct.configs import (
     ModelConfig,
     PretrainConfig,
     RecipeError,
+    STEncoderConfig,
     TrainingDivergedError,
+    part,
     recipe_dict,
 )
 from st_instruct.data.loaders import load_series
 from st_instruct.data.masks import draw_mask
 from st_instruct.data.windows import STWindows, build_windows
-from st_instruct.models.st_encoders import ENCODER_CONFIG_FILE, STEncoderConfig, build_st_encoder
+from st_instruct.models.st_encoders import ENCODER_CONFIG_FILE, EncoderSpec, build_st_encoder
 from st_instruct.outputs import check_writable, staged_output
 from st_instruct.pretraining.model import HEAD_FILE, PretrainModel, forecast_loss, reconstruction_loss
 from st_instruct.samples.builder import node_coordinates
@@ -45,11 +47,8 @@ from st_instruct.samples.builder import node_coordinates
 ENCODER_FILE = "encoder.safetensors"
 RECIPE_FILE = "recipe.yaml"
 LOG_FILE = "pretrain_log.json"
-# the recipe key (or data property) behind each STEncoderConfig field, for the error of a folder that does not fit
-RECIPE_KEY_OF = {"kind": "st_encoder", "dim": "st_encoder_dim", "mlp_layers": "st_encoder_mlp_layers",
-                 "mlp_dropout": "st_encoder_mlp_dropout",
-                 "history": "history",
-                 "channels": "channels (of the data)", "coord_dim": "coordinates / coordinate_dim"}
+# what the data fields of an EncoderSpec are in a recipe's terms, for the error of a folder that does not fit
+SHAPE_KEYS = {"history": "history", "channels": "channels (of the data)", "coord_dim": "coordinates / coordinate_dim"}
 
 
 @dataclass
@@ -142,7 +141,7 @@ def divergence_error(what: str, step: int, config: PretrainConfig) -> TrainingDi
 
 
 def train_encoder(data_config: DataConfig, model_config: ModelConfig, config: PretrainConfig,
-                  progress: bool = True) -> tuple[PretrainModel, STEncoderConfig, dict]:
+                  progress: bool = True) -> tuple[PretrainModel, EncoderSpec, dict]:
     """Pretrain the recipe's encoder: ``(model, its encoder's config, log)``; the log holds the loss of every step.
     Seeded by ``pretrain_seed`` (initialisation, batches, masks): the same recipe gives the same weights.
 
@@ -150,10 +149,8 @@ def train_encoder(data_config: DataConfig, model_config: ModelConfig, config: Pr
     step are refused too (:class:`TrainingDivergedError`), so no folder of non-finite weights is ever written."""
     sources = load_sources(data_config, list(config.pretrain_mask_families))
     first = sources[0]
-    encoder_config = STEncoderConfig(kind=model_config.st_encoder, history=data_config.history,
-                                     channels=first.windows.scaled.shape[-1], coord_dim=first.coords.shape[1],
-                                     dim=model_config.st_encoder_dim, mlp_layers=model_config.st_encoder_mlp_layers,
-                                     mlp_dropout=model_config.st_encoder_mlp_dropout)
+    encoder_config = EncoderSpec(part(model_config, STEncoderConfig), history=data_config.history,
+                                 channels=first.windows.scaled.shape[-1], coord_dim=first.coords.shape[1])
     torch.manual_seed(config.pretrain_seed)
     generator = torch.Generator().manual_seed(config.pretrain_seed)
     steps = data_config.horizon if config.pretrain_objective == "forecast" else data_config.history
@@ -194,7 +191,7 @@ def train_encoder(data_config: DataConfig, model_config: ModelConfig, config: Pr
     return model.eval(), encoder_config, log
 
 
-def save_encoder(model: PretrainModel, encoder_config: STEncoderConfig, log: dict, output: str | Path,
+def save_encoder(model: PretrainModel, encoder_config: EncoderSpec, log: dict, output: str | Path,
                  recipe: dict, overwrite: bool = False) -> Path:
     """Write the pretrained folder (module docstring) through ``staged_output``: it appears only once complete,
     and a non-empty ``output`` is refused unless ``overwrite``."""
@@ -217,12 +214,12 @@ def pretrain(data_config: DataConfig, model_config: ModelConfig, config: Pretrai
     model, encoder_config, log = train_encoder(data_config, model_config, config, progress)
     save_encoder(model, encoder_config, log, output, recipe_dict(data_config, model_config, config), overwrite)
     losses = log["losses"]
-    print(f"pretrained the {encoder_config.kind} encoder ({config.pretrain_objective}, {len(losses)} steps, loss "
-          f"{losses[0]:.4f} -> {losses[-1]:.4f}) on {', '.join(log['datasets'])}; saved to {output}")
+    print(f"pretrained the {encoder_config.encoder.st_encoder} encoder ({config.pretrain_objective}, {len(losses)} "
+          f"steps, loss {losses[0]:.4f} -> {losses[-1]:.4f}) on {', '.join(log['datasets'])}; saved to {output}")
     return output
 
 
-def get_pretrained_encoder(directory: str | Path, expected: STEncoderConfig) -> nn.Module:
+def get_pretrained_encoder(directory: str | Path, expected: EncoderSpec) -> nn.Module:
     """The encoder saved in ``directory`` by :func:`pretrain`, built by ``build_st_encoder`` and loaded; a
     :class:`RecipeError` (one line naming ``st_encoder_init``) for a missing or non-encoder folder or one whose
     encoder does not fit ``expected`` (the recipe's), naming every differing value on both sides."""
@@ -231,12 +228,14 @@ def get_pretrained_encoder(directory: str | Path, expected: STEncoderConfig) -> 
     if not directory.is_dir():
         raise RecipeError(f"{key}: {directory} is not a folder; name the output folder of `st-instruct pretrain`")
     try:
-        saved = STEncoderConfig.load(directory)
+        saved = EncoderSpec.load(directory)
     except ValueError as err:
         raise RecipeError(f"{key}: {err}") from None
-    differ = [f"{RECIPE_KEY_OF.get(f.name, f.name)}: {getattr(saved, f.name)!r} in the folder, "
-              f"{getattr(expected, f.name)!r} in the recipe" for f in fields(STEncoderConfig)
-              if getattr(saved, f.name) != getattr(expected, f.name)]
+    pairs = [(f.name, getattr(saved.encoder, f.name), getattr(expected.encoder, f.name))
+             for f in fields(STEncoderConfig)]
+    pairs += [(label, getattr(saved, name), getattr(expected, name)) for name, label in SHAPE_KEYS.items()]
+    differ = [f"{name}: {mine!r} in the folder, {theirs!r} in the recipe" for name, mine, theirs in pairs
+              if mine != theirs]
     if differ:
         raise RecipeError(f"{key}: the encoder in {directory} does not fit this recipe ({'; '.join(differ)}); "
                           f"pretrain one with the recipe's settings or set them to the folder's")
@@ -245,7 +244,7 @@ def get_pretrained_encoder(directory: str | Path, expected: STEncoderConfig) -> 
     try:
         encoder.load_state_dict(load_file(str(path)), strict=True)
     except (OSError, RuntimeError, ValueError, SafetensorError) as err:  # missing, corrupt, another version
-        raise RecipeError(f"{key}: {path} cannot be loaded into the {saved.kind} encoder of "
+        raise RecipeError(f"{key}: {path} cannot be loaded into the {saved.encoder.st_encoder} encoder of "
                           f"{directory / ENCODER_CONFIG_FILE} ({str(err).splitlines()[0]}); pretrain again") from None
     return encoder
 

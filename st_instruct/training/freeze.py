@@ -37,6 +37,7 @@ from peft import LoraConfig, PeftModel, TrainableTokensConfig, get_peft_model, p
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
+from st_instruct.configs import FreezeConfig
 from st_instruct.models.forecaster import ST_MODULE_NAMES, VISION_MODULE_NAMES, STForecaster
 from st_instruct.models.mrffn import MEMORY_MODULE_NAME, is_memory_parameter
 from st_instruct.models.patching import (
@@ -91,48 +92,45 @@ class FreezeReport:
                 f"({share:.2f}%) -- {parts}")
 
 
-def apply_freeze_plan(model: STForecaster, plan: str, *, lora_r: int = 8, lora_alpha: int = 16,
-                      lora_dropout: float = 0.05, lora_target_modules: Sequence[str] | None = None,
-                      pfa_last_layers: int = 2, train_st_token_embeddings: bool = False,
-                      frozen_st_modules: Sequence[str] = (), vision_lora: bool = False) -> FreezeReport:
-    """Set which parameters of ``model`` train, in place, following ``plan`` (one of :data:`FREEZE_PLANS`).
+def apply_freeze_plan(model: STForecaster, freeze: FreezeConfig, frozen_st_modules: Sequence[str] = ()
+                      ) -> FreezeReport:
+    """Set which parameters of ``model`` train, in place, following the recipe's ``freeze`` concern
+    (:class:`~st_instruct.configs.FreezeConfig`: its ``freeze_plan`` is one of :data:`FREEZE_PLANS`).
 
     For ``lora`` / ``qlora`` (and ``train_st_token_embeddings``) ``model.backbone`` is replaced by a ``PeftModel``
     around it. Applying a plan again is idempotent: a backbone that already carries the adapter the call asks for
     (this function's own, or one loaded with ``PeftModel.from_pretrained``) is kept and only the flags are set;
     one that carries another adapter is refused.
 
-    Args:
-        model: the forecaster; its ST modules always train.
-        plan: ``frozen``, ``lora``, ``pfa``, ``full`` or ``qlora`` (see the module docstring).
-        lora_r, lora_alpha, lora_dropout: rank, scaling numerator and dropout of the LoRA adapters.
-        lora_target_modules: PEFT ``target_modules`` (names matched as suffixes of module paths); the aliases
-            ``attention`` and ``mlp`` stand for the attention / feed-forward projections of the backbone's family.
-            ``None``: the attention projections (``q_proj``/``k_proj``/``v_proj``/``o_proj``; GPT-2 ``attn.c_attn``,
-            ``attn.c_proj``).
-        pfa_last_layers: ``U`` of PFA, the number of last decoder layers whose attention trains (0: norms only).
-        train_st_token_embeddings: also train the input embedding row of ``<st_pre>``, the token whose hidden
-            states the regression head reads, as UrbanGPT lets its ST token embeddings learn. (``<st_his>`` rows are
-            replaced by the projector's output, so they have nothing to learn; UrbanGPT also trains its start / end
-            tokens, whose ids ``STForecasterConfig`` does not hold.) Done by a PEFT trainable-tokens delta on that
-            one row, so the backbone becomes a ``PeftModel`` under every plan; ``full`` trains all rows anyway and
-            refuses it.
-        frozen_st_modules: ST modules (names of ``model.st_modules()``) that stay frozen in every plan: a
-            pretrained ``st_encoder`` with ``st_encoder_freeze: true``, a VLM's ``st_vision_tower`` with
-            ``vision_tower_train: frozen`` (or ``lora``, where its adapters train).
-        vision_lora: (a VLM under ``lora`` / ``qlora``) LoRA adapters on the vision tower's attention projections
-            too. On a VLM the language model's LoRA targets are matched inside the language model only (the
-            vision tower's layers have projections of the same names).
+    What each key does:
 
-    Returns:
-        a :class:`FreezeReport`.
+    - ``freeze_plan``: ``frozen``, ``lora``, ``pfa``, ``full`` or ``qlora`` (see the module docstring); the ST
+      modules always train.
+    - ``lora_r``, ``lora_alpha``, ``lora_dropout``: rank, scaling numerator and dropout of the LoRA adapters.
+    - ``lora_target_modules``: PEFT ``target_modules`` (names matched as suffixes of module paths); the aliases
+      ``attention`` and ``mlp`` stand for the attention / feed-forward projections of the backbone's family.
+      ``None``: the attention projections (``q_proj``/``k_proj``/``v_proj``/``o_proj``; GPT-2 ``attn.c_attn``,
+      ``attn.c_proj``).
+    - ``pfa_last_layers``: ``U`` of PFA, the number of last decoder layers whose attention trains (0: norms only).
+    - ``train_st_token_embeddings``: also train the input embedding row of ``<st_pre>``, the token whose hidden
+      states the regression head reads, as UrbanGPT lets its ST token embeddings learn. (``<st_his>`` rows are
+      replaced by the projector's output, so they have nothing to learn; UrbanGPT also trains its start / end
+      tokens, whose ids ``STForecasterConfig`` does not hold.) Done by a PEFT trainable-tokens delta on that one
+      row, so the backbone becomes a ``PeftModel`` under every plan.
+    - ``vision_tower_train: lora`` (a VLM under ``lora`` / ``qlora``): LoRA adapters on the vision tower's attention
+      projections too. On a VLM the language model's LoRA targets are matched inside the language model only (the
+      vision tower's layers have projections of the same names).
 
-    Raises:
-        ValueError: an unknown plan, ``pfa_last_layers`` outside ``0..layers``, ``qlora`` on a backbone not loaded
-            in 4-bit (``lora`` / ``pfa`` / ``full`` on one that is), a backbone already carrying another adapter.
+    ``frozen_st_modules``: ST modules (names of ``model.st_modules()``) that stay frozen in every plan: a pretrained
+    ``st_encoder`` with ``st_encoder_freeze: true``, a VLM's ``st_vision_tower`` with ``vision_tower_train: frozen``
+    (or ``lora``, where its adapters train).
+
+    Returns a :class:`FreezeReport`. Raises ``ValueError``: ``pfa_last_layers`` beyond the backbone's layers,
+    ``qlora`` on a backbone not loaded in 4-bit (``lora`` / ``pfa`` / ``full`` on one that is), a backbone already
+    carrying another adapter.
     """
-    if plan not in FREEZE_PLANS:
-        raise ValueError(f"unknown freeze plan {plan!r}; choose one of {', '.join(FREEZE_PLANS)}")
+    plan, pfa_last_layers = freeze.freeze_plan, freeze.pfa_last_layers
+    vision_lora = freeze.vision_tower_train == "lora"
     backbone = model.backbone
     quantised = is_loaded_in_4bit(backbone)
     if plan == "qlora" and not quantised:
@@ -142,8 +140,6 @@ def apply_freeze_plan(model: STForecaster, plan: str, *, lora_r: int = 8, lora_a
         raise ValueError(f"the backbone is loaded in 4-bit, whose weights cannot train: plan {plan!r} does not fit "
                          "it; use plan 'qlora' (LoRA on the 4-bit base) or 'frozen', or load the backbone in full "
                          "precision")
-    if plan == "full" and train_st_token_embeddings:
-        raise ValueError("plan 'full' trains every embedding row already; drop train_st_token_embeddings")
     if plan == "pfa" and not 0 <= pfa_last_layers <= len(decoder_layers(backbone)):
         raise ValueError(f"pfa_last_layers must be between 0 and the backbone's {len(decoder_layers(backbone))} "
                          f"decoder layers, found {pfa_last_layers}")
@@ -151,8 +147,7 @@ def apply_freeze_plan(model: STForecaster, plan: str, *, lora_r: int = 8, lora_a
     if vision_lora and plan not in ("lora", "qlora"):
         raise ValueError(f"vision_tower_train: lora puts LoRA adapters on the vision tower, which needs freeze_plan "
                          f"lora or qlora, found {plan!r}")
-    wanted = _peft_config(model, plan, lora_r, lora_alpha, lora_dropout, lora_target_modules,
-                          train_st_token_embeddings, vision_lora)
+    wanted = _peft_config(model, freeze)
     if _is_peft_model(backbone):
         _check_same_adapter(backbone, wanted, plan)
     elif wanted is not None:
@@ -179,18 +174,19 @@ def apply_freeze_plan(model: STForecaster, plan: str, *, lora_r: int = 8, lora_a
     return _report(model, plan, adapter)
 
 
-def _peft_config(model: STForecaster, plan: str, r: int, alpha: int, dropout: float,
-                 targets: Sequence[str] | None, train_tokens: bool, vision_lora: bool = False) -> Any:
+def _peft_config(model: STForecaster, freeze: FreezeConfig) -> Any:
     """The PEFT config the plan asks for (LoRA, trainable tokens, or ``None``)."""
-    tokens = [model.st_config.pre_token_id] if train_tokens else None
+    plan = freeze.freeze_plan
+    tokens = [model.st_config.pre_token_id] if freeze.train_st_token_embeddings else None
     rows = input_embeddings(model.backbone).weight.shape[0]
     if tokens is not None and tokens[0] >= rows:
         raise ValueError(f"<st_pre> has id {tokens[0]}, outside the backbone's {rows} embedding rows; add the ST "
                          "tokens to the model with add_st_tokens(tokenizer, backbone)")
     if plan in ("lora", "qlora"):
-        return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, task_type="CAUSAL_LM",
-                          target_modules=_lora_targets(model.backbone, targets, vision_lora),
-                          trainable_token_indices=tokens)
+        return LoraConfig(r=freeze.lora_r, lora_alpha=freeze.lora_alpha, lora_dropout=freeze.lora_dropout,
+                          task_type="CAUSAL_LM", trainable_token_indices=tokens,
+                          target_modules=_lora_targets(model.backbone, freeze.lora_target_modules,
+                                                       freeze.vision_tower_train == "lora"))
     if tokens is not None:
         embedding = next(name for name, module in unwrap(model.backbone).named_modules()
                          if module is input_embeddings(model.backbone))

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import signal
@@ -27,10 +28,12 @@ from transformers.integrations.integration_utils import default_logdir
 
 from st_instruct.configs import (
     DataConfig,
+    FreezeConfig,
     ModelConfig,
     RecipeError,
     TrainingDivergedError,
     check_recipe_consistency,
+    part,
     recipe_dict,
 )
 from st_instruct.data.loaders import load_series
@@ -45,7 +48,7 @@ from st_instruct.model_dir import (
 )
 from st_instruct.models.backbones import BackboneSource, build_teacher, get_backbone, get_tokenizer
 from st_instruct.models.collators import build_collator
-from st_instruct.models.forecaster import STForecaster, STForecasterConfig
+from st_instruct.models.forecaster import STForecasterConfig, build_st_forecaster
 from st_instruct.models.mrffn import init_memory_from_patterns, memory_modules, recorded_inputs
 from st_instruct.models.patching import hidden_size, is_vision_language
 from st_instruct.models.regression_head import gather_positions
@@ -69,11 +72,11 @@ def build_forecaster(data_config: DataConfig, model_config: ModelConfig, seed: i
     ``seed`` seeds every random initialisation of the ST modules (SE-Attention's angles and the MRFFN memories
     included: :class:`STForecaster` draws their seeds from the global generator) and of the adapters.
 
-    ``model_config.control`` builds a control of the recipe instead (Tan et al., NeurIPS 2024): ``random_llm`` the
-    same backbone architecture, truncation and freeze plan with random weights drawn under ``seed``
-    (``get_backbone(..., random_init_seed=seed)``); ``no_llm`` no backbone at all (``STForecaster(None, ...)``: the
-    same encoder, projector to the backbone's width and head; the freeze plan has nothing to act on). The backbone
-    is still loaded for its width and tokenizer, so the control is tokenised and sized exactly as the forecaster.
+    ``model_config.control`` builds a control of the recipe instead (Tan et al., NeurIPS 2024): ``random_llm`` the same
+    backbone architecture, truncation and freeze plan with random weights drawn under ``seed`` (``get_backbone(...,
+    random_init_seed=seed)``); ``no_llm`` no backbone at all (``build_st_forecaster(None, ...)``: the same encoder,
+    projector to the backbone's width and head; the freeze plan has nothing to act on). The backbone is still loaded
+    for its width and tokenizer, so the control is tokenised and sized exactly as the forecaster.
 
     ``model_config.st_encoder_init`` passes the encoder pretrained in that folder (``st-instruct pretrain``) to the
     forecaster instead of a fresh one (:func:`~st_instruct.pretraining.run.get_pretrained_encoder` refuses one that
@@ -101,29 +104,22 @@ def build_forecaster(data_config: DataConfig, model_config: ModelConfig, seed: i
     dataset = build_dataset(data_config, tokenizer, teacher=build_teacher(data_config.rationale_teacher))
     sample = next(iter(dataset["train"]))
     learned = data_config.coordinates == "learned"
-    st_config = STForecasterConfig(
-        history=data_config.history, horizon=data_config.horizon, channels=channels or len(sample["scaler_mean"]),
+    st_config = STForecasterConfig.of_recipe(
+        model_config, history=data_config.history, horizon=data_config.horizon,
+        channels=channels or len(sample["scaler_mean"]),
         coord_dim=data_config.coordinate_dim if learned else len(sample["coords"][0]), his_token_id=ids.his,
-        pre_token_id=ids.pre, encoder=model_config.st_encoder, encoder_dim=model_config.st_encoder_dim,
-        encoder_mlp_layers=model_config.st_encoder_mlp_layers, encoder_mlp_dropout=model_config.st_encoder_mlp_dropout,
-        projector_layers=model_config.st_projector_layers, head_dim=model_config.head_dim, revin=model_config.revin,
-        node_table_size=learned_node_table_size(data_config) if learned else 0,
-        se_attention=model_config.se_attention, se_pairs=model_config.se_pairs,
-        se_learned_scale=model_config.se_learned_scale, se_init_scale=model_config.se_init_scale,
-        mrffn_layers=list(model_config.mrffn_layers) if model_config.mrffn else None,
-        mrffn_slots=model_config.mrffn_slots, mrffn_key_dim=model_config.mrffn_key_dim,
-        mrffn_top_k=model_config.mrffn_top_k, hidden_size=width, head_skip=model_config.head_skip,
-        fusion=model_config.st_fusion and control != "no_llm", fusion_heads=model_config.st_fusion_heads,
-        graph=model_config.st_graph, graph_sigma0_km=model_config.st_graph_sigma0_km,
-        graph_alpha_km=model_config.st_graph_alpha_km)
+        pre_token_id=ids.pre, hidden_size=width,
+        node_table_size=learned_node_table_size(data_config) if learned else 0)
+    if control == "no_llm":  # the fusion joins a backbone's image tokens: without a backbone there is none
+        st_config = dataclasses.replace(st_config, fusion=dataclasses.replace(st_config.fusion, st_fusion=False))
     encoder = None
     if model_config.st_encoder_init and load_pretrained:
-        encoder = get_pretrained_encoder(model_config.st_encoder_init, st_config.encoder_config())
+        encoder = get_pretrained_encoder(model_config.st_encoder_init, st_config.encoder_spec())
     frozen = ["st_encoder"] if model_config.st_encoder_freeze else []
     if backbone is not None and is_vision_language(backbone) and model_config.vision_tower_train != "full":
         frozen.append("st_vision_tower")  # frozen, or its base frozen under LoRA
     set_seed(seed)
-    model = STForecaster(backbone, st_config, encoder=encoder)
+    model = build_st_forecaster(backbone, st_config, encoder=encoder)
     if model_config.head_skip_init == "readout" and load_pretrained:
         if model_config.revin:
             raise RecipeError("head_skip_init: readout starts from a readout pretrained without RevIN; with revin: "
@@ -134,11 +130,7 @@ def build_forecaster(data_config: DataConfig, model_config: ModelConfig, seed: i
         init_memories_from_data(model, dataset["train"], tokenizer, seed=seed)
     if backbone is None:
         return model, tokenizer, dataset, no_backbone_report(model, frozen)
-    report = apply_freeze_plan(model, model_config.freeze_plan, lora_r=model_config.lora_r,
-                               lora_alpha=model_config.lora_alpha, lora_dropout=model_config.lora_dropout,
-                               lora_target_modules=model_config.lora_target_modules,
-                               pfa_last_layers=model_config.pfa_last_layers, frozen_st_modules=frozen,
-                               vision_lora=model_config.vision_tower_train == "lora")
+    report = apply_freeze_plan(model, part(model_config, FreezeConfig), frozen_st_modules=frozen)
     return model, tokenizer, dataset, report
 
 

@@ -152,9 +152,9 @@ def test_the_profile_channels_are_checked_against_the_model(model, selected, cha
 
 @pytest.mark.parametrize("file, key, value, culprits", [
     (ST_CONFIG_FILE, "horizon", 1e9, ["horizon must be a positive integer, found 1000000000.0", "1 to 10000"]),
-    (ST_CONFIG_FILE, "head_dim", 10**9, ["head_dim must be a positive integer, found 1000000000", "1 to 65536"]),
+    (ST_CONFIG_FILE, "head.head_dim", 10**9, ["head_dim must be a positive integer, found 1000000000", "1 to 65536"]),
     (ST_CONFIG_FILE, "channels", "2", ["channels must be a positive integer, found '2'"]),
-    (ST_CONFIG_FILE, "revin", 1, ["revin must be true or false, found 1"]),
+    (ST_CONFIG_FILE, "head.revin", 1, ["revin must be true or false, found 1"]),
     (ST_CONFIG_FILE, "horizon", 13, ["st_modules.safetensors has regression_head.out.weight of shape [24, 128]",
                                      "gives it shape [26, 128]"]),
     (ST_CONFIG_FILE, "coord_dim", 4, ["st_modules.safetensors has st_encoder.context.space.weight",
@@ -167,7 +167,8 @@ def test_an_edited_config_is_refused_before_the_model_is_built(cli, model, serie
                                                                  culprits):
     """predict with an edited st_forecaster_config.json / st_backbone.json: exit 2, one line naming the file and
     the key (and for a size that contradicts the weights, both files and the tensor), no output file."""
-    edit_json(model / file, lambda content: content.update({key: value}))
+    *outer, inner = key.split(".")  # a concern's key of st_forecaster_config.json: part.key
+    edit_json(model / file, lambda content: (content[outer[0]] if outer else content).update({inner: value}))
     result, output = predict(cli, model, series, tmp_path)
     assert_clean_failure(result, file, *culprits, "copy the model folder again")
     assert not output.exists()

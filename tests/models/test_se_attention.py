@@ -9,9 +9,9 @@ from st_instruct.models.patching import UnsupportedArchitectureError
 from st_instruct.models.se_attention import (
     ATTN_IMPLEMENTATION,
     SpatialRotation,
+    apply_se_attention,
     build_spatial_rotation,
     disable_se_attention,
-    enable_se_attention,
     normalize_coords,
     spatial_context,
     token_coords,
@@ -80,7 +80,7 @@ def test_identity_rotation_reproduces_the_plain_backbone(arch):
     ids, coords, st_mask = inputs()
     plain = run(model, ids)
     assert model.config._attn_implementation == "sdpa"
-    assert enable_se_attention(model, rotation) == 2
+    assert apply_se_attention(model, rotation) == 2
     assert_same(run(model, ids), plain)  # no context open: plain sdpa
     with spatial_context(model, rotation, coords, torch.zeros_like(st_mask)):
         assert_same(run(model, ids), plain)
@@ -96,7 +96,7 @@ def test_identity_rotation_reproduces_the_plain_backbone(arch):
 def test_enable_is_idempotent_and_disable_restores_the_previous_implementation():
     model, rotation = setup("llama")
     model.set_attn_implementation("eager")
-    assert enable_se_attention(model, rotation) == enable_se_attention(model, rotation) == 2
+    assert apply_se_attention(model, rotation) == apply_se_attention(model, rotation) == 2
     assert all(layer.self_attn.config._attn_implementation == ATTN_IMPLEMENTATION for layer in model.model.layers)
     disable_se_attention(model)
     disable_se_attention(model)
@@ -109,7 +109,7 @@ def test_spatial_angles_change_the_output_from_the_first_st_token_on(arch):
     model, rotation = setup(arch)
     ids, coords, st_mask = inputs()
     plain = run(model, ids)
-    enable_se_attention(model, rotation)
+    apply_se_attention(model, rotation)
     with spatial_context(model, rotation, coords, st_mask):
         logits, hidden = run(model, ids)
     first = ST_POSITIONS[0]
@@ -122,7 +122,7 @@ def test_spatial_angles_change_the_output_from_the_first_st_token_on(arch):
 def test_a_future_token_cannot_change_a_past_output(arch):
     model, rotation = setup(arch)
     ids, coords, st_mask = inputs()
-    enable_se_attention(model, rotation)
+    apply_se_attention(model, rotation)
     with spatial_context(model, rotation, coords, st_mask):
         before = run(model, ids)
     changed_ids, changed_coords, changed_mask = ids.clone(), coords.clone(), st_mask.clone()
@@ -156,7 +156,7 @@ def test_st_scores_depend_on_the_coordinate_offset_only(arch, captured):
     """Layer 0 sees the same q / k before rotation in every run, so its scores isolate the spatial rotation."""
     model, rotation = setup(arch)
     ids, coords, st_mask = inputs()
-    enable_se_attention(model, rotation)
+    apply_se_attention(model, rotation)
 
     def layer0_scores(token_coords):
         captured.clear()
@@ -222,7 +222,7 @@ def test_cached_generation_equals_full_forward_passes_with_left_padding(arch):
     mask[0, :2] = 0  # row 0 left-padded by two
     ids[0, :2] = 0
     st_mask[0, :2] = False
-    enable_se_attention(model, rotation)
+    apply_se_attention(model, rotation)
     with spatial_context(model, rotation, coords, st_mask), torch.no_grad():
         out = model.generate(ids, attention_mask=mask, max_new_tokens=new_tokens, do_sample=False, pad_token_id=0,
                              output_logits=True, return_dict_in_generate=True)
@@ -240,7 +240,7 @@ def test_cached_generation_equals_full_forward_passes_with_left_padding(arch):
 def test_left_and_right_padding_leave_real_tokens_unchanged(arch):
     model, rotation = setup(arch)
     ids, coords, st_mask = inputs(batch=1, seq=8)
-    enable_se_attention(model, rotation)
+    apply_se_attention(model, rotation)
     with spatial_context(model, rotation, coords, st_mask):
         alone = run(model, ids)[1][-1]
     pad = 3
@@ -269,7 +269,7 @@ def test_gradients_reach_the_rotation_also_under_gradient_checkpointing():
     model, rotation = setup("llama")
     model.train()
     ids, coords, st_mask = inputs()
-    enable_se_attention(model, rotation)
+    apply_se_attention(model, rotation)
 
     def gradients():
         model.zero_grad()
@@ -295,7 +295,7 @@ def test_works_under_a_peft_wrapper():
     ids, coords, st_mask = inputs()
     peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj", "v_proj"])).eval()
     plain = run(peft_model, ids)
-    assert enable_se_attention(peft_model, rotation) == 2
+    assert apply_se_attention(peft_model, rotation) == 2
     with spatial_context(peft_model, rotation, coords, st_mask):
         logits, _ = run(peft_model, ids)
     assert (logits - plain[0]).abs().max() > 1e-5
@@ -305,10 +305,10 @@ def test_works_under_a_peft_wrapper():
 def test_clear_errors():
     model, rotation = setup("llama")
     ids, coords, st_mask = inputs()
-    with pytest.raises(RuntimeError, match="enable_se_attention"):
+    with pytest.raises(RuntimeError, match="apply_se_attention"):
         with spatial_context(model, rotation, coords, st_mask):
             pass
-    enable_se_attention(model, rotation)
+    apply_se_attention(model, rotation)
     with pytest.raises(ValueError, match=r"K=3.*\(2, 10, 5\)"):
         with spatial_context(model, rotation, torch.zeros(2, 10, 5), st_mask):
             pass
@@ -320,7 +320,7 @@ def test_clear_errors():
     with pytest.raises(ValueError, match="pair_indices"):
         SpatialRotation(K, head_dim=8, num_heads=4, num_kv_heads=2, num_pairs=2, pair_indices=[1, 1])
     with pytest.raises(ValueError, match=r"\(4, 4, 8, False\).*\(4, 2, 8, True\)"):
-        enable_se_attention(model, build_spatial_rotation(build_tiny_backbone("gpt2"), K, num_pairs=2))
+        apply_se_attention(model, build_spatial_rotation(build_tiny_backbone("gpt2"), K, num_pairs=2))
     with pytest.raises(ValueError, match="batch 2"):
         with spatial_context(model, rotation, coords, st_mask):
             model(ids[:1])
@@ -337,7 +337,7 @@ def test_gpt_neo_is_refused_and_left_unchanged():
                                            attention_types=[[["global"], 2]], bos_token_id=0, eos_token_id=0))
     before = model.config._attn_implementation
     with pytest.raises(UnsupportedArchitectureError, match="AttentionInterface"):
-        enable_se_attention(model, build_spatial_rotation(model, K, num_pairs=2))
+        apply_se_attention(model, build_spatial_rotation(model, K, num_pairs=2))
     assert model.config._attn_implementation == before
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from tiny import build_tiny_forecaster
 
-from st_instruct.configs import parse_recipe, train_dataclasses
+from st_instruct.configs import FreezeConfig, parse_recipe, train_dataclasses
 from st_instruct.models.mrffn import memory_modules
 from st_instruct.models.saving import load_forecaster
 from st_instruct.models.se_attention import se_attention_enabled
@@ -26,8 +26,8 @@ GRAPH = ["--template", "forecast_graph", "--granularity", "graph"]
 def test_zero_angles_and_closed_gate_forecast_exactly_as_the_plain_forecaster(arch, st_tok, built, collate):
     batch = collate([built["graph12"][0], built["graph48"][0]])
     plain = build_tiny_forecaster(st_tok, arch).eval()
-    patched = build_tiny_forecaster(st_tok, arch, se_attention=True, se_pairs=2, mrffn_layers=[-1], mrffn_slots=4,
-                                    mrffn_key_dim=8).eval()
+    patched = build_tiny_forecaster(st_tok, arch, se_attention=True, se_pairs=2, mrffn=True, mrffn_layers=[-1],
+                                    mrffn_slots=4, mrffn_key_dim=8).eval()
     assert se_attention_enabled(patched.backbone) and len(memory_modules(patched.backbone)) == 1
     with torch.no_grad():
         patched.st_spatial.weight.zero_()
@@ -92,9 +92,9 @@ def test_stlink_trains_saves_and_loads_back_identically(plan, tiny_backbone_dir,
 def test_freeze_report_names_the_stlink_groups_and_memory_trains_under_lora(st_tok):
     from st_instruct.training.freeze import apply_freeze_plan
 
-    model = build_tiny_forecaster(st_tok, se_attention=True, se_pairs=2, mrffn_layers=[0], mrffn_slots=4,
+    model = build_tiny_forecaster(st_tok, se_attention=True, se_pairs=2, mrffn=True, mrffn_layers=[0], mrffn_slots=4,
                                   mrffn_key_dim=8, revin=True)
-    report = apply_freeze_plan(model, "lora", lora_target_modules=["attention", "mlp"])
+    report = apply_freeze_plan(model, FreezeConfig(freeze_plan="lora", lora_target_modules=["attention", "mlp"]))
     assert {"st_spatial", "st_memory", "st_revin", "adapter"} <= set(report.groups)
     assert se_attention_enabled(model.backbone)  # still on under the PEFT wrapper
     lora_mlp = [n for n, _ in model.backbone.named_modules() if n.endswith("mlp.base.down_proj.lora_A")]
@@ -139,18 +139,15 @@ def stlink_weights(model):
 
 def seeded_forecaster(st_tok, seed):
     """A tiny ST-LINK forecaster on the same backbone weights, its ST modules built after torch.manual_seed(seed)."""
-    from tiny import build_tiny_backbone
+    from tiny import build_tiny_backbone, tiny_st_config
 
-    from st_instruct.models.forecaster import STForecaster, STForecasterConfig
-    from st_instruct.samples.st_tokens import st_token_ids
+    from st_instruct.models.forecaster import build_st_forecaster
 
-    ids = st_token_ids(st_tok)
-    config = STForecasterConfig(history=12, horizon=12, channels=2, coord_dim=8, his_token_id=ids.his,
-                                pre_token_id=ids.pre, encoder_dim=16, head_dim=32, se_attention=True, se_pairs=2,
-                                mrffn_layers=[0, 1], mrffn_slots=4, mrffn_key_dim=8)
+    config = tiny_st_config(st_tok, se_attention=True, se_pairs=2, mrffn=True, mrffn_layers=[0, 1], mrffn_slots=4,
+                            mrffn_key_dim=8)
     backbone = build_tiny_backbone(vocab_size=len(st_tok))
     torch.manual_seed(seed)
-    return STForecaster(backbone, config)
+    return build_st_forecaster(backbone, config)
 
 
 def test_the_global_seed_reaches_the_se_angles_and_the_memory_queries(st_tok, built, collate, tmp_path):

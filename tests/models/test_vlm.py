@@ -6,10 +6,10 @@ The rows are real builder samples of the small synthetic city; their images are 
 
 import pytest
 import torch
-from tiny import VLM_FAMILIES, VLM_IMAGE_TOKENS, build_test_tokenizer, build_tiny_vlm
+from tiny import VLM_FAMILIES, VLM_IMAGE_TOKENS, build_test_tokenizer, build_tiny_vlm, tiny_st_config
 
 from st_instruct.configs import DataConfig
-from st_instruct.models.forecaster import STForecaster, STForecasterConfig
+from st_instruct.models.forecaster import build_st_forecaster
 from st_instruct.models.patching import (
     attention_implementation,
     decoder_layers,
@@ -42,11 +42,9 @@ def family_setup(family, cache, seed=0):
 
 
 def forecaster(backbone, tokenizer, seed=1, **options):
-    ids = st_token_ids(tokenizer)
+    config = tiny_st_config(tokenizer, **options)
     torch.manual_seed(seed)
-    return STForecaster(backbone, STForecasterConfig(history=12, horizon=12, channels=2, coord_dim=8,
-                                                     his_token_id=ids.his, pre_token_id=ids.pre, encoder_dim=16,
-                                                     head_dim=32, **options)).eval()
+    return build_st_forecaster(backbone, config).eval()
 
 
 @pytest.mark.parametrize("family", VLM_FAMILIES)
@@ -83,7 +81,7 @@ def test_collator_keeps_st_positions_and_answer_labels_after_image_expansion(fam
 @pytest.mark.parametrize("family", VLM_FAMILIES)
 def test_fusion_with_its_gate_closed_equals_the_model_without_fusion(family, cache):
     model, processor, tokenizer, rows, images = family_setup(family, cache)
-    fused = forecaster(model, tokenizer, fusion=True, fusion_heads=2)
+    fused = forecaster(model, tokenizer, st_fusion=True, st_fusion_heads=2)
     assert is_vision_language(fused.backbone) and fused.st_fusion.gate.item() == 0.0
     batch = STVisionCollator(processor, images)(rows)
     with torch.no_grad():
@@ -134,7 +132,7 @@ def test_vlm_seams_act_on_the_language_model_only(family, cache):
     from st_instruct.models.se_attention import ATTN_IMPLEMENTATION
 
     model, processor, tokenizer, rows, images = family_setup(family, cache)
-    se = forecaster(model, tokenizer, se_attention=True, se_pairs=2, mrffn_layers=[-1], mrffn_slots=4,
+    se = forecaster(model, tokenizer, se_attention=True, se_pairs=2, mrffn=True, mrffn_layers=[-1], mrffn_slots=4,
                     mrffn_key_dim=8)
     assert attention_implementation(se.backbone) == ATTN_IMPLEMENTATION
     assert vision_tower(se.backbone).config._attn_implementation != ATTN_IMPLEMENTATION
@@ -151,7 +149,7 @@ def test_fusion_needs_a_vision_language_backbone(st_tok):
     from tiny import build_tiny_backbone
 
     with pytest.raises(ValueError, match="fusion joins the ST tokens with a vision-language model"):
-        forecaster(build_tiny_backbone(vocab_size=len(st_tok)), st_tok, fusion=True)
+        forecaster(build_tiny_backbone(vocab_size=len(st_tok)), st_tok, st_fusion=True)
 
 
 def test_image_size_the_tower_cannot_take_names_both_sizes(cache):

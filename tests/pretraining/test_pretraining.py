@@ -13,11 +13,12 @@ from st_instruct.configs import (
     MASK_FAMILY_NAMES,
     PRETRAIN_DATACLASSES,
     RecipeError,
+    STEncoderConfig,
     parse_recipe,
     train_dataclasses,
 )
 from st_instruct.data.masks import MASK_FAMILIES
-from st_instruct.models.st_encoders import STEncoderConfig, build_st_encoder
+from st_instruct.models.st_encoders import EncoderSpec, build_st_encoder
 from st_instruct.pretraining.model import PretrainModel, reconstruction_loss
 from st_instruct.pretraining.run import (
     ENCODER_FILE,
@@ -66,7 +67,7 @@ def test_pretrain_save_load_into_a_forecaster_gives_identical_encoder_outputs(ob
     folder = save_encoder(model, encoder_config, log, tmp_path / "enc", {"pretrain_objective": objective})
     head = {"mae": "decoder.safetensors", "forecast": "readout.safetensors"}[objective]
     assert {p.name for p in folder.iterdir()} == {ENCODER_FILE, head, "encoder_config.json", "recipe.yaml", LOG_FILE}
-    assert STEncoderConfig.load(folder) == encoder_config and encoder_config.kind == kind
+    assert EncoderSpec.load(folder) == encoder_config and encoder_config.encoder.st_encoder == kind
     fc, tokenizer, dataset, _, _, _ = forecaster(forecaster_flags, tmp_path / "out", "--st_encoder", kind,
                                                  "--st_encoder_init", str(folder))
     batch = STDataCollator(tokenizer)([dataset["train"][i] for i in range(4)])
@@ -92,7 +93,8 @@ def test_mae_loss_scores_hidden_entries_only_and_the_encoder_cannot_see_them():
     torch.testing.assert_close(loss, expected)
 
     # what the mask hides never reaches the encoder: changing hidden history values leaves the output unchanged
-    encoder = build_st_encoder(STEncoderConfig(kind="tcn", history=12, channels=2, coord_dim=3, dim=8))
+    encoder = build_st_encoder(EncoderSpec(STEncoderConfig(st_encoder="tcn", st_encoder_dim=8), history=12, channels=2,
+                                           coord_dim=3))
     model = PretrainModel(encoder, "mae", 12, 2).eval()
     inputs = {"history": target, "history_mask": observed, "history_tod": torch.zeros(2, 12, dtype=torch.long),
               "history_dow": torch.zeros(2, 12, dtype=torch.long), "coords": torch.randn(2, 5, 3),

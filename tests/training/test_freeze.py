@@ -5,7 +5,8 @@ import pytest
 import torch
 from tiny import build_tiny_backbone, build_tiny_forecaster, st_sample
 
-from st_instruct.models.forecaster import STForecaster, masked_mae_loss, regression_mask
+from st_instruct.configs import FreezeConfig
+from st_instruct.models.forecaster import build_st_forecaster, masked_mae_loss, regression_mask
 from st_instruct.training.freeze import FREEZE_PLANS, apply_freeze_plan
 
 pytestmark = [
@@ -108,7 +109,7 @@ CASES = [pytest.param("frozen", {}, id="frozen"), pytest.param("lora", {}, id="l
 @pytest.mark.parametrize(("plan", "options"), CASES)
 def test_plan_trains_exactly_what_it_names(arch, plan, options, tok, batch):
     model = build_tiny_forecaster(tok, arch)
-    report = apply_freeze_plan(model, plan, **options)
+    report = apply_freeze_plan(model, FreezeConfig(freeze_plan=plan, **options))
     expected = expected_trainable(model, arch, plan, last_layers=options.get("pfa_last_layers", 2),
                                   mlp="lora_target_modules" in options,
                                   tokens=options.get("train_st_token_embeddings", False))
@@ -128,7 +129,8 @@ def test_plans_differ_as_described(tok):
     """On one llama: frozen ⊂ pfa ⊂ full and frozen ⊂ lora; PFA's backbone part is norms plus last-U attention."""
     reports = {}
     for plan in ("frozen", "lora", "pfa", "full"):
-        reports[plan] = apply_freeze_plan(build_tiny_forecaster(tok), plan, pfa_last_layers=1)
+        reports[plan] = apply_freeze_plan(build_tiny_forecaster(tok),
+                                          FreezeConfig(freeze_plan=plan, pfa_last_layers=1))
     assert reports["frozen"].trainable < reports["pfa"].trainable < reports["full"].trainable
     assert reports["frozen"].trainable < reports["lora"].trainable < reports["full"].trainable
     assert set(reports["frozen"].groups) == {"st_encoder", "st_projector", "regression_head"}
@@ -142,24 +144,24 @@ def test_plans_differ_as_described(tok):
 
 def test_plans_switch_freely_on_a_plain_backbone_and_reapply_idempotently(tok):
     model = build_tiny_forecaster(tok)
-    first = apply_freeze_plan(model, "pfa", pfa_last_layers=1)
-    apply_freeze_plan(model, "full")
-    assert apply_freeze_plan(model, "pfa", pfa_last_layers=1) == first
-    apply_freeze_plan(model, "frozen")
-    lora = apply_freeze_plan(model, "lora", lora_r=4)
+    first = apply_freeze_plan(model, FreezeConfig(freeze_plan="pfa", pfa_last_layers=1))
+    apply_freeze_plan(model, FreezeConfig(freeze_plan="full"))
+    assert apply_freeze_plan(model, FreezeConfig(freeze_plan="pfa", pfa_last_layers=1)) == first
+    apply_freeze_plan(model, FreezeConfig(freeze_plan="frozen"))
+    lora = apply_freeze_plan(model, FreezeConfig(freeze_plan="lora", lora_r=4))
     backbone = model.backbone
-    assert apply_freeze_plan(model, "lora", lora_r=4) == lora
+    assert apply_freeze_plan(model, FreezeConfig(freeze_plan="lora", lora_r=4)) == lora
     assert model.backbone is backbone and type(backbone.get_base_model()).__name__ == "LlamaForCausalLM"
 
 
 def test_plan_refuses_a_backbone_with_another_adapter(tok):
     model = build_tiny_forecaster(tok)
-    apply_freeze_plan(model, "lora", lora_r=4)
+    apply_freeze_plan(model, FreezeConfig(freeze_plan="lora", lora_r=4))
     with pytest.raises(ValueError, match=r"differs from what plan 'lora' asks for \(r: has 4, asked 8\)"):
-        apply_freeze_plan(model, "lora")
+        apply_freeze_plan(model, FreezeConfig(freeze_plan="lora"))
     for plan in ("pfa", "full", "frozen"):
         with pytest.raises(ValueError, match=f"carries a PEFT LORA adapter, which plan '{plan}' does not use"):
-            apply_freeze_plan(model, plan)
+            apply_freeze_plan(model, FreezeConfig(freeze_plan=plan))
 
 
 def test_lora_resumes_on_a_loaded_adapter(tok, tmp_path):
@@ -167,32 +169,34 @@ def test_lora_resumes_on_a_loaded_adapter(tok, tmp_path):
     from peft import PeftModel
 
     model = build_tiny_forecaster(tok, "qwen2")
-    report = apply_freeze_plan(model, "lora", lora_target_modules=["attention", "mlp"])
+    report = apply_freeze_plan(model, FreezeConfig(freeze_plan="lora", lora_target_modules=["attention", "mlp"]))
     model.backbone.save_pretrained(tmp_path)
     backbone = PeftModel.from_pretrained(build_tiny_backbone("qwen2", vocab_size=len(tok)), tmp_path)
-    loaded = STForecaster(backbone, model.st_config)
+    loaded = build_st_forecaster(backbone, model.st_config)
     assert not any(p.requires_grad for p in loaded.backbone.parameters())
-    assert apply_freeze_plan(loaded, "lora", lora_target_modules=["attention", "mlp"]) == report
+    lora = FreezeConfig(freeze_plan="lora", lora_target_modules=["attention", "mlp"])
+    assert apply_freeze_plan(loaded, lora) == report
     assert loaded.backbone is backbone
 
 
 def test_bad_requests(tok):
     model = build_tiny_forecaster(tok, "gpt2")
-    with pytest.raises(ValueError, match="unknown freeze plan 'lor'; choose one of frozen, lora, pfa, full, qlora"):
-        apply_freeze_plan(model, "lor")
+    with pytest.raises(ValueError, match=r"freeze_plan must be one of \['frozen', 'lora', 'pfa', 'full', "
+                                         r"'qlora'\], found 'lor'"):
+        apply_freeze_plan(model, FreezeConfig(freeze_plan="lor"))
     with pytest.raises(ValueError, match="pfa_last_layers must be between 0 and the backbone's 2 decoder layers, "
                                          "found 3"):
-        apply_freeze_plan(model, "pfa", pfa_last_layers=3)
+        apply_freeze_plan(model, FreezeConfig(freeze_plan="pfa", pfa_last_layers=3))
     with pytest.raises(ValueError, match="found -1"):
-        apply_freeze_plan(model, "pfa", pfa_last_layers=-1)
+        apply_freeze_plan(model, FreezeConfig(freeze_plan="pfa", pfa_last_layers=-1))
     with pytest.raises(ValueError, match="plan 'qlora' needs a backbone loaded in 4-bit: set model_load_in_4bit"):
-        apply_freeze_plan(model, "qlora")
+        apply_freeze_plan(model, FreezeConfig(freeze_plan="qlora"))
     with pytest.raises(ValueError, match="'full' trains every embedding row already"):
-        apply_freeze_plan(model, "full", train_st_token_embeddings=True)
+        apply_freeze_plan(model, FreezeConfig(freeze_plan="full", train_st_token_embeddings=True))
     with pytest.raises(ValueError, match=r"Target modules \{'no_such_proj'\} not found"):  # peft's own message
-        apply_freeze_plan(model, "lora", lora_target_modules=["no_such_proj"])
+        apply_freeze_plan(model, FreezeConfig(freeze_plan="lora", lora_target_modules=["no_such_proj"]))
     with pytest.raises(ValueError, match="lora_target_modules is empty"):
-        apply_freeze_plan(model, "lora", lora_target_modules=[])
+        apply_freeze_plan(model, FreezeConfig(freeze_plan="lora", lora_target_modules=[]))
     assert FREEZE_PLANS == ("frozen", "lora", "pfa", "full", "qlora")
     assert all(p.requires_grad for p in model.parameters())  # nothing above touched the model
 
@@ -213,13 +217,14 @@ def test_qlora_loads_in_4bit_on_cpu_and_trains_only_lora_and_st(tok, batch, tiny
     q_proj = backbone.model.layers[0].self_attn.q_proj
     assert type(q_proj).__name__ == "Linear4bit" and q_proj.weight.dtype == torch.uint8
     model = build_tiny_forecaster(tok)  # its ST modules, on the 4-bit backbone
-    model = STForecaster(backbone, model.st_config)
+    model = build_st_forecaster(backbone, model.st_config)
     for plan in ("lora", "pfa", "full"):
         with pytest.raises(ValueError, match=f"loaded in 4-bit, whose weights cannot train: plan '{plan}'"):
-            apply_freeze_plan(model, plan)
-    report = apply_freeze_plan(model, "qlora")
+            apply_freeze_plan(model, FreezeConfig(freeze_plan=plan))
+    report = apply_freeze_plan(model, FreezeConfig(freeze_plan="qlora"))
     assert trainable(model) == expected_trainable(model, "llama", "qlora")
-    plain = apply_freeze_plan(STForecaster(get_backbone(str(tiny_llama_dir)), model.st_config), "lora")
+    plain = apply_freeze_plan(build_st_forecaster(get_backbone(str(tiny_llama_dir)), model.st_config),
+                              FreezeConfig(freeze_plan="lora"))
     assert (report.trainable, report.total) == (plain.trainable, plain.total)  # 4-bit weights counted unpacked
     changed, losses = train_steps(model, batch)
     assert all(torch.isfinite(torch.tensor(losses)))
@@ -229,7 +234,8 @@ def test_qlora_loads_in_4bit_on_cpu_and_trains_only_lora_and_st(tok, batch, tiny
 def test_frozen_plan_runs_on_a_4bit_backbone(tok, batch, tiny_llama_dir):
     from st_instruct.models.backbones import get_backbone
 
-    model = STForecaster(get_backbone(str(tiny_llama_dir), load_in_4bit=True), build_tiny_forecaster(tok).st_config)
-    apply_freeze_plan(model, "frozen")
+    model = build_st_forecaster(get_backbone(str(tiny_llama_dir), load_in_4bit=True),
+                                build_tiny_forecaster(tok).st_config)
+    apply_freeze_plan(model, FreezeConfig(freeze_plan="frozen"))
     changed, _ = train_steps(model, batch, steps=1)
     assert changed == expected_trainable(model, "llama", "frozen")
