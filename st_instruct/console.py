@@ -8,7 +8,7 @@ three messages, each at the logger or warning that emits it, and nothing else:
   imports DeepSpeed inside every ``Trainer`` on a machine without CUDA -- expected here, never actionable;
 - bitsandbytes' ``Failed to load CPU gemm_4bit_forward from kernels-community ...`` (logger
   ``bitsandbytes.backends.cpu.ops``), logged when peft imports bitsandbytes on a CPU with AVX512-BF16: it asks to
-  install ``kernels``, which downloads code from the hub at run time and is never installed (DESIGN.md §8); the
+  install ``kernels``, which downloads code from the hub at run time and is never installed (docs/design.md §8); the
   plain CPU kernel runs instead;
 - transformers' ``FutureWarning: `is_gradient_checkpointing` is deprecated``, raised by peft 0.21's
   ``PeftModel.__init__`` (``getattr(model, "is_gradient_checkpointing", True)``) under transformers 5.24 for every

@@ -4,8 +4,8 @@ the user.
 The command run is ``python -m accelerate.commands.launch --config_file CONFIG [--num_processes N] -m
 st_instruct.train RECIPE [flags]``: the recipe says what to train, the accelerate config (a shipped one of
 ``recipes/accelerate/``, ``ddp`` when only ``--num_processes`` is given, or the user's file) how to spread it. On a
-machine without CUDA the processes run on the CPU as DESIGN.md §8 measured: never accelerate's ``--cpu`` (it silently
-runs ONE process), ``use_cpu`` set in the training arguments by the training entry
+machine without CUDA the processes run on the CPU as docs/design.md §8 measured: never accelerate's ``--cpu`` (it
+silently runs ONE process), ``use_cpu`` set in the training arguments by the training entry
 (:func:`st_instruct.configs.cpu_training_defaults`, gloo), and under DeepSpeed no ``ACCELERATE_USE_CPU`` (it silently
 drops DeepSpeed for plain DDP). A configuration that would silently run something other than what it names is
 refused with one line (:class:`LaunchError`) before any process starts.

@@ -43,7 +43,7 @@ def st_tokenizer(tiny_tokenizer):
 @pytest.fixture
 def hub_server(monkeypatch, tmp_path):
     """A local stand-in of the Hugging Face Hub HTTP API on 127.0.0.1 (tests/hub_server.py; there is no hub access
-    here, DESIGN §8), with ``.url``, ``.token`` and ``.repo_files(repo_id) -> {path: bytes}``.
+    here, docs/design.md §8), with ``.url``, ``.token`` and ``.repo_files(repo_id) -> {path: bytes}``.
 
     For the test's duration ``$HF_ENDPOINT`` points at it (huggingface_hub read the variable at import, so code
     under test must pass ``endpoint=`` or re-read it, as ``st_instruct.hub`` does), the session-wide offline mode

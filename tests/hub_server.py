@@ -1,6 +1,6 @@
 """A local stand-in of the Hugging Face Hub HTTP API, on 127.0.0.1, for the hub push tests.
 
-There is no hub access on these machines (DESIGN §8), so ``st_instruct.hub.push_to_hub`` is tested against
+There is no hub access on these machines (docs/design.md §8), so ``st_instruct.hub.push_to_hub`` is tested against
 this server instead: the real ``huggingface_hub`` client (``HfApi(endpoint=server.url)``, ``hf_hub_download``)
 talks to it over HTTP with the real payloads. It is a stdlib ``ThreadingHTTPServer`` in a daemon thread on
 an ephemeral port; repositories are kept in memory, their file contents content-addressed in a temporary

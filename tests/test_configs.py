@@ -1,4 +1,5 @@
-"""Recipe parsing (DESIGN.md §3): default < YAML < flag, unknown keys named, unique fields, every recipe parses."""
+"""Recipe parsing (docs/design.md §3): default < YAML < flag, unknown keys named, unique fields, every recipe
+parses."""
 
 from pathlib import Path
 

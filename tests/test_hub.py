@@ -1,4 +1,4 @@
-"""Model cards and hub pushes, against the local stand-in of the Hub API (tests/hub_server.py, DESIGN §8)."""
+"""Model cards and hub pushes, against the local stand-in of the Hub API (tests/hub_server.py, docs/design.md §8)."""
 
 from __future__ import annotations
 
@@ -222,7 +222,7 @@ def test_model_card_without_metrics_or_recipe(tmp_path):
 
 
 def test_push_verb_of_the_cli(tmp_path, hub_server, capsys):
-    """`st-instruct push DIR --repo-id` through the local Hub stand-in (no hub access here, DESIGN.md §8)."""
+    """`st-instruct push DIR --repo-id` through the local Hub stand-in (no hub access here, docs/design.md §8)."""
     from st_instruct.cli import main
 
     directory = tmp_path / "model"

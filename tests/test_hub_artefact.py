@@ -1,5 +1,5 @@
 """A trained forecaster as a Hub artefact, end to end against the local Hub stand-in (tests/hub_server.py; no hub
-access here, DESIGN §8): ``push_to_hub: true`` in a recipe pushes what ``st-instruct push`` pushes; checkpoint
+access here, docs/design.md §8): ``push_to_hub: true`` in a recipe pushes what ``st-instruct push`` pushes; checkpoint
 folders carry the project's card; ``st-instruct evaluate`` fills the card's model-index with exactly the metrics of
 its ``results.json``; the card's usage snippet runs as written, downloading the model from the (stand-in) Hub."""
 

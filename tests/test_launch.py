@@ -1,6 +1,6 @@
 """``st-instruct train RECIPE --num_processes N [--accelerate_config ...]`` (st_instruct/launch.py): the accelerate
-command built for each case, the launches refused because accelerate would silently run something else (DESIGN §8),
-and one real 2-process DeepSpeed ZeRO-2 run on the CPU whose world size is read from what training saw."""
+command built for each case, the launches refused because accelerate would silently run something else (docs/design.md
+§8), and one real 2-process DeepSpeed ZeRO-2 run on the CPU whose world size is read from what training saw."""
 
 import json
 import socket
@@ -46,7 +46,7 @@ def test_one_process_without_a_config_trains_in_this_process(num_processes):
 def test_several_processes_default_to_the_shipped_ddp_config(no_cuda):
     built = command("2")
     assert built == [*HEAD, str(ACCELERATE / "ddp.yaml"), "--num_processes", "2", *TAIL]
-    assert "--cpu" not in built and "--use_cpu" not in built  # --cpu silently runs ONE process (DESIGN §8)
+    assert "--cpu" not in built and "--use_cpu" not in built  # --cpu silently runs ONE process (docs/design.md §8)
 
 
 @pytest.mark.parametrize("name", ["zero2", "zero3", "ddp", "single"])

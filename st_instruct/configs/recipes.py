@@ -120,8 +120,8 @@ def cpu_training_defaults(given: set[str]) -> dict[str, Any]:
     """Defaults of ``SFTConfig`` fields for a machine without CUDA, for the keys a recipe and its flags left unset.
 
     TRL turns bf16 and activation (gradient) checkpointing on by default, and ``TrainingArguments`` refuses bf16
-    without a GPU; multi-process runs on CPU need ``use_cpu`` (DESIGN.md §8). Deriving these from the hardware keeps
-    the recipe the same on a laptop, on 2 CPU processes and on 8 GPUs. Empty when CUDA is available.
+    without a GPU; multi-process runs on CPU need ``use_cpu`` (docs/design.md §8). Deriving these from the hardware
+    keeps the recipe the same on a laptop, on 2 CPU processes and on 8 GPUs. Empty when CUDA is available.
     """
     import torch  # here, not at the top: every verb imports configs, and torch takes seconds
 

@@ -1,7 +1,7 @@
 """Sliding windows over an :class:`STData`: history ``L`` -> horizon ``P``, chronological splits, a train-only
 scaler, null masks and calendar features.
 
-Conventions shared with the field (DESIGN.md §5): the series is cut chronologically into train / validation /
+Conventions shared with the field (docs/design.md §5): the series is cut chronologically into train / validation /
 test segments first, and windows are taken *inside* each segment, so a segment of ``T_s`` steps gives
 ``(T_s - L - P) // stride + 1`` windows and no window reads across a split border. The scaler (z-score per
 channel) is fitted on the observed values of the train segment only. Windows are index arrays into one

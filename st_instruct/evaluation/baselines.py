@@ -1,4 +1,4 @@
-"""Forecasting baselines that run in the same harness, on the same windows, as the LLM models (DESIGN.md §5).
+"""Forecasting baselines that run in the same harness, on the same windows, as the LLM models (docs/design.md §5).
 
 Every baseline follows one small protocol: ``fit(windows)`` reads the train split (and the validation split for
 model selection or early stopping, never the test split), ``predict(windows, split)`` returns ``[B, P, N, C]``

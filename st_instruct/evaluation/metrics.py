@@ -1,4 +1,4 @@
-"""Masked forecasting metrics (DESIGN.md §5): MAE, RMSE, MAPE, WAPE, per horizon step and averaged.
+"""Masked forecasting metrics (docs/design.md §5): MAE, RMSE, MAPE, WAPE, per horizon step and averaged.
 
 All functions take predictions and targets in *original units* (inverse-transformed) with a boolean mask of
 observed targets. Only masked-in entries count. An average over no entries is NaN (reported as ``null`` in

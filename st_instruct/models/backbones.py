@@ -141,7 +141,7 @@ def get_processor(name_or_path: str, tokenizer: Any) -> Any:
 
 
 def _image_text_processor(name_or_path: str, tokenizer: Any, err: Exception) -> Any:
-    """A Qwen2-VL checkpoint's processor without its video processor (which needs torchvision, DESIGN.md §8:
+    """A Qwen2-VL checkpoint's processor without its video processor (which needs torchvision, docs/design.md §8:
     ``AutoProcessor`` fails without it): its image processor's PIL backend, ``tokenizer`` and its chat template."""
     try:
         kind = AutoConfig.from_pretrained(name_or_path).model_type

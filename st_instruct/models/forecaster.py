@@ -20,7 +20,7 @@ tower and projector count as ST modules (``st_vision_tower`` / ``st_vision_proje
 the embedded VLM's tower is trained here and no pretrained copy of it exists.
 
 The ST parts are named submodules (``st_encoder``, ``st_projector``, ``regression_head``) beside ``backbone``
-(DESIGN.md §4), saved on their own by :func:`save_st_modules`; the backbone (or its PEFT adapter) is saved by
+(docs/design.md §4), saved on their own by :func:`save_st_modules`; the backbone (or its PEFT adapter) is saved by
 transformers / PEFT. The trainer's loss is ``λ_reg · masked_mae_loss + λ_lm · LM loss``.
 
 ``backbone=None`` is the no-LLM control of Tan et al. (NeurIPS 2024, "Are Language Models Actually Useful for Time

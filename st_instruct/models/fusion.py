@@ -14,7 +14,7 @@ query's own position (causal, so a prompt's ST tokens never read the answer and 
 excluded, and ``g`` is one learned scalar starting at 0: with the gate closed the model's outputs equal the same model
 without fusion (a test checks it). Every other token is left as it was.
 
-The fusion reaches the model through :func:`~st_instruct.models.patching.add_language_model_input_hook` (DESIGN.md
+The fusion reaches the model through :func:`~st_instruct.models.patching.add_language_model_input_hook` (docs/design.md
 §4): a hook on the language model's input, outside every decoder layer, so activation checkpointing recomputes the
 layers from the already-fused input.
 """

@@ -4,7 +4,7 @@ block that also "retrieves key historical patterns" from a learned memory and ad
 forecasts.
 
 The paper does not publish its formulas; this is a faithful, documented reading. The decoder layer's existing MLP
-is wrapped (``layer.mlp = MemoryFFN(base=layer.mlp, ...)``, DESIGN.md §4), and for every token ``x`` [H]
+is wrapped (``layer.mlp = MemoryFFN(base=layer.mlp, ...)``, docs/design.md §4), and for every token ``x`` [H]
 
     q = W_q · x                                   W_q: [d_k, H]
     s_i = (q · k_i + b_i) / √d_k                  M key slots k_i [d_k], slot biases b_i

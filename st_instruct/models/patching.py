@@ -1,4 +1,4 @@
-"""The one file that knows Hugging Face's internal module paths (DESIGN.md §4).
+"""The one file that knows Hugging Face's internal module paths (docs/design.md §4).
 
 Everything else in st_instruct reaches into a backbone only through these functions, so supporting a new
 architecture family means adding one row to :data:`DECODER_LAYERS` (and the attention / feed-forward attribute
@@ -204,7 +204,7 @@ def replace_input_embeddings(model: nn.Module, batch_index: torch.Tensor, positi
     replaced by ``values[k]`` ([K], [K], [K, H]) on every call whose input is ``length`` tokens long (a generation
     step with the key/value cache is shorter and untouched); remove it with the returned handle's ``remove()``.
 
-    The seam through which the ST vectors enter a backbone (DESIGN.md §4): the model's forward still receives
+    The seam through which the ST vectors enter a backbone (docs/design.md §4): the model's forward still receives
     ``input_ids``, so a VLM places its image features (and builds M-RoPE positions) itself. The replacement is an
     out-of-place ``index_put``: the embedding output stays untouched for autograd.
     """
@@ -322,7 +322,7 @@ def is_loaded_in_4bit(model: nn.Module) -> bool:
     return bool(getattr(unwrap(model), "is_loaded_in_4bit", False))
 
 
-# --- attention geometry and the attention-implementation seam (SE-Attention, DESIGN.md §4) ----------------------
+# --- attention geometry and the attention-implementation seam (SE-Attention, docs/design.md §4) ----------------------
 
 # families whose attention has no rotary position embedding (GPT-2 adds learned absolute position embeddings)
 NO_ROPE = ("gpt2", "gpt_neo")

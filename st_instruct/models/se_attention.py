@@ -34,7 +34,7 @@ one, on the same planes.
 and the score only depends on the offset when a query head and its key head rotate by the same angle, so the query
 heads of group ``g`` use ``s_g``. Without GQA that is one scale per head.
 
-**Seam** (DESIGN.md §4). An attention function registered in ``transformers.AttentionInterface`` as
+**Seam** (docs/design.md §4). An attention function registered in ``transformers.AttentionInterface`` as
 :data:`ATTN_IMPLEMENTATION`, with sdpa's mask function registered under the same name in ``AttentionMaskInterface``
 (without it transformers builds no mask at all for an unknown name: padding is silently attended to, and causality
 rests on sdpa's ``is_causal`` fallback alone). It receives queries / keys after the backbone's RoPE and after

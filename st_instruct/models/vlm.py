@@ -8,8 +8,8 @@ weights. Offline there is no pretrained vision-language model, so the project sh
 pretrained SmolLM2-135M-Instruct and whose vision tower is a small SigLIP-style encoder (:data:`EMBEDDED_VISION`,
 112 x 112 images in 16 x 16 patches: 49 image tokens) initialised from a fixed seed and **trained here**, in the
 forecasting run itself -- no pretrained vision weights exist offline, and the README says so. Its processor is
-``LlavaProcessor`` with SigLIP's PIL image processor (no torchvision, DESIGN.md §8) and a ChatML template that knows
-image parts (:func:`chatml_vision_template`).
+``LlavaProcessor`` with SigLIP's PIL image processor (no torchvision, docs/design.md §8) and a ChatML template that
+knows image parts (:func:`chatml_vision_template`).
 """
 
 from __future__ import annotations
@@ -126,7 +126,7 @@ def check_image_size(model: Any, size: int, name: str) -> None:
 
 def qwen2_vl_processor(image_processor: Any, tokenizer: Any, chat_template: str | None = None) -> Any:
     """A Qwen2-VL / Qwen2.5-VL processor for images and text only. transformers' ``Qwen2VLProcessor`` insists on a
-    video processor, and every video processor needs torchvision, which must not be installed here (DESIGN.md §8);
+    video processor, and every video processor needs torchvision, which must not be installed here (docs/design.md §8);
     this subclass drops the video modality and keeps the rest (the image-token expansion and ``image_grid_thw``)."""
     class Qwen2VLImageTextProcessor(Qwen2VLProcessor):
         def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):

@@ -1,4 +1,4 @@
-"""Windows, chronological splits and the train-only scaler (DESIGN.md §5)."""
+"""Windows, chronological splits and the train-only scaler (docs/design.md §5)."""
 
 import numpy as np
 import pandas as pd

@@ -1,4 +1,4 @@
-"""Masked metrics against hand-computed values (DESIGN.md §5)."""
+"""Masked metrics against hand-computed values (docs/design.md §5)."""
 
 import math
 

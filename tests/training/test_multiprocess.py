@@ -1,5 +1,6 @@
-"""Real multi-process training on the CPU (DESIGN §8): ``accelerate launch`` with recipes/accelerate/{ddp,zero2,zero3}
-.yaml runs 2 processes of the real training entry (a few steps of the smoke recipe on a tiny Llama backbone).
+"""Real multi-process training on the CPU (docs/design.md §8): ``accelerate launch`` with
+recipes/accelerate/{ddp,zero2,zero3} .yaml runs 2 processes of the real training entry (a few steps of the smoke recipe
+on a tiny Llama backbone).
 
 Each process runs a small wrapper of ``scripts/sft.py`` (written by the test) that, after ``train``, writes
 ``rank{R}.json``: the world size, the step reached and a digest of every trainable parameter (gathered under ZeRO-3).
