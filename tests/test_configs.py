@@ -210,3 +210,23 @@ def test_help_flag_prints_every_key_instead_of_being_refused(capsys):
     assert exit_info.value.code == 0
     printed = capsys.readouterr().out
     assert "--dataset_freq" in printed and "--learning_rate" in printed
+
+
+def test_an_encoder_option_is_declared_once_and_reaches_the_module_from_a_recipe(tmp_path):
+    """``st_encoder_tcn_layers`` / ``st_encoder_tcn_kernel_size`` (unreachable from a recipe before the configuration
+    redesign) are fields of STEncoderConfig alone: a flag sets them, the forecaster's saved configuration holds them,
+    and the encoder built from it has that many blocks of that kernel."""
+    from st_instruct.configs import STEncoderConfig, part
+    from st_instruct.models.forecaster import STForecasterConfig
+    from st_instruct.models.st_encoders import build_st_encoder
+
+    _, model_config, _ = parse_recipe(train_dataclasses(), [str(RECIPE_DIR / "smoke_sft.yaml"), "--st_encoder", "tcn",
+                                                            "--st_encoder_tcn_layers", "2",
+                                                            "--st_encoder_tcn_kernel_size", "3"])
+    assert part(model_config, STEncoderConfig).st_encoder_tcn_layers == 2
+    config = STForecasterConfig.of_recipe(model_config, history=12, horizon=12, channels=2, coord_dim=8,
+                                          his_token_id=1, pre_token_id=2)
+    config.save(tmp_path)
+    assert STForecasterConfig.load(tmp_path).encoder.st_encoder_tcn_kernel_size == 3
+    encoder = build_st_encoder(config.encoder_spec())
+    assert len(encoder.blocks) == 2 and {block.filter_gate.kernel_size[0] for block in encoder.blocks} == {3}
