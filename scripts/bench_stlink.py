@@ -78,6 +78,7 @@ def overhead(steps: int, pretrained: Path, recipe: str) -> dict:
 
     from st_instruct.configs import parse_recipe, train_dataclasses
     from st_instruct.samples.collator import STDataCollator
+    from st_instruct.tasks import get_task
     from st_instruct.training.run import build_forecaster
     from st_instruct.training.trainer import forecaster_loss
 
@@ -96,7 +97,8 @@ def overhead(steps: int, pretrained: Path, recipe: str) -> dict:
     for i, batch in enumerate(batches):
         for name, (model, optimizer, model_config) in models.items():
             tic = time.perf_counter()
-            loss = forecaster_loss(model, batch, model_config.loss_reg_weight, model_config.loss_lm_weight)[0]
+            loss = forecaster_loss(model, batch, get_task(data_config.task), model_config.loss_reg_weight,
+                                   model_config.loss_lm_weight)[0]
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)

@@ -270,13 +270,16 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 
         disable_library_progress_bars()
     if args.plot_models:  # before any training: evaluate_forecaster checks again with the protocol known
-        from st_instruct.model_dir import MODEL_ROW
+        from st_instruct.model_dir import MODEL_ROW, trained_data_config
         from st_instruct.protocols.controls import read_control
         from st_instruct.protocols.evaluate import check_plot_models, report_rows
+        from st_instruct.tasks import get_task
 
         rows = [read_control(folder, model_dir) for folder in controls]
         rows += [f"{MODEL_ROW}_{kind}" for kind in args.train_controls or []]
-        check_plot_models(args.plot_models, report_rows(args.models, rows, args.generate_rationales, zero_shot=True))
+        task = get_task(trained_data_config(model_dir).task)
+        check_plot_models(args.plot_models, report_rows(task, args.models, rows, args.generate_rationales,
+                                                        zero_shot=True))
     if args.train_controls:
         from st_instruct.protocols.controls import train_control
 

@@ -21,6 +21,7 @@ from st_instruct.configs.data import (
     GRANULARITIES,
     IMAGE_KIND_NAMES,
     SCALINGS,
+    TASK_NAMES,
     DataConfig,
 )
 from st_instruct.configs.model import (
@@ -66,7 +67,7 @@ from st_instruct.configs.recipes import (
 __all__ = [
     "CONCERNS", "CONTROLS", "COORDINATE_KINDS", "DATASET_SPEC_KEYS", "FREEZE_PLAN_NAMES", "GRANULARITIES",
     "HEAD_SKIP_INITS", "IMAGE_KIND_NAMES", "MASK_FAMILY_NAMES", "MRFFN_INITS", "PRETRAIN_DATACLASSES",
-    "PRETRAIN_LR_SCHEDULERS", "PRETRAIN_OBJECTIVES", "RECIPE_DATACLASSES", "SCALINGS", "SIZE_BOUNDS",
+    "PRETRAIN_LR_SCHEDULERS", "PRETRAIN_OBJECTIVES", "RECIPE_DATACLASSES", "SCALINGS", "TASK_NAMES", "SIZE_BOUNDS",
     "ST_ENCODER_NAMES", "ST_GRAPH_NAMES", "VISION_TOWER_TRAINING", "DataConfig", "FreezeConfig", "FusionConfig",
     "GraphConfig", "HeadConfig", "MemoryConfig", "ModelConfig", "PretrainConfig", "RecipeError", "SEAttentionConfig",
     "STEncoderConfig", "TrainingDivergedError", "check_choice", "check_fields", "check_finite",

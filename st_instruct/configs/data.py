@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from st_instruct.configs.checks import RecipeError, check_fields
+from st_instruct.configs.checks import RecipeError, check_choice, check_fields
 
 GRANULARITIES = ("node", "graph")
 SCALINGS = ("train", "window")
 COORDINATE_KINDS = ("laplacian", "geo", "grid", "learned", "none")
+# mirrored from st_instruct.tasks.TASKS (a test checks they agree) so reading a recipe imports no task
+TASK_NAMES = ("forecasting",)
 # mirrored from st_instruct.samples.render.IMAGE_KINDS (a test checks they agree) plus "none"
 IMAGE_KIND_NAMES = ("none", "map", "multiview")
 
@@ -51,6 +53,9 @@ class DataConfig:
     dataset_no_calendar: bool = field(default=False, metadata={
         "help": "run without a calendar: time features zero, calendar baselines skipped (else an unknown "
                 "calendar is refused)"})
+    task: str = field(default="forecasting", metadata={
+        "help": "what a window is for (st_instruct.tasks): forecasting (read the history, predict the horizon after "
+                "it)"})
     history: int = field(default=12, metadata={"help": "history length L in steps"})
     horizon: int = field(default=12, metadata={"help": "forecast horizon P in steps"})
     split: str = field(default="7:1:2", metadata={"help": "chronological train:validation:test ratios"})
@@ -97,6 +102,7 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
+        check_choice("task", self.task, TASK_NAMES)
         if self.image_kind not in IMAGE_KIND_NAMES:
             raise RecipeError(f"image_kind must be one of {IMAGE_KIND_NAMES}, found {self.image_kind!r}")
         if self.image_size is not None and self.image_size < 32:

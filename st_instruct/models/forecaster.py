@@ -21,7 +21,7 @@ the embedded VLM's tower is trained here and no pretrained copy of it exists.
 
 The ST parts are named submodules (``st_encoder``, ``st_projector``, ``regression_head``) beside ``backbone``
 (docs/design.md §4), saved on their own by :func:`save_st_modules`; the backbone (or its PEFT adapter) is saved by
-transformers / PEFT. The trainer's loss is ``λ_reg · masked_mae_loss + λ_lm · LM loss``.
+transformers / PEFT. The trainer's loss is ``λ_reg · the task's loss + λ_lm · LM loss`` (:mod:`st_instruct.tasks`).
 
 ``backbone=None`` is the no-LLM control of Tan et al. (NeurIPS 2024, "Are Language Models Actually Useful for Time
 Series Forecasting?"): the same encoder, projector (to ``STForecasterConfig.hidden_size``, the removed backbone's
@@ -587,13 +587,6 @@ def inverse_scale(scaled: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -
 def regression_mask(batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """[B, P, N, C] bool: observed target entries of real nodes (``target_mask & node_mask``)."""
     return batch["target_mask"].bool() & batch["node_mask"].bool()[:, None, :, None]
-
-
-def masked_mae_loss(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean absolute error over the entries where ``mask`` is True (all [B, P, N, C], scaled units); 0 with a
-    gradient when nothing is observed, so a batch of gaps cannot turn the loss into NaN."""
-    weight = mask.to(prediction.dtype)
-    return ((prediction - target.to(prediction.dtype)).abs() * weight).sum() / weight.sum().clamp(min=1)
 
 
 def st_state_dict(model: STForecaster, state_dict: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from st_instruct.models.forecaster import masked_mae_loss
+from st_instruct.tasks.base import masked_mae_loss
 
 HEAD_FILE = {"forecast": "readout.safetensors", "mae": "decoder.safetensors"}
 

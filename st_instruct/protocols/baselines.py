@@ -15,6 +15,7 @@ from st_instruct.data.loaders import get_dataset
 from st_instruct.data.stdata import STData
 from st_instruct.data.windows import STWindows, build_windows, format_split
 from st_instruct.evaluation.baselines import run_baselines
+from st_instruct.tasks import TASKS
 
 
 def prepare_windows(dataset: str | STData, history: int = 12, horizon: int = 12, split: str = "7:1:2",
@@ -60,5 +61,7 @@ def make_report(windows: STWindows, results: dict[str, dict]) -> dict[str, Any]:
 
 def baseline_report(windows: STWindows, models: Sequence[str] | None = None, progress: bool = True,
                     seed: int = 0) -> dict[str, Any]:
-    """Run the baselines on ``windows`` and return the report dict of :mod:`st_instruct.evaluation.report`."""
-    return make_report(windows, run_baselines(windows, models, split="test", progress=progress, seed=seed))
+    """Run the baselines ``models`` (default every one forecasting offers: windows are forecasting windows) on
+    ``windows`` and return the report dict of :mod:`st_instruct.evaluation.report`."""
+    names = list(TASKS["forecasting"].baselines) if models is None else models
+    return make_report(windows, run_baselines(windows, names, split="test", progress=progress, seed=seed))

@@ -38,7 +38,7 @@ import numpy as np
 
 from st_instruct.configs import DATASET_SPEC_KEYS, DataConfig
 from st_instruct.data.loaders import dataset_spec
-from st_instruct.evaluation.baselines import BASELINES, SOURCE_SUFFIX, run_baselines, run_source_baselines
+from st_instruct.evaluation.baselines import SOURCE_SUFFIX, run_baselines, run_source_baselines
 from st_instruct.evaluation.metrics import horizon_metrics
 from st_instruct.evaluation.plots import window_times
 from st_instruct.evaluation.predict import scatter_predictions
@@ -50,6 +50,7 @@ from st_instruct.models.saving import load_forecaster, read_backbone_source
 from st_instruct.protocols.baselines import make_report, prepare_windows
 from st_instruct.protocols.controls import read_control
 from st_instruct.samples.builder import build_dataset
+from st_instruct.tasks import Task, get_task
 
 GENERATED_NAME = "st_forecaster_generated"  # the same model's forecast after the rationale it generates
 # bump a protocol's version when what it fits, scales or scores changes
@@ -115,12 +116,13 @@ def evaluation_config(trained: DataConfig, dataset: str, data_dir: str | None = 
     return config, protocol
 
 
-def report_rows(models: Sequence[str] | None, control_rows: Sequence[str] = (), generate_rationales: bool = False,
-                zero_shot: bool = False) -> list[str]:
+def report_rows(task: Task, models: Sequence[str] | None, control_rows: Sequence[str] = (),
+                generate_rationales: bool = False, zero_shot: bool = False) -> list[str]:
     """The rows an evaluation reports: the forecaster, its generated-rationale forecast, its controls
-    (``control_rows``, as :func:`read_control` names them), the baselines ``models`` (default all) and, zero-shot,
-    the same baselines fitted on the source (``NAME@source``); a baseline that cannot run is reported skipped."""
-    baselines = list(BASELINES) if models is None else list(models)
+    (``control_rows``, as :func:`read_control` names them), the baselines ``models`` (default every one ``task``
+    offers) and, zero-shot, the same baselines fitted on the source (``NAME@source``); a baseline that cannot run is
+    reported skipped."""
+    baselines = list(task.baselines) if models is None else list(models)
     return [MODEL_ROW, *([GENERATED_NAME] if generate_rationales else []), *control_rows, *baselines,
             *([f"{name}{SOURCE_SUFFIX}" for name in baselines] if zero_shot else [])]
 
@@ -137,7 +139,7 @@ def _source_baselines(trained: DataConfig, target: Any, models: Sequence[str] | 
     """The baselines fitted on the one source dataset of ``trained`` (windowed as the recipe windows it) and
     scored on ``target`` (:func:`~st_instruct.evaluation.baselines.run_source_baselines`); all skipped with the
     reason when the recipe trained on several datasets."""
-    names = list(BASELINES) if models is None else list(models)
+    names = list(get_task(trained.task).baselines) if models is None else list(models)
     if len(trained.dataset_names) != 1:
         reason = (f"the forecaster was trained on {len(trained.dataset_names)} datasets "
                   f"({', '.join(trained.dataset_names)}); a source-fitted baseline needs one source")
@@ -227,8 +229,8 @@ def evaluate_forecaster(model_dir: str | Path, dataset: str, data_dir: str | Non
         protocol = (f"few-shot ({few_shot['fraction']:g} of the train split: the first {few_shot['train_windows']} "
                     f"windows; pre-trained on {', '.join(few_shot['pretrained_on'])})")
     if plot_models is not None:
-        check_plot_models(plot_models, report_rows(models, list(control_rows), generate_rationales,
-                                                   zero_shot=kind == "zero-shot"))
+        check_plot_models(plot_models, report_rows(get_task(config.task), models, list(control_rows),
+                                                   generate_rationales, zero_shot=kind == "zero-shot"))
     windows = prepare_windows(dataset, config.history, config.horizon, config.split, config.dataset_channels,
                               config.dataset_start, config.dataset_end, stride=config.stride,
                               data_dir=config.dataset_dir, spec=dataset_spec(config))
@@ -283,7 +285,8 @@ def evaluate_forecaster(model_dir: str | Path, dataset: str, data_dir: str | Non
     fit_windows = windows
     if protocol.startswith("few-shot"):
         fit_windows = windows.first_train_windows(few_shot["train_windows"])
-    baseline_results, baseline_preds = run_baselines(fit_windows, models, split=split_name, progress=progress,
+    offered = list(get_task(config.task).baselines) if models is None else models
+    baseline_results, baseline_preds = run_baselines(fit_windows, offered, split=split_name, progress=progress,
                                                      seed=seed, return_predictions=True)
     fitted_on = {name: data.name for name in baseline_results}
     if kind == "zero-shot":

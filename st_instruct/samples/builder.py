@@ -96,6 +96,7 @@ from st_instruct.samples.rationales.teachers import AnalyticTeacher
 from st_instruct.samples.st_tokens import ST_HIS, ST_PRE
 from st_instruct.samples.tokenize import tokenize_dataset
 from st_instruct.shipped import TemplateError
+from st_instruct.tasks import Task, get_task
 
 # Bump when the sample columns or their meaning change: it is part of every fingerprint.
 BUILDER_VERSION = 1
@@ -180,6 +181,8 @@ class SourcePlan:
         scaled / observed: ``[T, N', C]`` scaled values and masks of the kept nodes.
         value_text: ``[T, N', C]`` rounded original values as text (``"NA"`` missing), only with values_in_text.
         iso: ``[T]`` ISO timestamps (``""`` without a calendar).
+        task / seed: the recipe's task (:mod:`st_instruct.tasks`: which steps a sample reads and predicts, which
+            read entries it hides) and the seed of what it draws.
         values: ``[T, N', C]`` original values of the kept nodes (0 where missing), only with ``scaling: window``.
     """
 
@@ -195,6 +198,8 @@ class SourcePlan:
     observed: np.ndarray
     value_text: np.ndarray | None
     iso: np.ndarray
+    task: Task
+    seed: int
     values: np.ndarray | None = None
 
 
@@ -226,7 +231,8 @@ def plan_source(data: STData, config: DataConfig, windows: STWindows | None = No
         coords=node_coordinates(data, config.coordinates, config.coordinate_dim)[nodes],
         nodes_context=[node_context(data, int(i)) for i in nodes], base_context=base,
         period=PeriodText(timestamps, data.freq), scaled=np.ascontiguousarray(windows.scaled[:, nodes]),
-        observed=np.ascontiguousarray(observed), value_text=value_text, iso=iso,
+        observed=np.ascontiguousarray(observed), value_text=value_text, iso=iso, task=get_task(config.task),
+        seed=config.sample_seed,
         values=np.nan_to_num(data.values[:, nodes]).astype(np.float32) if config.scaling == "window" else None)
 
 
@@ -287,11 +293,12 @@ def sample_columns(plan: SourcePlan, split: str, window_index: np.ndarray, templ
     L, P, C = w.history, w.horizon, plan.data.num_channels
     starts = w.starts[split][window_index]
     B, n = len(starts), len(plan.nodes)
-    hist = starts[:, None] + np.arange(L)[None, :]
-    fut = starts[:, None] + L + np.arange(P)[None, :]
-    arrays = {"history_mask": plan.observed[hist], "target_mask": plan.observed[fut]}  # [B, L, n, C]
+    hist = starts[:, None] + plan.task.input_steps(L, P)[None, :]
+    fut = starts[:, None] + plan.task.target_steps(L, P)[None, :]
+    hidden = plan.task.hidden(plan.observed[hist], plan.seed)
+    arrays = {"history_mask": plan.observed[hist] & ~hidden, "target_mask": plan.observed[fut]}  # [B, L, n, C]
     if plan.values is None:  # scaling: train
-        arrays.update(history=plan.scaled[hist], target=plan.scaled[fut])
+        arrays.update(history=np.where(hidden, 0.0, plan.scaled[hist]).astype(np.float32), target=plan.scaled[fut])
         mean = np.broadcast_to(w.scaler.mean.astype(np.float32), (B * n if granularity == "node" else B, C))
         std = np.broadcast_to(w.scaler.std.astype(np.float32), mean.shape)
     else:  # scaling: window, statistics of each sample's history only

@@ -57,6 +57,7 @@ from st_instruct.pretraining.run import get_pretrained_encoder, load_readout_int
 from st_instruct.samples.builder import build_dataset
 from st_instruct.samples.collator import STDataCollator
 from st_instruct.samples.st_tokens import add_st_tokens
+from st_instruct.tasks import get_task
 from st_instruct.training.freeze import FreezeReport, apply_freeze_plan
 from st_instruct.training.trainer import STSFTTrainer
 
@@ -105,7 +106,8 @@ def build_forecaster(data_config: DataConfig, model_config: ModelConfig, seed: i
     sample = next(iter(dataset["train"]))
     learned = data_config.coordinates == "learned"
     st_config = STForecasterConfig.of_recipe(
-        model_config, history=data_config.history, horizon=data_config.horizon,
+        model_config, history=data_config.history,
+        horizon=get_task(data_config.task).target_length(data_config.history, data_config.horizon),
         channels=channels or len(sample["scaler_mean"]),
         coord_dim=data_config.coordinate_dim if learned else len(sample["coords"][0]), his_token_id=ids.his,
         pre_token_id=ids.pre, hidden_size=width,
@@ -219,7 +221,8 @@ def build_trainer(model: Any, data_config: DataConfig, model_config: ModelConfig
     lm_weight = 0.0 if model_config.control == "no_llm" else model_config.loss_lm_weight
     collator = build_collator(data_config, model, tokenizer, model_config.model_name_or_path, broadcast_channels)
     return STSFTTrainer(model, sft_config, train_dataset, tokenizer, backbone_source(model_config, backbone_seed),
-                        loss_reg_weight=model_config.loss_reg_weight, loss_lm_weight=lm_weight,
+                        task=get_task(data_config.task), loss_reg_weight=model_config.loss_reg_weight,
+                        loss_lm_weight=lm_weight,
                         st_learning_rate=model_config.st_learning_rate, data_collator=collator, **extra)
 
 

@@ -32,10 +32,11 @@ from trl import SFTConfig, SFTTrainer
 from st_instruct.configs import TrainingDivergedError
 from st_instruct.models.backbones import BackboneSource
 from st_instruct.models.card import write_model_card
-from st_instruct.models.forecaster import STForecaster, masked_mae_loss, regression_mask
+from st_instruct.models.forecaster import STForecaster, regression_mask
 from st_instruct.models.saving import load_forecaster_weights, save_forecaster
 from st_instruct.samples.collator import STDataCollator
 from st_instruct.samples.tokenize import IGNORE_INDEX
+from st_instruct.tasks import Task
 
 TRAINING_ARGS_NAME = "training_args.bin"  # as transformers.Trainer names it
 
@@ -45,10 +46,10 @@ def lm_loss_positions(labels: torch.Tensor) -> torch.Tensor:
     return (labels[:, 1:] != IGNORE_INDEX).any(dim=0).nonzero().squeeze(1)
 
 
-def forecaster_loss(model: torch.nn.Module, inputs: dict[str, torch.Tensor], loss_reg_weight: float,
+def forecaster_loss(model: torch.nn.Module, inputs: dict[str, torch.Tensor], task: Task, loss_reg_weight: float,
                     loss_lm_weight: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Any]:
     """``(loss, regression loss, LM loss, outputs)`` of one ``STDataCollator`` batch in one forward pass:
-    ``loss_reg_weight · masked MAE + loss_lm_weight · LM loss`` (the logits are computed at the labelled positions
+    ``loss_reg_weight · task.loss + loss_lm_weight · LM loss`` (the logits are computed at the labelled positions
     only, and not at all when ``loss_lm_weight`` is 0)."""
     labels = inputs["labels"]
     features = {key: value for key, value in inputs.items() if key != "labels"}
@@ -62,7 +63,7 @@ def forecaster_loss(model: torch.nn.Module, inputs: dict[str, torch.Tensor], los
     else:  # skip the vocabulary projection altogether
         outputs = model(**features, logits_to_keep=1)
         lm_loss = outputs.predictions.new_zeros(())
-    reg_loss = masked_mae_loss(outputs.predictions, inputs["target"], regression_mask(inputs))
+    reg_loss = task.loss(outputs.predictions, inputs["target"], regression_mask(inputs))
     return loss_reg_weight * reg_loss + loss_lm_weight * lm_loss, reg_loss, lm_loss, outputs
 
 
@@ -77,6 +78,7 @@ class STSFTTrainer(SFTTrainer):
         train_dataset / eval_dataset: splits of ``build_dataset(data_config, tokenizer)``.
         processing_class: the tokenizer with the ST tokens (saved with every checkpoint).
         backbone_source: how the base backbone is rebuilt when loading a checkpoint (written to it).
+        task: the recipe's task (:mod:`st_instruct.tasks`), whose loss is the regression loss.
         loss_reg_weight / loss_lm_weight: λ_reg and λ_lm (λ_lm must be 0 for a forecaster without a backbone).
         broadcast_channels: train a ``C``-channel model on one-channel data (``STDataCollator``'s option).
         data_collator: batches the samples instead of ``STDataCollator`` (a VLM backbone's
@@ -93,7 +95,8 @@ class STSFTTrainer(SFTTrainer):
     loss_is_scaled_for_ga = False
 
     def __init__(self, model: STForecaster, args: SFTConfig, train_dataset: Any, processing_class: Any,
-                 backbone_source: BackboneSource, loss_reg_weight: float = 1.0, loss_lm_weight: float = 0.1,
+                 backbone_source: BackboneSource, task: Task, loss_reg_weight: float = 1.0,
+                 loss_lm_weight: float = 0.1,
                  eval_dataset: Any = None, callbacks: list | None = None,
                  broadcast_channels: int | None = None, st_learning_rate: float | None = None,
                  data_collator: Any = None) -> None:
@@ -108,6 +111,7 @@ class STSFTTrainer(SFTTrainer):
         args.remove_unused_columns = False
         args.dataset_kwargs = {**(args.dataset_kwargs or {}), "skip_prepare_dataset": True}
         self.backbone_source = backbone_source
+        self.task = task
         self.loss_reg_weight = float(loss_reg_weight)
         self.loss_lm_weight = float(loss_lm_weight)
         if st_learning_rate is not None and not st_learning_rate > 0:
@@ -150,7 +154,8 @@ class STSFTTrainer(SFTTrainer):
         process sees the same gathered parts, so all of them stop). At the first step no update is to blame, and the
         message says so."""
         mode = "train" if model.training else "eval"
-        loss, reg_loss, lm_loss, outputs = forecaster_loss(model, inputs, self.loss_reg_weight, self.loss_lm_weight)
+        loss, reg_loss, lm_loss, outputs = forecaster_loss(model, inputs, self.task, self.loss_reg_weight,
+                                                           self.loss_lm_weight)
         parts = self.accelerator.gather_for_metrics(torch.stack([loss, reg_loss, lm_loss]).detach()[None]).mean(0)
         total, reg, lm = parts.tolist()
         if model.training and not parts.isfinite().all():

@@ -13,11 +13,11 @@ from st_instruct.models.forecaster import (
     inverse_scale,
     load_st_forecaster,
     load_st_modules,
-    masked_mae_loss,
     regression_mask,
     save_st_modules,
 )
 from st_instruct.models.patching import decoder_layers, input_embeddings
+from st_instruct.tasks.base import masked_mae_loss
 
 ARCHS = ["llama", "qwen2", "gpt2"]
 

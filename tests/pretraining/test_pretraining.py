@@ -29,6 +29,7 @@ from st_instruct.pretraining.run import (
     window_batch,
 )
 from st_instruct.samples.collator import STDataCollator
+from st_instruct.tasks import get_task
 from st_instruct.training.run import backbone_source, build_forecaster
 from st_instruct.training.trainer import STSFTTrainer
 
@@ -163,7 +164,7 @@ def test_a_frozen_encoder_stays_bit_identical_while_a_trained_one_moves(freeze, 
     assert all(p.requires_grad is not freeze for p in fc.st_encoder.parameters())
     projector = {key: value.clone() for key, value in fc.st_projector.state_dict().items()}
     trainer = STSFTTrainer(fc, args, dataset["train"], tokenizer, backbone_source(model_config),
-                           model_config.loss_reg_weight, model_config.loss_lm_weight)
+                           get_task("forecasting"), model_config.loss_reg_weight, model_config.loss_lm_weight)
     trainer.train()
     after = {key: value.cpu() for key, value in fc.st_encoder.state_dict().items()}
     same = all(torch.equal(after[key], saved[key]) for key in saved)

@@ -6,7 +6,8 @@ import torch
 from tiny import build_tiny_backbone, build_tiny_forecaster, st_sample
 
 from st_instruct.configs import FreezeConfig
-from st_instruct.models.forecaster import build_st_forecaster, masked_mae_loss, regression_mask
+from st_instruct.models.forecaster import build_st_forecaster, regression_mask
+from st_instruct.tasks.base import masked_mae_loss
 from st_instruct.training.freeze import FREEZE_PLANS, apply_freeze_plan
 
 pytestmark = [

@@ -15,8 +15,10 @@ from st_instruct.cli import main
 from st_instruct.configs import parse_recipe, train_dataclasses
 from st_instruct.hub import check_model_dir
 from st_instruct.model_dir import BACKBONE_FILE
-from st_instruct.models.forecaster import masked_mae_loss, regression_mask
+from st_instruct.models.forecaster import regression_mask
 from st_instruct.models.saving import load_forecaster
+from st_instruct.tasks import get_task
+from st_instruct.tasks.base import masked_mae_loss
 from st_instruct.training.run import backbone_source, build_forecaster, train
 from st_instruct.training.trainer import STSFTTrainer
 
@@ -43,7 +45,8 @@ def make_trainer(flags, output, *more, callbacks=None):
     data_config, model_config, args = recipe(flags, output, *more)
     model, tokenizer, dataset, _ = build_forecaster(data_config, model_config, args.seed)
     trainer = STSFTTrainer(model, args, dataset["train"], tokenizer, backbone_source(model_config),
-                           model_config.loss_reg_weight, model_config.loss_lm_weight, callbacks=callbacks,
+                           get_task(data_config.task), model_config.loss_reg_weight, model_config.loss_lm_weight,
+                           callbacks=callbacks,
                            st_learning_rate=model_config.st_learning_rate)
     return trainer, dataset
 

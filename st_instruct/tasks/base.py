@@ -1,0 +1,53 @@
+"""What a task decides, so the rest of the stack asks it instead of assuming a forecast (docs/design.md §2).
+
+A task owns what a window holds -- the steps the model reads, the steps it predicts and which read entries it does
+not see -- the length of the head's output, the loss and the baselines it offers. The sample builder cuts the
+windows' arrays through it, the training run sizes the head and the trainer takes its loss from it, and the
+evaluation runs its baselines. Metrics are not the task's yet: every task is scored per target step by
+:func:`st_instruct.evaluation.metrics.horizon_metrics`. BasicTS separates its forecasting and imputation task flows
+the same way (``runners/taskflow``). A task is registered by name (:data:`st_instruct.tasks.TASKS`), which the
+recipe key ``task`` selects.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+import torch
+
+
+class Task(ABC):
+    """A task on windows of ``history`` steps and ``horizon`` steps after them (the recipe's ``history`` /
+    ``horizon``); subclasses fill in the abstract parts and the class attributes."""
+
+    name: str
+    baselines: tuple[str, ...] = ()  # names of st_instruct.evaluation.baselines.BASELINES it offers
+
+    @abstractmethod
+    def input_steps(self, history: int, horizon: int) -> np.ndarray:
+        """``[L_in]`` offsets, from a window's first step, of the steps the model reads."""
+
+    @abstractmethod
+    def target_steps(self, history: int, horizon: int) -> np.ndarray:
+        """``[L_out]`` offsets, from a window's first step, of the steps it predicts (the head's output)."""
+
+    def target_length(self, history: int, horizon: int) -> int:
+        """How many steps the head predicts: ``len(target_steps)``."""
+        return len(self.target_steps(history, horizon))
+
+    def hidden(self, observed: np.ndarray, seed: int) -> np.ndarray:
+        """The read entries the model must not see (``[B, L_in, N, C]`` bool, drawn with ``seed``): none unless the
+        task withholds some to predict them."""
+        return np.zeros_like(observed, dtype=bool)
+
+    def loss(self, prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The regression loss of a batch (all ``[B, L_out, N, C]``, scaled units): :func:`masked_mae_loss`."""
+        return masked_mae_loss(prediction, target, mask)
+
+
+def masked_mae_loss(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean absolute error over the entries where ``mask`` is True (all [B, P, N, C], scaled units); 0 with a
+    gradient when nothing is observed, so a batch of gaps cannot turn the loss into NaN."""
+    weight = mask.to(prediction.dtype)
+    return ((prediction - target.to(prediction.dtype)).abs() * weight).sum() / weight.sum().clamp(min=1)

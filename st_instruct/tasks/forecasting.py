@@ -1,0 +1,21 @@
+"""Forecasting: read ``history`` steps, predict the ``horizon`` steps after them (every system this harness
+reproduces: UrbanGPT, ST-LLM, ST-LINK, ST-VLM, AirGPT)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from st_instruct.tasks.base import Task
+
+
+class Forecasting(Task):
+    """The ``horizon`` steps after the ``history`` a window reads, all observed entries scored."""
+
+    name = "forecasting"
+    baselines = ("historical_average", "last_value", "seasonal_naive_day", "seasonal_naive_week", "ridge", "stid")
+
+    def input_steps(self, history: int, horizon: int) -> np.ndarray:
+        return np.arange(history)
+
+    def target_steps(self, history: int, horizon: int) -> np.ndarray:
+        return history + np.arange(horizon)

@@ -1,0 +1,73 @@
+"""The task seam (st_instruct.tasks): forecasting is a task like any other, and a new task changes what the stack
+builds and trains by being registered -- nothing in models/ or training/ is touched. The toy task here (reconstruct
+the history from a copy with a quarter of its entries hidden) stands for the imputation task to come."""
+
+import numpy as np
+import pytest
+from tiny import train_smoke
+
+from st_instruct.configs import TASK_NAMES, DataConfig
+from st_instruct.configs import data as data_configs
+from st_instruct.models.forecaster import STForecasterConfig
+from st_instruct.samples.builder import build_dataset
+from st_instruct.tasks import TASKS, Task, get_task
+
+
+class Reconstruction(Task):
+    """Read the history with a seeded quarter of its observed entries hidden; predict the whole history."""
+
+    name = "reconstruction"
+    baselines = ("last_value",)
+
+    def input_steps(self, history, horizon):
+        return np.arange(history)
+
+    def target_steps(self, history, horizon):
+        return np.arange(history)
+
+    def hidden(self, observed, seed):
+        return observed & (np.random.default_rng(seed).random(observed.shape) < 0.25)
+
+
+@pytest.fixture
+def reconstruction(monkeypatch):
+    """The toy task registered (and its name allowed in recipes) for the test only."""
+    monkeypatch.setitem(TASKS, "reconstruction", Reconstruction())
+    monkeypatch.setattr(data_configs, "TASK_NAMES", (*TASK_NAMES, "reconstruction"))
+
+
+def test_the_recipe_names_mirror_the_registered_tasks():
+    assert TASK_NAMES == tuple(TASKS)
+    with pytest.raises(ValueError, match=r"task must be one of \['forecasting'\], found 'imputation'"):
+        DataConfig(task="imputation")
+
+
+def test_forecasting_reads_the_history_and_predicts_the_horizon_after_it():
+    task = get_task("forecasting")
+    assert task.input_steps(12, 6).tolist() == list(range(12))
+    assert task.target_steps(12, 6).tolist() == list(range(12, 18)) and task.target_length(12, 6) == 6
+    assert not task.hidden(np.ones((2, 12, 3, 1), dtype=bool), seed=0).any()
+    assert task.baselines == ("historical_average", "last_value", "seasonal_naive_day", "seasonal_naive_week",
+                              "ridge", "stid")
+
+
+def test_a_registered_task_decides_the_samples(reconstruction, tmp_path):
+    """The builder cuts the samples through the task: the target is the history itself, and the hidden entries are
+    neither in the history the model reads nor in its mask, while they stay in the target."""
+    config = DataConfig(dataset_names=["synthetic-small"], window_sample=2, node_sample=3, task="reconstruction",
+                        dataset_cache_dir=str(tmp_path))
+    train = build_dataset(config)["train"]
+    history = np.asarray(train[0]["history"])
+    history_mask = np.asarray(train[0]["history_mask"])
+    target, target_mask = np.asarray(train[0]["target"]), np.asarray(train[0]["target_mask"])
+    assert history.shape == target.shape == (12, 1, 2)  # the history's steps, not the horizon's
+    hidden = target_mask & ~history_mask
+    assert hidden.any() and (history[hidden] == 0).all() and not np.allclose(target[hidden], 0)
+    np.testing.assert_array_equal(history[history_mask], target[history_mask])
+
+
+def test_a_registered_task_sizes_the_head_and_trains(reconstruction, tmp_path_factory, tiny_backbone_dir):
+    """Training a recipe with ``task: reconstruction`` sizes the head by the task (12 history steps, where the
+    recipe's horizon is 6) and trains on its loss, with no change to models/ or training/."""
+    folder = train_smoke(tmp_path_factory, tiny_backbone_dir, "--task", "reconstruction", "--horizon", "6")
+    assert STForecasterConfig.load(folder).horizon == 12
