@@ -117,6 +117,7 @@ def _run_baselines(dataset: str, args: argparse.Namespace) -> dict:
 def _print_report(report: dict) -> None:
     """The setup line, the results table (best MAE first) and the skipped baselines of a results report."""
     from st_instruct.evaluation.report import format_results_table, undefined_lines
+    from st_instruct.tasks import report_task
 
     counts = ", ".join(f"{k} {v}" for k, v in report["windows"].items())
     protocol = f", {report['protocol']}" if report.get("protocol") else ""
@@ -124,7 +125,7 @@ def _print_report(report: dict) -> None:
           f"split {report['split']} ({counts} windows), channels {report['channels']}")
     if report.get("calendar"):
         print(f"calendar: {report['calendar']}")
-    print(format_results_table(report["results"]))
+    print(format_results_table(report["results"], metrics=report_task(report).metrics))
     for line in undefined_lines(report["results"]):
         print(f"n/a {line.removeprefix('- ')}")
     for name, reason in report["skipped"].items():

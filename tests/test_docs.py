@@ -1,6 +1,7 @@
 """The documentation site (docs/, mkdocs-material) builds with ``mkdocs build --strict``: no broken link or anchor, and
 the recipe reference generated from the config dataclasses (docs/hooks/recipe_reference.py) has a help text for
-every key. The README stays short (docs/design.md: measured tables live on the results page)."""
+every key; run here so that the test command .ci/run runs it. The README stays short (docs/design.md: measured
+tables live on the results page)."""
 
 import subprocess
 import sys

@@ -1,5 +1,5 @@
 """The package's layers (docs/design.md §2): import-linter's layers contract in pyproject.toml names every module and
-subpackage of st_instruct, and the code keeps it (``lint-imports``, which .ci/run also runs before the tests)."""
+subpackage of st_instruct, and the code keeps it (``lint-imports``, run here so that the test command .ci/run runs checks it)."""
 
 import subprocess
 import sys

@@ -8,7 +8,9 @@ from tiny import train_smoke
 
 from st_instruct.configs import TASK_NAMES, DataConfig
 from st_instruct.configs import data as data_configs
+from st_instruct.evaluation.report import format_results_table
 from st_instruct.models.forecaster import STForecasterConfig
+from st_instruct.protocols.records import model_index
 from st_instruct.samples.builder import build_dataset
 from st_instruct.tasks import TASKS, Task, get_task
 
@@ -71,3 +73,28 @@ def test_a_registered_task_sizes_the_head_and_trains(reconstruction, tmp_path_fa
     recipe's horizon is 6) and trains on its loss, with no change to models/ or training/."""
     folder = train_smoke(tmp_path_factory, tiny_backbone_dir, "--task", "reconstruction", "--horizon", "6")
     assert STForecasterConfig.load(folder).horizon == 12
+
+
+class TwoMetricReconstruction(Reconstruction):
+    """The toy task with its own metrics and card name, to show the reports and the card follow the task."""
+
+    name = "two-metric-reconstruction"
+    metrics = ("MAE", "RMSE")
+    hub_task_type = "tabular-regression"
+    description = "history reconstruction"
+
+
+def test_the_card_and_the_reports_name_the_task_and_its_metrics_only(monkeypatch):
+    """The model card's model-index takes the task's Hub type, name and metrics from the report's ``task`` (a report
+    without one, written before tasks existed, is forecasting's); the markdown report's table has its columns."""
+    monkeypatch.setitem(TASKS, TwoMetricReconstruction.name, TwoMetricReconstruction())
+    row = {"MAE": 1.5, "RMSE": 2.5, "MAPE": 9.0, "WAPE": 8.0, "fit_seconds": 0.0, "predict_seconds": 0.1}
+    report = {"task": TwoMetricReconstruction.name, "dataset": "synthetic-small", "results": {"st_forecaster": row}}
+    entries = model_index([report])
+    assert [(e.metric_name, e.metric_value) for e in entries] == [("MAE", 1.5), ("RMSE", 2.5)]
+    assert {(e.task_type, e.task_name) for e in entries} == {("tabular-regression", "history reconstruction")}
+    old = model_index([{k: v for k, v in report.items() if k != "task"}])
+    assert [e.metric_name for e in old] == list(get_task("forecasting").metrics)
+    assert {e.task_type for e in old} == {"time-series-forecasting"}
+    header = format_results_table(report["results"], metrics=TwoMetricReconstruction.metrics).splitlines()[0]
+    assert "RMSE" in header and "MAPE" not in header

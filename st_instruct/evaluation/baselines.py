@@ -32,8 +32,8 @@ from typing import Literal, Protocol, overload
 import numpy as np
 
 from st_instruct.data.windows import STWindows
-from st_instruct.evaluation.metrics import horizon_metrics
 from st_instruct.evaluation.stid import STIDBaseline
+from st_instruct.tasks import TASKS, Task
 
 
 class BaselineNotApplicable(ValueError):
@@ -366,9 +366,9 @@ def transfer_reason(name: str, source: STWindows, target: STWindows) -> str | No
 
 
 def _fit_predict(name: str, fit_on: STWindows, predict_on: STWindows, split: str, seed: int, progress: bool,
-                 options: dict) -> tuple[dict, np.ndarray | None]:
-    """``(result, [B, P, N, C] forecast or None)`` of baseline ``name`` fitted on ``fit_on`` and scored on
-    ``split`` of ``predict_on``; ``{"skipped": reason}`` when not applicable."""
+                 options: dict, task: Task) -> tuple[dict, np.ndarray | None]:
+    """``(result, [B, P, N, C] forecast or None)`` of baseline ``name`` fitted on ``fit_on`` and scored by ``task``
+    on ``split`` of ``predict_on``; ``{"skipped": reason}`` when not applicable."""
     factory = BASELINES[name]
     accepted = inspect.signature(factory).parameters
     kwargs = {key: value for key, value in (("seed", seed), ("progress", progress)) if key in accepted}
@@ -383,7 +383,7 @@ def _fit_predict(name: str, fit_on: STWindows, predict_on: STWindows, split: str
     pred = baseline.predict(predict_on, split)
     predict_seconds = time.perf_counter() - tic
     target = predict_on.batch(split)
-    return {**horizon_metrics(pred, target["y"], target["y_mask"]), "fit_seconds": fit_seconds,
+    return {**task.score(pred, target["y"], target["y_mask"]), "fit_seconds": fit_seconds,
             "predict_seconds": predict_seconds}, pred
 
 
@@ -395,7 +395,8 @@ def _check_names(names: Sequence[str], options: dict[str, dict]) -> None:
 
 def run_source_baselines(source: STWindows, target: STWindows, names: Sequence[str] | None = None,
                          split: str = "test", progress: bool = True, seed: int = 0,
-                         options: dict[str, dict] | None = None) -> tuple[dict[str, dict], dict[str, np.ndarray]]:
+                         options: dict[str, dict] | None = None, task: Task = TASKS["forecasting"]
+                         ) -> tuple[dict[str, dict], dict[str, np.ndarray]]:
     """Fit every baseline of ``names`` (default all) on ``source`` and score it on ``split`` of ``target``, scaled
     with the source's scaler (:func:`transfer_windows`): rows ``NAME@source``, as :func:`run_baselines` with
     ``return_predictions``; those that cannot transfer (:func:`transfer_reason`, or not applicable to the source)
@@ -412,7 +413,8 @@ def run_source_baselines(source: STWindows, target: STWindows, names: Sequence[s
         if reason is not None:
             results[row] = {"skipped": reason}
             continue
-        results[row], pred = _fit_predict(name, source, transferred, split, seed, progress, options.get(name, {}))
+        results[row], pred = _fit_predict(name, source, transferred, split, seed, progress, options.get(name, {}),
+                                          task)
         if pred is not None:
             predictions[row] = pred
     return results, predictions
@@ -421,19 +423,22 @@ def run_source_baselines(source: STWindows, target: STWindows, names: Sequence[s
 @overload
 def run_baselines(windows: STWindows, names: Sequence[str] | None = ..., split: str = ..., progress: bool = ...,
                   seed: int = ..., options: dict[str, dict] | None = ...,
-                  return_predictions: Literal[False] = ...) -> dict[str, dict]: ...
+                  return_predictions: Literal[False] = ..., task: Task = ...) -> dict[str, dict]: ...
 
 
 @overload
 def run_baselines(windows: STWindows, names: Sequence[str] | None = ..., split: str = ..., progress: bool = ...,
                   seed: int = ..., options: dict[str, dict] | None = ..., *,
-                  return_predictions: Literal[True]) -> tuple[dict[str, dict], dict[str, np.ndarray]]: ...
+                  return_predictions: Literal[True], task: Task = ...
+                  ) -> tuple[dict[str, dict], dict[str, np.ndarray]]: ...
 
 
 def run_baselines(windows: STWindows, names: Sequence[str] | None = None, split: str = "test",
                   progress: bool = True, seed: int = 0, options: dict[str, dict] | None = None,
-                  return_predictions: bool = False) -> dict[str, dict] | tuple[dict[str, dict], dict[str, np.ndarray]]:
-    """Fit every baseline in ``names`` (default: all) and score it on ``split`` with the masked metrics.
+                  return_predictions: bool = False, task: Task = TASKS["forecasting"]
+                  ) -> dict[str, dict] | tuple[dict[str, dict], dict[str, np.ndarray]]:
+    """Fit every baseline in ``names`` (default: all) and score it on ``split`` with ``task``'s masked metrics
+    (:meth:`~st_instruct.tasks.base.Task.score`; the baselines forecast, so forecasting's by default).
 
     Returns ``{name: {"MAE", "RMSE", "MAPE", "WAPE", "per_horizon", "fit_seconds", "predict_seconds"}}``; a
     baseline that cannot forecast these windows (:class:`BaselineNotApplicable`) appears as
@@ -448,7 +453,8 @@ def run_baselines(windows: STWindows, names: Sequence[str] | None = None, split:
     results: dict[str, dict] = {}
     predictions: dict[str, np.ndarray] = {}
     for name in names:
-        results[name], pred = _fit_predict(name, windows, windows, split, seed, progress, options.get(name, {}))
+        results[name], pred = _fit_predict(name, windows, windows, split, seed, progress, options.get(name, {}),
+                                           task)
         if return_predictions and pred is not None:
             predictions[name] = pred
     return (results, predictions) if return_predictions else results

@@ -31,10 +31,11 @@ from typing import Any
 
 import numpy as np
 
-from st_instruct.evaluation.metrics import METRICS
 from st_instruct.evaluation.plots import model_colors, plot_error_per_horizon, plot_forecasts
 from st_instruct.model_dir import MODEL_ROW
 from st_instruct.outputs import OutputExistsError, check_writable, staged_file, staged_output
+from st_instruct.tasks import report_task
+from st_instruct.tasks.metrics import METRICS
 
 # the fixed files of an evaluation folder, beside forecasts_<channel>.png ("forecasts.png": one of an earlier version)
 EVALUATION_FILES = ("results.json", "report.md", "error_per_horizon.png", "forecasts.png")
@@ -65,8 +66,10 @@ def _best_first(results: Mapping[str, Mapping[str, Any]]) -> list[str]:
     return sorted(results, key=key)
 
 
-def format_results_table(results: dict[str, dict[str, Any]], horizons: list[int] | None = None) -> str:
-    """A markdown table: one row per model, averaged metrics plus MAE at selected horizon steps.
+def format_results_table(results: dict[str, dict[str, Any]], horizons: list[int] | None = None,
+                         metrics: Sequence[str] = METRICS) -> str:
+    """A markdown table: one row per model, the averaged ``metrics`` (a task's, :attr:`Task.metrics
+    <st_instruct.tasks.base.Task.metrics>`) plus MAE at selected horizon steps.
 
     ``horizons`` (1-based) default to the first and last step. Models are listed best MAE first.
     """
@@ -76,12 +79,12 @@ def format_results_table(results: dict[str, dict[str, Any]], horizons: list[int]
     steps = sorted(int(h) for h in some.get("per_horizon", {}))
     if horizons is None:
         horizons = sorted({steps[0], steps[-1]}) if steps else []
-    header = ["model", *METRICS, *(f"MAE@{h}" for h in horizons), "time (s)"]
+    header = ["model", *metrics, *(f"MAE@{h}" for h in horizons), "time (s)"]
     rows = []
     for model in _best_first(results):
         r = results[model]
         seconds = r.get("fit_seconds", 0.0) + r.get("predict_seconds", 0.0)
-        rows.append([model, *(_fmt(r[m]) for m in METRICS),
+        rows.append([model, *(_fmt(r[m]) for m in metrics),
                      *(_fmt(r["per_horizon"][str(h)]["MAE"]) for h in horizons), f"{seconds:.1f}"])
     return _markdown_table(header, rows)
 
@@ -209,7 +212,7 @@ def write_markdown_report(report: dict[str, Any], path: str | Path, plots: Seque
              "## Results on the test windows", "",
              "Masked metrics in original units (nulls excluded), averaged over windows, horizon steps, nodes and "
              "channels; MAPE and WAPE in %; best MAE first; time = fit + predict.", "",
-             format_results_table(results), ""]
+             format_results_table(results, metrics=report_task(report).metrics), ""]
     undefined = undefined_lines(results)
     if undefined:
         parts += ["n/a = undefined on these windows:", "", *undefined, ""]

@@ -15,7 +15,7 @@ from st_instruct.data.loaders import get_dataset
 from st_instruct.data.stdata import STData
 from st_instruct.data.windows import STWindows, build_windows, format_split
 from st_instruct.evaluation.baselines import run_baselines
-from st_instruct.tasks import TASKS
+from st_instruct.tasks import TASKS, Task
 
 
 def prepare_windows(dataset: str | STData, history: int = 12, horizon: int = 12, split: str = "7:1:2",
@@ -36,9 +36,9 @@ def prepare_windows(dataset: str | STData, history: int = 12, horizon: int = 12,
     return build_windows(data, history, horizon, split, stride=stride)
 
 
-def make_report(windows: STWindows, results: dict[str, dict]) -> dict[str, Any]:
+def make_report(windows: STWindows, results: dict[str, dict], task: Task = TASKS["forecasting"]) -> dict[str, Any]:
     """The report dict of :mod:`st_instruct.evaluation.report` for ``results`` (``{model: metrics}``, as from
-    :func:`run_baselines`, models' entries beside them) scored on the test windows of ``windows``.
+    :func:`run_baselines`, models' entries beside them) scored by ``task`` on the test windows of ``windows``.
 
     Entries holding ``"skipped"`` go to ``report["skipped"]``; callers may add keys such as ``"protocol"``.
     """
@@ -47,6 +47,7 @@ def make_report(windows: STWindows, results: dict[str, dict]) -> dict[str, Any]:
     return {
         "dataset": data.name,
         "city": data.city,
+        "task": task.name,
         "history": windows.history,
         "horizon": windows.horizon,
         "split": format_split(windows.split),

@@ -39,7 +39,6 @@ import numpy as np
 from st_instruct.configs import DATASET_SPEC_KEYS, DataConfig
 from st_instruct.data.loaders import dataset_spec
 from st_instruct.evaluation.baselines import SOURCE_SUFFIX, run_baselines, run_source_baselines
-from st_instruct.evaluation.metrics import horizon_metrics
 from st_instruct.evaluation.plots import window_times
 from st_instruct.evaluation.predict import scatter_predictions
 from st_instruct.model_dir import MODEL_ROW, read_few_shot, trained_data_config
@@ -135,11 +134,11 @@ def check_plot_models(plot_models: Sequence[str], rows: Sequence[str]) -> None:
 
 
 def _source_baselines(trained: DataConfig, target: Any, models: Sequence[str] | None, split: str, progress: bool,
-                      seed: int) -> tuple[dict[str, dict], dict[str, Any]]:
+                      seed: int, task: Task) -> tuple[dict[str, dict], dict[str, Any]]:
     """The baselines fitted on the one source dataset of ``trained`` (windowed as the recipe windows it) and
-    scored on ``target`` (:func:`~st_instruct.evaluation.baselines.run_source_baselines`); all skipped with the
-    reason when the recipe trained on several datasets."""
-    names = list(get_task(trained.task).baselines) if models is None else list(models)
+    scored on ``target`` by ``task`` (:func:`~st_instruct.evaluation.baselines.run_source_baselines`; default the
+    baselines it offers); all skipped with the reason when the recipe trained on several datasets."""
+    names = list(task.baselines) if models is None else list(models)
     if len(trained.dataset_names) != 1:
         reason = (f"the forecaster was trained on {len(trained.dataset_names)} datasets "
                   f"({', '.join(trained.dataset_names)}); a source-fitted baseline needs one source")
@@ -147,7 +146,7 @@ def _source_baselines(trained: DataConfig, target: Any, models: Sequence[str] | 
     source = prepare_windows(trained.dataset_names[0], trained.history, trained.horizon, trained.split,
                              trained.dataset_channels, trained.dataset_start, trained.dataset_end,
                              stride=trained.stride, data_dir=trained.dataset_dir, spec=dataset_spec(trained))
-    return run_source_baselines(source, target, names, split=split, progress=progress, seed=seed)
+    return run_source_baselines(source, target, names, split=split, progress=progress, seed=seed, task=task)
 
 
 def _generated_forecasts(model: Any, tokenizer: Any, collator: Any, samples: Any, starts: np.ndarray,
@@ -228,9 +227,10 @@ def evaluate_forecaster(model_dir: str | Path, dataset: str, data_dir: str | Non
         kind, config = "few-shot", dataclasses.replace(config, scaling=trained.scaling)
         protocol = (f"few-shot ({few_shot['fraction']:g} of the train split: the first {few_shot['train_windows']} "
                     f"windows; pre-trained on {', '.join(few_shot['pretrained_on'])})")
+    task = get_task(config.task)
     if plot_models is not None:
-        check_plot_models(plot_models, report_rows(get_task(config.task), models, list(control_rows),
-                                                   generate_rationales, zero_shot=kind == "zero-shot"))
+        check_plot_models(plot_models, report_rows(task, models, list(control_rows), generate_rationales,
+                                                   zero_shot=kind == "zero-shot"))
     windows = prepare_windows(dataset, config.history, config.horizon, config.split, config.dataset_channels,
                               config.dataset_start, config.dataset_end, stride=config.stride,
                               data_dir=config.dataset_dir, spec=dataset_spec(config))
@@ -285,24 +285,25 @@ def evaluate_forecaster(model_dir: str | Path, dataset: str, data_dir: str | Non
     fit_windows = windows
     if protocol.startswith("few-shot"):
         fit_windows = windows.first_train_windows(few_shot["train_windows"])
-    offered = list(get_task(config.task).baselines) if models is None else models
+    offered = list(task.baselines) if models is None else models
     baseline_results, baseline_preds = run_baselines(fit_windows, offered, split=split_name, progress=progress,
-                                                     seed=seed, return_predictions=True)
+                                                     seed=seed, return_predictions=True, task=task)
     fitted_on = {name: data.name for name in baseline_results}
     if kind == "zero-shot":
-        source_results, source_preds = _source_baselines(trained, windows, models, split_name, progress, seed)
+        source_results, source_preds = _source_baselines(trained, windows, models, split_name, progress, seed,
+                                                         task)
         baseline_results.update(source_results)
         baseline_preds.update(source_preds)
         fitted_on.update({name: trained.dataset_names[0] for name in source_results})
-    results: dict[str, dict] = {MODEL_ROW: {**horizon_metrics(pred, target["y"], mask), "fit_seconds": 0.0,
+    results: dict[str, dict] = {MODEL_ROW: {**task.score(pred, target["y"], mask), "fit_seconds": 0.0,
                                              "predict_seconds": predict_seconds}}
     predictions = {MODEL_ROW: pred}
     if generated:
         predictions[GENERATED_NAME] = np.nan_to_num(generated["pred"][rows])
-        results[GENERATED_NAME] = {**horizon_metrics(predictions[GENERATED_NAME], target["y"], mask),
+        results[GENERATED_NAME] = {**task.score(predictions[GENERATED_NAME], target["y"], mask),
                                    "fit_seconds": 0.0, "predict_seconds": generated["seconds"]}
     for name, found in control_preds.items():
-        results[name] = {**horizon_metrics(found, target["y"], mask), "fit_seconds": 0.0,
+        results[name] = {**task.score(found, target["y"], mask), "fit_seconds": 0.0,
                          "predict_seconds": control_seconds[name]}
         predictions[name] = found
     for name, result in baseline_results.items():
@@ -310,9 +311,9 @@ def evaluate_forecaster(model_dir: str | Path, dataset: str, data_dir: str | Non
             results[name] = result
             continue
         predictions[name] = baseline_preds[name][rows]
-        results[name] = {**horizon_metrics(predictions[name], target["y"], mask),
+        results[name] = {**task.score(predictions[name], target["y"], mask),
                          "fit_seconds": result["fit_seconds"], "predict_seconds": result["predict_seconds"]}
-    report = make_report(windows, results)
+    report = make_report(windows, results, task)
     report["windows"][split_name] = int(len(rows))
     report["protocol"] = protocol
     report["protocol_version"] = PROTOCOL_VERSION[kind]

@@ -6,17 +6,18 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from filelock import FileLock
 from huggingface_hub import EvalResult
 
-from st_instruct.evaluation.metrics import METRICS
 from st_instruct.evaluation.report import format_results_table, protocol_lines
 from st_instruct.model_dir import EVALUATIONS_FILE, LOCK_FILE, MODEL_ROW, read_evaluations
 from st_instruct.models.card import write_model_card
 from st_instruct.outputs import write_text_atomic
+from st_instruct.tasks import report_task
 
 
 def record_evaluation(directory: str | Path, report: dict[str, Any]) -> Path:
@@ -49,10 +50,11 @@ def model_index(evaluations: list[dict[str, Any]]) -> list[EvalResult]:
     results = []
     for report in evaluations:
         row = report.get("results", {}).get(MODEL_ROW, {})
-        for metric in METRICS:
+        task = report_task(report)
+        for metric in task.metrics:
             if row.get(metric) is not None:
                 results.append(EvalResult(
-                    task_type="time-series-forecasting", task_name="spatio-temporal forecasting",
+                    task_type=task.hub_task_type, task_name=task.description,
                     dataset_type=report["dataset"], dataset_name=report["dataset"],
                     dataset_split=report.get("split_name", "test"), dataset_config=report.get("protocol_version"),
                     metric_type=metric.lower(), metric_name=metric, metric_value=row[metric]))
@@ -75,14 +77,14 @@ def evaluation_section(evaluations: list[dict[str, Any]]) -> list[str]:
                   "only `control` changed)" if controls else
                   "- **Controls**: none scored; the LLM's contribution is unmeasured here "
                   "(`--train-controls no_llm`)", "",
-                  _metrics_table(rows), ""]
+                  _metrics_table(rows, report_task(report).metrics), ""]
     return lines
 
 
-def _metrics_table(results: dict[str, Any]) -> str:
+def _metrics_table(results: dict[str, Any], metrics: Sequence[str]) -> str:
     # format_results_table wants every metric as a float (NaN prints as n/a)
-    return format_results_table({model: {**r, **{m: _nan_if_none(r.get(m)) for m in METRICS}}
-                                 for model, r in results.items() if "skipped" not in r})
+    return format_results_table({model: {**r, **{m: _nan_if_none(r.get(m)) for m in metrics}}
+                                 for model, r in results.items() if "skipped" not in r}, metrics=metrics)
 
 
 def _nan_if_none(value: Any) -> float:

@@ -1,5 +1,9 @@
-"""Tasks: what a window holds, the head's output length, the loss and the baselines of each task the
-stack runs (:class:`~st_instruct.tasks.base.Task`), selected by the recipe key ``task``. Forecasting today."""
+"""Tasks: what a window holds, the head's output length, the loss, the metrics, the baselines and the card's name of
+each task the stack runs (:class:`~st_instruct.tasks.base.Task`), selected by the recipe key ``task``. Forecasting
+today."""
+
+from collections.abc import Mapping
+from typing import Any
 
 from st_instruct.tasks.base import Task
 from st_instruct.tasks.forecasting import Forecasting
@@ -14,4 +18,10 @@ def get_task(name: str) -> Task:
     return TASKS[name]
 
 
-__all__ = ["TASKS", "Task", "get_task"]
+def report_task(report: Mapping[str, Any]) -> Task:
+    """The task a results report was scored for: its ``"task"`` (reports written before tasks existed hold none and
+    are forecasting's)."""
+    return get_task(report.get("task", "forecasting"))
+
+
+__all__ = ["TASKS", "Task", "get_task", "report_task"]

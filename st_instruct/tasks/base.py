@@ -1,10 +1,10 @@
 """What a task decides, so the rest of the stack asks it instead of assuming a forecast (docs/design.md §2).
 
 A task owns what a window holds -- the steps the model reads, the steps it predicts and which read entries it does
-not see -- the length of the head's output, the loss and the baselines it offers. The sample builder cuts the
-windows' arrays through it, the training run sizes the head and the trainer takes its loss from it, and the
-evaluation runs its baselines. Metrics are not the task's yet: every task is scored per target step by
-:func:`st_instruct.evaluation.metrics.horizon_metrics`. BasicTS separates its forecasting and imputation task flows
+not see -- the length of the head's output, the loss, the metrics, the baselines it offers and what the model card
+calls it. The sample builder cuts the windows' arrays through it, the training run sizes the head and the trainer
+takes its loss from it, and the evaluation scores every row with it, runs its baselines, reports its metrics and
+records them on the card under its name. BasicTS separates its forecasting and imputation task flows
 the same way (``runners/taskflow``). A task is registered by name (:data:`st_instruct.tasks.TASKS`), which the
 recipe key ``task`` selects.
 """
@@ -16,6 +16,8 @@ from abc import ABC, abstractmethod
 import numpy as np
 import torch
 
+from st_instruct.tasks.metrics import METRICS, horizon_metrics
+
 
 class Task(ABC):
     """A task on windows of ``history`` steps and ``horizon`` steps after them (the recipe's ``history`` /
@@ -23,6 +25,9 @@ class Task(ABC):
 
     name: str
     baselines: tuple[str, ...] = ()  # names of st_instruct.evaluation.baselines.BASELINES it offers
+    metrics: tuple[str, ...] = METRICS  # the averaged metrics score() returns, in the reports' column order
+    hub_task_type: str  # the model card's model-index task type (a Hub task id)
+    description: str  # the model card's task name
 
     @abstractmethod
     def input_steps(self, history: int, horizon: int) -> np.ndarray:
@@ -44,6 +49,11 @@ class Task(ABC):
     def loss(self, prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The regression loss of a batch (all ``[B, L_out, N, C]``, scaled units): :func:`masked_mae_loss`."""
         return masked_mae_loss(prediction, target, mask)
+
+    def score(self, prediction: np.ndarray, target: np.ndarray, mask: np.ndarray) -> dict:
+        """The metrics of a prediction (all ``[B, L_out, N, C]``, original units; ``mask`` the entries scored):
+        each of :attr:`metrics` averaged and per target step (:func:`~st_instruct.tasks.metrics.horizon_metrics`)."""
+        return horizon_metrics(prediction, target, mask)
 
 
 def masked_mae_loss(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,8 @@ class Forecasting(Task):
 
     name = "forecasting"
     baselines = ("historical_average", "last_value", "seasonal_naive_day", "seasonal_naive_week", "ridge", "stid")
+    hub_task_type = "time-series-forecasting"
+    description = "spatio-temporal forecasting"
 
     def input_steps(self, history: int, horizon: int) -> np.ndarray:
         return np.arange(history)

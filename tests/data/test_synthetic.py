@@ -7,7 +7,7 @@ import pytest
 from st_instruct.data.graph import grid_adjacency
 from st_instruct.data.synthetic import SYNTHETIC_CITIES, SyntheticCitySpec, generate_synthetic
 from st_instruct.data.windows import build_windows, calendar_features
-from st_instruct.evaluation.metrics import horizon_metrics
+from st_instruct.tasks.metrics import horizon_metrics
 
 
 @pytest.fixture(scope="module")

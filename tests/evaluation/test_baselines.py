@@ -22,8 +22,8 @@ from st_instruct.evaluation.baselines import (
     build_baseline,
     run_baselines,
 )
-from st_instruct.evaluation.metrics import METRICS, horizon_metrics
 from st_instruct.evaluation.stid import STIDBaseline
+from st_instruct.tasks.metrics import METRICS, horizon_metrics
 
 
 def make_city(weeks: int = 10, nodes: int = 4, channels: int = 2, daily: float = 20.0, ar: float = 8.0,

@@ -12,11 +12,11 @@ from tiny import train_smoke
 
 from st_instruct.cli import main
 from st_instruct.evaluation.baselines import run_baselines
-from st_instruct.evaluation.metrics import horizon_metrics
 from st_instruct.evaluation.plots import window_times
 from st_instruct.model_dir import MODEL_ROW
 from st_instruct.protocols.baselines import prepare_windows
 from st_instruct.protocols.evaluate import evaluate_forecaster
+from st_instruct.tasks.metrics import horizon_metrics
 
 SMOKE = Path(__file__).resolve().parents[2] / "recipes" / "smoke_sft.yaml"
 BASELINES = ["historical_average", "last_value", "ridge"]
@@ -35,7 +35,7 @@ def test_in_domain_report_scores_model_and_baselines_on_the_same_windows(model_d
     assert code == 0
     report = json.loads((out / "results.json").read_text())
     assert json.loads((tmp_path / "r.json").read_text()) == report
-    assert report["protocol"] == "in-domain"
+    assert report["protocol"] == "in-domain" and report["task"] == "forecasting"
     assert report["dataset"] == "synthetic-small" and report["horizon"] == 12 and report["windows"]["test"] == 3
     assert set(report["results"]) == {MODEL_ROW, *BASELINES}
     for result in report["results"].values():

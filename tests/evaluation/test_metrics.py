@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from st_instruct.evaluation.metrics import horizon_metrics, masked_metrics
+from st_instruct.tasks.metrics import horizon_metrics, masked_metrics
 
 
 def test_hand_computed_case():

@@ -12,7 +12,6 @@ from PIL import Image
 from st_instruct.data.synthetic import generate_synthetic
 from st_instruct.data.windows import build_windows
 from st_instruct.evaluation.baselines import run_baselines
-from st_instruct.evaluation.metrics import METRICS, horizon_metrics
 from st_instruct.evaluation.plots import window_times
 from st_instruct.evaluation.report import (
     default_plot_models,
@@ -25,6 +24,7 @@ from st_instruct.evaluation.report import (
     write_results_json,
 )
 from st_instruct.protocols.baselines import make_report
+from st_instruct.tasks.metrics import METRICS, horizon_metrics
 
 MODELS = ["historical_average", "last_value"]
 

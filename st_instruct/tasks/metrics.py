@@ -1,4 +1,5 @@
-"""Masked forecasting metrics (docs/design.md §5): MAE, RMSE, MAPE, WAPE, per horizon step and averaged.
+"""Masked metrics (docs/design.md §5): MAE, RMSE, MAPE, WAPE, per target step and averaged; a task scores with
+them (:meth:`st_instruct.tasks.base.Task.score`).
 
 All functions take predictions and targets in *original units* (inverse-transformed) with a boolean mask of
 observed targets. Only masked-in entries count. An average over no entries is NaN (reported as ``null`` in
