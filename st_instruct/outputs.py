@@ -17,6 +17,7 @@ an unnamed temporary file, so a check leaves nothing behind even when killed).
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import shutil
@@ -153,8 +154,12 @@ def commit(staged: Path, path: Path, overwrite: bool, keep: Callable[[Path], boo
     if path.is_dir() and not any(path.iterdir()):
         path.rmdir()  # an empty folder holds nothing to lose
     if not path.exists():
-        os.replace(staged, path)
-        return
+        try:
+            os.replace(staged, path)
+            return
+        except OSError as err:  # another process (rank) put its folder there between the check and the rename
+            if err.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
     if keep is not None and keep(path):
         _remove(staged)
         return

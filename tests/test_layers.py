@@ -1,5 +1,6 @@
 """The package's layers (docs/design.md §2): import-linter's layers contract in pyproject.toml names every module and
-subpackage of st_instruct, and the code keeps it (``lint-imports``, run here so that the test command .ci/run runs checks it)."""
+subpackage of st_instruct, and the code keeps it (``lint-imports``, run here so that the test command of .ci/run
+checks it)."""
 
 import subprocess
 import sys

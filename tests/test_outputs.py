@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -83,6 +84,24 @@ def test_keep_discards_the_new_copy_when_a_complete_one_appeared_and_replaces_a_
     with staged_output(final, keep=complete) as staging:
         (staging / "done").write_text("mine")
     assert sorted(p.name for p in final.iterdir()) == ["done"] and (final / "done").read_text() == "mine"
+
+
+def test_keep_holds_when_another_process_finishes_between_the_check_and_the_rename(tmp_path, monkeypatch):
+    """Two ranks building one cache entry: the other rank's complete folder lands after ``commit`` saw no folder and
+    before its rename, which then fails (ENOTEMPTY); the complete copy is kept and this one discarded, no error."""
+    complete = lambda path: (path / "done").is_file()  # noqa: E731
+    final, rename = tmp_path / "cache", outputs.os.replace
+
+    def other_rank_first(source, destination):
+        if Path(destination) == final and not final.exists():
+            final.mkdir()
+            (final / "done").write_text("theirs")
+        return rename(source, destination)
+
+    monkeypatch.setattr(outputs.os, "replace", other_rank_first)
+    with staged_output(final, keep=complete) as staging:
+        (staging / "done").write_text("mine")
+    assert (final / "done").read_text() == "theirs" and siblings(tmp_path) == []
 
 
 def test_stale_siblings_of_dead_processes_are_cleaned_live_and_foreign_ones_left(tmp_path):
