@@ -61,6 +61,7 @@ OPTIMIZER_FILE, SCHEDULER_FILE = "optimizer.pt", "scheduler.pt"  # as transforme
 LOCK_FILE = ".st_instruct.lock"
 # the forecaster's row in an evaluation report (results.json, st_evaluations.json)
 MODEL_ROW = "st_forecaster"
+GENERATED_ROW = "st_forecaster_generated"  # the same model's forecast read after the rationale it generates
 # what to do about a file of a saved forecaster that fails its checks
 COPY_AGAIN = "copy the model folder again or re-train"
 

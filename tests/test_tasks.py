@@ -49,8 +49,9 @@ def test_forecasting_reads_the_history_and_predicts_the_horizon_after_it():
     assert task.input_steps(12, 6).tolist() == list(range(12))
     assert task.target_steps(12, 6).tolist() == list(range(12, 18)) and task.target_length(12, 6) == 6
     assert not task.hidden(np.ones((2, 12, 3, 1), dtype=bool), seed=0).any()
-    assert task.baselines == ("historical_average", "last_value", "seasonal_naive_day", "seasonal_naive_week",
-                              "ridge", "stid")
+    assert task.baselines == ("window_last_value", "window_mean", "window_linear_trend", "historical_average",
+                              "last_value", "seasonal_naive_day", "seasonal_naive_week", "ridge", "global_ridge",
+                              "stid")
 
 
 def test_a_registered_task_decides_the_samples(reconstruction, tmp_path):

@@ -50,6 +50,7 @@ class Baseline(Protocol):
     """
 
     name: str
+    reads: str  # "window": only each window's own history (input-only); "train": fitted on a train split
 
     def is_applicable(self, windows: STWindows) -> bool: ...
 
@@ -62,6 +63,31 @@ def _target_steps(windows: STWindows, split: str) -> np.ndarray:
     """``[B, P]`` absolute step index of every target of every window of ``split``."""
     windows.num_windows(split)  # raises a KeyError naming the known splits
     return windows.starts[split][:, None] + windows.history + np.arange(windows.horizon)[None, :]
+
+
+def _raw_history(windows: STWindows, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """``([B, L, N, C] float64 history values in original units, 0 where unobserved; [B, L, N, C] observed)`` of
+    every window of ``split``: what an input-only baseline may read."""
+    steps = windows.starts[split][:, None] + np.arange(windows.history)[None, :]
+    observed = windows.observed[steps]
+    return np.where(observed, np.nan_to_num(windows.data.values[steps]), 0.0).astype(np.float64), observed
+
+
+def _window_statistics(x: np.ndarray, observed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``([B, N, C] mean, [B, N, C] standard deviation)`` of each series' observed history values (``x`` /
+    ``observed`` as :func:`_raw_history`), read from the window alone. A series with nothing observed takes the
+    mean of its channel over the window's observed values of every node (0 when the channel has none). The
+    deviation is floored at a tenth of the channel's mean magnitude in the window (and 1e-6), so a flat series
+    (a night of zero counts) does not blow its normalised values up."""
+    counts = observed.sum(axis=1)  # [B, N, C]
+    series_mean = x.sum(axis=1) / np.maximum(counts, 1)
+    channel_counts = observed.sum(axis=(1, 2))  # [B, C]
+    channel_mean = x.sum(axis=(1, 2)) / np.maximum(channel_counts, 1)
+    channel_scale = np.abs(x).sum(axis=(1, 2)) / np.maximum(channel_counts, 1)
+    mean = np.where(counts > 0, series_mean, channel_mean[:, None, :])
+    variance = (np.where(observed, x - mean[:, None], 0.0) ** 2).sum(axis=1) / np.maximum(counts, 1)
+    floor = np.maximum(0.1 * channel_scale, 1e-6)[:, None, :]
+    return mean, np.maximum(np.sqrt(variance), floor)
 
 
 def _train_node_mean(windows: STWindows) -> np.ndarray:
@@ -89,6 +115,7 @@ class HistoricalAverage:
     """
 
     name = "historical_average"
+    reads = "train"
 
     def __init__(self) -> None:
         self.table: np.ndarray | None = None  # [S, N, C] in original units
@@ -129,6 +156,7 @@ class LastValue:
     """
 
     name = "last_value"
+    reads = "train"  # its fallback, for a series with nothing observed in the window, is the train mean
 
     def __init__(self) -> None:
         self.node_mean: np.ndarray | None = None  # [N, C]
@@ -165,6 +193,7 @@ class SeasonalNaive:
 
     name: str
     days: int
+    reads = "train"
 
     def __init__(self) -> None:
         self.average: HistoricalAverage | None = None
@@ -236,6 +265,7 @@ class RidgeBaseline:
     """
 
     name = "ridge"
+    reads = "train"
 
     def __init__(self, alphas: Sequence[float] = (0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0),
                  default_alpha: float = 10.0) -> None:
@@ -312,6 +342,167 @@ class RidgeBaseline:
         return self._predict_from(windows, self._features(windows.batch(split)["x"]), self.weights)
 
 
+class InputOnlyBaseline:
+    """A baseline that fits nothing and reads only each window's own history (:func:`_raw_history`): what a user
+    with no history of the target beyond the input can run (zero-shot/2's *input-only* rows). A series with
+    nothing observed in its window falls back to its channel's mean over the window's nodes
+    (:func:`_window_statistics`), never to a train statistic."""
+
+    name: str
+    reads = "window"
+
+    def is_applicable(self, windows: STWindows) -> bool:
+        return True
+
+    def fit(self, windows: STWindows) -> None:
+        """Nothing to fit."""
+
+    def predict(self, windows: STWindows, split: str) -> np.ndarray:
+        x, observed = _raw_history(windows, split)
+        return self.forecast(x, observed, windows.horizon).astype(np.float32)
+
+    def forecast(self, x: np.ndarray, observed: np.ndarray, horizon: int) -> np.ndarray:
+        """``[B, L, N, C]`` history (:func:`_raw_history`) -> ``[B, P, N, C]`` forecast, original units."""
+        raise NotImplementedError
+
+
+class WindowLastValue(InputOnlyBaseline):
+    """The last observed history value of each series, repeated over the horizon (input-only)."""
+
+    name = "window_last_value"
+
+    def forecast(self, x: np.ndarray, observed: np.ndarray, horizon: int) -> np.ndarray:
+        last = x.shape[1] - 1 - np.argmax(observed[:, ::-1], axis=1)  # latest observed step, [B, N, C]
+        value = np.take_along_axis(x, last[:, None], axis=1)[:, 0]
+        value = np.where(observed.any(axis=1), value, _window_statistics(x, observed)[0])
+        return np.repeat(value[:, None], horizon, axis=1)
+
+
+class WindowMean(InputOnlyBaseline):
+    """The mean of each series' observed history values, repeated over the horizon (input-only)."""
+
+    name = "window_mean"
+
+    def forecast(self, x: np.ndarray, observed: np.ndarray, horizon: int) -> np.ndarray:
+        return np.repeat(_window_statistics(x, observed)[0][:, None], horizon, axis=1)
+
+
+class WindowLinearTrend(InputOnlyBaseline):
+    """The least-squares line through each series' observed history values, extended over the horizon
+    (input-only); the window mean where fewer than two steps are observed."""
+
+    name = "window_linear_trend"
+
+    def forecast(self, x: np.ndarray, observed: np.ndarray, horizon: int) -> np.ndarray:
+        history = x.shape[1]
+        weight = observed.astype(np.float64)
+        count = weight.sum(axis=1)  # [B, N, C]
+        time = np.arange(history, dtype=np.float64)[None, :, None, None]
+        t_mean = (weight * time).sum(axis=1) / np.maximum(count, 1)
+        mean = _window_statistics(x, observed)[0]
+        dt = np.where(observed, time - t_mean[:, None], 0.0)
+        spread = (dt ** 2).sum(axis=1)
+        slope = np.where(spread > 0, (dt * (x - mean[:, None])).sum(axis=1) / np.where(spread > 0, spread, 1.0), 0.0)
+        future = np.arange(history, history + horizon, dtype=np.float64)[None, :, None, None]
+        return mean[:, None] + slope[:, None] * (future - t_mean[:, None])
+
+
+class GlobalRidge:
+    """One ridge regression shared by every series of every node and channel: the ``L`` history values, each
+    window normalised by its own mean and deviation (:func:`_window_statistics`, gaps at the mean), plus a bias,
+    to the ``P`` normalised targets; the forecast is de-normalised with the same window statistics.
+
+    No parameter belongs to a node, a channel or a time slot, so a ridge fitted on other datasets forecasts any
+    node set, channel count and frequency: the source-fitted reference of zero-shot/2 (a linear model on
+    per-window normalised series, as DLinear with RevIN). Fitted on the train windows of one or several
+    datasets (:meth:`fit_sources`), unobserved targets weighted 0; ``alpha`` (the bias unpenalised) picked by the
+    masked MAE in original units on their validation windows, else ``default_alpha``. At most ``max_rows``
+    (window, node, channel) rows per dataset enter the fit, drawn with ``seed``.
+    """
+
+    name = "global_ridge"
+    reads = "train"
+
+    def __init__(self, alphas: Sequence[float] = (0.01, 0.1, 1.0, 10.0, 100.0, 1000.0), default_alpha: float = 1.0,
+                 max_rows: int = 400_000, seed: int = 0) -> None:
+        self.alphas = tuple(float(a) for a in alphas)
+        self.default_alpha, self.max_rows, self.seed = default_alpha, max_rows, seed
+        self.alpha: float | None = None
+        self.weights: np.ndarray | None = None  # [L+1, P]
+
+    def is_applicable(self, windows: STWindows) -> bool:
+        return True
+
+    @staticmethod
+    def _rows(windows: STWindows, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``([R, L+1] features, [R] mean, [R] deviation)``: one row per (window, node, channel) of ``split``."""
+        x, observed = _raw_history(windows, split)
+        mean, deviation = _window_statistics(x, observed)
+        normalised = np.where(observed, (x - mean[:, None]) / deviation[:, None], 0.0)
+        B, L, N, C = x.shape
+        features = np.ones((B, N, C, L + 1))
+        features[..., :L] = normalised.transpose(0, 2, 3, 1)
+        return features.reshape(-1, L + 1), mean.reshape(-1), deviation.reshape(-1)
+
+    def _targets(self, windows: STWindows, split: str, mean: np.ndarray, deviation: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        """``([R, P] normalised targets, 0 where unobserved; [R, P] observed)``, rows as :meth:`_rows`."""
+        batch = windows.batch(split)
+        P = windows.horizon
+        target = np.nan_to_num(batch["y"]).astype(np.float64).transpose(0, 2, 3, 1).reshape(-1, P)
+        observed = batch["y_mask"].transpose(0, 2, 3, 1).reshape(-1, P)
+        return np.where(observed, (target - mean[:, None]) / deviation[:, None], 0.0), observed
+
+    def fit(self, windows: STWindows) -> None:
+        self.fit_sources([windows])
+
+    def fit_sources(self, sources: Sequence[STWindows]) -> None:
+        """Fit on the train windows of every dataset of ``sources`` (they must share the history and horizon)."""
+        rng = np.random.default_rng(self.seed)
+        grams, rhs, validation = 0.0, 0.0, []
+        for windows in sources:
+            features, mean, deviation = self._rows(windows, "train")
+            target, observed = self._targets(windows, "train", mean, deviation)
+            if len(features) > self.max_rows:
+                keep = np.sort(rng.choice(len(features), self.max_rows, replace=False))
+                features, target, observed = features[keep], target[keep], observed[keep]
+            weight = observed.astype(np.float64)
+            # [P, F, F] Gram matrices of the P weighted least squares, and their right-hand sides [P, F]
+            grams = grams + np.einsum("rp,rf,rg->pfg", weight, features, features, optimize=True)
+            rhs = rhs + np.einsum("rp,rf->pf", weight * target, features, optimize=True)
+            if windows.num_windows("validation") > 0:
+                validation.append(windows)
+        features_count = grams.shape[-1]
+        penalty = np.diag(np.r_[np.ones(features_count - 1), 0.0]) + np.eye(features_count) * 1e-9
+
+        def solve(alpha: float) -> np.ndarray:
+            return np.linalg.solve(grams + alpha * penalty, rhs[..., None])[..., 0].T  # [F, P]
+
+        if not validation:
+            self.alpha, self.weights = self.default_alpha, solve(self.default_alpha)
+            return
+        best = None
+        for alpha in self.alphas:
+            weights = solve(alpha)
+            errors = [np.abs(self._forecast(w, "validation", weights) - np.nan_to_num(w.batch("validation")["y"]))
+                      [w.batch("validation")["y_mask"]] for w in validation]
+            mae = float(np.concatenate(errors).mean())
+            if best is None or mae < best:
+                best, self.alpha, self.weights = mae, alpha, weights
+
+    def _forecast(self, windows: STWindows, split: str, weights: np.ndarray) -> np.ndarray:
+        """``[B, P, N, C]`` forecast in original units with ``weights`` ``[L+1, P]``."""
+        features, mean, deviation = self._rows(windows, split)
+        forecast = (features @ weights) * deviation[:, None] + mean[:, None]  # [R, P]
+        B, N, C = windows.num_windows(split), windows.data.num_nodes, windows.data.num_channels
+        return forecast.reshape(B, N, C, -1).transpose(0, 3, 1, 2)
+
+    def predict(self, windows: STWindows, split: str) -> np.ndarray:
+        if self.weights is None:
+            raise RuntimeError("global_ridge: call fit(windows) before predict")
+        return self._forecast(windows, split, self.weights).astype(np.float32)
+
+
 BASELINES: dict[str, Callable[..., Baseline]] = {
     "historical_average": HistoricalAverage,
     "last_value": LastValue,
@@ -319,6 +510,10 @@ BASELINES: dict[str, Callable[..., Baseline]] = {
     "seasonal_naive_week": SeasonalNaiveWeek,
     "ridge": RidgeBaseline,
     "stid": STIDBaseline,
+    "global_ridge": GlobalRidge,
+    "window_last_value": WindowLastValue,
+    "window_mean": WindowMean,
+    "window_linear_trend": WindowLinearTrend,
 }
 
 
@@ -331,7 +526,21 @@ def build_baseline(name: str, **kwargs) -> Baseline:
 
 PER_NODE = ("historical_average", "ridge", "stid")  # parameters per node: transfer only to the same node set
 NO_FIT = ("last_value", "seasonal_naive_day", "seasonal_naive_week")  # only a fallback is fitted
+SERIES_AGNOSTIC = ("global_ridge",)  # no parameter of a node, channel or time slot: fits several sources at once
 SOURCE_SUFFIX = "@source"
+# what a row of an evaluation is (results[row]["kind"]; docs/evaluation.md): the reference kinds of zero-shot/2
+ROW_KINDS = {"forecaster": "the LLM forecaster", "control": "the forecaster's control (the same recipe, one change)",
+             "input-only": "reads only each window's own history: runnable with no other data of the target",
+             "target-fitted": "fitted on the evaluated dataset's train split (zero-shot: an oracle with data "
+                              "zero-shot does not have; few-shot: the same few-shot windows)",
+             "source-fitted": "fitted on the forecaster's training datasets, applied to the target"}
+
+
+def baseline_kind(row: str) -> str:
+    """The kind (:data:`ROW_KINDS`) of the baseline row ``row`` (``NAME`` or ``NAME@source``)."""
+    if row.endswith(SOURCE_SUFFIX):
+        return "source-fitted"
+    return "input-only" if BASELINES[row].reads == "window" else "target-fitted"
 
 
 def transfer_windows(target: STWindows, source: STWindows) -> STWindows:
@@ -341,12 +550,18 @@ def transfer_windows(target: STWindows, source: STWindows) -> STWindows:
     return dataclasses.replace(target, scaler=source.scaler, scaled=scaled.astype(np.float32))
 
 
-def transfer_reason(name: str, source: STWindows, target: STWindows) -> str | None:
-    """Why the baseline ``name`` fitted on ``source`` cannot forecast ``target`` (module docstring), or None."""
-    src, tgt = source.data, target.data
-    if name in NO_FIT:
+def transfer_reason(name: str, sources: Sequence[STWindows], target: STWindows) -> str | None:
+    """Why the baseline ``name`` fitted on ``sources`` cannot forecast ``target`` (module docstring), or None."""
+    if name in NO_FIT or BASELINES[name].reads == "window":
         return (f"fits nothing but a fallback for unobserved values; its forecast reads the target's own series, "
                 f"so it is the row `{name}`")
+    if name in SERIES_AGNOSTIC:
+        return None
+    if len(sources) != 1:
+        return (f"fitted on one dataset's nodes, channels and time slots; the forecaster was trained on "
+                f"{len(sources)} datasets ({', '.join(s.data.name for s in sources)})")
+    source = sources[0]
+    src, tgt = source.data, target.data
     if src.num_channels != tgt.num_channels:
         return (f"fitted on the source's {src.num_channels} channel(s) {src.channels}; the target has "
                 f"{tgt.num_channels} {tgt.channels}")
@@ -365,17 +580,21 @@ def transfer_reason(name: str, source: STWindows, target: STWindows) -> str | No
     return None
 
 
-def _fit_predict(name: str, fit_on: STWindows, predict_on: STWindows, split: str, seed: int, progress: bool,
-                 options: dict, task: Task) -> tuple[dict, np.ndarray | None]:
-    """``(result, [B, P, N, C] forecast or None)`` of baseline ``name`` fitted on ``fit_on`` and scored by ``task``
-    on ``split`` of ``predict_on``; ``{"skipped": reason}`` when not applicable."""
+def _fit_predict(name: str, fit_on: Sequence[STWindows], predict_on: STWindows, split: str, seed: int,
+                 progress: bool, options: dict, task: Task) -> tuple[dict, np.ndarray | None]:
+    """``(result, [B, P, N, C] forecast or None)`` of baseline ``name`` fitted on the datasets ``fit_on`` (several
+    only for a :data:`SERIES_AGNOSTIC` one) and scored by ``task`` on ``split`` of ``predict_on``;
+    ``{"skipped": reason}`` when not applicable."""
     factory = BASELINES[name]
     accepted = inspect.signature(factory).parameters
     kwargs = {key: value for key, value in (("seed", seed), ("progress", progress)) if key in accepted}
     baseline = factory(**{**kwargs, **options})
     tic = time.perf_counter()
     try:
-        baseline.fit(fit_on)
+        if len(fit_on) == 1:
+            baseline.fit(fit_on[0])
+        else:
+            baseline.fit_sources(fit_on)
     except BaselineNotApplicable as err:
         return {"skipped": str(err)}, None
     fit_seconds = time.perf_counter() - tic
@@ -393,27 +612,29 @@ def _check_names(names: Sequence[str], options: dict[str, dict]) -> None:
             raise ValueError(f"unknown baseline {name!r}; known baselines: {sorted(BASELINES)}")
 
 
-def run_source_baselines(source: STWindows, target: STWindows, names: Sequence[str] | None = None,
-                         split: str = "test", progress: bool = True, seed: int = 0,
+def run_source_baselines(sources: STWindows | Sequence[STWindows], target: STWindows,
+                         names: Sequence[str] | None = None, split: str = "test", progress: bool = True, seed: int = 0,
                          options: dict[str, dict] | None = None, task: Task = TASKS["forecasting"]
                          ) -> tuple[dict[str, dict], dict[str, np.ndarray]]:
-    """Fit every baseline of ``names`` (default all) on ``source`` and score it on ``split`` of ``target``, scaled
-    with the source's scaler (:func:`transfer_windows`): rows ``NAME@source``, as :func:`run_baselines` with
-    ``return_predictions``; those that cannot transfer (:func:`transfer_reason`, or not applicable to the source)
-    are ``{"skipped": reason}``."""
+    """Fit every baseline of ``names`` (default all) on the source dataset(s) ``sources`` and score it on ``split``
+    of ``target``, scaled with the (first) source's scaler (:func:`transfer_windows`): rows ``NAME@source``, as
+    :func:`run_baselines` with ``return_predictions``; those that cannot transfer (:func:`transfer_reason`, or not
+    applicable to the source) are ``{"skipped": reason}``. Only :data:`SERIES_AGNOSTIC` baselines fit several
+    sources."""
+    sources = [sources] if isinstance(sources, STWindows) else list(sources)
     names = list(BASELINES) if names is None else list(names)
     options = options or {}
     _check_names(names, options)
-    transferred = transfer_windows(target, source)
+    transferred = transfer_windows(target, sources[0])
     results: dict[str, dict] = {}
     predictions: dict[str, np.ndarray] = {}
     for name in names:
         row = f"{name}{SOURCE_SUFFIX}"
-        reason = transfer_reason(name, source, target)
+        reason = transfer_reason(name, sources, target)
         if reason is not None:
             results[row] = {"skipped": reason}
             continue
-        results[row], pred = _fit_predict(name, source, transferred, split, seed, progress, options.get(name, {}),
+        results[row], pred = _fit_predict(name, sources, transferred, split, seed, progress, options.get(name, {}),
                                           task)
         if pred is not None:
             predictions[row] = pred
@@ -453,7 +674,7 @@ def run_baselines(windows: STWindows, names: Sequence[str] | None = None, split:
     results: dict[str, dict] = {}
     predictions: dict[str, np.ndarray] = {}
     for name in names:
-        results[name], pred = _fit_predict(name, windows, windows, split, seed, progress, options.get(name, {}),
+        results[name], pred = _fit_predict(name, [windows], windows, split, seed, progress, options.get(name, {}),
                                            task)
         if return_predictions and pred is not None:
             predictions[name] = pred

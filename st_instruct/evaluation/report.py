@@ -12,8 +12,11 @@ NaN metrics (nothing observed, or WAPE of an all-zero truth) are written as ``nu
 never ``NaN`` / ``Infinity`` -- and ``results[MODEL]["undefined"]`` (``{metric: reason}``) says why. Optional
 keys: ``"city"``, ``"protocol"`` (e.g. ``"in-domain"``, ``"zero-shot (trained on nyc-taxi)"``,
 ``"few-shot 5%"``), ``"wall_seconds"``; from ``st-instruct evaluate`` also ``"protocol_version"`` (e.g.
-``"zero-shot/1"``), ``"scaling"`` (``"window"`` / ``"train"``) and ``"baselines_fitted_on"`` (``{MODEL: dataset}``
-for every scored baseline row; source-fitted rows are named ``MODEL@source``).
+``"zero-shot/2"``), ``"scaling"`` (``"window"`` / ``"train"``) and ``"baselines_fitted_on"`` (``{MODEL: dataset}``
+for every fitted baseline row; source-fitted rows are named ``MODEL@source``). Every row of a report made by
+``make_report`` says what it is: ``results[MODEL]["kind"]``, one of
+:data:`~st_instruct.evaluation.baselines.ROW_KINDS` (forecaster, control, input-only, target-fitted,
+source-fitted); the tables show it as a column.
 
 :func:`write_evaluation_outputs` writes one evaluation's folder: ``results.json``, ``report.md`` and the PNG
 figures of :mod:`st_instruct.evaluation.plots` (the error per horizon step; the forecasts, one figure per channel).
@@ -31,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from st_instruct.evaluation.baselines import ROW_KINDS
 from st_instruct.evaluation.plots import model_colors, plot_error_per_horizon, plot_forecasts
 from st_instruct.model_dir import MODEL_ROW
 from st_instruct.outputs import OutputExistsError, check_writable, staged_file, staged_output
@@ -79,12 +83,13 @@ def format_results_table(results: dict[str, dict[str, Any]], horizons: list[int]
     steps = sorted(int(h) for h in some.get("per_horizon", {}))
     if horizons is None:
         horizons = sorted({steps[0], steps[-1]}) if steps else []
-    header = ["model", *metrics, *(f"MAE@{h}" for h in horizons), "time (s)"]
+    kinds = any("kind" in r for r in results.values())  # an evaluation's rows say what they are
+    header = ["model", *(["kind"] if kinds else []), *metrics, *(f"MAE@{h}" for h in horizons), "time (s)"]
     rows = []
     for model in _best_first(results):
         r = results[model]
         seconds = r.get("fit_seconds", 0.0) + r.get("predict_seconds", 0.0)
-        rows.append([model, *(_fmt(r[m]) for m in metrics),
+        rows.append([model, *([r.get("kind", "")] if kinds else []), *(_fmt(r[m]) for m in metrics),
                      *(_fmt(r["per_horizon"][str(h)]["MAE"]) for h in horizons), f"{seconds:.1f}"])
     return _markdown_table(header, rows)
 
@@ -160,13 +165,16 @@ def protocol_lines(report: Mapping[str, Any]) -> list[str]:
     elif scaling == "train":
         lines.append(f"- **Scaling**: z-scored with the train split's mean and std per channel of "
                      f"`{report.get('dataset')}`; baselines read raw values and fit their own")
+    kinds = [kind for kind in ROW_KINDS if any(r.get("kind") == kind for r in report.get("results", {}).values())]
+    if kinds:
+        lines.append("- **Row kinds**: " + "; ".join(f"*{kind}*: {ROW_KINDS[kind]}" for kind in kinds))
     fitted_on = report.get("baselines_fitted_on") or {}
     by_dataset: dict[str, list[str]] = {}
     for name, dataset in fitted_on.items():
         by_dataset.setdefault(dataset, []).append(f"`{name}`")
     for dataset, names in by_dataset.items():
         where = ("the evaluated dataset's train split" if dataset == report.get("dataset")
-                 else "the source's train split, applied to the evaluated test windows")
+                 else "the sources' train splits, applied to the evaluated test windows")
         lines.append(f"- **Baselines fitted on** `{dataset}` ({where}): {', '.join(names)}")
     return lines
 

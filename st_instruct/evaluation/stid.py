@@ -83,6 +83,7 @@ class STIDBaseline:
     """
 
     name = "stid"
+    reads = "train"
 
     def __init__(self, embed_dim: int = 32, num_layers: int = 3, dropout: float = 0.0, lr: float = 4e-3,
                  weight_decay: float = 1e-4, batch_size: int = 64, max_epochs: int = 10, patience: int = 5,

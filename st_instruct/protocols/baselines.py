@@ -14,7 +14,8 @@ from typing import Any
 from st_instruct.data.loaders import get_dataset
 from st_instruct.data.stdata import STData
 from st_instruct.data.windows import STWindows, build_windows, format_split
-from st_instruct.evaluation.baselines import run_baselines
+from st_instruct.evaluation.baselines import BASELINES, SOURCE_SUFFIX, baseline_kind, run_baselines
+from st_instruct.model_dir import GENERATED_ROW, MODEL_ROW
 from st_instruct.tasks import TASKS, Task
 
 
@@ -55,9 +56,19 @@ def make_report(windows: STWindows, results: dict[str, dict], task: Task = TASKS
         "time_range": None if ts is None else [str(ts[0]), str(ts[-1])],
         "calendar": data.calendar_text() + ("" if data.has_calendar else "; stid runs without time embeddings"),
         "windows": {name: windows.num_windows(name) for name in windows.starts},
-        "results": {name: r for name, r in results.items() if "skipped" not in r},
+        "results": {name: {**r, "kind": row_kind(name)} for name, r in results.items() if "skipped" not in r},
         "skipped": {name: r["skipped"] for name, r in results.items() if "skipped" in r},
     }
+
+
+def row_kind(row: str) -> str:
+    """What the report row ``row`` is (:data:`~st_instruct.evaluation.baselines.ROW_KINDS`): the forecaster (also
+    read after its generated rationale), one of its controls, or a baseline of its kind."""
+    if row in (MODEL_ROW, GENERATED_ROW):
+        return "forecaster"
+    if row in BASELINES or row.endswith(SOURCE_SUFFIX):
+        return baseline_kind(row)
+    return "control"
 
 
 def baseline_report(windows: STWindows, models: Sequence[str] | None = None, progress: bool = True,

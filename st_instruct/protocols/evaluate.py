@@ -6,16 +6,20 @@ prompt (template, granularity, values in text) and coordinates are kept; the dat
 evaluate on, with every node. Protocol: ``"in-domain"`` when the dataset was among the training datasets, else
 ``"zero-shot (trained on X)"``; ``report["protocol_version"]`` (:data:`PROTOCOL_VERSION`) names the rules below.
 
-Zero-shot, version 1 (UrbanGPT, Li et al., KDD 2024):
+Zero-shot, version 2 (version 1: UrbanGPT, Li et al., KDD 2024, whose baseline rows were not labelled):
 
 - scaling: strict by default, ``scaling: window`` -- every sample is z-scored with the statistics of its own
   history window (:mod:`st_instruct.samples.builder`), so no value outside the input window is read; or ``train``,
   the target's train-split statistics (the transductive variant). ``report["scaling"]`` says which.
-- baselines: fitted on the target's train split (rows ``NAME``) *and* on the source's -- the one training
-  dataset, with the recipe's windowing -- then applied to the target's test windows (rows ``NAME@source``,
-  :func:`~st_instruct.evaluation.baselines.run_source_baselines`; those that cannot transfer are skipped with the
-  reason). ``report["baselines_fitted_on"]`` maps every baseline row to the dataset it was fitted on. Baselines
-  always read raw values and fit their own scaler.
+- three kinds of reference rows, each row's ``"kind"`` in the report
+  (:data:`~st_instruct.evaluation.baselines.ROW_KINDS`): *input-only* (``window_last_value``, ``window_mean``,
+  ``window_linear_trend``: what a user with no target data beyond the input can run), *source-fitted* (rows
+  ``NAME@source``: fitted on the forecaster's training datasets, each with the recipe's windowing, then applied
+  to the target's test windows, :func:`~st_instruct.evaluation.baselines.run_source_baselines`;
+  ``global_ridge@source`` fits every source at once, the per-node ones need the one source's node set and are
+  otherwise skipped with the reason) and *target-fitted* (rows ``NAME`` fitted on the target's train split: an
+  oracle with data zero-shot does not have). ``report["baselines_fitted_on"]`` maps every fitted baseline row to
+  the dataset(s) it was fitted on. Baselines always read raw values and fit their own scaler.
 
 The forecaster predicts every (window, node) sample of the test split in one teacher-forced forward pass per
 batch (no generation); its ``[P, N', C]`` forecasts are scattered into ``[B, P, N, C]`` by ``window_start`` and
@@ -38,10 +42,10 @@ import numpy as np
 
 from st_instruct.configs import DATASET_SPEC_KEYS, DataConfig
 from st_instruct.data.loaders import dataset_spec
-from st_instruct.evaluation.baselines import SOURCE_SUFFIX, run_baselines, run_source_baselines
+from st_instruct.evaluation.baselines import SOURCE_SUFFIX, baseline_kind, run_baselines, run_source_baselines
 from st_instruct.evaluation.plots import window_times
 from st_instruct.evaluation.predict import scatter_predictions
-from st_instruct.model_dir import MODEL_ROW, read_few_shot, trained_data_config
+from st_instruct.model_dir import GENERATED_ROW, MODEL_ROW, read_few_shot, trained_data_config
 from st_instruct.models.collators import build_collator
 from st_instruct.models.forecaster import STForecasterConfig
 from st_instruct.models.rationale import generate_forecast
@@ -51,9 +55,8 @@ from st_instruct.protocols.controls import read_control
 from st_instruct.samples.builder import build_dataset
 from st_instruct.tasks import Task, get_task
 
-GENERATED_NAME = "st_forecaster_generated"  # the same model's forecast after the rationale it generates
 # bump a protocol's version when what it fits, scales or scores changes
-PROTOCOL_VERSION = {"in-domain": "in-domain/1", "zero-shot": "zero-shot/1", "few-shot": "few-shot/1"}
+PROTOCOL_VERSION = {"in-domain": "in-domain/1", "zero-shot": "zero-shot/2", "few-shot": "few-shot/1"}
 
 
 def require_rationale_training(model_dir: str | Path, config: DataConfig, flag: str) -> None:
@@ -122,7 +125,7 @@ def report_rows(task: Task, models: Sequence[str] | None, control_rows: Sequence
     offers) and, zero-shot, the same baselines fitted on the source (``NAME@source``); a baseline that cannot run is
     reported skipped."""
     baselines = list(task.baselines) if models is None else list(models)
-    return [MODEL_ROW, *([GENERATED_NAME] if generate_rationales else []), *control_rows, *baselines,
+    return [MODEL_ROW, *([GENERATED_ROW] if generate_rationales else []), *control_rows, *baselines,
             *([f"{name}{SOURCE_SUFFIX}" for name in baselines] if zero_shot else [])]
 
 
@@ -135,18 +138,16 @@ def check_plot_models(plot_models: Sequence[str], rows: Sequence[str]) -> None:
 
 def _source_baselines(trained: DataConfig, target: Any, models: Sequence[str] | None, split: str, progress: bool,
                       seed: int, task: Task) -> tuple[dict[str, dict], dict[str, Any]]:
-    """The baselines fitted on the one source dataset of ``trained`` (windowed as the recipe windows it) and
+    """The baselines fitted on the source datasets of ``trained`` (each windowed as the recipe windows it) and
     scored on ``target`` by ``task`` (:func:`~st_instruct.evaluation.baselines.run_source_baselines`; default the
-    baselines it offers); all skipped with the reason when the recipe trained on several datasets."""
+    baselines it offers); from several sources only the series-agnostic ones fit, the others are skipped with the
+    reason."""
     names = list(task.baselines) if models is None else list(models)
-    if len(trained.dataset_names) != 1:
-        reason = (f"the forecaster was trained on {len(trained.dataset_names)} datasets "
-                  f"({', '.join(trained.dataset_names)}); a source-fitted baseline needs one source")
-        return {f"{name}{SOURCE_SUFFIX}": {"skipped": reason} for name in names}, {}
-    source = prepare_windows(trained.dataset_names[0], trained.history, trained.horizon, trained.split,
-                             trained.dataset_channels, trained.dataset_start, trained.dataset_end,
-                             stride=trained.stride, data_dir=trained.dataset_dir, spec=dataset_spec(trained))
-    return run_source_baselines(source, target, names, split=split, progress=progress, seed=seed, task=task)
+    sources = [prepare_windows(name, trained.history, trained.horizon, trained.split, trained.dataset_channels,
+                               trained.dataset_start, trained.dataset_end, stride=trained.stride,
+                               data_dir=trained.dataset_dir, spec=dataset_spec(trained))
+               for name in trained.dataset_names]
+    return run_source_baselines(sources, target, names, split=split, progress=progress, seed=seed, task=task)
 
 
 def _generated_forecasts(model: Any, tokenizer: Any, collator: Any, samples: Any, starts: np.ndarray,
@@ -294,13 +295,13 @@ def evaluate_forecaster(model_dir: str | Path, dataset: str, data_dir: str | Non
                                                          task)
         baseline_results.update(source_results)
         baseline_preds.update(source_preds)
-        fitted_on.update({name: trained.dataset_names[0] for name in source_results})
+        fitted_on.update({name: ", ".join(trained.dataset_names) for name in source_results})
     results: dict[str, dict] = {MODEL_ROW: {**task.score(pred, target["y"], mask), "fit_seconds": 0.0,
                                              "predict_seconds": predict_seconds}}
     predictions = {MODEL_ROW: pred}
     if generated:
-        predictions[GENERATED_NAME] = np.nan_to_num(generated["pred"][rows])
-        results[GENERATED_NAME] = {**task.score(predictions[GENERATED_NAME], target["y"], mask),
+        predictions[GENERATED_ROW] = np.nan_to_num(generated["pred"][rows])
+        results[GENERATED_ROW] = {**task.score(predictions[GENERATED_ROW], target["y"], mask),
                                    "fit_seconds": 0.0, "predict_seconds": generated["seconds"]}
     for name, found in control_preds.items():
         results[name] = {**task.score(found, target["y"], mask), "fit_seconds": 0.0,
@@ -318,8 +319,8 @@ def evaluate_forecaster(model_dir: str | Path, dataset: str, data_dir: str | Non
     report["protocol"] = protocol
     report["protocol_version"] = PROTOCOL_VERSION[kind]
     report["scaling"] = config.scaling
-    report["baselines_fitted_on"] = {name: fitted_on[name] for name in baseline_results if "skipped" not in
-                                     baseline_results[name]}
+    report["baselines_fitted_on"] = {name: fitted_on[name] for name, result in baseline_results.items()
+                                     if "skipped" not in result and baseline_kind(name) != "input-only"}
     report["model"] = str(model_dir)
     report["trained_on"] = list(trained.dataset_names)
     if generated:

@@ -17,6 +17,7 @@ from st_instruct.evaluation.report import format_results_table, protocol_lines
 from st_instruct.model_dir import EVALUATIONS_FILE, LOCK_FILE, MODEL_ROW, read_evaluations
 from st_instruct.models.card import write_model_card
 from st_instruct.outputs import write_text_atomic
+from st_instruct.protocols.baselines import row_kind
 from st_instruct.tasks import report_task
 
 
@@ -66,7 +67,7 @@ def evaluation_section(evaluations: list[dict[str, Any]]) -> list[str]:
     lines = []
     for report in evaluations:
         rows = report.get("results", {})
-        controls = [row for row in rows if row.startswith(f"{MODEL_ROW}_")]
+        controls = [row for row in rows if row_kind(row) == "control"]
         lines += [f"### `{report.get('dataset')}`, {report.get('split_name', 'test')} split: "
                   f"{report.get('protocol', 'in-domain')}", "",
                   f"History {report.get('history')} -> horizon {report.get('horizon')} steps, "

@@ -12,7 +12,8 @@ class Forecasting(Task):
     """The ``horizon`` steps after the ``history`` a window reads, all observed entries scored."""
 
     name = "forecasting"
-    baselines = ("historical_average", "last_value", "seasonal_naive_day", "seasonal_naive_week", "ridge", "stid")
+    baselines = ("window_last_value", "window_mean", "window_linear_trend", "historical_average", "last_value",
+                 "seasonal_naive_day", "seasonal_naive_week", "ridge", "global_ridge", "stid")
     hub_task_type = "time-series-forecasting"
     description = "spatio-temporal forecasting"
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -13,16 +15,22 @@ from st_instruct.data.synthetic import generate_synthetic
 from st_instruct.data.windows import build_windows
 from st_instruct.evaluation.baselines import (
     BASELINES,
+    ROW_KINDS,
     BaselineNotApplicable,
+    GlobalRidge,
     HistoricalAverage,
     LastValue,
     RidgeBaseline,
     SeasonalNaiveDay,
     SeasonalNaiveWeek,
+    baseline_kind,
     build_baseline,
     run_baselines,
+    run_source_baselines,
 )
+from st_instruct.evaluation.report import format_results_table
 from st_instruct.evaluation.stid import STIDBaseline
+from st_instruct.protocols.baselines import baseline_report
 from st_instruct.tasks.metrics import METRICS, horizon_metrics
 
 
@@ -285,3 +293,96 @@ def test_seasonal_naive_week_not_applicable_when_series_is_shorter_than_its_look
     with pytest.raises(BaselineNotApplicable, match="before the series start"):
         model.fit(windows)
     assert SeasonalNaiveDay().is_applicable(windows)
+
+
+@pytest.mark.parametrize("name", ["window_last_value", "window_mean", "window_linear_trend"])
+def test_input_only_baselines_read_nothing_outside_each_windows_history(name):
+    """Every value outside the test windows' histories -- the train split, the targets -- changed: the input-only
+    forecasts do not move (they fit nothing, and their fallback is read from the window)."""
+    data = make_city(weeks=4, null_fraction=0.1, seed=5)
+    windows = build_windows(data, history=12, horizon=6, split="7:1:2")
+    inside = np.zeros(len(data.values), dtype=bool)
+    for start in windows.starts["test"]:
+        inside[start:start + 12] = True
+    values = data.values.copy()
+    values[~inside] = values[~inside] * 3.0 + 50.0
+    changed = build_windows(dataclasses.replace(data, values=values), history=12, horizon=6, split="7:1:2")
+    assert build_baseline(name).reads == "window"
+    predictions = []
+    for w in (windows, changed):
+        model = build_baseline(name)
+        model.fit(w)
+        predictions.append(model.predict(w, "test"))
+    np.testing.assert_array_equal(*predictions)
+    ridge = [RidgeBaseline(), RidgeBaseline()]  # a fitted baseline does move: the change reaches the windows
+    for model, w in zip(ridge, (windows, changed), strict=True):
+        model.fit(w)
+    assert not np.allclose(ridge[0].predict(windows, "test"), ridge[1].predict(changed, "test"))
+
+
+def test_input_only_forecasts_by_hand():
+    """A series on a line: the trend extends it, the mean is its mean, the last value its last; a series with
+    nothing observed in its window takes its channel's window mean over the other nodes."""
+    steps = 24 * 7 * 3
+    line = np.arange(steps, dtype=np.float64)[:, None, None] * np.array([1.0, 2.0])[None, None, :] + 5.0
+    values = np.repeat(line, 3, axis=1)
+    values[:, 2] = np.nan  # node 2 never observed
+    data = STData(values=values, name="lines", freq="1h", start=pd.Timestamp("2024-01-01"))
+    windows = build_windows(data, history=12, horizon=6, split="7:1:2")
+    start = windows.starts["test"][0]
+    history = values[start:start + 12, 0]  # [12, C]
+    future = values[start + 12:start + 18, 0]
+    trend, mean, last = (build_baseline(name).predict(windows, "test")[0]
+                         for name in ("window_linear_trend", "window_mean", "window_last_value"))
+    np.testing.assert_allclose(trend[:, 0], future, rtol=1e-5)
+    np.testing.assert_allclose(mean[:, 0], np.repeat(history.mean(0)[None], 6, 0), rtol=1e-6)
+    np.testing.assert_allclose(last[:, 0], np.repeat(history[-1:], 6, 0), rtol=1e-6)
+    np.testing.assert_allclose(mean[:, 2], mean[:, 0], rtol=1e-6)  # nodes 0 and 1 are the same line
+    np.testing.assert_allclose(trend[:, 2], mean[:, 0], rtol=1e-6)
+
+
+def test_global_ridge_forecasts_other_node_sets_and_channel_counts_and_follows_the_units():
+    """One ridge for every series: fitted on a 4-node, 2-channel city it forecasts a 6-node, 1-channel city; the
+    window normalisation makes the forecast follow the input's units exactly (values x 10 -> forecast x 10)."""
+    source = build_windows(make_city(weeks=6, seed=1), history=12, horizon=6, split="7:1:2")
+    target_data = make_city(weeks=3, nodes=6, channels=1, seed=2)
+    target = build_windows(target_data, history=12, horizon=6, split="7:1:2")
+    model = GlobalRidge()
+    model.fit(source)
+    assert model.weights.shape == (13, 6) and model.alpha in model.alphas
+    pred = model.predict(target, "test")
+    assert pred.shape == (target.num_windows("test"), 6, 6, 1) and np.isfinite(pred).all()
+    scaled = build_windows(dataclasses.replace(target_data, values=target_data.values * 10.0), history=12,
+                           horizon=6, split="7:1:2")
+    np.testing.assert_allclose(model.predict(scaled, "test"), pred * 10.0, rtol=1e-4, atol=1e-3)
+    last = build_baseline("window_last_value").predict(target, "test")
+    batch = target.batch("test")
+    assert masked_mae(pred, batch) < masked_mae(last, batch)  # an AR(1) around a level: the ridge learns to revert
+
+
+def test_source_baselines_from_several_sources_fit_the_series_agnostic_ridge_and_skip_the_rest():
+    first = build_windows(make_city(weeks=6, seed=1), history=12, horizon=6, split="7:1:2")
+    second = build_windows(make_city(weeks=6, nodes=3, seed=4), history=12, horizon=6, split="7:1:2")
+    target = build_windows(make_city(weeks=3, nodes=5, seed=2), history=12, horizon=6, split="7:1:2")
+    results, preds = run_source_baselines([first, second], target, ["global_ridge", "ridge", "window_mean"],
+                                          progress=False)
+    assert set(preds) == {"global_ridge@source"}
+    assert results["ridge@source"]["skipped"].startswith("fitted on one dataset's nodes, channels and time slots; "
+                                                         "the forecaster was trained on 2 datasets")
+    assert "window_mean" in results["window_mean@source"]["skipped"]
+    both = GlobalRidge()
+    both.fit_sources([first, second])
+    np.testing.assert_allclose(preds["global_ridge@source"], both.predict(target, "test"), rtol=1e-6)
+    alone = GlobalRidge()
+    alone.fit(first)
+    assert not np.allclose(alone.weights, both.weights)
+
+
+def test_every_report_row_says_what_kind_of_reference_it_is(windows):
+    report = baseline_report(windows, ["window_mean", "historical_average", "global_ridge"], progress=False)
+    assert {name: r["kind"] for name, r in report["results"].items()} == {
+        "window_mean": "input-only", "historical_average": "target-fitted", "global_ridge": "target-fitted"}
+    assert format_results_table(report["results"]).splitlines()[0].startswith("| model ")
+    assert "| kind " in format_results_table(report["results"]).splitlines()[0]
+    assert {baseline_kind(name) for name in BASELINES} == {"input-only", "target-fitted"}
+    assert baseline_kind("ridge@source") == "source-fitted" and set(ROW_KINDS) >= {"forecaster", "control"}

@@ -1,6 +1,6 @@
-"""The zero-shot protocol (``zero-shot/1``): strict per-window scaling reads no value outside the input window,
+"""The zero-shot protocol (``zero-shot/2``): strict per-window scaling reads no value outside the input window,
 baselines fitted on the source are applied to the target (or skipped with the reason), and the report states the
-protocol version, the scaling and what every baseline was fitted on."""
+protocol version, the scaling, what every baseline was fitted on and what kind of reference every row is."""
 
 import dataclasses
 import json
@@ -149,11 +149,21 @@ def test_source_baselines_across_channel_counts_are_skipped_with_the_reason():
 def test_zero_shot_report_carries_the_protocol_and_skips_per_node_baselines(model_dir, tmp_path, capsys):
     out = tmp_path / "eval"
     code = main(["evaluate", "--model", str(model_dir), "--dataset", "synthetic", "--max-windows", "2",
-                 "--models", "historical_average", "ridge", "last_value", "--output", str(out), "--quiet"])
+                 "--models", "historical_average", "ridge", "last_value", "window_mean", "global_ridge", "--output",
+                 str(out), "--quiet"])
     assert code == 0
     report = json.loads((out / "results.json").read_text())
+    kinds = {name: result.pop("kind") for name, result in report["results"].items()}
+    assert kinds == {MODEL_ROW: "forecaster", "historical_average": "target-fitted", "ridge": "target-fitted",
+                     "last_value": "target-fitted", "global_ridge": "target-fitted", "window_mean": "input-only",
+                     "global_ridge@source": "source-fitted"}
+    for name in ("window_mean", "global_ridge", "global_ridge@source"):  # the rows this version adds
+        report["results"].pop(name)
+    assert report["baselines_fitted_on"].pop("global_ridge@source") == "synthetic-small"
+    assert report["baselines_fitted_on"].pop("global_ridge") == "synthetic"
+    assert "it is the row `window_mean`" in report["skipped"].pop("window_mean@source")
     assert report["protocol"] == "zero-shot (trained on synthetic-small)"
-    assert report["protocol_version"] == "zero-shot/1" and report["scaling"] == "window"
+    assert report["protocol_version"] == "zero-shot/2" and report["scaling"] == "window"
     assert report["baselines_fitted_on"] == {"historical_average": "synthetic", "ridge": "synthetic",
                                              "last_value": "synthetic"}
     assert set(report["results"]) == {MODEL_ROW, "historical_average", "ridge", "last_value"}
@@ -161,9 +171,10 @@ def test_zero_shot_report_carries_the_protocol_and_skips_per_node_baselines(mode
     assert report["skipped"]["ridge@source"] == reason and report["skipped"]["historical_average@source"] == reason
     assert "last_value" in report["skipped"]["last_value@source"]
     markdown = (out / "report.md").read_text()
-    assert "**Protocol version**: `zero-shot/1`" in markdown and "own history window" in markdown
-    assert "**Baselines fitted on** `synthetic`" in markdown
-    assert "Protocol version: `zero-shot/1`" in capsys.readouterr().out
+    assert "**Protocol version**: `zero-shot/2`" in markdown and "own history window" in markdown
+    assert "**Baselines fitted on** `synthetic`" in markdown and "*input-only*: reads only each window" in markdown
+    assert "| kind " in markdown
+    assert "Protocol version: `zero-shot/2`" in capsys.readouterr().out
 
 
 def test_train_scaling_and_source_rows_on_the_same_node_set(model_dir, tmp_path):
@@ -180,7 +191,7 @@ def test_train_scaling_and_source_rows_on_the_same_node_set(model_dir, tmp_path)
                  "--models", "ridge", "--zero-shot-scaling", "train", "--output", str(out), "--quiet"])
     assert code == 0
     report = json.loads((out / "results.json").read_text())
-    assert report["scaling"] == "train" and report["protocol_version"] == "zero-shot/1"
+    assert report["scaling"] == "train" and report["protocol_version"] == "zero-shot/2"
     assert report["baselines_fitted_on"] == {"ridge": "copy", "ridge@source": "synthetic-small"}
     assert set(report["results"]) == {MODEL_ROW, "ridge", "ridge@source"} and not report["skipped"]
 
