@@ -56,7 +56,7 @@ from st_instruct.samples.builder import build_dataset
 from st_instruct.tasks import Task, get_task
 
 # bump a protocol's version when what it fits, scales or scores changes
-PROTOCOL_VERSION = {"in-domain": "in-domain/1", "zero-shot": "zero-shot/2", "few-shot": "few-shot/1"}
+PROTOCOL_VERSION = {"in-domain": "in-domain/1", "zero-shot": "zero-shot/2", "few-shot": "few-shot/2"}
 
 
 def require_rationale_training(model_dir: str | Path, config: DataConfig, flag: str) -> None:

@@ -5,9 +5,15 @@ the result on the target's test split. The protocol of the few-shot forecasting 
 UrbanGPT): the model sees only the *earliest* ``fraction`` of the target's training windows (a contiguous stretch,
 so no window overlaps the validation or test periods), then is tested on the usual test split.
 
-The forecaster is rebuilt as the recipe built it (same backbone, freeze plan, ST module sizes), its trained weights
-restored, and trained on with the recipe's optimiser settings for ``steps`` optimizer steps (default: one pass over
-the few-shot samples). The output folder is a normal forecaster folder plus ``few_shot.json`` (source model,
+Version 2 (``few-shot/2``): the forecaster is rebuilt as the recipe built it (same backbone, freeze plan, ST module
+sizes) but with its ST encoder trainable even where the recipe froze a pretrained one (``st_encoder_freeze``: the
+whole forecaster adapts, the ST modules at the recipe's ``st_learning_rate``), its trained weights restored, and
+trained on with the recipe's optimiser settings for at most ``max_passes`` passes over the few-shot samples (or
+``steps`` optimizer steps). The loss on the first ``validation_windows`` windows of the target's validation split
+is measured before training and after every pass; training stops after ``patience`` passes without a better one,
+and the weights of the best measurement are kept (:class:`KeepBestOnValidation`), so a fine-tune that only hurts
+keeps the source weights. Version 1 trained one pass with the encoder as the recipe left it, without validation.
+The output folder is a normal forecaster folder plus ``few_shot.json`` (source model,
 fraction, the number of train windows used); :func:`~st_instruct.protocols.evaluate.evaluate_forecaster`
 reads it, names the protocol and fits the baselines on the same few-shot windows. The z-score statistics of the
 target still come from its whole train split (as the windows are built), a mild advantage shared by every model.
@@ -20,8 +26,9 @@ import math
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
-from transformers import PrinterCallback
+from transformers import PrinterCallback, TrainerCallback
 
 from st_instruct.configs import parse_recipe, recipe_dict, train_dataclasses
 from st_instruct.data.loaders import load_series
@@ -36,6 +43,37 @@ from st_instruct.protocols.evaluate import evaluation_config
 from st_instruct.training.run import build_forecaster, build_trainer
 
 
+class KeepBestOnValidation(TrainerCallback):
+    """Early stopping on the validation loss with the best weights kept in memory (no checkpoint is written): every
+    evaluation's ``eval_loss`` is recorded in :attr:`evaluations`; the trainable weights of the lowest are copied,
+    training stops after ``patience`` evaluations without a lower one, and :meth:`restore` puts the best back."""
+
+    def __init__(self, patience: int) -> None:
+        self.patience = patience
+        self.evaluations: list[dict[str, float]] = []
+        self.best: dict[str, torch.Tensor] = {}
+        self.best_step, self.best_loss, self.since_best = 0, math.inf, 0
+
+    def on_evaluate(self, args: Any, state: Any, control: Any, model: torch.nn.Module | None = None,
+                    metrics: dict[str, float] | None = None, **kwargs: Any) -> None:
+        loss = float((metrics or {})["eval_loss"])
+        self.evaluations.append({"step": state.global_step, "loss": loss})
+        if loss < self.best_loss:
+            self.best_step, self.best_loss, self.since_best = state.global_step, loss, 0
+            self.best = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+            return
+        self.since_best += 1
+        if self.since_best >= self.patience:
+            control.should_training_stop = True
+
+    def restore(self, model: torch.nn.Module) -> None:
+        """Copy the best evaluation's trainable weights back into ``model``."""
+        with torch.no_grad():
+            for name, parameter in model.named_parameters():
+                if name in self.best:
+                    parameter.copy_(self.best[name])
+
+
 def few_shot_train_windows(num_train_windows: int, fraction: float) -> int:
     """How many of the first train windows a few-shot ``fraction`` keeps (at least one)."""
     if not 0 < fraction <= 1:
@@ -47,9 +85,12 @@ def few_shot_finetune(model_dir: str | Path, dataset: str, fraction: float, outp
                       data_dir: str | None = None, channels: list[str] | None = None, start: str | None = None,
                       end: str | None = None, steps: int | None = None, broadcast_channels: bool = False,
                       seed: int = 0, spec: dict[str, Any] | None = None, progress: bool = True,
-                      overwrite: bool = False) -> Path:
+                      overwrite: bool = False, max_passes: int = 10, patience: int = 2,
+                      validation_windows: int = 32) -> Path:
     """Fine-tune the forecaster in ``model_dir`` on the first ``fraction`` of ``dataset``'s train windows and save
-    it to ``output_dir`` (returned). ``steps`` optimizer steps (default one pass over the few-shot samples);
+    it to ``output_dir`` (returned): at most ``max_passes`` passes over the few-shot samples (or ``steps`` optimizer
+    steps), early-stopped with ``patience`` on the loss of the first ``validation_windows`` validation windows
+    (module docstring);
     ``broadcast_channels`` trains a multi-channel model on a one-channel dataset (see ``STDataCollator``); ``spec``
     is the dataset specification given for ``dataset`` (``get_dataset`` keywords; in-domain the recipe's fills the
     rest, see ``evaluation_config``), saved in the new folder's recipe.yaml so its evaluation uses it too.
@@ -62,10 +103,15 @@ def few_shot_finetune(model_dir: str | Path, dataset: str, fraction: float, outp
     few_shot_train_windows(1, fraction)  # checks the fraction
     if steps is not None and steps < 1:
         raise ValueError(f"--few-shot-steps must be >= 1, found {steps}")
+    if max_passes < 1 or patience < 1 or validation_windows < 1:
+        raise ValueError(f"max_passes, patience and validation_windows must be >= 1, found {max_passes}, {patience}, "
+                         f"{validation_windows}")
     output_dir = Path(output_dir)
     recipe_path = str(find_recipe(model_dir))
     template = trained_data_config(model_dir).template  # the checksum-verified file (refuses an unverified one)
-    data_config, model_config, sft_config = parse_recipe(train_dataclasses(), [recipe_path, "--template", template])
+    # the whole forecaster adapts: a pretrained encoder the recipe froze trains too (few-shot/2)
+    data_config, model_config, sft_config = parse_recipe(train_dataclasses(), [recipe_path, "--template", template,
+                                                                               "--st_encoder_freeze", "false"])
     target, _ = evaluation_config(data_config, dataset, data_dir, channels, start, end, spec=spec)
     trained_channels = STForecasterConfig.load(model_dir).channels
     # every weight comes from model_dir next: the pretrained encoder folder the recipe started from is not read.
@@ -85,19 +131,30 @@ def few_shot_finetune(model_dir: str | Path, dataset: str, fraction: float, outp
     kept = few_shot_train_windows(windows.num_windows("train"), fraction)
     last_start = int(windows.starts["train"][kept - 1])
     train = built["train"].filter(lambda start: start <= last_start, input_columns="window_start")
+    if windows.num_windows("validation") == 0:
+        raise ValueError(f"dataset {dataset!r} has no validation window to stop the few-shot fine-tuning on; use a "
+                         "recipe split with a validation part")
+    checked = min(validation_windows, windows.num_windows("validation"))
+    last_checked = int(windows.starts["validation"][checked - 1])
+    validation = built["validation"].filter(lambda start: start <= last_checked, input_columns="window_start")
     per_step = sft_config.per_device_train_batch_size * sft_config.gradient_accumulation_steps
-    steps = steps or max(1, math.ceil(len(train) / per_step))
+    pass_steps = max(1, math.ceil(len(train) / per_step))
+    steps = steps or max_passes * pass_steps
+    keeper = KeepBestOnValidation(patience)
     with staged_output(output_dir, overwrite=overwrite) as staging:
         # the recipe's optimiser settings, with this run's length, folder and seed (and no checkpoints or evaluation)
         _, _, sft_config = parse_recipe(train_dataclasses(), [
             recipe_path, "--template", template, "--output_dir", str(staging), "--max_steps", str(steps),
-            "--save_strategy", "no", "--eval_strategy", "no", "--seed", str(seed),
-            "--disable_tqdm", str(not progress).lower()])
+            "--save_strategy", "no", "--eval_strategy", "steps", "--eval_steps", str(min(pass_steps, steps)),
+            "--seed", str(seed), "--disable_tqdm", str(not progress).lower()])
         trainer = build_trainer(model, target, model_config, sft_config, train, tokenizer, backbone_seed,
-                                broadcast_channels=trained_channels if broadcast_channels else None)
+                                broadcast_channels=trained_channels if broadcast_channels else None,
+                                eval_dataset=validation, callbacks=[keeper])
         if not progress:
             trainer.remove_callback(PrinterCallback)  # what the trainer prints per logging step instead of its bar
+        trainer.evaluate()  # the source weights' validation loss: kept if no pass beats it
         trainer.train()
+        keeper.restore(model)
         trainer.save_model(str(staging))
         trainer.save_state()
         save_template_copy(staging, target)  # the few-shot folder ships its template too
@@ -108,7 +165,10 @@ def few_shot_finetune(model_dir: str | Path, dataset: str, fraction: float, outp
         record = {"source_model": str(model_dir), "pretrained_on": list(data_config.dataset_names),
                   "dataset": dataset, "fraction": fraction, "train_windows": kept,
                   "of_train_windows": windows.num_windows("train"), "train_samples": len(train),
-                  "steps": sft_config.max_steps, "broadcast_channels": broadcast_channels}
+                  "steps": sft_config.max_steps, "broadcast_channels": broadcast_channels,
+                  "protocol_version": "few-shot/2", "encoder": "trained", "validation_windows": checked,
+                  "steps_run": trainer.state.global_step, "evaluations": keeper.evaluations,
+                  "best_step": keeper.best_step}
         (staging / FEW_SHOT_FILE).write_text(json.dumps(record, indent=2) + "\n")
         write_model_card(staging, recipe=recipe)  # reads few_shot.json: the source, its datasets and this one
     return output_dir

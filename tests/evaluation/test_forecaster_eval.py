@@ -187,7 +187,7 @@ def test_few_shot_fine_tunes_on_the_first_windows_then_reports_beside_baselines_
     assert "few-shot" in (tuned / "README.md").read_text() and (tuned / "st_evaluations.json").is_file()
     windows = prepare_windows("synthetic-small")
     kept = int(np.ceil(0.005 * windows.num_windows("train")))
-    assert record["train_windows"] == kept and record["steps"] == 2
+    assert record["train_windows"] == kept and record["steps"] == 2 and record["protocol_version"] == "few-shot/2"
     assert record["train_samples"] == kept * windows.data.num_nodes  # node prompts: every node of those windows
     report = json.loads((tmp_path / "e" / "results.json").read_text())
     assert report["protocol"].startswith(f"few-shot (0.005 of the train split: the first {kept} windows")
