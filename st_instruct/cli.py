@@ -510,8 +510,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--few-shot", type=float, default=None, metavar="FRACTION",
                           help="first fine-tune on this fraction of the dataset's train split (e.g. 0.05), then test")
     evaluate.add_argument("--few-shot-steps", type=int, default=None,
-                          help="at most this many optimizer steps of the few-shot fine-tuning (default: 10 passes over its "
-                          "samples), stopped early on the target's validation loss")
+                          help="at most this many optimizer steps of the few-shot fine-tuning (default: 10 passes "
+                          "over its samples), stopped early on the target's validation loss")
     evaluate.add_argument("--few-shot-output", default=None, help="folder of the few-shot model (default: beside "
                           "MODEL, named MODEL-few-shot-<dataset>-<fraction>)")
     evaluate.add_argument("--generate-rationales", action="store_true",
