@@ -47,6 +47,8 @@ class STData:
         adjacency: ``[N, N]`` weights, a dense array or a scipy sparse matrix.
         null_value: a value that means "not observed" besides NaN (``None`` for none).
         grid_shape: ``(H, W)`` when nodes are the cells of a grid, node index ``row * W + col``.
+        node_channels: in a channel-independent view (:meth:`series_view`), the original channel each node's
+            one-channel series is; ``None`` otherwise.
         description: one paragraph on what the data is and where it came from.
         meta: anything else (source, licence, ...).
     """
@@ -67,6 +69,7 @@ class STData:
     adjacency: np.ndarray | sp.sparray | sp.spmatrix | None = None
     null_value: float | None = None
     grid_shape: tuple[int, int] | None = None
+    node_channels: list[str] | None = None
     description: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
 
@@ -123,7 +126,9 @@ class STData:
             self.units = [""] * C
         if len(self.units) != C:
             self._fail(f"units lists {len(self.units)} entries but values has C={C} channels")
-        for key in ("node_names", "node_descriptions"):
+        if self.node_channels is not None and C != 1:
+            self._fail(f"node_channels marks a channel-independent view, which has one channel; values has C={C}")
+        for key in ("node_names", "node_descriptions", "node_channels"):
             names = getattr(self, key)
             if names is not None and len(names) != N:
                 self._fail(f"{key} has {len(names)} entries but values has N={N} nodes")
@@ -247,6 +252,32 @@ class STData:
                 self._fail(f"unknown channel {ch!r}; available channels: {self.channels}")
         return replace(self, values=self.values[:, :, index], channels=[self.channels[i] for i in index],
                        units=[self.units[i] for i in index])
+
+    def series_view(self) -> STData:
+        """The channel-independent view: every channel of every node becomes a node of its own with one channel
+        (``[T, N, C] -> [T, N * C, 1]``, node ``n * C + c`` is channel ``c`` of node ``n``), as a universal
+        forecaster reads any dataset (PatchTST's channel independence; issue 23). Each new node keeps its node's
+        coordinates and names ``"NODE CHANNEL"``, describes its channel and unit, and records its channel in
+        ``node_channels``; the graph links the series of one channel as it linked their nodes (``I_C (x) A``
+        reordered: series of other channels are not neighbours). A grid's cells stop being a grid. A view of a view
+        is itself."""
+        if self.node_channels is not None:
+            return self
+        T, N, C = self.values.shape
+        names = self.node_names or [f"node {n}" for n in range(N)]
+        descriptions = self.node_descriptions or [""] * N
+        units = [f" ({unit})" if unit else "" for unit in self.units]
+        adjacency = None
+        if self.adjacency is not None:  # series n*C+c and m*C+c linked as nodes n and m were
+            adjacency = sp.kron(sp.csr_array(self.adjacency), sp.identity(C, format="csr"), format="csr")
+        return replace(
+            self, values=self.values.reshape(T, N * C, 1), channels=["value"], units=[""],
+            node_names=[f"{name} {channel}" for name in names for channel in self.channels],
+            node_descriptions=[f"{text + '; ' if text else ''}{channel}{unit}" for text in descriptions
+                               for channel, unit in zip(self.channels, units, strict=True)],
+            node_channels=[channel for _ in range(N) for channel in self.channels],
+            coords=None if self.coords is None else np.repeat(self.coords, C, axis=0),
+            adjacency=adjacency, grid_shape=None)
 
     def slice_time(self, start: str | pd.Timestamp | None = None, end: str | pd.Timestamp | None = None) -> STData:
         """Keep steps with ``start <= timestamp < end`` (either bound optional; ``--start`` / ``--end``)."""

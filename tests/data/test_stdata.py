@@ -67,3 +67,25 @@ def test_mask_select_slice_and_grid():
     assert grid[2, 1, 1, 2] == v[2, 1 * 3 + 2, 1]
     with pytest.raises(STDataError, match="selects no steps"):
         d.slice_time("2030-01-01")
+
+
+def test_the_series_view_makes_every_channel_of_every_node_a_one_channel_node():
+    values = np.arange(5 * 3 * 2, dtype=np.float32).reshape(5, 3, 2)
+    adjacency = np.array([[0, 1, 0], [1, 0, 2], [0, 2, 0]], dtype=np.float32)
+    data = STData(values=values, name="toy", channels=["inflow", "speed"], units=["trips/h", "km/h"],
+                  node_names=["a", "b", "c"], coords=np.arange(6.0).reshape(3, 2), coord_kind="xy",
+                  adjacency=adjacency, null_value=0.0)
+    view = data.series_view()
+    assert view.values.shape == (5, 6, 1) and view.channels == ["value"] and view.null_value == 0.0
+    for n in range(3):
+        for c in range(2):
+            np.testing.assert_array_equal(view.values[:, n * 2 + c, 0], values[:, n, c])
+            assert view.node_channels[n * 2 + c] == data.channels[c]
+            np.testing.assert_array_equal(view.coords[n * 2 + c], data.coords[n])
+    assert view.node_names[:2] == ["a inflow", "a speed"] and view.node_descriptions[1] == "speed (km/h)"
+    graph = view.dense_adjacency()
+    np.testing.assert_array_equal(graph[0::2, 0::2], adjacency)  # inflow series linked as their nodes are
+    np.testing.assert_array_equal(graph[0::2, 1::2], 0)  # never across channels
+    assert view.series_view() is view
+    with pytest.raises(STDataError, match="node_channels marks a channel-independent view"):
+        STData(values=values, name="toy", node_channels=["x"] * 3)
