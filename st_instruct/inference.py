@@ -284,8 +284,8 @@ class Forecaster:
         extended_full = _extend(full, int(every[-1]) + L + P)
         extended = self._model_channels(extended_full)
         windows = windows_at(extended, L, P, starts, scaler, self.data_config.stride)
-        config = dataclasses.replace(self.data_config, dataset_names=[extended.name], scaling=scaling,
-                                     node_sample=None, window_sample=None, streaming=False, rationale_teacher="none")
+        config = self.data_config.for_one_dataset(extended.name, scaling=scaling, node_sample=None,
+                                                  window_sample=None, streaming=False, rationale_teacher="none")
         plan = plan_source(extended, config, windows=windows)
         template = load_template(config.template)
         schema = sample_features().arrow_schema

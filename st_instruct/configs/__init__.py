@@ -22,7 +22,10 @@ from st_instruct.configs.data import (
     IMAGE_KIND_NAMES,
     SCALINGS,
     TASK_NAMES,
+    CorpusEntry,
     DataConfig,
+    corpus_names,
+    parse_dataset_entry,
 )
 from st_instruct.configs.model import (
     CONCERNS,
@@ -68,10 +71,12 @@ __all__ = [
     "CONCERNS", "CONTROLS", "COORDINATE_KINDS", "DATASET_SPEC_KEYS", "FREEZE_PLAN_NAMES", "GRANULARITIES",
     "HEAD_SKIP_INITS", "IMAGE_KIND_NAMES", "MASK_FAMILY_NAMES", "MRFFN_INITS", "PRETRAIN_DATACLASSES",
     "PRETRAIN_LR_SCHEDULERS", "PRETRAIN_OBJECTIVES", "RECIPE_DATACLASSES", "SCALINGS", "TASK_NAMES", "SIZE_BOUNDS",
-    "ST_ENCODER_NAMES", "ST_GRAPH_NAMES", "VISION_TOWER_TRAINING", "DataConfig", "FreezeConfig", "FusionConfig",
+    "ST_ENCODER_NAMES", "ST_GRAPH_NAMES", "VISION_TOWER_TRAINING", "CorpusEntry", "DataConfig", "FreezeConfig",
+    "FusionConfig",
     "GraphConfig", "HeadConfig", "MemoryConfig", "ModelConfig", "PretrainConfig", "RecipeError", "SEAttentionConfig",
     "STEncoderConfig", "TrainingDivergedError", "check_choice", "check_fields", "check_finite",
     "check_recipe_consistency", "check_size", "check_training_arguments", "check_unique_fields",
-    "cpu_training_defaults", "dataset_flags_as_recipe_keys", "load_recipe_file", "parse_recipe", "part",
+    "corpus_names", "cpu_training_defaults", "dataset_flags_as_recipe_keys", "load_recipe_file", "parse_dataset_entry",
+    "parse_recipe", "part",
     "recipe_dict", "resolve_recipe", "train_dataclasses",
 ]

@@ -3,6 +3,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
+import numbers
+import os
 from dataclasses import dataclass, field
 
 from st_instruct.configs.checks import RecipeError, check_choice, check_fields
@@ -23,6 +27,56 @@ DATASET_SPEC_KEYS = ("adjacency", "freq", "series_start", "null_value", "channel
 :class:`DataConfig`."""
 
 
+CHANNEL_SELECTION_EXAMPLE = "beijing-air[PM2.5,CO]"
+
+
+def parse_dataset_entry(entry: str | os.PathLike) -> tuple[str, list[str] | None]:
+    """``(NAME, channels)`` of one ``dataset_names`` entry: ``"beijing-air[PM2.5,CO]"`` -> ``("beijing-air",
+    ["PM2.5", "CO"])``; a plain name or path -> ``(entry, None)``. Only a pair of brackets closing the entry selects
+    channels, so a path with balanced brackets elsewhere (``runs[2]/speeds.npz``) is a path as before. A
+    :class:`RecipeError` for unbalanced brackets or an empty channel list."""
+    entry = os.fspath(entry) if isinstance(entry, os.PathLike) else str(entry)  # YAML reads `- 2024` as a number
+    if not entry.endswith("]") and _brackets_balanced(entry):
+        return entry, None
+    name, opened, inside = entry[:-1].rpartition("[")
+    if not entry.endswith("]") or not opened or not name or "]" in inside or not _brackets_balanced(name):
+        raise RecipeError(f"dataset_names entry {entry!r} is malformed: expected NAME or NAME[channel,...] with one "
+                          f"pair of brackets at its end, e.g. {CHANNEL_SELECTION_EXAMPLE}")
+    channels = [channel.strip() for channel in inside.split(",")]
+    if not all(channels):
+        raise RecipeError(f"dataset_names entry {entry!r} has an empty channel list or channel name: expected "
+                          f"NAME[channel,...] naming at least one channel, e.g. {CHANNEL_SELECTION_EXAMPLE}")
+    return name, channels
+
+
+def corpus_names(dataset_names: list[str], leave_out: str | None = None) -> list[str]:
+    """The NAMEs of a recipe's ``dataset_names`` without ``leave_out`` (what a card lists as trained on), for a
+    recipe read as a dict; a parsed :class:`DataConfig` has :meth:`DataConfig.corpus`."""
+    return [name for name, _ in map(parse_dataset_entry, dataset_names) if name != leave_out]
+
+
+def _brackets_balanced(text: str) -> bool:
+    """Whether every ``[`` of ``text`` is closed by a later ``]`` and every ``]`` closes one."""
+    depth = 0
+    for char in text:
+        depth += {"[": 1, "]": -1}.get(char, 0)
+        if depth < 0:
+            return False
+    return depth == 0
+
+
+@dataclass
+class CorpusEntry:
+    """One dataset of a recipe's corpus (:meth:`DataConfig.corpus`): ``name`` as :func:`get_dataset
+    <st_instruct.data.loaders.get_dataset>` takes it (a registered name or a file path), the ``channels`` its
+    ``NAME[ch1,ch2]`` entry selects (``None``: ``dataset_channels`` applies) and its mixing ``weight`` (the
+    corpus's weights sum to 1)."""
+
+    name: str
+    channels: list[str] | None
+    weight: float
+
+
 @dataclass
 class DataConfig:
     """What goes into the instruction dataset: which series, how it is windowed, which template renders it.
@@ -31,7 +85,15 @@ class DataConfig:
     """
 
     dataset_names: list[str] = field(default_factory=lambda: ["synthetic"], metadata={
-        "help": "registered dataset names (see `st-instruct data list`) or paths to series files"})
+        "help": "the corpus: registered dataset names (see `st-instruct data list`) or paths to series files, each "
+                "at most once; NAME[ch1,ch2] keeps those channels of that dataset (instead of dataset_channels)"})
+    dataset_weights: list[float] | None = field(default=None, metadata={
+        "help": "pretraining: the share of steps drawn from each dataset of dataset_names (one finite weight > 0 "
+                "per entry, normalised to sum 1); null: equal. The forecaster's training takes every window of "
+                "every dataset and does not read it"})
+    leave_out: str | None = field(default=None, metadata={
+        "help": "a NAME of dataset_names removed from the corpus (with its weight) before any data is read: "
+                "leave-one-dataset-out transfer"})
     dataset_dir: str | None = field(default=None, metadata={"help": "folder holding the named datasets' files"})
     dataset_channels: list[str] | None = field(default=None, metadata={"help": "channels to keep (default all)"})
     dataset_start: str | None = field(default=None, metadata={"help": "keep steps from this date on"})
@@ -118,8 +180,7 @@ class DataConfig:
                               f"{self.image_channel}")
         if isinstance(self.dataset_names, str):
             self.dataset_names = [self.dataset_names]
-        if not self.dataset_names:
-            raise RecipeError("dataset_names must name at least one dataset")
+        self.corpus()
         if self.granularity not in GRANULARITIES:
             raise RecipeError(f"granularity must be one of {GRANULARITIES}, found {self.granularity!r}")
         if self.scaling not in SCALINGS:
@@ -133,3 +194,43 @@ class DataConfig:
         if self.history < 1 or self.horizon < 1 or self.stride < 1:
             raise RecipeError(f"history, horizon and stride must be >= 1, found {self.history}, {self.horizon}, "
                               f"{self.stride}")
+
+    def corpus(self) -> list[CorpusEntry]:
+        """The datasets that load (:func:`~st_instruct.data.loaders.load_series`), in ``dataset_names`` order:
+        ``leave_out`` removed with its weight, the weights normalised over the rest. Checks the corpus keys; a
+        :class:`RecipeError` naming the key for each mistake (run by ``__post_init__``, so a recipe is refused
+        before any data is read)."""
+        if not self.dataset_names:
+            raise RecipeError(f"dataset_names must name at least one dataset (a registered name, a path or "
+                              f"NAME[channel,...]), found {list(self.dataset_names)}")
+        entries = [parse_dataset_entry(entry) for entry in self.dataset_names]
+        names = [name for name, _ in entries]
+        twice = [name for name in names if names.count(name) > 1]
+        if twice:
+            listed = [entry for entry, name in zip(self.dataset_names, names, strict=True) if name == twice[0]]
+            raise RecipeError(f"dataset_names lists the dataset {twice[0]!r} twice ({listed}); list each dataset "
+                              f"once, with all the channels it gives in one entry, e.g. {CHANNEL_SELECTION_EXAMPLE}")
+        weights = [1.0] * len(entries) if self.dataset_weights is None else list(self.dataset_weights)
+        if len(weights) != len(entries):
+            raise RecipeError(f"dataset_weights must give one weight per entry of dataset_names ({len(entries)}: "
+                              f"{list(self.dataset_names)}), found {len(weights)}: {weights}")
+        if not all(isinstance(w, numbers.Real) and not isinstance(w, bool) and math.isfinite(w) and w > 0
+                   for w in weights):
+            raise RecipeError(f"dataset_weights must be finite numbers > 0, found {weights}; leave a dataset out "
+                              "with leave_out, not with a weight of 0")
+        if self.leave_out is not None:
+            if self.leave_out not in names:
+                raise RecipeError(f"leave_out {self.leave_out!r} is not a dataset of dataset_names; expected one "
+                                  f"of {names} (or null)")
+            if len(names) == 1:
+                raise RecipeError(f"leave_out {self.leave_out!r} removes the only dataset of dataset_names; list "
+                                  "the datasets to keep beside it, or set leave_out: null")
+        kept = [(name, channels, weight) for (name, channels), weight in zip(entries, weights, strict=True)
+                if name != self.leave_out]
+        total = sum(weight for *_, weight in kept)
+        return [CorpusEntry(name, channels, weight / total) for name, channels, weight in kept]
+
+    def for_one_dataset(self, name: str | os.PathLike, **changes: object) -> DataConfig:
+        """This config pointed at the one dataset ``name`` (a registered name or a path), with ``changes``: the corpus
+        keys that describe ``dataset_names`` (``dataset_weights``, ``leave_out``) dropped, as they cannot apply."""
+        return dataclasses.replace(self, dataset_names=[name], dataset_weights=None, leave_out=None, **changes)

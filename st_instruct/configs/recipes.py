@@ -7,7 +7,6 @@ Field names are unique across all recipe dataclasses (TRL's ``SFTConfig`` includ
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import difflib
 import functools
 import re
@@ -305,6 +304,7 @@ def parse_recipe(dataclass_types: tuple[type, ...], args: list[str] | None = Non
         from_file = {key: value for key, value in config.items() if key not in flags}
         _check_recipe_types(recipe, from_file, actions, dataclass_types)
         _check_recipe_template(recipe, from_file)
+    _read_null_words_as_none(parser, dataclass_types)
     if any(cls.__name__ == "SFTConfig" for cls in dataclass_types):
         parser.set_defaults_with_config(**cpu_training_defaults(flags | set(config)))
     try:
@@ -315,7 +315,6 @@ def parse_recipe(dataclass_types: tuple[type, ...], args: list[str] | None = Non
         raise
     except ValueError as err:  # a dataclass's own check (TrainingArguments: bf16 without a GPU, ...)
         raise RecipeError(f"recipe {recipe or '(none)'}: {err}") from err
-    parsed = tuple(_null_flags(config, flags) for config in parsed)
     for config in parsed:
         if isinstance(config, TrainingArguments):
             check_training_arguments(config)
@@ -330,15 +329,21 @@ def parse_recipe(dataclass_types: tuple[type, ...], args: list[str] | None = Non
     return parsed
 
 
-def _null_flags(config: Any, flags: set[str]) -> Any:
-    """``config`` with every optional ``DataConfig`` / ``ModelConfig`` key given as ``--key null`` (or ``none``)
-    on the command line set to ``None`` (argparse reads the word as a string), checked again."""
-    if not isinstance(config, (DataConfig, ModelConfig)):
-        return config
+def _read_null_words_as_none(parser: argparse.ArgumentParser, dataclass_types: tuple[type, ...]) -> None:
+    """Make ``--key null`` (or ``none``) set an optional single-valued string key of ``DataConfig`` / ``ModelConfig``
+    to ``None``: argparse would pass the word on as a string, and the dataclass's own checks (``leave_out`` must
+    name a dataset) run when it is built, so the word becomes ``None`` as argparse converts it."""
     # (HfArgumentParser rewrites field types in place, dropping "| None": an optional key is one defaulting to None)
-    nulled = {f.name: None for f in dataclasses.fields(config) if f.name in flags and f.default is None
-              and isinstance(getattr(config, f.name), str) and getattr(config, f.name).lower() in ("null", "none")}
-    return dataclasses.replace(config, **nulled) if nulled else config
+    optional = {f.name for cls in dataclass_types if issubclass(cls, (DataConfig, ModelConfig))
+                for f in fields(cls) if f.default is None}
+    for action in parser._actions:
+        if action.dest in optional and action.type is str and action.nargs is None:
+            action.type = _none_for_null_word
+
+
+def _none_for_null_word(value: str) -> str | None:
+    """argparse's conversion of an optional string key's value: ``null`` / ``none`` (any case) -> ``None``."""
+    return None if value.lower() in ("null", "none") else value
 
 
 def _parser_message(message: str, recipe: str | None, file_keys: set[str]) -> str:

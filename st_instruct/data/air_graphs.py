@@ -18,8 +18,6 @@ to itself is undefined); a station whose wind speed or direction is missing (NaN
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 
 from st_instruct.data.graph import gaussian_kernel_adjacency, haversine_km
@@ -132,15 +130,16 @@ def build_window_graphs(config, kind: str, sigma0_km: float, alpha_km: float, se
                         ) -> WindowGraphs | None:
     """:class:`WindowGraphs` of ``kind`` (:data:`GRAPH_KINDS`; ``none`` gives ``None``) for every dataset of the
     :class:`~st_instruct.configs.DataConfig` ``config``. The wind is read from the dataset's wind channels even when
-    the recipe keeps only other channels (``dataset_channels``), so a PM2.5 forecaster still gets its wind graph.
-    A dataset without lat/lon coordinates, or (``static_wind``) without wind channels, is refused in one line.
-    ``series``: these :class:`~st_instruct.data.stdata.STData` (all their channels) instead of the recipe's."""
+    the recipe keeps only other channels (``dataset_channels`` or a ``NAME[ch]`` entry), so a PM2.5 forecaster still
+    gets its wind graph. A dataset without lat/lon coordinates, or (``static_wind``) without wind channels, is refused
+    in one line. ``series``: these :class:`~st_instruct.data.stdata.STData` (all their channels) instead of the
+    recipe's."""
     if kind not in GRAPH_KINDS:
         raise ValueError(f"the graph kind must be one of {GRAPH_KINDS}, found {kind!r}")
     if kind == "none":
         return None
     static, cumsums = {}, {}
-    for data in series if series is not None else load_series(dataclasses.replace(config, dataset_channels=None)):
+    for data in series if series is not None else load_series(config, every_channel=True):
         if data.coords is None or data.coord_kind != "latlon":
             raise ValueError(f"dataset {data.name!r} has {data.coord_kind or 'no'} node coordinates, but AirGPT's "
                              "graphs are built from station latitude/longitude; use st_graph: none")

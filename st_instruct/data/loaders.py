@@ -14,13 +14,12 @@ import os
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from st_instruct.configs import DATASET_SPEC_KEYS
+from st_instruct.configs import DATASET_SPEC_KEYS, DataConfig
 from st_instruct.data.files import SERIES_SUFFIXES, load_adjacency_file, load_nodes_file, load_series_file
 from st_instruct.data.graph import edge_list_to_dense, gaussian_kernel_adjacency, grid_coordinates, haversine_km
 from st_instruct.data.registry import (
@@ -324,23 +323,26 @@ def list_datasets() -> list[dict]:
     return rows
 
 
-def load_series(config: Any) -> list[STData]:
-    """Every dataset of ``config.dataset_names``, with ``dataset_channels`` and ``[dataset_start, dataset_end)``.
+def load_series(config: DataConfig, every_channel: bool = False) -> list[STData]:
+    """The corpus of a :class:`~st_instruct.configs.DataConfig` (:meth:`~st_instruct.configs.DataConfig.corpus`:
+    ``dataset_names`` without ``leave_out``, which is never read), one :class:`STData` per entry in that order, each
+    with its channels (a ``NAME[ch1,ch2]`` entry's, else ``dataset_channels``) and ``[dataset_start, dataset_end)``.
 
-    The dataset specification keys (``dataset_freq``, ``dataset_series_start``, ``dataset_adjacency``, ...;
-    :data:`~st_instruct.data.loaders.DATASET_SPEC_KEYS`) apply to each dataset of the list."""
-    if len(set(config.dataset_names)) != len(config.dataset_names):
-        raise ValueError(f"dataset_names lists a dataset twice: {config.dataset_names}")
+    ``every_channel``: keep every channel of each dataset instead (for what reads channels the forecast leaves out,
+    e.g. AirGPT's wind graph). The dataset specification keys (``dataset_freq``, ``dataset_series_start``,
+    ``dataset_adjacency``, ...; :data:`~st_instruct.data.loaders.DATASET_SPEC_KEYS`) apply to each dataset."""
+    corpus = config.corpus()
     series = []
     spec = dataset_spec(config)
-    for name in config.dataset_names:
+    for entry in corpus:
+        channels = None if every_channel else entry.channels or config.dataset_channels
         try:
-            data = get_dataset(name, data_dir=config.dataset_dir, channels=config.dataset_channels, **spec)
+            data = get_dataset(entry.name, data_dir=config.dataset_dir, channels=channels, **spec)
         except STDataError as err:
-            if spec and len(config.dataset_names) > 1:  # one spec for several datasets: say which one it broke
+            if spec and len(corpus) > 1:  # one spec for several datasets: say which one it broke
                 raise STDataError(f"{err} (the dataset_* specification keys {sorted(spec)} apply to every dataset "
-                                  f"of dataset_names; here they do not fit {name!r}: give one path dataset per "
-                                  "recipe when they need different specifications)") from err
+                                  f"of dataset_names; here they do not fit {entry.name!r}: give one path dataset "
+                                  "per recipe when they need different specifications)") from err
             raise
         if config.dataset_start is not None or config.dataset_end is not None:
             data = data.slice_time(config.dataset_start, config.dataset_end)

@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from st_instruct.configs import ModelConfig
+from st_instruct.configs import ModelConfig, corpus_names
 from st_instruct.data.registry import is_registered_name
 from st_instruct.model_dir import BACKBONE_FILE, CARD_FILE, FEW_SHOT_FILE, read_folder_json, read_recipe
 from st_instruct.models.backbones import hub_model_id
@@ -61,7 +61,7 @@ def write_model_card(directory: str | Path, recipe: dict[str, Any] | None = None
     kind = backbone.get("format")
     name = backbone.get("model_name_or_path") or (recipe or {}).get("model_name_or_path") or ""
     base = hub_model_id(name) if name else ""
-    datasets = list((recipe or {}).get("dataset_names") or [])
+    datasets = corpus_names((recipe or {}).get("dataset_names") or [], (recipe or {}).get("leave_out"))
     if few_shot and few_shot["dataset"] not in datasets:
         datasets.append(few_shot["dataset"])
     control = (recipe or {}).get("control", "none")

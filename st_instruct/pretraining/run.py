@@ -3,12 +3,14 @@ several datasets -> encoder + light head -> a plain AdamW loop on the CPU -> its
 
 The folder holds ``encoder.safetensors``, the head (``readout.safetensors`` or ``decoder.safetensors``),
 ``encoder_config.json`` (:class:`~st_instruct.models.st_encoders.EncoderSpec`), ``recipe.yaml`` (every resolved
-value) and ``pretrain_log.json`` (the loss of every step). A forecaster recipe loads it with ``st_encoder_init: DIR``
+value) and ``pretrain_log.json``: the loss of every step and the corpus -- ``datasets`` (in the recipe's order), their
+normalised ``dataset_weights``, the steps each got (``dataset_steps``, aligned with ``datasets``) and ``leave_out``
+(the held-out dataset, never read; null without one). A forecaster recipe loads it with ``st_encoder_init: DIR``
 (:func:`get_pretrained_encoder`).
 
 Batches come from the train split of :func:`~st_instruct.data.windows.build_windows` (scaled values, null masks,
-calendar features; the scaler fitted on the train split), one dataset per step: the encoder is node-count agnostic,
-so datasets of different sizes mix without padding.
+calendar features; the scaler fitted on the train split), one dataset per step, drawn with the recipe's
+``dataset_weights``: the encoder is node-count agnostic, so datasets of different sizes mix without padding.
 """
 
 from __future__ import annotations
@@ -53,10 +55,11 @@ SHAPE_KEYS = {"history": "history", "channels": "channels (of the data)", "coord
 
 @dataclass
 class PretrainSource:
-    """One dataset ready for pretraining: its windows, ``coords`` [N, K], its graph (for block masks) and the mask
-    families that can be drawn on it."""
+    """One dataset ready for pretraining: its share of the steps (``weight``, the corpus's sum to 1), its windows,
+    ``coords`` [N, K], its graph (for block masks) and the mask families that can be drawn on it."""
 
     name: str
+    weight: float
     windows: STWindows
     coords: torch.Tensor
     adjacency: np.ndarray | None
@@ -65,13 +68,14 @@ class PretrainSource:
 
 
 def load_sources(data_config: DataConfig, families: list[str]) -> list[PretrainSource]:
-    """Every dataset of the recipe, windowed; refuses learned coordinates and datasets of different channel
-    counts (one encoder reads them all)."""
+    """Every dataset of the recipe's corpus (:meth:`~st_instruct.configs.DataConfig.corpus`: ``leave_out`` is never
+    read), windowed, with its weight; refuses learned coordinates and datasets of different channel counts (one
+    encoder reads them all)."""
     if data_config.coordinates == "learned":
         raise RecipeError("coordinates: learned is a table per node id trained with the forecaster, not part of the "
                           "pretrained encoder; pretrain with laplacian, geo, grid or none coordinates")
     sources = []
-    for data in load_series(data_config):
+    for entry, data in zip(data_config.corpus(), load_series(data_config), strict=True):
         windows = build_windows(data, data_config.history, data_config.horizon, data_config.split,
                                 data_config.stride)
         coords = torch.from_numpy(node_coordinates(data, data_config.coordinates, data_config.coordinate_dim))
@@ -81,11 +85,12 @@ def load_sources(data_config: DataConfig, families: list[str]) -> list[PretrainS
         if not usable:
             raise RecipeError(f"pretrain_mask_families {families}: block masks need a graph or a grid, and dataset "
                               f"{data.name!r} has neither; add another family (e.g. random, tube, temporal)")
-        sources.append(PretrainSource(data.name, windows, coords, adjacency, data.grid_shape, usable))
+        sources.append(PretrainSource(data.name, entry.weight, windows, coords, adjacency, data.grid_shape, usable))
     channels = {source.name: source.windows.scaled.shape[-1] for source in sources}
     if len(set(channels.values())) > 1:
         raise RecipeError(f"dataset_names have different channel counts {channels}; one encoder reads a fixed "
-                          "number of channels: pick channels with dataset_channels or pretrain them separately")
+                          "number of channels: pick channels with dataset_channels or per dataset as "
+                          "NAME[ch1,ch2], or pretrain them separately")
     return sources
 
 
@@ -142,8 +147,10 @@ def divergence_error(what: str, step: int, config: PretrainConfig) -> TrainingDi
 
 def train_encoder(data_config: DataConfig, model_config: ModelConfig, config: PretrainConfig,
                   progress: bool = True) -> tuple[PretrainModel, EncoderSpec, dict]:
-    """Pretrain the recipe's encoder: ``(model, its encoder's config, log)``; the log holds the loss of every step.
-    Seeded by ``pretrain_seed`` (initialisation, batches, masks): the same recipe gives the same weights.
+    """Pretrain the recipe's encoder: ``(model, its encoder's config, log)``; the log holds the loss of every step and
+    the corpus (module docstring). Each step's dataset is drawn with the corpus's weights (``dataset_weights``).
+    Seeded by ``pretrain_seed`` (initialisation, dataset draws, batches, masks): the same recipe gives the same
+    weights.
 
     A loss that turns inf or nan stops the run before its step is applied, and weights left non-finite by the last
     step are refused too (:class:`TrainingDivergedError`), so no folder of non-finite weights is ever written."""
@@ -162,12 +169,18 @@ def train_encoder(data_config: DataConfig, model_config: ModelConfig, config: Pr
     if config.pretrain_lr_scheduler == "cosine":
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.pretrain_steps)
     orders = [EpochOrder(source.windows.num_windows("train"), generator) for source in sources]
+    cumulative_weights = torch.tensor([source.weight for source in sources], dtype=torch.float64).cumsum(0)
+    steps_per_source = [0] * len(sources)
     losses: list[float] = []
     started = time.perf_counter()
     bar = tqdm(range(config.pretrain_steps), desc=f"pretrain ({config.pretrain_objective})", disable=not progress)
     model.train()
     for step in bar:
-        pick = int(torch.randint(len(sources), (), generator=generator))
+        # inverse CDF of one uniform draw, which takes from the generator what torch.randint did before the weights:
+        # a one-dataset recipe gives the weights it gave then
+        uniform = torch.rand((), generator=generator).double()
+        pick = min(int(torch.searchsorted(cumulative_weights, uniform, right=True)), len(sources) - 1)
+        steps_per_source[pick] += 1
         source, index = sources[pick], orders[pick].next(config.pretrain_batch_size)
         loss = step_loss(model, window_batch(source, index), source, config.pretrain_mask_ratio, generator)
         if not loss.isfinite():
@@ -186,8 +199,9 @@ def train_encoder(data_config: DataConfig, model_config: ModelConfig, config: Pr
         bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
     if not all(p.isfinite().all() for p in model.parameters()):  # the last step's update: no loss has read it
         raise divergence_error("the weights turned inf or nan", config.pretrain_steps, config)
-    log = {"objective": config.pretrain_objective, "datasets": [s.name for s in sources], "losses": losses,
-           "seconds": round(time.perf_counter() - started, 2)}
+    log = {"objective": config.pretrain_objective, "datasets": [source.name for source in sources],
+           "dataset_weights": [source.weight for source in sources], "dataset_steps": steps_per_source,
+           "leave_out": data_config.leave_out, "losses": losses, "seconds": round(time.perf_counter() - started, 2)}
     return model.eval(), encoder_config, log
 
 
@@ -214,8 +228,10 @@ def pretrain(data_config: DataConfig, model_config: ModelConfig, config: Pretrai
     model, encoder_config, log = train_encoder(data_config, model_config, config, progress)
     save_encoder(model, encoder_config, log, output, recipe_dict(data_config, model_config, config), overwrite)
     losses = log["losses"]
+    left_out = f" ({log['leave_out']} left out)" if log["leave_out"] else ""
     print(f"pretrained the {encoder_config.encoder.st_encoder} encoder ({config.pretrain_objective}, {len(losses)} "
-          f"steps, loss {losses[0]:.4f} -> {losses[-1]:.4f}) on {', '.join(log['datasets'])}; saved to {output}")
+          f"steps, loss {losses[0]:.4f} -> {losses[-1]:.4f}) on {', '.join(log['datasets'])}{left_out}; saved to "
+          f"{output}")
     return output
 
 

@@ -91,8 +91,10 @@ def evaluation_config(trained: DataConfig, dataset: str, data_dir: str | None = 
     ``spec`` holds the given specification as :func:`~st_instruct.data.loaders.get_dataset` keywords. The recipe's
     rationale teacher is dropped: the scored splits are direct samples either way.
     """
-    in_domain = any(_same_dataset(dataset, name) for name in trained.dataset_names)
-    protocol = "in-domain" if in_domain else f"zero-shot (trained on {', '.join(trained.dataset_names)})"
+    corpus = trained.corpus()  # what the forecaster was trained on: leave_out is not in it
+    entry = next((e for e in corpus if _same_dataset(dataset, e.name)), None)
+    in_domain = entry is not None
+    protocol = "in-domain" if in_domain else f"zero-shot (trained on {', '.join(e.name for e in corpus)})"
     spec = spec or {}
     unknown = sorted(set(spec) - set(DATASET_SPEC_KEYS))
     if unknown:
@@ -105,10 +107,11 @@ def evaluation_config(trained: DataConfig, dataset: str, data_dir: str | None = 
         raise ValueError(f"--max-windows must be >= 1, found {max_windows}")
     # window_sample: a count > 1, or a fraction; a tiny fraction keeps exactly one window
     window_sample = None if max_windows is None else (float(max_windows) if max_windows > 1 else 1e-9)
-    config = dataclasses.replace(
-        trained, dataset_names=[dataset],
+    trained_channels = (entry.channels or trained.dataset_channels) if in_domain else None
+    config = trained.for_one_dataset(
+        dataset,
         dataset_dir=data_dir if data_dir is not None else (trained.dataset_dir if in_domain else None),
-        dataset_channels=list(channels) if channels else (trained.dataset_channels if in_domain else None),
+        dataset_channels=list(channels) if channels else trained_channels,
         dataset_start=start if start is not None else (trained.dataset_start if in_domain else None),
         dataset_end=end if end is not None else (trained.dataset_end if in_domain else None),
         node_sample=None, window_sample=window_sample, streaming=False,
@@ -143,10 +146,10 @@ def _source_baselines(trained: DataConfig, target: Any, models: Sequence[str] | 
     baselines it offers); from several sources only the series-agnostic ones fit, the others are skipped with the
     reason."""
     names = list(task.baselines) if models is None else list(models)
-    sources = [prepare_windows(name, trained.history, trained.horizon, trained.split, trained.dataset_channels,
-                               trained.dataset_start, trained.dataset_end, stride=trained.stride,
-                               data_dir=trained.dataset_dir, spec=dataset_spec(trained))
-               for name in trained.dataset_names]
+    sources = [prepare_windows(entry.name, trained.history, trained.horizon, trained.split,
+                               entry.channels or trained.dataset_channels, trained.dataset_start, trained.dataset_end,
+                               stride=trained.stride, data_dir=trained.dataset_dir, spec=dataset_spec(trained))
+               for entry in trained.corpus()]
     return run_source_baselines(sources, target, names, split=split, progress=progress, seed=seed, task=task)
 
 
@@ -295,7 +298,7 @@ def evaluate_forecaster(model_dir: str | Path, dataset: str, data_dir: str | Non
                                                          task)
         baseline_results.update(source_results)
         baseline_preds.update(source_preds)
-        fitted_on.update({name: ", ".join(trained.dataset_names) for name in source_results})
+        fitted_on.update({name: ", ".join(e.name for e in trained.corpus()) for name in source_results})
     results: dict[str, dict] = {MODEL_ROW: {**task.score(pred, target["y"], mask), "fit_seconds": 0.0,
                                              "predict_seconds": predict_seconds}}
     predictions = {MODEL_ROW: pred}
@@ -322,7 +325,7 @@ def evaluate_forecaster(model_dir: str | Path, dataset: str, data_dir: str | Non
     report["baselines_fitted_on"] = {name: fitted_on[name] for name, result in baseline_results.items()
                                      if "skipped" not in result and baseline_kind(name) != "input-only"}
     report["model"] = str(model_dir)
-    report["trained_on"] = list(trained.dataset_names)
+    report["trained_on"] = [entry.name for entry in trained.corpus()]
     if generated:
         report["generated_rationales"] = generated["examples"]
     if control_rows:

@@ -162,7 +162,7 @@ def few_shot_finetune(model_dir: str | Path, dataset: str, fraction: float, outp
         sft_config.output_dir = str(output_dir)  # what recipe.yaml records
         recipe = recipe_dict(target, model_config, sft_config)
         (staging / RECIPE_FILE).write_text(yaml.safe_dump(recipe, sort_keys=False))
-        record = {"source_model": str(model_dir), "pretrained_on": list(data_config.dataset_names),
+        record = {"source_model": str(model_dir), "pretrained_on": [entry.name for entry in data_config.corpus()],
                   "dataset": dataset, "fraction": fraction, "train_windows": kept,
                   "of_train_windows": windows.num_windows("train"), "train_samples": len(train),
                   "steps": sft_config.max_steps, "broadcast_channels": broadcast_channels,

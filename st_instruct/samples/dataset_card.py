@@ -36,11 +36,12 @@ def write_dataset_card(directory: str | Path, config: Any, dataset_dict: Any) ->
     nodes = "1 (one node per sample)" if config.granularity == "node" else "the dataset's (sampled) nodes"
     scaling = ("each dataset's **train-split** mean and standard deviation per channel" if config.scaling == "train"
                else "the mean and standard deviation of the sample's **own history window** (strict zero-shot)")
-    data = DatasetCardData(pretty_name=f"st_instruct instruction data: {', '.join(config.dataset_names)}",
+    names = ", ".join(entry.name for entry in config.corpus())
+    data = DatasetCardData(pretty_name=f"st_instruct instruction data: {names}",
                            task_categories=["time-series-forecasting"],
                            tags=[*CARD_TAGS, "instruction-tuning", f"granularity-{config.granularity}"],
                            size_categories=[_size_category(sum(sizes.values()))])
-    body = [f"# {', '.join(config.dataset_names)}: {config.history} -> {config.horizon} step instruction samples", "",
+    body = [f"# {names}: {config.history} -> {config.horizon} step instruction samples", "",
             "Chat samples with spatio-temporal arrays, built by `st-instruct build-data` (st_instruct). Each sample "
             "is one forecasting window: a prompt naming the dataset, city, period and nodes, with a `<st_his>` token "
             "per node where a forecaster puts its ST encoder's embedding of the history, and an answer with one "

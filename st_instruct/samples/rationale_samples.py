@@ -22,7 +22,6 @@ Two columns are added to every split: ``rationale`` (the text, ``""`` for a dire
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +50,7 @@ def add_rationales(built: Any, series: list, config: Any, teacher: Any, cache_di
     as the builder loaded them (their names and slicing)."""
     if not 0 < config.rationale_fraction <= 1:
         raise ValueError(f"rationale_fraction must be in (0, 1], found {config.rationale_fraction}")
-    full = {data.name: data for data in load_series(dataclasses.replace(config, dataset_channels=None))}
+    full = {data.name: data for data in load_series(config, every_channel=True)}
     target = {data.name: data.channels[0] for data in series}
     train = built["train"]
     rng = np.random.default_rng((config.sample_seed, 12))

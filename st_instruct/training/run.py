@@ -155,7 +155,7 @@ def learned_node_table_size(data_config: DataConfig) -> int:
     series = load_series(data_config)
     if len(series) != 1:
         raise RecipeError(f"coordinates: learned gives every node id of one dataset its own trained row; with "
-                          f"{len(series)} datasets ({', '.join(data_config.dataset_names)}) the ids collide: use "
+                          f"{len(series)} datasets ({', '.join(data.name for data in series)}) the ids collide: use "
                           "laplacian, geo or grid coordinates")
     return series[0].num_nodes
 

@@ -1,11 +1,13 @@
 """Issue 10: a forecaster recipe whose ``st_encoder_init`` names a pretrained encoder that does not fit it (another
-encoder kind, width, history or channel count), a missing or non-encoder folder, and bad pretraining recipes: one
-line naming the key and both values, exit code 2, no traceback, nothing written."""
+encoder kind, width, history or channel count), a missing or non-encoder folder, and bad pretraining recipes (issue
+23: a bad corpus among them): one line naming the key and both values, exit code 2, no traceback, nothing written."""
 
 from pathlib import Path
 
 import pytest
 from cli_check import assert_clean_failure
+
+from st_instruct.data import loaders
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 SMOKE = RECIPES / "smoke_sft.yaml"
@@ -95,6 +97,47 @@ def test_bad_pretraining_recipes_are_one_line(cli, tmp_path):
     result = cli("pretrain", MAE, "--pretrain_output_dir", output, "--pretrain_steps", "1")
     assert_clean_failure(result, str(output), "--overwrite")
     assert [p.name for p in output.iterdir()] == ["keep.txt"]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--leave_out", "nosuch"],
+     "leave_out 'nosuch' is not a dataset of dataset_names; expected one of ['synthetic-small'] (or null)"),
+    (["--leave_out", "synthetic-small"],
+     "leave_out 'synthetic-small' removes the only dataset of dataset_names; list the datasets to keep beside it, or "
+     "set leave_out: null"),
+    (["--dataset_names", "synthetic-small", "synthetic-small"],
+     "dataset_names lists the dataset 'synthetic-small' twice (['synthetic-small', 'synthetic-small']); list each "
+     "dataset once, with all the channels it gives in one entry, e.g. beijing-air[PM2.5,CO]"),
+    (["--dataset_weights", "0.5", "0.5"],
+     "dataset_weights must give one weight per entry of dataset_names (1: ['synthetic-small']), found 2: [0.5, 0.5]"),
+    (["--dataset_names", "synthetic-small", "synthetic-grid", "--dataset_weights", "1", "0"],
+     "dataset_weights must be finite numbers > 0, found [1.0, 0.0]; leave a dataset out with leave_out, not with a "
+     "weight of 0"),
+    (["--dataset_names", "synthetic-small[inflow"],
+     "dataset_names entry 'synthetic-small[inflow' is malformed: expected NAME or NAME[channel,...] with one pair of "
+     "brackets at its end, e.g. beijing-air[PM2.5,CO]"),
+    (["--dataset_names", "synthetic-small[]"],
+     "dataset_names entry 'synthetic-small[]' has an empty channel list or channel name: expected NAME[channel,...] "
+     "naming at least one channel, e.g. beijing-air[PM2.5,CO]"),
+])
+def test_a_bad_corpus_is_its_one_line_error_before_any_data_is_read(flags, message, cli, tmp_path, monkeypatch):
+    def refuse(name, **kwargs):
+        raise AssertionError(f"{name} was read: a bad corpus must be refused before any data is")
+
+    monkeypatch.setattr(loaders, "get_dataset", refuse)
+    output = tmp_path / "enc"
+    result = cli("pretrain", MAE, "--pretrain_output_dir", output, *flags)
+    assert_clean_failure(result, message)
+    assert result.err.strip() == f"st-instruct pretrain: error: {message}"  # one line, nothing else on stderr
+    assert not output.exists()
+
+
+def test_an_empty_corpus_in_a_recipe_is_one_line(cli, tmp_path):
+    recipe = tmp_path / "empty.yaml"
+    recipe.write_text(MAE.read_text().replace("dataset_names: [synthetic-small]", "dataset_names: []"))
+    result = cli("pretrain", recipe, "--pretrain_output_dir", tmp_path / "enc")
+    assert_clean_failure(result, "dataset_names must name at least one dataset (a registered name, a path or "
+                                 "NAME[channel,...]), found []")
 
 
 @pytest.mark.parametrize("variant, culprits", [

@@ -5,8 +5,9 @@ import pandas as pd
 import pytest
 from real_data import require_real_data
 
-from st_instruct.data import registry
-from st_instruct.data.loaders import WIND_DEGREES, get_dataset, list_datasets
+from st_instruct.configs import DataConfig
+from st_instruct.data import loaders, registry
+from st_instruct.data.loaders import WIND_DEGREES, get_dataset, list_datasets, load_series
 from st_instruct.data.registry import DatasetNotFoundError, UnknownDatasetError
 from st_instruct.data.stdata import STDataError
 
@@ -163,6 +164,38 @@ def test_list_datasets_reports_availability(tmp_path):
     for name in registry.DATASETS:
         assert rows[name]["available"] == (registry.find_dataset_dir(name) is not None)
     assert rows["synthetic"]["where"] == "generated" or "synthetic" not in rows
+
+
+# ------------------------------------------------------------------------------------------------ a corpus
+def test_a_name_with_channels_in_brackets_loads_those_channels_of_that_dataset_only():
+    config = DataConfig(dataset_names=["synthetic-small[outflow]", "synthetic-grid"], dataset_channels=["inflow"])
+    small, grid = load_series(config)
+    assert small.name == "synthetic-small" and small.channels == ["outflow"] and small.values.shape == (1344, 12, 1)
+    np.testing.assert_array_equal(small.values[..., 0], get_dataset("synthetic-small").values[..., 1])
+    assert grid.name == "synthetic-grid" and grid.channels == ["inflow"]  # the plain entry: dataset_channels
+    every = load_series(config, every_channel=True)  # what AirGPT's wind graph reads
+    assert [data.channels for data in every] == [["inflow", "outflow"]] * 2
+    with pytest.raises(STDataError, match=r"unknown channel 'PM2.5'; available channels: \['inflow', 'outflow'\]"):
+        load_series(DataConfig(dataset_names=["synthetic-small[PM2.5]"]))
+
+
+def test_leave_out_is_never_read(monkeypatch):
+    read = []
+    real = loaders.get_dataset
+
+    def recording(name, **kwargs):
+        read.append(name)
+        return real(name, **kwargs)
+
+    monkeypatch.setattr(loaders, "get_dataset", recording)
+    names = ["synthetic-small", "synthetic-grid[inflow]", "synthetic-motorway"]
+    assert [d.name for d in load_series(DataConfig(dataset_names=names))] == [
+        "synthetic-small", "synthetic-grid", "synthetic-motorway"]
+    assert read == ["synthetic-small", "synthetic-grid", "synthetic-motorway"]  # the recorder sees every read
+    read.clear()
+    assert [d.name for d in load_series(DataConfig(dataset_names=names, leave_out="synthetic-grid"))] == [
+        "synthetic-small", "synthetic-motorway"]
+    assert read == ["synthetic-small", "synthetic-motorway"]
 
 
 # ------------------------------------------------------------------------------------------------ generic files

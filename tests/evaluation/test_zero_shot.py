@@ -202,3 +202,19 @@ def test_in_domain_report_states_its_protocol(model_dir):
     assert report["protocol"] == "in-domain" and report["protocol_version"] == "in-domain/1"
     assert report["scaling"] == "train" and report["baselines_fitted_on"] == {"last_value": "synthetic-small"}
     assert not any(name.endswith("@source") for name in [*report["results"], *report["skipped"]])
+
+
+def test_a_left_out_dataset_is_zero_shot_and_its_source_rows_never_fit_on_it(tmp_path_factory, tiny_backbone_dir):
+    """A forecaster trained on a corpus with ``leave_out`` is zero-shot on the left-out dataset: the protocol names
+    only the datasets it was trained on, and the source-fitted rows are fitted on those alone."""
+    model = train_smoke(tmp_path_factory, tiny_backbone_dir, "--dataset_names", "synthetic-small", "synthetic",
+                        "--leave_out", "synthetic", "--dataset_weights", "1", "3", steps=1)
+    report, _ = evaluate_forecaster(model, "synthetic", max_windows=2, models=["global_ridge", "ridge"],
+                                    progress=False)
+    assert report["protocol"] == "zero-shot (trained on synthetic-small)"
+    assert report["trained_on"] == ["synthetic-small"]
+    assert report["baselines_fitted_on"] == {"global_ridge": "synthetic", "ridge": "synthetic",
+                                             "global_ridge@source": "synthetic-small"}
+    assert report["results"]["global_ridge@source"]["kind"] == "source-fitted"
+    in_domain, _ = evaluate_forecaster(model, "synthetic-small", max_windows=2, models=["window_mean"], progress=False)
+    assert in_domain["protocol"] == "in-domain"

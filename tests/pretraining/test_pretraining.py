@@ -17,6 +17,7 @@ from st_instruct.configs import (
     parse_recipe,
     train_dataclasses,
 )
+from st_instruct.data import loaders
 from st_instruct.data.masks import MASK_FAMILIES
 from st_instruct.models.st_encoders import EncoderSpec, build_st_encoder
 from st_instruct.pretraining.model import PretrainModel, reconstruction_loss
@@ -150,6 +151,50 @@ def test_several_datasets_of_different_node_counts_pretrain_one_encoder(tmp_path
     assert window_batch(sources[0], np.arange(3))["history"].shape[0] == 3
     _, _, log = train_encoder(*configs, progress=False)
     assert len(log["datasets"]) == 2 and len(log["losses"]) == 12
+
+
+# tiny sizes: these runs are about the corpus, not the encoder
+TINY = ("--pretrain_objective", "forecast", "--st_encoder", "tcn", "--st_encoder_dim", "8", "--pretrain_batch_size",
+        "2", "--history", "6", "--horizon", "3", "--coordinates", "none")
+
+
+def test_leave_out_never_reads_the_held_out_dataset_and_the_log_says_so(monkeypatch):
+    """Three one-channel datasets (channels picked per dataset), one left out: it is never loaded -- not its values,
+    not its scaler -- and the log names it; the same recipe without leave_out reads all three."""
+    read = []
+    real = loaders.get_dataset
+
+    def recording(name, **kwargs):
+        read.append(name)
+        return real(name, **kwargs)
+
+    monkeypatch.setattr(loaders, "get_dataset", recording)
+    corpus = ("--dataset_names", "synthetic-small[inflow]", "synthetic-grid[outflow]", "synthetic-motorway")
+    _, _, log = train_encoder(*pretrain_configs("forecast", *TINY, *corpus, "--leave_out", "synthetic-grid"),
+                              progress=False)
+    assert read == ["synthetic-small", "synthetic-motorway"]
+    assert log["leave_out"] == "synthetic-grid" and log["datasets"] == ["synthetic-small", "synthetic-motorway"]
+    assert log["dataset_weights"] == [0.5, 0.5] and sum(log["dataset_steps"]) == len(log["losses"]) == 4
+    read.clear()
+    _, _, log = train_encoder(*pretrain_configs("forecast", *TINY, *corpus), progress=False)
+    assert read == ["synthetic-small", "synthetic-grid", "synthetic-motorway"] and log["leave_out"] is None
+
+
+def test_the_steps_per_dataset_follow_dataset_weights_and_the_seed():
+    """100 steps drawn 0.9 / 0.1: Binomial(100, 0.9) has a standard deviation of 3, so [80, 98] is more than 3
+    deviations either side (and the seed is fixed: the counts are the same on every run); equal draws (about 50 each),
+    ignored or swapped weights fail it."""
+    def steps(*weights):
+        configs = pretrain_configs("forecast", *TINY, "--dataset_names", "synthetic-small", "synthetic-grid",
+                                   "--dataset_weights", *weights, "--pretrain_steps", "100")
+        _, _, log = train_encoder(*configs, progress=False)
+        return log
+
+    log = steps("0.9", "0.1")
+    assert log["dataset_weights"] == pytest.approx([0.9, 0.1])
+    small, grid = log["dataset_steps"]
+    assert small + grid == 100 and 80 <= small <= 98, log["dataset_steps"]
+    assert steps("9", "1")["dataset_steps"] == log["dataset_steps"]  # the same weights, normalised; the same seed
 
 
 @pytest.mark.parametrize("freeze", [True, False])
