@@ -250,7 +250,8 @@ class Forecaster:
             raise STDataError(f"the input has {data.num_steps} steps, but the forecaster reads a history of {L} "
                               f"(input shape [T, N, C] = {list(data.values.shape)}); give at least {L} steps")
         profile, why = self._match_profile(data, profile_name)
-        if not any(isinstance(c, str) for c in self.data_config.dataset_channels or []):
+        universal = self.data_config.channel_independent  # every channel its own series, identified by its name
+        if not universal and not any(isinstance(c, str) for c in self.data_config.dataset_channels or []):
             # (a recipe selecting channels by name reads them by name, among others: AirGPT's wind channels)
             if profile is not None:
                 data = order_channels(data, profile["channels"], f"the training dataset {profile['name']!r}")
@@ -309,6 +310,9 @@ class Forecaster:
                 return forecast
         pred, _, _ = scatter_predictions(self.model, collator, samples, starts, extended.num_nodes, batch_size,
                                          predict=predict, progress=progress, desc="forecasting")
+        if universal:  # series n * C + c back at node n, channel c of the input
+            extended = self._model_channels(extended_full, as_series=False)
+            pred = pred.reshape(len(pred), P, extended.num_nodes, extended.num_channels)
         values = np.full((len(every), *pred.shape[1:]), np.nan, dtype=np.float32)
         values[kept] = pred
         index = extended.time_index()
@@ -364,10 +368,14 @@ class Forecaster:
                             for p in profiles.values())
         return None, f"no training dataset has the input's {shape} ({trained})"
 
-    def _model_channels(self, data: STData) -> STData:
+    def _model_channels(self, data: STData, as_series: bool = True) -> STData:
         """``data`` with the channels the model forecasts: the recipe's ``dataset_channels`` when the input has
-        more (all of a dataset's channels, some of which only feed the graphs); the channel count checked."""
+        more (all of a dataset's channels, some of which only feed the graphs); the channel count checked. A
+        channel-independent model forecasts any channels, each as a series (``as_series``: their
+        :meth:`~st_instruct.data.stdata.STData.series_view`)."""
         wanted = self.data_config.dataset_channels
+        if self.data_config.channel_independent:
+            return data.series_view() if as_series else data
         if wanted and data.num_channels != self.model.st_config.channels:
             missing = [c for c in wanted if not isinstance(c, int) and c not in data.channels]
             if missing:

@@ -143,6 +143,14 @@ class DataConfig:
                 "not transferable to other node sets) | none"})
     coordinate_dim: int = field(default=8, metadata={
         "help": "number of Laplacian eigenvectors / width of the learned node table"})
+    channel_independent: bool = field(default=False, metadata={
+        "help": "universal forecaster: read every channel of every node as its own one-channel series "
+                "(STData.series_view), so one model takes any channel count; each series' node name and description "
+                "name its channel and unit, and its coordinates end in a code of the channel's name "
+                "(channel_identity_dim)"})
+    channel_identity_dim: int = field(default=16, metadata={
+        "help": "with channel_independent: the length of each series' channel code, a fixed vector keyed by the "
+                "channel's name that the encoder's coordinate map learns to read (0: none)"})
     dataset_cache_dir: str | None = field(default=None, metadata={
         "help": "where built datasets are cached by fingerprint (default: the user cache)"})
     streaming: bool = field(default=False, metadata={"help": "build an IterableDataset instead of Arrow tables"})
@@ -191,6 +199,14 @@ class DataConfig:
             value = getattr(self, key)
             if value is not None and value <= 0:
                 raise RecipeError(f"{key} must be a fraction in (0, 1] or a count > 1, found {value}")
+        if not 0 <= self.channel_identity_dim <= 4_096:
+            raise RecipeError(f"channel_identity_dim must be an integer in 0..4096, found {self.channel_identity_dim}")
+        if self.channel_independent and self.scaling != "window":
+            raise RecipeError(f"channel_independent reads any dataset with no statistic of it: it needs scaling: "
+                              f"window (each series z-scored by its own history window), found {self.scaling!r}")
+        if self.channel_independent and self.coordinates == "learned":
+            raise RecipeError("channel_independent reads any node set, but coordinates: learned is a table per node "
+                              "id of the training data; use coordinates: none, geo or laplacian")
         if self.history < 1 or self.horizon < 1 or self.stride < 1:
             raise RecipeError(f"history, horizon and stride must be >= 1, found {self.history}, {self.horizon}, "
                               f"{self.stride}")

@@ -328,9 +328,12 @@ def load_series(config: DataConfig, every_channel: bool = False) -> list[STData]
     ``dataset_names`` without ``leave_out``, which is never read), one :class:`STData` per entry in that order, each
     with its channels (a ``NAME[ch1,ch2]`` entry's, else ``dataset_channels``) and ``[dataset_start, dataset_end)``.
 
-    ``every_channel``: keep every channel of each dataset instead (for what reads channels the forecast leaves out,
-    e.g. AirGPT's wind graph). The dataset specification keys (``dataset_freq``, ``dataset_series_start``,
-    ``dataset_adjacency``, ...; :data:`~st_instruct.data.loaders.DATASET_SPEC_KEYS`) apply to each dataset."""
+    ``channel_independent`` reads each as its :meth:`~st_instruct.data.stdata.STData.series_view`.
+
+    ``every_channel``: keep every channel of each dataset instead, not as series (for what reads channels the
+    forecast leaves out, e.g. AirGPT's wind graph). The dataset specification keys (``dataset_freq``,
+    ``dataset_series_start``, ``dataset_adjacency``, ...; :data:`~st_instruct.data.loaders.DATASET_SPEC_KEYS`) apply
+    to each dataset."""
     corpus = config.corpus()
     series = []
     spec = dataset_spec(config)
@@ -346,5 +349,7 @@ def load_series(config: DataConfig, every_channel: bool = False) -> list[STData]
             raise
         if config.dataset_start is not None or config.dataset_end is not None:
             data = data.slice_time(config.dataset_start, config.dataset_end)
+        if config.channel_independent and not every_channel:
+            data = data.series_view()
         series.append(data)
     return series

@@ -168,6 +168,9 @@ def protocol_lines(report: Mapping[str, Any]) -> list[str]:
     kinds = [kind for kind in ROW_KINDS if any(r.get("kind") == kind for r in report.get("results", {}).values())]
     if kinds:
         lines.append("- **Row kinds**: " + "; ".join(f"*{kind}*: {ROW_KINDS[kind]}" for kind in kinds))
+    if report.get("channels_unseen"):
+        lines.append(f"- **Channels never seen in training**: {', '.join(report['channels_unseen'])} (forecast as "
+                     "series identified by their names alone: no trained embedding of these names)")
     fitted_on = report.get("baselines_fitted_on") or {}
     by_dataset: dict[str, list[str]] = {}
     for name, dataset in fitted_on.items():

@@ -40,11 +40,11 @@ from st_instruct.configs import (
 )
 from st_instruct.data.loaders import load_series
 from st_instruct.data.masks import draw_mask
-from st_instruct.data.windows import STWindows, build_windows
+from st_instruct.data.windows import STWindows, build_windows, window_statistics
 from st_instruct.models.st_encoders import ENCODER_CONFIG_FILE, EncoderSpec, build_st_encoder
 from st_instruct.outputs import check_writable, staged_output
 from st_instruct.pretraining.model import HEAD_FILE, PretrainModel, forecast_loss, reconstruction_loss
-from st_instruct.samples.builder import node_coordinates
+from st_instruct.samples.builder import sample_coordinates
 
 ENCODER_FILE = "encoder.safetensors"
 RECIPE_FILE = "recipe.yaml"
@@ -65,6 +65,9 @@ class PretrainSource:
     adjacency: np.ndarray | None
     grid_shape: tuple[int, int] | None
     families: list[str]
+    # scaling: window -- the axes of [B, L, N, C] each history window is z-scored over, as the sample builder scales
+    # (per node for node samples, over the nodes for graph samples); None: the train split's scaler
+    window_axis: tuple[int, ...] | None = None
 
 
 def load_sources(data_config: DataConfig, families: list[str]) -> list[PretrainSource]:
@@ -78,14 +81,16 @@ def load_sources(data_config: DataConfig, families: list[str]) -> list[PretrainS
     for entry, data in zip(data_config.corpus(), load_series(data_config), strict=True):
         windows = build_windows(data, data_config.history, data_config.horizon, data_config.split,
                                 data_config.stride)
-        coords = torch.from_numpy(node_coordinates(data, data_config.coordinates, data_config.coordinate_dim))
+        coords = torch.from_numpy(sample_coordinates(data, data_config))
         adjacency = data.dense_adjacency()
         graph = adjacency is not None or data.grid_shape is not None
         usable = [name for name in families if name != "block" or graph]
         if not usable:
             raise RecipeError(f"pretrain_mask_families {families}: block masks need a graph or a grid, and dataset "
                               f"{data.name!r} has neither; add another family (e.g. random, tube, temporal)")
-        sources.append(PretrainSource(data.name, entry.weight, windows, coords, adjacency, data.grid_shape, usable))
+        sources.append(PretrainSource(data.name, entry.weight, windows, coords, adjacency, data.grid_shape, usable,
+                                      window_axis=None if data_config.scaling == "train" else
+                                      (1,) if data_config.granularity == "node" else (1, 2)))
     channels = {source.name: source.windows.scaled.shape[-1] for source in sources}
     if len(set(channels.values())) > 1:
         raise RecipeError(f"dataset_names have different channel counts {channels}; one encoder reads a fixed "
@@ -96,16 +101,25 @@ def load_sources(data_config: DataConfig, families: list[str]) -> list[PretrainS
 
 def window_batch(source: PretrainSource, index: np.ndarray) -> dict[str, torch.Tensor]:
     """The train windows ``index`` of ``source`` as encoder inputs plus ``target`` / ``target_mask`` [B, P, N, C]
-    (scaled, observed)."""
+    (scaled, observed): by the train split's scaler, or with a ``window_axis`` by the statistics of each history
+    window (:func:`~st_instruct.data.windows.window_statistics`, as the sample builder scales with ``scaling:
+    window``)."""
     windows = source.windows
     arrays = windows.batch("train", index)
     future = arrays["start"][:, None] + windows.history + np.arange(windows.horizon)[None, :]
     batch, nodes = len(index), source.coords.shape[0]
-    return {"history": torch.from_numpy(arrays["x"]), "history_mask": torch.from_numpy(arrays["x_mask"]),
+    history, target = arrays["x"], windows.scaled[future]
+    if source.window_axis is not None:
+        past = arrays["start"][:, None] + np.arange(windows.history)[None, :]
+        mean, std = window_statistics(windows.data.values[past], arrays["x_mask"], axis=source.window_axis)
+        history = np.where(arrays["x_mask"], (np.nan_to_num(windows.data.values[past]) - mean) / std, 0.0)
+        target = np.where(windows.observed[future], (np.nan_to_num(windows.data.values[future]) - mean) / std, 0.0)
+        history, target = history.astype(np.float32), target.astype(np.float32)
+    return {"history": torch.from_numpy(history), "history_mask": torch.from_numpy(arrays["x_mask"]),
             "history_tod": torch.from_numpy(arrays["x_tod"]), "history_dow": torch.from_numpy(arrays["x_dow"]),
             "coords": source.coords[None].expand(batch, -1, -1), "node_mask": torch.ones(batch, nodes, dtype=bool),
             "steps_per_day": torch.full((batch,), windows.steps_per_day),
-            "target": torch.from_numpy(windows.scaled[future]),
+            "target": torch.from_numpy(target),
             "target_mask": torch.from_numpy(windows.observed[future])}
 
 

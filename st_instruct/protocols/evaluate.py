@@ -42,6 +42,7 @@ import numpy as np
 
 from st_instruct.configs import DATASET_SPEC_KEYS, DataConfig
 from st_instruct.data.loaders import dataset_spec
+from st_instruct.data.profile import read_data_profiles
 from st_instruct.evaluation.baselines import SOURCE_SUFFIX, baseline_kind, run_baselines, run_source_baselines
 from st_instruct.evaluation.plots import window_times
 from st_instruct.evaluation.predict import scatter_predictions
@@ -153,6 +154,26 @@ def _source_baselines(trained: DataConfig, target: Any, models: Sequence[str] | 
     return run_source_baselines(sources, target, names, split=split, progress=progress, seed=seed, task=task)
 
 
+def unseen_channels(model_dir: str | Path, trained: DataConfig, channels: Sequence[str]) -> list[str]:
+    """The ``channels`` of an input that a channel-independent forecaster never trained on: its series are still
+    forecast (the identity is the channel's name, its code read from the text), but no learned embedding of that name
+    exists. Names compare as the code keys them (stripped, lower-case)."""
+    seen = {name.strip().lower() for profile in read_data_profiles(model_dir, trained).values()
+            for name in profile.get("node_channels") or profile["channels"]}
+    return [name for name in channels if name.strip().lower() not in seen]
+
+
+def _per_channel(pred: np.ndarray, covered: np.ndarray, series_per_node: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(pred [B, P, N, C], covered [B, N, C])`` from :func:`scatter_predictions`' ``[B, P, N', C']`` and
+    ``[B, N']``: a channel-independent model's series ``n * C + c`` (``series_per_node`` = C, ``C'`` = 1) back at
+    node ``n``, channel ``c``; otherwise every channel of a covered node is covered."""
+    batch, steps, nodes, channels = pred.shape
+    if series_per_node == 1:
+        return pred, np.repeat(covered[:, :, None], channels, axis=2)
+    return (pred.reshape(batch, steps, nodes // series_per_node, series_per_node),
+            covered.reshape(batch, nodes // series_per_node, series_per_node))
+
+
 def _generated_forecasts(model: Any, tokenizer: Any, collator: Any, samples: Any, starts: np.ndarray,
                          num_nodes: int, batch_size: int, broadcast_channels: bool, max_new_tokens: int,
                          progress: bool = True) -> dict[str, Any]:
@@ -242,10 +263,15 @@ def evaluate_forecaster(model_dir: str | Path, dataset: str, data_dir: str | Non
         raise ValueError(f"unknown split {split_name!r}; the splits are {sorted(windows.starts)}")
     data = windows.data
     trained_channels = STForecasterConfig.load(model_dir).channels  # checked before the (slow) model load
+    # a universal forecaster reads every channel of every node as a one-channel series: any channel count
+    series_per_node = data.num_channels if config.channel_independent else 1
+    if broadcast_channels and config.channel_independent:
+        raise ValueError(f"--broadcast-channels feeds one channel to a multi-channel model, but the forecaster in "
+                         f"{model_dir} reads every channel as its own series (channel_independent): drop the flag")
     if broadcast_channels and data.num_channels != 1:
         raise ValueError(f"--broadcast-channels feeds a one-channel dataset to the model, but {dataset!r} has "
                          f"{data.num_channels} channels {data.channels}; pick one with --channels")
-    if data.num_channels != trained_channels and not broadcast_channels:
+    if data.num_channels // series_per_node != trained_channels and not broadcast_channels:
         raise ValueError(f"dataset {dataset!r} has {data.num_channels} channel(s) {data.channels}, but the forecaster "
                          f"in {model_dir} was trained on {trained_channels}; pick a dataset (or --channels) "
                          "with as many channels as the model, or --broadcast-channels for a one-channel dataset")
@@ -259,20 +285,24 @@ def evaluate_forecaster(model_dir: str | Path, dataset: str, data_dir: str | Non
     starts = windows.starts[split_name]
     backbone_name = read_backbone_source(model_dir)[0].model_name_or_path
     broadcast = trained_channels if broadcast_channels else None
+    num_series = data.num_nodes * series_per_node  # the nodes of the samples: series n * C + c in a universal one
     pred, covered, predict_seconds = scatter_predictions(
-        model, build_collator(config, model, tokenizer, backbone_name, broadcast), samples, starts, data.num_nodes,
+        model, build_collator(config, model, tokenizer, backbone_name, broadcast), samples, starts, num_series,
         batch_size, broadcast_channels, progress=progress, desc=f"predicting ({MODEL_ROW})")
+    pred, covered = _per_channel(pred, covered, series_per_node)
     generated: dict[str, Any] = {}
     if generate_rationales:
         generated = _generated_forecasts(model, tokenizer, build_collator(config, model, tokenizer, backbone_name,
                                                                           broadcast),
-                                         samples, starts, data.num_nodes, batch_size, broadcast_channels,
+                                         samples, starts, num_series, batch_size, broadcast_channels,
                                          max_new_tokens, progress)
+        generated["pred"], generated["covered"] = _per_channel(generated["pred"], generated["covered"],
+                                                               series_per_node)
         if not np.array_equal(generated["covered"], covered):
             raise RuntimeError("the generated forecasts covered other (window, node) pairs than the single pass")
-    rows = np.flatnonzero(covered.any(axis=1))  # the evaluated windows
+    rows = np.flatnonzero(covered.any(axis=(1, 2)))  # the evaluated windows
     target = windows.batch(split_name, rows)
-    mask = target["y_mask"] & covered[rows][:, None, :, None]
+    mask = target["y_mask"] & covered[rows][:, None]
     pred = np.nan_to_num(pred[rows])  # uncovered nodes are masked out
     control_preds, control_seconds = {}, {}
     for name, folder in control_rows.items():
@@ -282,7 +312,8 @@ def evaluate_forecaster(model_dir: str | Path, dataset: str, data_dir: str | Non
                              "samples; train the control from the same recipe")
         found, control_covered, control_seconds[name] = scatter_predictions(
             control, build_collator(config, control, tokenizer, backbone_name, broadcast), samples, starts,
-            data.num_nodes, batch_size, broadcast_channels, progress=progress, desc=f"predicting ({name})")
+            num_series, batch_size, broadcast_channels, progress=progress, desc=f"predicting ({name})")
+        found, control_covered = _per_channel(found, control_covered, series_per_node)
         if not np.array_equal(control_covered, covered):  # the same samples: cannot differ unless the code is wrong
             raise RuntimeError(f"the control {folder} covered other (window, node) pairs than the forecaster")
         control_preds[name] = np.nan_to_num(found[rows])
@@ -333,6 +364,8 @@ def evaluate_forecaster(model_dir: str | Path, dataset: str, data_dir: str | Non
     if protocol.startswith("few-shot"):
         report["few_shot"] = few_shot
         report["windows"]["train"] = few_shot["train_windows"]
+    if config.channel_independent:
+        report["channels_unseen"] = unseen_channels(model_dir, trained, data.channels)
     if broadcast_channels:
         report["broadcast_channels"] = f"one channel fed to the model's {trained_channels} and its outputs averaged"
     arrays = {"target": target["y"], "mask": mask, "predictions": predictions, "starts": starts[rows],

@@ -144,8 +144,42 @@ def _subsample(count: int, sample: float | None, seed: tuple[int, ...]) -> np.nd
     return np.sort(rng.choice(count, size=keep, replace=False))
 
 
-def node_coordinates(data: STData, kind: str, dim: int) -> np.ndarray:
-    """``[N, K]`` float32 coordinates of every node (see the ``coords`` column in the module docstring)."""
+def channel_identity(channels: list[str], dim: int) -> np.ndarray:
+    """``[N, dim]`` float32 code of each node's channel, keyed by its text: a fixed standard-normal vector (scaled
+    by ``1/sqrt(dim)``) seeded by the SHA-256 of the name, lower-cased and stripped. The encoder's linear map of
+    the coordinates turns the codes of the channels it trained on into learned embeddings (``dim`` at least the
+    number of names makes them independent); a name never seen still gets its own code, from its text alone, so
+    ``"PM2.5"`` is the same channel in every dataset and on every machine."""
+    codes = {}
+    for name in dict.fromkeys(channels):
+        seed = int.from_bytes(hashlib.sha256(name.strip().lower().encode()).digest()[:8], "little")
+        codes[name] = np.random.default_rng(seed).standard_normal(dim) / np.sqrt(dim)
+    return np.array([codes[name] for name in channels], dtype=np.float32).reshape(len(channels), dim)
+
+
+def node_coordinates(data: STData, kind: str, dim: int, identity_dim: int = 0) -> np.ndarray:
+    """``[N, K]`` float32 coordinates of every node (see the ``coords`` column in the module docstring); with
+    ``identity_dim`` the :func:`channel_identity` of each node's channel is appended (``K + identity_dim``): the
+    node's channel in a channel-independent view (:meth:`STData.series_view`), else the dataset's one channel."""
+    coords = _place_coordinates(data, kind, dim)
+    if identity_dim == 0:
+        return coords
+    if data.node_channels is None and data.num_channels != 1:
+        raise STDataError(f"dataset {data.name!r}: a channel identity code is one per node, but the dataset has "
+                          f"{data.num_channels} channels per node; read it channel-independently")
+    channels = data.node_channels or [data.channels[0]] * data.num_nodes
+    return np.concatenate([coords, channel_identity(channels, identity_dim)], axis=1)
+
+
+def sample_coordinates(data: STData, config: DataConfig) -> np.ndarray:
+    """``[N, K]`` coordinates of every node of ``data`` as the recipe ``config`` asks (:func:`node_coordinates`;
+    the channel code with ``channel_independent``)."""
+    identity = config.channel_identity_dim if config.channel_independent else 0
+    return node_coordinates(data, config.coordinates, config.coordinate_dim, identity)
+
+
+def _place_coordinates(data: STData, kind: str, dim: int) -> np.ndarray:
+    """``[N, K]`` float32 coordinates of every node's place (:func:`node_coordinates` without the channel)."""
     N = data.num_nodes
     if kind == "laplacian":
         adj = data.dense_adjacency()
@@ -228,7 +262,7 @@ def plan_source(data: STData, config: DataConfig, windows: STWindows | None = No
         iso = np.datetime_as_string(wall.to_numpy(), unit="s").astype(object)
     return SourcePlan(
         data=data, windows=windows, nodes=nodes, window_index=window_index,
-        coords=node_coordinates(data, config.coordinates, config.coordinate_dim)[nodes],
+        coords=sample_coordinates(data, config)[nodes],
         nodes_context=[node_context(data, int(i)) for i in nodes], base_context=base,
         period=PeriodText(timestamps, data.freq), scaled=np.ascontiguousarray(windows.scaled[:, nodes]),
         observed=np.ascontiguousarray(observed), value_text=value_text, iso=iso, task=get_task(config.task),
