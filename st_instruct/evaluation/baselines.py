@@ -422,6 +422,7 @@ class GlobalRidge:
 
     name = "global_ridge"
     reads = "train"
+    clip = 10.0  # the largest normalised target a fit reads (:meth:`_targets`)
 
     def __init__(self, alphas: Sequence[float] = (0.01, 0.1, 1.0, 10.0, 100.0, 1000.0), default_alpha: float = 1.0,
                  max_rows: int = 400_000, seed: int = 0) -> None:
@@ -446,12 +447,15 @@ class GlobalRidge:
 
     def _targets(self, windows: STWindows, split: str, mean: np.ndarray, deviation: np.ndarray
                  ) -> tuple[np.ndarray, np.ndarray]:
-        """``([R, P] normalised targets, 0 where unobserved; [R, P] observed)``, rows as :meth:`_rows`."""
+        """``([R, P] normalised targets, 0 where unobserved, clipped to +-``:attr:`clip`; [R, P] observed)``, rows
+        as :meth:`_rows`. The clip keeps a least-squares fit from being ruled by the few windows whose future leaps
+        far beyond their own history (the first rain after a dry window: a deviation near 0)."""
         batch = windows.batch(split)
         P = windows.horizon
         target = np.nan_to_num(batch["y"]).astype(np.float64).transpose(0, 2, 3, 1).reshape(-1, P)
         observed = batch["y_mask"].transpose(0, 2, 3, 1).reshape(-1, P)
-        return np.where(observed, (target - mean[:, None]) / deviation[:, None], 0.0), observed
+        normalised = np.clip((target - mean[:, None]) / deviation[:, None], -self.clip, self.clip)
+        return np.where(observed, normalised, 0.0), observed
 
     def fit(self, windows: STWindows) -> None:
         self.fit_sources([windows])
