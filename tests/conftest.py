@@ -105,3 +105,20 @@ def cli(capsys):
         return CliResult(code, captured.out, captured.err)
 
     return run
+
+
+@pytest.fixture
+def datasets_read(monkeypatch):
+    """The names of every dataset the test loads, in order: ``st_instruct.data.loaders.get_dataset`` recorded (every
+    loader of a recipe's data goes through it)."""
+    from st_instruct.data import loaders
+
+    read: list[str] = []
+    real = loaders.get_dataset
+
+    def recording(name, **kwargs):
+        read.append(name)
+        return real(name, **kwargs)
+
+    monkeypatch.setattr(loaders, "get_dataset", recording)
+    return read

@@ -6,7 +6,7 @@ import pytest
 from real_data import require_real_data
 
 from st_instruct.configs import DataConfig
-from st_instruct.data import loaders, registry
+from st_instruct.data import registry
 from st_instruct.data.loaders import WIND_DEGREES, get_dataset, list_datasets, load_series
 from st_instruct.data.registry import DatasetNotFoundError, UnknownDatasetError
 from st_instruct.data.stdata import STDataError
@@ -179,15 +179,8 @@ def test_a_name_with_channels_in_brackets_loads_those_channels_of_that_dataset_o
         load_series(DataConfig(dataset_names=["synthetic-small[PM2.5]"]))
 
 
-def test_leave_out_is_never_read(monkeypatch):
-    read = []
-    real = loaders.get_dataset
-
-    def recording(name, **kwargs):
-        read.append(name)
-        return real(name, **kwargs)
-
-    monkeypatch.setattr(loaders, "get_dataset", recording)
+def test_leave_out_is_never_read(datasets_read):
+    read = datasets_read
     names = ["synthetic-small", "synthetic-grid[inflow]", "synthetic-motorway"]
     assert [d.name for d in load_series(DataConfig(dataset_names=names))] == [
         "synthetic-small", "synthetic-grid", "synthetic-motorway"]

@@ -17,7 +17,6 @@ from st_instruct.configs import (
     parse_recipe,
     train_dataclasses,
 )
-from st_instruct.data import loaders
 from st_instruct.data.masks import MASK_FAMILIES
 from st_instruct.models.st_encoders import EncoderSpec, build_st_encoder
 from st_instruct.pretraining.model import PretrainModel, reconstruction_loss
@@ -158,17 +157,10 @@ TINY = ("--pretrain_objective", "forecast", "--st_encoder", "tcn", "--st_encoder
         "2", "--history", "6", "--horizon", "3", "--coordinates", "none")
 
 
-def test_leave_out_never_reads_the_held_out_dataset_and_the_log_says_so(monkeypatch):
+def test_leave_out_never_reads_the_held_out_dataset_and_the_log_says_so(datasets_read):
     """Three one-channel datasets (channels picked per dataset), one left out: it is never loaded -- not its values,
     not its scaler -- and the log names it; the same recipe without leave_out reads all three."""
-    read = []
-    real = loaders.get_dataset
-
-    def recording(name, **kwargs):
-        read.append(name)
-        return real(name, **kwargs)
-
-    monkeypatch.setattr(loaders, "get_dataset", recording)
+    read = datasets_read
     corpus = ("--dataset_names", "synthetic-small[inflow]", "synthetic-grid[outflow]", "synthetic-motorway")
     _, _, log = train_encoder(*pretrain_configs("forecast", *TINY, *corpus, "--leave_out", "synthetic-grid"),
                               progress=False)
