@@ -3,8 +3,9 @@
 Usage::
 
     .venv/bin/python scripts/bench_transfer.py [--targets nyc-bike nyc-taxi los-loop beijing-air:PM2.5]
-        [--out outputs/bench_transfer] [--reuse] [--seeds 0 1] [--fractions 0.05 0.1] [--windows 300]
-        [--few-shot-steps 200] [--pretrain-steps N] [--sft-steps N]
+        [--variants unist universal] [--out outputs/bench_transfer] [--reuse] [--seeds 0 1]
+        [--fractions 0.05 0.1] [--windows 100] [--max-nodes 32] [--few-shot-steps 200] [--pretrain-steps N]
+        [--sft-steps N]
 
 For every target ``T`` (``NAME`` or ``NAME:CHANNEL``), in ``OUT/T/``, each stage one CLI command in its own process
 (as in bench_forecaster.py; ``--reuse`` skips a stage whose folder or JSON is complete, so the table can be built
@@ -12,14 +13,17 @@ target by target over several sessions):
 
 1. ``pretrain``: ``st-instruct pretrain recipes/universal_pretrain.yaml --leave_out T`` -- the universal encoder on
    every other dataset of the corpus (T is never read).
-2. ``sft-sS``: ``st-instruct train recipes/universal_sft.yaml --leave_out T --st_encoder_init OUT/T/pretrain
-   --seed S`` -- the universal forecaster, per seed; and its no-LLM control ``sft-sS-no-llm`` (the same recipe with
-   ``--control no_llm``: the same encoder start, head and budget, no backbone).
-3. ``zero-shot-sS.json``: ``st-instruct evaluate`` on T's test windows (at most ``--windows``): the forecaster, its
-   control and the three kinds of reference rows of zero-shot/2 -- input-only, source-fitted and target-fitted.
-4. ``few-shot-F-sS.json``: ``--few-shot F`` (few-shot/2: the whole forecaster and its control fine-tuned on the first
-   F of T's train windows for at most ``--few-shot-steps`` steps, early-stopped on its validation windows) beside
-   STID and the historical average fitted on the same windows.
+2. ``V-sS``: ``st-instruct train RECIPE --leave_out T --st_encoder_init OUT/T/pretrain --seed S`` per variant ``V``
+   -- ``unist`` (recipes/unist_sft.yaml: the universal forecaster with UniST's memory prompts) and ``universal``
+   (recipes/universal_sft.yaml: the same without them) -- and per seed; each with its no-LLM control
+   ``V-sS-no-llm`` (the same recipe with ``--control no_llm``: the same encoder start, head and budget, no
+   backbone).
+3. ``zero-shot-V-sS.json``: ``st-instruct evaluate`` on T's test windows (a seeded subset of at most ``--windows``
+   windows and ``--max-nodes`` series, the same for every row): the forecaster, its control and the three kinds of
+   reference rows of zero-shot/2 -- input-only, source-fitted and target-fitted.
+4. ``few-shot-F-V-sS.json`` (the first variant only): ``--few-shot F`` (few-shot/2: the whole forecaster and its
+   control fine-tuned on the first F of T's train windows for at most ``--few-shot-steps`` steps, early-stopped on
+   its validation windows) beside STID and the historical average fitted on the same windows, scored like 3.
 
 Writes ``OUT/bench_transfer.json`` (every stage's command, wall seconds and peak memory, and every report) and
 prints, per target, the MAE of every row with the mean and spread over the seeds of the forecaster rows.
@@ -41,7 +45,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_forecaster import evaluate_stage, run_training_stages  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-PRETRAIN_RECIPE, SFT_RECIPE = "recipes/universal_pretrain.yaml", "recipes/universal_sft.yaml"
+PRETRAIN_RECIPE = "recipes/universal_pretrain.yaml"
+# the forecaster with UniST's memory prompts, and the same model without them (the ablation)
+VARIANTS = {"unist": "recipes/unist_sft.yaml", "universal": "recipes/universal_sft.yaml"}
 TARGETS = ("nyc-bike", "nyc-taxi", "los-loop", "beijing-air:PM2.5")
 REFERENCES = ["window_last_value", "window_mean", "window_linear_trend", "global_ridge", "historical_average",
               "last_value", "ridge", "stid"]
@@ -49,45 +55,51 @@ FEW_SHOT_REFERENCES = ["window_last_value", "historical_average", "stid"]
 FORECASTER_ROWS = ("st_forecaster", "st_forecaster_no_llm")
 
 
-def target_stages(target: str, seeds: list[int], out: Path, cli: list[str], pretrain_steps: int | None,
-                  sft_steps: int | None) -> dict:
+def target_stages(target: str, variants: list[str], seeds: list[int], out: Path, cli: list[str],
+                  pretrain_steps: int | None, sft_steps: int | None) -> dict:
     """The training stages of one target: ``name -> (command, folder, marker file)``."""
     name = target.split(":")[0]
     pretrain = out / "pretrain"
     steps = [] if pretrain_steps is None else ["--pretrain_steps", str(pretrain_steps)]
     stages = {"pretrain": ([*cli, "pretrain", PRETRAIN_RECIPE, "--leave_out", name, "--pretrain_output_dir",
                             str(pretrain), *steps], pretrain, "pretrain_log.json")}
-    for seed in seeds:
-        for control in ("none", "no_llm"):
-            folder = out / (f"sft-s{seed}" + ("" if control == "none" else "-no-llm"))
-            budget = [] if sft_steps is None else ["--max_steps", str(sft_steps)]
-            stages[folder.name] = ([*cli, "train", SFT_RECIPE, "--leave_out", name, "--st_encoder_init", str(pretrain),
-                                    "--seed", str(seed), "--control", control, "--output_dir", str(folder),
-                                    "--report_to", "none", *budget], folder, "trainer_state.json")
+    budget = [] if sft_steps is None else ["--max_steps", str(sft_steps)]
+    for variant in variants:
+        for seed in seeds:
+            for control in ("none", "no_llm"):
+                folder = out / (f"{variant}-s{seed}" + ("" if control == "none" else "-no-llm"))
+                stages[folder.name] = ([*cli, "train", VARIANTS[variant], "--leave_out", name, "--st_encoder_init",
+                                        str(pretrain), "--seed", str(seed), "--control", control, "--output_dir",
+                                        str(folder), "--report_to", "none", *budget], folder, "trainer_state.json")
     return stages
 
 
-def evaluation_commands(target: str, seeds: list[int], fractions: list[float], windows: int, few_shot_steps: int,
-                        out: Path, cli: list[str]) -> dict[str, tuple[list[str], Path]]:
-    """``case -> (command, its --json path)`` of every evaluation of one target."""
+def evaluation_commands(target: str, variants: list[str], seeds: list[int], fractions: list[float], windows: int,
+                        nodes: int, few_shot_steps: int, out: Path, cli: list[str],
+                        ) -> dict[str, tuple[list[str], Path]]:
+    """``case -> (command, its --json path)`` of every evaluation of one target (few-shot: the first variant only)."""
     name, _, channel = target.partition(":")
-    data = ["--dataset", name, *(["--channels", channel] if channel else []), "--max-windows", str(windows)]
+    data = ["--dataset", name, *(["--channels", channel] if channel else []), "--max-windows", str(windows),
+            "--max-nodes", str(nodes)]
     cases = {}
-    for seed in seeds:
-        model, control = out / f"sft-s{seed}", out / f"sft-s{seed}-no-llm"
-        json_path = out / f"zero-shot-s{seed}.json"
-        cases[f"zero-shot s{seed}"] = ([*cli, "evaluate", "--model", str(model), *data, "--controls", str(control),
-                                        "--models", *REFERENCES, "--seed", str(seed), "--json", str(json_path),
-                                        "--output", str(out / f"eval-zero-shot-s{seed}"), "--overwrite", "--quiet"],
-                                       json_path)
-        for fraction in fractions:
-            json_path = out / f"few-shot-{fraction:g}-s{seed}.json"
-            tuned = out / f"few-shot-{fraction:g}-s{seed}"
-            cases[f"few-shot {fraction:g} s{seed}"] = (
-                [*cli, "evaluate", "--model", str(model), *data, "--controls", str(control), "--few-shot",
-                 str(fraction), "--few-shot-steps", str(few_shot_steps), "--few-shot-output", str(tuned),
-                 "--models", *FEW_SHOT_REFERENCES, "--seed", str(seed), "--json", str(json_path), "--output",
-                 str(out / f"eval-{tuned.name}"), "--overwrite", "--quiet"], json_path)
+    for variant in variants:
+        for seed in seeds:
+            model, control = out / f"{variant}-s{seed}", out / f"{variant}-s{seed}-no-llm"
+            json_path = out / f"zero-shot-{variant}-s{seed}.json"
+            cases[f"{variant} zero-shot s{seed}"] = (
+                [*cli, "evaluate", "--model", str(model), *data, "--controls", str(control), "--models", *REFERENCES,
+                 "--seed", str(seed), "--json", str(json_path), "--output", str(out / f"eval-{json_path.stem}"),
+                 "--overwrite", "--quiet"], json_path)
+            if variant != variants[0]:
+                continue
+            for fraction in fractions:
+                tuned = out / f"few-shot-{fraction:g}-{variant}-s{seed}"
+                json_path = tuned.with_suffix(".json")
+                cases[f"{variant} few-shot {fraction:g} s{seed}"] = (
+                    [*cli, "evaluate", "--model", str(model), *data, "--controls", str(control), "--few-shot",
+                     str(fraction), "--few-shot-steps", str(few_shot_steps), "--few-shot-output", str(tuned),
+                     "--models", *FEW_SHOT_REFERENCES, "--seed", str(seed), "--json", str(json_path), "--output",
+                     str(out / f"eval-{tuned.name}"), "--overwrite", "--quiet"], json_path)
     return cases
 
 
@@ -96,7 +108,7 @@ def summary(evaluations: dict[str, dict]) -> dict[str, dict[str, dict]]:
     protocol pooled (``spread`` = max - min over the seeds; one seed: 0)."""
     table: dict[str, dict[str, dict]] = {}
     for case, report in evaluations.items():
-        protocol = case.rsplit(" s", 1)[0]
+        protocol = case.rsplit(" s", 1)[0]  # "VARIANT PROTOCOL"
         for row, result in report.get("results", {}).items():
             entry = table.setdefault(protocol, {}).setdefault(row, {"kind": result.get("kind"), "MAE": []})
             entry["MAE"].append(result["MAE"])
@@ -127,7 +139,11 @@ def main() -> int:
     parser.add_argument("--reuse", action="store_true", help="skip the stages whose outputs are complete")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="seeds of the forecaster and its control")
     parser.add_argument("--fractions", nargs="*", type=float, default=[0.05, 0.1], help="few-shot fractions")
-    parser.add_argument("--windows", type=int, default=300, help="test windows scored per evaluation")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
+                        help="forecasters to train and score (few-shot: the first one only)")
+    parser.add_argument("--windows", type=int, default=100, help="test windows scored per evaluation")
+    parser.add_argument("--max-nodes", type=int, default=32,
+                        help="series scored per window (a seeded subset, the same for every row)")
     parser.add_argument("--few-shot-steps", type=int, default=200,
                         help="at most this many steps per few-shot fine-tune (early-stopped on validation)")
     parser.add_argument("--pretrain-steps", type=int, default=None, help="override the pretraining recipe's steps")
@@ -142,20 +158,22 @@ def main() -> int:
                             text=True).stdout.strip()
     machine = f"{platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} cores"
     bench = {"commit": commit, "machine": machine, "few_shot_steps": args.few_shot_steps, "seeds": args.seeds,
-             "fractions": args.fractions, "windows": args.windows, "targets": previous.get("targets", {})}
+             "fractions": args.fractions, "windows": args.windows, "max_nodes": args.max_nodes,
+             "variants": args.variants, "targets": previous.get("targets", {})}
     for target in args.targets:
         folder = out / target.replace(":", "-")
         folder.mkdir(parents=True, exist_ok=True)
         record = {"stages": {}, "evaluations": {}}
         old = bench["targets"].get(target, {})
-        stages = target_stages(target, args.seeds, folder, cli, args.pretrain_steps, args.sft_steps)
+        stages = target_stages(target, args.variants, args.seeds, folder, cli, args.pretrain_steps, args.sft_steps)
         target_path = folder / "stages.json"
         if not run_training_stages(stages, args.reuse, old.get("stages", {}), folder, record["stages"], target_path):
             bench["targets"][target] = record
             result_path.write_text(json.dumps(bench, indent=2) + "\n")
             continue
-        for case, (command, json_path) in evaluation_commands(target, args.seeds, args.fractions, args.windows,
-                                                              args.few_shot_steps, folder, cli).items():
+        for case, (command, json_path) in evaluation_commands(target, args.variants, args.seeds, args.fractions,
+                                                              args.windows, args.max_nodes, args.few_shot_steps,
+                                                              folder, cli).items():
             if args.reuse and json_path.is_file():
                 record["evaluations"][case] = json.loads(json_path.read_text())
                 continue

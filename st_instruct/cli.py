@@ -312,6 +312,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         model_dir, controls = tuned_dirs[0], [str(folder) for folder in tuned_dirs[1:]]
     report, arrays = evaluate_forecaster(model_dir, args.dataset, data_dir=args.data_dir, channels=args.channels,
                                          start=args.start, end=args.end, max_windows=args.max_windows,
+                                         max_nodes=args.max_nodes,
                                          batch_size=args.batch_size, split_name=args.split_name, models=args.models,
                                          progress=not args.quiet, seed=args.seed,
                                          broadcast_channels=args.broadcast_channels, spec=_spec_kwargs(args),
@@ -488,6 +489,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch-size", type=int, default=16, help="samples per forward pass (default 16)")
     evaluate.add_argument("--max-windows", type=int, default=None,
                           help="at most this many windows per split, sampled as the builder samples (default all)")
+    evaluate.add_argument("--max-nodes", type=int, default=None,
+                          help="score at most this many nodes (series, for a channel-independent model), a seeded "
+                               "subset the same for every row (default all; baselines still fit on every node)")
     evaluate.add_argument("--models", nargs="+", default=None, help="subset of baselines (default: all)")
     evaluate.add_argument("--controls", nargs="+", default=None, metavar="DIR",
                           help="trained controls of the model's recipe (`st-instruct train RECIPE --control no_llm` / "

@@ -76,9 +76,11 @@ SCALING_TEXT = {"train": "values z-scored with its train-split statistics",
 @dataclass
 class ForecastInputs:
     """What the collator of a forecast reads besides the samples: the input with all its channels (AirGPT's wind
-    graph reads wind channels the model may not forecast), its windows and the training colour ranges (VLM)."""
+    graph reads wind channels the model may not forecast), with the model's channels (not as series: UniST's
+    priors), its windows and the training colour ranges (VLM)."""
 
     full_data: STData
+    model_data: STData
     windows: Any
     image_value_ranges: dict[str, tuple[float, float]]
 
@@ -299,7 +301,8 @@ class Forecaster:
         ranges = {}
         if profile is not None and profile.get("image_value_range") is not None:
             ranges[extended.name] = tuple(profile["image_value_range"])
-        inputs = ForecastInputs(full_data=extended_full, windows=windows, image_value_ranges=ranges)
+        inputs = ForecastInputs(full_data=extended_full, model_data=self._model_channels(extended_full, False),
+                                windows=windows, image_value_ranges=ranges)
         collator = build_collator(config, self.model, self.tokenizer, self.backbone_name, forecast_inputs=inputs)
         texts: list[str] = []
         predict = None

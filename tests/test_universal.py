@@ -94,3 +94,29 @@ def test_a_dataset_of_other_channels_and_nodes_is_forecast_and_its_unseen_channe
     assert np.isfinite(report["results"]["st_forecaster"]["MAE"])
     seen, _ = evaluate_forecaster(universal, "synthetic", max_windows=1, models=["window_mean"], progress=False)
     assert seen["channels_unseen"] == []
+
+
+@pytest.fixture(scope="module")
+def unist(tmp_path_factory, tiny_backbone_dir):
+    """The universal forecaster with UniST's memory prompts (recipes/unist_sft.yaml's switch), trained 2 steps."""
+    return train_smoke(tmp_path_factory, tiny_backbone_dir, "--dataset_names", "synthetic-small",
+                       "synthetic-motorway", *UNIVERSAL, "--unist_prompts", "true", "--unist_spatial_slots", "16",
+                       "--unist_temporal_slots", "16", "--unist_prompt_dim", "8", steps=2)
+
+
+def test_unist_prompts_train_forecast_and_evaluate_a_subset_of_series(unist):
+    """Training, a forecast of new data (its priors made from that data) and an evaluation of a seeded subset of
+    series all run with the priors; a channel's forecast still does not depend on the channels beside it (its
+    neighbours are the same channel at the neighbouring nodes)."""
+    forecaster = load_forecaster(unist)
+    assert forecaster.model.st_prompt is not None
+    data = get_dataset("synthetic-small").slice_time(None, "2024-01-20")
+    both = forecaster.forecast_data(data)
+    alone = forecaster.forecast_data(data.select_channels(["outflow"]))
+    np.testing.assert_allclose(both.values[..., 1], alone.values[..., 0], rtol=1e-5, atol=1e-3)
+    report, arrays = evaluate_forecaster(unist, "synthetic", max_windows=3, max_nodes=5,
+                                         models=["window_mean", "historical_average"], progress=False)
+    scored = arrays["mask"].any(axis=1)  # [B, N, C]: the (window, series) pairs scored
+    assert scored.sum(axis=(1, 2)).max() == 5 and report["windows"]["test"] == 3
+    assert np.isfinite(report["results"]["st_forecaster"]["MAE"])
+    assert report["results"]["historical_average"]["MAE"] != report["results"]["window_mean"]["MAE"]

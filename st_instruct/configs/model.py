@@ -6,7 +6,8 @@ module that uses it reads that same object (as PEFT's ``LoraConfig`` is both wha
 :class:`HeadConfig` (projector, RevIN and regression head), :class:`SEAttentionConfig`
 (:mod:`~st_instruct.models.se_attention`), :class:`MemoryConfig` (:mod:`~st_instruct.models.mrffn`),
 :class:`FusionConfig` (:mod:`~st_instruct.models.fusion`), :class:`GraphConfig`
-(:mod:`~st_instruct.models.graph_encoders`) and :class:`FreezeConfig` (:mod:`~st_instruct.training.freeze`).
+(:mod:`~st_instruct.models.graph_encoders`), :class:`PromptConfig` (:mod:`~st_instruct.models.memory_prompts`)
+and :class:`FreezeConfig` (:mod:`~st_instruct.training.freeze`).
 A saved forecaster's ``st_forecaster_config.json`` is the data's shapes plus these objects
 (:class:`~st_instruct.models.forecaster.STForecasterConfig`).
 
@@ -196,6 +197,28 @@ class GraphConfig:
 
 
 @dataclass
+class PromptConfig:
+    """UniST's memory prompts (Yuan et al., KDD 2024): spatial and temporal memory pools queried by the window's
+    four priors (:mod:`~st_instruct.models.memory_prompts`; the batch carries the priors,
+    :class:`~st_instruct.data.prompt_context.WindowPriors`)."""
+
+    unist_prompts: bool = field(default=False, metadata={
+        "help": "add UniST's memory prompt to each ST token: spatial closeness (neighbour mean), spatial hierarchy "
+                "(the mean over a wider neighbourhood), temporal closeness (the latest steps) and temporal period "
+                "(the forecast steps' values one day and one week earlier: the model reads a week of history)"})
+    unist_spatial_slots: int = field(default=512, metadata={"help": "slots of the spatial memory pool"})
+    unist_temporal_slots: int = field(default=512, metadata={"help": "slots of the temporal memory pool"})
+    unist_prompt_dim: int = field(default=64, metadata={"help": "width of the memory slots and their queries"})
+    unist_closeness_steps: int = field(default=3, metadata={
+        "help": "temporal closeness: the latest steps of the history that query the temporal memory"})
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        for key in ("unist_spatial_slots", "unist_temporal_slots", "unist_prompt_dim", "unist_closeness_steps"):
+            check_size(key, getattr(self, key))
+
+
+@dataclass
 class FreezeConfig:
     """Which backbone parameters train (:func:`~st_instruct.training.freeze.apply_freeze_plan`)."""
 
@@ -229,12 +252,13 @@ class FreezeConfig:
             raise RecipeError("freeze_plan 'full' trains every embedding row already; drop train_st_token_embeddings")
 
 
-CONCERNS = (STEncoderConfig, HeadConfig, SEAttentionConfig, MemoryConfig, FusionConfig, GraphConfig, FreezeConfig)
+CONCERNS = (STEncoderConfig, HeadConfig, SEAttentionConfig, MemoryConfig, FusionConfig, GraphConfig, PromptConfig,
+            FreezeConfig)
 
 
 # the bases in reverse: a dataclass lists the fields of its last base first, so they come in the order of CONCERNS
 @dataclass
-class ModelConfig(FreezeConfig, GraphConfig, FusionConfig, MemoryConfig, SEAttentionConfig, HeadConfig,
+class ModelConfig(FreezeConfig, PromptConfig, GraphConfig, FusionConfig, MemoryConfig, SEAttentionConfig, HeadConfig,
                   STEncoderConfig):
     """The forecaster: every concern above (inherited: one flat recipe), plus the backbone, the learning rates, the
     loss weights, the pretrained encoder to start from and the control.

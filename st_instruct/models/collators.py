@@ -10,6 +10,7 @@ from typing import Any
 
 from st_instruct.configs import RecipeError
 from st_instruct.data.air_graphs import build_window_graphs
+from st_instruct.data.prompt_context import build_window_priors
 from st_instruct.models.backbones import get_processor
 from st_instruct.models.patching import image_size_of, is_vision_language
 from st_instruct.models.vlm import check_image_size
@@ -24,27 +25,32 @@ def build_collator(data_config: Any, model: Any, tokenizer: Any, model_name_or_p
     images ``data_config.image_kind`` asks for, or none) when the forecaster's backbone is a vision-language model,
     else :class:`~st_instruct.samples.collator.STDataCollator` (a text backbone, or none: the no-LLM control of a
     VLM recipe reads the ST arrays only). ``model_name_or_path`` names the backbone whose processor is used. A
-    forecaster with AirGPT's graph encoder (``st_config.graph``) gets its station graphs added to every batch.
-    ``forecast_inputs`` (:class:`st_instruct.inference.ForecastInputs`): graphs and images come from a forecast's
-    own data and windows instead of the recipe's datasets."""
+    forecaster with AirGPT's graph encoder (``st_config.graph``) gets its station graphs added to every batch, one
+    with UniST's memory prompts (``st_config.prompt``) the priors they are queried with.
+    ``forecast_inputs`` (:class:`st_instruct.inference.ForecastInputs`): graphs, priors and images come from a
+    forecast's own data and windows instead of the recipe's datasets."""
     config = model.st_config
+    own = forecast_inputs
+    window_inputs = []
     graphs = build_window_graphs(data_config, config.graph.st_graph, config.graph.st_graph_sigma0_km,
-                                 config.graph.st_graph_alpha_km,
-                                 series=None if forecast_inputs is None else [forecast_inputs.full_data])
+                                 config.graph.st_graph_alpha_km, series=None if own is None else [own.full_data])
+    if graphs is not None:
+        window_inputs.append(graphs)
+    if config.prompt.unist_prompts:
+        window_inputs.append(build_window_priors(data_config, series=None if own is None else [own.model_data]))
     if model.backbone is None:
-        return STDataCollator(tokenizer, broadcast_channels=broadcast_channels, graphs=graphs)
+        return STDataCollator(tokenizer, broadcast_channels=broadcast_channels, window_inputs=window_inputs)
     if not is_vision_language(model.backbone):
         if data_config.image_kind != "none":
             raise RecipeError(f"image_kind: {data_config.image_kind} gives every window an image, but the backbone "
                               f"{model_name_or_path!r} is a text-only model; use a vision-language backbone (e.g. "
                               "smollm2-135m-vlm) or image_kind: none")
-        return STDataCollator(tokenizer, broadcast_channels=broadcast_channels, graphs=graphs)
+        return STDataCollator(tokenizer, broadcast_channels=broadcast_channels, window_inputs=window_inputs)
     images = None
     if data_config.image_kind != "none":
         size = data_config.image_size or image_size_of(model.backbone) or 224
         check_image_size(model.backbone, size, model_name_or_path)
-        own = forecast_inputs
         images = build_window_images(data_config, data_config.image_kind, size, data_config.image_panels,
                                      data_config.image_channel, windows=None if own is None else [own.windows],
                                      value_ranges=None if own is None else own.image_value_ranges)
-    return STVisionCollator(get_processor(model_name_or_path, tokenizer), images, broadcast_channels, graphs)
+    return STVisionCollator(get_processor(model_name_or_path, tokenizer), images, broadcast_channels, window_inputs)

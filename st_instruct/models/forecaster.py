@@ -57,6 +57,7 @@ from st_instruct.configs import (
     GraphConfig,
     HeadConfig,
     MemoryConfig,
+    PromptConfig,
     SEAttentionConfig,
     STEncoderConfig,
     check_size,
@@ -65,6 +66,7 @@ from st_instruct.configs import (
 from st_instruct.model_dir import COPY_AGAIN, ST_CONFIG_FILE, ST_MODULES_FILE, read_json_file
 from st_instruct.models.fusion import STFusion, fusion_context
 from st_instruct.models.graph_encoders import GatedGraphEncoder
+from st_instruct.models.memory_prompts import PRIOR_KEYS, UniSTPrompt
 from st_instruct.models.mrffn import memory_layers, memory_modules, wrap_mlps
 from st_instruct.models.patching import (
     VISION_INPUTS,
@@ -89,8 +91,8 @@ from st_instruct.models.st_encoders import EncoderSpec, RevIN, STProjector, buil
 
 # the ST modules held by the forecaster itself; optional ones are None when the config switches them off. MRFFN
 # memories live inside the backbone's decoder layers and are listed by st_modules() as "st_memory.layers.<i>".
-ST_MODULE_NAMES = ("st_encoder", "st_graph", "st_projector", "regression_head", "st_revin", "st_node_table",
-                   "st_spatial", "st_fusion")
+ST_MODULE_NAMES = ("st_encoder", "st_graph", "st_prompt", "st_projector", "regression_head", "st_revin",
+                   "st_node_table", "st_spatial", "st_fusion")
 # a VLM backbone's vision parts, listed among the ST modules (saved with them; trained or frozen per recipe); a
 # projector inside the tower (Qwen2-VL's patch merger) is saved as part of the tower
 VISION_MODULE_NAMES = ("st_vision_tower", "st_vision_projector")
@@ -98,7 +100,8 @@ VISION_MODULE_NAMES = ("st_vision_tower", "st_vision_projector")
 
 # the model's concerns a saved forecaster holds, by the name they have in st_forecaster_config.json
 PARTS: dict[str, type] = {"encoder": STEncoderConfig, "head": HeadConfig, "se": SEAttentionConfig,
-                          "memory": MemoryConfig, "fusion": FusionConfig, "graph": GraphConfig}
+                          "memory": MemoryConfig, "fusion": FusionConfig, "graph": GraphConfig,
+                          "prompt": PromptConfig}
 # st_forecaster_config.json before its concerns were the recipe's objects (one flat object): its keys -> (part, key)
 LEGACY_KEYS: dict[str, tuple[str, str]] = {
     "encoder": ("encoder", "st_encoder"), "encoder_dim": ("encoder", "st_encoder_dim"),
@@ -133,7 +136,8 @@ class STForecasterConfig:
     (the projector into the backbone, the regression head and its skip path, RevIN), ``se`` (ST-LINK's SE-Attention),
     ``memory`` (ST-LINK's MRFFN), ``fusion`` (ST-VLM's early fusion, vision-language backbones only) and ``graph``
     (AirGPT's graph encoder; the batch carries the graphs, :class:`~st_instruct.data.air_graphs.WindowGraphs`, built
-    from the wind reach the config records, so a loaded model rebuilds the same graphs).
+    from the wind reach the config records, so a loaded model rebuilds the same graphs) and ``prompt`` (UniST's
+    memory prompts; the batch carries their priors, :class:`~st_instruct.data.prompt_context.WindowPriors`).
     """
 
     history: int
@@ -150,6 +154,7 @@ class STForecasterConfig:
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)
     graph: GraphConfig = field(default_factory=GraphConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
 
     def __post_init__(self) -> None:
         """The shapes' types and ranges (:data:`~st_instruct.configs.SIZE_BOUNDS`; the concerns check their own), so
@@ -300,11 +305,11 @@ class STForecaster(nn.Module):
     def __init__(self, backbone: nn.Module | None, config: STForecasterConfig, *, encoder: nn.Module,
                  projector: nn.Module, head: nn.Module, graph: nn.Module | None = None, revin: nn.Module | None = None,
                  node_table: nn.Module | None = None, spatial: nn.Module | None = None,
-                 fusion: nn.Module | None = None) -> None:
+                 fusion: nn.Module | None = None, prompt: nn.Module | None = None) -> None:
         """Hold the parts :func:`build_st_forecaster` built (or any that fit ``config``): ``encoder``, ``projector``,
         ``head`` and the optional ``graph`` encoder, ``revin``, learned ``node_table``, SE-Attention's ``spatial``
-        rotation (already applied to ``backbone``: :func:`~st_instruct.models.se_attention.apply_se_attention`) and
-        ``fusion``. Builds nothing and changes nothing of ``backbone``."""
+        rotation (already applied to ``backbone``: :func:`~st_instruct.models.se_attention.apply_se_attention`),
+        ``fusion`` and UniST's memory ``prompt``. Builds nothing and changes nothing of ``backbone``."""
         super().__init__()
         self.backbone = backbone
         self.st_config = config  # not `config`: HF trainers read model.config as a transformers config
@@ -312,7 +317,7 @@ class STForecaster(nn.Module):
             self._plain_config = PretrainedConfig(hidden_size=config.hidden_size)  # what trainers read as model.config
         self.st_encoder, self.st_projector, self.regression_head = encoder, projector, head
         self.st_graph, self.st_revin, self.st_node_table = graph, revin, node_table
-        self.st_spatial, self.st_fusion = spatial, fusion
+        self.st_spatial, self.st_fusion, self.st_prompt = spatial, fusion, prompt
 
     def st_modules(self) -> dict[str, nn.Module]:
         """Every ST module that is on, by name: the forecaster's own (:data:`ST_MODULE_NAMES`), a VLM backbone's
@@ -400,16 +405,31 @@ class STForecaster(nn.Module):
                     steps_per_day: torch.Tensor | None, batch: dict[str, Any]
                     ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
         """``(coords [B, N, K], node tokens [B, N, 4 * encoder_dim], RevIN statistics or None)``: the encoder path
-        of :meth:`forward` (node coordinates or the learned table, RevIN, the ST encoder, the graph encoder), before
-        the projector. ``batch``: the other batch keys (``node_index``, the graphs)."""
+        of :meth:`forward` (node coordinates or the learned table, RevIN, the ST encoder, the graph encoder, UniST's
+        memory prompt), before the projector. ``batch``: the other batch keys (``node_index``, the graphs, the
+        priors)."""
         coords = self.node_coordinates(coords, node_mask, batch.get("node_index"))
-        stats = None
+        stats, encoded = None, history
         if self.st_revin is not None:
-            history, stats = self.st_revin.normalise(history, history_mask)
-        nodes = self.st_encoder(history, history_mask, history_tod, history_dow, coords, node_mask, steps_per_day)
+            encoded, stats = self.st_revin.normalise(history, history_mask)
+        nodes = self.st_encoder(encoded, history_mask, history_tod, history_dow, coords, node_mask, steps_per_day)
         if self.st_graph is not None:
             nodes = nodes + self.graph_tokens(nodes, node_mask, batch)
+        if self.st_prompt is not None:
+            nodes = nodes + self.prompt_tokens(history, node_mask, batch)  # the priors' scale: the sample's
         return coords, nodes, stats
+
+    def prompt_tokens(self, history: torch.Tensor, node_mask: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+        """UniST's memory prompt [B, N, F] of every node, added to its token (:mod:`~st_instruct.models.
+        memory_prompts`), from ``history`` and the batch's priors; zero on padded nodes."""
+        missing = [key for key in PRIOR_KEYS if batch.get(key) is None]
+        if missing:
+            raise ValueError(f"this forecaster's UniST memory prompts (unist_prompts: true) need the batch's "
+                             f"{', '.join(missing)}; batch with build_collator(...), which adds them "
+                             "(st_instruct.data.prompt_context.WindowPriors)")
+        device = history.device
+        out = self.st_prompt(history, *(batch[key].to(device) for key in PRIOR_KEYS))
+        return out * node_mask[..., None].to(out.dtype)
 
     def graph_tokens(self, nodes: torch.Tensor, node_mask: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
         """The graph encoder's [B, N, F] addition to the ST encoder's tokens ``nodes``, from the batch's
@@ -557,10 +577,13 @@ def build_st_forecaster(backbone: nn.Module | None, config: STForecasterConfig,
             raise ValueError("fusion joins the ST tokens with a vision-language model's image tokens; this backbone "
                              f"({name}) is not one: set st_fusion false or use a VLM backbone")
         fusion = STFusion(width, config.fusion.st_fusion_heads)
+    prompt = None
+    if config.prompt.unist_prompts:
+        prompt = UniSTPrompt(config.history, config.horizon, config.channels, encoder.out_dim, config.prompt)
     if backbone is not None:
         apply_memories(backbone, config.memory)
     model = STForecaster(backbone, config, encoder=encoder, projector=projector, head=head, graph=graph,
-                         revin=revin, node_table=node_table, spatial=spatial, fusion=fusion)
+                         revin=revin, node_table=node_table, spatial=spatial, fusion=fusion, prompt=prompt)
     for module in model.st_modules().values():
         module.to(device)
     return model

@@ -80,9 +80,10 @@ def _same_dataset(a: str, b: str) -> bool:
 def evaluation_config(trained: DataConfig, dataset: str, data_dir: str | None = None,
                       channels: Sequence[str] | None = None, start: str | None = None, end: str | None = None,
                       max_windows: int | None = None, spec: dict[str, Any] | None = None,
-                      zero_shot_scaling: str | None = None) -> tuple[DataConfig, str]:
-    """``(config, protocol)``: the trained recipe's data config pointed at ``dataset`` (all nodes; at most
-    ``max_windows`` windows per split, seeded as the builder samples them).
+                      zero_shot_scaling: str | None = None, max_nodes: int | None = None) -> tuple[DataConfig, str]:
+    """``(config, protocol)``: the trained recipe's data config pointed at ``dataset`` (at most ``max_windows``
+    windows per split and ``max_nodes`` nodes -- series, for a channel-independent model -- seeded as the builder
+    samples them; default all).
 
     ``zero_shot_scaling`` (``window`` / ``train``) sets ``scaling`` when ``dataset`` is not a training dataset;
     None keeps the recipe's. In-domain the recipe's scaling always applies.
@@ -104,10 +105,12 @@ def evaluation_config(trained: DataConfig, dataset: str, data_dir: str | None = 
     spec_fields = {f"dataset_{key}": spec[key] if key in spec else (
         getattr(trained, f"dataset_{key}") if in_domain else getattr(defaults, f"dataset_{key}"))
         for key in DATASET_SPEC_KEYS}
-    if max_windows is not None and max_windows < 1:
-        raise ValueError(f"--max-windows must be >= 1, found {max_windows}")
-    # window_sample: a count > 1, or a fraction; a tiny fraction keeps exactly one window
+    for flag, count in (("--max-windows", max_windows), ("--max-nodes", max_nodes)):
+        if count is not None and count < 1:
+            raise ValueError(f"{flag} must be >= 1, found {count}")
+    # the builder's samples: a count > 1, or a fraction; a tiny fraction keeps exactly one
     window_sample = None if max_windows is None else (float(max_windows) if max_windows > 1 else 1e-9)
+    node_sample = None if max_nodes is None else (float(max_nodes) if max_nodes > 1 else 1e-9)
     trained_channels = (entry.channels or trained.dataset_channels) if in_domain else None
     config = trained.for_one_dataset(
         dataset,
@@ -115,7 +118,7 @@ def evaluation_config(trained: DataConfig, dataset: str, data_dir: str | None = 
         dataset_channels=list(channels) if channels else trained_channels,
         dataset_start=start if start is not None else (trained.dataset_start if in_domain else None),
         dataset_end=end if end is not None else (trained.dataset_end if in_domain else None),
-        node_sample=None, window_sample=window_sample, streaming=False,
+        node_sample=node_sample, window_sample=window_sample, streaming=False,
         rationale_teacher="none",  # only training answers carry rationales; the scored splits never do
         scaling=zero_shot_scaling if zero_shot_scaling is not None and not in_domain else trained.scaling,
         **spec_fields)
@@ -196,13 +199,18 @@ def _generated_forecasts(model: Any, tokenizer: Any, collator: Any, samples: Any
 
 def evaluate_forecaster(model_dir: str | Path, dataset: str, data_dir: str | None = None,
                         channels: Sequence[str] | None = None, start: str | None = None, end: str | None = None,
-                        max_windows: int | None = None, batch_size: int = 16, split_name: str = "test",
+                        max_windows: int | None = None, max_nodes: int | None = None, batch_size: int = 16,
+                        split_name: str = "test",
                         models: Sequence[str] | None = None, progress: bool = True, seed: int = 0,
                         broadcast_channels: bool = False, spec: dict[str, Any] | None = None,
                         controls: Sequence[str | Path] = (), zero_shot_scaling: str = "window",
                         generate_rationales: bool = False, max_new_tokens: int = 384,
                         plot_models: Sequence[str] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """Score the forecaster in ``model_dir`` and the baselines ``models`` (default all) on the same windows.
+
+    ``max_windows`` / ``max_nodes``: score a seeded subset of the split's windows / of the nodes (series, for a
+    channel-independent model); every row is scored on exactly the covered (window, node) pairs, and the baselines
+    are still fitted on every node.
 
     ``controls``: folders of controls of the forecaster's recipe (:func:`read_control`; at most one of each kind),
     which predict exactly the forecaster's samples and are reported as ``st_forecaster_no_llm`` /
@@ -245,7 +253,7 @@ def evaluate_forecaster(model_dir: str | Path, dataset: str, data_dir: str | Non
     if generate_rationales:
         require_rationale_training(model_dir, trained, "--generate-rationales")
     config, protocol = evaluation_config(trained, dataset, data_dir, channels, start, end, max_windows, spec,
-                                         zero_shot_scaling)
+                                         zero_shot_scaling, max_nodes)
     kind = "zero-shot" if protocol.startswith("zero-shot") else "in-domain"
     few_shot = read_few_shot(model_dir)
     if few_shot is not None and few_shot["dataset"] == dataset:

@@ -10,13 +10,15 @@ sizes) but with its ST encoder trainable even where the recipe froze a pretraine
 whole forecaster adapts, the ST modules at the recipe's ``st_learning_rate``), its trained weights restored, and
 trained on with the recipe's optimiser settings for at most ``max_passes`` passes over the few-shot samples (or
 ``steps`` optimizer steps). The loss on the first ``validation_windows`` windows of the target's validation split
-is measured before training and after every pass; training stops after ``patience`` passes without a better one,
-and the weights of the best measurement are kept (:class:`KeepBestOnValidation`), so a fine-tune that only hurts
-keeps the source weights. Version 1 trained one pass with the encoder as the recipe left it, without validation.
-The output folder is a normal forecaster folder plus ``few_shot.json`` (source model,
-fraction, the number of train windows used); :func:`~st_instruct.protocols.evaluate.evaluate_forecaster`
-reads it, names the protocol and fits the baselines on the same few-shot windows. The z-score statistics of the
-target still come from its whole train split (as the windows are built), a mild advantage shared by every model.
+(at most ``validation_samples`` of their samples, a seeded subset: a node-level model has one sample per node and
+window) is measured before training and after every pass, or every fifth of the step budget when a pass is longer;
+training stops after ``patience`` measurements without a better one, and the weights of the best one are kept
+(:class:`KeepBestOnValidation`), so a fine-tune that only hurts keeps the source weights. Version 1 trained one
+pass with the encoder as the recipe left it, without validation. The output folder is a normal forecaster folder
+plus ``few_shot.json`` (source model, fraction, the number of train windows used);
+:func:`~st_instruct.protocols.evaluate.evaluate_forecaster` reads it, names the protocol and fits the baselines on
+the same few-shot windows. The z-score statistics of the target still come from its whole train split (as the
+windows are built), a mild advantage shared by every model.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import yaml
 from transformers import PrinterCallback, TrainerCallback
@@ -86,7 +89,7 @@ def few_shot_finetune(model_dir: str | Path, dataset: str, fraction: float, outp
                       end: str | None = None, steps: int | None = None, broadcast_channels: bool = False,
                       seed: int = 0, spec: dict[str, Any] | None = None, progress: bool = True,
                       overwrite: bool = False, max_passes: int = 10, patience: int = 2,
-                      validation_windows: int = 32) -> Path:
+                      validation_windows: int = 32, validation_samples: int = 256) -> Path:
     """Fine-tune the forecaster in ``model_dir`` on the first ``fraction`` of ``dataset``'s train windows and save
     it to ``output_dir`` (returned): at most ``max_passes`` passes over the few-shot samples (or ``steps`` optimizer
     steps), early-stopped with ``patience`` on the loss of the first ``validation_windows`` validation windows
@@ -103,9 +106,9 @@ def few_shot_finetune(model_dir: str | Path, dataset: str, fraction: float, outp
     few_shot_train_windows(1, fraction)  # checks the fraction
     if steps is not None and steps < 1:
         raise ValueError(f"--few-shot-steps must be >= 1, found {steps}")
-    if max_passes < 1 or patience < 1 or validation_windows < 1:
-        raise ValueError(f"max_passes, patience and validation_windows must be >= 1, found {max_passes}, {patience}, "
-                         f"{validation_windows}")
+    if min(max_passes, patience, validation_windows, validation_samples) < 1:
+        raise ValueError(f"max_passes, patience, validation_windows and validation_samples must be >= 1, found "
+                         f"{max_passes}, {patience}, {validation_windows}, {validation_samples}")
     output_dir = Path(output_dir)
     recipe_path = str(find_recipe(model_dir))
     template = trained_data_config(model_dir).template  # the checksum-verified file (refuses an unverified one)
@@ -137,15 +140,19 @@ def few_shot_finetune(model_dir: str | Path, dataset: str, fraction: float, outp
     checked = min(validation_windows, windows.num_windows("validation"))
     last_checked = int(windows.starts["validation"][checked - 1])
     validation = built["validation"].filter(lambda start: start <= last_checked, input_columns="window_start")
+    if len(validation) > validation_samples:
+        kept_samples = np.random.default_rng(seed).choice(len(validation), validation_samples, replace=False)
+        validation = validation.select(np.sort(kept_samples))
     per_step = sft_config.per_device_train_batch_size * sft_config.gradient_accumulation_steps
     pass_steps = max(1, math.ceil(len(train) / per_step))
     steps = steps or max_passes * pass_steps
+    eval_steps = min(pass_steps, max(1, math.ceil(steps / 5)))
     keeper = KeepBestOnValidation(patience)
     with staged_output(output_dir, overwrite=overwrite) as staging:
         # the recipe's optimiser settings, with this run's length, folder and seed (and no checkpoints or evaluation)
         _, _, sft_config = parse_recipe(train_dataclasses(), [
             recipe_path, "--template", template, "--output_dir", str(staging), "--max_steps", str(steps),
-            "--save_strategy", "no", "--eval_strategy", "steps", "--eval_steps", str(min(pass_steps, steps)),
+            "--save_strategy", "no", "--eval_strategy", "steps", "--eval_steps", str(eval_steps),
             "--seed", str(seed), "--disable_tqdm", str(not progress).lower()])
         trainer = build_trainer(model, target, model_config, sft_config, train, tokenizer, backbone_seed,
                                 broadcast_channels=trained_channels if broadcast_channels else None,
@@ -167,6 +174,7 @@ def few_shot_finetune(model_dir: str | Path, dataset: str, fraction: float, outp
                   "of_train_windows": windows.num_windows("train"), "train_samples": len(train),
                   "steps": sft_config.max_steps, "broadcast_channels": broadcast_channels,
                   "protocol_version": "few-shot/2", "encoder": "trained", "validation_windows": checked,
+                  "validation_samples": len(validation), "eval_steps": eval_steps,
                   "steps_run": trainer.state.global_step, "evaluations": keeper.evaluations,
                   "best_step": keeper.best_step}
         (staging / FEW_SHOT_FILE).write_text(json.dumps(record, indent=2) + "\n")

@@ -53,9 +53,10 @@ class STDataCollator:
       ``steps_per_day`` [B] long (lets the ST encoder read time of day alike across data frequencies).
       Padded nodes hold zeros.
 
-    ``graphs``: AirGPT's station graphs per sample (:class:`~st_instruct.data.air_graphs.WindowGraphs`), added as
-    ``static_graph`` / ``wind_graph`` [B, Nmax, Nmax] (they need the samples' ``dataset``, ``window_start`` and
-    ``node_index``).
+    ``window_inputs``: what is made per batch from the samples' ``dataset``, ``window_start`` and ``node_index``
+    rather than stored in their rows, each with ``batch(samples, Nmax) -> {key: array}``: AirGPT's station graphs
+    (:class:`~st_instruct.data.air_graphs.WindowGraphs`: ``static_graph`` / ``wind_graph`` [B, Nmax, Nmax]) and
+    UniST's priors (:class:`~st_instruct.data.prompt_context.WindowPriors`: ``prompt_*``).
 
     With the HF ``Trainer`` set ``remove_unused_columns=False``, or the ST columns never reach the collator.
 
@@ -66,13 +67,13 @@ class STDataCollator:
     """
 
     def __init__(self, tokenizer: Any, pad_to_multiple_of: int | None = None,
-                 broadcast_channels: int | None = None, graphs: Any = None) -> None:
+                 broadcast_channels: int | None = None, window_inputs: Sequence[Any] = ()) -> None:
         self.pad_token_id = padding_id(tokenizer)
         self.pad_to_multiple_of = pad_to_multiple_of
         if broadcast_channels is not None and broadcast_channels < 1:
             raise ValueError(f"broadcast_channels must be >= 1, found {broadcast_channels}")
         self.broadcast_channels = broadcast_channels
-        self.graphs = graphs
+        self.window_inputs = tuple(window_inputs)
 
     def __call__(self, samples: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
         if not samples:
@@ -93,18 +94,18 @@ class STDataCollator:
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
         batch.update(collate_st_arrays(samples, [s["his_positions"] for s in samples],
                                        [s["pre_positions"] for s in samples], self.broadcast_channels,
-                                       self.graphs))
+                                       self.window_inputs))
         return batch
 
 
 def collate_st_arrays(samples: Sequence[dict[str, Any]], his_positions: Sequence[Sequence[int]],
                       pre_positions: Sequence[Sequence[int]],
-                      broadcast_channels: int | None = None, graphs: Any = None) -> dict[str, torch.Tensor]:
+                      broadcast_channels: int | None = None, window_inputs: Sequence[Any] = (),
+                      ) -> dict[str, torch.Tensor]:
     """The node-padded part of a batch (everything :class:`STDataCollator` returns but the token ids, attention
     mask and labels): ``his_positions`` / ``pre_positions`` / ``node_mask`` [B, Nmax] from the samples' positions
-    (into their token ids, however those were made) and the ST arrays the samples carry; with ``graphs``
-    (:class:`~st_instruct.data.air_graphs.WindowGraphs`) the stations' ``static_graph`` / ``wind_graph``
-    [B, Nmax, Nmax] of each sample's window."""
+    (into their token ids, however those were made) and the ST arrays the samples carry, and what each of
+    ``window_inputs`` makes for them (:class:`STDataCollator`)."""
     names = [sample.get("sample_id", f"#{b}") for b, sample in enumerate(samples)]
     nodes = [len(positions) for positions in his_positions]
     for b, positions in enumerate(pre_positions):
@@ -127,14 +128,15 @@ def collate_st_arrays(samples: Sequence[dict[str, Any]], his_positions: Sequence
             batch[key] = _stack(values, dtype, key, names)
         else:
             batch[key] = _pad_nodes(values, node_axis, most, dtype, names, key, nodes)
+    for made in window_inputs:  # before broadcasting: made from the samples' own channels
+        batch.update({key: torch.as_tensor(value) for key, value in made.batch(list(samples), most).items()})
     if broadcast_channels is not None:
         _broadcast_channels(batch, broadcast_channels)
-    if graphs is not None:
-        batch.update({key: torch.as_tensor(value) for key, value in graphs.batch(list(samples), most).items()})
     return batch
 
 
-CHANNEL_ARRAYS = ("history", "history_mask", "target", "target_mask", "scaler_mean", "scaler_std")
+CHANNEL_ARRAYS = ("history", "history_mask", "target", "target_mask", "scaler_mean", "scaler_std",
+                  "prompt_neighbours", "prompt_region", "prompt_period")
 
 
 def _broadcast_channels(batch: dict[str, torch.Tensor], channels: int) -> None:

@@ -55,15 +55,15 @@ class STVisionCollator:
         processor: the backbone's processor (:func:`~st_instruct.models.backbones.get_processor`) whose tokenizer
             holds the ST tokens; it pads on the right.
         images: the image of each sample, ``images(dataset, window_start)``; ``None`` for text-only batches.
-        broadcast_channels, graphs: as :class:`~st_instruct.samples.collator.STDataCollator`'s.
+        broadcast_channels, window_inputs: as :class:`~st_instruct.samples.collator.STDataCollator`'s.
 
     Returns the keys of ``STDataCollator`` plus the processor's image inputs.
     """
 
     def __init__(self, processor: Any, images: ImageSource | None, broadcast_channels: int | None = None,
-                 graphs: Any = None) -> None:
+                 window_inputs: Sequence[Any] = ()) -> None:
         self.processor, self.images, self.broadcast_channels = processor, images, broadcast_channels
-        self.graphs = graphs
+        self.window_inputs = tuple(window_inputs)
         tokenizer = processor.tokenizer
         tokenizer.padding_side = "right"
         self.ids = st_token_ids(tokenizer)
@@ -112,5 +112,5 @@ class STVisionCollator:
                                         "must write one history and one prediction slot per node")
         batch = {key: value for key, value in full.items() if key not in ("input_ids", "attention_mask")}
         batch.update(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
-        batch.update(collate_st_arrays(samples, his, pre, self.broadcast_channels, self.graphs))
+        batch.update(collate_st_arrays(samples, his, pre, self.broadcast_channels, self.window_inputs))
         return batch

@@ -47,7 +47,7 @@ def test_window_graphs_pick_the_samples_stations_and_history_mean():
 def test_graph_encoder_reads_the_batch_graphs_and_says_when_they_are_missing(st_tok):
     model = build_tiny_forecaster(st_tok, coord_dim=4, st_graph="static_wind")
     samples = [rationale_sample(st_tok, i, 3, "Reason.") for i in range(2)]
-    batch = STDataCollator(st_tok, graphs=window_graphs())(samples)
+    batch = STDataCollator(st_tok, window_inputs=[window_graphs()])(samples)
     first = model.predict(batch)
     other = dict(batch, wind_graph=torch.rand_like(batch["wind_graph"]))
     assert not torch.allclose(first, model.predict(other))  # the wind graph reaches the forecast
@@ -64,7 +64,7 @@ def test_forced_teacher_rationale_equals_the_teacher_forced_pass(st_tok, options
     model = build_tiny_forecaster(st_tok, coord_dim=4, **options)
     samples = [rationale_sample(st_tok, i, nodes, text)
                for i, (nodes, text) in enumerate(zip((3, 2), RATIONALES, strict=True))]
-    batch = STDataCollator(st_tok, graphs=window_graphs())(samples)
+    batch = STDataCollator(st_tok, window_inputs=[window_graphs()])(samples)
     texts, predictions = generate_forecast(model, st_tok, batch, rationales=RATIONALES)
     assert texts == RATIONALES
     assert torch.equal(predictions, model.predict(batch))
