@@ -49,8 +49,9 @@ PRETRAIN_RECIPE = "recipes/universal_pretrain.yaml"
 # the forecaster with UniST's memory prompts, and the same model without them (the ablation)
 VARIANTS = {"unist": "recipes/unist_sft.yaml", "universal": "recipes/universal_sft.yaml"}
 TARGETS = ("nyc-bike", "nyc-taxi", "los-loop", "beijing-air:PM2.5")
+# seasonal_naive_*: the values one day / one week earlier, which the UniST prompts' period prior reads too
 REFERENCES = ["window_last_value", "window_mean", "window_linear_trend", "global_ridge", "historical_average",
-              "last_value", "ridge", "stid"]
+              "last_value", "seasonal_naive_day", "seasonal_naive_week", "ridge", "stid"]
 FEW_SHOT_REFERENCES = ["window_last_value", "historical_average", "stid"]
 FORECASTER_ROWS = ("st_forecaster", "st_forecaster_no_llm")
 
@@ -163,8 +164,9 @@ def main() -> int:
     for target in args.targets:
         folder = out / target.replace(":", "-")
         folder.mkdir(parents=True, exist_ok=True)
-        record = {"stages": {}, "evaluations": {}}
         old = bench["targets"].get(target, {})
+        # the other variants' and seeds' figures of earlier runs stay in the JSON
+        record = {"stages": dict(old.get("stages", {})), "evaluations": dict(old.get("evaluations", {}))}
         stages = target_stages(target, args.variants, args.seeds, folder, cli, args.pretrain_steps, args.sft_steps)
         target_path = folder / "stages.json"
         if not run_training_stages(stages, args.reuse, old.get("stages", {}), folder, record["stages"], target_path):

@@ -120,3 +120,20 @@ def test_unist_prompts_train_forecast_and_evaluate_a_subset_of_series(unist):
     assert scored.sum(axis=(1, 2)).max() == 5 and report["windows"]["test"] == 3
     assert np.isfinite(report["results"]["st_forecaster"]["MAE"])
     assert report["results"]["historical_average"]["MAE"] != report["results"]["window_mean"]["MAE"]
+
+
+def test_unists_grid_encoder_trains_on_a_grid_and_needs_grid_coordinates(tmp_path_factory, tiny_backbone_dir):
+    """``st_encoder: grid_patch`` (UniST's 3-D patches) on the 8 x 8 synthetic grid, every cell of a window in one
+    prompt (with a seeded subset of 40 cells: placed by their (row, col)); evaluated on its test windows."""
+    grid = ("--dataset_names", "synthetic-grid", "--st_encoder", "grid_patch", "--coordinates", "grid",
+            "--granularity", "graph", "--template", "forecast_graph_compact", "--node_sample", "40",
+            "--st_encoder_patch_space", "3")
+    model_dir = train_smoke(tmp_path_factory, tiny_backbone_dir, *grid, steps=2)
+    forecaster = load_forecaster(model_dir)
+    assert type(forecaster.model.st_encoder).__name__ == "GridPatchEncoder"
+    assert forecaster.model.st_encoder.patch_space == 3
+    report, _ = evaluate_forecaster(model_dir, "synthetic-grid", max_windows=2, models=["window_mean"],
+                                    progress=False)
+    assert np.isfinite(report["results"]["st_forecaster"]["MAE"])
+    with pytest.raises(RecipeError, match="grid_patch places each node on its grid .* needs coordinates: grid"):
+        train_smoke(tmp_path_factory, tiny_backbone_dir, *grid[:4], "--coordinates", "laplacian", steps=1)

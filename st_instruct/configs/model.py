@@ -28,7 +28,7 @@ from st_instruct.configs.checks import RecipeError, check_choice, check_fields, 
 # mirrored from st_instruct.training.freeze.FREEZE_PLANS and st_instruct.models.st_encoders.ENCODERS (a test checks
 # they agree) so reading a recipe imports neither torch-heavy module
 FREEZE_PLAN_NAMES = ("frozen", "lora", "pfa", "full", "qlora")
-ST_ENCODER_NAMES = ("patch", "tcn")
+ST_ENCODER_NAMES = ("patch", "tcn", "grid_patch")
 CONTROLS = ("none", "no_llm", "random_llm")
 HEAD_SKIP_INITS = ("closed", "readout")
 MRFFN_INITS = ("kmeans", "random")
@@ -51,12 +51,18 @@ class STEncoderConfig:
     (UrbanGPT, ST-LLM, STID). What a pretrained encoder is checked against (:mod:`st_instruct.pretraining`)."""
 
     st_encoder: str = field(default="patch", metadata={
-        "help": "ST encoder: patch (ST-LLM linear patch embedding) | tcn (UrbanGPT gated dilated convolutions)"})
+        "help": "ST encoder: patch (ST-LLM linear patch embedding) | tcn (UrbanGPT gated dilated convolutions) | "
+                "grid_patch (UniST 3-D patches of a grid; coordinates: grid)"})
     st_encoder_dim: int = field(default=64, metadata={
         "help": "width of each of the encoder's four parts (its output is 4x this)"})
     st_encoder_steps_per_day: int = field(default=288, metadata={
         "help": "rows of the encoder's time-of-day table (288 = 5-minute resolution; coarser data is mapped onto "
                 "it)"})
+    st_encoder_patch_time: int = field(default=2, metadata={
+        "help": "grid_patch encoder: steps per 3-D patch (UniST's t; the history is padded at its start to a "
+                "multiple)"})
+    st_encoder_patch_space: int = field(default=2, metadata={
+        "help": "grid_patch encoder: rows and columns per 3-D patch (UniST's p; the grid is padded to a multiple)"})
     st_encoder_tcn_layers: int = field(default=3, metadata={
         "help": "tcn encoder: gated dilated convolution layers (dilations 1, 2, 4, ...)"})
     st_encoder_tcn_kernel_size: int = field(default=2, metadata={"help": "tcn encoder: temporal kernel size"})
@@ -70,7 +76,8 @@ class STEncoderConfig:
         check_fields(self)
         check_choice("st_encoder", self.st_encoder, ST_ENCODER_NAMES)
         for key in ("st_encoder_dim", "st_encoder_steps_per_day", "st_encoder_tcn_layers",
-                    "st_encoder_tcn_kernel_size", "st_encoder_mlp_layers"):
+                    "st_encoder_tcn_kernel_size", "st_encoder_mlp_layers", "st_encoder_patch_time",
+                    "st_encoder_patch_space"):
             check_size(key, getattr(self, key))
         if not 0 <= self.st_encoder_mlp_dropout < 1:
             raise RecipeError(f"st_encoder_mlp_dropout must be in [0, 1), found {self.st_encoder_mlp_dropout}")

@@ -47,11 +47,15 @@ def check_training_arguments(args: Any) -> None:
 def check_recipe_consistency(data_config: DataConfig, model_config: ModelConfig) -> None:
     """Refuse settings of the data and the model that are each valid but do not work together (a
     :class:`RecipeError`): SE-Attention rotates by a node's coordinates centred per sample, and a node-granularity
-    prompt holds one node, whose centred coordinates are 0: the rotation would silently do nothing."""
+    prompt holds one node, whose centred coordinates are 0: the rotation would silently do nothing; UniST's grid
+    encoder places nodes on their grid by their grid coordinates."""
     if model_config.se_attention and data_config.granularity == "node":
         raise RecipeError("se_attention: true does nothing with granularity: node (a prompt of one node, whose "
                           "coordinates centred per sample are 0, is rotated by a zero angle); use granularity: graph "
                           "(e.g. with template: forecast_graph) or se_attention: false")
+    if model_config.st_encoder == "grid_patch" and data_config.coordinates != "grid":
+        raise RecipeError(f"st_encoder: grid_patch places each node on its grid by its (row, col), so it needs "
+                          f"coordinates: grid, found coordinates: {data_config.coordinates}")
 
 
 def train_dataclasses() -> tuple[type, ...]:

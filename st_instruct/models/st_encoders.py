@@ -1,20 +1,22 @@
 """Spatio-temporal encoders that turn each node's history into one token for the LLM, and the projector to its width.
 
-Two encoders, each ending in the same time and space context (:class:`TimeSpaceEmbedding`):
+Three encoders, each ending in the same time and space context (:class:`TimeSpaceEmbedding`):
 
 - :class:`PatchEmbeddingEncoder` (ST-LLM: Liu et al., "Spatial-Temporal Large Language Model for Traffic
   Prediction", MDM 2024): one linear "patch" embedding of a node's whole history.
 - :class:`DilatedTCNEncoder` (UrbanGPT: Li et al., "UrbanGPT: Spatio-Temporal Large Language Models", KDD 2024):
   gated dilated temporal convolutions over a node's history.
+- :class:`GridPatchEncoder` (UniST: Yuan et al., KDD 2024): 3-D patches (time x rows x columns) of a grid, for
+  grid data (``coordinates: grid``).
 
-Either may end in STID's fusion (Shao et al., "Spatial-Temporal Identity", CIKM 2022): ``mlp_layers`` residual
+Each may end in STID's fusion (Shao et al., "Spatial-Temporal Identity", CIKM 2022): ``mlp_layers`` residual
 MLP blocks (:class:`ResidualMLP`) over the concatenated ``[history, time of day, day of week, space]`` vector, so
 that the encoder with a linear readout *is* STID (with coordinates in place of STID's node-id table). Without them
 the encoder is linear in the history plus additive embeddings, and a linear readout of it cannot model how the
 time of day changes a node's dynamics (issue 10: on the synthetic city, 30 epochs of forecast pretraining with 32
 Laplacian coordinates reach a test MAE of 35.4 without the blocks, 21.8 with 2 and 21.4 with 3).
 
-Both are node-count agnostic: nothing is indexed by node id. Where ST-LLM learns one embedding per node, the
+All are node-count agnostic: nothing is indexed by node id. Where ST-LLM learns one embedding per node, the
 spatial embedding here is a linear map of the node's coordinates (Laplacian eigenvectors, geo or grid position),
 so a model trained on 69 zones runs on 207 sensors. :class:`STProjector` maps encoder outputs to the backbone's
 hidden size; those vectors replace the word embeddings at the ``<st_his>`` positions.
@@ -33,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from st_instruct.configs import STEncoderConfig
@@ -204,6 +207,90 @@ class DilatedTCNEncoder(nn.Module):
         return fuse(self.fusion, tokens, context, node_mask)
 
 
+# ---------------------------------------------------------------------------------------------- UniST's grid encoder
+# UniST (Yuan et al., KDD 2024; tsinghua-fib-lab/UniST src/Embed.py) cuts [T, C, H, W] grid data into patches of
+# t steps x p x p cells (its Conv3d with kernel = stride = (t, p, p)) and embeds each as one token. patchify_3d and
+# unpatchify_3d are that cut and its inverse; a grid whose sides (or a history whose length) are not multiples of the
+# patch is padded -- time at the start, so the latest steps fill the last patch whole; rows and columns at the end --
+# and the padding is cropped off again, so the two invert each other on any size (tested on odd ones).
+
+
+def patchify_3d(x: torch.Tensor, time: int, space: int) -> torch.Tensor:
+    """``[B, C, T, H, W]`` -> ``[B, T', H', W', C * time * space * space]`` with ``T' = ceil(T / time)``, ``H' =
+    ceil(H / space)``, ``W' = ceil(W / space)``: zero padding at the start of time and the end of rows and columns."""
+    batch, channels, steps, height, width = x.shape
+    pad_t, pad_h, pad_w = -steps % time, -height % space, -width % space
+    x = F.pad(x, (0, pad_w, 0, pad_h, pad_t, 0))
+    nt, nh, nw = x.shape[2] // time, x.shape[3] // space, x.shape[4] // space
+    x = x.reshape(batch, channels, nt, time, nh, space, nw, space)
+    return x.permute(0, 2, 4, 6, 1, 3, 5, 7).reshape(batch, nt, nh, nw, channels * time * space * space)
+
+
+def unpatchify_3d(patches: torch.Tensor, channels: int, time: int, space: int,
+                  size: tuple[int, int, int]) -> torch.Tensor:
+    """The inverse of :func:`patchify_3d`: ``[B, T', H', W', C * time * space * space]`` -> ``[B, C, T, H, W]`` of
+    the original ``size = (T, H, W)``, the padding cropped."""
+    batch, nt, nh, nw, _ = patches.shape
+    steps, height, width = size
+    x = patches.reshape(batch, nt, nh, nw, channels, time, space, space).permute(0, 4, 1, 5, 2, 6, 3, 7)
+    x = x.reshape(batch, channels, nt * time, nh * space, nw * space)
+    return x[:, :, nt * time - steps:, :height, :width]
+
+
+class GridPatchEncoder(nn.Module):
+    """UniST's 3-D patch embedding as an ST encoder (``st_encoder: grid_patch``, with ``coordinates: grid``): one
+    token per node like the others.
+
+    The batch's cells are placed on their grid by their ``(row, col)`` coordinates ``coords`` [B, N, 2] (any subset
+    of a grid of any size; missing cells are zeros with mask 0); every 3-D patch of the values and the mask is
+    embedded (:func:`patchify_3d`), a patch's time slices are mixed into one vector, and each cell gets its patch's
+    vector plus a learned embedding of its place inside the patch -- then :class:`TimeSpaceEmbedding` and the fusion
+    blocks -> ``out_dim = 4 * dim``. The cells of one patch share what it saw of their neighbours (UniST's spatial
+    closeness, inside the encoder).
+    """
+
+    def __init__(self, history: int, channels: int, coord_dim: int, dim: int = 64, steps_per_day: int = 288,
+                 mlp_layers: int = 0, mlp_dropout: float = 0.0, patch_time: int = 2, patch_space: int = 2) -> None:
+        super().__init__()
+        if coord_dim != 2:
+            raise ValueError(f"st_encoder: grid_patch places nodes by their (row, col) grid coordinates, so it needs "
+                             f"coordinates: grid (coord_dim 2), found coord_dim={coord_dim}")
+        self.history, self.channels = history, channels
+        self.patch_time, self.patch_space = patch_time, patch_space
+        slices = -(-history // patch_time)
+        self.embed = nn.Linear(2 * channels * patch_time * patch_space ** 2, dim)
+        self.mix_time = nn.Linear(slices * dim, dim)
+        self.place = nn.Embedding(patch_space ** 2, dim)
+        self.context = TimeSpaceEmbedding(dim, coord_dim, steps_per_day)
+        self.out_dim = 4 * dim
+        self.fusion = fusion_blocks(self.out_dim, mlp_layers, mlp_dropout)
+
+    def forward(self, history: torch.Tensor, history_mask: torch.Tensor, history_tod: torch.Tensor,
+                history_dow: torch.Tensor, coords: torch.Tensor, node_mask: torch.Tensor,
+                steps_per_day: torch.Tensor | None = None) -> torch.Tensor:
+        _check_history(history, history_mask, self.history, self.channels)
+        batch, steps, nodes, _ = history.shape
+        cells = coords.round().long() * node_mask[..., None].long()  # padded nodes: cell (0, 0), zeroed below
+        if bool((cells < 0).any()):
+            raise ValueError("st_encoder: grid_patch reads coords as (row, col) grid cells, found negative ones; use "
+                             "coordinates: grid")
+        height, width = int(cells[..., 0].max()) + 1, int(cells[..., 1].max()) + 1
+        x = _masked_inputs(history.to(self.embed.weight.dtype), history_mask)  # [B, N, L, 2C]
+        x = x * node_mask[:, :, None, None].to(x.dtype)
+        flat = cells[..., 0] * width + cells[..., 1]  # [B, N]
+        canvas = x.new_zeros(batch, height * width, steps, x.shape[-1])
+        canvas = canvas.index_put((torch.arange(batch)[:, None].expand(-1, nodes), flat), x, accumulate=True)
+        grid = canvas.reshape(batch, height, width, steps, -1).permute(0, 4, 3, 1, 2)  # [B, 2C, L, H, W]
+        tokens = self.embed(patchify_3d(grid, self.patch_time, self.patch_space))  # [B, T', H', W', dim]
+        tokens = self.mix_time(tokens.permute(0, 2, 3, 1, 4).flatten(3))  # [B, H', W', dim]
+        rows, cols = cells[..., 0], cells[..., 1]
+        p = self.patch_space
+        per_node = tokens[torch.arange(batch)[:, None], rows // p, cols // p]  # [B, N, dim]
+        per_node = per_node + self.place((rows % p) * p + cols % p)
+        context = self.context(history_tod, history_dow, coords, nodes, steps_per_day)
+        return fuse(self.fusion, per_node, context, node_mask)
+
+
 class STProjector(nn.Module):
     """Map encoder outputs to the backbone's hidden size (UrbanGPT's linear ST->text projector; ``layers=2`` gives
     an MLP with a GELU, as LLaVA-style projectors use): [B, N, in_dim] -> [B, N, hidden_size]."""
@@ -221,7 +308,8 @@ class STProjector(nn.Module):
         return self.net(x)
 
 
-ENCODERS: dict[str, type[nn.Module]] = {"patch": PatchEmbeddingEncoder, "tcn": DilatedTCNEncoder}
+ENCODERS: dict[str, type[nn.Module]] = {"patch": PatchEmbeddingEncoder, "tcn": DilatedTCNEncoder,
+                                        "grid_patch": GridPatchEncoder}
 ENCODER_CONFIG_FILE = "encoder_config.json"
 # the legacy encoder_config.json (before the recipe's STEncoderConfig was what the encoder reads): its keys -> today's
 LEGACY_ENCODER_KEYS = {"kind": "st_encoder", "dim": "st_encoder_dim", "steps_per_day": "st_encoder_steps_per_day",
@@ -272,6 +360,8 @@ def build_st_encoder(spec: EncoderSpec) -> nn.Module:
                                 "mlp_dropout": config.st_encoder_mlp_dropout}
     if ENCODERS[config.st_encoder] is DilatedTCNEncoder:
         kwargs.update(layers=config.st_encoder_tcn_layers, kernel_size=config.st_encoder_tcn_kernel_size)
+    if ENCODERS[config.st_encoder] is GridPatchEncoder:
+        kwargs.update(patch_time=config.st_encoder_patch_time, patch_space=config.st_encoder_patch_space)
     return ENCODERS[config.st_encoder](spec.history, spec.channels, spec.coord_dim, **kwargs)
 
 

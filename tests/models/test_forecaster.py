@@ -178,7 +178,7 @@ def test_load_errors(st_tok, tmp_path):
     save_st_modules(other, tmp_path)
     with pytest.raises(ValueError, match="horizon: saved 6, model 12"):
         load_st_modules(model, tmp_path)
-    with pytest.raises(ValueError, match=r"encoder must be one of \['patch', 'tcn'\]"):
+    with pytest.raises(ValueError, match=r"encoder must be one of \['patch', 'tcn', 'grid_patch'\]"):
         STForecasterConfig(history=1, horizon=1, channels=1, coord_dim=0, his_token_id=1, pre_token_id=2,
                            encoder=STEncoderConfig(st_encoder="lstm"))
 

@@ -114,3 +114,56 @@ def test_fusion_blocks_are_stid_residual_mlps_and_none_add_no_parameters():
     plain.load_state_dict({k: v for k, v in fused.state_dict().items() if not k.startswith("fusion.")})
     x = inputs()
     torch.testing.assert_close(fused(**x), fused.fusion(plain(**x)))
+
+
+@pytest.mark.parametrize(("steps", "height", "width", "time", "space"),
+                         [(12, 5, 7, 2, 2), (11, 3, 5, 3, 2), (12, 9, 4, 4, 3), (1, 1, 1, 2, 2)])
+def test_3d_patching_inverts_on_odd_grid_sizes(steps, height, width, time, space):
+    """UniST's cut of [T, C, H, W] into t x p x p patches, padded where a side is not a multiple, and back."""
+    from st_instruct.models.st_encoders import patchify_3d, unpatchify_3d
+
+    x = torch.randn(2, 3, steps, height, width)
+    patches = patchify_3d(x, time, space)
+    assert patches.shape == (2, -(-steps // time), -(-height // space), -(-width // space), 3 * time * space**2)
+    assert torch.equal(unpatchify_3d(patches, 3, time, space, (steps, height, width)), x)
+    # one patch holds exactly its cells: the latest `time` steps of the top-left `space` x `space` block
+    first = patches[0, -1, 0, 0].reshape(3, time, space, space)
+    h, w = min(space, height), min(space, width)
+    assert torch.equal(first[:, -min(time, steps):, :h, :w], x[0, :, -min(time, steps):, :h, :w])
+
+
+def grid_inputs(height=5, width=7, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    rows, cols = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    cells = torch.stack([rows.flatten(), cols.flatten()], dim=-1).float()
+    nodes = height * width
+    return {"history": torch.randn(2, L, nodes, C, generator=g), "history_mask": torch.rand(2, L, nodes, C,
+                                                                                          generator=g) > 0.1,
+            "history_tod": torch.randint(0, 24, (2, L), generator=g), "history_dow": torch.randint(0, 7, (2, L)),
+            "coords": cells[None].expand(2, -1, -1).clone(), "node_mask": torch.ones(2, nodes, dtype=torch.bool)}
+
+
+def test_grid_patch_encoder_places_nodes_by_their_cell_not_their_order():
+    from st_instruct.models.st_encoders import GridPatchEncoder
+
+    torch.manual_seed(0)
+    encoder = GridPatchEncoder(L, C, 2, dim=8, patch_time=3, patch_space=2).eval()
+    batch = grid_inputs()
+    out = encoder(**batch)
+    assert out.shape == (2, 35, 32)
+    order = torch.randperm(35)
+    shuffled = dict(batch, history=batch["history"][:, :, order], history_mask=batch["history_mask"][:, :, order],
+                    coords=batch["coords"][:, order], node_mask=batch["node_mask"][:, order])
+    torch.testing.assert_close(encoder(**shuffled), out[:, order])
+    # a cell's token reads the other cells of its patch (rows 0-1, cols 0-1), not cells outside it
+    changed = dict(batch, history=batch["history"].clone())
+    changed["history"][:, :, 1] += 5.0  # cell (0, 1)
+    delta = (encoder(**changed) - out).abs().sum(dim=-1)[0]
+    assert delta[0] > 0 and delta[7] > 0 and delta[2] == 0 and delta[14] == 0  # (0,0), (1,0) moved; (0,2), (2,0) not
+    # a subset of the cells with padding: the padded node is zero and the others unchanged by it
+    subset = dict(batch, history=batch["history"][:, :, :20], history_mask=batch["history_mask"][:, :, :20],
+                  coords=batch["coords"][:, :20], node_mask=batch["node_mask"][:, :20].clone())
+    subset["node_mask"][:, -1] = False
+    assert not encoder(**subset)[:, -1].any()
+    with pytest.raises(ValueError, match="needs coordinates: grid"):
+        GridPatchEncoder(L, C, 4)
