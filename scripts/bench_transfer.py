@@ -95,7 +95,7 @@ def evaluation_commands(target: str, variants: list[str], seeds: list[int], frac
                 continue
             for fraction in fractions:
                 tuned = out / f"few-shot-{fraction:g}-{variant}-s{seed}"
-                json_path = tuned.with_suffix(".json")
+                json_path = out / f"{tuned.name}.json"  # not with_suffix: "0.05" holds a dot
                 cases[f"{variant} few-shot {fraction:g} s{seed}"] = (
                     [*cli, "evaluate", "--model", str(model), *data, "--controls", str(control), "--few-shot",
                      str(fraction), "--few-shot-steps", str(few_shot_steps), "--few-shot-output", str(tuned),

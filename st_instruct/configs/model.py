@@ -286,6 +286,9 @@ class ModelConfig(FreezeConfig, PromptConfig, GraphConfig, FusionConfig, MemoryC
         "help": "learning rate of the ST modules trained from scratch (encoder, projector, head, RevIN, node table, "
                 "SE rotation, MRFFN memories); the adapters / backbone keep learning_rate. null = learning_rate for "
                 "all. Both follow the same schedule"})
+    prompt_learning_rate: float | None = field(default=None, metadata={
+        "help": "learning rate of UniST's memory prompt (unist_prompts), which always starts from scratch, even "
+                "where the encoder is pretrained and trains slowly at st_learning_rate; null = st_learning_rate"})
     loss_reg_weight: float = field(default=1.0, metadata={"help": "lambda_reg: weight of the masked MAE"})
     loss_lm_weight: float = field(default=0.1, metadata={
         "help": "lambda_lm: weight of the LM loss on the answer text (0 skips the LM head)"})
@@ -309,9 +312,9 @@ class ModelConfig(FreezeConfig, PromptConfig, GraphConfig, FusionConfig, MemoryC
             raise RecipeError(f"loss weights must be >= 0 and not both 0, found loss_reg_weight "
                               f"{self.loss_reg_weight}, loss_lm_weight {self.loss_lm_weight}")
         check_choice("control", self.control, CONTROLS)
-        if self.st_learning_rate is not None and not self.st_learning_rate > 0:
-            raise RecipeError(f"st_learning_rate must be > 0 (or null for learning_rate), found "
-                              f"{self.st_learning_rate}")
+        for key in ("st_learning_rate", "prompt_learning_rate"):
+            if getattr(self, key) is not None and not getattr(self, key) > 0:
+                raise RecipeError(f"{key} must be > 0 (or null), found {getattr(self, key)}")
         if self.model_max_length is not None and self.model_max_length < 1:
             raise RecipeError(f"model_max_length must be >= 1 (or null for the tokenizer's), found "
                               f"{self.model_max_length}")

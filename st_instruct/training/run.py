@@ -223,7 +223,8 @@ def build_trainer(model: Any, data_config: DataConfig, model_config: ModelConfig
     return STSFTTrainer(model, sft_config, train_dataset, tokenizer, backbone_source(model_config, backbone_seed),
                         task=get_task(data_config.task), loss_reg_weight=model_config.loss_reg_weight,
                         loss_lm_weight=lm_weight,
-                        st_learning_rate=model_config.st_learning_rate, data_collator=collator, **extra)
+                        st_learning_rate=model_config.st_learning_rate, data_collator=collator,
+                        module_learning_rates={"st_prompt": model_config.prompt_learning_rate}, **extra)
 
 
 def resolve_resume(value: str | bool | None, output_dir: str | Path, announce: bool = True) -> str | None:

@@ -87,6 +87,8 @@ class STSFTTrainer(SFTTrainer):
         st_learning_rate: learning rate of the ST modules' parameters (:meth:`STForecaster.st_modules`: encoder,
             projector, head with its skip path, RevIN, node table, SE rotation, MRFFN memories); the others (adapters
             or backbone) keep ``args.learning_rate``. ``None``: ``args.learning_rate`` for all.
+        module_learning_rates: ST module name -> its own learning rate instead (UniST's memory prompt,
+            ``st_prompt``, trained from scratch beside a pretrained encoder).
 
     Logs ``loss_reg`` and ``loss_lm`` (unweighted, averaged over the logging interval) beside ``loss``.
     """
@@ -99,7 +101,7 @@ class STSFTTrainer(SFTTrainer):
                  loss_lm_weight: float = 0.1,
                  eval_dataset: Any = None, callbacks: list | None = None,
                  broadcast_channels: int | None = None, st_learning_rate: float | None = None,
-                 data_collator: Any = None) -> None:
+                 data_collator: Any = None, module_learning_rates: dict[str, float] | None = None) -> None:
         if args.packing or args.padding_free:
             raise ValueError("packing / padding_free concatenate samples, but each ST sample carries its own arrays "
                              "and token positions; set packing: false and padding_free: false")
@@ -117,6 +119,10 @@ class STSFTTrainer(SFTTrainer):
         if st_learning_rate is not None and not st_learning_rate > 0:
             raise ValueError(f"st_learning_rate must be > 0 (or None for learning_rate), found {st_learning_rate}")
         self.st_learning_rate = st_learning_rate
+        self.module_learning_rates = {name: lr for name, lr in (module_learning_rates or {}).items()
+                                      if lr is not None}
+        if any(not lr > 0 for lr in self.module_learning_rates.values()):
+            raise ValueError(f"module learning rates must be > 0, found {self.module_learning_rates}")
         collator = data_collator or STDataCollator(processing_class, broadcast_channels=broadcast_channels)
         super().__init__(model=model, args=args, data_collator=collator,
                          train_dataset=train_dataset, eval_dataset=eval_dataset, processing_class=processing_class,
@@ -129,19 +135,26 @@ class STSFTTrainer(SFTTrainer):
         """The stock optimizer (its weight-decay groups, optimizer class and arguments); with ``st_learning_rate``
         each of its groups split into the non-ST parameters (``learning_rate``) and the ST modules' parameters
         (``st_learning_rate``). Done before any step, so there is no optimizer state to move; the scheduler, built
-        afterwards, scales every group's own rate by the same factor. The split is deterministic, so a checkpoint's
+        afterwards, scales every group's own rate by the same factor. ``module_learning_rates`` split the ST
+        modules they name off again, at their own rates. The split is deterministic, so a checkpoint's
         optimizer state loads back into the same groups on resume."""
         fresh = self.optimizer is None
         optimizer = super().create_optimizer(model)
-        if self.st_learning_rate is None or not fresh:
+        if (self.st_learning_rate is None and not self.module_learning_rates) or not fresh:
             return optimizer
         opt_model = self.model if model is None else model
-        st = {id(p) for module in opt_model.st_modules().values() for p in module.parameters()}
+        modules = opt_model.st_modules()
+        rate_of: dict[int, float] = {}  # parameter id -> its rate; absent: the group's own (learning_rate)
+        for name, module in modules.items():
+            rate = self.module_learning_rates.get(name, self.st_learning_rate)
+            if rate is not None:
+                rate_of.update({id(p): rate for p in module.parameters()})
+        rates = sorted(set(rate_of.values()))
         groups = []
         for group in optimizer.param_groups:
-            groups.append({**group, "params": [p for p in group["params"] if id(p) not in st]})
-            groups.append({**group, "params": [p for p in group["params"] if id(p) in st],
-                           "lr": self.st_learning_rate})
+            groups.append({**group, "params": [p for p in group["params"] if id(p) not in rate_of]})
+            groups += [{**group, "params": [p for p in group["params"] if rate_of.get(id(p)) == rate], "lr": rate}
+                       for rate in rates]
         optimizer.param_groups = groups
         return optimizer
 

@@ -12,7 +12,7 @@ import yaml
 from transformers import TrainerCallback
 
 from st_instruct.cli import main
-from st_instruct.configs import parse_recipe, train_dataclasses
+from st_instruct.configs import RecipeError, parse_recipe, train_dataclasses
 from st_instruct.hub import check_model_dir
 from st_instruct.model_dir import BACKBONE_FILE
 from st_instruct.models.forecaster import regression_mask
@@ -46,8 +46,8 @@ def make_trainer(flags, output, *more, callbacks=None):
     model, tokenizer, dataset, _ = build_forecaster(data_config, model_config, args.seed)
     trainer = STSFTTrainer(model, args, dataset["train"], tokenizer, backbone_source(model_config),
                            get_task(data_config.task), model_config.loss_reg_weight, model_config.loss_lm_weight,
-                           callbacks=callbacks,
-                           st_learning_rate=model_config.st_learning_rate)
+                           callbacks=callbacks, st_learning_rate=model_config.st_learning_rate,
+                           module_learning_rates={"st_prompt": model_config.prompt_learning_rate})
     return trainer, dataset
 
 
@@ -192,6 +192,23 @@ def test_st_learning_rate_splits_the_optimizer_groups(plan, control, flags, tmp_
     one, _ = make_trainer(flags, tmp_path / "one", *common)  # None: today's single rate
     assert {group["lr"] for group in one.create_optimizer().param_groups} == {0.001}
     assert len(one.optimizer.param_groups) == 2
+
+
+def test_the_prompt_learning_rate_splits_unists_memory_prompt_off_the_st_modules(flags, tmp_path):
+    """UniST's memory prompt starts from scratch beside a pretrained encoder: prompt_learning_rate gives it its own
+    rate; every other ST module keeps st_learning_rate, the adapters learning_rate."""
+    trainer, _ = make_trainer(flags, tmp_path, "--learning_rate", "0.001", "--st_learning_rate", "0.02",
+                              "--unist_prompts", "true", "--unist_spatial_slots", "8", "--unist_temporal_slots", "8",
+                              "--prompt_learning_rate", "0.3")
+    model = trainer.model
+    prompt = {id(p) for p in model.st_prompt.parameters()}
+    st = {id(p) for module in model.st_modules().values() for p in module.parameters()}
+    placed = {id(p): group["lr"] for group in trainer.create_optimizer().param_groups for p in group["params"]}
+    assert prompt and all(placed[i] == 0.3 for i in prompt)
+    assert all(rate == (0.02 if i in st else 0.001) for i, rate in placed.items() if i not in prompt)
+    assert len(placed) == sum(p.requires_grad for p in model.parameters())
+    with pytest.raises(RecipeError, match="prompt_learning_rate must be > 0"):
+        recipe(flags, tmp_path, "--prompt_learning_rate", "0")
 
 
 def test_cli_train_writes_a_complete_model_directory(flags, tmp_path, capsys):
