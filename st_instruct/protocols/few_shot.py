@@ -28,6 +28,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import datasets
 import numpy as np
 import torch
 import yaml
@@ -43,6 +44,9 @@ from st_instruct.models.forecaster import STForecasterConfig
 from st_instruct.models.saving import load_forecaster_weights, read_backbone_source
 from st_instruct.outputs import check_writable, staged_output
 from st_instruct.protocols.evaluate import evaluation_config
+from st_instruct.samples.builder import build_split_table, plan_source
+from st_instruct.samples.prompts import load_template
+from st_instruct.samples.tokenize import tokenize_dataset
 from st_instruct.training.run import build_forecaster, build_trainer
 
 
@@ -121,25 +125,21 @@ def few_shot_finetune(model_dir: str | Path, dataset: str, fraction: float, outp
     # a random_llm control's backbone is redrawn from the seed it was drawn with (its saved BackboneSource)
     backbone_seed = source.random_init_seed
     build_seed = seed if backbone_seed is None else backbone_seed
-    model, tokenizer, built, _ = build_forecaster(target, model_config, build_seed,
-                                                  channels=trained_channels if broadcast_channels else None,
-                                                  load_pretrained=False)
+    windows = build_windows(_load(target), target.history, target.horizon, target.split, stride=target.stride)
+    kept = few_shot_train_windows(windows.num_windows("train"), fraction)
+    if windows.num_windows("validation") == 0:
+        raise ValueError(f"dataset {dataset!r} has no validation window to stop the few-shot fine-tuning on; use a "
+                         "recipe split with a validation part")
+    checked = min(validation_windows, windows.num_windows("validation"))
+    model, tokenizer, built, _ = build_forecaster(
+        target, model_config, build_seed, channels=trained_channels if broadcast_channels else None,
+        load_pretrained=False, make_samples=lambda tok: few_shot_samples(target, kept, checked, tok))
     if model.st_config.channels != trained_channels:
         raise ValueError(f"dataset {dataset!r} has {model.st_config.channels} channel(s) but the forecaster in "
                          f"{model_dir} was trained on {trained_channels}; pick matching --channels, or pass "
                          "--broadcast-channels for a one-channel dataset")
     load_forecaster_weights(model, model_dir)
-
-    windows = build_windows(_load(target), target.history, target.horizon, target.split, stride=target.stride)
-    kept = few_shot_train_windows(windows.num_windows("train"), fraction)
-    last_start = int(windows.starts["train"][kept - 1])
-    train = built["train"].filter(lambda start: start <= last_start, input_columns="window_start")
-    if windows.num_windows("validation") == 0:
-        raise ValueError(f"dataset {dataset!r} has no validation window to stop the few-shot fine-tuning on; use a "
-                         "recipe split with a validation part")
-    checked = min(validation_windows, windows.num_windows("validation"))
-    last_checked = int(windows.starts["validation"][checked - 1])
-    validation = built["validation"].filter(lambda start: start <= last_checked, input_columns="window_start")
+    train, validation = built["train"], built["validation"]
     if len(validation) > validation_samples:
         kept_samples = np.random.default_rng(seed).choice(len(validation), validation_samples, replace=False)
         validation = validation.select(np.sort(kept_samples))
@@ -180,6 +180,20 @@ def few_shot_finetune(model_dir: str | Path, dataset: str, fraction: float, outp
         (staging / FEW_SHOT_FILE).write_text(json.dumps(record, indent=2) + "\n")
         write_model_card(staging, recipe=recipe)  # reads few_shot.json: the source, its datasets and this one
     return output_dir
+
+
+def few_shot_samples(target: Any, train_windows: int, validation_windows: int, tokenizer: Any) -> Any:
+    """The tokenised samples of the first ``train_windows`` train and ``validation_windows`` validation windows of the
+    one-dataset config ``target`` (every node of each), built as :func:`~st_instruct.samples.builder.build_dataset`
+    builds them but only those windows: a node-level model has a sample per node and window, and the target's other
+    windows (millions of samples on a year of hourly data) are never read."""
+    plan = plan_source(_load(target), target)
+    plan.window_index = {"train": np.arange(train_windows), "validation": np.arange(validation_windows)}
+    template = load_template(target.template)
+    built = datasets.DatasetDict({split: datasets.Dataset(build_split_table([plan], split, template,
+                                                                            target.granularity))
+                                  for split in plan.window_index})
+    return tokenize_dataset(built, tokenizer, max_length=None)
 
 
 def _load(config: Any) -> Any:

@@ -13,7 +13,7 @@ import shutil
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +65,8 @@ OVERWRITE_FLAG = "--overwrite"  # of `st-instruct train` / `demo` and scripts/sf
 
 
 def build_forecaster(data_config: DataConfig, model_config: ModelConfig, seed: int,
-                     channels: int | None = None, load_pretrained: bool = True) -> tuple[Any, Any, Any, Any]:
+                     channels: int | None = None, load_pretrained: bool = True,
+                     make_samples: Callable[[Any], Any] | None = None) -> tuple[Any, Any, Any, Any]:
     """``(model, tokenizer, dataset, freeze report)``: the backbone with the ST tokens, the tokenised dataset, and
     an :class:`STForecaster` sized for it (``C``, ``K`` read from the data; ``channels`` overrides ``C`` for a model
     fed broadcast one-channel data) with the recipe's freeze plan applied.
@@ -85,7 +86,8 @@ def build_forecaster(data_config: DataConfig, model_config: ModelConfig, seed: i
     ``head_skip_init: readout`` starts the head as that folder's forecast readout
     (:func:`~st_instruct.pretraining.run.load_readout_into_skip`). ``load_pretrained=False`` skips both (the
     freeze still applies): for a caller that loads every weight from a trained folder next (few-shot), which then
-    does not need the pretrained folder to exist any more.
+    does not need the pretrained folder to exist any more. ``make_samples(tokenizer)``: the tokenised dataset,
+    instead of every window of ``build_dataset(data_config)`` (few-shot builds only the windows it reads).
     """
     check_recipe_consistency(data_config, model_config)
     name = model_config.model_name_or_path
@@ -102,7 +104,10 @@ def build_forecaster(data_config: DataConfig, model_config: ModelConfig, seed: i
     if model_config.model_max_length:
         tokenizer.model_max_length = model_config.model_max_length
     ids = add_st_tokens(tokenizer, backbone)
-    dataset = build_dataset(data_config, tokenizer, teacher=build_teacher(data_config.rationale_teacher))
+    if make_samples is not None:
+        dataset = make_samples(tokenizer)
+    else:
+        dataset = build_dataset(data_config, tokenizer, teacher=build_teacher(data_config.rationale_teacher))
     sample = next(iter(dataset["train"]))
     learned = data_config.coordinates == "learned"
     st_config = STForecasterConfig.of_recipe(
