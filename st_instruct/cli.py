@@ -612,9 +612,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--batch-size", type=int, default=16, help="samples per forward pass (default 16)")
     demo.add_argument("--output", default=None, help="folder for the evaluation (default <output_dir>/eval-synthetic)")
     demo.set_defaults(func=_cmd_demo, data_dir=None, channels=None, start=None, end=None, split_name="test",
-                      broadcast_channels=False, few_shot=None, few_shot_steps=None, few_shot_output=None,
-                      controls=None, zero_shot_scaling="window", generate_rationales=False, max_new_tokens=384,
-                      plot_models=None)
+                      max_nodes=None, broadcast_channels=False, few_shot=None, few_shot_steps=None,
+                      few_shot_output=None, controls=None, zero_shot_scaling="window", generate_rationales=False,
+                      max_new_tokens=384, plot_models=None)
     for sub in (baselines, demo):
         sub.add_argument("--models", nargs="+", default=None, help="subset of baselines (default: all)")
         sub.add_argument("--seed", type=int, default=0)
