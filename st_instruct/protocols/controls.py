@@ -49,9 +49,14 @@ def read_control(control_dir: str | Path, model_dir: str | Path) -> str:
                          f"{', '.join(CONTROL_KINDS)}; train a control with `st-instruct train RECIPE --control "
                          "no_llm` (or random_llm)")
     trained = load_recipe_file(find_recipe(model_dir), train_dataclasses())
-    keys = [f.name for config in (DataConfig, ModelConfig) for f in dataclasses.fields(config)] + list(BUDGET_KEYS)
-    differ = [f"{key}: control {control.get(key)!r}, forecaster {trained.get(key)!r}" for key in keys
-              if key not in UNSHARED_KEYS and control.get(key) != trained.get(key)]
+    # a key a recipe.yaml lacks was written before the key existed: it holds the key's default
+    defaults = {f.name: f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+                for config in (DataConfig, ModelConfig) for f in dataclasses.fields(config)}
+    keys = list(defaults) + list(BUDGET_KEYS)
+    pairs = {key: (control.get(key, defaults.get(key)), trained.get(key, defaults.get(key))) for key in keys
+             if key not in UNSHARED_KEYS}
+    differ = [f"{key}: control {ours!r}, forecaster {theirs!r}" for key, (ours, theirs) in pairs.items()
+              if ours != theirs]
     if differ:
         raise ValueError(f"--controls {control_dir} was not trained from the recipe of {model_dir} with only "
                          f"control changed ({'; '.join(differ)}); train the control from the same recipe and budget")

@@ -232,6 +232,16 @@ def test_controls_must_be_controls_of_the_same_recipe(trained, tmp_path, capsys)
     (other / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
     assert main([*base, str(other)]) == 2
     assert "max_steps: control 3, forecaster 2" in capsys.readouterr().err
+    # a recipe.yaml written before a key existed lacks it: the key's default, so an older forecaster keeps its control
+    recipe.update(max_steps=2)
+    del recipe["unist_prompts"]
+    (other / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
+    assert main([*base, str(other)]) == 0
+    capsys.readouterr()
+    recipe["unist_prompts"] = True
+    (other / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
+    assert main([*base, str(other)]) == 2
+    assert "unist_prompts: control True, forecaster False" in capsys.readouterr().err
 
 
 def test_no_llm_control_refuses_modules_that_live_in_the_backbone(pretrained_dir, tmp_path):
