@@ -105,6 +105,13 @@ def fusion_blocks(dim: int, layers: int, dropout: float) -> nn.Sequential:
     return nn.Sequential(*[ResidualMLP(dim, dropout) for _ in range(layers)])
 
 
+def encoder_tail(dim: int, coord_dim: int, steps_per_day: int, mlp_layers: int, mlp_dropout: float
+                 ) -> tuple[TimeSpaceEmbedding, int, nn.Sequential]:
+    """``(context, out_dim, fusion)`` every encoder ends in: its :class:`TimeSpaceEmbedding`, the width ``4 * dim``
+    of its output, and the fusion blocks over it (:func:`fuse`)."""
+    return TimeSpaceEmbedding(dim, coord_dim, steps_per_day), 4 * dim, fusion_blocks(4 * dim, mlp_layers, mlp_dropout)
+
+
 def fuse(fusion: nn.Module, tokens: torch.Tensor, context: torch.Tensor, node_mask: torch.Tensor) -> torch.Tensor:
     """The encoders' last step: ``[tokens, context]`` [B, N, 4 * dim] through the fusion blocks, zero on padded
     nodes."""
@@ -140,9 +147,7 @@ class PatchEmbeddingEncoder(nn.Module):
         super().__init__()
         self.history, self.channels = history, channels
         self.patch = nn.Linear(history * 2 * channels, dim)
-        self.context = TimeSpaceEmbedding(dim, coord_dim, steps_per_day)
-        self.out_dim = 4 * dim
-        self.fusion = fusion_blocks(self.out_dim, mlp_layers, mlp_dropout)
+        self.context, self.out_dim, self.fusion = encoder_tail(dim, coord_dim, steps_per_day, mlp_layers, mlp_dropout)
 
     def forward(self, history: torch.Tensor, history_mask: torch.Tensor, history_tod: torch.Tensor,
                 history_dow: torch.Tensor, coords: torch.Tensor, node_mask: torch.Tensor,
@@ -188,9 +193,7 @@ class DilatedTCNEncoder(nn.Module):
         self.lift = nn.Conv1d(2 * channels, dim, 1)
         self.blocks = nn.ModuleList(GatedDilatedBlock(dim, kernel_size, 2**i) for i in range(layers))
         self.readout = nn.Linear(history * dim, dim)
-        self.context = TimeSpaceEmbedding(dim, coord_dim, steps_per_day)
-        self.out_dim = 4 * dim
-        self.fusion = fusion_blocks(self.out_dim, mlp_layers, mlp_dropout)
+        self.context, self.out_dim, self.fusion = encoder_tail(dim, coord_dim, steps_per_day, mlp_layers, mlp_dropout)
 
     def forward(self, history: torch.Tensor, history_mask: torch.Tensor, history_tod: torch.Tensor,
                 history_dow: torch.Tensor, coords: torch.Tensor, node_mask: torch.Tensor,
@@ -261,9 +264,7 @@ class GridPatchEncoder(nn.Module):
         self.embed = nn.Linear(2 * channels * patch_time * patch_space ** 2, dim)
         self.mix_time = nn.Linear(slices * dim, dim)
         self.place = nn.Embedding(patch_space ** 2, dim)
-        self.context = TimeSpaceEmbedding(dim, coord_dim, steps_per_day)
-        self.out_dim = 4 * dim
-        self.fusion = fusion_blocks(self.out_dim, mlp_layers, mlp_dropout)
+        self.context, self.out_dim, self.fusion = encoder_tail(dim, coord_dim, steps_per_day, mlp_layers, mlp_dropout)
 
     def forward(self, history: torch.Tensor, history_mask: torch.Tensor, history_tod: torch.Tensor,
                 history_dow: torch.Tensor, coords: torch.Tensor, node_mask: torch.Tensor,
