@@ -262,6 +262,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     # every output checked before the slow work: the results JSON, the evaluation folder and -- unless a few-shot
     # run makes a new one -- the model folder, where the evaluation is recorded
     _check_json_output(args)
+    tta = None
+    if args.tta is not None:
+        from st_instruct.training.tta import TTASettings
+
+        tta = TTASettings(args.tta, args.tta_mode)
     if args.few_shot is None:
         if model_dir.is_dir():
             check_can_create(model_dir / EVALUATIONS_FILE)
@@ -318,7 +323,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
                                          broadcast_channels=args.broadcast_channels, spec=_spec_kwargs(args),
                                          controls=controls, zero_shot_scaling=args.zero_shot_scaling,
                                          generate_rationales=args.generate_rationales,
-                                         max_new_tokens=args.max_new_tokens, plot_models=args.plot_models)
+                                         max_new_tokens=args.max_new_tokens, plot_models=args.plot_models,
+                                         tta=tta)
     report["wall_seconds"] = round(time.perf_counter() - started, 2)
     report["split_name"] = args.split_name
     output = Path(args.output or model_dir / f"eval-{Path(args.dataset).stem}")  # model_dir: the few-shot one
@@ -400,7 +406,8 @@ def _cmd_recipes(args: argparse.Namespace) -> None:
 def _cmd_push(args: argparse.Namespace) -> None:
     from st_instruct.hub import push_to_hub
 
-    url = push_to_hub(args.directory, args.repo_id, token=args.token, private=args.private)
+    url = push_to_hub(args.directory, args.repo_id, token=args.token, private=args.private,
+                      base_repo=args.base_repo)
     print(f"pushed {args.directory} to {args.repo_id}: {url}")
 
 
@@ -523,6 +530,15 @@ def build_parser() -> argparse.ArgumentParser:
                           "(row st_forecaster_generated; the single pass without a rationale stays st_forecaster)")
     evaluate.add_argument("--max-new-tokens", type=int, default=384,
                           help="with --generate-rationales: at most this many rationale tokens per sample")
+    evaluate.add_argument("--tta", type=int, default=None, metavar="STEPS",
+                          help="also score the forecaster and its controls under test-time adaptation: STEPS "
+                          "optimiser steps per batch on the parameters the recipe's tta_parameters name (rows "
+                          "st_forecaster+tta-MODE beside the plain ones, same windows)")
+    evaluate.add_argument("--tta-mode", choices=("reset", "carry", "matured"), default="reset",
+                          help="with --tta: reset / carry (masked reconstruction of each batch's history, no label; "
+                          "the weights restored after each batch, or carried over the test sequence in time order) "
+                          "or matured (ST-TTC: supervised steps on earlier test samples whose labels have fully "
+                          "arrived by the batch's issue time); default reset")
     evaluate.add_argument("--json", default=None, help="also write the results JSON here")
     evaluate.add_argument("--output", default=None, help="folder for results.json, report.md and the figures "
                           "(default MODEL/eval-<dataset>)")
@@ -578,6 +594,9 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--repo-id", required=True, help="USER/NAME of the model repo (created if needed)")
     push.add_argument("--token", default=None, help="Hub token (default $HF_TOKEN or the saved login)")
     push.add_argument("--private", action="store_true", help="create the repo private")
+    push.add_argument("--base-repo", default=None, metavar="USER/NAME", help="an attribute adapter (freeze_plan "
+                      "prompt) of a local base forecaster: the Hub repo id the base was pushed to, which the pushed "
+                      "st_backbone.json names instead of the local folder")
     push.set_defaults(func=_cmd_push)
 
     baselines = verbs.add_parser("baselines", help="run every baseline on one dataset")
@@ -614,7 +633,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_cmd_demo, data_dir=None, channels=None, start=None, end=None, split_name="test",
                       max_nodes=None, broadcast_channels=False, few_shot=None, few_shot_steps=None,
                       few_shot_output=None, controls=None, zero_shot_scaling="window", generate_rationales=False,
-                      max_new_tokens=384, plot_models=None)
+                      max_new_tokens=384, plot_models=None, tta=None, tta_mode="reset")
     for sub in (baselines, demo):
         sub.add_argument("--models", nargs="+", default=None, help="subset of baselines (default: all)")
         sub.add_argument("--seed", type=int, default=0)

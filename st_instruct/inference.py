@@ -40,8 +40,6 @@ import datasets
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-from huggingface_hub import snapshot_download
-from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
 from st_instruct.console import datasets_progress_bars
 from st_instruct.data.files import infer_freq
@@ -60,8 +58,8 @@ from st_instruct.evaluation.predict import scatter_predictions
 from st_instruct.model_dir import trained_data_config
 from st_instruct.models.collators import build_collator
 from st_instruct.models.rationale import generate_forecast
+from st_instruct.models.saving import download_model, read_backbone_source
 from st_instruct.models.saving import load_forecaster as load_saved
-from st_instruct.models.saving import read_backbone_source
 from st_instruct.outputs import check_output_file, staged_file
 from st_instruct.protocols.evaluate import require_rationale_training
 from st_instruct.samples.builder import plan_source, record_batch, sample_columns, sample_features
@@ -459,6 +457,9 @@ def _complete(data: STData, profile: dict[str, Any] | None) -> STData:
             changes["channels"] = list(profile["channels"])
         if not any(data.units):
             changes["units"] = list(profile["units"])
+    if not data.sensors and profile.get("sensors"):  # keyed by channel name: only the channels the input has
+        channels = changes.get("channels", data.channels)
+        changes["sensors"] = {k: v for k, v in profile["sensors"].items() if k in channels}
     if data.node_names is None and profile["node_names"] is not None:
         changes["node_names"] = list(profile["node_names"])
     if data.node_descriptions is None and profile["node_descriptions"] is not None:
@@ -504,19 +505,8 @@ def load_forecaster(source: str | Path, *, revision: str | None = None, token: s
         raise FileNotFoundError(f"{directory} is a symbolic link to {os.readlink(directory)}, which does not exist or "
                                 "leads back to itself (a loop); point it at a trained forecaster folder")
     if not directory.exists():
-        directory = _download(str(source), revision, token, cache_dir)
-    model, tokenizer = load_saved(directory)
+        directory = download_model(str(source), revision, token, cache_dir)
+    model, tokenizer = load_saved(directory, token=token, cache_dir=cache_dir)  # an attribute adapter's base too
     return Forecaster(directory, model, tokenizer, trained_data_config(directory),
                       read_backbone_source(directory)[0].model_name_or_path)
 
-
-def _download(repo_id: str, revision: str | None, token: str | None, cache_dir: str | Path | None) -> Path:
-    if repo_id.count("/") != 1 or repo_id.startswith((".", "/", "~")):
-        raise FileNotFoundError(f"{repo_id}: no such folder, and not a Hub repo id (USER/NAME)")
-    try:
-        return Path(snapshot_download(repo_id, revision=revision, token=token, cache_dir=cache_dir))
-    except LocalEntryNotFoundError as err:
-        raise FileNotFoundError(f"{repo_id}: no such folder, and the Hub repo is not in the local cache while the "
-                                f"Hub cannot be reached or HF_HUB_OFFLINE is set ({err})") from err
-    except HfHubHTTPError as err:
-        raise FileNotFoundError(f"{repo_id}: no such folder, and the Hub refused it ({err})") from err

@@ -62,6 +62,14 @@ LOCK_FILE = ".st_instruct.lock"
 # the forecaster's row in an evaluation report (results.json, st_evaluations.json)
 MODEL_ROW = "st_forecaster"
 GENERATED_ROW = "st_forecaster_generated"  # the same model's forecast read after the rationale it generates
+TTA_ROW_SEPARATOR = "+tta-"  # "st_forecaster+tta-reset": a row's forecasts with test-time adaptation in that mode
+
+
+def tta_row(row: str, mode: str) -> str:
+    """The report row of ``row``'s forecasts under test-time adaptation ``mode``."""
+    return f"{row}{TTA_ROW_SEPARATOR}{mode}"
+
+
 # what to do about a file of a saved forecaster that fails its checks
 COPY_AGAIN = "copy the model folder again or re-train"
 

@@ -25,7 +25,7 @@ SIZE_BOUNDS: dict[str, tuple[int, int]] = {
     "head_dim": (1, 65_536), "se_pairs": (1, 4_096), "se_pair_index": (0, 65_535), "mrffn_slots": (1, 65_536),
     "mrffn_key_dim": (1, 65_536), "mrffn_top_k": (1, 65_536), "st_fusion_heads": (1, 1_024),
     "unist_spatial_slots": (1, 65_536), "unist_temporal_slots": (1, 65_536), "unist_prompt_dim": (1, 65_536),
-    "unist_closeness_steps": (1, 100_000),
+    "unist_closeness_steps": (1, 100_000), "soft_prompt_tokens": (0, 4_096),
     "lora_r": (1, 65_536), "lora_alpha": (1, 65_536), "pfa_last_layers": (0, 1_024),
     # st_backbone.json; a decoder layer index may count from the end (negative)
     "num_layers": (1, 1_024), "base_num_layers": (1, 1_024), "decoder_layer": (-1_024, 1_023),

@@ -6,8 +6,9 @@ module that uses it reads that same object (as PEFT's ``LoraConfig`` is both wha
 :class:`HeadConfig` (projector, RevIN and regression head), :class:`SEAttentionConfig`
 (:mod:`~st_instruct.models.se_attention`), :class:`MemoryConfig` (:mod:`~st_instruct.models.mrffn`),
 :class:`FusionConfig` (:mod:`~st_instruct.models.fusion`), :class:`GraphConfig`
-(:mod:`~st_instruct.models.graph_encoders`), :class:`PromptConfig` (:mod:`~st_instruct.models.memory_prompts`)
-and :class:`FreezeConfig` (:mod:`~st_instruct.training.freeze`).
+(:mod:`~st_instruct.models.graph_encoders`), :class:`PromptConfig` (:mod:`~st_instruct.models.memory_prompts`),
+:class:`SoftPromptConfig` (:mod:`~st_instruct.models.soft_prompts`) and :class:`FreezeConfig`
+(:mod:`~st_instruct.training.freeze`).
 A saved forecaster's ``st_forecaster_config.json`` is the data's shapes plus these objects
 (:class:`~st_instruct.models.forecaster.STForecasterConfig`).
 
@@ -24,10 +25,11 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from st_instruct.configs.checks import RecipeError, check_choice, check_fields, check_size
+from st_instruct.configs.pretrain import MASK_FAMILY_NAMES
 
 # mirrored from st_instruct.training.freeze.FREEZE_PLANS and st_instruct.models.st_encoders.ENCODERS (a test checks
 # they agree) so reading a recipe imports neither torch-heavy module
-FREEZE_PLAN_NAMES = ("frozen", "lora", "pfa", "full", "qlora")
+FREEZE_PLAN_NAMES = ("frozen", "lora", "pfa", "full", "qlora", "prompt")
 ST_ENCODER_NAMES = ("patch", "tcn", "grid_patch")
 CONTROLS = ("none", "no_llm", "random_llm")
 HEAD_SKIP_INITS = ("closed", "readout")
@@ -101,6 +103,9 @@ class HeadConfig:
     revin: bool = field(default=False, metadata={
         "help": "RevIN: normalise each node's history by its own mean/std (learnable affine), de-normalise the "
                 "forecast"})
+    reconstruction_head: bool = field(default=False, metadata={
+        "help": "a second head reading the same hidden states that reconstructs the history from a masked copy of "
+                "it: the reconstruction path test-time adaptation tunes on (train it with reconstruction_weight > 0)"})
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -226,12 +231,69 @@ class PromptConfig:
 
 
 @dataclass
+class SoftPromptConfig:
+    """PromptST's prompt tuning (Zhang et al., "PromptST: Prompt-Enhanced Spatio-Temporal Multi-Attribute
+    Prediction", CIKM 2023) on an LLM: learned virtual tokens before the prompt (Lester et al., EMNLP 2021), and with
+    ``soft_prompt_deep`` per-layer ones (VPT-deep, PromptST's prompts at every temporal layer)
+    (:mod:`~st_instruct.models.soft_prompts`; trained alone with ``freeze_plan: prompt``)."""
+
+    soft_prompt_tokens: int = field(default=0, metadata={
+        "help": "learned virtual tokens prepended to the LLM's input sequence (0 = none); without a backbone (the "
+                "no-LLM control) one learned vector added to every node's projected features"})
+    soft_prompt_deep: bool = field(default=False, metadata={
+        "help": "deep prompts: at the input of every decoder layer after the first, the virtual positions are "
+                "overwritten by that layer's own learned vectors (PromptST's prompts at every temporal layer)"})
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        check_size("soft_prompt_tokens", self.soft_prompt_tokens)
+        if self.soft_prompt_deep and not self.soft_prompt_tokens:
+            raise RecipeError("soft_prompt_deep: true gives each decoder layer its own virtual tokens, but "
+                              "soft_prompt_tokens is 0: set soft_prompt_tokens > 0 or soft_prompt_deep: false")
+
+
+@dataclass
+class AdaptationConfig:
+    """UrbanMind's (Liu et al., KDD 2025) masked reconstruction beside the forecast, and the test-time adaptation
+    that tunes a small named part of the model on it (:mod:`~st_instruct.training.tta`; ``st-instruct evaluate
+    --tta STEPS``). Training-run keys, read back from a model folder's recipe by the evaluation."""
+
+    reconstruction_weight: float = field(default=0.0, metadata={
+        "help": "lambda_rec: weight of the masked reconstruction loss of the history, a second pass per step on a "
+                "masked copy of the batch's history (needs reconstruction_head: true); 0 = no second pass"})
+    reconstruction_mask: str = field(default="mix", metadata={
+        "help": "mask family hiding the history for reconstruction, in training and in test-time adaptation "
+                "(st_instruct.data.masks; mix draws one per step among those the batch's shape allows)"})
+    reconstruction_ratio: float = field(default=0.25, metadata={
+        "help": "fraction in (0, 1) of the history the reconstruction mask hides"})
+    tta_parameters: list[str] = field(default_factory=lambda: ["norms"], metadata={
+        "help": "what test-time adaptation tunes: norms (every LayerNorm / RMSNorm of the backbone and the ST "
+                "modules, RevIN), lora (the backbone's adapter weights), prompts (UniST's memory prompt, soft "
+                "prompts), or the name of an ST module (st_encoder, st_projector, ...)"})
+    tta_learning_rate: float = field(default=1e-4, metadata={"help": "Adam learning rate of test-time adaptation"})
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        check_choice("reconstruction_mask", self.reconstruction_mask, MASK_FAMILY_NAMES)
+        if not 0 < self.reconstruction_ratio < 1:
+            raise RecipeError(f"reconstruction_ratio must be in (0, 1), found {self.reconstruction_ratio}")
+        if self.reconstruction_weight < 0:
+            raise RecipeError(f"reconstruction_weight must be >= 0, found {self.reconstruction_weight}")
+        if not self.tta_learning_rate > 0:
+            raise RecipeError(f"tta_learning_rate must be > 0, found {self.tta_learning_rate}")
+        if not isinstance(self.tta_parameters, list) or not self.tta_parameters:
+            raise RecipeError(f"tta_parameters must list what test-time adaptation tunes (norms, lora, prompts or "
+                              f"ST module names), found {self.tta_parameters!r}")
+
+
+@dataclass
 class FreezeConfig:
     """Which backbone parameters train (:func:`~st_instruct.training.freeze.apply_freeze_plan`)."""
 
     freeze_plan: str = field(default="lora", metadata={
         "help": "which backbone parameters train: frozen (UrbanGPT) | lora | pfa (ST-LLM) | full | qlora; the ST "
-                "encoder, projector and head always train"})
+                "encoder, projector and head always train. prompt (PromptST): only the soft prompt and the head's "
+                "output layer train, on the model of base_forecaster"})
     lora_r: int = field(default=8, metadata={"help": "LoRA rank"})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling numerator (scale = alpha / r)"})
     lora_dropout: float = field(default=0.05, metadata={"help": "dropout on the LoRA branch"})
@@ -257,16 +319,19 @@ class FreezeConfig:
             raise RecipeError(f"lora_dropout must be in [0, 1), found {self.lora_dropout}")
         if self.freeze_plan == "full" and self.train_st_token_embeddings:
             raise RecipeError("freeze_plan 'full' trains every embedding row already; drop train_st_token_embeddings")
+        if self.freeze_plan == "prompt" and self.train_st_token_embeddings:
+            raise RecipeError("freeze_plan 'prompt' trains the soft prompt and the head's output layer only; drop "
+                              "train_st_token_embeddings")
 
 
 CONCERNS = (STEncoderConfig, HeadConfig, SEAttentionConfig, MemoryConfig, FusionConfig, GraphConfig, PromptConfig,
-            FreezeConfig)
+            SoftPromptConfig, AdaptationConfig, FreezeConfig)
 
 
 # the bases in reverse: a dataclass lists the fields of its last base first, so they come in the order of CONCERNS
 @dataclass
-class ModelConfig(FreezeConfig, PromptConfig, GraphConfig, FusionConfig, MemoryConfig, SEAttentionConfig, HeadConfig,
-                  STEncoderConfig):
+class ModelConfig(FreezeConfig, AdaptationConfig, SoftPromptConfig, PromptConfig, GraphConfig, FusionConfig,
+                  MemoryConfig, SEAttentionConfig, HeadConfig, STEncoderConfig):
     """The forecaster: every concern above (inherited: one flat recipe), plus the backbone, the learning rates, the
     loss weights, the pretrained encoder to start from and the control.
 
@@ -302,6 +367,11 @@ class ModelConfig(FreezeConfig, PromptConfig, GraphConfig, FusionConfig, MemoryC
                 "no_llm (the same ST encoder, projector and head, the backbone removed; the head reads the projected "
                 "node features; regression loss only) | random_llm (the same backbone architecture with randomly "
                 "initialised weights, seeded by seed)"})
+    base_forecaster: str | None = field(default=None, metadata={
+        "help": "freeze_plan prompt (PromptST): the folder of the trained (shared) forecaster whose model is tuned; "
+                "the run adds the soft prompt of soft_prompt_tokens and a fresh head output layer, trains only "
+                "those on this recipe's data (one attribute) and saves them as a small attribute adapter that "
+                "names this folder"})
 
     def __post_init__(self) -> None:
         for concern in CONCERNS:  # each checks every field's type too (check_fields), ModelConfig's own included
@@ -327,5 +397,26 @@ class ModelConfig(FreezeConfig, PromptConfig, GraphConfig, FusionConfig, MemoryC
                               "pretrained with the encoder, and needs head_skip: true and st_encoder_init: DIR (a "
                               f"folder of `st-instruct pretrain` with pretrain_objective: forecast); found head_skip "
                               f"{self.head_skip}, st_encoder_init {self.st_encoder_init!r}")
+        if (self.reconstruction_weight > 0) != self.reconstruction_head:
+            raise RecipeError("reconstruction_head: true and reconstruction_weight > 0 go together (a head never "
+                              "trained reconstructs nothing; a weight without the head has nothing to train); found "
+                              f"reconstruction_head {self.reconstruction_head}, reconstruction_weight "
+                              f"{self.reconstruction_weight}")
+        if self.reconstruction_head and self.unist_prompts:
+            raise RecipeError("reconstruction_head with unist_prompts: UniST's priors are made from the unmasked "
+                              "history, so a masked reconstruction would read what it hides; switch one off")
+        if self.freeze_plan == "prompt" and not self.base_forecaster:
+            raise RecipeError("freeze_plan: prompt tunes a soft prompt on a trained forecaster, but base_forecaster "
+                              "names none; set base_forecaster: DIR (the output folder of `st-instruct train`)")
+        if self.freeze_plan == "prompt" and not self.soft_prompt_tokens:
+            raise RecipeError("freeze_plan: prompt trains the soft prompt, but soft_prompt_tokens is 0; set "
+                              "soft_prompt_tokens > 0 (e.g. 4)")
+        if self.freeze_plan == "prompt" and self.control != "none":
+            raise RecipeError(f"control {self.control!r} with freeze_plan: prompt: prompt tuning keeps its base's "
+                              "model; the control of an attribute adapter is one tuned on its base's control (train "
+                              "that base with control, then tune on it with control: none)")
+        if self.base_forecaster and self.freeze_plan != "prompt":
+            raise RecipeError(f"base_forecaster is read by freeze_plan: prompt only, found freeze_plan "
+                              f"{self.freeze_plan!r}; set freeze_plan: prompt or drop base_forecaster")
         if self.freeze_plan == "qlora" and not self.model_load_in_4bit:
             self.model_load_in_4bit = True  # QLoRA is LoRA on a 4-bit backbone by definition

@@ -44,6 +44,7 @@ def _spec_fields(name: str) -> dict:
     s = DATASETS[name]
     return {"name": name, "city": s.city, "freq": s.freq, "start": s.start, "channels": list(s.channels),
             "units": list(s.units), "null_value": s.null_value, "description": s.description,
+            "sensors": dict(zip(s.channels, s.sensors, strict=True)) if s.sensors else {},
             "meta": {"files": [f.path for f in s.files], "sha256": {f.path: f.sha256 for f in s.files}}}
 
 
@@ -294,7 +295,8 @@ def get_dataset(name_or_path: str | os.PathLike, *, data_dir: str | os.PathLike 
         if len(names) != data.num_channels or len(set(names)) != len(names):
             raise STDataError(f"{spec_flag('channel_names')} gives {len(names)} names {names} but {key} has "
                               f"{data.num_channels} channel(s); give one distinct name per channel")
-        updates.update(channels=names)
+        renamed = zip(data.channels, names, strict=True)
+        updates.update(channels=names, sensors={new: data.sensors[old] for old, new in renamed if old in data.sensors})
     if nodes is not None:
         node_names, coords, coord_kind = load_nodes_file(nodes, data.num_nodes)
         updates.update(node_names=node_names, node_descriptions=None)

@@ -186,12 +186,19 @@ _SIMPLE: dict[str, Callable[[MaskShape, float, torch.Generator], torch.Tensor]] 
     "channel_temporal": channel_temporal_mask, "channel_spatial": channel_spatial_mask}
 
 
-def _available(adjacency: torch.Tensor | np.ndarray | None, grid_shape: tuple[int, int] | None) -> list[str]:
-    """The single-family names that can be built: ``block`` only with a graph or a grid."""
+# the families that hide whole nodes: they need two nodes or more in a sample
+_SPATIAL = ("tube", "block", "channel_spatial")
+
+
+def _available(shape: MaskShape, adjacency: torch.Tensor | np.ndarray | None,
+               grid_shape: tuple[int, int] | None) -> list[str]:
+    """The single-family names that can be built for ``shape``: ``block`` only with a graph or a grid, and the
+    node-hiding ones (tube, block, channel_spatial) only with two nodes or more (a one-series sample of a universal
+    forecaster has one)."""
     names = list(_SIMPLE)
     if adjacency is not None or grid_shape is not None:
         names.insert(2, "block")
-    return names
+    return [name for name in names if shape[2] > 1 or name not in _SPATIAL]
 
 
 def agnostic_mask(shape: MaskShape, ratio: float, generator: torch.Generator,
@@ -201,7 +208,7 @@ def agnostic_mask(shape: MaskShape, ratio: float, generator: torch.Generator,
     tube, temporal, the two channel-sensitive ones and -- given ``adjacency`` or ``grid_shape`` -- block
     -> [B, L, N, C]."""
     batch, steps, nodes, channels = _check(shape, ratio)
-    names = _available(adjacency, grid_shape)
+    names = _available(shape, adjacency, grid_shape)
     picks = torch.randint(len(names), (batch,), generator=generator).tolist()
     one = (1, steps, nodes, channels)
     return torch.cat([block_mask(one, ratio, generator, adjacency, grid_shape) if names[pick] == "block"
@@ -216,7 +223,7 @@ def draw_mask(family: str, shape: MaskShape, ratio: float, generator: torch.Gene
     training step; block only given ``adjacency`` or ``grid_shape``) -> [B, L, N, C] bool, True = hidden."""
     _check(shape, ratio)
     if family == "mix":
-        names = _available(adjacency, grid_shape)
+        names = _available(shape, adjacency, grid_shape)
         family = names[int(torch.randint(len(names), (), generator=generator))]
     if family == "block":
         return block_mask(shape, ratio, generator, adjacency, grid_shape)

@@ -9,7 +9,8 @@ training dataset:
 
 ``{"version": 1, "datasets": {NAME: {"name", "num_nodes", "city", "description", "freq", "no_calendar", "channels",
 "units", "node_names", "node_descriptions", "node_channels" (a channel-independent view's channel per node; absent
-in profiles written before it), "coords", "coord_kind", "grid_shape", "null_value", "adjacency": {"shape",
+in profiles written before it), "node_units" and "sensors" (its unit per node; the sensor kind per channel name: both
+absent before issue 24), "coords", "coord_kind", "grid_shape", "null_value", "adjacency": {"shape",
 "rows", "cols", "values"} | null, "scaler_mean": [C], "scaler_std": [C], "image_value_range": [low, high] | null}}}``
 
 Every float is written with Python's shortest round-trip repr, and arrays keep their dtype and layout, so a profile
@@ -60,7 +61,7 @@ def data_profile(data: STData, config: Any) -> dict[str, Any]:
         "freq": data.freq,
         "no_calendar": data.no_calendar, "channels": list(data.channels), "units": list(data.units),
         "node_names": data.node_names, "node_descriptions": data.node_descriptions,
-        "node_channels": data.node_channels,
+        "node_channels": data.node_channels, "node_units": data.node_units, "sensors": dict(data.sensors),
         "coords": None if data.coords is None else np.asarray(data.coords).tolist(),
         "coords_dtype": None if data.coords is None else str(np.asarray(data.coords).dtype),
         "coord_kind": data.coord_kind, "grid_shape": None if data.grid_shape is None else list(data.grid_shape),
@@ -151,10 +152,14 @@ def _check_profile(name: str, profile: Any, selected: list[str | int] | None, ch
         _require(key, profile[key], _is_list(profile[key], float), "finite numbers")
     _require("scaler_std", profile["scaler_std"], all(std > 0 for std in profile["scaler_std"]),
              "positive numbers (a scale of 0 divides by zero)")
-    for key in ("node_names", "node_descriptions", "node_channels"):  # node_channels: absent before issue 23
+    # node_channels: absent before issue 23; node_units and sensors: before issue 24
+    for key in ("node_names", "node_descriptions", "node_channels", "node_units"):
         texts = profile.get(key)
         _require(key, texts, texts is None or (_is_list(texts, str) and len(texts) == nodes),
                  f"null or a list of num_nodes = {nodes} strings, one per node")
+    sensors = profile.get("sensors", {})
+    _require("sensors", sensors, isinstance(sensors, dict) and _is_list(list(sensors.values()), str),
+             "an object of channel name -> sensor kind text")
     coords = profile["coords"]
     if coords is not None:
         fits = isinstance(coords, list) and len(coords) == nodes and all(

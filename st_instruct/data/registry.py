@@ -70,7 +70,12 @@ class DataFile:
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """What is known about a named dataset before loading it (shape ``[T, N, C]``, clock, files)."""
+    """What is known about a named dataset before loading it (shape ``[T, N, C]``, clock, files).
+
+    ``sensors``: what measured each channel, one phrase per channel like ``units`` (``"taxi trip records"``,
+    ``"inductive loop detectors"``, ``"weather station"``); loaded into ``STData.sensors`` and read by prompts as the
+    ``sensor_kind`` of a facet. Empty when unknown.
+    """
 
     name: str
     files: tuple[DataFile, ...]
@@ -83,6 +88,12 @@ class DatasetSpec:
     shape: tuple[int, int, int] | None = None
     start: str | None = None
     not_in_shared: str = ""  # extra hint for the not-found error when ../shared/data lacks the series
+    sensors: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.sensors and len(self.sensors) != len(self.channels):
+            raise ValueError(f"dataset spec {self.name!r}: sensors lists {len(self.sensors)} entries for "
+                             f"{len(self.channels)} channels {self.channels}")
 
 
 def _build_nycbike1_grid(root: Path, out: Path) -> None:
@@ -143,6 +154,8 @@ _ASTGNN = f"{_GH}/guoshnBJTU/ASTGNN/main/data"
 BEIJING_STATIONS = tuple(_BEIJING)  # alphabetical, the order of ../shared/data/README.md
 BEIJING_CHANNELS = ("PM2.5", "PM10", "SO2", "NO2", "CO", "O3", "TEMP", "PRES", "DEWP", "RAIN", "WSPM", "wd_deg")
 _BEIJING_UNITS = ("ug/m3",) * 6 + ("degC", "hPa", "degC", "mm", "m/s", "degrees (0 = from north, clockwise)")
+# the UCI files pair each station's pollutants with the nearest China Meteorological Administration station's weather
+_BEIJING_SENSORS = ("air-quality monitoring stations",) * 6 + ("weather station",) * 6
 _NYC_ZONES = (
     DataFile("nyc_manhattan_bike_taxi/W_adj_matrix.csv",
              "1822444cccf3545b6d2b410c0f36071f495a5f5ba6e65020f15f07359a60f9a9",
@@ -166,14 +179,16 @@ DATASETS: dict[str, DatasetSpec] = {
                   "9d0734122f8e168e2f7f690ab4a857542c29fd9c888f27fe09fb48890b3f15f5",
                   f"{_NYC}/data-NYCTaxi/60min/201901-202012-NYCtaxi-inoutflow.npz"), *_NYC_ZONES),
         "1h", ("inflow", "outflow"), ("trips/hour", "trips/hour"), 0.0, "New York City (Manhattan)",
-        _NYC_TEXT.format(mode="NYC yellow-taxi trip", raw="NYC TLC trip records"), (17544, 69, 2), "2019-01-01"),
+        _NYC_TEXT.format(mode="NYC yellow-taxi trip", raw="NYC TLC trip records"), (17544, 69, 2), "2019-01-01",
+        sensors=("taxi trip records",) * 2),
     "nyc-bike": DatasetSpec(
         "nyc-bike",
         (DataFile("nyc_manhattan_bike_taxi/nycbike_inoutflow_60min_2019_2020.npz",
                   "ba1f0adafcc9258a6a64007511a4cec5f554a642b145138e1d89c252263cdbbb",
                   f"{_NYC}/data-NYCBike/60min/2019-2020-graph-inoutflow.npz"), *_NYC_ZONES),
         "1h", ("inflow", "outflow"), ("rides/hour", "rides/hour"), 0.0, "New York City (Manhattan)",
-        _NYC_TEXT.format(mode="Citi Bike ride", raw="Citi Bike system data"), (17544, 69, 2), "2019-01-01"),
+        _NYC_TEXT.format(mode="Citi Bike ride", raw="Citi Bike system data"), (17544, 69, 2), "2019-01-01",
+        sensors=("bike-share trips",) * 2),
     "los-loop": DatasetSpec(
         "los-loop",
         (DataFile("los_loop/los_speed.csv", "7b732d86ae32b2930595becba28aff39dacbfb2197e250fc0332e1744ce2cbf4",
@@ -183,7 +198,7 @@ DATASETS: dict[str, DatasetSpec] = {
         "5min", ("speed",), ("mph",), 0.0, "Los Angeles",
         "Los-loop: highway speed of 207 Los Angeles County loop detectors (the METR-LA sensors), 5-minute, "
         "2012-03-01 to 2012-03-07 (T-GCN, Zhao et al. 2019); gaps were filled by linear interpolation upstream. "
-        "Source: lehaifeng/T-GCN.", (2016, 207, 1), "2012-03-01"),
+        "Source: lehaifeng/T-GCN.", (2016, 207, 1), "2012-03-01", sensors=("inductive loop detectors",)),
     "nycbike1-grid": DatasetSpec(
         "nycbike1-grid",
         (DataFile("nycbike1_stssl/NYCBike1_valtest_grid_TCHW.npz",
@@ -199,7 +214,7 @@ DATASETS: dict[str, DatasetSpec] = {
         "NYCBike1 (BikeNYC of ST-ResNet, 2014): Citi Bike in/out flow on a 16x8 grid, hourly; the last 1296 hours "
         "of 2014-04-01..2014-09-30 rebuilt from ST-SSL's validation and test windows (not the training set). "
         "The start (2014-08-08 00:00) is derived from the last step being 2014-09-30 23:00. "
-        "Source: Echo-Ji/ST-SSL.", (1296, 128, 2), "2014-08-08"),
+        "Source: Echo-Ji/ST-SSL.", (1296, 128, 2), "2014-08-08", sensors=("bike-share trips",) * 2),
     "beijing-air": DatasetSpec(
         "beijing-air",
         tuple(DataFile(f"beijing_air/PRSA_Data_{s}_20130301-20170228.csv", sha,
@@ -210,7 +225,7 @@ DATASETS: dict[str, DatasetSpec] = {
         "Beijing multi-site air quality (UCI, Zhang et al. 2017, CC BY 4.0): 12 monitoring stations, hourly "
         "2013-03-01 to 2017-02-28, six pollutants plus weather; wind direction as degrees (wd_deg). Missing values "
         "are NaN. Station coordinates were transcribed by hand (see _BEIJING). Graph: Gaussian "
-        "kernel of haversine distances.", (35064, 12, 12), "2013-03-01"),
+        "kernel of haversine distances.", (35064, 12, 12), "2013-03-01", sensors=_BEIJING_SENSORS),
     "pedalme-london": DatasetSpec(
         "pedalme-london",
         (DataFile("pedalme_london/pedalme_london.json",
@@ -220,7 +235,7 @@ DATASETS: dict[str, DatasetSpec] = {
         "PedalMe London bicycle-delivery demand at 15 locations over 35 weeks, as shipped by PyTorch Geometric "
         "Temporal (MIT): values are transformed (log-scale) weekly counts, not raw counts. The calendar is "
         "unknown (start None). Dense weighted graph from the file's edges/weights. Only good for smoke tests.",
-        (35, 15, 1), None),
+        (35, 15, 1), None, sensors=("bicycle-delivery records",)),
 }
 for _d, _n, _t, _area, _period, _start, _sha_npz, _sha_csv in (
     ("4", 307, 16992, "San Francisco Bay Area", "2018-01-01 to 2018-02-28", "2018-01-01",
@@ -235,7 +250,8 @@ for _d, _n, _t, _area, _period, _start, _sha_npz, _sha_csv in (
         (DataFile(f"pems0{_d}/PEMS0{_d}.npz", _sha_npz, f"{_ASTGNN}/PEMS0{_d}/PEMS0{_d}.npz"),
          DataFile(f"pems0{_d}/PEMS0{_d}.csv", _sha_csv, f"{_ASTGCN2}/PEMS0{_d}/distance.csv")),
         "5min", ("flow", "occupancy", "speed"), ("vehicles/5min", "fraction", "mph"), 0.0, "California",
-        _PEMS_TEXT.format(d=_d, area=_area, n=_n, period=_period), (_t, _n, 3), _start, _PEMS_MISSING.format(d=_d))
+        _PEMS_TEXT.format(d=_d, area=_area, n=_n, period=_period), (_t, _n, 3), _start, _PEMS_MISSING.format(d=_d),
+        sensors=("inductive loop detectors",) * 3)
 
 
 # ---------------------------------------------------------------------------------------------------- names

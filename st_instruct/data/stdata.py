@@ -49,6 +49,10 @@ class STData:
         grid_shape: ``(H, W)`` when nodes are the cells of a grid, node index ``row * W + col``.
         node_channels: in a channel-independent view (:meth:`series_view`), the original channel each node's
             one-channel series is; ``None`` otherwise.
+        node_units: in a channel-independent view, the unit of each node's original channel; ``None`` otherwise.
+        sensors: what measured each channel, by channel name (``{"PM2.5": "air-quality monitoring stations",
+            "TEMP": "weather station"}``): the registry's ``sensors`` of a named dataset, ``{}`` when unknown (a
+            user's file). Keyed by name, so a channel selection or a channel-independent view keeps it.
         description: one paragraph on what the data is and where it came from.
         meta: anything else (source, licence, ...).
     """
@@ -70,6 +74,8 @@ class STData:
     null_value: float | None = None
     grid_shape: tuple[int, int] | None = None
     node_channels: list[str] | None = None
+    node_units: list[str] | None = None
+    sensors: dict[str, str] = field(default_factory=dict)
     description: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
 
@@ -128,10 +134,14 @@ class STData:
             self._fail(f"units lists {len(self.units)} entries but values has C={C} channels")
         if self.node_channels is not None and C != 1:
             self._fail(f"node_channels marks a channel-independent view, which has one channel; values has C={C}")
-        for key in ("node_names", "node_descriptions", "node_channels"):
+        for key in ("node_names", "node_descriptions", "node_channels", "node_units"):
             names = getattr(self, key)
             if names is not None and len(names) != N:
                 self._fail(f"{key} has {len(names)} entries but values has N={N} nodes")
+
+        if not isinstance(self.sensors, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in self.sensors.items()):
+            self._fail(f"sensors must map channel names to text, found {self.sensors!r}")
 
         if self.coords is not None:
             coords = np.asarray(self.coords, dtype=np.float64)
@@ -258,9 +268,9 @@ class STData:
         (``[T, N, C] -> [T, N * C, 1]``, node ``n * C + c`` is channel ``c`` of node ``n``), as a universal
         forecaster reads any dataset (PatchTST's channel independence; issue 23). Each new node keeps its node's
         coordinates and names ``"NODE CHANNEL"``, describes its channel and unit, and records its channel in
-        ``node_channels``; the graph links the series of one channel as it linked their nodes (``I_C (x) A``
-        reordered: series of other channels are not neighbours). A grid's cells stop being a grid. A view of a view
-        is itself."""
+        ``node_channels`` and its unit in ``node_units`` (``sensors`` stays keyed by channel name); the graph links
+        the series of one channel as it linked their nodes (``I_C (x) A`` reordered: series of other channels are not
+        neighbours). A grid's cells stop being a grid. A view of a view is itself."""
         if self.node_channels is not None:
             return self
         T, N, C = self.values.shape
@@ -276,6 +286,7 @@ class STData:
             node_descriptions=[f"{text + '; ' if text else ''}{channel}{unit}" for text in descriptions
                                for channel, unit in zip(self.channels, units, strict=True)],
             node_channels=[channel for _ in range(N) for channel in self.channels],
+            node_units=[unit for _ in range(N) for unit in self.units],
             coords=None if self.coords is None else np.repeat(self.coords, C, axis=0),
             adjacency=adjacency, grid_shape=None)
 

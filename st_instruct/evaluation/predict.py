@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from st_instruct.samples.collator import mean_over_channels
@@ -23,7 +24,8 @@ def scatter_predictions(model: Any, collator: Any, samples: Any, starts: np.ndar
     windows of the split in ``starts`` order; windows / nodes without a sample stay NaN / False. With
     ``broadcast_channels`` the samples have one channel, fed to every input channel of the model, and the forecast
     is the mean of its outputs (``C = 1``). ``predict(batch) -> [b, P, Nmax, C]`` replaces ``model.predict`` (the
-    generated-rationale forecast of :func:`~st_instruct.models.rationale.generate_forecast`). ``progress`` shows a
+    generated-rationale forecast of :func:`~st_instruct.models.rationale.generate_forecast`, a test-time adapter's);
+    the batch it gets carries each sample's ``window_start`` [b] besides the collator's arrays. ``progress`` shows a
     bar named ``desc``, advanced per sample (off by default: a caller with its own bar keeps just that one).
     """
     if batch_size < 1:
@@ -38,6 +40,7 @@ def scatter_predictions(model: Any, collator: Any, samples: Any, starts: np.ndar
         for lo in range(0, len(samples), batch_size):
             rows = [samples[i] for i in range(lo, min(lo + batch_size, len(samples)))]
             batch = collator(rows)
+            batch["window_start"] = torch.tensor([int(row["window_start"]) for row in rows])  # for a TTA's clock
             tic = time.perf_counter()
             forecast = (predict or model.predict)(batch)  # [b, P, Nmax, C]
             if broadcast_channels:

@@ -330,6 +330,10 @@ class BackboneSource:
     does not need them): the base's decoder layer count before ``num_layers`` truncated it, and the ST special
     tokens -> their ids. :func:`~st_instruct.models.saving.save_forecaster` fills them in; ``None`` in folders
     written before them, or when the base's config could not be read.
+
+    ``base_forecaster``: set for an attribute adapter (freeze plan ``prompt``, PromptST): the trained forecaster it
+    was tuned on, a folder or a Hub repo id, whose backbone the other fields describe; the adapter holds only its own
+    weights and is saved in format ``"attribute"``. ``None`` for every other forecaster.
     """
 
     model_name_or_path: str
@@ -338,6 +342,7 @@ class BackboneSource:
     random_init_seed: int | None = None
     base_num_layers: int | None = None
     added_tokens: dict[str, int] | None = None
+    base_forecaster: str | None = None
 
     @property
     def truncated(self) -> bool:

@@ -95,6 +95,11 @@ def _what_section(base: str, name: str, datasets: list[str], kind: str | None, c
              f"on {', '.join(f'`{d}`' for d in datasets) or 'no named dataset'}. An ST encoder and projector put the "
              "history into the LLM at the `<st_his>` tokens, and a regression head reads the hidden states at the "
              "`<st_pre>` tokens: a forecast is one forward pass, no text generation.", ""]
+    if kind == "attribute":
+        lines += ["This is an attribute adapter (PromptST's prompt tuning, Zhang et al., CIKM 2023): it holds only a "
+                  "soft prompt and the regression head's output layer, tuned on one attribute over a frozen base "
+                  "forecaster that `st_backbone.json` names (`base_forecaster`); `load_forecaster` loads that base "
+                  "first (a folder, or the Hub repo it was pushed to).", ""]
     if kind == "adapter":
         lines += ["The backbone is stored as a PEFT adapter; it was trained on a backbone that st_instruct changed "
                   "(see `st_backbone.json`: layers kept, ST tokens added), so load it with `st_instruct` as below. "

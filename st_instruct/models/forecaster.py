@@ -59,6 +59,7 @@ from st_instruct.configs import (
     MemoryConfig,
     PromptConfig,
     SEAttentionConfig,
+    SoftPromptConfig,
     STEncoderConfig,
     check_size,
     part,
@@ -87,12 +88,13 @@ from st_instruct.models.se_attention import (
     spatial_context,
     token_coords,
 )
+from st_instruct.models.soft_prompts import build_soft_prompt
 from st_instruct.models.st_encoders import EncoderSpec, RevIN, STProjector, build_st_encoder
 
 # the ST modules held by the forecaster itself; optional ones are None when the config switches them off. MRFFN
 # memories live inside the backbone's decoder layers and are listed by st_modules() as "st_memory.layers.<i>".
-ST_MODULE_NAMES = ("st_encoder", "st_graph", "st_prompt", "st_projector", "regression_head", "st_revin",
-                   "st_node_table", "st_spatial", "st_fusion")
+ST_MODULE_NAMES = ("st_encoder", "st_graph", "st_prompt", "st_projector", "regression_head", "st_reconstruction",
+                   "st_revin", "st_node_table", "st_spatial", "st_fusion", "st_soft_prompt")
 # a VLM backbone's vision parts, listed among the ST modules (saved with them; trained or frozen per recipe); a
 # projector inside the tower (Qwen2-VL's patch merger) is saved as part of the tower
 VISION_MODULE_NAMES = ("st_vision_tower", "st_vision_projector")
@@ -101,7 +103,7 @@ VISION_MODULE_NAMES = ("st_vision_tower", "st_vision_projector")
 # the model's concerns a saved forecaster holds, by the name they have in st_forecaster_config.json
 PARTS: dict[str, type] = {"encoder": STEncoderConfig, "head": HeadConfig, "se": SEAttentionConfig,
                           "memory": MemoryConfig, "fusion": FusionConfig, "graph": GraphConfig,
-                          "prompt": PromptConfig}
+                          "prompt": PromptConfig, "soft_prompt": SoftPromptConfig}
 # st_forecaster_config.json before its concerns were the recipe's objects (one flat object): its keys -> (part, key)
 LEGACY_KEYS: dict[str, tuple[str, str]] = {
     "encoder": ("encoder", "st_encoder"), "encoder_dim": ("encoder", "st_encoder_dim"),
@@ -137,7 +139,9 @@ class STForecasterConfig:
     ``memory`` (ST-LINK's MRFFN), ``fusion`` (ST-VLM's early fusion, vision-language backbones only) and ``graph``
     (AirGPT's graph encoder; the batch carries the graphs, :class:`~st_instruct.data.air_graphs.WindowGraphs`, built
     from the wind reach the config records, so a loaded model rebuilds the same graphs) and ``prompt`` (UniST's
-    memory prompts; the batch carries their priors, :class:`~st_instruct.data.prompt_context.WindowPriors`).
+    memory prompts; the batch carries their priors, :class:`~st_instruct.data.prompt_context.WindowPriors`) and
+    ``soft_prompt`` (PromptST's prompt tuning, :mod:`~st_instruct.models.soft_prompts`; a file saved before it has
+    none and loads with it off).
     """
 
     history: int
@@ -155,6 +159,7 @@ class STForecasterConfig:
     fusion: FusionConfig = field(default_factory=FusionConfig)
     graph: GraphConfig = field(default_factory=GraphConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
+    soft_prompt: SoftPromptConfig = field(default_factory=SoftPromptConfig)
 
     def __post_init__(self) -> None:
         """The shapes' types and ranges (:data:`~st_instruct.configs.SIZE_BOUNDS`; the concerns check their own), so
@@ -248,7 +253,7 @@ def check_st_weights(directory: str | Path, config: STForecasterConfig) -> None:
                          "re-train") from err
     width = config.hidden_size or saved.get("regression_head.his.weight", [0, 1])[1]  # lacking: reported below
     twin = dataclasses.replace(config, hidden_size=width, se=SEAttentionConfig(), memory=MemoryConfig(),
-                               fusion=FusionConfig())
+                               fusion=FusionConfig(), soft_prompt=SoftPromptConfig())  # its shape: the backbone's
     with torch.device("meta"):
         built = build_st_forecaster(None, twin).st_modules()
     expected = {f"{name}.{key}": list(value.shape) for name, module in built.items()
@@ -267,12 +272,14 @@ def check_st_weights(directory: str | Path, config: STForecasterConfig) -> None:
 @dataclass
 class STForecasterOutput(ModelOutput):
     """``loss`` LM loss (when labels are given), ``logits`` [B, S or logits_to_keep, V], ``predictions``
-    [B, P, N, C] scaled, ``hidden_states`` the backbone's per-layer states when asked for."""
+    [B, P, N, C] scaled, ``hidden_states`` the backbone's per-layer states when asked for, ``reconstruction``
+    [B, L, N, C] scaled: the history as the reconstruction head reads it back (``reconstruction_head`` only)."""
 
     loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None
     predictions: torch.Tensor | None = None
     hidden_states: tuple[torch.Tensor, ...] | None = None
+    reconstruction: torch.Tensor | None = None
 
 
 def draw_seed() -> int:
@@ -305,11 +312,13 @@ class STForecaster(nn.Module):
     def __init__(self, backbone: nn.Module | None, config: STForecasterConfig, *, encoder: nn.Module,
                  projector: nn.Module, head: nn.Module, graph: nn.Module | None = None, revin: nn.Module | None = None,
                  node_table: nn.Module | None = None, spatial: nn.Module | None = None,
-                 fusion: nn.Module | None = None, prompt: nn.Module | None = None) -> None:
+                 fusion: nn.Module | None = None, prompt: nn.Module | None = None,
+                 reconstruction: nn.Module | None = None, soft_prompt: nn.Module | None = None) -> None:
         """Hold the parts :func:`build_st_forecaster` built (or any that fit ``config``): ``encoder``, ``projector``,
         ``head`` and the optional ``graph`` encoder, ``revin``, learned ``node_table``, SE-Attention's ``spatial``
         rotation (already applied to ``backbone``: :func:`~st_instruct.models.se_attention.apply_se_attention`),
-        ``fusion`` and UniST's memory ``prompt``. Builds nothing and changes nothing of ``backbone``."""
+        ``fusion``, UniST's memory ``prompt``, the history's ``reconstruction`` head and PromptST's
+        ``soft_prompt``. Builds nothing and changes nothing of ``backbone``."""
         super().__init__()
         self.backbone = backbone
         self.st_config = config  # not `config`: HF trainers read model.config as a transformers config
@@ -318,6 +327,8 @@ class STForecaster(nn.Module):
         self.st_encoder, self.st_projector, self.regression_head = encoder, projector, head
         self.st_graph, self.st_revin, self.st_node_table = graph, revin, node_table
         self.st_spatial, self.st_fusion, self.st_prompt = spatial, fusion, prompt
+        self.st_reconstruction = reconstruction
+        self.st_soft_prompt = soft_prompt
 
     def st_modules(self) -> dict[str, nn.Module]:
         """Every ST module that is on, by name: the forecaster's own (:data:`ST_MODULE_NAMES`), a VLM backbone's
@@ -485,28 +496,59 @@ class STForecaster(nn.Module):
         skip = nodes if self.st_config.head.head_skip else None
         if self.backbone is None:  # the no-LLM control: the head reads each node's projected features directly
             features = self.st_projector(nodes)
-            predictions = self.regression_head(features, features, skip) * node_mask[:, None, :, None].to(
-                features.dtype)
-            if stats is not None:
-                predictions = self.st_revin.denormalise(predictions, stats)
-            return STForecasterOutput(predictions=predictions)
+            if self.st_soft_prompt is not None:  # no sequence to prepend to: one vector added to every node's
+                features = self.st_soft_prompt(features)
+            node_weight = node_mask[:, None, :, None].to(features.dtype)
+            predictions, reconstruction = (
+                None if head is None else self._denormalised(head(features, features, skip) * node_weight, stats)
+                for head in (self.regression_head, self.st_reconstruction))
+            return STForecasterOutput(predictions=predictions, reconstruction=reconstruction)
         vision = {key: unused[key] for key in VISION_INPUTS if unused.get(key) is not None}
         if vision and not is_vision_language(self.backbone):
             raise ValueError(f"the batch carries image inputs ({', '.join(vision)}) but the backbone "
                              f"{type(unwrap(self.backbone)).__name__} is a text-only model; batch it with "
                              "STDataCollator, or use a vision-language backbone")
+        shift = 0 if self.st_soft_prompt is None else self.st_soft_prompt.tokens  # the soft prompt's virtual tokens
         with (self.st_inputs(input_ids, attention_mask, his_positions, pre_positions, node_mask,
                              self.st_projector(nodes)),
-              self.spatial_context(coords, [his_positions, pre_positions], node_mask, input_ids.shape[1])):
-            out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, labels=labels,
-                                output_hidden_states=True, use_cache=False, logits_to_keep=logits_to_keep, **vision)
+              self.spatial_context(coords, [his_positions + shift, pre_positions + shift], node_mask,
+                                   input_ids.shape[1] + shift)):
+            out = self.backbone_pass(input_ids, attention_mask, labels, logits_to_keep, vision)
         # hidden_states[-1] is after the final norm: what the LM head reads
-        predictions = self.regression_head.from_hidden_states(out.hidden_states[-1], his_positions, pre_positions,
-                                                              node_mask, skip)
-        if stats is not None:
-            predictions = self.st_revin.denormalise(predictions, stats)
+        predictions, reconstruction = (
+            None if head is None else self._denormalised(
+                head.from_hidden_states(out.hidden_states[-1], his_positions, pre_positions, node_mask, skip), stats)
+            for head in (self.regression_head, self.st_reconstruction))
         return STForecasterOutput(loss=out.loss, logits=out.logits, predictions=predictions,
-                                  hidden_states=out.hidden_states if output_hidden_states else None)
+                                  hidden_states=out.hidden_states if output_hidden_states else None,
+                                  reconstruction=reconstruction)
+
+    def backbone_pass(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor | None,
+                      logits_to_keep: int | torch.Tensor, vision: dict[str, Any]) -> Any:
+        """The backbone's pass over ``input_ids`` [B, S] (every layer's hidden states, no cache). With a soft prompt
+        (:mod:`~st_instruct.models.soft_prompts`) its ``T`` virtual tokens go first: the input embeddings are taken
+        here from the backbone's embedding module (so the ST vectors of :meth:`st_inputs` are written in by its
+        hook), the prompt prepended to them, the mask and ``labels`` extended, ``logits_to_keep`` positions shifted,
+        deep prompts on; the virtual positions are cut off the hidden states and the logits again, so the output
+        reads as one over ``input_ids`` (the head at ``<st_pre>``, the LM loss' positions unchanged)."""
+        prompt = self.st_soft_prompt
+        if prompt is None:
+            return self.backbone(input_ids=input_ids, attention_mask=attention_mask, labels=labels,
+                                 output_hidden_states=True, use_cache=False, logits_to_keep=logits_to_keep, **vision)
+        embeddings, attention_mask, labels = prompt.prepend(input_embeddings(self.backbone)(input_ids),
+                                                            attention_mask, labels)
+        keep = logits_to_keep + prompt.tokens if torch.is_tensor(logits_to_keep) else logits_to_keep
+        with prompt.deep_prompts(self.backbone):
+            out = self.backbone(inputs_embeds=embeddings, attention_mask=attention_mask, labels=labels,
+                                output_hidden_states=True, use_cache=False, logits_to_keep=keep)
+        out.hidden_states = tuple(hidden[:, prompt.tokens:] for hidden in out.hidden_states)
+        if not torch.is_tensor(logits_to_keep) and logits_to_keep == 0:  # all of them: the prompt's too
+            out.logits = out.logits[:, prompt.tokens:]
+        return out
+
+    def _denormalised(self, scaled: torch.Tensor, stats: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+        """A head's output [B, T, N, C] in the batch's scale: RevIN's normalisation undone when it is on."""
+        return scaled if stats is None else self.st_revin.denormalise(scaled, stats)
 
     def predict(self, batch: dict[str, Any]) -> torch.Tensor:
         """Forecasts [B, P, N, C] in original units (``scaled * scaler_std + scaler_mean``), one pass in eval mode
@@ -556,6 +598,10 @@ def build_st_forecaster(backbone: nn.Module | None, config: STForecasterConfig,
     head = RegressionHead(width, config.horizon, config.channels, config.head.head_dim,
                           skip_dim=encoder.out_dim if config.head.head_skip else None)
     revin = RevIN(config.channels) if config.head.revin else None
+    reconstruction = None
+    if config.head.reconstruction_head:  # the same head's shape, reading back the L history steps
+        reconstruction = RegressionHead(width, config.history, config.channels, config.head.head_dim,
+                                        skip_dim=encoder.out_dim if config.head.head_skip else None)
     node_table = None
     if config.node_table_size:
         node_table = nn.Embedding(config.node_table_size, config.coord_dim)
@@ -580,12 +626,42 @@ def build_st_forecaster(backbone: nn.Module | None, config: STForecasterConfig,
     prompt = None
     if config.prompt.unist_prompts:
         prompt = UniSTPrompt(config.history, config.horizon, config.channels, encoder.out_dim, config.prompt)
+    soft_prompt = _soft_prompt(backbone, width, config.soft_prompt)
     if backbone is not None:
         apply_memories(backbone, config.memory)
     model = STForecaster(backbone, config, encoder=encoder, projector=projector, head=head, graph=graph,
-                         revin=revin, node_table=node_table, spatial=spatial, fusion=fusion, prompt=prompt)
+                         revin=revin, node_table=node_table, spatial=spatial, fusion=fusion, prompt=prompt,
+                         reconstruction=reconstruction, soft_prompt=soft_prompt)
     for module in model.st_modules().values():
         module.to(device)
+    return model
+
+
+def _soft_prompt(backbone: nn.Module | None, width: int, config: SoftPromptConfig) -> nn.Module | None:
+    """The soft prompt ``config`` asks for on ``backbone``
+    (:func:`~st_instruct.models.soft_prompts.build_soft_prompt`), ``None`` with none; a vision-language backbone
+    refused."""
+    if not config.soft_prompt_tokens:
+        return None
+    if backbone is not None and is_vision_language(backbone):
+        raise ValueError("soft prompts are prepended to a text backbone's input embeddings; a vision-language "
+                         "backbone places its image features from input_ids itself: set soft_prompt_tokens 0")
+    return build_soft_prompt(backbone, width, config.soft_prompt_tokens, config.soft_prompt_deep)
+
+
+def apply_soft_prompt(model: STForecaster, config: SoftPromptConfig) -> STForecaster:
+    """Give the trained ``model`` (without a soft prompt) a fresh one of ``config``, in place, as
+    :func:`build_st_forecaster` would have built it, and record it in ``model.st_config``: where prompt tuning starts
+    on a base forecaster (freeze plan ``prompt``), and what an attribute adapter's weights are loaded into. Returns
+    ``model``."""
+    if model.st_soft_prompt is not None:
+        raise ValueError("this forecaster has a soft prompt already (soft_prompt_tokens "
+                         f"{model.st_config.soft_prompt.soft_prompt_tokens}); prompt tuning adds a fresh one to a "
+                         "forecaster trained without one")
+    width = model.st_config.hidden_size if model.backbone is None else hidden_size(unwrap(model.backbone).config)
+    prompt = _soft_prompt(model.backbone, width, config)
+    model.st_soft_prompt = None if prompt is None else prompt.to(model.regression_head.out.weight.device)
+    model.st_config = dataclasses.replace(model.st_config, soft_prompt=config)
     return model
 
 

@@ -56,6 +56,9 @@ def generate_forecast(model: Any, tokenizer: Any, batch: dict[str, Any], rationa
     if is_vision_language(model.backbone):
         raise ValueError("generate_forecast is implemented for text backbones; a vision-language forecaster "
                          "forecasts in one pass with predict(batch)")
+    if model.st_soft_prompt is not None:
+        raise ValueError("generate_forecast writes from the backbone's own generate(), which does not read a soft "
+                         "prompt's virtual tokens; a prompt-tuned forecaster forecasts in one pass: predict(batch)")
     ids = st_token_ids(tokenizer)
     size = batch["input_ids"].shape[0]
     if rationales is not None and len(rationales) != size:

@@ -11,8 +11,15 @@ A saved forecaster (the trainer's checkpoints and the final output directory ali
   (``config.json``, ``model*.safetensors``); ``"base"`` -- nothing, the backbone was frozen, so it is the base
   backbone itself (a randomly initialised one, for the random-LLM control, rebuilt from ``random_init_seed``);
   ``"none"`` -- no backbone at all (the no-LLM control; ``model_name_or_path`` then names the backbone whose
-  tokenizer and width it took);
-- ``st_modules.safetensors`` + ``st_forecaster_config.json`` (:func:`save_st_modules`): encoder, projector, head;
+  tokenizer and width it took); ``"attribute"`` -- an attribute adapter (freeze plan ``prompt``, PromptST): no
+  backbone weights and, in ``st_modules.safetensors``, only what prompt tuning trained (the soft prompt and the
+  head's output layer, :data:`~st_instruct.models.soft_prompts.PROMPT_TUNED_MODULES`); ``base_forecaster`` names
+  the trained forecaster it was tuned on (a folder, read relative to the current directory when relative, or a Hub
+  repo id), whose backbone the other fields describe. Loading it loads the base (:func:`load_forecaster`; a Hub
+  repo id downloaded as :func:`download_model` downloads), adds the soft prompt, and loads the adapter's weights
+  over the base's: several adapters share one base folder;
+- ``st_modules.safetensors`` + ``st_forecaster_config.json`` (:func:`save_st_modules`): encoder, projector, head
+  (an attribute adapter's: its own weights only, and the whole configuration);
 - the tokenizer with the ST special tokens.
 
 For ``"adapter"`` and ``"base"`` the base backbone is rebuilt as training built it -- :func:`get_backbone`, then
@@ -33,11 +40,14 @@ insufficient), else the refusal.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any
 
 import torch
+from huggingface_hub import snapshot_download
+from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 from peft import PeftConfig, PeftModel, set_peft_model_state_dict
 from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors import SafetensorError, safe_open
@@ -58,6 +68,7 @@ from st_instruct.models.forecaster import (
     STForecaster,
     STForecasterConfig,
     apply_memories,
+    apply_soft_prompt,
     build_st_forecaster,
     check_size,
     check_st_weights,
@@ -67,9 +78,10 @@ from st_instruct.models.forecaster import (
 )
 from st_instruct.models.hub_backbone import auto_class
 from st_instruct.models.patching import decoder_layers, unwrap
+from st_instruct.models.soft_prompts import PROMPT_TUNED_MODULES
 from st_instruct.samples.st_tokens import ST_TOKENS, st_token_ids
 
-FORMATS = ("adapter", "full", "base", "none")
+FORMATS = ("adapter", "full", "base", "none", "attribute")
 
 
 def is_peft_model(module: torch.nn.Module) -> bool:
@@ -108,7 +120,7 @@ def save_forecaster(model: STForecaster, directory: str | Path, source: Backbone
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    kind = backbone_format(model)
+    kind = "attribute" if source.base_forecaster else backbone_format(model)
     backbone_state = None
     if state_dict is not None:
         backbone_state = {key[len("backbone."):]: value for key, value in state_dict.items()
@@ -119,15 +131,33 @@ def save_forecaster(model: STForecaster, directory: str | Path, source: Backbone
         _rewrite_adapter_config(directory / ADAPTER_FILES[0], source, model)
     elif kind == "full":
         unwrap(model.backbone).save_pretrained(directory, state_dict=backbone_state)
-    if state_dict is None:
+    if kind == "attribute":  # the adapter's own weights; the base's stay in the base folder
+        save_file(attribute_state_dict(model, state_dict), str(directory / ST_MODULES_FILE), metadata={"format": "pt"})
+        model.st_config.save(directory)
+    elif state_dict is None:
         save_st_modules(model, directory)
     else:
         save_file(st_state_dict(model, state_dict), str(directory / ST_MODULES_FILE), metadata={"format": "pt"})
         model.st_config.save(directory)
     if tokenizer is not None:
         tokenizer.save_pretrained(directory)
-    (directory / BACKBONE_FILE).write_text(json.dumps({**asdict(source), "format": kind}, indent=2) + "\n")
+    record = {key: value for key, value in asdict(source).items()
+              if key != "base_forecaster" or value is not None}  # only an attribute adapter has a base
+    (directory / BACKBONE_FILE).write_text(json.dumps({**record, "format": kind}, indent=2) + "\n")
     return directory
+
+
+def attribute_state_dict(model: STForecaster, state_dict: dict[str, torch.Tensor] | None = None
+                         ) -> dict[str, torch.Tensor]:
+    """What an attribute adapter saves of ``model``: the weights of :data:`~st_instruct.models.soft_prompts.
+    PROMPT_TUNED_MODULES` (``st_soft_prompt.*``, ``regression_head.out.*``), on the CPU, from the live modules or
+    picked out of the whole forecaster's ``state_dict`` (:func:`~st_instruct.models.forecaster.st_state_dict`).
+    ``ValueError`` for a model without a soft prompt."""
+    if model.st_soft_prompt is None:
+        raise ValueError("an attribute adapter holds a soft prompt, but this forecaster has none; train it with "
+                         "freeze_plan: prompt (soft_prompt_tokens > 0)")
+    prefixes = tuple(f"{name}." for name in PROMPT_TUNED_MODULES)
+    return {key: value for key, value in st_state_dict(model, state_dict).items() if key.startswith(prefixes)}
 
 
 def _with_records(source: BackboneSource, model: STForecaster, tokenizer: Any) -> BackboneSource:
@@ -179,6 +209,10 @@ def read_backbone_source(directory: str | Path) -> tuple[BackboneSource, str]:
                                 "(was the copy interrupted, or is this another kind of directory?)")
     if kind not in FORMATS:
         raise ValueError(f"{directory / BACKBONE_FILE}: format must be one of {FORMATS}, found {kind!r}")
+    if (kind == "attribute") != bool(meta.get("base_forecaster")):
+        raise ValueError(f"{directory / BACKBONE_FILE}: format {kind!r} with base_forecaster "
+                         f"{meta.get('base_forecaster')!r}: an attribute adapter, and only one, names its base "
+                         f"forecaster (a folder or a Hub repo id); it was edited or damaged; {COPY_AGAIN}")
     weights = [ST_MODULES_FILE, *([ADAPTER_FILES[1]] if kind == "adapter" else [])]
     weights += sorted(p.name for p in directory.glob("model*.safetensors")) if kind == "full" else []
     for name in weights:
@@ -200,6 +234,8 @@ def _backbone_source(path: Path, meta: dict[str, Any]) -> BackboneSource:
     try:
         if tokens is not None and not (isinstance(tokens, dict) and all(isinstance(k, str) for k in tokens)):
             raise ValueError(f"added_tokens must map token strings to integer ids, found {tokens!r}")
+        if not isinstance(meta.get("base_forecaster") or "", str):
+            raise ValueError(f"base_forecaster must be a folder or a Hub repo id, found {meta['base_forecaster']!r}")
         if not isinstance(meta.get("load_in_4bit", False), bool):
             raise ValueError(f"load_in_4bit must be true or false, found {meta['load_in_4bit']!r}")
         for key in ("num_layers", "base_num_layers", "random_init_seed"):
@@ -221,19 +257,20 @@ def check_safetensors(path: Path) -> None:
                          "re-train") from err
 
 
-def load_forecaster(directory: str | Path) -> tuple[STForecaster, Any]:
+def load_forecaster(directory: str | Path, *, token: str | None = None,
+                    cache_dir: str | Path | None = None) -> tuple[STForecaster, Any]:
     """``(model in eval mode, tokenizer)`` from a directory written by :func:`save_forecaster`. Its files are checked
     against each other (:func:`read_backbone_source`, :meth:`STForecasterConfig.load`, :func:`check_st_weights`, the
-    tokenizer's files) before anything is built, so an edited or incomplete folder is one error naming the file."""
+    tokenizer's files) before anything is built, so an edited or incomplete folder is one error naming the file.
+    An attribute adapter loads its base first (module docstring): a base named by Hub repo id is downloaded with
+    ``token`` into ``cache_dir`` (:func:`download_model`)."""
     directory = Path(directory)
     source, kind = read_backbone_source(directory)
     config = STForecasterConfig.load(directory)
+    if kind == "attribute":
+        return _load_attribute_adapter(directory, source, config, token, cache_dir)
     check_st_weights(directory, config)
-    missing = [name for name in TOKENIZER_FILES if not (directory / name).is_file()]
-    if missing:  # transformers would answer "install sentencepiece or tiktoken", which is not the problem
-        raise FileNotFoundError(f"{directory} lacks its tokenizer's {' and '.join(missing)} (a saved forecaster "
-                                f"holds {' and '.join(TOKENIZER_FILES)}); copy the model folder again (completely)")
-    tokenizer = AutoTokenizer.from_pretrained(directory)
+    tokenizer = _saved_tokenizer(directory)
     if kind == "none":  # the no-LLM control: the tokenizer only tokenises its prompts, the model reads the arrays
         return load_st_modules(build_st_forecaster(None, config), directory).eval(), tokenizer
     backbone, base_tokenizer = build_base_backbone(source)
@@ -246,6 +283,99 @@ def load_forecaster(directory: str | Path) -> tuple[STForecaster, Any]:
     elif kind == "full":
         _load_full_backbone(backbone, directory)
     return load_st_modules(build_st_forecaster(backbone, config), directory).eval(), tokenizer
+
+
+def _saved_tokenizer(directory: Path) -> Any:
+    """The tokenizer saved in a forecaster folder; ``FileNotFoundError`` naming its missing files."""
+    missing = [name for name in TOKENIZER_FILES if not (directory / name).is_file()]
+    if missing:  # transformers would answer "install sentencepiece or tiktoken", which is not the problem
+        raise FileNotFoundError(f"{directory} lacks its tokenizer's {' and '.join(missing)} (a saved forecaster "
+                                f"holds {' and '.join(TOKENIZER_FILES)}); copy the model folder again (completely)")
+    return AutoTokenizer.from_pretrained(directory)
+
+
+def _load_attribute_adapter(directory: Path, source: BackboneSource, config: STForecasterConfig,
+                            token: str | None, cache_dir: str | Path | None) -> tuple[STForecaster, Any]:
+    """An attribute adapter (module docstring): its base loaded, its soft prompt added, its weights loaded over the
+    base's; its configuration must be the base's plus the soft prompt, its tokenizer the base's."""
+    tokenizer = _saved_tokenizer(directory)
+    model, base_tokenizer, base = load_base_forecaster(source.base_forecaster, config.soft_prompt, token=token,
+                                                       cache_dir=cache_dir, adapter=directory)
+    values, base_values = asdict(config), asdict(model.st_config)
+    differ = [key for key in values if values[key] != base_values[key]]
+    if differ:
+        raise ValueError(f"the attribute adapter in {directory} was not tuned on the forecaster in {base} (their "
+                         f"{ST_CONFIG_FILE} differ in {', '.join(differ)}); point base_forecaster in its "
+                         f"{BACKBONE_FILE} at the folder it was tuned on")
+    if base_tokenizer.get_vocab() != tokenizer.get_vocab():
+        raise ValueError(f"the tokenizer saved in {directory} differs from the one of its base forecaster {base}; "
+                         "was the base changed since the adapter was tuned?")
+    load_attribute_weights(model, directory)
+    return model.eval(), tokenizer
+
+
+def load_base_forecaster(base: str | Path, soft_prompt: Any, *, token: str | None = None,
+                         cache_dir: str | Path | None = None, adapter: Path | None = None
+                         ) -> tuple[STForecaster, Any, Path]:
+    """``(model, tokenizer, folder)``: the trained forecaster ``base`` (a folder, or a Hub repo id downloaded by
+    :func:`download_model`) with a fresh soft prompt of ``soft_prompt`` (a
+    :class:`~st_instruct.configs.SoftPromptConfig`; :func:`~st_instruct.models.forecaster.apply_soft_prompt`, drawn
+    from torch's global generator) and every other weight the base's: where prompt tuning starts and what an
+    attribute adapter (``adapter``, for the messages) loads onto. An attribute adapter as the base is refused."""
+    folder = Path(base).expanduser()
+    named = f"the base forecaster {base} of the attribute adapter in {adapter}" if adapter is not None else \
+        f"the base forecaster {base}"
+    if not folder.is_dir():
+        try:
+            folder = download_model(str(base), token=token, cache_dir=cache_dir)
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"{named}: {err}; keep the base folder where {BACKBONE_FILE} names it "
+                                    "(base_forecaster; a relative path is read from the current directory), or "
+                                    "name its Hub repo id there") from err
+    _, kind = read_backbone_source(folder)
+    if kind == "attribute":
+        raise ValueError(f"{named} is itself an attribute adapter; tune (and load) attribute adapters on the "
+                         "forecaster it names as its base_forecaster")
+    model, tokenizer = load_forecaster(folder)
+    return apply_soft_prompt(model, soft_prompt), tokenizer, folder
+
+
+def load_attribute_weights(model: STForecaster, directory: str | Path) -> STForecaster:
+    """Copy the attribute adapter's weights saved in ``directory`` (:func:`attribute_state_dict`) into ``model``,
+    in place; a ValueError naming the file when they are not exactly the tensors ``model`` has there. Returns
+    ``model``."""
+    path = Path(directory) / ST_MODULES_FILE
+    try:
+        state = load_file(str(path))
+    except SafetensorError as err:
+        raise ValueError(f"{path} is corrupt or truncated ({err}); {COPY_AGAIN}") from err
+    expected = attribute_state_dict(model)
+    wrong = sorted(set(state) ^ set(expected)) + sorted(
+        key for key in set(state) & set(expected) if state[key].shape != expected[key].shape)
+    if wrong:
+        raise ValueError(f"{path} does not hold the attribute adapter's weights this model has (soft prompt and "
+                         f"head output layer): {wrong[:5]} differ; {COPY_AGAIN}")
+    with torch.no_grad():
+        for key, value in state.items():
+            model.get_parameter(key).copy_(value)
+    return model
+
+
+def download_model(repo_id: str, revision: str | None = None, token: str | None = None,
+                   cache_dir: str | Path | None = None) -> Path:
+    """The Hub repo ``repo_id`` (USER/NAME) downloaded through ``huggingface_hub`` into its cache (from
+    ``$HF_ENDPOINT`` read at call time; ``HF_HUB_OFFLINE=1`` uses the cached copy and never the network); returns
+    its folder. ``FileNotFoundError`` saying why not (not a repo id, not cached while offline, refused)."""
+    if repo_id.count("/") != 1 or repo_id.startswith((".", "/", "~")):
+        raise FileNotFoundError(f"{repo_id}: no such folder, and not a Hub repo id (USER/NAME)")
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, token=token, cache_dir=cache_dir,
+                                      endpoint=os.environ.get("HF_ENDPOINT") or None))
+    except LocalEntryNotFoundError as err:
+        raise FileNotFoundError(f"{repo_id}: no such folder, and the Hub repo is not in the local cache while the "
+                                f"Hub cannot be reached or HF_HUB_OFFLINE is set ({err})") from err
+    except HfHubHTTPError as err:
+        raise FileNotFoundError(f"{repo_id}: no such folder, and the Hub refused it ({err})") from err
 
 
 def _trained_adapter_config(directory: Path) -> Any:
@@ -263,6 +393,8 @@ def load_forecaster_weights(model: STForecaster, directory: str | Path) -> STFor
     have the same structure (same freeze plan, same ST config). Returns ``model``."""
     directory = Path(directory)
     _, kind = read_backbone_source(directory)
+    if kind == "attribute":  # prompt tuning's checkpoint: the base's weights never changed
+        return load_attribute_weights(model, directory)
     if kind != backbone_format(model):
         raise ValueError(f"{directory} holds a {kind!r} backbone but the model to restore has a "
                          f"{backbone_format(model)!r} one; resume with the recipe (freeze_plan) it was trained with")

@@ -46,7 +46,14 @@ from st_instruct.data.profile import read_data_profiles
 from st_instruct.evaluation.baselines import SOURCE_SUFFIX, baseline_kind, run_baselines, run_source_baselines
 from st_instruct.evaluation.plots import window_times
 from st_instruct.evaluation.predict import scatter_predictions
-from st_instruct.model_dir import GENERATED_ROW, MODEL_ROW, read_few_shot, trained_data_config
+from st_instruct.model_dir import (
+    GENERATED_ROW,
+    MODEL_ROW,
+    TTA_ROW_SEPARATOR,
+    read_few_shot,
+    trained_data_config,
+    tta_row,
+)
 from st_instruct.models.collators import build_collator
 from st_instruct.models.forecaster import STForecasterConfig
 from st_instruct.models.rationale import generate_forecast
@@ -55,6 +62,7 @@ from st_instruct.protocols.baselines import make_report, prepare_windows
 from st_instruct.protocols.controls import read_control
 from st_instruct.samples.builder import build_dataset
 from st_instruct.tasks import Task, get_task
+from st_instruct.training.tta import TestTimeAdapter, TTASettings, adaptation_config
 
 # bump a protocol's version when what it fits, scales or scores changes
 PROTOCOL_VERSION = {"in-domain": "in-domain/1", "zero-shot": "zero-shot/2", "few-shot": "few-shot/2"}
@@ -205,7 +213,8 @@ def evaluate_forecaster(model_dir: str | Path, dataset: str, data_dir: str | Non
                         broadcast_channels: bool = False, spec: dict[str, Any] | None = None,
                         controls: Sequence[str | Path] = (), zero_shot_scaling: str = "window",
                         generate_rationales: bool = False, max_new_tokens: int = 384,
-                        plot_models: Sequence[str] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+                        plot_models: Sequence[str] | None = None,
+                        tta: TTASettings | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """Score the forecaster in ``model_dir`` and the baselines ``models`` (default all) on the same windows.
 
     ``max_windows`` / ``max_nodes``: score a seeded subset of the split's windows / of the nodes (series, for a
@@ -222,6 +231,12 @@ def evaluate_forecaster(model_dir: str | Path, dataset: str, data_dir: str | Non
     ``generate_rationales`` (AirGPT students): also score the forecast read after a rationale the model generates
     itself (:func:`~st_instruct.models.rationale.generate_forecast`, at most ``max_new_tokens``) as
     ``st_forecaster_generated``; ``report["generated_rationales"]`` keeps the first three texts with their windows.
+
+    ``tta``: also score the forecaster and each control under test-time adaptation (:mod:`st_instruct.training.
+    tta`: ``tta.steps`` steps per batch in ``tta.mode``, the recipe's ``tta_parameters``), the test samples in
+    time order, as rows ``st_forecaster+tta-<mode>`` (:func:`~st_instruct.model_dir.tta_row`) beside the plain
+    ones, on the same windows; ``report["tta"]`` says which mode ran, what it tuned and the seconds it adds per
+    window.
 
     ``plot_models``: the models the forecast figures will draw
     (:func:`~st_instruct.evaluation.report.write_evaluation_outputs`), checked against the rows this evaluation
@@ -252,6 +267,10 @@ def evaluate_forecaster(model_dir: str | Path, dataset: str, data_dir: str | Non
     trained = trained_data_config(model_dir)
     if generate_rationales:
         require_rationale_training(model_dir, trained, "--generate-rationales")
+    if tta is not None and tta.mode != "matured" and not STForecasterConfig.load(model_dir).head.reconstruction_head:
+        raise ValueError(f"--tta-mode {tta.mode} adapts by masked reconstruction, and the forecaster in {model_dir} "
+                         "has no reconstruction path: train it with reconstruction_head: true and "
+                         "reconstruction_weight > 0 (recipes/urbanmind_tta.yaml), or use --tta-mode matured")
     config, protocol = evaluation_config(trained, dataset, data_dir, channels, start, end, max_windows, spec,
                                          zero_shot_scaling, max_nodes)
     kind = "zero-shot" if protocol.startswith("zero-shot") else "in-domain"
@@ -325,6 +344,19 @@ def evaluate_forecaster(model_dir: str | Path, dataset: str, data_dir: str | Non
         if not np.array_equal(control_covered, covered):  # the same samples: cannot differ unless the code is wrong
             raise RuntimeError(f"the control {folder} covered other (window, node) pairs than the forecaster")
         control_preds[name] = np.nan_to_num(found[rows])
+    adapted: dict[str, dict[str, Any]] = {}
+    if tta is not None:
+        for name, folder in {MODEL_ROW: Path(model_dir), **control_rows}.items():
+            adapting = model if name == MODEL_ROW else load_forecaster(folder)[0]
+            adapted[tta_row(name, tta.mode)] = _adapted_forecasts(
+                adapting, folder, tta, build_collator(config, adapting, tokenizer, backbone_name, broadcast), samples,
+                starts, num_series, batch_size, broadcast_channels, windows, seed, progress)
+            if "pred" in adapted[tta_row(name, tta.mode)]:
+                found = adapted[tta_row(name, tta.mode)]
+                found["pred"], found_covered = _per_channel(found["pred"], found["covered"], series_per_node)
+                if not np.array_equal(found_covered, covered):
+                    raise RuntimeError(f"the adapted {name} covered other (window, node) pairs than the forecaster")
+                found["pred"] = np.nan_to_num(found["pred"][rows])
     fit_windows = windows
     if protocol.startswith("few-shot"):
         fit_windows = windows.first_train_windows(few_shot["train_windows"])
@@ -349,6 +381,14 @@ def evaluate_forecaster(model_dir: str | Path, dataset: str, data_dir: str | Non
         results[name] = {**task.score(found, target["y"], mask), "fit_seconds": 0.0,
                          "predict_seconds": control_seconds[name]}
         predictions[name] = found
+    plain_seconds = {MODEL_ROW: predict_seconds, **control_seconds}
+    for name, found in adapted.items():
+        if "skipped" in found:
+            results[name] = {"skipped": found["skipped"]}
+            continue
+        results[name] = {**task.score(found["pred"], target["y"], mask), "fit_seconds": 0.0,
+                         "predict_seconds": found["seconds"]}
+        predictions[name] = found["pred"]
     for name, result in baseline_results.items():
         if "skipped" in result:
             results[name] = result
@@ -369,6 +409,8 @@ def evaluate_forecaster(model_dir: str | Path, dataset: str, data_dir: str | Non
         report["generated_rationales"] = generated["examples"]
     if control_rows:
         report["controls"] = {name: str(folder) for name, folder in control_rows.items()}
+    if tta is not None:
+        report["tta"] = tta_report(tta, adapted, plain_seconds, len(rows))
     if protocol.startswith("few-shot"):
         report["few_shot"] = few_shot
         report["windows"]["train"] = few_shot["train_windows"]
@@ -380,6 +422,52 @@ def evaluate_forecaster(model_dir: str | Path, dataset: str, data_dir: str | Non
               "times": window_times(windows, split_name)[rows], "node_names": data.node_names,
               "units": list(data.units)}
     return report, arrays
+
+
+def _adapted_forecasts(model: Any, folder: Path, tta: TTASettings, collator: Any, samples: Any, starts: np.ndarray,
+                       num_series: int, batch_size: int, broadcast_channels: bool, windows: Any, seed: int,
+                       progress: bool) -> dict[str, Any]:
+    """``model``'s forecasts of ``samples`` under test-time adaptation (``folder``'s recipe says what it tunes),
+    the samples in time order: ``{"pred", "covered", "seconds", "trainable", "matured_log"}`` as
+    :func:`scatter_predictions` gives them, or ``{"skipped": reason}`` when the recipe's ``tta_parameters`` select
+    nothing of this model (a control without a backbone has no backbone norms or adapter)."""
+    index = windows.data.time_index()
+    step_time = (lambda steps: np.asarray(index.values)[steps]) if index is not None else (lambda steps: steps)
+    try:
+        adapter = TestTimeAdapter(model, adaptation_config(folder), tta, windows.history, windows.horizon,
+                                  step_time=step_time, seed=seed)
+    except ValueError as err:
+        if model.backbone is None:
+            return {"skipped": str(err)}
+        raise
+    order = np.argsort(np.asarray(samples["window_start"]), kind="stable")  # carry / matured: time order
+    try:
+        pred, covered, seconds = scatter_predictions(
+            model, collator, samples.select(order), starts, num_series, batch_size, broadcast_channels,
+            predict=adapter.predict, progress=progress, desc=f"predicting with test-time adaptation ({tta.mode})")
+    finally:
+        adapter.close()
+    return {"pred": pred, "covered": covered, "seconds": seconds, "trainable": adapter.trainable,
+            "matured_log": adapter.matured_log}
+
+
+def tta_report(tta: TTASettings, adapted: dict[str, dict[str, Any]], plain_seconds: dict[str, float],
+               windows: int) -> dict[str, Any]:
+    """``report["tta"]``: the mode, the steps, what each adapted row tuned, the seconds adaptation adds per
+    window beside its plain row's, and for ``matured`` the labels it used."""
+    base = {name: name.split(TTA_ROW_SEPARATOR)[0] for name in adapted}
+    done = {name: found for name, found in adapted.items() if "skipped" not in found}
+    out: dict[str, Any] = {
+        "mode": tta.mode, "steps": tta.steps,
+        "labels": ("targets of earlier test samples whose every step lies at or before the batch's issue time"
+                   if tta.mode == "matured" else "none: masked reconstruction of each batch's own history"),
+        "trainable": {name: found["trainable"] for name, found in done.items()},
+        "seconds_added_per_window": {name: (found["seconds"] - plain_seconds[base[name]]) / max(windows, 1)
+                                     for name, found in done.items()}}
+    if tta.mode == "matured":
+        out["matured_samples"] = {name: sum(step["samples"] for step in found["matured_log"])
+                                  for name, found in done.items()}
+    return out
 
 
 def explain_window(model_dir: str | Path, dataset: str, window: int, node: int | None = None,

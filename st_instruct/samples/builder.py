@@ -449,6 +449,9 @@ def _data_hash(data: STData) -> str:
                                            "node_descriptions", "coord_kind", "null_value", "grid_shape",
                                            "description")}
     meta["start"] = None if data.start is None else str(data.start)
+    for key in ("sensors", "node_units"):  # prompt text too; left out when unknown, so older fingerprints hold
+        if getattr(data, key):
+            meta[key] = getattr(data, key)
     h.update(json.dumps(meta, sort_keys=True, default=str).encode())
     if data.timestamps is not None:
         h.update(np.ascontiguousarray(data.timestamps.to_numpy().astype("datetime64[ns]")))

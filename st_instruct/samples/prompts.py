@@ -217,14 +217,26 @@ def describe_period(first_timestamp: pd.Timestamp | str | None, num_steps: int, 
 
 
 # ---------------------------------------------------------------------------------------------------- context
+def join_words(items: list[str]) -> str:
+    """``"a"``, ``"a and b"``, ``"a, b and c"``; ``""`` for no items."""
+    if not items:
+        return ""
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
+
+
 def channels_text(channels: list[str], units: list[str]) -> str:
     """``"inflow and outflow (trips/hour)"`` when all units agree, else ``"PM2.5 (ug/m3), TEMP (degC) and ..."``."""
-    def join(items: list[str]) -> str:
-        return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
-
     if len(set(units)) == 1:
-        return join(list(channels)) + (f" ({units[0]})" if units[0] else "")
-    return join([f"{c} ({u})" if u else c for c, u in zip(channels, units, strict=True)])
+        return join_words(list(channels)) + (f" ({units[0]})" if units[0] else "")
+    return join_words([f"{c} ({u})" if u else c for c, u in zip(channels, units, strict=True)])
+
+
+def sensor_kind(data: STData) -> str:
+    """What measured the dataset: its channels' distinct ``STData.sensors`` in channel order, joined
+    (``"taxi trip records"``, ``"air-quality monitoring stations and weather station"``); a channel-independent view's
+    original channels are read (``node_channels``); ``""`` when none is known (a user's file)."""
+    channels = data.channels if data.node_channels is None else list(dict.fromkeys(data.node_channels))
+    return join_words(list(dict.fromkeys(k for k in (data.sensors.get(c, "") for c in channels) if k)))
 
 
 def dataset_context(data: STData, history: int, horizon: int, values_in_text: bool) -> dict[str, Any]:
@@ -233,7 +245,9 @@ def dataset_context(data: STData, history: int, horizon: int, values_in_text: bo
         "dataset": data.name,
         "city": data.city,
         "dataset_description": data.description,
-        "channels": [{"name": c, "unit": u} for c, u in zip(data.channels, data.units, strict=True)],
+        "channels": [{"name": c, "unit": u, "sensor": data.sensors.get(c, "")}
+                     for c, u in zip(data.channels, data.units, strict=True)],
+        "sensor_kind": sensor_kind(data),
         "channel_names": channels_text(data.channels, [""] * data.num_channels),
         "channels_text": channels_text(data.channels, data.units),
         "freq": data.freq,
@@ -251,10 +265,12 @@ def dataset_context(data: STData, history: int, horizon: int, values_in_text: bo
 
 
 def node_context(data: STData, index: int) -> dict[str, Any]:
-    """``{index, name, description, label, location}`` of node ``index``; unknown text fields are ``""``.
+    """``{index, name, description, label, location, facets}`` of node ``index``; unknown text fields are ``""``.
 
     ``label`` is the name, or ``"node <index>"`` without names; ``location`` is ``"row r, column c"`` on a grid,
-    ``"39.9820° N, 116.3970° E"`` for lat/lon coordinates, else ``""``. ``history_values`` is added per sample.
+    ``"39.9820° N, 116.3970° E"`` for lat/lon coordinates, else ``""``. ``facets``: what the node's series measure,
+    ``[{name, unit, sensor}]`` per channel (a channel-independent view's node: its one original channel, from
+    ``node_channels`` / ``node_units``). ``history_values`` is added per sample.
     """
     name = data.node_names[index] if data.node_names is not None else ""
     location = ""
@@ -270,7 +286,18 @@ def node_context(data: STData, index: int) -> dict[str, Any]:
         "description": data.node_descriptions[index] if data.node_descriptions is not None else "",
         "label": name or f"node {index}",
         "location": location,
+        "facets": node_facets(data, index),
     }
+
+
+def node_facets(data: STData, index: int) -> list[dict[str, str]]:
+    """``[{name, unit, sensor}]``: the channels node ``index``'s values are (:func:`node_context`)."""
+    if data.node_channels is not None:
+        channel = data.node_channels[index]
+        unit = data.node_units[index] if data.node_units is not None else ""
+        return [{"name": channel, "unit": unit, "sensor": data.sensors.get(channel, "")}]
+    return [{"name": c, "unit": u, "sensor": data.sensors.get(c, "")}
+            for c, u in zip(data.channels, data.units, strict=True)]
 
 
 def format_values(values: np.ndarray, observed: np.ndarray, decimals: int) -> np.ndarray:

@@ -22,6 +22,16 @@ backbone and never wrapped by PEFT, and decides what of the backbone trains:
     LoRA on a backbone whose linear layers were quantised to 4-bit NF4 while loading: QLoRA (Dettmers et al.,
     "QLoRA: Efficient Finetuning of Quantized LLMs", NeurIPS 2023), through bitsandbytes
     (``get_backbone(..., load_in_4bit=True)``) and ``peft.prepare_model_for_kbit_training``. Works on the CPU.
+``prompt``
+    prompt tuning on a trained forecaster: PromptST (Zhang et al., "PromptST: Prompt-Enhanced Spatio-Temporal
+    Multi-Attribute Prediction", CIKM 2023) pretrains one model on every attribute of a dataset, then tunes, for one
+    attribute, only light prompt tokens and a fresh head on the frozen shared model. Here exactly two things train:
+    the soft prompt (``st_soft_prompt``, :mod:`~st_instruct.models.soft_prompts`) and the regression head's output
+    layer (``regression_head.out``, re-initialised by :func:`reset_head_output`: the fresh head). Nothing else does:
+    not the backbone, not a LoRA adapter the base carries (it stays, frozen), not the encoder, projector, the rest
+    of the head or any other ST module -- the one exception to "the ST modules always train". The training run
+    loads the model from ``base_forecaster`` (:mod:`st_instruct.training.run`) and saves the two as a small
+    attribute adapter that names its base (:mod:`st_instruct.models.saving`).
 
 :func:`apply_freeze_plan` sets ``requires_grad`` in place and returns a :class:`FreezeReport`.
 """
@@ -33,6 +43,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from peft import LoraConfig, PeftModel, TrainableTokensConfig, get_peft_model, prepare_model_for_kbit_training
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
@@ -54,8 +65,10 @@ from st_instruct.models.patching import (
     vision_module_path,
     vision_projector,
 )
+from st_instruct.models.soft_prompts import PROMPT_TUNED_MODULES
 
-FREEZE_PLANS = ("frozen", "lora", "pfa", "full", "qlora")
+FREEZE_PLANS = ("frozen", "lora", "pfa", "full", "qlora", "prompt")
+PROMPT_PLAN_MODULES = PROMPT_TUNED_MODULES  # what freeze plan prompt trains: the soft prompt, the head's output layer
 # recipe-friendly names in lora_target_modules, expanded per architecture (st_instruct.models.patching)
 LORA_TARGET_ALIASES = {"attention": attention_projection_names, "mlp": feed_forward_projection_names}
 MEMORY_GROUP = MEMORY_MODULE_NAME  # MRFFN memories inside the backbone: ST weights, trained in every plan
@@ -125,11 +138,16 @@ def apply_freeze_plan(model: STForecaster, freeze: FreezeConfig, frozen_st_modul
     ``st_encoder`` with ``st_encoder_freeze: true``, a VLM's ``st_vision_tower`` with ``vision_tower_train: frozen``
     (or ``lora``, where its adapters train).
 
+    ``prompt`` (:func:`apply_prompt_plan`) trains the soft prompt and the head's output layer only, and keeps an
+    adapter the backbone carries (frozen); ``frozen_st_modules`` does not apply to it.
+
     Returns a :class:`FreezeReport`. Raises ``ValueError``: ``pfa_last_layers`` beyond the backbone's layers,
     ``qlora`` on a backbone not loaded in 4-bit (``lora`` / ``pfa`` / ``full`` on one that is), a backbone already
     carrying another adapter.
     """
     plan, pfa_last_layers = freeze.freeze_plan, freeze.pfa_last_layers
+    if plan == "prompt":
+        return apply_prompt_plan(model)
     vision_lora = freeze.vision_tower_train == "lora"
     backbone = model.backbone
     quantised = is_loaded_in_4bit(backbone)
@@ -172,6 +190,28 @@ def apply_freeze_plan(model: STForecaster, freeze: FreezeConfig, frozen_st_modul
     if is_vision_language(backbone):  # ST-VLM's adaptive fine-tuning always trains the projector (even inside a
         vision_projector(backbone).requires_grad_(True)  # frozen tower, as Qwen2-VL's merger is)
     return _report(model, plan, adapter)
+
+
+def apply_prompt_plan(model: STForecaster) -> FreezeReport:
+    """Freeze plan ``prompt`` (module docstring): every parameter of ``model`` frozen -- backbone, adapters, ST
+    modules -- but the soft prompt's and the regression head's output layer's (:data:`PROMPT_PLAN_MODULES`). Works
+    without a backbone too (the no-LLM control). ``ValueError`` when the model has no soft prompt."""
+    if model.st_soft_prompt is None:
+        raise ValueError("freeze plan 'prompt' trains the soft prompt, but this forecaster has none: build it with "
+                         "soft_prompt_tokens > 0")
+    model.requires_grad_(False)
+    for name in PROMPT_PLAN_MODULES:
+        model.get_submodule(name).requires_grad_(True)
+    return _report(model, "prompt", _adapter_parameters(model.backbone) if model.backbone is not None else set())
+
+
+def reset_head_output(model: STForecaster, seed: int | None = None) -> None:
+    """Give ``model`` a fresh head for freeze plan ``prompt``: the regression head's output layer ``W3``
+    (``regression_head.out``) re-initialised as ``nn.Linear`` initialises itself, from torch's global generator
+    (seeded with ``seed`` first when given); the rest of the head keeps the base's weights."""
+    if seed is not None:
+        torch.manual_seed(seed)
+    model.regression_head.out.reset_parameters()
 
 
 def _peft_config(model: STForecaster, freeze: FreezeConfig) -> Any:

@@ -27,10 +27,12 @@ from transformers.integrations import TensorBoardCallback
 from transformers.integrations.integration_utils import default_logdir
 
 from st_instruct.configs import (
+    AdaptationConfig,
     DataConfig,
     FreezeConfig,
     ModelConfig,
     RecipeError,
+    SoftPromptConfig,
     TrainingDivergedError,
     check_recipe_consistency,
     part,
@@ -52,13 +54,14 @@ from st_instruct.models.forecaster import STForecasterConfig, build_st_forecaste
 from st_instruct.models.mrffn import init_memory_from_patterns, memory_modules, recorded_inputs
 from st_instruct.models.patching import hidden_size, is_vision_language
 from st_instruct.models.regression_head import gather_positions
+from st_instruct.models.saving import load_base_forecaster, read_backbone_source
 from st_instruct.outputs import check_writable, clean_stale_siblings, commit, is_nonempty, sibling, staged_into
 from st_instruct.pretraining.run import get_pretrained_encoder, load_readout_into_skip
 from st_instruct.samples.builder import build_dataset
 from st_instruct.samples.collator import STDataCollator
 from st_instruct.samples.st_tokens import add_st_tokens
 from st_instruct.tasks import get_task
-from st_instruct.training.freeze import FreezeReport, apply_freeze_plan
+from st_instruct.training.freeze import FreezeReport, apply_freeze_plan, reset_head_output
 from st_instruct.training.trainer import STSFTTrainer
 
 OVERWRITE_FLAG = "--overwrite"  # of `st-instruct train` / `demo` and scripts/sft.py; not a recipe key (see train)
@@ -88,8 +91,13 @@ def build_forecaster(data_config: DataConfig, model_config: ModelConfig, seed: i
     freeze still applies): for a caller that loads every weight from a trained folder next (few-shot), which then
     does not need the pretrained folder to exist any more. ``make_samples(tokenizer)``: the tokenised dataset,
     instead of every window of ``build_dataset(data_config)`` (few-shot builds only the windows it reads).
+
+    ``freeze_plan: prompt`` tunes a soft prompt on the trained forecaster of ``base_forecaster`` instead
+    (:func:`build_prompt_tuning`).
     """
     check_recipe_consistency(data_config, model_config)
+    if model_config.freeze_plan == "prompt":
+        return build_prompt_tuning(data_config, model_config, seed, make_samples)
     name = model_config.model_name_or_path
     if not name:
         raise RecipeError("model_name_or_path is empty: training needs a backbone (e.g. smollm2-135m)")
@@ -139,6 +147,45 @@ def build_forecaster(data_config: DataConfig, model_config: ModelConfig, seed: i
         return model, tokenizer, dataset, no_backbone_report(model, frozen)
     report = apply_freeze_plan(model, part(model_config, FreezeConfig), frozen_st_modules=frozen)
     return model, tokenizer, dataset, report
+
+
+def build_prompt_tuning(data_config: DataConfig, model_config: ModelConfig, seed: int,
+                        make_samples: Callable[[Any], Any] | None = None) -> tuple[Any, Any, Any, Any]:
+    """PromptST's prompt tuning (Zhang et al., CIKM 2023; ``freeze_plan: prompt``): ``(model, tokenizer, dataset,
+    freeze report)`` of :func:`build_forecaster` for the forecaster saved in ``base_forecaster`` -- its backbone,
+    adapter and ST modules as trained, all frozen -- with a fresh soft prompt of ``soft_prompt_tokens`` (and
+    ``soft_prompt_deep``) and a fresh head output layer (:func:`~st_instruct.training.freeze.reset_head_output`), the
+    only parts that train, both drawn under ``seed``. The recipe's dataset (one attribute: a ``NAME[channel]`` entry
+    for a universal base) is tokenised with the base's tokenizer and must have the base's shapes (history, horizon,
+    channels, coordinates); the model keys the base fixes (backbone, encoder, head, ...) are not read from the
+    recipe. Saved, it is an attribute adapter naming the base (:func:`backbone_source`)."""
+    base = model_config.base_forecaster
+    try:
+        read_backbone_source(base)
+    except (OSError, ValueError) as err:
+        raise RecipeError(f"base_forecaster {base} is not a trained forecaster folder ({err}); set it to the output "
+                          "folder of `st-instruct train`") from err
+    set_seed(seed)
+    model, tokenizer, _ = load_base_forecaster(base, part(model_config, SoftPromptConfig))
+    reset_head_output(model)
+    if model_config.model_max_length:
+        tokenizer.model_max_length = model_config.model_max_length
+    if make_samples is not None:
+        dataset = make_samples(tokenizer)
+    else:
+        dataset = build_dataset(data_config, tokenizer, teacher=build_teacher(data_config.rationale_teacher))
+    sample = next(iter(dataset["train"]))
+    config = model.st_config
+    shapes = {"history": data_config.history,
+              "horizon": get_task(data_config.task).target_length(data_config.history, data_config.horizon),
+              "channels": len(sample["scaler_mean"]), "coord_dim": len(sample["coords"][0])}
+    differ = [f"{key} {value} (the base's: {getattr(config, key)})" for key, value in shapes.items()
+              if value != getattr(config, key)]
+    if differ:
+        raise RecipeError(f"the recipe's data does not fit the base forecaster {base}: {', '.join(differ)}; prompt "
+                          "tuning keeps the base's model, so window and channel the attribute as the base's recipe "
+                          "did")
+    return model, tokenizer, dataset, apply_freeze_plan(model, part(model_config, FreezeConfig))
 
 
 def no_backbone_report(model: Any, frozen_st_modules: list[str] | None = None) -> Any:
@@ -204,6 +251,9 @@ def init_memories_from_data(model: Any, train_dataset: Any, tokenizer: Any, patt
 def backbone_source(model_config: ModelConfig, seed: int | None = None) -> Any:
     """The recipe's :class:`BackboneSource`: how a saved forecaster's base backbone is rebuilt. The ``random_llm``
     control needs the ``seed`` its random backbone was drawn with (:func:`build_forecaster`)."""
+    if model_config.freeze_plan == "prompt":  # an attribute adapter: its base's backbone, and the base named
+        source, _ = read_backbone_source(model_config.base_forecaster)
+        return dataclasses.replace(source, base_forecaster=model_config.base_forecaster)
     random_init_seed = None
     if model_config.control == "random_llm":
         if seed is None:
@@ -223,13 +273,14 @@ def build_trainer(model: Any, data_config: DataConfig, model_config: ModelConfig
     the answer text, so it trains on the regression loss alone), its ST modules' learning rate, and the
     :func:`backbone_source` saved with the model (``backbone_seed``: the seed a random_llm control's backbone was
     drawn with). ``extra``: further ``STSFTTrainer`` keywords."""
-    lm_weight = 0.0 if model_config.control == "no_llm" else model_config.loss_lm_weight
+    lm_weight = 0.0 if model_config.control == "no_llm" or model.backbone is None else model_config.loss_lm_weight
     collator = build_collator(data_config, model, tokenizer, model_config.model_name_or_path, broadcast_channels)
     return STSFTTrainer(model, sft_config, train_dataset, tokenizer, backbone_source(model_config, backbone_seed),
                         task=get_task(data_config.task), loss_reg_weight=model_config.loss_reg_weight,
                         loss_lm_weight=lm_weight,
                         st_learning_rate=model_config.st_learning_rate, data_collator=collator,
-                        module_learning_rates={"st_prompt": model_config.prompt_learning_rate}, **extra)
+                        module_learning_rates={"st_prompt": model_config.prompt_learning_rate},
+                        adaptation=part(model_config, AdaptationConfig), **extra)
 
 
 def resolve_resume(value: str | bool | None, output_dir: str | Path, announce: bool = True) -> str | None:

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from trl import SFTConfig, SFTTrainer
 
-from st_instruct.configs import TrainingDivergedError
+from st_instruct.configs import AdaptationConfig, TrainingDivergedError
 from st_instruct.models.backbones import BackboneSource
 from st_instruct.models.card import write_model_card
 from st_instruct.models.forecaster import STForecaster, regression_mask
@@ -37,6 +37,7 @@ from st_instruct.models.saving import load_forecaster_weights, save_forecaster
 from st_instruct.samples.collator import STDataCollator
 from st_instruct.samples.tokenize import IGNORE_INDEX
 from st_instruct.tasks import Task
+from st_instruct.training.reconstruction import reconstruction_loss, require_reconstruction_path
 
 TRAINING_ARGS_NAME = "training_args.bin"  # as transformers.Trainer names it
 
@@ -89,8 +90,13 @@ class STSFTTrainer(SFTTrainer):
             or backbone) keep ``args.learning_rate``. ``None``: ``args.learning_rate`` for all.
         module_learning_rates: ST module name -> its own learning rate instead (UniST's memory prompt,
             ``st_prompt``, trained from scratch beside a pretrained encoder).
+        adaptation: the recipe's :class:`~st_instruct.configs.AdaptationConfig`; with ``reconstruction_weight`` > 0
+            each step adds ``λ_rec · `` the masked reconstruction loss of the batch's history, a second pass
+            (:func:`~st_instruct.training.reconstruction.reconstruction_loss`; masks drawn from a generator seeded
+            by ``args.seed`` and the process index).
 
-    Logs ``loss_reg`` and ``loss_lm`` (unweighted, averaged over the logging interval) beside ``loss``.
+    Logs ``loss_reg`` and ``loss_lm`` (unweighted, averaged over the logging interval) beside ``loss``, and
+    ``loss_rec`` with the reconstruction loss.
     """
 
     # compute_loss returns the mean over one micro-batch; Trainer divides it by the accumulation steps
@@ -101,7 +107,8 @@ class STSFTTrainer(SFTTrainer):
                  loss_lm_weight: float = 0.1,
                  eval_dataset: Any = None, callbacks: list | None = None,
                  broadcast_channels: int | None = None, st_learning_rate: float | None = None,
-                 data_collator: Any = None, module_learning_rates: dict[str, float] | None = None) -> None:
+                 data_collator: Any = None, module_learning_rates: dict[str, float] | None = None,
+                 adaptation: AdaptationConfig | None = None) -> None:
         if args.packing or args.padding_free:
             raise ValueError("packing / padding_free concatenate samples, but each ST sample carries its own arrays "
                              "and token positions; set packing: false and padding_free: false")
@@ -123,6 +130,9 @@ class STSFTTrainer(SFTTrainer):
                                       if lr is not None}
         if any(not lr > 0 for lr in self.module_learning_rates.values()):
             raise ValueError(f"module learning rates must be > 0, found {self.module_learning_rates}")
+        self.adaptation = adaptation if adaptation is not None and adaptation.reconstruction_weight > 0 else None
+        if self.adaptation is not None:
+            require_reconstruction_path(model, "reconstruction_weight > 0")
         collator = data_collator or STDataCollator(processing_class, broadcast_channels=broadcast_channels)
         super().__init__(model=model, args=args, data_collator=collator,
                          train_dataset=train_dataset, eval_dataset=eval_dataset, processing_class=processing_class,
@@ -130,6 +140,7 @@ class STSFTTrainer(SFTTrainer):
         # SFTTrainer patches a fused LM head onto the model's forward; it only acts on `fused_lm_head=True`, which
         # this trainer never passes, so drop it and keep the forecaster's forward as written.
         vars(self.model).pop("forward", None)
+        self.mask_generator = torch.Generator().manual_seed(args.seed * 1000 + self.accelerator.process_index)
 
     def create_optimizer(self, model: torch.nn.Module | None = None) -> torch.optim.Optimizer:
         """The stock optimizer (its weight-decay groups, optimizer class and arguments); with ``st_learning_rate``
@@ -169,6 +180,12 @@ class STSFTTrainer(SFTTrainer):
         mode = "train" if model.training else "eval"
         loss, reg_loss, lm_loss, outputs = forecaster_loss(model, inputs, self.task, self.loss_reg_weight,
                                                            self.loss_lm_weight)
+        rec = None
+        if self.adaptation is not None:
+            rec_loss = reconstruction_loss(model, inputs, self.adaptation.reconstruction_mask,
+                                           self.adaptation.reconstruction_ratio, self.mask_generator)
+            loss = loss + self.adaptation.reconstruction_weight * rec_loss
+            rec = self.accelerator.gather_for_metrics(rec_loss.detach()[None]).mean().item()
         parts = self.accelerator.gather_for_metrics(torch.stack([loss, reg_loss, lm_loss]).detach()[None]).mean(0)
         total, reg, lm = parts.tolist()
         if model.training and not parts.isfinite().all():
@@ -182,6 +199,8 @@ class STSFTTrainer(SFTTrainer):
                 f"learning rate ({self._learning_rates()}) or add warmup_steps, and train again from the start")
         self._metrics[mode]["loss_reg"].append(reg)
         self._metrics[mode]["loss_lm"].append(lm)
+        if rec is not None:
+            self._metrics[mode]["loss_rec"].append(rec)
         return (loss, outputs) if return_outputs else loss
 
     def _learning_rates(self) -> str:

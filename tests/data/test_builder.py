@@ -283,6 +283,20 @@ def test_named_real_datasets_build(tmp_path, monkeypatch, name, C, steps_per_day
     assert data.node_names[row["node_index"][0]] in row["messages"][1]["content"]
 
 
+def test_semantic_and_bare_node_templates_build(tmp_path):
+    """The UrbanMind switch: the same samples (arrays) through either template, two datasets, two fingerprints."""
+    built = {name: build_dataset(config(tmp_path, template=name, window_sample=2)) for name in ("semantic_node",
+                                                                                                 "bare_node")}
+    semantic, bare = built["semantic_node"]["test"], built["bare_node"]["test"]
+    assert len(semantic) == len(bare) == 24 and semantic["sample_id"] == bare["sample_id"]
+    assert (semantic[0]["template"], bare[0]["template"]) == ("semantic_node@1", "bare_node@1")
+    assert "sensor: simulated sensors" in semantic[0]["messages"][1]["content"]
+    assert bare[0]["messages"][1]["content"] == "History: <st_start><st_his><st_end>"
+    np.testing.assert_array_equal(semantic.with_format("numpy")["history"], bare.with_format("numpy")["history"])
+    assert dataset_fingerprint(config(tmp_path, template="semantic_node", window_sample=2)) != dataset_fingerprint(
+        config(tmp_path, template="bare_node", window_sample=2))
+
+
 def test_synthetic_graph_builds(tmp_path):
     built = build_dataset(config(tmp_path, dataset_names=["synthetic"], granularity="graph", window_sample=2))
     check_shapes(built["train"], 12, 12, 48, 2, 8)

@@ -10,16 +10,20 @@ import pytest
 from real_data import require_real_data
 
 from st_instruct.configs import DataConfig
-from st_instruct.data.loaders import load_series
+from st_instruct.data.loaders import get_dataset, load_series
+from st_instruct.data.registry import DATASETS
+from st_instruct.data.stdata import STData
 from st_instruct.data.synthetic import generate_synthetic
 from st_instruct.samples import builder
 from st_instruct.samples.prompts import (
     channels_text,
+    dataset_context,
     describe_freq,
     describe_period,
     format_values,
     load_template,
     node_context,
+    sensor_kind,
 )
 from st_instruct.samples.st_tokens import ST_HIS, ST_PRE
 from st_instruct.shipped import PROMPTS_ENV, TemplateError, available_templates, prompts_dir
@@ -87,7 +91,7 @@ def test_golden_node_nyc_taxi():
 
 # ---------------------------------------------------------------------------------------------------- resolution
 def test_shipped_templates_resolve_and_have_one_slot_per_node():
-    assert {"forecast_node", "forecast_graph"} <= set(available_templates())
+    assert {"forecast_node", "forecast_graph", "semantic_node", "bare_node"} <= set(available_templates())
     assert prompts_dir() == Path(__file__).resolve().parents[2] / "prompts"
     config = DataConfig(dataset_names=["synthetic-small"], granularity="graph", template="forecast_graph",
                         node_sample=5)
@@ -100,6 +104,130 @@ def test_shipped_templates_resolve_and_have_one_slot_per_node():
         user, answer = messages[1]["content"], messages[2]["content"]
         assert (user.count(ST_HIS), user.count(ST_PRE)) == (nodes, 0)
         assert (answer.count(ST_HIS), answer.count(ST_PRE)) == (0, nodes)
+
+
+# ---------------------------------------------------------------------------------------------------- semantic / bare
+SYNTHETIC = ["synthetic", "synthetic-small", "synthetic-large", "synthetic-grid", "synthetic-motorway"]
+REAL = ["nyc-taxi", "nyc-bike", "los-loop", "nycbike1-grid", "beijing-air"]
+SWITCH = ("semantic_node", "bare_node")  # the UrbanMind description ablation: a recipe switches between the two
+
+
+def switch_variants(data: STData) -> dict[str, tuple[STData, dict]]:
+    """``data`` as the switch must render it: plain, without a calendar, channel-independent, with the values."""
+    no_calendar = dataclasses.replace(data, start=None, timestamps=None, no_calendar=True)
+    return {"plain": (data, {}), "no calendar": (no_calendar, {}),
+            "channel-independent": (data.series_view(), {"channel_independent": True, "scaling": "window"}),
+            "values": (data, {"values_in_text": True})}
+
+
+def check_semantic_and_bare(data: STData) -> None:
+    """Both templates render every variant of ``data``: one <st_his> in the user turn, one <st_pre> in the answer,
+    the same system turn; semantic_node names the city, the dataset, each facet's channel, unit and sensor kind;
+    bare_node names none of them."""
+    assert data.sensors and all(data.sensors.get(c) for c in data.channels), "every shipped dataset names its sensors"
+    for variant, (series, keys) in switch_variants(data).items():
+        rendered = {}
+        for name in SWITCH:
+            config = DataConfig(dataset_names=[data.name], template=name, node_sample=3, **keys)
+            plan = builder.plan_source(series, config)
+            rendered[name] = builder.sample_columns(plan, "test", np.array([0]), load_template(name), "node")
+            for messages in rendered[name]["messages"]:
+                assert [m["role"] for m in messages] == ["system", "user", "assistant"], variant
+                user, answer = messages[1]["content"], messages[2]["content"]
+                assert (user.count(ST_HIS), user.count(ST_PRE)) == (1, 0), (name, variant)
+                assert (answer.count(ST_HIS), answer.count(ST_PRE)) == (0, 1), (name, variant)
+                assert ST_HIS not in messages[0]["content"] and ST_PRE not in messages[0]["content"]
+        semantic, bare = rendered["semantic_node"], rendered["bare_node"]
+        for column in ("node_index", "history", "target"):
+            np.testing.assert_array_equal(semantic[column], bare[column])
+        for index, sem, plain in zip(semantic["node_index"], semantic["messages"], bare["messages"], strict=True):
+            node = node_context(series, int(index[0]))
+            assert sem[0] == plain[0], "the system turns must be equal, so that only the description differs"
+            user = sem[1]["content"]
+            assert f"[City] {data.city}" in user and f"[Dataset] {data.name}" in user and node["label"] in user
+            for facet in node["facets"]:
+                assert f"[Facet] quantity: {facet['name']}; unit: {facet['unit']}; sensor: {facet['sensor']}" in user
+            assert len(node["facets"]) == (1 if variant == "channel-independent" else data.num_channels)
+            assert ("(time unknown)" in user) == (variant == "no calendar"), variant
+            text = "\n".join(m["content"] for m in plain)
+            facts = [data.city, data.name, *data.channels, *filter(None, data.units), *data.sensors.values()]
+            if variant != "values":  # the values are numbers, which a node label may be too
+                facts.append(node["label"])
+            assert not [fact for fact in facts if fact in text], (variant, text)
+            if variant == "values":
+                assert plain[1]["content"].count("\n") == len(node["facets"]) + 1  # History, Values, one per channel
+
+
+@pytest.mark.parametrize("name", SYNTHETIC)
+def test_semantic_and_bare_templates_render_synthetic_cities(name):
+    check_semantic_and_bare(load_series(DataConfig(dataset_names=[name]))[0])
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("name", REAL)
+def test_semantic_and_bare_templates_render_real_datasets(name):
+    require_real_data(name)
+    check_semantic_and_bare(load_series(DataConfig(dataset_names=[name]))[0])
+
+
+def test_golden_semantic_and_bare_node_synthetic():
+    """The same sample as forecast_node's golden one, through the switch's two sides."""
+    for name in SWITCH:
+        config = DataConfig(dataset_names=["synthetic-small"], values_in_text=True, template=name)
+        check_golden(f"{name}_synthetic_small.txt", window_sample(config, "test", 0, sample=7))
+
+
+def test_sensor_kind_of_every_dataset_and_user_file(tmp_path):
+    for name, spec in DATASETS.items():
+        assert len(spec.sensors) == len(spec.channels) and all(spec.sensors), name
+    beijing = DATASETS["beijing-air"]
+    values = np.zeros((30, 2, len(beijing.channels)), np.float32)
+    air = STData(values=values, name="beijing-air", channels=list(beijing.channels), units=list(beijing.units),
+                 sensors=dict(zip(beijing.channels, beijing.sensors, strict=True)))
+    assert sensor_kind(air) == "air-quality monitoring stations and weather station"
+    assert sensor_kind(air.select_channels(["PM2.5"])) == "air-quality monitoring stations"
+    assert dataset_context(air.select_channels(["TEMP"]), 12, 12, False)["channels"] == [
+        {"name": "TEMP", "unit": "degC", "sensor": "weather station"}]
+    view = air.select_channels(["PM2.5", "TEMP"]).series_view()
+    assert sensor_kind(view) == "air-quality monitoring stations and weather station"
+    assert [node_context(view, i)["facets"] for i in (0, 3)] == [
+        [{"name": "PM2.5", "unit": "ug/m3", "sensor": "air-quality monitoring stations"}],
+        [{"name": "TEMP", "unit": "degC", "sensor": "weather station"}]]
+    assert sensor_kind(generate_synthetic("motorway", num_steps=48)) == "simulated sensors"
+    renamed = get_dataset("synthetic-small", channel_names=["arrivals", "departures"])
+    assert renamed.sensors == {"arrivals": "simulated sensors", "departures": "simulated sensors"}
+    # a user's file says nothing of its sensors: no sensor kind, and the semantic prompt leaves the field out
+    path = tmp_path / "mine.npz"
+    np.savez(path, data=np.arange(800, dtype=np.float32).reshape(200, 4, 1))
+    mine = get_dataset(path, freq="1h", series_start="2024-01-01")
+    assert mine.sensors == {} and sensor_kind(mine) == ""
+    config = DataConfig(dataset_names=[str(path)], template="semantic_node", dataset_freq="1h",
+                        dataset_series_start="2024-01-01", node_sample=1, split="6:2:2")
+    messages = builder.sample_columns(builder.plan_source(mine, config), "test", np.array([0]),
+                                      load_template("semantic_node"), "node")["messages"][0]
+    assert "[Facet] quantity: ch0\n" in messages[1]["content"] and "sensor" not in messages[1]["content"]
+    assert "[City] unknown" in messages[1]["content"]
+
+
+def test_the_profile_carries_the_sensor_kinds_to_a_forecast_input():
+    """A forecast input of the training dataset gets its sensor kinds from the profile, as it gets its city: the
+    semantic prompt of a forecast reads as training's did. A profile written before them still loads."""
+    import json
+
+    from st_instruct.data.profile import _check_profile, data_profile
+    from st_instruct.inference import _complete
+
+    data = get_dataset("synthetic-small")
+    profile = json.loads(json.dumps(data_profile(data, DataConfig(dataset_names=["synthetic-small"]))))
+    _check_profile("synthetic-small", profile, None, None)
+    raw = STData(values=data.values[:48], name="input", freq="1h", start=data.start)
+    assert _complete(raw, profile).sensors == data.sensors == {"inflow": "simulated sensors",
+                                                               "outflow": "simulated sensors"}
+    older = {k: v for k, v in profile.items() if k not in ("sensors", "node_units")}
+    _check_profile("synthetic-small", older, None, None)
+    assert _complete(raw, older).sensors == {}
+    with pytest.raises(ValueError, match="sensors"):
+        _check_profile("synthetic-small", {**profile, "sensors": ["simulated sensors"]}, None, None)
 
 
 def write(directory: Path, name: str, text: str) -> Path:

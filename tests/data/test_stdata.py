@@ -1,5 +1,7 @@
 """STData validation: bad input gets a clear error naming the dataset and field."""
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -87,5 +89,12 @@ def test_the_series_view_makes_every_channel_of_every_node_a_one_channel_node():
     np.testing.assert_array_equal(graph[0::2, 0::2], adjacency)  # inflow series linked as their nodes are
     np.testing.assert_array_equal(graph[0::2, 1::2], 0)  # never across channels
     assert view.series_view() is view
+    assert view.node_units == ["trips/h", "km/h"] * 3 and view.sensors == {}
+    sensed = dataclasses.replace(data, sensors={"inflow": "taxi trip records", "speed": "loop detectors"})
+    assert sensed.series_view().sensors == sensed.select_channels(["speed"]).sensors == sensed.sensors
+    with pytest.raises(STDataError, match="sensors must map channel names to text"):
+        STData(values=values, name="toy", sensors={"inflow": 1})
+    with pytest.raises(STDataError, match="node_units has 2 entries"):
+        STData(values=values[:, :, :1], name="toy", node_units=["a", "b"])
     with pytest.raises(STDataError, match="node_channels marks a channel-independent view"):
         STData(values=values, name="toy", node_channels=["x"] * 3)

@@ -126,6 +126,48 @@ def test_plan_trains_exactly_what_it_names(arch, plan, options, tok, batch):
     assert changed == expected  # the strong form: frozen parameters are bit-identical, trainable ones all moved
 
 
+PROMPT_TRAINED = {"st_soft_prompt.prompt", "regression_head.out.weight", "regression_head.out.bias"}
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_prompt_plan_trains_the_soft_prompt_and_the_head_output_only(arch, tok, batch):
+    """PromptST's plan on a base that carries a LoRA adapter: the adapter stays (frozen); after a backward pass only
+    the soft prompt and the head's output layer have gradients, and after optimizer steps only they moved."""
+    model = build_tiny_forecaster(tok, arch, soft_prompt_tokens=2)
+    apply_freeze_plan(model, FreezeConfig(freeze_plan="lora"))
+    adapter = {name for name in trainable(model) if ".lora_" in name}
+    report = apply_freeze_plan(model, FreezeConfig(freeze_plan="prompt"))
+    assert trainable(model) == set(report.trainable_names) == PROMPT_TRAINED
+    assert report.groups == {"st_soft_prompt": ["st_soft_prompt.prompt"],
+                             "regression_head": ["regression_head.out.weight", "regression_head.out.bias"]}
+    assert report.group_counts == {"st_soft_prompt": 2 * 32, "regression_head": (2 * 32 + 1) * 12 * 2}
+    assert adapter and adapter <= {name for name, _ in model.named_parameters()}  # kept, frozen
+    out = model(**batch)
+    (masked_mae_loss(out.predictions, batch["target"], regression_mask(batch)) + out.loss).backward()
+    assert {name for name, p in model.named_parameters() if p.grad is not None} == PROMPT_TRAINED
+    model.zero_grad(set_to_none=True)
+    changed, losses = train_steps(model, batch)
+    assert changed == PROMPT_TRAINED and all(torch.isfinite(torch.tensor(losses)))
+
+
+def test_prompt_plan_without_a_backbone_and_the_fresh_head(tok, batch):
+    from tiny import tiny_st_config
+
+    from st_instruct.training.freeze import reset_head_output
+
+    torch.manual_seed(0)
+    control = build_st_forecaster(None, tiny_st_config(tok, hidden_size=32, soft_prompt_tokens=2))
+    report = apply_freeze_plan(control, FreezeConfig(freeze_plan="prompt"))
+    assert trainable(control) == {"st_soft_prompt.vector", "regression_head.out.weight", "regression_head.out.bias"}
+    assert report.plan == "prompt"
+    before = {name: p.detach().clone() for name, p in control.named_parameters()}
+    reset_head_output(control, seed=1)
+    renewed = {name for name, p in control.named_parameters() if not torch.equal(p, before[name])}
+    assert renewed == {"regression_head.out.weight", "regression_head.out.bias"}
+    with pytest.raises(ValueError, match="freeze plan 'prompt' trains the soft prompt, but this forecaster has none"):
+        apply_freeze_plan(build_tiny_forecaster(tok), FreezeConfig(freeze_plan="prompt"))
+
+
 def test_plans_differ_as_described(tok):
     """On one llama: frozen ⊂ pfa ⊂ full and frozen ⊂ lora; PFA's backbone part is norms plus last-U attention."""
     reports = {}
@@ -183,7 +225,7 @@ def test_lora_resumes_on_a_loaded_adapter(tok, tmp_path):
 def test_bad_requests(tok):
     model = build_tiny_forecaster(tok, "gpt2")
     with pytest.raises(ValueError, match=r"freeze_plan must be one of \['frozen', 'lora', 'pfa', 'full', "
-                                         r"'qlora'\], found 'lor'"):
+                                         r"'qlora', 'prompt'\], found 'lor'"):
         apply_freeze_plan(model, FreezeConfig(freeze_plan="lor"))
     with pytest.raises(ValueError, match="pfa_last_layers must be between 0 and the backbone's 2 decoder layers, "
                                          "found 3"):
@@ -198,7 +240,7 @@ def test_bad_requests(tok):
         apply_freeze_plan(model, FreezeConfig(freeze_plan="lora", lora_target_modules=["no_such_proj"]))
     with pytest.raises(ValueError, match="lora_target_modules is empty"):
         apply_freeze_plan(model, FreezeConfig(freeze_plan="lora", lora_target_modules=[]))
-    assert FREEZE_PLANS == ("frozen", "lora", "pfa", "full", "qlora")
+    assert FREEZE_PLANS == ("frozen", "lora", "pfa", "full", "qlora", "prompt")
     assert all(p.requires_grad for p in model.parameters())  # nothing above touched the model
 
 

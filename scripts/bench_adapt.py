@@ -1,0 +1,180 @@
+"""Benchmark: adapting one shared model cheaply -- UrbanMind's test-time adaptation and semantic prompts, PromptST's
+attribute prompt tuning (issue 24).
+
+Usage::
+
+    .venv/bin/python scripts/bench_adapt.py tta [--targets nyc-bike nyc-taxi los-loop beijing-air:PM2.5]
+        [--out outputs/bench_adapt] [--reuse] [--pretrain-from outputs/bench_transfer] [--tta-steps 3]
+        [--modes reset carry matured] [--templates semantic_node bare_node] [--windows 64] [--max-nodes 32]
+        [--seed 0] [--sft-steps N]
+
+``tta``: zero-shot on the transfer benchmark's targets (scripts/bench_transfer.py), in ``OUT/tta/T/``, each stage
+one CLI command in its own process (``--reuse`` skips a stage whose folder or JSON is complete):
+
+1. ``pretrain``: the universal encoder with ``T`` left out -- ``--pretrain-from DIR`` reuses ``DIR/T/pretrain``
+   (the transfer benchmark's, the same command), else ``st-instruct pretrain recipes/universal_pretrain.yaml
+   --leave_out T``.
+2. ``TEMPLATE-sS``: ``st-instruct train recipes/urbanmind_tta.yaml --leave_out T --template TEMPLATE`` per
+   template -- ``semantic_node`` (UrbanMind's semantic prompt) and ``bare_node`` (the same sample without the
+   description: the switch) -- with its no-LLM control ``TEMPLATE-sS-no-llm``.
+3. ``TEMPLATE-MODE.json``: ``st-instruct evaluate --tta STEPS --tta-mode MODE`` on T's test windows (a seeded
+   subset of ``--windows`` windows and ``--max-nodes`` series, the same for every row and every run): the plain
+   forecaster and ``st_forecaster+tta-MODE`` beside the control and the three kinds of reference rows of
+   zero-shot/2 (input-only, source-fitted, target-fitted).
+
+Writes ``OUT/bench_adapt.json`` (every stage's command, wall seconds and peak memory, every report) and prints, per
+target, the MAE of every row and whether each label-free mode (reset, carry) lowered the forecaster's MAE.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_forecaster import evaluate_stage, run_training_stages  # noqa: E402
+from bench_transfer import PRETRAIN_RECIPE, REFERENCES, TARGETS  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+TTA_RECIPE = "recipes/urbanmind_tta.yaml"
+TEMPLATES = ("semantic_node", "bare_node")
+MODES = ("reset", "carry", "matured")
+LABEL_FREE = ("reset", "carry")
+
+
+def tta_stages(target: str, templates: list[str], seed: int, out: Path, cli: list[str], pretrain_from: Path | None,
+               sft_steps: int | None) -> tuple[dict, Path]:
+    """``(name -> (command, folder, marker file), pretrained encoder folder)`` of one target's training."""
+    name = target.split(":")[0]
+    stages = {}
+    pretrain = pretrain_from / target.replace(":", "-") / "pretrain" if pretrain_from else out / "pretrain"
+    if not (pretrain / "pretrain_log.json").is_file():
+        pretrain = out / "pretrain"
+        stages["pretrain"] = ([*cli, "pretrain", PRETRAIN_RECIPE, "--leave_out", name, "--pretrain_output_dir",
+                               str(pretrain)], pretrain, "pretrain_log.json")
+    budget = [] if sft_steps is None else ["--max_steps", str(sft_steps)]
+    for template in templates:
+        for control in ("none", "no_llm"):
+            folder = out / (f"{template}-s{seed}" + ("" if control == "none" else "-no-llm"))
+            stages[folder.name] = ([*cli, "train", TTA_RECIPE, "--leave_out", name, "--st_encoder_init",
+                                    str(pretrain), "--template", template, "--seed", str(seed), "--control",
+                                    control, "--output_dir", str(folder), "--report_to", "none", *budget], folder,
+                                   "trainer_state.json")
+    return stages, pretrain
+
+
+def tta_evaluations(target: str, templates: list[str], modes: list[str], seed: int, steps: int, windows: int,
+                    nodes: int, out: Path, cli: list[str]) -> dict[str, tuple[list[str], Path]]:
+    """``case -> (command, its --json path)``: every template's forecaster under every mode."""
+    name, _, channel = target.partition(":")
+    data = ["--dataset", name, *(["--channels", channel] if channel else []), "--max-windows", str(windows),
+            "--max-nodes", str(nodes)]
+    cases = {}
+    for template in templates:
+        model, control = out / f"{template}-s{seed}", out / f"{template}-s{seed}-no-llm"
+        for mode in modes:
+            json_path = out / f"{template}-{mode}.json"
+            cases[f"{template} {mode}"] = (
+                [*cli, "evaluate", "--model", str(model), *data, "--controls", str(control), "--models",
+                 *REFERENCES, "--tta", str(steps), "--tta-mode", mode, "--seed", str(seed), "--json", str(json_path),
+                 "--output", str(out / f"eval-{json_path.stem}"), "--overwrite", "--quiet"], json_path)
+    return cases
+
+
+def tta_table(evaluations: dict[str, dict]) -> tuple[list[tuple[str, str, float]], dict[str, dict[str, bool]]]:
+    """``(rows, lowered)``: ``(row, kind, MAE)`` of every forecaster row (``TEMPLATE: ROW``) and, once, every
+    reference row; ``lowered[template][mode]``: whether that label-free mode lowered the forecaster's MAE."""
+    rows: dict[str, tuple[str, float]] = {}
+    lowered: dict[str, dict[str, bool]] = {}
+    for case, report in evaluations.items():
+        if "results" not in report:
+            continue
+        template, mode = case.split(" ")
+        for row, result in report["results"].items():
+            if result.get("kind") in ("forecaster", "control"):
+                rows[f"{template}: {row}"] = (result["kind"], result["MAE"])
+            else:
+                rows.setdefault(row, (result["kind"], result["MAE"]))
+        plain = report["results"].get("st_forecaster", {}).get("MAE")
+        adapted = report["results"].get(f"st_forecaster+tta-{mode}", {}).get("MAE")
+        if mode in LABEL_FREE and plain is not None and adapted is not None:
+            lowered.setdefault(template, {})[mode] = adapted < plain
+    ordered = sorted(rows.items(), key=lambda item: item[1][1])
+    return [(row, kind, mae) for row, (kind, mae) in ordered], lowered
+
+
+def markdown(target: str, rows: list[tuple[str, str, float]], lowered: dict[str, dict[str, bool]]) -> str:
+    lines = [f"**{target}, zero-shot with test-time adaptation**", "", "| row | kind | MAE |", "|---|---|---|"]
+    lines += [f"| {row} | {kind} | {mae:.3f} |" for row, kind, mae in rows]
+    for template, modes in lowered.items():
+        lines.append(f"\n{template}: " + ", ".join(f"{mode} {'lowers' if low else 'does not lower'} the MAE"
+                                                   for mode, low in modes.items()))
+    return "\n".join(lines)
+
+
+def run_tta(args: argparse.Namespace, out: Path, cli: list[str], bench: dict) -> None:
+    for target in args.targets:
+        folder = out / "tta" / target.replace(":", "-")
+        folder.mkdir(parents=True, exist_ok=True)
+        old = bench["tta"].get(target, {})
+        record = {"stages": dict(old.get("stages", {})), "evaluations": dict(old.get("evaluations", {}))}
+        stages, _ = tta_stages(target, args.templates, args.seed, folder, cli, args.pretrain_from, args.sft_steps)
+        if not run_training_stages(stages, args.reuse, old.get("stages", {}), folder, record["stages"],
+                                   folder / "stages.json"):
+            bench["tta"][target] = record
+            continue
+        for case, (command, json_path) in tta_evaluations(target, args.templates, args.modes, args.seed,
+                                                          args.tta_steps, args.windows, args.max_nodes, folder,
+                                                          cli).items():
+            if args.reuse and json_path.is_file():
+                record["evaluations"][case] = json.loads(json_path.read_text())
+                continue
+            evaluate_stage(case, command, json_path, folder / f"{case.replace(' ', '-')}.log", record)
+        rows, lowered = tta_table(record["evaluations"])
+        record["table"], record["lowered"] = rows, lowered
+        bench["tta"][target] = record
+        print(markdown(target, rows, lowered), flush=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parts = parser.add_subparsers(dest="part", required=True)
+    tta = parts.add_parser("tta", help="zero-shot with and without test-time adaptation and semantic prompts")
+    tta.add_argument("--targets", nargs="+", default=list(TARGETS), help="NAME or NAME:CHANNEL, each left out")
+    tta.add_argument("--pretrain-from", type=Path, default=ROOT / "outputs" / "bench_transfer",
+                     help="reuse the transfer benchmark's pretrained encoders (DIR/TARGET/pretrain) where complete")
+    tta.add_argument("--templates", nargs="+", default=list(TEMPLATES), help="prompt templates to train and compare")
+    tta.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES, help="test-time adaptation modes")
+    tta.add_argument("--tta-steps", type=int, default=3, help="adaptation steps per test batch")
+    tta.add_argument("--windows", type=int, default=64, help="test windows scored per evaluation")
+    tta.add_argument("--max-nodes", type=int, default=32, help="series scored per window (seeded, the same for all)")
+    tta.add_argument("--seed", type=int, default=0)
+    tta.add_argument("--sft-steps", type=int, default=None, help="override the recipe's max_steps")
+    for part in (tta,):
+        part.add_argument("--out", default="outputs/bench_adapt", help="folder for the models, logs and JSON")
+        part.add_argument("--reuse", action="store_true", help="skip the stages whose outputs are complete")
+    args = parser.parse_args()
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    result_path = out / "bench_adapt.json"
+    previous = json.loads(result_path.read_text()) if result_path.is_file() else {}
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                            text=True).stdout.strip()
+    machine = f"{platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} cores"
+    bench = {**previous, "commit": commit, "machine": machine, args.part: previous.get(args.part, {})}
+    cli = [sys.executable, "-m", "st_instruct.cli"]
+    try:
+        run_tta(args, out, cli, bench)
+    finally:
+        result_path.write_text(json.dumps(bench, indent=2, default=str) + "\n")
+    print(f"wrote {result_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
