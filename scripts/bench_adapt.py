@@ -17,10 +17,10 @@ one CLI command in its own process (``--reuse`` skips a stage whose folder or JS
 2. ``TEMPLATE-sS``: ``st-instruct train recipes/urbanmind_tta.yaml --leave_out T --template TEMPLATE`` per
    template -- ``semantic_node`` (UrbanMind's semantic prompt) and ``bare_node`` (the same sample without the
    description: the switch) -- with its no-LLM control ``TEMPLATE-sS-no-llm``.
-3. ``TEMPLATE-MODE.json``: ``st-instruct evaluate --tta STEPS --tta-mode MODE`` on T's test windows (a seeded
+3. ``TEMPLATE-tta.json``: ``st-instruct evaluate --tta STEPS --tta-mode MODE ...`` on T's test windows (a seeded
    subset of ``--windows`` windows and ``--max-nodes`` series, the same for every row and every run): the plain
-   forecaster and ``st_forecaster+tta-MODE`` beside the control and the three kinds of reference rows of
-   zero-shot/2 (input-only, source-fitted, target-fitted).
+   forecaster and ``st_forecaster+tta-MODE`` per mode (each from the trained weights) beside the control and the
+   three kinds of reference rows of zero-shot/2 (input-only, source-fitted, target-fitted).
 
 Writes ``OUT/bench_adapt.json`` (every stage's command, wall seconds and peak memory, every report) and prints, per
 target, the MAE of every row and whether each label-free mode (reset, carry) lowered the forecaster's MAE.
@@ -77,12 +77,11 @@ def tta_evaluations(target: str, templates: list[str], modes: list[str], seed: i
     cases = {}
     for template in templates:
         model, control = out / f"{template}-s{seed}", out / f"{template}-s{seed}-no-llm"
-        for mode in modes:
-            json_path = out / f"{template}-{mode}.json"
-            cases[f"{template} {mode}"] = (
-                [*cli, "evaluate", "--model", str(model), *data, "--controls", str(control), "--models",
-                 *REFERENCES, "--tta", str(steps), "--tta-mode", mode, "--seed", str(seed), "--json", str(json_path),
-                 "--output", str(out / f"eval-{json_path.stem}"), "--overwrite", "--quiet"], json_path)
+        json_path = out / f"{template}-tta.json"
+        cases[template] = (
+            [*cli, "evaluate", "--model", str(model), *data, "--controls", str(control), "--models", *REFERENCES,
+             "--tta", str(steps), "--tta-mode", *modes, "--seed", str(seed), "--json", str(json_path), "--output",
+             str(out / f"eval-{json_path.stem}"), "--overwrite", "--quiet"], json_path)
     return cases
 
 
@@ -91,19 +90,19 @@ def tta_table(evaluations: dict[str, dict]) -> tuple[list[tuple[str, str, float]
     reference row; ``lowered[template][mode]``: whether that label-free mode lowered the forecaster's MAE."""
     rows: dict[str, tuple[str, float]] = {}
     lowered: dict[str, dict[str, bool]] = {}
-    for case, report in evaluations.items():
+    for template, report in evaluations.items():
         if "results" not in report:
             continue
-        template, mode = case.split(" ")
         for row, result in report["results"].items():
             if result.get("kind") in ("forecaster", "control"):
                 rows[f"{template}: {row}"] = (result["kind"], result["MAE"])
             else:
                 rows.setdefault(row, (result["kind"], result["MAE"]))
-        plain = report["results"].get("st_forecaster", {}).get("MAE")
-        adapted = report["results"].get(f"st_forecaster+tta-{mode}", {}).get("MAE")
-        if mode in LABEL_FREE and plain is not None and adapted is not None:
-            lowered.setdefault(template, {})[mode] = adapted < plain
+        plain = report["results"]["st_forecaster"]["MAE"]
+        for mode in LABEL_FREE:
+            adapted = report["results"].get(f"st_forecaster+tta-{mode}", {}).get("MAE")
+            if adapted is not None:
+                lowered.setdefault(template, {})[mode] = adapted < plain
     ordered = sorted(rows.items(), key=lambda item: item[1][1])
     return [(row, kind, mae) for row, (kind, mae) in ordered], lowered
 

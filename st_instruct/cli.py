@@ -262,11 +262,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     # every output checked before the slow work: the results JSON, the evaluation folder and -- unless a few-shot
     # run makes a new one -- the model folder, where the evaluation is recorded
     _check_json_output(args)
-    tta = None
+    tta = []
     if args.tta is not None:
         from st_instruct.training.tta import TTASettings
 
-        tta = TTASettings(args.tta, args.tta_mode)
+        tta = [TTASettings(args.tta, mode) for mode in args.tta_mode]
     if args.few_shot is None:
         if model_dir.is_dir():
             check_can_create(model_dir / EVALUATIONS_FILE)
@@ -534,11 +534,12 @@ def build_parser() -> argparse.ArgumentParser:
                           help="also score the forecaster and its controls under test-time adaptation: STEPS "
                           "optimiser steps per batch on the parameters the recipe's tta_parameters name (rows "
                           "st_forecaster+tta-MODE beside the plain ones, same windows)")
-    evaluate.add_argument("--tta-mode", choices=("reset", "carry", "matured"), default="reset",
-                          help="with --tta: reset / carry (masked reconstruction of each batch's history, no label; "
-                          "the weights restored after each batch, or carried over the test sequence in time order) "
-                          "or matured (ST-TTC: supervised steps on earlier test samples whose labels have fully "
-                          "arrived by the batch's issue time); default reset")
+    evaluate.add_argument("--tta-mode", nargs="+", choices=("reset", "carry", "matured"), default=["reset"],
+                          metavar="MODE", help="with --tta, one or more of: reset / carry (masked reconstruction "
+                          "of each batch's history, no label; the weights restored after each batch, or carried "
+                          "over the test sequence in time order) or matured (ST-TTC: supervised steps on earlier "
+                          "test samples whose labels have fully arrived by the batch's issue time); each mode starts "
+                          "from the trained weights; default reset")
     evaluate.add_argument("--json", default=None, help="also write the results JSON here")
     evaluate.add_argument("--output", default=None, help="folder for results.json, report.md and the figures "
                           "(default MODEL/eval-<dataset>)")
@@ -633,7 +634,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_cmd_demo, data_dir=None, channels=None, start=None, end=None, split_name="test",
                       max_nodes=None, broadcast_channels=False, few_shot=None, few_shot_steps=None,
                       few_shot_output=None, controls=None, zero_shot_scaling="window", generate_rationales=False,
-                      max_new_tokens=384, plot_models=None, tta=None, tta_mode="reset")
+                      max_new_tokens=384, plot_models=None, tta=None, tta_mode=["reset"])
     for sub in (baselines, demo):
         sub.add_argument("--models", nargs="+", default=None, help="subset of baselines (default: all)")
         sub.add_argument("--seed", type=int, default=0)

@@ -214,7 +214,7 @@ def evaluate_forecaster(model_dir: str | Path, dataset: str, data_dir: str | Non
                         controls: Sequence[str | Path] = (), zero_shot_scaling: str = "window",
                         generate_rationales: bool = False, max_new_tokens: int = 384,
                         plot_models: Sequence[str] | None = None,
-                        tta: TTASettings | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+                        tta: Sequence[TTASettings] = ()) -> tuple[dict[str, Any], dict[str, Any]]:
     """Score the forecaster in ``model_dir`` and the baselines ``models`` (default all) on the same windows.
 
     ``max_windows`` / ``max_nodes``: score a seeded subset of the split's windows / of the nodes (series, for a
@@ -232,11 +232,11 @@ def evaluate_forecaster(model_dir: str | Path, dataset: str, data_dir: str | Non
     itself (:func:`~st_instruct.models.rationale.generate_forecast`, at most ``max_new_tokens``) as
     ``st_forecaster_generated``; ``report["generated_rationales"]`` keeps the first three texts with their windows.
 
-    ``tta``: also score the forecaster and each control under test-time adaptation (:mod:`st_instruct.training.
-    tta`: ``tta.steps`` steps per batch in ``tta.mode``, the recipe's ``tta_parameters``), the test samples in
-    time order, as rows ``st_forecaster+tta-<mode>`` (:func:`~st_instruct.model_dir.tta_row`) beside the plain
-    ones, on the same windows; ``report["tta"]`` says which mode ran, what it tuned and the seconds it adds per
-    window.
+    ``tta``: also score the forecaster and each control under test-time adaptation, once per settings given
+    (:mod:`st_instruct.training.tta`: ``steps`` steps per batch in ``mode``, the recipe's ``tta_parameters``; each
+    run starts from the trained weights), the test samples in time order, as rows ``st_forecaster+tta-<mode>``
+    (:func:`~st_instruct.model_dir.tta_row`) beside the plain ones, on the same windows; ``report["tta"]`` says per
+    mode what ran, what it tuned and the seconds it adds per window.
 
     ``plot_models``: the models the forecast figures will draw
     (:func:`~st_instruct.evaluation.report.write_evaluation_outputs`), checked against the rows this evaluation
@@ -267,9 +267,13 @@ def evaluate_forecaster(model_dir: str | Path, dataset: str, data_dir: str | Non
     trained = trained_data_config(model_dir)
     if generate_rationales:
         require_rationale_training(model_dir, trained, "--generate-rationales")
-    if tta is not None and tta.mode != "matured" and not STForecasterConfig.load(model_dir).head.reconstruction_head:
-        raise ValueError(f"--tta-mode {tta.mode} adapts by masked reconstruction, and the forecaster in {model_dir} "
-                         "has no reconstruction path: train it with reconstruction_head: true and "
+    modes = [settings.mode for settings in tta]
+    if len(set(modes)) < len(modes):
+        raise ValueError(f"--tta-mode names a mode twice ({' '.join(modes)}); name each at most once")
+    unsupervised = [mode for mode in modes if mode != "matured"]
+    if unsupervised and not STForecasterConfig.load(model_dir).head.reconstruction_head:
+        raise ValueError(f"--tta-mode {unsupervised[0]} adapts by masked reconstruction, and the forecaster in "
+                         f"{model_dir} has no reconstruction path: train it with reconstruction_head: true and "
                          "reconstruction_weight > 0 (recipes/urbanmind_tta.yaml), or use --tta-mode matured")
     config, protocol = evaluation_config(trained, dataset, data_dir, channels, start, end, max_windows, spec,
                                          zero_shot_scaling, max_nodes)
@@ -345,14 +349,13 @@ def evaluate_forecaster(model_dir: str | Path, dataset: str, data_dir: str | Non
             raise RuntimeError(f"the control {folder} covered other (window, node) pairs than the forecaster")
         control_preds[name] = np.nan_to_num(found[rows])
     adapted: dict[str, dict[str, Any]] = {}
-    if tta is not None:
+    for settings in tta:
         for name, folder in {MODEL_ROW: Path(model_dir), **control_rows}.items():
-            adapting = model if name == MODEL_ROW else load_forecaster(folder)[0]
-            adapted[tta_row(name, tta.mode)] = _adapted_forecasts(
-                adapting, folder, tta, build_collator(config, adapting, tokenizer, backbone_name, broadcast), samples,
-                starts, num_series, batch_size, broadcast_channels, windows, seed, progress)
-            if "pred" in adapted[tta_row(name, tta.mode)]:
-                found = adapted[tta_row(name, tta.mode)]
+            adapting = load_forecaster(folder)[0]  # each mode from the trained weights (carry changes them)
+            found = adapted[tta_row(name, settings.mode)] = _adapted_forecasts(
+                adapting, folder, settings, build_collator(config, adapting, tokenizer, backbone_name, broadcast),
+                samples, starts, num_series, batch_size, broadcast_channels, windows, seed, progress)
+            if "pred" in found:
                 found["pred"], found_covered = _per_channel(found["pred"], found["covered"], series_per_node)
                 if not np.array_equal(found_covered, covered):
                     raise RuntimeError(f"the adapted {name} covered other (window, node) pairs than the forecaster")
@@ -409,8 +412,10 @@ def evaluate_forecaster(model_dir: str | Path, dataset: str, data_dir: str | Non
         report["generated_rationales"] = generated["examples"]
     if control_rows:
         report["controls"] = {name: str(folder) for name, folder in control_rows.items()}
-    if tta is not None:
-        report["tta"] = tta_report(tta, adapted, plain_seconds, len(rows))
+    if tta:
+        report["tta"] = {settings.mode: tta_report(settings, {name: found for name, found in adapted.items()
+                                                              if name.endswith(TTA_ROW_SEPARATOR + settings.mode)},
+                                                    plain_seconds, len(rows)) for settings in tta}
     if protocol.startswith("few-shot"):
         report["few_shot"] = few_shot
         report["windows"]["train"] = few_shot["train_windows"]
@@ -453,12 +458,12 @@ def _adapted_forecasts(model: Any, folder: Path, tta: TTASettings, collator: Any
 
 def tta_report(tta: TTASettings, adapted: dict[str, dict[str, Any]], plain_seconds: dict[str, float],
                windows: int) -> dict[str, Any]:
-    """``report["tta"]``: the mode, the steps, what each adapted row tuned, the seconds adaptation adds per
-    window beside its plain row's, and for ``matured`` the labels it used."""
+    """``report["tta"][mode]``: the steps, what each adapted row of ``tta.mode`` tuned, the seconds adaptation adds
+    per window beside its plain row's, and for ``matured`` the labels it used."""
     base = {name: name.split(TTA_ROW_SEPARATOR)[0] for name in adapted}
     done = {name: found for name, found in adapted.items() if "skipped" not in found}
     out: dict[str, Any] = {
-        "mode": tta.mode, "steps": tta.steps,
+        "steps": tta.steps,
         "labels": ("targets of earlier test samples whose every step lies at or before the batch's issue time"
                    if tta.mode == "matured" else "none: masked reconstruction of each batch's own history"),
         "trainable": {name: found["trainable"] for name, found in done.items()},

@@ -174,7 +174,7 @@ def apply_freeze_plan(model: STForecaster, freeze: FreezeConfig, frozen_st_modul
             backbone = prepare_model_for_kbit_training(backbone, use_gradient_checkpointing=False)
         model.backbone = backbone = get_peft_model(backbone, wanted)
 
-    adapter = _adapter_parameters(backbone)
+    adapter = adapter_parameters(backbone)
     base_trainable = _base_trainable(backbone, plan, pfa_last_layers)
     for parameter in backbone.parameters():
         parameter.requires_grad_(id(parameter) in adapter or id(parameter) in base_trainable)
@@ -202,7 +202,7 @@ def apply_prompt_plan(model: STForecaster) -> FreezeReport:
     model.requires_grad_(False)
     for name in PROMPT_PLAN_MODULES:
         model.get_submodule(name).requires_grad_(True)
-    return _report(model, "prompt", _adapter_parameters(model.backbone) if model.backbone is not None else set())
+    return _report(model, "prompt", adapter_parameters(model.backbone) if model.backbone is not None else set())
 
 
 def reset_head_output(model: STForecaster, seed: int | None = None) -> None:
@@ -284,7 +284,7 @@ def _normalised(value: Any) -> Any:
     return value
 
 
-def _adapter_parameters(backbone: nn.Module) -> set[int]:
+def adapter_parameters(backbone: nn.Module) -> set[int]:
     """``id`` of every PEFT adapter parameter (LoRA A/B, trainable-token deltas) in ``backbone``."""
     if not _is_peft_model(backbone):
         return set()

@@ -41,7 +41,7 @@ from st_instruct.model_dir import find_recipe, read_recipe
 from st_instruct.models.forecaster import regression_mask
 from st_instruct.models.patching import layer_norms
 from st_instruct.tasks.base import masked_mae_loss
-from st_instruct.training.freeze import _adapter_parameters
+from st_instruct.training.freeze import adapter_parameters
 from st_instruct.training.reconstruction import TARGET_KEYS, reconstruction_loss, require_reconstruction_path
 
 TTA_MODES = ("reset", "carry", "matured")
@@ -86,7 +86,7 @@ def tta_parameters(model: Any, names: list[str]) -> dict[str, nn.Parameter]:
                 norms.append(modules["st_revin"])
             chosen.update(id(p) for module in norms for p in module.parameters())
         elif name == "lora":
-            chosen.update(_adapter_parameters(model.backbone) if model.backbone is not None else set())
+            chosen.update(adapter_parameters(model.backbone) if model.backbone is not None else set())
         elif name == "prompts":
             chosen.update(id(p) for key in PROMPT_MODULES if key in modules for p in modules[key].parameters())
         else:

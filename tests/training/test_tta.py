@@ -148,16 +148,24 @@ def test_matured_uses_no_target_later_than_the_issue_time(adaptive):
 
 
 def test_evaluate_reports_the_adapted_rows_beside_the_plain_ones(adaptive):
+    """Two modes in one evaluation, each from the trained weights: the carry run's changes do not reach the reset
+    run (whose forecasts equal those of a reset-only evaluation)."""
+    modes = [TTASettings(2, "carry"), TTASettings(2, "reset")]
     report, arrays = evaluate_forecaster(adaptive, "synthetic-small", max_windows=4, models=["window_mean"],
-                                         progress=False, tta=TTASettings(2, "carry"))
+                                         progress=False, tta=modes)
     rows = report["results"]
-    assert {"st_forecaster", "st_forecaster+tta-carry"} <= set(rows)
+    assert {"st_forecaster", "st_forecaster+tta-carry", "st_forecaster+tta-reset"} <= set(rows)
     assert rows["st_forecaster+tta-carry"]["kind"] == "forecaster"
     assert rows["st_forecaster+tta-carry"]["MAE"] != rows["st_forecaster"]["MAE"]
-    assert report["tta"]["mode"] == "carry" and report["tta"]["steps"] == 2
-    assert report["tta"]["trainable"]["st_forecaster+tta-carry"] > 0
-    assert "seconds_added_per_window" in report["tta"] and "none" in report["tta"]["labels"]
+    assert set(report["tta"]) == {"carry", "reset"} and report["tta"]["carry"]["steps"] == 2
+    assert report["tta"]["carry"]["trainable"]["st_forecaster+tta-carry"] > 0
+    assert "st_forecaster+tta-carry" in report["tta"]["carry"]["seconds_added_per_window"]
+    assert "none" in report["tta"]["reset"]["labels"]
     assert arrays["predictions"]["st_forecaster+tta-carry"].shape == arrays["predictions"]["st_forecaster"].shape
+    _, alone = evaluate_forecaster(adaptive, "synthetic-small", max_windows=4, models=["window_mean"],
+                                   progress=False, tta=modes[1:])
+    np.testing.assert_array_equal(alone["predictions"]["st_forecaster+tta-reset"],
+                                  arrays["predictions"]["st_forecaster+tta-reset"])
 
 
 def test_bad_tta_requests_are_one_line(cli, plain, adaptive):
@@ -166,3 +174,6 @@ def test_bad_tta_requests_are_one_line(cli, plain, adaptive):
         assert_clean_failure(result, "--tta", ">= 1")
     result = cli("evaluate", "--model", plain, "--dataset", "synthetic-small", "--tta", "2", "--quiet")
     assert_clean_failure(result, "--tta-mode reset", "no reconstruction path", "reconstruction_head")
+    result = cli("evaluate", "--model", adaptive, "--dataset", "synthetic-small", "--tta", "2", "--tta-mode", "reset",
+                 "reset", "--quiet")
+    assert_clean_failure(result, "--tta-mode", "twice")
