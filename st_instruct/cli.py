@@ -297,8 +297,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         for folder in controls:  # a wrong control is refused before any fine-tuning
             read_control(folder, model_dir)
 
+        plan = "" if args.few_shot_plan == "whole" else f"-{args.few_shot_plan}"
         tuned = args.few_shot_output or model_dir.parent / f"{model_dir.name}-few-shot-{Path(args.dataset).stem}-" \
-                                                           f"{args.few_shot:g}"
+                                                           f"{args.few_shot:g}{plan}"
         # each control is fine-tuned on the same windows with the same steps, so its row stays a like-for-like one
         sources = [model_dir, *map(Path, controls)]
         outputs = [Path(tuned), *(Path(tuned).parent / f"{Path(tuned).name}-{Path(c).name}" for c in controls)]
@@ -313,7 +314,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
                                                 channels=args.channels, start=args.start, end=args.end,
                                                 steps=args.few_shot_steps, broadcast_channels=args.broadcast_channels,
                                                 seed=args.seed, spec=_spec_kwargs(args), progress=not args.quiet,
-                                                overwrite=args.overwrite))
+                                                overwrite=args.overwrite, plan=args.few_shot_plan))
         model_dir, controls = tuned_dirs[0], [str(folder) for folder in tuned_dirs[1:]]
     report, arrays = evaluate_forecaster(model_dir, args.dataset, data_dir=args.data_dir, channels=args.channels,
                                          start=args.start, end=args.end, max_windows=args.max_windows,
@@ -523,6 +524,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--few-shot-steps", type=int, default=None,
                           help="at most this many optimizer steps of the few-shot fine-tuning (default: 10 passes "
                           "over its samples), stopped early on the target's validation loss")
+    evaluate.add_argument("--few-shot-plan", choices=("whole", "prompt", "scratch"), default="whole",
+                          help="what the few-shot fine-tuning adapts: whole (every weight the recipe trains, the "
+                          "encoder included; default), prompt (PromptST: a fresh soft prompt of 4 tokens and the "
+                          "head's output layer on the frozen model, an attribute adapter naming it) or scratch (the "
+                          "recipe's model built afresh, no weight of MODEL, trained the same way)")
     evaluate.add_argument("--few-shot-output", default=None, help="folder of the few-shot model (default: beside "
                           "MODEL, named MODEL-few-shot-<dataset>-<fraction>)")
     evaluate.add_argument("--generate-rationales", action="store_true",
@@ -634,7 +640,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_cmd_demo, data_dir=None, channels=None, start=None, end=None, split_name="test",
                       max_nodes=None, broadcast_channels=False, few_shot=None, few_shot_steps=None,
                       few_shot_output=None, controls=None, zero_shot_scaling="window", generate_rationales=False,
-                      max_new_tokens=384, plot_models=None, tta=None, tta_mode=["reset"])
+                      max_new_tokens=384, plot_models=None, tta=None, tta_mode=["reset"],
+                      few_shot_plan="whole")
     for sub in (baselines, demo):
         sub.add_argument("--models", nargs="+", default=None, help="subset of baselines (default: all)")
         sub.add_argument("--seed", type=int, default=0)

@@ -281,8 +281,10 @@ def evaluate_forecaster(model_dir: str | Path, dataset: str, data_dir: str | Non
     few_shot = read_few_shot(model_dir)
     if few_shot is not None and few_shot["dataset"] == dataset:
         kind, config = "few-shot", dataclasses.replace(config, scaling=trained.scaling)
+        adapted = {"whole": "", "prompt": "; prompt tuning only (soft prompt and head output)",
+                   "scratch": "; trained from scratch on them"}[few_shot.get("plan", "whole")]
         protocol = (f"few-shot ({few_shot['fraction']:g} of the train split: the first {few_shot['train_windows']} "
-                    f"windows; pre-trained on {', '.join(few_shot['pretrained_on'])})")
+                    f"windows; pre-trained on {', '.join(few_shot['pretrained_on'])}{adapted})")
     task = get_task(config.task)
     if plot_models is not None:
         check_plot_models(plot_models, report_rows(task, models, list(control_rows), generate_rationales,

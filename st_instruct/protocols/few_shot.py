@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,9 @@ from st_instruct.samples.builder import build_split_table, plan_source
 from st_instruct.samples.prompts import load_template
 from st_instruct.samples.tokenize import tokenize_dataset
 from st_instruct.training.run import build_forecaster, build_trainer
+
+# what a few-shot fine-tune adapts (few_shot_finetune's plan)
+FEW_SHOT_PLANS = ("whole", "prompt", "scratch")
 
 
 class KeepBestOnValidation(TrainerCallback):
@@ -93,7 +97,8 @@ def few_shot_finetune(model_dir: str | Path, dataset: str, fraction: float, outp
                       end: str | None = None, steps: int | None = None, broadcast_channels: bool = False,
                       seed: int = 0, spec: dict[str, Any] | None = None, progress: bool = True,
                       overwrite: bool = False, max_passes: int = 10, patience: int = 2,
-                      validation_windows: int = 32, validation_samples: int = 256) -> Path:
+                      validation_windows: int = 32, validation_samples: int = 256, plan: str = "whole",
+                      prompt_tokens: int = 4, prompt_learning_rate: float = 0.01) -> Path:
     """Fine-tune the forecaster in ``model_dir`` on the first ``fraction`` of ``dataset``'s train windows and save
     it to ``output_dir`` (returned): at most ``max_passes`` passes over the few-shot samples (or ``steps`` optimizer
     steps), early-stopped with ``patience`` on the loss of the first ``validation_windows`` validation windows
@@ -103,8 +108,18 @@ def few_shot_finetune(model_dir: str | Path, dataset: str, fraction: float, outp
     rest, see ``evaluation_config``), saved in the new folder's recipe.yaml so its evaluation uses it too.
     ``progress=False`` turns off the trainer's progress bar and its per-step log lines (``disable_tqdm``).
 
+    ``plan`` (:data:`FEW_SHOT_PLANS`, ``--few-shot-plan``): what adapts -- ``whole`` (few-shot/2: every weight the
+    recipe trains, the encoder included), ``prompt`` (PromptST: a fresh soft prompt of ``prompt_tokens`` virtual
+    tokens and the head's output layer on the frozen forecaster, ``freeze_plan: prompt`` with ``model_dir`` as
+    ``base_forecaster``, both at ``prompt_learning_rate``, recipes/promptst_tune.yaml's rate; the folder is an
+    attribute adapter naming it) or ``scratch`` (the recipe's model built
+    afresh -- no weight of ``model_dir``, nor its pretrained encoder -- and trained on the same windows, the same
+    way). ``few_shot.json`` records the plan, the trainable weights and the fine-tune's seconds.
+
     The folder is written staged (:func:`~st_instruct.outputs.staged_output`): an existing one is refused before any
     work unless ``overwrite`` (``--overwrite``), and replaced only once the new one is complete."""
+    if plan not in FEW_SHOT_PLANS:
+        raise ValueError(f"--few-shot-plan must be one of {', '.join(FEW_SHOT_PLANS)}, found {plan!r}")
     check_writable(output_dir, overwrite, "--overwrite", "an earlier few-shot model")
     source, _ = read_backbone_source(model_dir)  # names missing files before anything slow
     few_shot_train_windows(1, fraction)  # checks the fraction
@@ -117,8 +132,14 @@ def few_shot_finetune(model_dir: str | Path, dataset: str, fraction: float, outp
     recipe_path = str(find_recipe(model_dir))
     template = trained_data_config(model_dir).template  # the checksum-verified file (refuses an unverified one)
     # the whole forecaster adapts: a pretrained encoder the recipe froze trains too (few-shot/2)
+    plan_keys = {"whole": [], "scratch": [],
+                 "prompt": ["--freeze_plan", "prompt", "--base_forecaster", str(model_dir), "--soft_prompt_tokens",
+                            str(prompt_tokens), "--control", "none", "--train_st_token_embeddings", "false",
+                            "--learning_rate", str(prompt_learning_rate), "--st_learning_rate",
+                            str(prompt_learning_rate)]}[plan]
     data_config, model_config, sft_config = parse_recipe(train_dataclasses(), [recipe_path, "--template", template,
-                                                                               "--st_encoder_freeze", "false"])
+                                                                               "--st_encoder_freeze", "false",
+                                                                               *plan_keys])
     target, _ = evaluation_config(data_config, dataset, data_dir, channels, start, end, spec=spec)
     trained_channels = STForecasterConfig.load(model_dir).channels
     # every weight comes from model_dir next: the pretrained encoder folder the recipe started from is not read.
@@ -131,14 +152,16 @@ def few_shot_finetune(model_dir: str | Path, dataset: str, fraction: float, outp
         raise ValueError(f"dataset {dataset!r} has no validation window to stop the few-shot fine-tuning on; use a "
                          "recipe split with a validation part")
     checked = min(validation_windows, windows.num_windows("validation"))
-    model, tokenizer, built, _ = build_forecaster(
+    started = time.perf_counter()
+    model, tokenizer, built, report = build_forecaster(
         target, model_config, build_seed, channels=trained_channels if broadcast_channels else None,
         load_pretrained=False, make_samples=lambda tok: few_shot_samples(target, kept, checked, tok))
     if model.st_config.channels != trained_channels:
         raise ValueError(f"dataset {dataset!r} has {model.st_config.channels} channel(s) but the forecaster in "
                          f"{model_dir} was trained on {trained_channels}; pick matching --channels, or pass "
                          "--broadcast-channels for a one-channel dataset")
-    load_forecaster_weights(model, model_dir)
+    if plan == "whole":  # prompt: the base's weights are loaded already; scratch: none of them
+        load_forecaster_weights(model, model_dir)
     train, validation = built["train"], built["validation"]
     if len(validation) > validation_samples:
         kept_samples = np.random.default_rng(seed).choice(len(validation), validation_samples, replace=False)
@@ -151,7 +174,7 @@ def few_shot_finetune(model_dir: str | Path, dataset: str, fraction: float, outp
     with staged_output(output_dir, overwrite=overwrite) as staging:
         # the recipe's optimiser settings, with this run's length, folder and seed (and no checkpoints or evaluation)
         _, _, sft_config = parse_recipe(train_dataclasses(), [
-            recipe_path, "--template", template, "--output_dir", str(staging), "--max_steps", str(steps),
+            recipe_path, "--template", template, *plan_keys, "--output_dir", str(staging), "--max_steps", str(steps),
             "--save_strategy", "no", "--eval_strategy", "steps", "--eval_steps", str(eval_steps),
             "--seed", str(seed), "--disable_tqdm", str(not progress).lower()])
         trainer = build_trainer(model, target, model_config, sft_config, train, tokenizer, backbone_seed,
@@ -173,7 +196,9 @@ def few_shot_finetune(model_dir: str | Path, dataset: str, fraction: float, outp
                   "dataset": dataset, "fraction": fraction, "train_windows": kept,
                   "of_train_windows": windows.num_windows("train"), "train_samples": len(train),
                   "steps": sft_config.max_steps, "broadcast_channels": broadcast_channels,
-                  "protocol_version": "few-shot/2", "encoder": "trained", "validation_windows": checked,
+                  "protocol_version": "few-shot/2", "plan": plan, "trainable": report.trainable,
+                  "fine_tune_seconds": round(time.perf_counter() - started, 1),
+                  "encoder": "frozen" if plan == "prompt" else "trained", "validation_windows": checked,
                   "validation_samples": len(validation), "eval_steps": eval_steps,
                   "steps_run": trainer.state.global_step, "evaluations": keeper.evaluations,
                   "best_step": keeper.best_step}

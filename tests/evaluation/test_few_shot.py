@@ -68,3 +68,34 @@ def test_few_shot_trains_the_encoder_the_recipe_froze_and_records_its_validation
     assert any(not torch.equal(before[k], after[k]) for k in encoder_keys)  # and the frozen encoder trained
     report = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert report["protocol_version"] == "few-shot/2"
+
+
+def test_the_few_shot_plans_prompt_tuning_and_from_scratch(tmp_path, tmp_path_factory, tiny_backbone_dir):
+    """``--few-shot-plan prompt`` trains a fresh soft prompt and the head's output layer on the frozen model (an
+    attribute adapter naming it, a few thousand weights); ``scratch`` keeps no weight of the model. Both record
+    their plan, trainable weights and seconds, and are scored as few-shot on the same windows."""
+    model = train_smoke(tmp_path_factory, tiny_backbone_dir, steps=1)
+    records = {}
+    for plan in ("prompt", "scratch"):
+        tuned = tmp_path / plan
+        assert main(["evaluate", "--model", str(model), "--dataset", "synthetic-small", "--few-shot", "0.005",
+                     "--few-shot-steps", "2", "--few-shot-plan", plan, "--few-shot-output", str(tuned),
+                     "--max-windows", "2", "--models", "window_mean", "--output", str(tmp_path / f"eval-{plan}"),
+                     "--quiet"]) == 0
+        records[plan] = json.loads((tuned / "few_shot.json").read_text())
+        report = json.loads((tmp_path / f"eval-{plan}" / "results.json").read_text())
+        assert report["protocol_version"] == "few-shot/2" and records[plan]["plan"] == plan
+        assert records[plan]["fine_tune_seconds"] > 0
+    source = json.loads((model / "st_backbone.json").read_text())
+    adapter = json.loads((tmp_path / "prompt" / "st_backbone.json").read_text())
+    assert adapter["format"] == "attribute" and adapter["base_forecaster"] == str(model) and source["format"] != \
+        "attribute"
+    saved = load_file(tmp_path / "prompt" / "st_modules.safetensors")
+    assert sorted({key.split(".")[0] for key in saved}) == ["regression_head", "st_soft_prompt"]
+    assert records["prompt"]["trainable"] == sum(value.numel() for value in saved.values())
+    assert records["prompt"]["encoder"] == "frozen"
+    assert records["scratch"]["trainable"] > records["prompt"]["trainable"]
+    before = load_file(model / "st_modules.safetensors")
+    scratch = load_file(tmp_path / "scratch" / "st_modules.safetensors")
+    encoder_keys = [key for key in before if key.startswith("st_encoder.")]
+    assert encoder_keys and not any(torch.equal(before[key], scratch[key]) for key in encoder_keys)
