@@ -3,6 +3,8 @@ attribute prompt tuning (issue 24).
 
 Usage::
 
+    .venv/bin/python scripts/bench_adapt.py prompt [--fractions 0.05 0.2 1] [--plans prompt whole scratch]
+        [--few-shot-steps 100] [--windows 64] [--out outputs/bench_adapt] [--reuse] [--seed 0]
     .venv/bin/python scripts/bench_adapt.py tta [--targets nyc-bike nyc-taxi los-loop beijing-air:PM2.5]
         [--out outputs/bench_adapt] [--reuse] [--pretrain-from outputs/bench_transfer] [--tta-steps 3]
         [--modes reset carry matured] [--templates semantic_node bare_node] [--windows 64] [--max-nodes 32]
@@ -21,6 +23,15 @@ one CLI command in its own process (``--reuse`` skips a stage whose folder or JS
    subset of ``--windows`` windows and ``--max-nodes`` series, the same for every row and every run): the plain
    forecaster and ``st_forecaster+tta-MODE`` per mode (each from the trained weights) beside the control and the
    three kinds of reference rows of zero-shot/2 (input-only, source-fitted, target-fitted).
+
+``prompt``: PromptST on beijing-air, 24 -> 24, in ``OUT/promptst/``: ``shared`` is
+``st-instruct train recipes/promptst_shared.yaml`` (one universal forecaster on every pollutant but CO, with its
+no-LLM control ``shared-no-llm``); then per fraction ``F`` and plan ``P`` -- ``prompt`` (a fresh soft prompt and the
+head's output layer on the frozen shared model: an attribute adapter), ``whole`` (the whole model fine-tuned) and
+``scratch`` (the same model trained from nothing) -- ``st-instruct evaluate --dataset beijing-air --channels CO
+--few-shot F --few-shot-plan P`` (at most ``--few-shot-steps`` steps, early-stopped on CO's validation windows)
+beside STID and the historical average fitted on the same windows; the table gives the trainable weights and the
+fine-tune's seconds beside the MAE.
 
 Writes ``OUT/bench_adapt.json`` (every stage's command, wall seconds and peak memory, every report) and prints, per
 target, the MAE of every row and whether each label-free mode (reset, carry) lowered the forecaster's MAE.
@@ -140,6 +151,76 @@ def run_tta(args: argparse.Namespace, out: Path, cli: list[str], bench: dict) ->
         print(markdown(target, rows, lowered), flush=True)
 
 
+SHARED_RECIPE = "recipes/promptst_shared.yaml"
+PLANS = ("prompt", "whole", "scratch")
+ATTRIBUTE = ("beijing-air", "CO")  # held out of the shared model's pollutants
+FEW_SHOT_REFERENCES = ["historical_average", "stid", "window_last_value"]
+
+
+def run_prompt(args: argparse.Namespace, out: Path, cli: list[str], bench: dict) -> None:
+    """PromptST's part (module docstring): the shared model, then every fraction x plan."""
+    folder = out / "promptst"
+    folder.mkdir(parents=True, exist_ok=True)
+    record = bench["prompt"]
+    record.setdefault("stages", {})
+    record.setdefault("evaluations", {})
+    shared = folder / f"shared-s{args.seed}"
+    budget = [] if args.sft_steps is None else ["--max_steps", str(args.sft_steps)]
+    stages = {shared.name + suffix: ([*cli, "train", SHARED_RECIPE, "--seed", str(args.seed), "--control", control,
+                                      "--output_dir", str(shared) + suffix, "--report_to", "none", *budget],
+                                     Path(str(shared) + suffix), "trainer_state.json")
+              for control, suffix in (("none", ""), ("no_llm", "-no-llm"))}
+    if not run_training_stages(stages, args.reuse, dict(record["stages"]), folder, record["stages"],
+                               folder / "stages.json"):
+        return
+    name, channel = ATTRIBUTE
+    for fraction in args.fractions:
+        for plan in args.plans:
+            case = f"few-shot {fraction:g} {plan}"
+            tuned = folder / f"few-shot-{fraction:g}-{plan}"
+            json_path = folder / f"{tuned.name}.json"
+            if args.reuse and json_path.is_file():
+                record["evaluations"][case] = json.loads(json_path.read_text())
+                continue
+            command = [*cli, "evaluate", "--model", str(shared), "--dataset", name, "--channels", channel,
+                       "--controls", f"{shared}-no-llm", "--few-shot", str(fraction), "--few-shot-plan", plan,
+                       "--few-shot-steps", str(args.few_shot_steps), "--few-shot-output", str(tuned),
+                       "--max-windows", str(args.windows), "--models", *FEW_SHOT_REFERENCES, "--seed",
+                       str(args.seed), "--json", str(json_path), "--output", str(folder / f"eval-{tuned.name}"),
+                       "--overwrite", "--quiet"]
+            evaluate_stage(case, command, json_path, folder / f"{tuned.name}.log", record)
+            for kind, path in (("forecaster", tuned), ("control", Path(f"{tuned}-{shared.name}-no-llm"))):
+                few_shot = path / "few_shot.json"
+                if few_shot.is_file() and "results" in record["evaluations"][case]:
+                    record["evaluations"][case].setdefault("adaptation", {})[kind] = {
+                        key: json.loads(few_shot.read_text()).get(key)
+                        for key in ("plan", "trainable", "fine_tune_seconds", "train_windows", "steps_run")}
+    bench["prompt"] = record
+    print(prompt_markdown(record["evaluations"]), flush=True)
+
+
+def prompt_markdown(evaluations: dict[str, dict]) -> str:
+    """One table: per fraction and plan the forecaster's and the control's MAE with their trainable weights and
+    fine-tune seconds, and the references fitted on the same windows."""
+    lines = ["| fraction | plan | forecaster MAE | trainable | seconds | no-LLM control MAE | trainable | seconds | "
+             "STID | HA | last value |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for case, report in evaluations.items():
+        _, fraction, plan = case.split(" ")
+        if "results" not in report:
+            lines.append(f"| {fraction} | {plan} | failed: {report.get('error', '?')} | | | | | | | | |")
+            continue
+        results, adaptation = report["results"], report.get("adaptation", {})
+        mae = {row: f"{results[row]['MAE']:.3f}" if row in results else "-"
+               for row in ("st_forecaster", "st_forecaster_no_llm", "stid", "historical_average", "window_last_value")}
+        fig = {(kind, key): str(adaptation.get(kind, {}).get(key, "-"))
+               for kind in ("forecaster", "control") for key in ("trainable", "fine_tune_seconds")}
+        lines.append(f"| {fraction} | {plan} | {mae['st_forecaster']} | {fig['forecaster', 'trainable']} | "
+                     f"{fig['forecaster', 'fine_tune_seconds']} | {mae['st_forecaster_no_llm']} | "
+                     f"{fig['control', 'trainable']} | {fig['control', 'fine_tune_seconds']} | {mae['stid']} | "
+                     f"{mae['historical_average']} | {mae['window_last_value']} |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parts = parser.add_subparsers(dest="part", required=True)
@@ -153,8 +234,15 @@ def main() -> int:
     tta.add_argument("--windows", type=int, default=64, help="test windows scored per evaluation")
     tta.add_argument("--max-nodes", type=int, default=32, help="series scored per window (seeded, the same for all)")
     tta.add_argument("--seed", type=int, default=0)
-    tta.add_argument("--sft-steps", type=int, default=None, help="override the recipe's max_steps")
-    for part in (tta,):
+    prompt = parts.add_parser("prompt", help="PromptST: attribute prompt tuning vs fine-tuning vs from scratch")
+    prompt.add_argument("--fractions", nargs="+", type=float, default=[0.05, 0.2, 1.0],
+                        help="few-shot fractions of CO's train windows")
+    prompt.add_argument("--plans", nargs="+", default=list(PLANS), choices=PLANS, help="what adapts")
+    prompt.add_argument("--few-shot-steps", type=int, default=100, help="at most this many steps per fine-tune")
+    prompt.add_argument("--windows", type=int, default=64, help="test windows scored per evaluation")
+    prompt.add_argument("--seed", type=int, default=0)
+    for part in (tta, prompt):
+        part.add_argument("--sft-steps", type=int, default=None, help="override the recipes' max_steps")
         part.add_argument("--out", default="outputs/bench_adapt", help="folder for the models, logs and JSON")
         part.add_argument("--reuse", action="store_true", help="skip the stages whose outputs are complete")
     args = parser.parse_args()
@@ -168,7 +256,7 @@ def main() -> int:
     bench = {**previous, "commit": commit, "machine": machine, args.part: previous.get(args.part, {})}
     cli = [sys.executable, "-m", "st_instruct.cli"]
     try:
-        run_tta(args, out, cli, bench)
+        (run_tta if args.part == "tta" else run_prompt)(args, out, cli, bench)
     finally:
         result_path.write_text(json.dumps(bench, indent=2, default=str) + "\n")
     print(f"wrote {result_path}")

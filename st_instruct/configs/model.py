@@ -411,10 +411,6 @@ class ModelConfig(FreezeConfig, AdaptationConfig, SoftPromptConfig, PromptConfig
         if self.freeze_plan == "prompt" and not self.soft_prompt_tokens:
             raise RecipeError("freeze_plan: prompt trains the soft prompt, but soft_prompt_tokens is 0; set "
                               "soft_prompt_tokens > 0 (e.g. 4)")
-        if self.freeze_plan == "prompt" and self.control != "none":
-            raise RecipeError(f"control {self.control!r} with freeze_plan: prompt: prompt tuning keeps its base's "
-                              "model; the control of an attribute adapter is one tuned on its base's control (train "
-                              "that base with control, then tune on it with control: none)")
         if self.base_forecaster and self.freeze_plan != "prompt":
             raise RecipeError(f"base_forecaster is read by freeze_plan: prompt only, found freeze_plan "
                               f"{self.freeze_plan!r}; set freeze_plan: prompt or drop base_forecaster")

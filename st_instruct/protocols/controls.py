@@ -20,7 +20,7 @@ CONTROL_KINDS = ("no_llm", "random_llm")  # ModelConfig.control values other tha
 BUDGET_KEYS = ("max_steps", "num_train_epochs", "per_device_train_batch_size", "gradient_accumulation_steps",
                "learning_rate", "lr_scheduler_type", "warmup_steps", "warmup_ratio", "weight_decay", "seed")
 # recipe keys that may differ between a forecaster and its control: where each was written, and the switch itself
-UNSHARED_KEYS = ("control", "dataset_cache_dir", "output_dir")
+UNSHARED_KEYS = ("control", "dataset_cache_dir", "output_dir", "base_forecaster")  # a control's adapter: its base's
 
 
 def train_control(model_dir: str | Path, kind: str, overwrite: bool = False) -> Path:

@@ -134,7 +134,7 @@ def few_shot_finetune(model_dir: str | Path, dataset: str, fraction: float, outp
     # the whole forecaster adapts: a pretrained encoder the recipe froze trains too (few-shot/2)
     plan_keys = {"whole": [], "scratch": [],
                  "prompt": ["--freeze_plan", "prompt", "--base_forecaster", str(model_dir), "--soft_prompt_tokens",
-                            str(prompt_tokens), "--control", "none", "--train_st_token_embeddings", "false",
+                            str(prompt_tokens), "--train_st_token_embeddings", "false",
                             "--learning_rate", str(prompt_learning_rate), "--st_learning_rate",
                             str(prompt_learning_rate)]}[plan]
     data_config, model_config, sft_config = parse_recipe(train_dataclasses(), [recipe_path, "--template", template,

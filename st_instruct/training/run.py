@@ -46,6 +46,7 @@ from st_instruct.model_dir import (
     TRAINER_STATE_FILE,
     checkpoint_folders,
     checkpoint_missing,
+    read_recipe,
     save_template_copy,
 )
 from st_instruct.models.backbones import BackboneSource, build_teacher, get_backbone, get_tokenizer
@@ -165,6 +166,11 @@ def build_prompt_tuning(data_config: DataConfig, model_config: ModelConfig, seed
     except (OSError, ValueError) as err:
         raise RecipeError(f"base_forecaster {base} is not a trained forecaster folder ({err}); set it to the output "
                           "folder of `st-instruct train`") from err
+    base_control = (read_recipe(base) or {}).get("control", "none")
+    if base_control != model_config.control:
+        raise RecipeError(f"control {model_config.control!r}, but base_forecaster {base} was trained with control "
+                          f"{base_control!r}: an attribute adapter is the kind of model its base is; set control: "
+                          f"{base_control}")
     set_seed(seed)
     model, tokenizer, _ = load_base_forecaster(base, part(model_config, SoftPromptConfig))
     reset_head_output(model)

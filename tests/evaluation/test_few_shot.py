@@ -75,16 +75,18 @@ def test_the_few_shot_plans_prompt_tuning_and_from_scratch(tmp_path, tmp_path_fa
     attribute adapter naming it, a few thousand weights); ``scratch`` keeps no weight of the model. Both record
     their plan, trainable weights and seconds, and are scored as few-shot on the same windows."""
     model = train_smoke(tmp_path_factory, tiny_backbone_dir, steps=1)
+    control = train_smoke(tmp_path_factory, tiny_backbone_dir, "--control", "no_llm", steps=1)
     records = {}
     for plan in ("prompt", "scratch"):
         tuned = tmp_path / plan
         assert main(["evaluate", "--model", str(model), "--dataset", "synthetic-small", "--few-shot", "0.005",
                      "--few-shot-steps", "2", "--few-shot-plan", plan, "--few-shot-output", str(tuned),
-                     "--max-windows", "2", "--models", "window_mean", "--output", str(tmp_path / f"eval-{plan}"),
-                     "--quiet"]) == 0
+                     "--controls", str(control), "--max-windows", "2", "--models", "window_mean", "--output",
+                     str(tmp_path / f"eval-{plan}"), "--quiet"]) == 0
         records[plan] = json.loads((tuned / "few_shot.json").read_text())
         report = json.loads((tmp_path / f"eval-{plan}" / "results.json").read_text())
         assert report["protocol_version"] == "few-shot/2" and records[plan]["plan"] == plan
+        assert "st_forecaster_no_llm" in report["results"]  # the control adapted the same way, a like-for-like row
         assert records[plan]["fine_tune_seconds"] > 0
     source = json.loads((model / "st_backbone.json").read_text())
     adapter = json.loads((tmp_path / "prompt" / "st_backbone.json").read_text())
