@@ -228,3 +228,17 @@ def train_smoke(tmp_path_factory, backbone, *flags: str, steps: int = 2):
             "--report_to", "none", "--output_dir", str(tmp_path_factory.mktemp("trained")), "--max_steps",
             str(steps), "--save_strategy", "no", *flags]
     return train(*parse_recipe(train_dataclasses(), [str(smoke), *args]))
+
+
+def two_sample_batch(tokenizer):
+    """A real collated batch: two samples of 2 and 3 nodes (``st_sample`` with 8 coordinates), tokenised with
+    ``tokenizer`` (which has the ST tokens), right-padded by ``STDataCollator``."""
+    from st_instruct.samples.collator import STDataCollator
+    from st_instruct.samples.tokenize import tokenize_messages
+
+    samples = []
+    for seed, (sample_id, nodes) in enumerate([("a", 2), ("b", 3)]):
+        sample = st_sample(sample_id, num_nodes=nodes, coord_dim=8, seed=seed)
+        sample.update(tokenize_messages(sample["messages"], tokenizer, sample_id=sample_id, num_nodes=nodes))
+        samples.append(sample)
+    return STDataCollator(tokenizer)(samples)

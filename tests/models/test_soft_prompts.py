@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from tiny import build_tiny_forecaster, build_tiny_vlm, st_sample, tiny_st_config
+from tiny import build_tiny_forecaster, build_tiny_vlm, tiny_st_config, two_sample_batch
 
 from st_instruct.configs import RecipeError, SoftPromptConfig
 from st_instruct.model_dir import ST_CONFIG_FILE
@@ -24,15 +24,7 @@ TOKENS = 3
 @pytest.fixture(scope="module")
 def batch(st_tok):
     """Two samples of 2 and 3 nodes, collated (real token positions, right padding)."""
-    from st_instruct.samples.collator import STDataCollator
-    from st_instruct.samples.tokenize import tokenize_messages
-
-    samples = []
-    for seed, (sample_id, nodes) in enumerate([("a", 2), ("b", 3)]):
-        sample = st_sample(sample_id, num_nodes=nodes, coord_dim=8, seed=seed)
-        sample.update(tokenize_messages(sample["messages"], st_tok, sample_id=sample_id, num_nodes=nodes))
-        samples.append(sample)
-    return STDataCollator(st_tok)(samples)
+    return two_sample_batch(st_tok)
 
 
 def manual_pass(model, batch):

@@ -3,7 +3,7 @@ the module structure, and after real optimizer steps exactly those parameters mo
 
 import pytest
 import torch
-from tiny import build_tiny_backbone, build_tiny_forecaster, st_sample
+from tiny import build_tiny_backbone, build_tiny_forecaster, two_sample_batch
 
 from st_instruct.configs import FreezeConfig
 from st_instruct.models.forecaster import build_st_forecaster, regression_mask
@@ -36,15 +36,7 @@ def tok(st_tok):
 @pytest.fixture(scope="module")
 def batch(tok):
     """A real collated batch: two samples with 2 and 3 nodes."""
-    from st_instruct.samples.collator import STDataCollator
-    from st_instruct.samples.tokenize import tokenize_messages
-
-    samples = []
-    for seed, (sample_id, nodes) in enumerate([("a", 2), ("b", 3)]):
-        sample = st_sample(sample_id, num_nodes=nodes, coord_dim=8, seed=seed)
-        sample.update(tokenize_messages(sample["messages"], tok, sample_id=sample_id, num_nodes=nodes))
-        samples.append(sample)
-    return STDataCollator(tok)(samples)
+    return two_sample_batch(tok)
 
 
 def trainable(model):
