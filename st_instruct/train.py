@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from st_instruct.configs import parse_recipe, train_dataclasses
+from st_instruct.configs import RecipeError, parse_recipe, train_dataclasses
 from st_instruct.console import run_reporting_input_errors
 from st_instruct.hub import HubError, push_to_hub
 from st_instruct.training.run import OVERWRITE_FLAG, train
@@ -27,7 +27,17 @@ from st_instruct.training.run import OVERWRITE_FLAG, train
 def train_and_push(data_config: Any, model_config: Any, sft_config: Any, overwrite: bool = False) -> Path:
     """Train a parsed recipe (:func:`~st_instruct.training.run.train`); with ``push_to_hub: true`` the main process
     then pushes the complete final folder, exactly as ``st-instruct push`` pushes it (checkpoints stay local whatever
-    ``hub_strategy`` says). Returns the folder."""
+    ``hub_strategy`` says). Returns the folder.
+
+    An attribute adapter (``freeze_plan: prompt``) of a local ``base_forecaster`` is refused with ``push_to_hub``
+    before any training: its push needs the base's Hub repo id, which no recipe key holds (``st-instruct push DIR
+    --base-repo ID`` after training)."""
+    base = model_config.base_forecaster
+    if sft_config.push_to_hub and model_config.freeze_plan == "prompt" and base and Path(base).expanduser().exists():
+        raise RecipeError(f"push_to_hub with freeze_plan: prompt on the local base_forecaster {base}: the pushed "
+                          "adapter must name its base's Hub repo, which no recipe key holds; train without "
+                          "push_to_hub, then `st-instruct push OUTPUT_DIR --repo-id ID --base-repo BASE_ID` (push "
+                          "the base first), or set base_forecaster to the base's Hub repo id")
     output = train(data_config, model_config, sft_config, overwrite_output_dir=overwrite)
     if sft_config.process_index != 0 or not sft_config.push_to_hub:
         return output

@@ -150,6 +150,12 @@ def test_bad_input_is_one_line(cli, base, tiny_backbone_dir, tmp_path):
                              "--soft_prompt_tokens", "2", "--dataset_names", "synthetic-small[outflow]",
                              "--history", "6", "--dataset_cache_dir", str(tmp_path / "built")),
                          "does not fit the base forecaster", "history 6 (the base's: 12)")
+    assert_clean_failure(cli(*smoke, "--freeze_plan", "prompt", "--base_forecaster", str(base),
+                             "--soft_prompt_tokens", "2", "--control", "no_llm"),
+                         "control 'no_llm'", f"base_forecaster {base} was trained with control 'none'")
+    assert_clean_failure(cli(*smoke, "--freeze_plan", "prompt", "--base_forecaster", str(base),
+                             "--soft_prompt_tokens", "2", "--push_to_hub", "true"),
+                         "push_to_hub with freeze_plan: prompt", "--base-repo")
     assert not (tmp_path / "out").exists()
     with pytest.raises(RecipeError, match="base_forecaster is read by freeze_plan: prompt only"):
         ModelConfig(base_forecaster=str(base))
