@@ -263,10 +263,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     # run makes a new one -- the model folder, where the evaluation is recorded
     _check_json_output(args)
     tta = []
+    if args.tta_lr is not None and args.tta is None:
+        raise ValueError("--tta-lr sets the test-time adaptation's learning rate; give --tta STEPS with it")
     if args.tta is not None:
         from st_instruct.training.tta import TTASettings
 
-        tta = [TTASettings(args.tta, mode) for mode in args.tta_mode]
+        tta = [TTASettings(args.tta, mode, args.tta_lr) for mode in args.tta_mode]
     if args.few_shot is None:
         if model_dir.is_dir():
             check_can_create(model_dir / EVALUATIONS_FILE)
@@ -546,6 +548,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "over the test sequence in time order) or matured (ST-TTC: supervised steps on earlier "
                           "test samples whose labels have fully arrived by the batch's issue time); each mode starts "
                           "from the trained weights; default reset")
+    evaluate.add_argument("--tta-lr", type=float, default=None, metavar="LR",
+                          help="with --tta, the adaptation's learning rate instead of the recipe's tta_learning_rate")
     evaluate.add_argument("--json", default=None, help="also write the results JSON here")
     evaluate.add_argument("--output", default=None, help="folder for results.json, report.md and the figures "
                           "(default MODEL/eval-<dataset>)")
@@ -640,7 +644,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_cmd_demo, data_dir=None, channels=None, start=None, end=None, split_name="test",
                       max_nodes=None, broadcast_channels=False, few_shot=None, few_shot_steps=None,
                       few_shot_output=None, controls=None, zero_shot_scaling="window", generate_rationales=False,
-                      max_new_tokens=384, plot_models=None, tta=None, tta_mode=["reset"],
+                      max_new_tokens=384, plot_models=None, tta=None, tta_mode=["reset"], tta_lr=None,
                       few_shot_plan="whole")
     for sub in (baselines, demo):
         sub.add_argument("--models", nargs="+", default=None, help="subset of baselines (default: all)")

@@ -455,7 +455,7 @@ def _adapted_forecasts(model: Any, folder: Path, tta: TTASettings, collator: Any
     finally:
         adapter.close()
     return {"pred": pred, "covered": covered, "seconds": seconds, "trainable": adapter.trainable,
-            "matured_log": adapter.matured_log}
+            "learning_rate": adapter.learning_rate, "matured_log": adapter.matured_log}
 
 
 def tta_report(tta: TTASettings, adapted: dict[str, dict[str, Any]], plain_seconds: dict[str, float],
@@ -466,6 +466,7 @@ def tta_report(tta: TTASettings, adapted: dict[str, dict[str, Any]], plain_secon
     done = {name: found for name, found in adapted.items() if "skipped" not in found}
     out: dict[str, Any] = {
         "steps": tta.steps,
+        "learning_rate": next((found["learning_rate"] for found in done.values()), tta.learning_rate),
         "labels": ("targets of earlier test samples whose every step lies at or before the batch's issue time"
                    if tta.mode == "matured" else "none: masked reconstruction of each batch's own history"),
         "trainable": {name: found["trainable"] for name, found in done.items()},

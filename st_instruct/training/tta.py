@@ -52,11 +52,12 @@ PROMPT_MODULES = ("st_prompt", "st_soft_prompt")
 
 @dataclass(frozen=True)
 class TTASettings:
-    """What ``--tta STEPS --tta-mode MODE`` asks for; ``ValueError`` (one line) for a count below 1 or an unknown
-    mode."""
+    """What ``--tta STEPS --tta-mode MODE [--tta-lr LR]`` asks for (``learning_rate`` None: the recipe's
+    ``tta_learning_rate``); ``ValueError`` (one line) for a count below 1, an unknown mode or a rate <= 0."""
 
     steps: int
     mode: str = "reset"
+    learning_rate: float | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.steps, bool) or not isinstance(self.steps, int | np.integer) or self.steps < 1:
@@ -64,6 +65,8 @@ class TTASettings:
                              "leave --tta out for no adaptation")
         if self.mode not in TTA_MODES:
             raise ValueError(f"--tta-mode must be one of {', '.join(TTA_MODES)}, found {self.mode!r}")
+        if self.learning_rate is not None and not (np.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise ValueError(f"--tta-lr must be a positive learning rate, found {self.learning_rate!r}")
 
 
 def tta_parameters(model: Any, names: list[str]) -> dict[str, nn.Parameter]:
@@ -146,6 +149,7 @@ class TestTimeAdapter:
         self.model, self.adaptation, self.settings = model, adaptation, settings
         self.history, self.horizon, self.step_time = history, horizon, step_time
         self.parameters = tta_parameters(model, list(adaptation.tta_parameters))
+        self.learning_rate = settings.learning_rate or adaptation.tta_learning_rate
         self._grad_flags = {name: p.requires_grad for name, p in model.named_parameters()}
         for name, p in model.named_parameters():
             p.requires_grad_(name in self.parameters)
@@ -162,7 +166,7 @@ class TestTimeAdapter:
         return sum(p.numel() for p in self.parameters.values())
 
     def _optimizer(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(list(self.parameters.values()), lr=self.adaptation.tta_learning_rate)
+        return torch.optim.Adam(list(self.parameters.values()), lr=self.learning_rate)
 
     def predict(self, batch: dict[str, Any]) -> torch.Tensor:
         """Adapt on ``batch`` as the mode says, then ``model.predict(batch)`` [B, P, N, C] in original units."""

@@ -177,3 +177,29 @@ def test_bad_tta_requests_are_one_line(cli, plain, adaptive):
     result = cli("evaluate", "--model", adaptive, "--dataset", "synthetic-small", "--tta", "2", "--tta-mode", "reset",
                  "reset", "--quiet")
     assert_clean_failure(result, "--tta-mode", "twice")
+    for rate in ("0", "-1e-3", "nan"):
+        result = cli("evaluate", "--model", adaptive, "--dataset", "synthetic-small", "--tta", "2", f"--tta-lr={rate}",
+                     "--quiet")
+        assert_clean_failure(result, "--tta-lr", "positive")
+    result = cli("evaluate", "--model", adaptive, "--dataset", "synthetic-small", "--tta-lr", "1e-3", "--quiet")
+    assert_clean_failure(result, "--tta-lr", "--tta STEPS")
+
+
+def test_the_learning_rate_given_replaces_the_recipes(adaptive):
+    """``--tta-lr`` reaches the optimiser and the report, and a larger rate moves the carried weights further."""
+    recipe_rate = adaptation_config(adaptive).tta_learning_rate
+    moved = {}
+    for rate in (None, recipe_rate * 100):
+        model, batches, step_time, config = _test_batches(adaptive)
+        before = _weights(model)
+        adapter = TestTimeAdapter(model, adaptation_config(adaptive), TTASettings(2, "carry", rate), config.history,
+                                  config.horizon, step_time=step_time)
+        assert adapter.optimizer.param_groups[0]["lr"] == (rate or recipe_rate)
+        for batch in batches:
+            adapter.predict(batch)
+        adapter.close()
+        moved[rate] = sum(float((p - before[name]).abs().sum()) for name, p in model.named_parameters())
+    assert moved[recipe_rate * 100] > moved[None] > 0
+    report, _ = evaluate_forecaster(adaptive, "synthetic-small", max_windows=2, models=["window_mean"],
+                                    progress=False, tta=[TTASettings(1, "reset", 0.003)])
+    assert report["tta"]["reset"]["learning_rate"] == 0.003
