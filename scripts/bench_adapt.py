@@ -7,8 +7,8 @@ Usage::
         [--few-shot-steps 100] [--windows 64] [--out outputs/bench_adapt] [--reuse] [--seed 0]
     .venv/bin/python scripts/bench_adapt.py tta [--targets nyc-bike nyc-taxi los-loop beijing-air:PM2.5]
         [--out outputs/bench_adapt] [--reuse] [--pretrain-from outputs/bench_transfer] [--tta-steps 3]
-        [--modes reset carry matured] [--templates semantic_node bare_node] [--windows 64] [--max-nodes 32]
-        [--seed 0] [--sft-steps N]
+        [--tta-lr LR] [--modes reset carry matured] [--templates semantic_node bare_node] [--windows 32]
+        [--max-nodes 16] [--batch-size 64] [--seed 0] [--sft-steps N]
 
 ``tta``: zero-shot on the transfer benchmark's targets (scripts/bench_transfer.py), in ``OUT/tta/T/``, each stage
 one CLI command in its own process (``--reuse`` skips a stage whose folder or JSON is complete):
@@ -79,19 +79,21 @@ def tta_stages(target: str, templates: list[str], seed: int, out: Path, cli: lis
     return stages, pretrain
 
 
-def tta_evaluations(target: str, templates: list[str], modes: list[str], seed: int, steps: int, windows: int,
-                    nodes: int, out: Path, cli: list[str]) -> dict[str, tuple[list[str], Path]]:
+def tta_evaluations(target: str, templates: list[str], modes: list[str], seed: int, steps: int, rate: float | None,
+                    windows: int, nodes: int, batch_size: int, out: Path, cli: list[str]
+                    ) -> dict[str, tuple[list[str], Path]]:
     """``case -> (command, its --json path)``: every template's forecaster under every mode."""
     name, _, channel = target.partition(":")
     data = ["--dataset", name, *(["--channels", channel] if channel else []), "--max-windows", str(windows),
-            "--max-nodes", str(nodes)]
+            "--max-nodes", str(nodes), "--batch-size", str(batch_size)]
+    adapt = ["--tta", str(steps), "--tta-mode", *modes, *(["--tta-lr", str(rate)] if rate else [])]
     cases = {}
     for template in templates:
         model, control = out / f"{template}-s{seed}", out / f"{template}-s{seed}-no-llm"
         json_path = out / f"{template}-tta.json"
         cases[template] = (
             [*cli, "evaluate", "--model", str(model), *data, "--controls", str(control), "--models", *REFERENCES,
-             "--tta", str(steps), "--tta-mode", *modes, "--seed", str(seed), "--json", str(json_path), "--output",
+             *adapt, "--seed", str(seed), "--json", str(json_path), "--output",
              str(out / f"eval-{json_path.stem}"), "--overwrite", "--quiet"], json_path)
     return cases
 
@@ -139,8 +141,8 @@ def run_tta(args: argparse.Namespace, out: Path, cli: list[str], bench: dict) ->
             bench["tta"][target] = record
             continue
         for case, (command, json_path) in tta_evaluations(target, args.templates, args.modes, args.seed,
-                                                          args.tta_steps, args.windows, args.max_nodes, folder,
-                                                          cli).items():
+                                                          args.tta_steps, args.tta_lr, args.windows, args.max_nodes,
+                                                          args.batch_size, folder, cli).items():
             if args.reuse and json_path.is_file():
                 record["evaluations"][case] = json.loads(json_path.read_text())
                 continue
@@ -231,8 +233,12 @@ def main() -> int:
     tta.add_argument("--templates", nargs="+", default=list(TEMPLATES), help="prompt templates to train and compare")
     tta.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES, help="test-time adaptation modes")
     tta.add_argument("--tta-steps", type=int, default=3, help="adaptation steps per test batch")
-    tta.add_argument("--windows", type=int, default=64, help="test windows scored per evaluation")
-    tta.add_argument("--max-nodes", type=int, default=32, help="series scored per window (seeded, the same for all)")
+    tta.add_argument("--tta-lr", type=float, default=None, help="the adaptation's learning rate (default: the "
+                     "recipe's tta_learning_rate)")
+    tta.add_argument("--windows", type=int, default=32, help="test windows scored per evaluation")
+    tta.add_argument("--max-nodes", type=int, default=16, help="series scored per window (seeded, the same for all)")
+    tta.add_argument("--batch-size", type=int, default=64, help="samples per test batch: what one adaptation step "
+                     "sees")
     tta.add_argument("--seed", type=int, default=0)
     prompt = parts.add_parser("prompt", help="PromptST: attribute prompt tuning vs fine-tuning vs from scratch")
     prompt.add_argument("--fractions", nargs="+", type=float, default=[0.05, 0.2, 1.0],
