@@ -1,6 +1,7 @@
 """The task seam (st_instruct.tasks): forecasting is a task like any other, and a new task changes what the stack
 builds and trains by being registered -- nothing in models/ or training/ is touched. The toy task here (reconstruct
-the history from a copy with a quarter of its entries hidden) stands for the imputation task to come."""
+the whole history, every observed entry scored, from a copy with the recipe's missing pattern hidden) is registered
+for the tests only; imputation, the registered task beside forecasting, scores only the hidden entries."""
 
 import numpy as np
 import pytest
@@ -16,7 +17,8 @@ from st_instruct.tasks import TASKS, Task, get_task
 
 
 class Reconstruction(Task):
-    """Read the history with a seeded quarter of its observed entries hidden; predict the whole history."""
+    """Read the history (with the recipe's missing pattern hidden); predict the whole history, every observed entry
+    scored."""
 
     name = "reconstruction"
     baselines = ("last_value",)
@@ -26,9 +28,6 @@ class Reconstruction(Task):
 
     def target_steps(self, history, horizon):
         return np.arange(history)
-
-    def hidden(self, observed, seed):
-        return observed & (np.random.default_rng(seed).random(observed.shape) < 0.25)
 
 
 @pytest.fixture
@@ -40,15 +39,17 @@ def reconstruction(monkeypatch):
 
 def test_the_recipe_names_mirror_the_registered_tasks():
     assert TASK_NAMES == tuple(TASKS)
-    with pytest.raises(ValueError, match=r"task must be one of \['forecasting'\], found 'imputation'"):
-        DataConfig(task="imputation")
+    with pytest.raises(ValueError, match=r"task must be one of \['forecasting', 'imputation'\], found 'cleaning'"):
+        DataConfig(task="cleaning")
 
 
 def test_forecasting_reads_the_history_and_predicts_the_horizon_after_it():
     task = get_task("forecasting")
     assert task.input_steps(12, 6).tolist() == list(range(12))
     assert task.target_steps(12, 6).tolist() == list(range(12, 18)) and task.target_length(12, 6) == 6
-    assert not task.hidden(np.ones((2, 12, 3, 1), dtype=bool), seed=0).any()
+    observed = np.random.default_rng(0).random((2, 6, 3, 1)) < 0.8
+    hidden = observed & (np.random.default_rng(1).random(observed.shape) < 0.5)
+    np.testing.assert_array_equal(task.target_mask(observed, hidden), observed)  # hidden history, whole future
     assert task.baselines == ("window_last_value", "window_mean", "window_linear_trend", "historical_average",
                               "last_value", "seasonal_naive_day", "seasonal_naive_week", "ridge", "global_ridge",
                               "stid")
@@ -58,7 +59,7 @@ def test_a_registered_task_decides_the_samples(reconstruction, tmp_path):
     """The builder cuts the samples through the task: the target is the history itself, and the hidden entries are
     neither in the history the model reads nor in its mask, while they stay in the target."""
     config = DataConfig(dataset_names=["synthetic-small"], window_sample=2, node_sample=3, task="reconstruction",
-                        dataset_cache_dir=str(tmp_path))
+                        missing_pattern="point:0.25", dataset_cache_dir=str(tmp_path))
     train = build_dataset(config)["train"]
     history = np.asarray(train[0]["history"])
     history_mask = np.asarray(train[0]["history_mask"])
@@ -72,7 +73,8 @@ def test_a_registered_task_decides_the_samples(reconstruction, tmp_path):
 def test_a_registered_task_sizes_the_head_and_trains(reconstruction, tmp_path_factory, tiny_backbone_dir):
     """Training a recipe with ``task: reconstruction`` sizes the head by the task (12 history steps, where the
     recipe's horizon is 6) and trains on its loss, with no change to models/ or training/."""
-    folder = train_smoke(tmp_path_factory, tiny_backbone_dir, "--task", "reconstruction", "--horizon", "6")
+    folder = train_smoke(tmp_path_factory, tiny_backbone_dir, "--task", "reconstruction", "--horizon", "6",
+                         "--missing_pattern", "point:0.25")
     assert STForecasterConfig.load(folder).horizon == 12
 
 

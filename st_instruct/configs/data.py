@@ -15,7 +15,10 @@ GRANULARITIES = ("node", "graph")
 SCALINGS = ("train", "window")
 COORDINATE_KINDS = ("laplacian", "geo", "grid", "learned", "none")
 # mirrored from st_instruct.tasks.TASKS (a test checks they agree) so reading a recipe imports no task
-TASK_NAMES = ("forecasting",)
+TASK_NAMES = ("forecasting", "imputation")
+# mirrored from st_instruct.data.missing.PATTERNS / PRESETS (a test checks they agree)
+MISSING_PATTERN_NAMES = ("point", "sequence", "node", "spin_point", "spin_block")
+MISSING_PRESET_NAMES = ("spin_point", "spin_block")
 # mirrored from st_instruct.samples.render.IMAGE_KINDS (a test checks they agree) plus "none"
 IMAGE_KIND_NAMES = ("none", "map", "multiview")
 
@@ -117,7 +120,12 @@ class DataConfig:
                 "calendar is refused)"})
     task: str = field(default="forecasting", metadata={
         "help": "what a window is for (st_instruct.tasks): forecasting (read the history, predict the horizon after "
-                "it)"})
+                "it) or imputation (read the history with missing_pattern's entries hidden, return all of it; "
+                "horizon: 0)"})
+    missing_pattern: str | None = field(default=None, metadata={
+        "help": "observed entries hidden from the model (st_instruct.data.missing): NAME:RATE with NAME point, "
+                "sequence or node and RATE in (0, 1) of the observed entries (point:0.5), or SPIN's presets "
+                "spin_point / spin_block; imputation trains and scores on them, forecasting reads a sparser history"})
     history: int = field(default=12, metadata={"help": "history length L in steps"})
     horizon: int = field(default=12, metadata={"help": "forecast horizon P in steps"})
     split: str = field(default="7:1:2", metadata={"help": "chronological train:validation:test ratios"})
@@ -173,6 +181,7 @@ class DataConfig:
     def __post_init__(self) -> None:
         check_fields(self)
         check_choice("task", self.task, TASK_NAMES)
+        self._check_missing_pattern()
         if self.image_kind not in IMAGE_KIND_NAMES:
             raise RecipeError(f"image_kind must be one of {IMAGE_KIND_NAMES}, found {self.image_kind!r}")
         if self.image_size is not None and self.image_size < 32:
@@ -207,9 +216,38 @@ class DataConfig:
         if self.channel_independent and self.coordinates == "learned":
             raise RecipeError("channel_independent reads any node set, but coordinates: learned is a table per node "
                               "id of the training data; use coordinates: none, geo or laplacian")
-        if self.history < 1 or self.horizon < 1 or self.stride < 1:
-            raise RecipeError(f"history, horizon and stride must be >= 1, found {self.history}, {self.horizon}, "
-                              f"{self.stride}")
+        if self.task == "imputation":
+            if self.horizon != 0:
+                raise RecipeError(f"task imputation fills windows of history steps and predicts none after them: set "
+                                  f"horizon: 0, found {self.horizon}")
+        elif self.horizon < 1:
+            raise RecipeError(f"horizon must be >= 1 for task {self.task}, found {self.horizon}")
+        if self.history < 1 or self.stride < 1:
+            raise RecipeError(f"history and stride must be >= 1, found {self.history}, {self.stride}")
+
+    def _check_missing_pattern(self) -> None:
+        """``missing_pattern`` well formed (:class:`~st_instruct.data.missing.MissingPattern` says the same), and
+        given to imputation, which has nothing to score without it."""
+        if self.missing_pattern is None:
+            if self.task == "imputation":
+                raise RecipeError("task imputation needs missing_pattern: the entries to hide and score, e.g. "
+                                  "point:0.25 or spin_block")
+            return
+        name, sep, rate = str(self.missing_pattern).partition(":")
+        if name not in MISSING_PATTERN_NAMES:
+            raise RecipeError(f"missing_pattern must be NAME:RATE or a preset, NAME one of "
+                              f"{', '.join(MISSING_PATTERN_NAMES)}, found {self.missing_pattern!r}")
+        if name in MISSING_PRESET_NAMES:
+            if sep:
+                raise RecipeError(f"missing_pattern {name} is a preset with its own rate; write {name!r} alone, found "
+                                  f"{self.missing_pattern!r}")
+            return
+        try:
+            value = float(rate)
+        except ValueError:
+            value = math.nan
+        if not 0 < value < 1:
+            raise RecipeError(f"missing_pattern {self.missing_pattern!r}: the rate must be in (0, 1), e.g. {name}:0.5")
 
     def corpus(self) -> list[CorpusEntry]:
         """The datasets that load (:func:`~st_instruct.data.loaders.load_series`), in ``dataset_names`` order:

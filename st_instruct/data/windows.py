@@ -203,9 +203,10 @@ def calendar_features(data: STData) -> tuple[np.ndarray, np.ndarray]:
 
 def build_windows(data: STData, history: int, horizon: int, split: str | tuple[float, ...] = "7:1:2",
                   stride: int = 1) -> STWindows:
-    """Cut ``data`` into chronological splits and index the ``history -> horizon`` windows of each."""
-    if history < 1 or horizon < 1 or stride < 1:
-        raise ValueError(f"history, horizon and stride must be >= 1, found {history}, {horizon}, {stride}")
+    """Cut ``data`` into chronological splits and index the ``history -> horizon`` windows of each (``horizon`` 0:
+    windows of ``history`` steps alone, the imputation task's)."""
+    if history < 1 or horizon < 0 or stride < 1:
+        raise ValueError(f"history and stride must be >= 1 and horizon >= 0, found {history}, {horizon}, {stride}")
     ratios = parse_split(split)
     borders = split_borders(data.num_steps, ratios)
     need = history + horizon

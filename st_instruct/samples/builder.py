@@ -79,6 +79,7 @@ import xxhash
 from st_instruct.configs import DataConfig
 from st_instruct.data.graph import grid_coordinates, laplacian_eigenvectors
 from st_instruct.data.loaders import load_series
+from st_instruct.data.missing import MissingPattern, hide
 from st_instruct.data.registry import cache_dir
 from st_instruct.data.stdata import STData, STDataError
 from st_instruct.data.windows import SPLITS, STWindows, build_windows, window_statistics
@@ -216,7 +217,10 @@ class SourcePlan:
         value_text: ``[T, N', C]`` rounded original values as text (``"NA"`` missing), only with values_in_text.
         iso: ``[T]`` ISO timestamps (``""`` without a calendar).
         task / seed: the recipe's task (:mod:`st_instruct.tasks`: which steps a sample reads and predicts, which
-            read entries it hides) and the seed of what it draws.
+            entries it trains and scores) and the seed of what it draws.
+        hidden: ``[T, N', C]`` the observed entries the recipe's ``missing_pattern`` hides from the model (drawn once
+            over the whole series with the seed and the dataset's name, so overlapping windows agree, as in SPIN's
+            protocol); all False without one.
         values: ``[T, N', C]`` original values of the kept nodes (0 where missing), only with ``scaling: window``.
     """
 
@@ -234,6 +238,7 @@ class SourcePlan:
     iso: np.ndarray
     task: Task
     seed: int
+    hidden: np.ndarray
     values: np.ndarray | None = None
 
 
@@ -252,9 +257,10 @@ def plan_source(data: STData, config: DataConfig, windows: STWindows | None = No
     base.update(granularity=config.granularity, dataset_num_nodes=data.num_nodes,
                 num_nodes=len(nodes) if config.granularity == "graph" else 1)
     observed = windows.observed[:, nodes]
+    hidden = series_hidden(windows, config.missing_pattern, config.sample_seed)[:, nodes]
     value_text = None
     if config.values_in_text:
-        value_text = format_values(data.values[:, nodes], observed, config.values_decimals)
+        value_text = format_values(data.values[:, nodes], observed & ~hidden, config.values_decimals)
     if timestamps is None:
         iso = np.full(data.num_steps, "", dtype=object)
     else:  # local wall-clock time, like the prompt text
@@ -266,8 +272,18 @@ def plan_source(data: STData, config: DataConfig, windows: STWindows | None = No
         nodes_context=[node_context(data, int(i)) for i in nodes], base_context=base,
         period=PeriodText(timestamps, data.freq), scaled=np.ascontiguousarray(windows.scaled[:, nodes]),
         observed=np.ascontiguousarray(observed), value_text=value_text, iso=iso, task=get_task(config.task),
-        seed=config.sample_seed,
+        seed=config.sample_seed, hidden=hidden,
         values=np.nan_to_num(data.values[:, nodes]).astype(np.float32) if config.scaling == "window" else None)
+
+
+def series_hidden(windows: STWindows, missing_pattern: str | None, seed: int) -> np.ndarray:
+    """``[T, N, C]`` the observed entries of the windowed dataset that ``missing_pattern`` hides (all False for
+    None), drawn over the whole series and every node with ``seed`` and the dataset's name: the builder's samples and
+    the imputation baselines see the same gaps."""
+    if missing_pattern is None:
+        return np.zeros_like(windows.observed)
+    name_seed = zlib.crc32(windows.data.name.encode())
+    return hide(windows.observed, MissingPattern.parse(missing_pattern), (seed, name_seed, 2))
 
 
 # ---------------------------------------------------------------------------------------------------- samples
@@ -329,8 +345,9 @@ def sample_columns(plan: SourcePlan, split: str, window_index: np.ndarray, templ
     B, n = len(starts), len(plan.nodes)
     hist = starts[:, None] + plan.task.input_steps(L, P)[None, :]
     fut = starts[:, None] + plan.task.target_steps(L, P)[None, :]
-    hidden = plan.task.hidden(plan.observed[hist], plan.seed)
-    arrays = {"history_mask": plan.observed[hist] & ~hidden, "target_mask": plan.observed[fut]}  # [B, L, n, C]
+    hidden = plan.hidden[hist]
+    arrays = {"history_mask": plan.observed[hist] & ~hidden,  # [B, L, n, C]
+              "target_mask": plan.task.target_mask(plan.observed[fut], plan.hidden[fut])}
     if plan.values is None:  # scaling: train
         arrays.update(history=np.where(hidden, 0.0, plan.scaled[hist]).astype(np.float32), target=plan.scaled[fut])
         mean = np.broadcast_to(w.scaler.mean.astype(np.float32), (B * n if granularity == "node" else B, C))

@@ -1,14 +1,15 @@
 """Tasks: what a window holds, the head's output length, the loss, the metrics, the baselines and the card's name of
-each task the stack runs (:class:`~st_instruct.tasks.base.Task`), selected by the recipe key ``task``. Forecasting
-today."""
+each task the stack runs (:class:`~st_instruct.tasks.base.Task`), selected by the recipe key ``task``: forecasting
+and imputation."""
 
 from collections.abc import Mapping
 from typing import Any
 
 from st_instruct.tasks.base import Task
 from st_instruct.tasks.forecasting import Forecasting
+from st_instruct.tasks.imputation import Imputation
 
-TASKS: dict[str, Task] = {task.name: task for task in (Forecasting(),)}
+TASKS: dict[str, Task] = {task.name: task for task in (Forecasting(), Imputation())}
 
 
 def get_task(name: str) -> Task:

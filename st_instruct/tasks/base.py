@@ -1,9 +1,10 @@
 """What a task decides, so the rest of the stack asks it instead of assuming a forecast (docs/design.md §2).
 
-A task owns what a window holds -- the steps the model reads, the steps it predicts and which read entries it does
-not see -- the length of the head's output, the loss, the metrics, the baselines it offers and what the model card
-calls it. The sample builder cuts the windows' arrays through it, the training run sizes the head and the trainer
-takes its loss from it, and the evaluation scores every row with it, runs its baselines, reports its metrics and
+A task owns what a window holds -- the steps the model reads, the steps it predicts and which of their entries are
+trained and scored (the recipe's ``missing_pattern`` decides which read entries the model does not see) -- the
+length of the head's output, the loss, the metrics, the baselines it offers and what the model card calls it. The
+sample builder cuts the windows' arrays through it, the training run sizes the head and the trainer takes its loss
+from it, and the evaluation scores every row with it, runs its baselines, reports its metrics and
 records them on the card under its name. BasicTS separates its forecasting and imputation task flows
 the same way (``runners/taskflow``). A task is registered by name (:data:`st_instruct.tasks.TASKS`), which the
 recipe key ``task`` selects.
@@ -41,10 +42,11 @@ class Task(ABC):
         """How many steps the head predicts: ``len(target_steps)``."""
         return len(self.target_steps(history, horizon))
 
-    def hidden(self, observed: np.ndarray, seed: int) -> np.ndarray:
-        """The read entries the model must not see (``[B, L_in, N, C]`` bool, drawn with ``seed``): none unless the
-        task withholds some to predict them."""
-        return np.zeros_like(observed, dtype=bool)
+    def target_mask(self, observed: np.ndarray, hidden: np.ndarray) -> np.ndarray:
+        """Which predicted entries the loss and the metrics cover (``[B, L_out, N, C]`` bool), from which of them are
+        observed and which the recipe's ``missing_pattern`` hid from the model (both ``[B, L_out, N, C]``): every
+        observed one, unless the task scores only what it was not shown."""
+        return observed
 
     def loss(self, prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The regression loss of a batch (all ``[B, L_out, N, C]``, scaled units): :func:`masked_mae_loss`."""
