@@ -15,6 +15,7 @@ from st_instruct.data.loaders import get_dataset
 from st_instruct.data.stdata import STData
 from st_instruct.data.windows import STWindows, build_windows, format_split
 from st_instruct.evaluation.baselines import BASELINES, SOURCE_SUFFIX, baseline_kind, run_baselines
+from st_instruct.evaluation.imputation_baselines import IMPUTATION_BASELINES
 from st_instruct.model_dir import GENERATED_ROW, MODEL_ROW, TTA_ROW_SEPARATOR
 from st_instruct.tasks import TASKS, Task
 
@@ -64,10 +65,13 @@ def make_report(windows: STWindows, results: dict[str, dict], task: Task = TASKS
 def row_kind(row: str) -> str:
     """What the report row ``row`` is (:data:`~st_instruct.evaluation.baselines.ROW_KINDS`): the forecaster (also
     read after its generated rationale), one of its controls, or a baseline of its kind; a row under test-time
-    adaptation (:func:`~st_instruct.model_dir.tta_row`) is of its model's kind."""
+    adaptation (:func:`~st_instruct.model_dir.tta_row`) is of its model's kind. Every imputation baseline is
+    target-fitted (its fallbacks, at least, are the train split's means)."""
     row = row.split(TTA_ROW_SEPARATOR)[0]
     if row in (MODEL_ROW, GENERATED_ROW):
         return "forecaster"
+    if row in IMPUTATION_BASELINES:
+        return "target-fitted"
     if row in BASELINES or row.endswith(SOURCE_SUFFIX):
         return baseline_kind(row)
     return "control"

@@ -43,7 +43,7 @@ import numpy as np
 from st_instruct.configs import DATASET_SPEC_KEYS, DataConfig
 from st_instruct.data.loaders import dataset_spec
 from st_instruct.data.profile import read_data_profiles
-from st_instruct.evaluation.baselines import SOURCE_SUFFIX, baseline_kind, run_baselines, run_source_baselines
+from st_instruct.evaluation.baselines import SOURCE_SUFFIX, run_baselines, run_source_baselines
 from st_instruct.evaluation.plots import window_times
 from st_instruct.evaluation.predict import scatter_predictions
 from st_instruct.model_dir import (
@@ -58,9 +58,10 @@ from st_instruct.models.collators import build_collator
 from st_instruct.models.forecaster import STForecasterConfig
 from st_instruct.models.rationale import generate_forecast
 from st_instruct.models.saving import load_forecaster, read_backbone_source
-from st_instruct.protocols.baselines import make_report, prepare_windows
+from st_instruct.protocols.baselines import make_report, prepare_windows, row_kind
 from st_instruct.protocols.controls import read_control
-from st_instruct.samples.builder import build_dataset
+from st_instruct.protocols.imputation import imputation_baselines, imputation_target, readable_windows
+from st_instruct.samples.builder import build_dataset, series_hidden
 from st_instruct.tasks import Task, get_task
 from st_instruct.training.tta import TestTimeAdapter, TTASettings, adaptation_config
 
@@ -213,7 +214,7 @@ def evaluate_forecaster(model_dir: str | Path, dataset: str, data_dir: str | Non
                         broadcast_channels: bool = False, spec: dict[str, Any] | None = None,
                         controls: Sequence[str | Path] = (), zero_shot_scaling: str = "window",
                         generate_rationales: bool = False, max_new_tokens: int = 384,
-                        plot_models: Sequence[str] | None = None,
+                        plot_models: Sequence[str] | None = None, missing_pattern: str | None = None,
                         tta: Sequence[TTASettings] = ()) -> tuple[dict[str, Any], dict[str, Any]]:
     """Score the forecaster in ``model_dir`` and the baselines ``models`` (default all) on the same windows.
 
@@ -277,6 +278,13 @@ def evaluate_forecaster(model_dir: str | Path, dataset: str, data_dir: str | Non
                          "reconstruction_weight > 0 (recipes/urbanmind_tta.yaml), or use --tta-mode matured")
     config, protocol = evaluation_config(trained, dataset, data_dir, channels, start, end, max_windows, spec,
                                          zero_shot_scaling, max_nodes)
+    if missing_pattern is not None:
+        config = dataclasses.replace(config, missing_pattern=missing_pattern)
+    imputing = config.task == "imputation"
+    if config.missing_pattern is not None and not imputing:
+        raise ValueError(f"a missing pattern ({config.missing_pattern}) on the forecaster in {model_dir}: forecasting "
+                         "from a sparse history is not evaluated yet (its baselines would read the full history); "
+                         "evaluate an imputation model, or without --missing-pattern")
     kind = "zero-shot" if protocol.startswith("zero-shot") else "in-domain"
     few_shot = read_few_shot(model_dir)
     if few_shot is not None and few_shot["dataset"] == dataset:
@@ -334,7 +342,14 @@ def evaluate_forecaster(model_dir: str | Path, dataset: str, data_dir: str | Non
         if not np.array_equal(generated["covered"], covered):
             raise RuntimeError("the generated forecasts covered other (window, node) pairs than the single pass")
     rows = np.flatnonzero(covered.any(axis=(1, 2)))  # the evaluated windows
-    target = windows.batch(split_name, rows)
+    if imputing:
+        hidden = series_hidden(windows, config.missing_pattern, config.sample_seed)
+        readable, _ = readable_windows(windows, split_name, hidden)
+        unreadable = int(len(rows) - np.isin(rows, readable).sum())
+        rows = rows[np.isin(rows, readable)]
+        target = imputation_target(windows, split_name, rows, hidden)
+    else:
+        target = windows.batch(split_name, rows)
     mask = target["y_mask"] & covered[rows][:, None]
     pred = np.nan_to_num(pred[rows])  # uncovered nodes are masked out
     control_preds, control_seconds = {}, {}
@@ -366,14 +381,19 @@ def evaluate_forecaster(model_dir: str | Path, dataset: str, data_dir: str | Non
     if protocol.startswith("few-shot"):
         fit_windows = windows.first_train_windows(few_shot["train_windows"])
     offered = list(task.baselines) if models is None else models
-    baseline_results, baseline_preds = run_baselines(fit_windows, offered, split=split_name, progress=progress,
-                                                     seed=seed, return_predictions=True, task=task)
+    if imputing:  # fitted on the train split's readable entries; their predictions already of the rows
+        baseline_results = imputation_baselines(fit_windows, split_name, rows, hidden, offered, seed)
+        baseline_preds = {name: found["pred"] for name, found in baseline_results.items() if "pred" in found}
+    else:
+        baseline_results, baseline_preds = run_baselines(fit_windows, offered, split=split_name, progress=progress,
+                                                         seed=seed, return_predictions=True, task=task)
+        baseline_preds = {name: found[rows] for name, found in baseline_preds.items()}
     fitted_on = {name: data.name for name in baseline_results}
-    if kind == "zero-shot":
+    if kind == "zero-shot" and not imputing:
         source_results, source_preds = _source_baselines(trained, windows, models, split_name, progress, seed,
                                                          task)
         baseline_results.update(source_results)
-        baseline_preds.update(source_preds)
+        baseline_preds.update({name: found[rows] for name, found in source_preds.items()})
         fitted_on.update({name: ", ".join(e.name for e in trained.corpus()) for name in source_results})
     results: dict[str, dict] = {MODEL_ROW: {**task.score(pred, target["y"], mask), "fit_seconds": 0.0,
                                              "predict_seconds": predict_seconds}}
@@ -398,7 +418,7 @@ def evaluate_forecaster(model_dir: str | Path, dataset: str, data_dir: str | Non
         if "skipped" in result:
             results[name] = result
             continue
-        predictions[name] = baseline_preds[name][rows]
+        predictions[name] = baseline_preds[name]
         results[name] = {**task.score(predictions[name], target["y"], mask),
                          "fit_seconds": result["fit_seconds"], "predict_seconds": result["predict_seconds"]}
     report = make_report(windows, results, task)
@@ -407,9 +427,15 @@ def evaluate_forecaster(model_dir: str | Path, dataset: str, data_dir: str | Non
     report["protocol_version"] = PROTOCOL_VERSION[kind]
     report["scaling"] = config.scaling
     report["baselines_fitted_on"] = {name: fitted_on[name] for name, result in baseline_results.items()
-                                     if "skipped" not in result and baseline_kind(name) != "input-only"}
+                                     if "skipped" not in result and row_kind(name) != "input-only"}
     report["model"] = str(model_dir)
     report["trained_on"] = [entry.name for entry in trained.corpus()]
+    if imputing:
+        report["missing_pattern"] = config.missing_pattern
+        report["scored_entries"] = int(mask.sum())
+        report["windows_skipped"] = {"nothing left to read": unreadable}
+        if kind == "zero-shot":
+            report["source_fitted"] = "not run for imputation: each baseline fits on the target's train split"
     if generated:
         report["generated_rationales"] = generated["examples"]
     if control_rows:

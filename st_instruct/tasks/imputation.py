@@ -15,6 +15,8 @@ class Imputation(Task):
     0 (configs checks it)."""
 
     name = "imputation"
+    # mirrored from st_instruct.evaluation.imputation_baselines.IMPUTATION_BASELINES (a test checks they agree)
+    baselines = ("mean", "linear_interpolation", "neighbour_mean", "historical_average", "saits", "brits")
     hub_task_type = "time-series-imputation"
     description = "spatio-temporal imputation"
 

@@ -34,6 +34,13 @@ backbone and never wrapped by PEFT, and decides what of the backbone trains:
     attribute adapter that names its base (:mod:`st_instruct.models.saving`).
 
 :func:`apply_freeze_plan` sets ``requires_grad`` in place and returns a :class:`FreezeReport`.
+
+``frozen_blocks`` (:func:`apply_frozen_blocks_plan`, for the LLM4HRS imputer,
+:class:`~st_instruct.models.llm4hrs.LLM4HRSImputer`; not a recipe plan of :data:`FREEZE_PLANS`)
+    LLM4HRS (Wang et al., IEEE TGRS 2025) and GPT4TS: every attention and feed-forward weight of the backbone frozen
+    (and its token embeddings and LM head, which the imputer does not read); its norms (LayerNorm / RMSNorm, final
+    norm included) and learned position embeddings (GPT-2's ``wpe``) train, and so do all of the imputer's own
+    layers (input / output layers, its position table).
 """
 
 from __future__ import annotations
@@ -50,6 +57,7 @@ from torch import nn
 
 from st_instruct.configs import FreezeConfig
 from st_instruct.models.forecaster import ST_MODULE_NAMES, VISION_MODULE_NAMES, STForecaster
+from st_instruct.models.llm4hrs import LLM4HRSImputer, position_embedding_tables
 from st_instruct.models.mrffn import MEMORY_MODULE_NAME, is_memory_parameter
 from st_instruct.models.patching import (
     attention_module,
@@ -68,6 +76,7 @@ from st_instruct.models.patching import (
 from st_instruct.models.soft_prompts import PROMPT_TUNED_MODULES
 
 FREEZE_PLANS = ("frozen", "lora", "pfa", "full", "qlora", "prompt")
+FROZEN_BLOCKS_PLAN = "frozen_blocks"  # the LLM4HRS imputer's plan (apply_frozen_blocks_plan)
 PROMPT_PLAN_MODULES = PROMPT_TUNED_MODULES  # what freeze plan prompt trains: the soft prompt, the head's output layer
 # recipe-friendly names in lora_target_modules, expanded per architecture (st_instruct.models.patching)
 LORA_TARGET_ALIASES = {"attention": attention_projection_names, "mlp": feed_forward_projection_names}
@@ -342,5 +351,37 @@ def _report(model: STForecaster, plan: str, adapter: set[int]) -> FreezeReport:
         trainable += _count(parameter)
     order = [*ST_MODULE_NAMES, *VISION_MODULE_NAMES, MEMORY_GROUP, ADAPTER_GROUP, BACKBONE_GROUP]
     return FreezeReport(plan=plan, groups={group: groups[group] for group in order if group in groups},
+                        group_counts={group: counts[group] for group in order if group in counts},
+                        trainable=trainable, total=total)
+
+
+def apply_frozen_blocks_plan(model: LLM4HRSImputer) -> FreezeReport:
+    """Freeze plan ``frozen_blocks`` (module docstring) on an LLM4HRS imputer, in place: the backbone frozen but its
+    norms (:func:`~st_instruct.models.patching.layer_norms`: GPT-2's ``ln_1`` / ``ln_2`` / ``ln_f``, Llama's
+    ``input_layernorm`` / ``post_attention_layernorm`` / ``norm``) and position embedding tables
+    (:func:`~st_instruct.models.llm4hrs.position_embedding_tables`), every own layer of the imputer trainable. Without
+    a backbone (the no-LLM control) everything trains. The report groups the trainable parameters by the imputer's
+    own modules (``time_in``, ``location_out``, ``position``, ...) and ``backbone``."""
+    model.requires_grad_(True)
+    backbone = model.backbone
+    if backbone is not None:
+        backbone.requires_grad_(False)
+        for module in [*layer_norms(backbone), *position_embedding_tables(backbone)]:
+            module.requires_grad_(True)
+    own = list(model.own_modules())
+    groups: dict[str, list[str]] = {}
+    counts: dict[str, int] = {}
+    trainable = total = 0
+    for name, parameter in model.named_parameters():
+        total += _count(parameter)
+        if not parameter.requires_grad:
+            continue
+        top = name.split(".", 1)[0]
+        group = top if top in own else BACKBONE_GROUP
+        groups.setdefault(group, []).append(name)
+        counts[group] = counts.get(group, 0) + _count(parameter)
+        trainable += _count(parameter)
+    order = [*own, BACKBONE_GROUP]
+    return FreezeReport(plan=FROZEN_BLOCKS_PLAN, groups={group: groups[group] for group in order if group in groups},
                         group_counts={group: counts[group] for group in order if group in counts},
                         trainable=trainable, total=total)

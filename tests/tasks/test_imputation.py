@@ -82,3 +82,60 @@ def test_an_imputation_recipe_trains_a_head_over_the_window(tmp_path_factory, ti
     folder = train_smoke(tmp_path_factory, tiny_backbone_dir, "--task", "imputation", "--horizon", "0",
                          "--missing_pattern", "point:0.5")
     assert STForecasterConfig.load(folder).horizon == 12
+
+
+def test_the_task_offers_the_imputation_baselines():
+    from st_instruct.evaluation.imputation_baselines import IMPUTATION_BASELINES
+
+    assert get_task("imputation").baselines == tuple(IMPUTATION_BASELINES)
+
+
+@pytest.fixture(scope="module")
+def imputer(tmp_path_factory, tiny_backbone_dir):
+    """A tiny imputation model (synthetic-small, point:0.5), trained a few steps."""
+    return train_smoke(tmp_path_factory, tiny_backbone_dir, "--task", "imputation", "--horizon", "0",
+                       "--missing_pattern", "point:0.5", steps=4)
+
+
+def test_evaluate_scores_the_hidden_entries_only_beside_the_baselines(imputer):
+    from st_instruct.protocols.evaluate import evaluate_forecaster
+    from st_instruct.protocols.imputation import imputation_target, readable_windows
+    from st_instruct.samples.builder import series_hidden
+
+    names = ["mean", "linear_interpolation", "neighbour_mean", "historical_average"]
+    report, arrays = evaluate_forecaster(imputer, "synthetic-small", max_windows=6, models=names, progress=False)
+    assert report["task"] == "imputation" and report["missing_pattern"] == "point:0.5"
+    assert {"st_forecaster", *names} <= set(report["results"])
+    assert all(np.isfinite(report["results"][name]["MAE"]) for name in ["st_forecaster", *names])
+    # the scored entries are exactly the hidden, known ones of the evaluated windows
+    from st_instruct.protocols.baselines import prepare_windows
+
+    windows = prepare_windows("synthetic-small", 12, 0, "7:1:2")
+    hidden = series_hidden(windows, "point:0.5", 0)
+    rows, skipped = readable_windows(windows, "test", hidden)
+    assert skipped == 0 and report["windows_skipped"] == {"nothing left to read": 0}
+    evaluated = np.searchsorted(windows.starts["test"], arrays["starts"])
+    target = imputation_target(windows, "test", evaluated, hidden)
+    np.testing.assert_array_equal(arrays["mask"], target["y_mask"])
+    assert report["scored_entries"] == int(target["y_mask"].sum()) > 0
+    # a baseline's filled values equal the input where readable: only the hidden ones can differ from the truth
+    filled = arrays["predictions"]["linear_interpolation"]
+    np.testing.assert_array_equal(filled[target["visible"]], target["y"][target["visible"]])
+
+    heavier, _ = evaluate_forecaster(imputer, "synthetic-small", max_windows=6, models=["mean"], progress=False,
+                                     missing_pattern="point:0.8")
+    assert heavier["missing_pattern"] == "point:0.8"
+    assert heavier["scored_entries"] > 1.4 * report["scored_entries"]
+
+
+def test_bad_missing_patterns_on_evaluate_are_one_line(cli, imputer, tiny_backbone_dir, tmp_path_factory):
+    from cli_check import assert_clean_failure
+
+    for pattern in ("point:1.5", "point:0", "holes:0.5"):
+        result = cli("evaluate", "--model", imputer, "--dataset", "synthetic-small", "--missing-pattern", pattern,
+                     "--models", "mean", "--quiet")
+        assert_clean_failure(result, "missing_pattern")
+    forecaster = train_smoke(tmp_path_factory, tiny_backbone_dir)
+    result = cli("evaluate", "--model", forecaster, "--dataset", "synthetic-small", "--missing-pattern", "point:0.5",
+                 "--quiet")
+    assert_clean_failure(result, "sparse history", "--missing-pattern")
