@@ -357,6 +357,21 @@ def _cmd_predict(args: argparse.Namespace) -> None:
         disable_library_progress_bars()
     forecaster = load_forecaster(args.model)
     data = get_dataset(args.input, **_spec_kwargs(args))
+    if args.task is not None and args.task != forecaster.data_config.task:
+        raise ValueError(f"--task {args.task}: the model in {args.model} is trained for {forecaster.data_config.task}"
+                         + ("; fill gaps with an imputation model (recipes/llm4hrs_impute.yaml)"
+                            if args.task == "imputation" else ""))
+    if forecaster.data_config.task == "imputation":
+        imputed = forecaster.impute_data(data, batch_size=args.batch_size, progress=not args.quiet,
+                                         profile_name=args.name, fill_gaps=args.fill_gaps)
+        path = imputed.save(args.output, overwrite=args.overwrite)
+        print(f"input: {imputed.routing}")
+        if imputed.unfilled_windows:
+            print(f"left {len(imputed.unfilled_windows)} window(s) of {forecaster.history} steps unfilled: nothing "
+                  f"observed in them (first from step {imputed.unfilled_windows[0]})")
+        print(f"filled {int(imputed.filled.sum())} of {int(imputed.missing.sum())} missing value(s), every "
+              f"observed one kept as read; wrote {path}")
+        return
     result = forecaster.forecast_data(data, every_window=args.every_window, batch_size=args.batch_size,
                                       rationale=args.rationale, max_new_tokens=args.max_new_tokens,
                                       progress=not args.quiet, profile_name=args.name, fill_gaps=args.fill_gaps,
@@ -587,6 +602,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "recipe's stride), not only the steps after its end")
     predict.add_argument("--name", default=None, help="the training dataset the input belongs to (default: the one "
                          "with its node and channel counts)")
+    predict.add_argument("--task", choices=("forecasting", "imputation"), default=None,
+                         help="what to do, checked against the model's task (default: the model's): forecasting "
+                         "writes the steps after the input, imputation fills the input's gaps (NaN or --null-value) "
+                         "and writes it back in its own layout")
     predict.add_argument("--batch-size", type=int, default=16, help="samples per forward pass (default 16)")
     predict.add_argument("--rationale", action="store_true", help="rationale-trained forecasters (AirGPT): write "
                          "the rationale first, read the forecast after it, and print the texts")

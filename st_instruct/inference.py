@@ -164,6 +164,57 @@ def check_forecast_output(path: str | Path, overwrite: bool = False) -> Path:
     return check_output_file(path, overwrite)
 
 
+@dataclass
+class Imputed:
+    """A series with its gaps filled by an imputation model (:meth:`Forecaster.impute_data`).
+
+    Attributes:
+        values: ``[T, N, C]`` the input in its own units, every observed value as it was read (bit for bit), the
+            gaps (NaN or the null value) filled -- except those of windows with nothing observed (NaN still).
+        filled: ``[T, N, C]`` bool, the entries the model filled.
+        missing: ``[T, N, C]`` bool, the input's gaps (NaN, or its null value).
+        unfilled_windows: start steps of the windows left as they were: nothing observed in them to read.
+        times: ``[T]`` timestamps (``datetime64``), or None without a calendar.
+        node_names / channels / units: one per node / channel; routing: as :attr:`Forecast.routing`.
+        squeeze: the input was ``[T, N]`` (one channel): written back so.
+    """
+
+    values: np.ndarray
+    filled: np.ndarray
+    missing: np.ndarray
+    unfilled_windows: list[int]
+    times: np.ndarray | None
+    node_names: list[str]
+    channels: list[str]
+    units: list[str]
+    routing: str
+    squeeze: bool = False
+
+    def save(self, path: str | Path, overwrite: bool = False) -> Path:
+        """Write the filled series in the input's layout: ``.npz`` (``data`` ``[T, N(, C)]``, ``filled``, the node,
+        channel and unit names and ISO ``times``) or ``.csv`` (one channel: a time column if the input had one, a
+        column per node). Staged like :meth:`Forecast.save`."""
+        path = check_forecast_output(path, overwrite)
+        values, filled = self.values, self.filled
+        if self.squeeze:
+            values, filled = values[..., 0], filled[..., 0]
+        if path.suffix == ".csv" and values.ndim == 3:
+            raise ValueError(f"--output {path}: a .csv holds one channel per node, the series has "
+                             f"{len(self.channels)} ({', '.join(self.channels)}); write .npz")
+        with staged_file(path, overwrite) as staged:
+            if path.suffix == ".csv":
+                frame = pd.DataFrame(values, columns=self.node_names)
+                if self.times is not None:
+                    frame.insert(0, "time", self.times)
+                frame.to_csv(staged, index=False, na_rep="NaN")
+            else:
+                times = np.asarray([]) if self.times is None else np.datetime_as_string(self.times, unit="s")
+                with open(staged, "wb") as file:
+                    np.savez(file, data=values, filled=filled, times=times, node_names=np.asarray(self.node_names),
+                             channels=np.asarray(self.channels), units=np.asarray(self.units))
+        return path
+
+
 class Forecaster:
     """A loaded forecaster (:func:`load_forecaster`): the model, its tokenizer, its recipe and its data profiles."""
 
@@ -246,34 +297,7 @@ class Forecaster:
         if not 0 <= min_observed <= 1:
             raise ValueError(f"--min-observed (min_observed) is a share of the history, in [0, 1]; found "
                              f"{min_observed}")
-        if data.num_steps < L:
-            raise STDataError(f"the input has {data.num_steps} steps, but the forecaster reads a history of {L} "
-                              f"(input shape [T, N, C] = {list(data.values.shape)}); give at least {L} steps")
-        profile, why = self._match_profile(data, profile_name)
-        universal = self.data_config.channel_independent  # every channel its own series, identified by its name
-        if not universal and not any(isinstance(c, str) for c in self.data_config.dataset_channels or []):
-            # (a recipe selecting channels by name reads them by name, among others: AirGPT's wind channels)
-            if profile is not None:
-                data = order_channels(data, profile["channels"], f"the training dataset {profile['name']!r}")
-            else:
-                data = order_channels(data, self.training_channels, "the forecaster's training data")
-        full = regular_clock(_complete(data, profile), fill_gaps)
-        trained_calendar = any(p["freq"] is not None and not p["no_calendar"] for p in self.profiles.values())
-        if trained_calendar and full.time_index() is None:
-            raise STDataError(f"the forecaster in {self.directory} was trained with a calendar (its prompts name the "
-                              "period, its ST features the time of day): give the input's timestamps (a DataFrame's "
-                              "DatetimeIndex, timestamps=, or a file with a time column / --series-start and --freq)")
-        check_value_range(full, profile)
-        model_data = self._model_channels(full)
-        scaling = self.data_config.scaling if profile is not None else "window"
-        routing = (f"the profile of the training dataset {profile['name']!r} ({why}), {SCALING_TEXT[scaling]}"
-                   if profile is not None else f"zero-shot, {SCALING_TEXT[scaling]}: {why}")
-        if profile is not None and scaling == "train":
-            scaler = StandardScaler(mean=np.asarray(profile["scaler_mean"], np.float32),
-                                    std=np.asarray(profile["scaler_std"], np.float32))
-        else:  # window scaling reads each window's own statistics; this scaler only fills the unused series
-            scaler = StandardScaler(mean=np.zeros(model_data.num_channels, np.float32),
-                                    std=np.ones(model_data.num_channels, np.float32))
+        full, model_data, profile, scaling, scaler, routing = self._prepared(data, profile_name, fill_gaps)
         T = full.num_steps
         every = np.arange(0, T - L + 1, self.data_config.stride, dtype=np.int64) if every_window else \
             np.array([T - L], np.int64)
@@ -284,24 +308,8 @@ class Forecaster:
         starts = every[kept]
         extended_full = _extend(full, int(every[-1]) + L + P)
         extended = self._model_channels(extended_full)
-        windows = windows_at(extended, L, P, starts, scaler, self.data_config.stride)
-        config = self.data_config.for_one_dataset(extended.name, scaling=scaling, node_sample=None,
-                                                  window_sample=None, streaming=False, rationale_teacher="none")
-        plan = plan_source(extended, config, windows=windows)
-        template = load_template(config.template)
-        schema = sample_features().arrow_schema
-        batches = [record_batch(sample_columns(plan, "test", np.arange(lo, min(lo + 256, len(starts))), template,
-                                               config.granularity), schema)
-                   for lo in range(0, len(starts), 256)]
-        with datasets_progress_bars(progress):
-            samples = tokenize_dataset(datasets.Dataset(pa.Table.from_batches(batches, schema=schema)),
-                                       self.tokenizer)
-        ranges = {}
-        if profile is not None and profile.get("image_value_range") is not None:
-            ranges[extended.name] = tuple(profile["image_value_range"])
-        inputs = ForecastInputs(full_data=extended_full, model_data=self._model_channels(extended_full, False),
-                                windows=windows, image_value_ranges=ranges)
-        collator = build_collator(config, self.model, self.tokenizer, self.backbone_name, forecast_inputs=inputs)
+        samples, collator, config = self._samples(extended_full, profile, scaling, scaler, starts, P, progress)
+        universal = self.data_config.channel_independent  # every channel its own series, identified by its name
         texts: list[str] = []
         predict = None
         if rationale:
@@ -333,6 +341,111 @@ class Forecaster:
                         profile=None if profile is None else profile["name"], routing=routing, observed=observed,
                         withheld=np.flatnonzero(~kept).tolist(), min_observed=min_observed,
                         rationales=rationales)
+
+    def impute_data(self, data: STData, *, batch_size: int = 16, progress: bool = False,
+                    profile_name: str | None = None, fill_gaps: bool = False) -> Imputed:
+        """Fill the gaps of ``data`` (NaN or its null value) with an imputation model (``task: imputation``; what
+        ``st-instruct predict --task imputation`` does). The series is cut into windows of the model's ``history``
+        (the last one ending at the last step), each read with every observed value and its gaps as they are (the
+        recipe's missing pattern is a training device, nothing is hidden here), each gap filled from the first
+        window holding it. Observed values come back bit for bit, in the input's layout (a ``[T, N]`` file's series
+        is written back so). ``ValueError`` (one line) for a forecasting model or an input without a gap."""
+        if self.data_config.task != "imputation":
+            raise ValueError(f"the model in {self.directory} is trained for {self.data_config.task}, not imputation; "
+                             "fill gaps with an imputation model (recipes/llm4hrs_impute.yaml), or forecast without "
+                             "--task imputation")
+        L = self.history
+        squeeze = (data.meta or {}).get("file_rank") == 2
+        full, model_data, profile, scaling, scaler, routing = self._prepared(data, profile_name, fill_gaps)
+        gaps = ~full.mask()
+        if not gaps.any():
+            raise ValueError(f"the input {full.name!r} has no gap (no NaN, nor its null value "
+                             f"{full.null_value!r}): nothing to fill, nothing written")
+        T = full.num_steps
+        every = np.unique(np.r_[np.arange(0, T - L + 1, L), T - L]).astype(np.int64)
+        readable = observed_fractions(model_data, every, L) > 0
+        starts = every[readable]
+        samples, collator, _ = self._samples(full, profile, scaling, scaler, starts, 0, progress, hide=False)
+        pred, _, _ = scatter_predictions(self.model, collator, samples, starts, model_data.num_nodes, batch_size,
+                                         progress=progress, desc="imputing")
+        pred = pred.reshape(len(starts), L, full.num_nodes, full.num_channels)  # universal: series back per node
+        values = full.values.copy()
+        filled = np.zeros_like(gaps)
+        for start, window in zip(starts[::-1], pred[::-1], strict=True):  # the first window holding a step wins
+            span = slice(int(start), int(start) + L)
+            values[span] = np.where(gaps[span], window, values[span])
+            filled[span] |= gaps[span]
+        index = full.time_index()
+        return Imputed(values=values, filled=filled, missing=gaps, unfilled_windows=every[~readable].tolist(),
+                       times=None if index is None else index.to_numpy(),
+                       node_names=full.node_names or [f"node {i}" for i in range(full.num_nodes)],
+                       channels=list(full.channels), units=list(full.units), routing=routing,
+                       squeeze=squeeze and full.num_channels == 1)
+
+    def _prepared(self, data: STData, profile_name: str | None, fill_gaps: bool
+                  ) -> tuple[STData, STData, dict[str, Any] | None, str, StandardScaler, str]:
+        """``(full, model_data, profile, scaling, scaler, routing)`` of an input: completed from the training
+        dataset's profile it matches (:meth:`_match_profile`), its channels in the model's order, its clock checked
+        against the training calendar; ``model_data`` has only the model's channels; ``scaler`` the statistics a
+        ``train``-scaled recipe reads (unused with window scaling)."""
+        if data.num_steps < self.history:
+            raise STDataError(f"the input has {data.num_steps} steps, but the model reads a history of "
+                              f"{self.history} (input shape [T, N, C] = {list(data.values.shape)}); give at least "
+                              f"{self.history} steps")
+        profile, why = self._match_profile(data, profile_name)
+        universal = self.data_config.channel_independent  # every channel its own series, identified by its name
+        if not universal and not any(isinstance(c, str) for c in self.data_config.dataset_channels or []):
+            # (a recipe selecting channels by name reads them by name, among others: AirGPT's wind channels)
+            if profile is not None:
+                data = order_channels(data, profile["channels"], f"the training dataset {profile['name']!r}")
+            else:
+                data = order_channels(data, self.training_channels, "the forecaster's training data")
+        full = regular_clock(_complete(data, profile), fill_gaps)
+        trained_calendar = any(p["freq"] is not None and not p["no_calendar"] for p in self.profiles.values())
+        if trained_calendar and full.time_index() is None:
+            raise STDataError(f"the forecaster in {self.directory} was trained with a calendar (its prompts name the "
+                              "period, its ST features the time of day): give the input's timestamps (a DataFrame's "
+                              "DatetimeIndex, timestamps=, or a file with a time column / --series-start and --freq)")
+        check_value_range(full, profile)
+        model_data = self._model_channels(full)
+        scaling = self.data_config.scaling if profile is not None else "window"
+        routing = (f"the profile of the training dataset {profile['name']!r} ({why}), {SCALING_TEXT[scaling]}"
+                   if profile is not None else f"zero-shot, {SCALING_TEXT[scaling]}: {why}")
+        if profile is not None and scaling == "train":
+            scaler = StandardScaler(mean=np.asarray(profile["scaler_mean"], np.float32),
+                                    std=np.asarray(profile["scaler_std"], np.float32))
+        else:  # window scaling reads each window's own statistics; this scaler only fills the unused series
+            scaler = StandardScaler(mean=np.zeros(model_data.num_channels, np.float32),
+                                    std=np.ones(model_data.num_channels, np.float32))
+        return full, model_data, profile, scaling, scaler, routing
+
+    def _samples(self, extended_full: STData, profile: dict[str, Any] | None, scaling: str, scaler: StandardScaler,
+                 starts: np.ndarray, horizon: int, progress: bool, hide: bool = True) -> tuple[Any, Any, Any]:
+        """``(samples, collator, config)``: the tokenised samples of the windows at ``starts`` of
+        ``extended_full`` (which holds every step they read), and the collator that batches them. ``hide`` False:
+        no entry is hidden by the recipe's missing pattern (an imputation model filling a file's own gaps)."""
+        extended = self._model_channels(extended_full)
+        windows = windows_at(extended, self.history, horizon, starts, scaler, self.data_config.stride)
+        config = self.data_config.for_one_dataset(extended.name, scaling=scaling, node_sample=None,
+                                                  window_sample=None, streaming=False, rationale_teacher="none")
+        plan = plan_source(extended, config, windows=windows)
+        if not hide:
+            plan = dataclasses.replace(plan, hidden=np.zeros_like(plan.hidden))
+        template = load_template(config.template)
+        schema = sample_features().arrow_schema
+        batches = [record_batch(sample_columns(plan, "test", np.arange(lo, min(lo + 256, len(starts))), template,
+                                               config.granularity), schema)
+                   for lo in range(0, len(starts), 256)]
+        with datasets_progress_bars(progress):
+            samples = tokenize_dataset(datasets.Dataset(pa.Table.from_batches(batches, schema=schema)),
+                                       self.tokenizer)
+        ranges = {}
+        if profile is not None and profile.get("image_value_range") is not None:
+            ranges[extended.name] = tuple(profile["image_value_range"])
+        inputs = ForecastInputs(full_data=extended_full, model_data=self._model_channels(extended_full, False),
+                                windows=windows, image_value_ranges=ranges)
+        collator = build_collator(config, self.model, self.tokenizer, self.backbone_name, forecast_inputs=inputs)
+        return samples, collator, config
 
     @property
     def training_channels(self) -> list[str] | None:

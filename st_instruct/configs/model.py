@@ -37,6 +37,11 @@ MRFFN_INITS = ("kmeans", "random")
 # mirrored from st_instruct.data.air_graphs.GRAPH_KINDS (a test checks they agree)
 ST_GRAPH_NAMES = ("none", "static", "static_wind")
 VISION_TOWER_TRAINING = ("frozen", "lora", "full")
+# mirrored from st_instruct.models.llm4hrs.FORECASTER / ARCHITECTURE (a test checks they agree)
+ARCHITECTURES = ("forecaster", "llm4hrs")
+# the ModelConfig keys of the forecaster's own parts besides its concerns: not read by architecture llm4hrs
+FORECASTER_KEYS = ("model_load_in_4bit", "prompt_learning_rate", "st_encoder_init", "st_encoder_freeze",
+                   "base_forecaster")
 
 Concern = TypeVar("Concern")
 
@@ -362,6 +367,14 @@ class ModelConfig(FreezeConfig, AdaptationConfig, SoftPromptConfig, PromptConfig
                 "history, channels and coordinates must match this recipe's)"})
     st_encoder_freeze: bool = field(default=False, metadata={
         "help": "with st_encoder_init: keep the pretrained encoder frozen (false: it trains on)"})
+    architecture: str = field(default="forecaster", metadata={
+        "help": "forecaster: the ST forecaster (prompt with ST tokens through the LLM, regression head) | llm4hrs: "
+                "the LLM4HRS imputer (Wang et al., TGRS 2025; st_instruct.models.llm4hrs) on the decoder stack of "
+                "model_name_or_path cut to model_num_layers, for task: imputation with granularity: graph. Its "
+                "freeze plan is LLM4HRS's own (frozen_blocks: attention and MLP frozen; norms, position embeddings "
+                "and its own layers train), so freeze_plan and the other keys of the forecaster's parts stay unset; "
+                "loss: loss_reg_weight x the L1 of the hidden entries; control builds its no_llm / random_llm "
+                "controls"})
     control: str = field(default="none", metadata={
         "help": "train a control of this recipe instead of the forecaster (Tan et al., NeurIPS 2024): none | "
                 "no_llm (the same ST encoder, projector and head, the backbone removed; the head reads the projected "
@@ -416,3 +429,33 @@ class ModelConfig(FreezeConfig, AdaptationConfig, SoftPromptConfig, PromptConfig
                               f"{self.freeze_plan!r}; set freeze_plan: prompt or drop base_forecaster")
         if self.freeze_plan == "qlora" and not self.model_load_in_4bit:
             self.model_load_in_4bit = True  # QLoRA is LoRA on a 4-bit backbone by definition
+        check_choice("architecture", self.architecture, ARCHITECTURES)
+        if self.architecture == "llm4hrs":
+            forecaster_keys = forecaster_keys_set(self)
+            if forecaster_keys:
+                raise RecipeError(f"architecture: llm4hrs is the LLM4HRS imputer, which has no ST encoder, prompt or "
+                                  f"regression head and freezes its backbone by its own plan (frozen_blocks), but "
+                                  f"the recipe sets the forecaster's keys {', '.join(forecaster_keys)}; drop them")
+
+
+def forecaster_keys_set(config: ModelConfig) -> list[str]:
+    """The keys of ``config`` that configure the forecaster's parts (every concern of :data:`CONCERNS`, freeze plan
+    included, and :data:`FORECASTER_KEYS`) and differ from their defaults: what ``architecture: llm4hrs`` does not
+    read."""
+    names = [f.name for concern in CONCERNS for f in dataclasses.fields(concern)] + list(FORECASTER_KEYS)
+    defaults = {f.name: f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+                for f in dataclasses.fields(ModelConfig)}
+    return [name for name in names if getattr(config, name) != defaults[name]]
+
+
+def check_architecture(data_config: Any, model_config: ModelConfig) -> None:
+    """Refuse an architecture the recipe's data does not fit (a :class:`RecipeError`): ``llm4hrs`` reads a window
+    of every node with entries hidden and estimates all of it, so it needs ``task: imputation`` and
+    ``granularity: graph``."""
+    if model_config.architecture != "llm4hrs":
+        return
+    if (data_config.task, data_config.granularity) != ("imputation", "graph"):
+        raise RecipeError(f"architecture: llm4hrs imputes the hidden entries of a window of every node, so it needs "
+                          f"task: imputation and granularity: graph, found task: {data_config.task}, granularity: "
+                          f"{data_config.granularity}; set them (with horizon: 0 and a missing_pattern) or use "
+                          "architecture: forecaster")

@@ -208,7 +208,8 @@ def load_series_file(path: str | os.PathLike, *, freq: str | None = None,
     try:
         return STData(values=values, name=path.stem, freq=freq,
                       start=None if timestamps is not None else series_start, timestamps=timestamps,
-                      node_names=names, description=" ".join(notes), meta={"source_file": str(path)})
+                      node_names=names, description=" ".join(notes),
+                      meta={"source_file": str(path), "file_rank": int(values.ndim)})
     except STDataError as err:
         raise STDataError(f"{path}: {err}") from err
 

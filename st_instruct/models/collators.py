@@ -1,4 +1,5 @@
-"""The collator a forecaster reads its batches with, chosen from the model: text, vision-language, or no backbone.
+"""The collator a forecaster reads its batches with, chosen from the model: text, vision-language, no backbone, or
+the arrays alone (the LLM4HRS imputer, :class:`STArrayCollator`).
 
 The collators themselves are :mod:`st_instruct.samples.collator` and :mod:`st_instruct.samples.vision_collator`; which
 one a model needs, and the processor, image size and graphs it is given, is known here, where the model is.
@@ -6,17 +7,43 @@ one a model needs, and the processor, image size and graphs it is given, is know
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
+
+import torch
 
 from st_instruct.configs import RecipeError
 from st_instruct.data.air_graphs import build_window_graphs
 from st_instruct.data.prompt_context import build_window_priors
 from st_instruct.models.backbones import get_processor
+from st_instruct.models.llm4hrs import LLM4HRSImputer
 from st_instruct.models.patching import image_size_of, is_vision_language
 from st_instruct.models.vlm import check_image_size
-from st_instruct.samples.collator import STDataCollator
+from st_instruct.samples.collator import STDataCollator, collate_st_arrays
 from st_instruct.samples.render import build_window_images
 from st_instruct.samples.vision_collator import STVisionCollator
+
+
+class STArrayCollator:
+    """Batch the builder's samples for a model that reads their arrays only (the LLM4HRS imputer): the node-padded
+    arrays of :func:`~st_instruct.samples.collator.collate_st_arrays` (``history`` [B, L, Nmax, C], its mask, the
+    target and its mask, ``node_index``, ``node_mask`` [B, Nmax], the scaler statistics, ...), no token columns --
+    the samples need not be tokenised, and token columns they carry are not read. A sample's nodes are those of its
+    ``node_index``. ``broadcast_channels``: as :class:`~st_instruct.samples.collator.STDataCollator`'s."""
+
+    def __init__(self, broadcast_channels: int | None = None) -> None:
+        if broadcast_channels is not None and broadcast_channels < 1:
+            raise ValueError(f"broadcast_channels must be >= 1, found {broadcast_channels}")
+        self.broadcast_channels = broadcast_channels
+
+    def __call__(self, samples: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        if not samples:
+            raise ValueError("cannot collate an empty list of samples")
+        # collate_st_arrays counts each sample's nodes by its token positions: here, one per node of node_index
+        nodes = [range(len(sample["node_index"])) for sample in samples]
+        batch = collate_st_arrays(samples, nodes, nodes, self.broadcast_channels)
+        del batch["his_positions"], batch["pre_positions"]
+        return batch
 
 
 def build_collator(data_config: Any, model: Any, tokenizer: Any, model_name_or_path: str,
@@ -28,7 +55,10 @@ def build_collator(data_config: Any, model: Any, tokenizer: Any, model_name_or_p
     forecaster with AirGPT's graph encoder (``st_config.graph``) gets its station graphs added to every batch, one
     with UniST's memory prompts (``st_config.prompt``) the priors they are queried with.
     ``forecast_inputs`` (:class:`st_instruct.inference.ForecastInputs`): graphs, priors and images come from a
-    forecast's own data and windows instead of the recipe's datasets."""
+    forecast's own data and windows instead of the recipe's datasets. The LLM4HRS imputer reads the arrays only:
+    :class:`STArrayCollator`."""
+    if isinstance(model, LLM4HRSImputer):
+        return STArrayCollator(broadcast_channels)
     config = model.st_config
     own = forecast_inputs
     window_inputs = []

@@ -22,6 +22,13 @@ A saved forecaster (the trainer's checkpoints and the final output directory ali
   (an attribute adapter's: its own weights only, and the whole configuration);
 - the tokenizer with the ST special tokens.
 
+An LLM4HRS imputer (:mod:`st_instruct.models.llm4hrs`, ``architecture: llm4hrs``) is saved in the same files, in
+format ``"base"`` (``"none"`` for its no-LLM control) and without a tokenizer: ``st_modules.safetensors`` holds what
+its freeze plan trains (its own layers, the backbone's norms and position tables) and ``st_forecaster_config.json``
+its :class:`~st_instruct.models.llm4hrs.LLM4HRSConfig`, marked ``"architecture": "llm4hrs"``
+(:func:`~st_instruct.models.llm4hrs.saved_architecture`); :func:`load_forecaster` rebuilds the base backbone and the
+tokenizer (with the ST tokens, for the samples evaluation tokenises) and returns the imputer.
+
 For ``"adapter"`` and ``"base"`` the base backbone is rebuilt as training built it -- :func:`get_backbone`, then
 :func:`add_st_tokens` with the base tokenizer, whose new embedding rows are deterministic (the mean of the others) --
 so adapters stay small (no copy of a resized embedding table) and reload to identical predictions.
@@ -77,6 +84,15 @@ from st_instruct.models.forecaster import (
     st_state_dict,
 )
 from st_instruct.models.hub_backbone import auto_class
+from st_instruct.models.llm4hrs import (
+    ARCHITECTURE,
+    LLM4HRSConfig,
+    LLM4HRSImputer,
+    build_llm4hrs_imputer,
+    load_llm4hrs_weights,
+    save_llm4hrs,
+    saved_architecture,
+)
 from st_instruct.models.patching import decoder_layers, unwrap
 from st_instruct.models.soft_prompts import PROMPT_TUNED_MODULES
 from st_instruct.samples.st_tokens import ST_TOKENS, st_token_ids
@@ -111,15 +127,18 @@ def backbone_format(model: STForecaster) -> str:
     return "full" if any(p.requires_grad for p in model.backbone.parameters() if id(p) not in st) else "base"
 
 
-def save_forecaster(model: STForecaster, directory: str | Path, source: BackboneSource, tokenizer: Any = None,
-                    state_dict: dict[str, torch.Tensor] | None = None) -> Path:
-    """Write ``model`` (and ``tokenizer``) to ``directory`` in the layout of the module docstring; returns it.
+def save_forecaster(model: STForecaster | LLM4HRSImputer, directory: str | Path, source: BackboneSource,
+                    tokenizer: Any = None, state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write ``model`` (and ``tokenizer``; not an imputer's) to ``directory`` in the layout of the module docstring;
+    returns it.
 
     ``state_dict`` is the whole forecaster's state (keys ``backbone.*``, ``st_encoder.*``, ...) when the live
     parameters are not the full ones (DeepSpeed ZeRO-3 gathers them into it); by default the model's own.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    if isinstance(model, LLM4HRSImputer):
+        return _save_imputer(model, directory, source, tokenizer, state_dict)
     kind = "attribute" if source.base_forecaster else backbone_format(model)
     backbone_state = None
     if state_dict is not None:
@@ -143,6 +162,19 @@ def save_forecaster(model: STForecaster, directory: str | Path, source: Backbone
         tokenizer.save_pretrained(directory)
     record = {key: value for key, value in asdict(source).items()
               if key != "base_forecaster" or value is not None}  # only an attribute adapter has a base
+    (directory / BACKBONE_FILE).write_text(json.dumps({**record, "format": kind}, indent=2) + "\n")
+    return directory
+
+
+def _save_imputer(model: LLM4HRSImputer, directory: Path, source: BackboneSource, tokenizer: Any,
+                  state_dict: dict[str, torch.Tensor] | None) -> Path:
+    """An LLM4HRS imputer in the layout of the module docstring: its trained weights and config, and
+    ``st_backbone.json`` (format ``"base"``, ``"none"`` without a backbone); the tokenizer is the base's and is not
+    saved (``tokenizer`` only fills the record of the ST tokens)."""
+    save_llm4hrs(model, directory, state_dict)
+    record = asdict(_with_records(source, model, tokenizer))
+    record.pop("base_forecaster")
+    kind = "none" if model.backbone is None else "base"
     (directory / BACKBONE_FILE).write_text(json.dumps({**record, "format": kind}, indent=2) + "\n")
     return directory
 
@@ -258,14 +290,17 @@ def check_safetensors(path: Path) -> None:
 
 
 def load_forecaster(directory: str | Path, *, token: str | None = None,
-                    cache_dir: str | Path | None = None) -> tuple[STForecaster, Any]:
+                    cache_dir: str | Path | None = None) -> tuple[STForecaster | LLM4HRSImputer, Any]:
     """``(model in eval mode, tokenizer)`` from a directory written by :func:`save_forecaster`. Its files are checked
     against each other (:func:`read_backbone_source`, :meth:`STForecasterConfig.load`, :func:`check_st_weights`, the
     tokenizer's files) before anything is built, so an edited or incomplete folder is one error naming the file.
     An attribute adapter loads its base first (module docstring): a base named by Hub repo id is downloaded with
-    ``token`` into ``cache_dir`` (:func:`download_model`)."""
+    ``token`` into ``cache_dir`` (:func:`download_model`). An LLM4HRS folder gives the imputer and the base's
+    tokenizer (:func:`_load_imputer`)."""
     directory = Path(directory)
     source, kind = read_backbone_source(directory)
+    if saved_architecture(directory) == ARCHITECTURE:
+        return _load_imputer(directory, source, kind)
     config = STForecasterConfig.load(directory)
     if kind == "attribute":
         return _load_attribute_adapter(directory, source, config, token, cache_dir)
@@ -283,6 +318,28 @@ def load_forecaster(directory: str | Path, *, token: str | None = None,
     elif kind == "full":
         _load_full_backbone(backbone, directory)
     return load_st_modules(build_st_forecaster(backbone, config), directory).eval(), tokenizer
+
+
+def _load_imputer(directory: Path, source: BackboneSource, kind: str) -> tuple[LLM4HRSImputer, Any]:
+    """``(imputer in eval mode, tokenizer)`` of an LLM4HRS folder (module docstring): the base backbone and its
+    tokenizer rebuilt as training built them, the imputer of the saved config on it, its trained weights loaded."""
+    config = LLM4HRSConfig.load(directory)
+    if kind != ("none" if config.control == "no_llm" else "base"):
+        raise ValueError(f"{directory / BACKBONE_FILE}: format {kind!r} does not fit the LLM4HRS imputer of "
+                         f"{ST_CONFIG_FILE} (control {config.control!r}); the folder was edited or damaged; "
+                         f"{COPY_AGAIN}")
+    backbone, tokenizer = build_base_backbone(source)
+    return load_llm4hrs_weights(build_llm4hrs_imputer(backbone, config), directory).eval(), tokenizer
+
+
+def load_model_config(directory: str | Path) -> STForecasterConfig | LLM4HRSConfig:
+    """The configuration of the model saved in ``directory``, whatever its architecture: a forecaster's
+    :class:`~st_instruct.models.forecaster.STForecasterConfig` or an imputer's
+    :class:`~st_instruct.models.llm4hrs.LLM4HRSConfig`; both give ``horizon`` and ``channels`` without
+    building the model."""
+    if saved_architecture(directory) == ARCHITECTURE:
+        return LLM4HRSConfig.load(directory)
+    return STForecasterConfig.load(directory)
 
 
 def _saved_tokenizer(directory: Path) -> Any:
@@ -388,11 +445,15 @@ def _trained_adapter_config(directory: Path) -> Any:
     return config
 
 
-def load_forecaster_weights(model: STForecaster, directory: str | Path) -> STForecaster:
+def load_forecaster_weights(model: STForecaster | LLM4HRSImputer, directory: str | Path
+                            ) -> STForecaster | LLM4HRSImputer:
     """Copy the weights saved in ``directory`` into ``model`` in place (resuming from a checkpoint); the model must
-    have the same structure (same freeze plan, same ST config). Returns ``model``."""
+    have the same structure (same freeze plan, same ST config; an imputer: the same
+    :class:`~st_instruct.models.llm4hrs.LLM4HRSConfig`). Returns ``model``."""
     directory = Path(directory)
     _, kind = read_backbone_source(directory)
+    if isinstance(model, LLM4HRSImputer):
+        return load_llm4hrs_weights(model, directory)
     if kind == "attribute":  # prompt tuning's checkpoint: the base's weights never changed
         return load_attribute_weights(model, directory)
     if kind != backbone_format(model):

@@ -299,7 +299,9 @@ def _window_messages(plan: SourcePlan, start: int, template: PromptTemplate, gra
     """Chat messages of every sample of the window starting at ``start`` (one per node, or one for the graph)."""
     L, P = plan.windows.history, plan.windows.horizon
     context = dict(plan.base_context)
-    context.update(history_period=plan.period.period(start, L), target_period=plan.period.period(start + L, P),
+    targets = plan.task.target_steps(L, P)  # the horizon after the history, or (imputation) the history itself
+    context.update(history_period=plan.period.period(start, L),
+                   target_period=plan.period.period(start + int(targets[0]), len(targets)),
                    time_start=plan.iso[start], window_start=start)
     with_values = plan.value_text is not None
     if granularity == "graph":

@@ -36,7 +36,8 @@ backbone and never wrapped by PEFT, and decides what of the backbone trains:
 :func:`apply_freeze_plan` sets ``requires_grad`` in place and returns a :class:`FreezeReport`.
 
 ``frozen_blocks`` (:func:`apply_frozen_blocks_plan`, for the LLM4HRS imputer,
-:class:`~st_instruct.models.llm4hrs.LLM4HRSImputer`; not a recipe plan of :data:`FREEZE_PLANS`)
+:class:`~st_instruct.models.llm4hrs.LLM4HRSImputer`; not a recipe plan of :data:`FREEZE_PLANS`: the recipe key
+``architecture: llm4hrs`` implies it)
     LLM4HRS (Wang et al., IEEE TGRS 2025) and GPT4TS: every attention and feed-forward weight of the backbone frozen
     (and its token embeddings and LM head, which the imputer does not read); its norms (LayerNorm / RMSNorm, final
     norm included) and learned position embeddings (GPT-2's ``wpe``) train, and so do all of the imputer's own
@@ -57,7 +58,7 @@ from torch import nn
 
 from st_instruct.configs import FreezeConfig
 from st_instruct.models.forecaster import ST_MODULE_NAMES, VISION_MODULE_NAMES, STForecaster
-from st_instruct.models.llm4hrs import LLM4HRSImputer, position_embedding_tables
+from st_instruct.models.llm4hrs import LLM4HRSImputer
 from st_instruct.models.mrffn import MEMORY_MODULE_NAME, is_memory_parameter
 from st_instruct.models.patching import (
     attention_module,
@@ -359,15 +360,13 @@ def apply_frozen_blocks_plan(model: LLM4HRSImputer) -> FreezeReport:
     """Freeze plan ``frozen_blocks`` (module docstring) on an LLM4HRS imputer, in place: the backbone frozen but its
     norms (:func:`~st_instruct.models.patching.layer_norms`: GPT-2's ``ln_1`` / ``ln_2`` / ``ln_f``, Llama's
     ``input_layernorm`` / ``post_attention_layernorm`` / ``norm``) and position embedding tables
-    (:func:`~st_instruct.models.llm4hrs.position_embedding_tables`), every own layer of the imputer trainable. Without
-    a backbone (the no-LLM control) everything trains. The report groups the trainable parameters by the imputer's
+    (:func:`~st_instruct.models.llm4hrs.position_embedding_tables`), every own layer of the imputer trainable
+    (:meth:`~st_instruct.models.llm4hrs.LLM4HRSImputer.trained_modules`, also what is saved). Without a backbone
+    (the no-LLM control) everything trains. The report groups the trainable parameters by the imputer's
     own modules (``time_in``, ``location_out``, ``position``, ...) and ``backbone``."""
-    model.requires_grad_(True)
-    backbone = model.backbone
-    if backbone is not None:
-        backbone.requires_grad_(False)
-        for module in [*layer_norms(backbone), *position_embedding_tables(backbone)]:
-            module.requires_grad_(True)
+    model.requires_grad_(False)
+    for module in model.trained_modules().values():
+        module.requires_grad_(True)
     own = list(model.own_modules())
     groups: dict[str, list[str]] = {}
     counts: dict[str, int] = {}

@@ -38,6 +38,7 @@ from st_instruct.configs import (
     part,
     recipe_dict,
 )
+from st_instruct.configs.model import check_architecture
 from st_instruct.data.loaders import load_series
 from st_instruct.data.profile import write_data_profiles
 from st_instruct.model_dir import (
@@ -49,9 +50,17 @@ from st_instruct.model_dir import (
     read_recipe,
     save_template_copy,
 )
-from st_instruct.models.backbones import BackboneSource, build_teacher, get_backbone, get_tokenizer
+from st_instruct.models.backbones import (
+    BackboneSource,
+    build_base_backbone,
+    build_teacher,
+    get_backbone,
+    get_tokenizer,
+)
 from st_instruct.models.collators import build_collator
 from st_instruct.models.forecaster import STForecasterConfig, build_st_forecaster
+from st_instruct.models.llm4hrs import ARCHITECTURE as LLM4HRS
+from st_instruct.models.llm4hrs import LLM4HRSConfig, LLM4HRSImputer, build_llm4hrs_imputer
 from st_instruct.models.mrffn import init_memory_from_patterns, memory_modules, recorded_inputs
 from st_instruct.models.patching import hidden_size, is_vision_language
 from st_instruct.models.regression_head import gather_positions
@@ -62,7 +71,7 @@ from st_instruct.samples.builder import build_dataset
 from st_instruct.samples.collator import STDataCollator
 from st_instruct.samples.st_tokens import add_st_tokens
 from st_instruct.tasks import get_task
-from st_instruct.training.freeze import FreezeReport, apply_freeze_plan, reset_head_output
+from st_instruct.training.freeze import FreezeReport, apply_freeze_plan, apply_frozen_blocks_plan, reset_head_output
 from st_instruct.training.trainer import STSFTTrainer
 
 OVERWRITE_FLAG = "--overwrite"  # of `st-instruct train` / `demo` and scripts/sft.py; not a recipe key (see train)
@@ -94,7 +103,7 @@ def build_forecaster(data_config: DataConfig, model_config: ModelConfig, seed: i
     instead of every window of ``build_dataset(data_config)`` (few-shot builds only the windows it reads).
 
     ``freeze_plan: prompt`` tunes a soft prompt on the trained forecaster of ``base_forecaster`` instead
-    (:func:`build_prompt_tuning`).
+    (:func:`build_prompt_tuning`); ``architecture: llm4hrs`` builds the LLM4HRS imputer (:func:`build_llm4hrs`).
     """
     check_recipe_consistency(data_config, model_config)
     if model_config.freeze_plan == "prompt":
@@ -102,6 +111,8 @@ def build_forecaster(data_config: DataConfig, model_config: ModelConfig, seed: i
     name = model_config.model_name_or_path
     if not name:
         raise RecipeError("model_name_or_path is empty: training needs a backbone (e.g. smollm2-135m)")
+    if model_config.architecture == LLM4HRS:
+        return build_llm4hrs(data_config, model_config, seed, make_samples)
     extra = {"load_in_4bit": True} if model_config.model_load_in_4bit else {}
     control = model_config.control
     backbone = get_backbone(name, num_layers=model_config.model_num_layers,
@@ -194,6 +205,30 @@ def build_prompt_tuning(data_config: DataConfig, model_config: ModelConfig, seed
     return model, tokenizer, dataset, apply_freeze_plan(model, part(model_config, FreezeConfig))
 
 
+def build_llm4hrs(data_config: DataConfig, model_config: ModelConfig, seed: int,
+                  make_samples: Callable[[Any], Any] | None = None) -> tuple[Any, Any, Any, Any]:
+    """``architecture: llm4hrs``: ``(imputer, tokenizer, dataset, freeze report)`` of :func:`build_forecaster` for
+    the LLM4HRS imputer (:mod:`st_instruct.models.llm4hrs`; the recipe must impute graph samples,
+    :func:`~st_instruct.configs.model.check_architecture`).
+
+    The backbone (``model_name_or_path`` cut to ``model_num_layers``) and the tokenizer are built exactly as a saved
+    folder rebuilds them (:func:`~st_instruct.models.backbones.build_base_backbone` of :func:`backbone_source`), so
+    the frozen weights -- the ``random_llm`` control's random ones, drawn by the imputer under ``seed``, included --
+    need not be saved. The samples are not tokenised (``make_samples(tokenizer)`` replaces them): the imputer reads
+    the arrays only. It is sized by the data (``window`` = ``history``, ``C``), its own layers drawn under ``seed``,
+    with ``control`` (no_llm / random_llm) as its controls, under the freeze plan ``frozen_blocks``."""
+    check_architecture(data_config, model_config)
+    backbone, tokenizer = build_base_backbone(backbone_source(model_config, seed))
+    dataset = make_samples(tokenizer) if make_samples is not None else build_dataset(data_config)
+    sample = next(iter(dataset["train"]))
+    control = None if model_config.control == "none" else model_config.control
+    config = LLM4HRSConfig(window=data_config.history, channels=len(sample["scaler_mean"]), control=control,
+                           random_init_seed=seed if control == "random_llm" else 0)
+    set_seed(seed)
+    model = build_llm4hrs_imputer(backbone, config)
+    return model, tokenizer, dataset, apply_frozen_blocks_plan(model)
+
+
 def no_backbone_report(model: Any, frozen_st_modules: list[str] | None = None) -> Any:
     """The :class:`FreezeReport` of a forecaster without a backbone (the no-LLM control): every ST module trains but
     those of ``frozen_st_modules`` (e.g. a frozen pretrained ``st_encoder``), whose parameters it freezes."""
@@ -256,12 +291,14 @@ def init_memories_from_data(model: Any, train_dataset: Any, tokenizer: Any, patt
 
 def backbone_source(model_config: ModelConfig, seed: int | None = None) -> Any:
     """The recipe's :class:`BackboneSource`: how a saved forecaster's base backbone is rebuilt. The ``random_llm``
-    control needs the ``seed`` its random backbone was drawn with (:func:`build_forecaster`)."""
+    control needs the ``seed`` its random backbone was drawn with (:func:`build_forecaster`); the LLM4HRS imputer's
+    draws its random backbone from the pretrained one itself (:class:`~st_instruct.models.llm4hrs.LLM4HRSConfig`
+    records the seed), so its source is always the pretrained base."""
     if model_config.freeze_plan == "prompt":  # an attribute adapter: its base's backbone, and the base named
         source, _ = read_backbone_source(model_config.base_forecaster)
         return dataclasses.replace(source, base_forecaster=model_config.base_forecaster)
     random_init_seed = None
-    if model_config.control == "random_llm":
+    if model_config.control == "random_llm" and model_config.architecture != LLM4HRS:
         if seed is None:
             raise RecipeError("control: random_llm rebuilds its random backbone from the seed it was drawn with, "
                               "and none was given (a bug of the caller: pass the training run's seed, or the "
@@ -276,10 +313,11 @@ def build_trainer(model: Any, data_config: DataConfig, model_config: ModelConfig
                   broadcast_channels: int | None = None, **extra: Any) -> Any:
     """The :class:`STSFTTrainer` of a recipe: its collator (:func:`~st_instruct.samples.vision_collator.
     build_collator`: rendered images for a VLM backbone), its loss weights (the no-LLM control has no LM to score
-    the answer text, so it trains on the regression loss alone), its ST modules' learning rate, and the
-    :func:`backbone_source` saved with the model (``backbone_seed``: the seed a random_llm control's backbone was
-    drawn with). ``extra``: further ``STSFTTrainer`` keywords."""
-    lm_weight = 0.0 if model_config.control == "no_llm" or model.backbone is None else model_config.loss_lm_weight
+    the answer text, so it trains on the regression loss alone, as the LLM4HRS imputer does), its ST modules'
+    learning rate, and the :func:`backbone_source` saved with the model (``backbone_seed``: the seed a random_llm
+    control's backbone was drawn with). ``extra``: further ``STSFTTrainer`` keywords."""
+    no_lm = model_config.control == "no_llm" or model.backbone is None or isinstance(model, LLM4HRSImputer)
+    lm_weight = 0.0 if no_lm else model_config.loss_lm_weight
     collator = build_collator(data_config, model, tokenizer, model_config.model_name_or_path, broadcast_channels)
     return STSFTTrainer(model, sft_config, train_dataset, tokenizer, backbone_source(model_config, backbone_seed),
                         task=get_task(data_config.task), loss_reg_weight=model_config.loss_reg_weight,
@@ -471,7 +509,8 @@ def train(data_config: DataConfig, model_config: ModelConfig, sft_config: Any,
                     collect_tensorboard_logs(staged_logs, run_dir / "runs", staging)
                 if replacing:
                     commit(run_dir, output, overwrite=True)
-                what = "forecaster" if model_config.control == "none" else f"{model_config.control} control"
+                what = "LLM4HRS imputer" if model_config.architecture == LLM4HRS else "forecaster"
+                what = what if model_config.control == "none" else f"{model_config.control} control"
                 print(f"saved the {what} to {output}")
         except BaseException as err:
             sft_config.output_dir = str(output)

@@ -18,6 +18,10 @@ so TRL's own preparation is switched off and :class:`STDataCollator` batches it.
 :func:`save_forecaster` (adapter or backbone, ST modules, tokenizer) beside the trainer's optimizer, scheduler and
 RNG states, and :func:`load_forecaster_weights` restores them, so ``resume_from_checkpoint`` continues to the same
 weights as an uninterrupted run.
+
+The LLM4HRS imputer (:class:`~st_instruct.models.llm4hrs.LLM4HRSImputer`, recipe key ``architecture: llm4hrs``)
+trains in the same trainer on :func:`imputer_loss` instead: its batches carry the builder's arrays only, and saving
+and restoring go through the same two functions, which know it.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from st_instruct.configs import AdaptationConfig, TrainingDivergedError
 from st_instruct.models.backbones import BackboneSource
 from st_instruct.models.card import write_model_card
 from st_instruct.models.forecaster import STForecaster, regression_mask
+from st_instruct.models.llm4hrs import LLM4HRSImputer, masked_l1
 from st_instruct.models.saving import load_forecaster_weights, save_forecaster
 from st_instruct.samples.collator import STDataCollator
 from st_instruct.samples.tokenize import IGNORE_INDEX
@@ -68,11 +73,24 @@ def forecaster_loss(model: torch.nn.Module, inputs: dict[str, torch.Tensor], tas
     return loss_reg_weight * reg_loss + loss_lm_weight * lm_loss, reg_loss, lm_loss, outputs
 
 
+def imputer_loss(model: torch.nn.Module, inputs: dict[str, torch.Tensor], loss_reg_weight: float
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(loss, L1, 0, estimate)`` of one batch for the LLM4HRS imputer: its estimate [B, L, N, C] of every entry
+    from the visible ``history`` (through ``model``'s forward, so a DDP wrapper syncs the gradients), and
+    ``loss_reg_weight ·`` the L1 over the hidden entries whose truth is known, of real nodes
+    (:func:`~st_instruct.models.llm4hrs.masked_l1` on ``target_mask & node_mask``; LLM4HRS's loss). Padded nodes
+    stand after the real ones, so the causal locations pass never lets them reach a real node."""
+    estimate = model(inputs["history"], inputs["history_mask"].bool())
+    reg_loss = masked_l1(estimate, inputs["target"], regression_mask(inputs))
+    return loss_reg_weight * reg_loss, reg_loss, reg_loss.new_zeros(()), estimate
+
+
 class STSFTTrainer(SFTTrainer):
     """Train an :class:`STForecaster` on ``loss_reg_weight · masked MAE + loss_lm_weight · LM loss``.
 
     Args:
-        model: the forecaster, its freeze plan already applied (``apply_freeze_plan``).
+        model: the forecaster, its freeze plan already applied (``apply_freeze_plan``); or an LLM4HRS imputer under
+            ``apply_frozen_blocks_plan``, trained on :func:`imputer_loss` (``loss_lm_weight`` 0).
         args: TRL ``SFTConfig``; ``remove_unused_columns`` is forced off (the ST columns must reach the collator) and
             dataset preparation skipped (the builder tokenised the data). Packing and padding-free batches do not
             apply to ST samples and are refused.
@@ -114,9 +132,11 @@ class STSFTTrainer(SFTTrainer):
                              "and token positions; set packing: false and padding_free: false")
         if loss_reg_weight < 0 or loss_lm_weight < 0 or loss_reg_weight + loss_lm_weight == 0:
             raise ValueError(f"loss weights must be >= 0 and not both 0, found {loss_reg_weight}, {loss_lm_weight}")
-        if model.backbone is None and (loss_lm_weight > 0 or loss_reg_weight == 0):
-            raise ValueError(f"a forecaster without a backbone (the no-LLM control) has no LM loss: train it with "
-                             f"loss_lm_weight 0 and loss_reg_weight > 0, found {loss_lm_weight}, {loss_reg_weight}")
+        self.imputer = isinstance(model, LLM4HRSImputer)
+        if (model.backbone is None or self.imputer) and (loss_lm_weight > 0 or loss_reg_weight == 0):
+            what = "the LLM4HRS imputer" if self.imputer else "a forecaster without a backbone (the no-LLM control)"
+            raise ValueError(f"{what} has no LM loss: train it with loss_lm_weight 0 and loss_reg_weight > 0, found "
+                             f"{loss_lm_weight}, {loss_reg_weight}")
         args.remove_unused_columns = False
         args.dataset_kwargs = {**(args.dataset_kwargs or {}), "skip_prepare_dataset": True}
         self.backbone_source = backbone_source
@@ -178,8 +198,11 @@ class STSFTTrainer(SFTTrainer):
         process sees the same gathered parts, so all of them stop). At the first step no update is to blame, and the
         message says so."""
         mode = "train" if model.training else "eval"
-        loss, reg_loss, lm_loss, outputs = forecaster_loss(model, inputs, self.task, self.loss_reg_weight,
-                                                           self.loss_lm_weight)
+        if self.imputer:
+            loss, reg_loss, lm_loss, outputs = imputer_loss(model, inputs, self.loss_reg_weight)
+        else:
+            loss, reg_loss, lm_loss, outputs = forecaster_loss(model, inputs, self.task, self.loss_reg_weight,
+                                                               self.loss_lm_weight)
         rec = None
         if self.adaptation is not None:
             rec_loss = reconstruction_loss(model, inputs, self.adaptation.reconstruction_mask,

@@ -139,3 +139,56 @@ def test_bad_missing_patterns_on_evaluate_are_one_line(cli, imputer, tiny_backbo
     result = cli("evaluate", "--model", forecaster, "--dataset", "synthetic-small", "--missing-pattern", "point:0.5",
                  "--quiet")
     assert_clean_failure(result, "sparse history", "--missing-pattern")
+
+
+def _gappy_series(tmp_path, rank=3, rate=0.3, seed=0):
+    """synthetic-small's first 60 steps with ``rate`` of the values set to NaN, saved as .npz of rank ``rank`` (no
+    clock of its own: the flags give it)."""
+    from st_instruct.data.loaders import get_dataset
+
+    data = get_dataset("synthetic-small")
+    values = data.values[:60].astype(np.float32).copy()
+    values[values == 0] = 1.0  # synthetic-small's null value is 0: the only gaps are the NaN set here
+    values[np.random.default_rng(seed).random(values.shape) < rate] = np.nan
+    if rank == 2:
+        values = values[..., 0]
+    path = tmp_path / f"gappy{rank}.npz"
+    np.savez(path, data=values)
+    clock = ["--series-start", str(data.time_index()[0]), "--freq", "1h"]
+    return path, values, clock
+
+
+def test_predict_fills_the_gaps_and_keeps_every_observed_value_bit_identical(cli, imputer, tmp_path):
+    series, values, clock = _gappy_series(tmp_path)
+    out = tmp_path / "filled.npz"
+    result = cli("predict", "--model", imputer, "--input", series, *clock, "--task", "imputation", "--output", out,
+                 "--quiet")
+    assert result.code == 0, result.err
+    saved = np.load(out)
+    filled, was_gap = saved["data"], np.isnan(values)
+    assert filled.shape == values.shape and saved["filled"].shape == values.shape
+    np.testing.assert_array_equal(filled[~was_gap], values[~was_gap])  # bit for bit
+    assert np.isfinite(filled).all() and (saved["filled"] == was_gap).all()
+    assert f"filled {int(was_gap.sum())} of {int(was_gap.sum())}" in result.out
+
+
+def test_predict_on_a_series_without_gaps_says_so_and_writes_nothing(cli, imputer, tmp_path):
+    series, values, clock = _gappy_series(tmp_path, rate=0.0)
+    out = tmp_path / "filled.npz"
+    result = cli("predict", "--model", imputer, "--input", series, *clock, "--output", out, "--quiet")
+    assert_clean = result.code != 0 and "no gap" in result.err and "nothing written" in result.err
+    assert assert_clean, result.err
+    assert not out.exists()
+
+
+def test_predict_task_must_match_the_model(cli, imputer, tmp_path, tiny_backbone_dir, tmp_path_factory):
+    from cli_check import assert_clean_failure
+
+    series, _, clock = _gappy_series(tmp_path)
+    result = cli("predict", "--model", imputer, "--input", series, *clock, "--task", "forecasting", "--output",
+                 tmp_path / "f.npz", "--quiet")
+    assert_clean_failure(result, "--task forecasting", "imputation")
+    forecaster = train_smoke(tmp_path_factory, tiny_backbone_dir)
+    result = cli("predict", "--model", forecaster, "--input", series, *clock, "--task", "imputation", "--output",
+                 tmp_path / "f.npz", "--quiet")
+    assert_clean_failure(result, "--task imputation", "forecasting")
