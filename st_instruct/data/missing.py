@@ -74,6 +74,17 @@ class MissingPattern:
     def __str__(self) -> str:
         return self.name if self.rate is None else f"{self.name}:{self.rate}"
 
+    def describe(self) -> str:
+        """The pattern in words, for a prompt (``missing_text``): ``"50% of the readings hidden at random"``."""
+        if self.name == "spin_point":
+            return f"{SPIN_POINT_RATE:.0%} of the readings hidden at random"
+        if self.name == "spin_block":
+            return (f"sensor failures of {MIN_GAP} to {MAX_GAP - 1} steps and {SPIN_NOISE_P:.0%} of the readings at "
+                    "random hidden")
+        where = {"point": "at random", "sequence": f"in outages of {MIN_GAP} to {MAX_GAP} steps",
+                 "node": f"in whole-location outages of {MIN_GAP} to {MAX_GAP} steps"}[self.name]
+        return f"{self.rate:.0%} of the readings hidden {where}"
+
 
 def hide(observed: np.ndarray, pattern: MissingPattern, seed: int | Sequence[int]) -> np.ndarray:
     """Entries of a whole series to hide under ``pattern``: ``observed`` bool [T, N, C] (False = truly missing) ->

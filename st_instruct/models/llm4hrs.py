@@ -306,7 +306,8 @@ class LLM4HRSImputer(nn.Module):
             if length > self.position.num_embeddings:
                 raise ValueError(f"a pass sequence of {length} tokens exceeds the position table's "
                                  f"{self.position.num_embeddings} rows (max(window, max_nodes)); raise max_nodes")
-            tokens = tokens + self.position.weight[:length]
+            # through the table's forward, not a slice of its weight: ZeRO-3 gathers a module's weights only there
+            tokens = tokens + self.position(torch.arange(length, device=tokens.device))
         else:
             rows = min(table.num_embeddings for table in position_embedding_tables(self.backbone))
             if length > rows:

@@ -255,7 +255,8 @@ def plan_source(data: STData, config: DataConfig, windows: STWindows | None = No
     timestamps = data.time_index()
     base = dataset_context(data, config.history, config.horizon, config.values_in_text)
     base.update(granularity=config.granularity, dataset_num_nodes=data.num_nodes,
-                num_nodes=len(nodes) if config.granularity == "graph" else 1)
+                num_nodes=len(nodes) if config.granularity == "graph" else 1,
+                missing_text=MissingPattern.parse(config.missing_pattern).describe() if config.missing_pattern else "")
     observed = windows.observed[:, nodes]
     hidden = series_hidden(windows, config.missing_pattern, config.sample_seed)[:, nodes]
     value_text = None

@@ -81,6 +81,19 @@ def test_golden_compact_graph_synthetic():
     assert len(text) < 0.6 * len(full) and text.count("<st_his>") == full.count("<st_his>") == 4
 
 
+def test_golden_imputation_synthetic():
+    """The imputation templates (issue 25): the pattern in words, the hidden readings NA among the values, the
+    whole window asked for."""
+    config = DataConfig(dataset_names=["synthetic-small"], task="imputation", horizon=0, missing_pattern="point:0.5",
+                        template="impute_node", values_in_text=True)
+    text = window_sample(config, "test", 0, sample=7)
+    check_golden("impute_node_synthetic_small.txt", text)
+    assert "50% of the readings hidden at random" in text and text.count("NA") >= 6
+    graph = dataclasses.replace(config, granularity="graph", template="impute_graph", node_sample=4,
+                                values_in_text=False, missing_pattern="spin_block")
+    check_golden("impute_graph_synthetic_small.txt", window_sample(graph, "test", 0))
+
+
 @pytest.mark.integration
 def test_golden_node_nyc_taxi():
     require_real_data("nyc-taxi")
