@@ -129,6 +129,14 @@ class STWindows:
     def steps_per_day(self) -> int:
         return self.data.steps_per_day
 
+    def hiding(self, hidden: np.ndarray) -> STWindows:
+        """These windows as a user whose series lacks the ``hidden`` entries (``[T, N, C]`` bool) has them: those
+        values NaN and unobserved, every other array and the scaler (fitted on the full series) unchanged. What the
+        baselines fit on and read in the sparse-history setting (``missing_pattern`` on a forecaster)."""
+        values = np.where(hidden, np.nan, self.data.values)
+        return dataclasses.replace(self, data=dataclasses.replace(self.data, values=values),
+                                   observed=self.observed & ~hidden, scaled=np.where(hidden, 0.0, self.scaled))
+
     @property
     def has_calendar(self) -> bool:
         """False when the data run with ``no_calendar`` (time features are zero); windows are never built on an

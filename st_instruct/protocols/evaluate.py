@@ -281,10 +281,6 @@ def evaluate_forecaster(model_dir: str | Path, dataset: str, data_dir: str | Non
     if missing_pattern is not None:
         config = dataclasses.replace(config, missing_pattern=missing_pattern)
     imputing = config.task == "imputation"
-    if config.missing_pattern is not None and not imputing:
-        raise ValueError(f"a missing pattern ({config.missing_pattern}) on the forecaster in {model_dir}: forecasting "
-                         "from a sparse history is not evaluated yet (its baselines would read the full history); "
-                         "evaluate an imputation model, or without --missing-pattern")
     kind = "zero-shot" if protocol.startswith("zero-shot") else "in-domain"
     few_shot = read_few_shot(model_dir)
     if few_shot is not None and few_shot["dataset"] == dataset:
@@ -342,8 +338,8 @@ def evaluate_forecaster(model_dir: str | Path, dataset: str, data_dir: str | Non
         if not np.array_equal(generated["covered"], covered):
             raise RuntimeError("the generated forecasts covered other (window, node) pairs than the single pass")
     rows = np.flatnonzero(covered.any(axis=(1, 2)))  # the evaluated windows
+    hidden = series_hidden(windows, config.missing_pattern, config.sample_seed)
     if imputing:
-        hidden = series_hidden(windows, config.missing_pattern, config.sample_seed)
         readable, _ = readable_windows(windows, split_name, hidden)
         unreadable = int(len(rows) - np.isin(rows, readable).sum())
         rows = rows[np.isin(rows, readable)]
@@ -377,9 +373,12 @@ def evaluate_forecaster(model_dir: str | Path, dataset: str, data_dir: str | Non
                 if not np.array_equal(found_covered, covered):
                     raise RuntimeError(f"the adapted {name} covered other (window, node) pairs than the forecaster")
                 found["pred"] = np.nan_to_num(found["pred"][rows])
-    fit_windows = windows
+    # sparse-history forecasting: the baselines fit on and read the series as sparse as the forecaster's; every row
+    # is scored on the truly observed targets (target, above, from the full series)
+    sparse = windows if imputing or config.missing_pattern is None else windows.hiding(hidden)
+    fit_windows = sparse
     if protocol.startswith("few-shot"):
-        fit_windows = windows.first_train_windows(few_shot["train_windows"])
+        fit_windows = fit_windows.first_train_windows(few_shot["train_windows"])
     offered = list(task.baselines) if models is None else models
     if imputing:  # fitted on the train split's readable entries; their predictions already of the rows
         baseline_results = imputation_baselines(fit_windows, split_name, rows, hidden, offered, seed)
@@ -390,7 +389,7 @@ def evaluate_forecaster(model_dir: str | Path, dataset: str, data_dir: str | Non
         baseline_preds = {name: found[rows] for name, found in baseline_preds.items()}
     fitted_on = {name: data.name for name in baseline_results}
     if kind == "zero-shot" and not imputing:
-        source_results, source_preds = _source_baselines(trained, windows, models, split_name, progress, seed,
+        source_results, source_preds = _source_baselines(trained, sparse, models, split_name, progress, seed,
                                                          task)
         baseline_results.update(source_results)
         baseline_preds.update({name: found[rows] for name, found in source_preds.items()})
@@ -430,9 +429,10 @@ def evaluate_forecaster(model_dir: str | Path, dataset: str, data_dir: str | Non
                                      if "skipped" not in result and row_kind(name) != "input-only"}
     report["model"] = str(model_dir)
     report["trained_on"] = [entry.name for entry in trained.corpus()]
-    if imputing:
+    if config.missing_pattern is not None:
         report["missing_pattern"] = config.missing_pattern
         report["scored_entries"] = int(mask.sum())
+    if imputing:
         report["windows_skipped"] = {"nothing left to read": unreadable}
         if kind == "zero-shot":
             report["source_fitted"] = "not run for imputation: each baseline fits on the target's train split"

@@ -43,10 +43,11 @@ class Task(ABC):
         return len(self.target_steps(history, horizon))
 
     def target_mask(self, observed: np.ndarray, hidden: np.ndarray) -> np.ndarray:
-        """Which predicted entries the loss and the metrics cover (``[B, L_out, N, C]`` bool), from which of them are
-        observed and which the recipe's ``missing_pattern`` hid from the model (both ``[B, L_out, N, C]``): every
-        observed one, unless the task scores only what it was not shown."""
-        return observed
+        """Which predicted entries a sample trains on (``[B, L_out, N, C]`` bool), from which of them are observed
+        and which the recipe's ``missing_pattern`` hides (both ``[B, L_out, N, C]``): every entry the series still
+        has -- a sparse series' hidden values are no label either -- unless the task trains on what it was not
+        shown. (The evaluation scores a forecast on every truly observed target: the benchmark knows them.)"""
+        return observed & ~hidden
 
     def loss(self, prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The regression loss of a batch (all ``[B, L_out, N, C]``, scaled units): :func:`masked_mae_loss`."""
