@@ -7,7 +7,7 @@ Usage::
         [--few-shot-steps 100] [--windows 64] [--out outputs/bench_adapt] [--reuse] [--seed 0]
     .venv/bin/python scripts/bench_adapt.py tta [--targets nyc-bike nyc-taxi los-loop beijing-air:PM2.5]
         [--out outputs/bench_adapt] [--reuse] [--pretrain-from outputs/bench_transfer] [--tta-steps 3]
-        [--tta-lr LR] [--modes reset carry matured] [--templates semantic_node bare_node] [--windows 32]
+        [--tta-lr LR] [--modes reset carry matured] [--templates semantic_node bare_node] [--windows 16]
         [--max-nodes 16] [--batch-size 64] [--seed 0] [--sft-steps N]
 
 ``tta``: zero-shot on the transfer benchmark's targets (scripts/bench_transfer.py), in ``OUT/tta/T/``, each stage
@@ -235,7 +235,7 @@ def main() -> int:
     tta.add_argument("--tta-steps", type=int, default=3, help="adaptation steps per test batch")
     tta.add_argument("--tta-lr", type=float, default=None, help="the adaptation's learning rate (default: the "
                      "recipe's tta_learning_rate)")
-    tta.add_argument("--windows", type=int, default=32, help="test windows scored per evaluation")
+    tta.add_argument("--windows", type=int, default=16, help="test windows scored per evaluation")
     tta.add_argument("--max-nodes", type=int, default=16, help="series scored per window (seeded, the same for all)")
     tta.add_argument("--batch-size", type=int, default=64, help="samples per test batch: what one adaptation step "
                      "sees")

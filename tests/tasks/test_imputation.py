@@ -193,11 +193,9 @@ def test_predict_task_must_match_the_model(cli, imputer, tmp_path, tiny_backbone
 
 def test_sparse_history_forecasting_fits_the_baselines_on_the_sparse_series(tmp_path_factory, tiny_backbone_dir):
     """A forecaster trained on a sparse series (``missing_pattern`` on forecasting) is scored beside baselines that
-    read the same sparse history -- the last value differs from the dense run's -- on every truly observed target
-    (the same scored entries as without the pattern)."""
-    from st_instruct.protocols.evaluate import evaluate_forecaster
-
+    read the same sparse history -- their last value is not the dense series' -- on every truly observed target."""
     from st_instruct.protocols.baselines import prepare_windows
+    from st_instruct.protocols.evaluate import evaluate_forecaster
 
     sparse = train_smoke(tmp_path_factory, tiny_backbone_dir, "--missing_pattern", "point:0.8")
     report, arrays = evaluate_forecaster(sparse, "synthetic-small", max_windows=4, models=["window_last_value"],
