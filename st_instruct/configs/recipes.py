@@ -20,7 +20,7 @@ import yaml
 
 from st_instruct.configs.checks import RecipeError, check_finite
 from st_instruct.configs.data import DATASET_SPEC_KEYS, DataConfig
-from st_instruct.configs.model import ModelConfig
+from st_instruct.configs.model import ModelConfig, check_architecture
 from st_instruct.configs.pretrain import PretrainConfig
 from st_instruct.shipped import (
     PROMPTS_ENV,
@@ -56,6 +56,7 @@ def check_recipe_consistency(data_config: DataConfig, model_config: ModelConfig)
     if model_config.st_encoder == "grid_patch" and data_config.coordinates != "grid":
         raise RecipeError(f"st_encoder: grid_patch places each node on its grid by its (row, col), so it needs "
                           f"coordinates: grid, found coordinates: {data_config.coordinates}")
+    check_architecture(data_config, model_config)
 
 
 def train_dataclasses() -> tuple[type, ...]:

@@ -20,6 +20,7 @@ from matplotlib.ticker import MaxNLocator
 
 if TYPE_CHECKING:
     from st_instruct.data.windows import STWindows
+from st_instruct.tasks import Task
 
 DPI = 110
 PERCENT_METRICS = ("MAPE", "WAPE")
@@ -34,11 +35,14 @@ def model_colors(names: Sequence[str]) -> dict[str, Any]:
     return {name: palette[i % len(palette)] for i, name in enumerate(names)}
 
 
-def window_times(windows: STWindows, split: str = "test") -> np.ndarray:
-    """``[B, P]`` time of every target step of every window of ``split``: ``datetime64`` when the dataset has a
-    calendar, else the absolute step index (int64). The ``times`` argument of :func:`plot_forecasts`."""
+def window_times(windows: STWindows, split: str = "test", task: Task | None = None) -> np.ndarray:
+    """``[B, P]`` time of every target step of every window of ``split`` (the ``task``'s target steps: by default
+    forecasting's, the horizon after the history): ``datetime64`` when the dataset has a calendar, else the absolute
+    step index (int64). The ``times`` argument of :func:`plot_forecasts`."""
     windows.num_windows(split)  # raises a KeyError naming the known splits
-    steps = windows.starts[split][:, None] + windows.history + np.arange(windows.horizon)[None, :]
+    offsets = (windows.history + np.arange(windows.horizon) if task is None
+               else task.target_steps(windows.history, windows.horizon))
+    steps = windows.starts[split][:, None] + offsets[None, :]
     index = windows.data.time_index()
     return steps if index is None else index.to_numpy()[steps]
 

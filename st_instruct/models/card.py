@@ -65,9 +65,10 @@ def write_model_card(directory: str | Path, recipe: dict[str, Any] | None = None
     if few_shot and few_shot["dataset"] not in datasets:
         datasets.append(few_shot["dataset"])
     control = (recipe or {}).get("control", "none")
+    imputer = (recipe or {}).get("architecture") == "llm4hrs"
     name = final_path(directory).name  # a folder being saved is a staged sibling: the card names the final one
     title = f"{name}: {'the ' + control.replace('_', '-') + ' control of ' if control != 'none' else ''}" \
-            f"an st_instruct forecaster on {base or 'no backbone'}"
+            f"an st_instruct {'LLM4HRS imputer' if imputer else 'forecaster'} on {base or 'no backbone'}"
     results = eval_results or []
     extra = {"base_model_relation": "adapter"} if kind == "adapter" and _is_hub_id(base) else {}
     data = ModelCardData(
@@ -91,8 +92,16 @@ def write_model_card(directory: str | Path, recipe: dict[str, Any] | None = None
 def _what_section(base: str, name: str, datasets: list[str], kind: str | None, control: str,
                   recipe: dict[str, Any] | None, few_shot: dict[str, Any] | None) -> list[str]:
     embedded = f" (run here as `{name}`, its embedded Q4_1 GGUF copy, dequantised)" if name and name != base else ""
+    trained_on = ", ".join(f"`{d}`" for d in datasets) or "no named dataset"
+    if (recipe or {}).get("architecture") == "llm4hrs":
+        return [f"A spatio-temporal imputer (LLM4HRS, Wang et al., IEEE TGRS 2025) built with st_instruct on the "
+                f"language model `{base}`{embedded}, trained on {trained_on}: each window's values and observation "
+                "mask pass through the frozen attention and MLP blocks forward in time, backward in time and across "
+                "locations; only the norms, position embeddings and its own input and output layers were trained. "
+                "It returns every entry of a window; `st-instruct predict --task imputation` fills a file's gaps.",
+                ""]
     lines = [f"A spatio-temporal forecaster built with st_instruct on the language model `{base}`{embedded}, trained "
-             f"on {', '.join(f'`{d}`' for d in datasets) or 'no named dataset'}. An ST encoder and projector put the "
+             f"on {trained_on}. An ST encoder and projector put the "
              "history into the LLM at the `<st_his>` tokens, and a regression head reads the hidden states at the "
              "`<st_pre>` tokens: a forecast is one forward pass, no text generation.", ""]
     if kind == "attribute":

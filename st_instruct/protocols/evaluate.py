@@ -57,7 +57,7 @@ from st_instruct.model_dir import (
 from st_instruct.models.collators import build_collator
 from st_instruct.models.forecaster import STForecasterConfig
 from st_instruct.models.rationale import generate_forecast
-from st_instruct.models.saving import load_forecaster, read_backbone_source
+from st_instruct.models.saving import load_forecaster, load_model_config, read_backbone_source
 from st_instruct.protocols.baselines import make_report, prepare_windows, row_kind
 from st_instruct.protocols.controls import read_control
 from st_instruct.protocols.imputation import imputation_baselines, imputation_target, readable_windows
@@ -272,7 +272,8 @@ def evaluate_forecaster(model_dir: str | Path, dataset: str, data_dir: str | Non
     if len(set(modes)) < len(modes):
         raise ValueError(f"--tta-mode names a mode twice ({' '.join(modes)}); name each at most once")
     unsupervised = [mode for mode in modes if mode != "matured"]
-    if unsupervised and not STForecasterConfig.load(model_dir).head.reconstruction_head:
+    saved = load_model_config(model_dir)
+    if unsupervised and not (isinstance(saved, STForecasterConfig) and saved.head.reconstruction_head):
         raise ValueError(f"--tta-mode {unsupervised[0]} adapts by masked reconstruction, and the forecaster in "
                          f"{model_dir} has no reconstruction path: train it with reconstruction_head: true and "
                          "reconstruction_weight > 0 (recipes/urbanmind_tta.yaml), or use --tta-mode matured")
@@ -299,7 +300,7 @@ def evaluate_forecaster(model_dir: str | Path, dataset: str, data_dir: str | Non
     if split_name not in windows.starts:
         raise ValueError(f"unknown split {split_name!r}; the splits are {sorted(windows.starts)}")
     data = windows.data
-    trained_channels = STForecasterConfig.load(model_dir).channels  # checked before the (slow) model load
+    trained_channels = saved.channels  # checked before the (slow) model load
     # a universal forecaster reads every channel of every node as a one-channel series: any channel count
     series_per_node = data.num_channels if config.channel_independent else 1
     if broadcast_channels and config.channel_independent:
@@ -452,7 +453,7 @@ def evaluate_forecaster(model_dir: str | Path, dataset: str, data_dir: str | Non
     if broadcast_channels:
         report["broadcast_channels"] = f"one channel fed to the model's {trained_channels} and its outputs averaged"
     arrays = {"target": target["y"], "mask": mask, "predictions": predictions, "starts": starts[rows],
-              "times": window_times(windows, split_name)[rows], "node_names": data.node_names,
+              "times": window_times(windows, split_name, task)[rows], "node_names": data.node_names,
               "units": list(data.units)}
     return report, arrays
 

@@ -448,7 +448,9 @@ def train(data_config: DataConfig, model_config: ModelConfig, sft_config: Any,
 
     The output directory holds the backbone's adapter (or weights), ``st_modules.safetensors`` +
     ``st_forecaster_config.json``, the tokenizer, ``recipe.yaml`` (every resolved value; it trains again as it is)
-    and a model card (``README.md``); ``checkpoint-N`` folders hold the same plus the optimizer state.
+    and a model card (``README.md``); ``checkpoint-N`` folders hold the same plus the optimizer state. An LLM4HRS
+    imputer's (``architecture: llm4hrs``) holds its trained weights and config in place of the ST modules' and no
+    backbone weights or tokenizer (:mod:`st_instruct.models.saving`).
 
     Nothing is overwritten unasked: a non-empty ``output_dir`` is refused unless the run resumes from one of its
     checkpoints (``resume_from_checkpoint``) or ``overwrite_output_dir`` is set. With ``overwrite_output_dir`` the

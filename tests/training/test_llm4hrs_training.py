@@ -186,3 +186,18 @@ def test_forecaster_keys_with_the_imputer_are_one_line(cli, tiny_backbone_dir, t
     result = cli("train", RECIPE, "--model_name_or_path", tiny_backbone_dir, "--output_dir", tmp_path / "out",
                  "--freeze_plan", "pfa", "--st_encoder_dim", "16")
     assert_clean_failure(result, "architecture: llm4hrs", "st_encoder_dim", "freeze_plan", "drop them")
+
+
+def test_predict_fills_a_files_gaps_with_the_imputer(cli, imputer, tmp_path):
+    from st_instruct.data.loaders import get_dataset
+
+    data = get_dataset("synthetic-small")
+    values = data.values[:60].astype(np.float32).copy()
+    values[np.random.default_rng(0).random(values.shape) < 0.3] = np.nan
+    np.savez(tmp_path / "gappy.npz", data=values)
+    out = tmp_path / "filled.npz"
+    result = cli("predict", "--model", imputer, "--input", tmp_path / "gappy.npz", "--series-start",
+                 str(data.time_index()[0]), "--freq", "1h", "--task", "imputation", "--output", out, "--quiet")
+    assert result.code == 0, result.err
+    filled, was_gap = np.load(out)["data"], np.isnan(values) | (values == 0)  # synthetic-small's null value is 0
+    assert np.isfinite(filled).all() and np.array_equal(filled[~was_gap], values[~was_gap])
