@@ -327,7 +327,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
                                          controls=controls, zero_shot_scaling=args.zero_shot_scaling,
                                          generate_rationales=args.generate_rationales,
                                          max_new_tokens=args.max_new_tokens, plot_models=args.plot_models,
-                                         tta=tta, missing_pattern=args.missing_pattern)
+                                         tta=tta, missing_pattern=args.missing_pattern,
+                                         pretrained_encoder=args.pretrained_encoder)
     report["wall_seconds"] = round(time.perf_counter() - started, 2)
     report["split_name"] = args.split_name
     output = Path(args.output or model_dir / f"eval-{Path(args.dataset).stem}")  # model_dir: the few-shot one
@@ -567,6 +568,10 @@ def build_parser() -> argparse.ArgumentParser:
                           help="an imputation model: the entries to hide and score instead of its recipe's "
                           "missing_pattern -- NAME:RATE (point, sequence or node; RATE in (0, 1) of the observed "
                           "entries) or spin_point / spin_block")
+    evaluate.add_argument("--pretrained-encoder", default=None, metavar="DIR",
+                          help="an imputation model: also score this masked-autoencoder folder of `st-instruct "
+                          "pretrain` (pretrain_objective: mae; encoder + decoder alone, no LLM) as the row "
+                          "mae_encoder, target-fitted if pretrained on the evaluated dataset, else source-fitted")
     evaluate.add_argument("--tta-lr", type=float, default=None, metavar="LR",
                           help="with --tta, the adaptation's learning rate instead of the recipe's tta_learning_rate")
     evaluate.add_argument("--json", default=None, help="also write the results JSON here")
@@ -668,7 +673,7 @@ def build_parser() -> argparse.ArgumentParser:
                       max_nodes=None, broadcast_channels=False, few_shot=None, few_shot_steps=None,
                       few_shot_output=None, controls=None, zero_shot_scaling="window", generate_rationales=False,
                       max_new_tokens=384, plot_models=None, tta=None, tta_mode=["reset"], tta_lr=None,
-                      missing_pattern=None, few_shot_plan="whole")
+                      missing_pattern=None, few_shot_plan="whole", pretrained_encoder=None)
     for sub in (baselines, demo):
         sub.add_argument("--models", nargs="+", default=None, help="subset of baselines (default: all)")
         sub.add_argument("--seed", type=int, default=0)

@@ -15,6 +15,7 @@ calendar features; the scaler fitted on the train split), one dataset per step, 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass, fields
@@ -29,18 +30,28 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from st_instruct.configs import (
+    PRETRAIN_DATACLASSES,
     DataConfig,
     ModelConfig,
     PretrainConfig,
     RecipeError,
     STEncoderConfig,
     TrainingDivergedError,
+    load_recipe_file,
     part,
     recipe_dict,
 )
 from st_instruct.data.loaders import load_series
 from st_instruct.data.masks import draw_mask
-from st_instruct.data.windows import STWindows, build_windows, window_statistics
+from st_instruct.data.stdata import STData
+from st_instruct.data.windows import (
+    StandardScaler,
+    STWindows,
+    build_windows,
+    parse_split,
+    split_borders,
+    window_statistics,
+)
 from st_instruct.models.st_encoders import ENCODER_CONFIG_FILE, EncoderSpec, build_st_encoder
 from st_instruct.outputs import check_writable, staged_output
 from st_instruct.pretraining.model import HEAD_FILE, PretrainModel, forecast_loss, reconstruction_loss
@@ -298,3 +309,140 @@ def load_readout_into_skip(directory: str | Path, head: nn.Module) -> None:
     except ValueError as err:
         raise RecipeError(f"head_skip_init: the readout in {path} does not fit this recipe's head: {err}; pretrain "
                           "with the recipe's horizon and channels") from None
+
+
+# ------------------------------------------------------------------------------------ the MAE as an imputer
+@dataclass
+class PretrainedMAE:
+    """A masked-autoencoder folder of :func:`pretrain` loaded to fill gaps (:func:`load_pretrained_mae`): the encoder +
+    decoder (``model``, eval mode), its :class:`EncoderSpec`, the recipe's data keys (``data_config``: how the
+    pretraining scaled its windows and built its coordinates) and the corpus it read (``datasets``, the log's)."""
+
+    directory: Path
+    model: PretrainModel
+    spec: EncoderSpec
+    data_config: DataConfig
+    datasets: list[str]
+
+    @property
+    def window_axis(self) -> tuple[int, ...] | None:
+        """The axes of [B, L, N, C] each history window is z-scored over, as :func:`load_sources` set them (None:
+        the train split's scaler)."""
+        config = self.data_config
+        return None if config.scaling == "train" else (1,) if config.granularity == "node" else (1, 2)
+
+    def coordinates(self, data: STData) -> np.ndarray:
+        """``[N', K]`` the coordinates the pretraining would have built for ``data`` (its series view with
+        ``channel_independent``: ``N' = N * C``)."""
+        view = data.series_view() if self.data_config.channel_independent else data
+        return sample_coordinates(view, self.data_config)
+
+    def misfit(self, data: STData, history: int) -> str | None:
+        """Why the encoder cannot read windows of ``history`` steps of ``data`` (one line), or None when it can:
+        another history length, another channel count, or coordinates of another kind or size."""
+        channels = 1 if self.data_config.channel_independent else data.num_channels
+        if history != self.spec.history:
+            return (f"the encoder in {self.directory} reads histories of {self.spec.history} steps, the evaluated "
+                    f"windows have {history}")
+        if channels != self.spec.channels:
+            return (f"the encoder in {self.directory} reads {self.spec.channels} channel(s), the evaluated data "
+                    f"{data.name!r} has {channels} per node")
+        try:
+            coords = self.coordinates(data)
+        except ValueError as err:  # STDataError, RecipeError
+            return (f"the encoder in {self.directory} places nodes by coordinates: {self.data_config.coordinates}, "
+                    f"which {data.name!r} cannot give ({str(err).splitlines()[0]})")
+        if coords.shape[1] != self.spec.coord_dim:
+            return (f"the encoder in {self.directory} reads {self.spec.coord_dim} coordinates per node, "
+                    f"{data.name!r} gives {coords.shape[1]} (coordinates: {self.data_config.coordinates})")
+        return None
+
+    def train_split_of(self, name: str) -> tuple[STData, tuple[int, int]] | None:
+        """``(data, (lo, hi))``: dataset ``name`` as the pretraining read it and the steps of its train split (the
+        only ones pretraining read), or None when ``name`` was not in its corpus."""
+        if name not in self.datasets:
+            return None
+        corpus = self.data_config.corpus()
+        if len(corpus) != len(self.datasets):
+            raise RecipeError(f"the log of {self.directory} names {len(self.datasets)} datasets, its recipe "
+                              f"{len(corpus)}; pretrain again")
+        entry = corpus[self.datasets.index(name)]  # the log's datasets follow the corpus
+        channels = entry.channels or self.data_config.dataset_channels
+        config = dataclasses.replace(self.data_config, dataset_names=[entry.name], dataset_weights=None,
+                                     leave_out=None, dataset_channels=channels)
+        data = load_series(config)[0]
+        return data, split_borders(data.num_steps, parse_split(self.data_config.split))["train"]
+
+    @torch.no_grad()
+    def reconstruct(self, values: np.ndarray, visible: np.ndarray, tod: np.ndarray, dow: np.ndarray,
+                    coords: np.ndarray, steps_per_day: int, scaler: StandardScaler, batch_size: int = 64
+                    ) -> np.ndarray:
+        """``[B, L, N, C]`` the history windows ``values`` (original units; NaN where missing) with every entry not
+        ``visible`` filled by the decoder and every visible one returned as read (bit for bit).
+
+        The windows are scaled as the pretraining scaled its own (:func:`window_batch`): by ``scaler`` (the train
+        split's statistics) or by each window's statistics over :attr:`window_axis`, those fitted on the visible
+        entries only. What is not visible reaches the encoder as pretraining hid entries: value zeroed, observed flag
+        cleared (``hidden=``); the reconstruction is de-scaled by the same statistics. ``tod`` / ``dow`` [B, L],
+        ``coords`` [N', K] (:meth:`coordinates`)."""
+        batch, steps, nodes, channels = values.shape
+        if batch == 0:
+            return values.copy()
+        # the encoder's view: [B, L, N * C, 1] series (channel_independent; node n * C + c) or the windows as they are
+        view = (batch, steps, nodes * channels, 1) if self.data_config.channel_independent else values.shape
+        raw = np.nan_to_num(values)
+        if self.window_axis is None:
+            mean, std = scaler.mean.astype(np.float32), scaler.std.astype(np.float32)
+            scaled = np.where(visible, scaler.transform(raw), 0.0).astype(np.float32)
+        else:
+            mean, std = window_statistics(raw.reshape(view), visible.reshape(view), axis=self.window_axis)
+            stats = (batch, 1, *view[2:])
+            mean = np.broadcast_to(mean, stats).reshape(batch, 1, nodes, channels)
+            std = np.broadcast_to(std, stats).reshape(batch, 1, nodes, channels)
+            scaled = np.where(visible, (raw - mean) / std, 0.0).astype(np.float32)
+        history = torch.from_numpy(np.ascontiguousarray(scaled.reshape(view)))
+        seen = torch.from_numpy(np.ascontiguousarray(visible.reshape(view)))
+        coords_t = torch.from_numpy(np.asarray(coords, dtype=np.float32))
+        out = []
+        for lo in range(0, batch, batch_size):
+            chunk = slice(lo, lo + batch_size)
+            count = history[chunk].shape[0]
+            out.append(self.model(history[chunk], seen[chunk], torch.from_numpy(tod[chunk]).long(),
+                                  torch.from_numpy(dow[chunk]).long(), coords_t[None].expand(count, -1, -1),
+                                  torch.ones(count, view[2], dtype=torch.bool),
+                                  torch.full((count,), steps_per_day), hidden=~seen[chunk]))
+        decoded = torch.cat(out).numpy().reshape(values.shape).astype(np.float64) * std + mean
+        return np.where(visible, values, decoded.astype(values.dtype))
+
+
+def load_pretrained_mae(directory: str | Path) -> PretrainedMAE:
+    """The masked autoencoder (encoder + decoder) saved in ``directory`` by :func:`pretrain`, with what it needs to
+    rebuild its inputs (:class:`PretrainedMAE`); a :class:`RecipeError` (one line) for a missing folder, one of
+    another objective (``forecast``: a readout, no decoder) or files that do not load."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise RecipeError(f"{directory} is not a folder; name the output folder of `st-instruct pretrain`")
+    try:
+        spec = EncoderSpec.load(directory)
+        log = json.loads((directory / LOG_FILE).read_text())
+        values = load_recipe_file(directory / RECIPE_FILE, PRETRAIN_DATACLASSES)
+    except (OSError, ValueError) as err:  # RecipeError is a ValueError
+        raise RecipeError(f"{directory} is not a complete pretrained folder ({str(err).splitlines()[0]}); "
+                          "pretrain again") from None
+    objective = log.get("objective", values.get("pretrain_objective"))
+    if objective != "mae":
+        raise RecipeError(f"the encoder in {directory} was pretrained with objective {objective!r}, which saves no "
+                          f"decoder back to the history; pretrain one with pretrain_objective: mae")
+    names = {f.name for f in fields(DataConfig)}
+    try:
+        data_config = DataConfig(**{key: value for key, value in values.items() if key in names})
+    except (TypeError, ValueError) as err:
+        raise RecipeError(f"{directory / RECIPE_FILE}: {str(err).splitlines()[0]}") from None
+    model = PretrainModel(build_st_encoder(spec), "mae", spec.history, spec.channels)
+    try:
+        model.encoder.load_state_dict(load_file(str(directory / ENCODER_FILE)), strict=True)
+        model.head.load_state_dict(load_file(str(directory / HEAD_FILE["mae"])), strict=True)
+    except (OSError, RuntimeError, ValueError, SafetensorError) as err:
+        raise RecipeError(f"{directory}: the encoder or decoder cannot be loaded ({str(err).splitlines()[0]}); "
+                          "pretrain again") from None
+    return PretrainedMAE(directory, model.eval(), spec, data_config, list(log.get("datasets", [])))

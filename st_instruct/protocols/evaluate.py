@@ -60,7 +60,12 @@ from st_instruct.models.rationale import generate_forecast
 from st_instruct.models.saving import load_forecaster, load_model_config, read_backbone_source
 from st_instruct.protocols.baselines import make_report, prepare_windows, row_kind
 from st_instruct.protocols.controls import read_control
-from st_instruct.protocols.imputation import imputation_baselines, imputation_target, readable_windows
+from st_instruct.protocols.imputation import (
+    imputation_baselines,
+    imputation_target,
+    pretrained_encoder_rows,
+    readable_windows,
+)
 from st_instruct.samples.builder import build_dataset, series_hidden
 from st_instruct.tasks import Task, get_task
 from st_instruct.training.tta import TestTimeAdapter, TTASettings, adaptation_config
@@ -215,7 +220,8 @@ def evaluate_forecaster(model_dir: str | Path, dataset: str, data_dir: str | Non
                         controls: Sequence[str | Path] = (), zero_shot_scaling: str = "window",
                         generate_rationales: bool = False, max_new_tokens: int = 384,
                         plot_models: Sequence[str] | None = None, missing_pattern: str | None = None,
-                        tta: Sequence[TTASettings] = ()) -> tuple[dict[str, Any], dict[str, Any]]:
+                        tta: Sequence[TTASettings] = (), pretrained_encoder: str | Path | None = None
+                        ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Score the forecaster in ``model_dir`` and the baselines ``models`` (default all) on the same windows.
 
     ``max_windows`` / ``max_nodes``: score a seeded subset of the split's windows / of the nodes (series, for a
@@ -238,6 +244,11 @@ def evaluate_forecaster(model_dir: str | Path, dataset: str, data_dir: str | Non
     run starts from the trained weights), the test samples in time order, as rows ``st_forecaster+tta-<mode>``
     (:func:`~st_instruct.model_dir.tta_row`) beside the plain ones, on the same windows; ``report["tta"]`` says per
     mode what ran, what it tuned and the seconds it adds per window.
+
+    ``pretrained_encoder`` (imputation): also score a masked-autoencoder folder of ``st-instruct pretrain``
+    (encoder + decoder alone, no LLM) as the row ``mae_encoder``
+    (:func:`~st_instruct.protocols.imputation.pretrained_encoder_rows`; skipped with the reason where it cannot fill
+    the windows); target-fitted when pretrained on this dataset's train split, else source-fitted.
 
     ``plot_models``: the models the forecast figures will draw
     (:func:`~st_instruct.evaluation.report.write_evaluation_outputs`), checked against the rows this evaluation
@@ -282,6 +293,9 @@ def evaluate_forecaster(model_dir: str | Path, dataset: str, data_dir: str | Non
     if missing_pattern is not None:
         config = dataclasses.replace(config, missing_pattern=missing_pattern)
     imputing = config.task == "imputation"
+    if pretrained_encoder is not None and not imputing:
+        raise ValueError(f"--pretrained-encoder adds an imputation row, but the model in {model_dir} forecasts "
+                         f"(task: {config.task}); drop the flag or evaluate an imputation model")
     kind = "zero-shot" if protocol.startswith("zero-shot") else "in-domain"
     few_shot = read_few_shot(model_dir)
     if few_shot is not None and few_shot["dataset"] == dataset:
@@ -383,12 +397,14 @@ def evaluate_forecaster(model_dir: str | Path, dataset: str, data_dir: str | Non
     offered = list(task.baselines) if models is None else models
     if imputing:  # fitted on the train split's readable entries; their predictions already of the rows
         baseline_results = imputation_baselines(fit_windows, split_name, rows, hidden, offered, seed)
+        if pretrained_encoder is not None:
+            baseline_results.update(pretrained_encoder_rows(pretrained_encoder, windows, split_name, rows, hidden))
         baseline_preds = {name: found["pred"] for name, found in baseline_results.items() if "pred" in found}
     else:
         baseline_results, baseline_preds = run_baselines(fit_windows, offered, split=split_name, progress=progress,
                                                          seed=seed, return_predictions=True, task=task)
         baseline_preds = {name: found[rows] for name, found in baseline_preds.items()}
-    fitted_on = {name: data.name for name in baseline_results}
+    fitted_on = {name: found.get("fitted_on", data.name) for name, found in baseline_results.items()}
     if kind == "zero-shot" and not imputing:
         source_results, source_preds = _source_baselines(trained, sparse, models, split_name, progress, seed,
                                                          task)
@@ -422,6 +438,9 @@ def evaluate_forecaster(model_dir: str | Path, dataset: str, data_dir: str | Non
         results[name] = {**task.score(predictions[name], target["y"], mask),
                          "fit_seconds": result["fit_seconds"], "predict_seconds": result["predict_seconds"]}
     report = make_report(windows, results, task)
+    for name, found in baseline_results.items():  # a pretrained row's kind depends on its corpus, not its name
+        if "kind" in found and name in report["results"]:
+            report["results"][name]["kind"] = found["kind"]
     report["windows"][split_name] = int(len(rows))
     report["protocol"] = protocol
     report["protocol_version"] = PROTOCOL_VERSION[kind]

@@ -67,7 +67,7 @@ def evaluation_section(evaluations: list[dict[str, Any]]) -> list[str]:
     lines = []
     for report in evaluations:
         rows = report.get("results", {})
-        controls = [row for row in rows if row_kind(row) == "control"]
+        controls = [row for row, result in rows.items() if result.get("kind", row_kind(row)) == "control"]
         lines += [f"### `{report.get('dataset')}`, {report.get('split_name', 'test')} split: "
                   f"{report.get('protocol', 'in-domain')}", "",
                   f"History {report.get('history')} -> horizon {report.get('horizon')} steps, "
