@@ -23,13 +23,7 @@ FAST = {"saits": {"epochs": 2}, "brits": {"epochs": 2}}
 T, N, C, L, TRAIN = 400, 6, 2, 24, 304
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One intra-op thread: on a busy 2-core machine torch's thread pool turns 0.1 s fits into 30 s ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: one intra-op thread
 
 
 def ring(n: int) -> np.ndarray:

@@ -20,12 +20,7 @@ TRAINED = {"llama": ("input_layernorm", "post_attention_layernorm", "model.norm.
            "gpt2": (".ln_1.", ".ln_2.", "transformer.ln_f.", "transformer.wpe.")}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: one intra-op thread
 
 
 def backbone(arch, tiny_backbone_dir):

@@ -27,12 +27,7 @@ TINY = ("--st_encoder_dim", "8", "--pretrain_batch_size", "4", "--pretrain_steps
 PATTERN = "point:0.5"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: one intra-op thread
 
 
 def pretrained(objective, output, *flags):

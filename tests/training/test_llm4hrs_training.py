@@ -25,12 +25,7 @@ RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "llm4hrs_impute.yaml"
 FROZEN = (".self_attn.", ".mlp.")  # what frozen_blocks keeps as pretrained in every decoder layer of a Llama
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: one intra-op thread
 
 
 @pytest.fixture(scope="module")
