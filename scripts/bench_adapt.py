@@ -41,14 +41,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_forecaster import evaluate_stage, run_training_stages  # noqa: E402
+from bench_forecaster import evaluate_stage, provenance, run_training_stages  # noqa: E402
 from bench_transfer import PRETRAIN_RECIPE, REFERENCES, TARGETS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -256,10 +253,7 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     result_path = out / "bench_adapt.json"
     previous = json.loads(result_path.read_text()) if result_path.is_file() else {}
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip()
-    machine = f"{platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} cores"
-    bench = {**previous, "commit": commit, "machine": machine, args.part: previous.get(args.part, {})}
+    bench = {**previous, **provenance(), args.part: previous.get(args.part, {})}
     cli = [sys.executable, "-m", "st_instruct.cli"]
     try:
         (run_tta if args.part == "tta" else run_prompt)(args, out, cli, bench)

@@ -56,6 +56,14 @@ FORECASTER_ROWS = ["st_forecaster", *(f"st_forecaster_{control}" for control in 
 BASELINES = ["historical_average", "last_value", "seasonal_naive_day", "seasonal_naive_week", "ridge", "stid"]
 
 
+def provenance() -> dict[str, str]:
+    """``{"commit", "machine"}`` for a benchmark's JSON: this checkout's short commit, this machine's CPU and cores."""
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).resolve().parents[1],
+                            capture_output=True, text=True).stdout.strip()
+    return {"commit": commit, "machine": f"{platform.processor() or platform.machine()}, "
+                                         f"{len(os.sched_getaffinity(0))} cores"}
+
+
 def run(command: list[str], log: Path) -> dict:
     """Run ``command`` with stdout+stderr to ``log``; wall seconds, peak RSS (MiB) and the exit code."""
     started = time.perf_counter()

@@ -33,18 +33,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_forecaster import evaluate_stage, run_training_stages  # noqa: E402
+from bench_forecaster import evaluate_stage, provenance, run_training_stages  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 PRETRAIN_RECIPE = "recipes/universal_pretrain.yaml"
 # the forecaster with UniST's memory prompts, and the same model without them (the ablation)
 VARIANTS = {"unist": "recipes/unist_sft.yaml", "universal": "recipes/universal_sft.yaml"}
@@ -155,10 +151,7 @@ def main() -> int:
     result_path = out / "bench_transfer.json"
     previous = json.loads(result_path.read_text()) if args.reuse and result_path.is_file() else {}
     cli = [sys.executable, "-m", "st_instruct.cli"]
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip()
-    machine = f"{platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} cores"
-    bench = {"commit": commit, "machine": machine, "few_shot_steps": args.few_shot_steps, "seeds": args.seeds,
+    bench = {**provenance(), "few_shot_steps": args.few_shot_steps, "seeds": args.seeds,
              "fractions": args.fractions, "windows": args.windows, "max_nodes": args.max_nodes,
              "variants": args.variants, "targets": previous.get("targets", {})}
     for target in args.targets:

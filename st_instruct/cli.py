@@ -328,7 +328,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
                                          generate_rationales=args.generate_rationales,
                                          max_new_tokens=args.max_new_tokens, plot_models=args.plot_models,
                                          tta=tta, missing_pattern=args.missing_pattern,
-                                         pretrained_encoder=args.pretrained_encoder)
+                                         history_fill=args.history_fill, pretrained_encoder=args.pretrained_encoder)
     report["wall_seconds"] = round(time.perf_counter() - started, 2)
     report["split_name"] = args.split_name
     output = Path(args.output or model_dir / f"eval-{Path(args.dataset).stem}")  # model_dir: the few-shot one
@@ -565,9 +565,15 @@ def build_parser() -> argparse.ArgumentParser:
                           "test samples whose labels have fully arrived by the batch's issue time); each mode starts "
                           "from the trained weights; default reset")
     evaluate.add_argument("--missing-pattern", default=None, metavar="PATTERN",
-                          help="an imputation model: the entries to hide and score instead of its recipe's "
-                          "missing_pattern -- NAME:RATE (point, sequence or node; RATE in (0, 1) of the observed "
-                          "entries) or spin_point / spin_block")
+                          help="the entries to hide instead of the recipe's missing_pattern -- NAME:RATE (point, "
+                          "sequence or node; RATE in (0, 1) of the observed entries) or spin_point / spin_block: an "
+                          "imputation model fills and is scored on them; a forecaster reads the history without "
+                          "them (sparse-history forecasting; a forecaster trained without one: the baselines fit on "
+                          "the full train split as it did, and read the same sparse history)")
+    evaluate.add_argument("--history-fill", default=None, choices=("none", "forward"),
+                          help="a forecaster: what it and the baselines read for a history entry hidden or missing, "
+                          "instead of the recipe's history_fill -- none (forecast directly from the sparse history) "
+                          "or forward (impute-then-forecast: the last value read at or before the step)")
     evaluate.add_argument("--pretrained-encoder", default=None, metavar="DIR",
                           help="an imputation model: also score this masked-autoencoder folder of `st-instruct "
                           "pretrain` (pretrain_objective: mae; encoder + decoder alone, no LLM) as the row "
@@ -673,7 +679,7 @@ def build_parser() -> argparse.ArgumentParser:
                       max_nodes=None, broadcast_channels=False, few_shot=None, few_shot_steps=None,
                       few_shot_output=None, controls=None, zero_shot_scaling="window", generate_rationales=False,
                       max_new_tokens=384, plot_models=None, tta=None, tta_mode=["reset"], tta_lr=None,
-                      missing_pattern=None, few_shot_plan="whole", pretrained_encoder=None)
+                      missing_pattern=None, history_fill=None, few_shot_plan="whole", pretrained_encoder=None)
     for sub in (baselines, demo):
         sub.add_argument("--models", nargs="+", default=None, help="subset of baselines (default: all)")
         sub.add_argument("--seed", type=int, default=0)

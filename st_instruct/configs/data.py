@@ -19,6 +19,8 @@ TASK_NAMES = ("forecasting", "imputation")
 # mirrored from st_instruct.data.missing.PATTERNS / PRESETS (a test checks they agree)
 MISSING_PATTERN_NAMES = ("point", "sequence", "node", "spin_point", "spin_block")
 MISSING_PRESET_NAMES = ("spin_point", "spin_block")
+# mirrored from st_instruct.data.missing.HISTORY_FILLS (a test checks they agree)
+HISTORY_FILL_NAMES = ("none", "forward")
 # mirrored from st_instruct.samples.render.IMAGE_KINDS (a test checks they agree) plus "none"
 IMAGE_KIND_NAMES = ("none", "map", "multiview")
 
@@ -126,6 +128,11 @@ class DataConfig:
         "help": "observed entries hidden from the model (st_instruct.data.missing): NAME:RATE with NAME point, "
                 "sequence or node and RATE in (0, 1) of the observed entries (point:0.5), or SPIN's presets "
                 "spin_point / spin_block; imputation trains and scores on them, forecasting reads a sparser history"})
+    history_fill: str = field(default="none", metadata={
+        "help": "what a forecaster reads in place of a history entry it lacks (hidden by missing_pattern or missing "
+                "from the data): none (a zero with its observed flag off: forecasting directly from the sparse "
+                "history) or forward (the last value read at or before that step, flagged observed: impute-then-"
+                "forecast; it reads no later step, so no window sees past its own history)"})
     history: int = field(default=12, metadata={"help": "history length L in steps"})
     horizon: int = field(default=12, metadata={"help": "forecast horizon P in steps"})
     split: str = field(default="7:1:2", metadata={"help": "chronological train:validation:test ratios"})
@@ -182,6 +189,10 @@ class DataConfig:
         check_fields(self)
         check_choice("task", self.task, TASK_NAMES)
         self._check_missing_pattern()
+        check_choice("history_fill", self.history_fill, HISTORY_FILL_NAMES)
+        if self.history_fill != "none" and self.task == "imputation":
+            raise RecipeError(f"history_fill {self.history_fill!r} fills a forecaster's history, but task imputation "
+                              "fills the gaps itself: drop history_fill (or set it to none)")
         if self.image_kind not in IMAGE_KIND_NAMES:
             raise RecipeError(f"image_kind must be one of {IMAGE_KIND_NAMES}, found {self.image_kind!r}")
         if self.image_size is not None and self.image_size < 32:

@@ -39,6 +39,7 @@ PRESETS: frozenset[str] = frozenset({"spin_point", "spin_block"})  # fixed setti
 MIN_GAP, MAX_GAP = 12, 48  # outage lengths in steps (``sequence``, ``node``; tsl's min_seq / max_seq for spin_block)
 SPIN_POINT_RATE = 0.25
 SPIN_FAULT_P, SPIN_NOISE_P = 0.0015, 0.05
+HISTORY_FILLS: tuple[str, ...] = ("none", "forward")  # what a forecaster reads for an entry it lacks (forward_fill)
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,21 @@ def hide(observed: np.ndarray, pattern: MissingPattern, seed: int | Sequence[int
             down = steps[_gaps(rng, len(steps), pattern.rate)]
             hidden[down, node] = observed[down, node]
     return hidden
+
+
+def forward_fill(values: np.ndarray, readable: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Last observation carried forward along time: ``values`` [T, ...] and ``readable`` bool of the same shape ->
+    ``(filled, available)``: each entry the value of its series' last readable entry at or before its step (itself
+    when readable), ``available`` False before a series' first readable entry (``filled`` there is
+    ``values``' own entry, for the caller to mask). Causal: no entry takes a value from a later step, so a window's
+    history filled this way never reads past its end."""
+    if values.shape != readable.shape:
+        raise ValueError(f"values {values.shape} and readable {readable.shape} must have the same shape")
+    steps = np.arange(len(values)).reshape(-1, *([1] * (values.ndim - 1)))
+    last = np.maximum.accumulate(np.where(readable, steps, -1), axis=0)
+    available = last >= 0
+    filled = np.take_along_axis(values, np.where(available, last, steps), axis=0)
+    return filled, available
 
 
 def realised_rate(observed: np.ndarray, hidden: np.ndarray) -> float:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from st_instruct.data.missing import forward_fill
 from st_instruct.data.stdata import STData, STDataError
 
 SPLITS = ("train", "validation", "test")
@@ -136,6 +137,23 @@ class STWindows:
         values = np.where(hidden, np.nan, self.data.values)
         return dataclasses.replace(self, data=dataclasses.replace(self.data, values=values),
                                    observed=self.observed & ~hidden, scaled=np.where(hidden, 0.0, self.scaled))
+
+    def split_steps(self, split: str) -> np.ndarray:
+        """``[T, 1, 1]`` bool: the steps inside ``split``'s borders (broadcasts against ``[T, N, C]`` masks)."""
+        inside = np.zeros((self.data.num_steps, 1, 1), dtype=bool)
+        lo, hi = self.borders[split]
+        inside[lo:hi] = True
+        return inside
+
+    def forward_filled(self) -> STWindows:
+        """These windows after the simplest impute-then-forecast step: every entry not observed takes its series'
+        last observed value (:func:`~st_instruct.data.missing.forward_fill`, causal) and counts as observed; the
+        entries before a series' first observation stay missing. What the baselines fit on and read with
+        ``history_fill: forward``."""
+        values, available = forward_fill(self.data.values, self.observed)
+        scaled, _ = forward_fill(self.scaled, self.observed)
+        data = dataclasses.replace(self.data, values=np.where(available, values, np.nan))
+        return dataclasses.replace(self, data=data, observed=available, scaled=np.where(available, scaled, 0.0))
 
     @property
     def has_calendar(self) -> bool:

@@ -220,8 +220,8 @@ def evaluate_forecaster(model_dir: str | Path, dataset: str, data_dir: str | Non
                         controls: Sequence[str | Path] = (), zero_shot_scaling: str = "window",
                         generate_rationales: bool = False, max_new_tokens: int = 384,
                         plot_models: Sequence[str] | None = None, missing_pattern: str | None = None,
-                        tta: Sequence[TTASettings] = (), pretrained_encoder: str | Path | None = None
-                        ) -> tuple[dict[str, Any], dict[str, Any]]:
+                        tta: Sequence[TTASettings] = (), pretrained_encoder: str | Path | None = None,
+                        history_fill: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """Score the forecaster in ``model_dir`` and the baselines ``models`` (default all) on the same windows.
 
     ``max_windows`` / ``max_nodes``: score a seeded subset of the split's windows / of the nodes (series, for a
@@ -244,6 +244,14 @@ def evaluate_forecaster(model_dir: str | Path, dataset: str, data_dir: str | Non
     run starts from the trained weights), the test samples in time order, as rows ``st_forecaster+tta-<mode>``
     (:func:`~st_instruct.model_dir.tta_row`) beside the plain ones, on the same windows; ``report["tta"]`` says per
     mode what ran, what it tuned and the seconds it adds per window.
+
+    ``missing_pattern`` / ``history_fill``: the recipe's keys of those names for this evaluation. On a forecaster
+    (sparse-history forecasting) the pattern hides entries of every history it reads; the targets are scored on
+    everything observed. The baselines fit on the series as the forecaster was trained -- with the pattern's gaps
+    where its recipe had one, else the full train split (the gaps only outside it) -- and read the same sparse
+    histories; ``history_fill: forward`` fills them for the forecaster and the baselines alike
+    (:meth:`~st_instruct.data.windows.STWindows.forward_filled`: impute-then-forecast). ``report["missing_pattern"]``
+    and ``report["history_fill"]`` say so.
 
     ``pretrained_encoder`` (imputation): also score a masked-autoencoder folder of ``st-instruct pretrain``
     (encoder + decoder alone, no LLM) as the row ``mae_encoder``
@@ -293,6 +301,11 @@ def evaluate_forecaster(model_dir: str | Path, dataset: str, data_dir: str | Non
     if missing_pattern is not None:
         config = dataclasses.replace(config, missing_pattern=missing_pattern)
     imputing = config.task == "imputation"
+    if history_fill is not None and history_fill != "none" and imputing:
+        raise ValueError(f"--history-fill fills a forecaster's history, but the model in {model_dir} imputes "
+                         "(task: imputation): drop the flag")
+    if history_fill is not None:
+        config = dataclasses.replace(config, history_fill=history_fill)
     if pretrained_encoder is not None and not imputing:
         raise ValueError(f"--pretrained-encoder adds an imputation row, but the model in {model_dir} forecasts "
                          f"(task: {config.task}); drop the flag or evaluate an imputation model")
@@ -390,7 +403,13 @@ def evaluate_forecaster(model_dir: str | Path, dataset: str, data_dir: str | Non
                 found["pred"] = np.nan_to_num(found["pred"][rows])
     # sparse-history forecasting: the baselines fit on and read the series as sparse as the forecaster's; every row
     # is scored on the truly observed targets (target, above, from the full series)
-    sparse = windows if imputing or config.missing_pattern is None else windows.hiding(hidden)
+    sparse = windows
+    if not imputing:
+        if trained.missing_pattern is None:  # trained on the full series: the gaps only where it did not train
+            hidden = hidden & ~windows.split_steps("train")
+        sparse = windows.hiding(hidden)
+        if config.history_fill == "forward":
+            sparse = sparse.forward_filled()
     fit_windows = sparse
     if protocol.startswith("few-shot"):
         fit_windows = fit_windows.first_train_windows(few_shot["train_windows"])
@@ -452,6 +471,8 @@ def evaluate_forecaster(model_dir: str | Path, dataset: str, data_dir: str | Non
     if config.missing_pattern is not None:
         report["missing_pattern"] = config.missing_pattern
         report["scored_entries"] = int(mask.sum())
+    if not imputing and (config.missing_pattern is not None or config.history_fill != "none"):
+        report["history_fill"] = config.history_fill
     if imputing:
         report["windows_skipped"] = {"nothing left to read": unreadable}
         if kind == "zero-shot":

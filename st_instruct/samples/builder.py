@@ -79,7 +79,7 @@ import xxhash
 from st_instruct.configs import DataConfig
 from st_instruct.data.graph import grid_coordinates, laplacian_eigenvectors
 from st_instruct.data.loaders import load_series
-from st_instruct.data.missing import MissingPattern, hide
+from st_instruct.data.missing import MissingPattern, forward_fill, hide
 from st_instruct.data.registry import cache_dir
 from st_instruct.data.stdata import STData, STDataError
 from st_instruct.data.windows import SPLITS, STWindows, build_windows, window_statistics
@@ -222,6 +222,8 @@ class SourcePlan:
             over the whole series with the seed and the dataset's name, so overlapping windows agree, as in SPIN's
             protocol); all False without one.
         values: ``[T, N', C]`` original values of the kept nodes (0 where missing), only with ``scaling: window``.
+        history_fill: the recipe's ``history_fill``: what the history reads where an entry is hidden or missing
+            (:func:`history_reading`).
     """
 
     data: STData
@@ -240,6 +242,7 @@ class SourcePlan:
     seed: int
     hidden: np.ndarray
     values: np.ndarray | None = None
+    history_fill: str = "none"
 
 
 def plan_source(data: STData, config: DataConfig, windows: STWindows | None = None) -> SourcePlan:
@@ -260,8 +263,11 @@ def plan_source(data: STData, config: DataConfig, windows: STWindows | None = No
     observed = windows.observed[:, nodes]
     hidden = series_hidden(windows, config.missing_pattern, config.sample_seed)[:, nodes]
     value_text = None
-    if config.values_in_text:
-        value_text = format_values(data.values[:, nodes], observed & ~hidden, config.values_decimals)
+    if config.values_in_text:  # the text says what the arrays hold (history_reading)
+        shown, readable = data.values[:, nodes], observed & ~hidden
+        if config.history_fill == "forward":
+            shown, readable = forward_fill(shown, readable)
+        value_text = format_values(shown, readable, config.values_decimals)
     if timestamps is None:
         iso = np.full(data.num_steps, "", dtype=object)
     else:  # local wall-clock time, like the prompt text
@@ -274,7 +280,23 @@ def plan_source(data: STData, config: DataConfig, windows: STWindows | None = No
         period=PeriodText(timestamps, data.freq), scaled=np.ascontiguousarray(windows.scaled[:, nodes]),
         observed=np.ascontiguousarray(observed), value_text=value_text, iso=iso, task=get_task(config.task),
         seed=config.sample_seed, hidden=hidden,
-        values=np.nan_to_num(data.values[:, nodes]).astype(np.float32) if config.scaling == "window" else None)
+        values=np.nan_to_num(data.values[:, nodes]).astype(np.float32) if config.scaling == "window" else None,
+        history_fill=config.history_fill)
+
+
+def history_reading(plan: SourcePlan, steps: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """``(mask, scaled, values)`` at the input ``steps`` [B, L]: what the model reads there, each ``[B, L, N', C]``
+    (``values`` None without ``scaling: window``). ``history_fill: none``: the observed entries not hidden, the
+    others flagged off (their values are the caller's to zero); ``forward``: every such entry takes its series' last
+    readable value at or before its step (:func:`~st_instruct.data.missing.forward_fill`, computed on the series up
+    to the last step read, so nothing after a window's history is read) and counts as read."""
+    readable = plan.observed & ~plan.hidden
+    if plan.history_fill == "none":
+        return readable[steps], plan.scaled[steps], None if plan.values is None else plan.values[steps]
+    end = int(steps.max()) + 1
+    scaled, available = forward_fill(plan.scaled[:end], readable[:end])
+    values = None if plan.values is None else forward_fill(plan.values[:end], readable[:end])[0][steps]
+    return available[steps], scaled[steps], values
 
 
 def series_hidden(windows: STWindows, missing_pattern: str | None, seed: int) -> np.ndarray:
@@ -348,18 +370,19 @@ def sample_columns(plan: SourcePlan, split: str, window_index: np.ndarray, templ
     B, n = len(starts), len(plan.nodes)
     hist = starts[:, None] + plan.task.input_steps(L, P)[None, :]
     fut = starts[:, None] + plan.task.target_steps(L, P)[None, :]
-    hidden = plan.hidden[hist]
-    arrays = {"history_mask": plan.observed[hist] & ~hidden,  # [B, L, n, C]
+    history_mask, history_scaled, history_values = history_reading(plan, hist)
+    arrays = {"history_mask": history_mask,  # [B, L, n, C]
               "target_mask": plan.task.target_mask(plan.observed[fut], plan.hidden[fut])}
     if plan.values is None:  # scaling: train
-        arrays.update(history=np.where(hidden, 0.0, plan.scaled[hist]).astype(np.float32), target=plan.scaled[fut])
+        arrays.update(history=np.where(history_mask, history_scaled, 0.0).astype(np.float32),
+                      target=plan.scaled[fut])
         mean = np.broadcast_to(w.scaler.mean.astype(np.float32), (B * n if granularity == "node" else B, C))
         std = np.broadcast_to(w.scaler.std.astype(np.float32), mean.shape)
     else:  # scaling: window, statistics of each sample's history only
-        window_mean, window_std = window_statistics(plan.values[hist], arrays["history_mask"],
+        window_mean, window_std = window_statistics(history_values, history_mask,
                                                     (1,) if granularity == "node" else (1, 2))  # [B, 1, n or 1, C]
-        for key, steps in (("history", hist), ("target", fut)):
-            scaled = (plan.values[steps] - window_mean) / window_std
+        for key, read in (("history", history_values), ("target", plan.values[fut])):
+            scaled = (read - window_mean) / window_std
             arrays[key] = np.where(arrays[f"{key}_mask"], scaled, 0.0).astype(np.float32)
         mean, std = window_mean[:, 0].reshape(-1, C), window_std[:, 0].reshape(-1, C)  # sample order: window, node
     calendar = {"history_tod": w.time_of_day[hist], "history_dow": w.day_of_week[hist],

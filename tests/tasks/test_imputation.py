@@ -208,3 +208,10 @@ def test_sparse_history_forecasting_fits_the_baselines_on_the_sparse_series(tmp_
     last_dense = full["x"][:, -1]  # the dense last value (scaled) differs from what the sparse baseline read
     assert not np.allclose(arrays["predictions"]["window_last_value"][:, 0],
                            windows.scaler.inverse_transform(last_dense))
+
+
+def test_history_fill_is_refused_for_an_imputation_model(imputer):
+    from st_instruct.protocols.evaluate import evaluate_forecaster
+
+    with pytest.raises(ValueError, match="--history-fill"):
+        evaluate_forecaster(imputer, "synthetic-small", max_windows=2, progress=False, history_fill="forward")
