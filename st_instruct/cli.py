@@ -287,7 +287,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         rows += [f"{MODEL_ROW}_{kind}" for kind in args.train_controls or []]
         task = get_task(trained_data_config(model_dir).task)
         check_plot_models(args.plot_models, report_rows(task, args.models, rows, args.generate_rationales,
-                                                        zero_shot=True))
+                                                        zero_shot=True,
+                                                        pretrained_encoder=args.pretrained_encoder is not None))
     if args.train_controls:
         from st_instruct.protocols.controls import train_control
 

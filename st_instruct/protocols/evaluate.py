@@ -61,6 +61,7 @@ from st_instruct.models.saving import load_forecaster, load_model_config, read_b
 from st_instruct.protocols.baselines import make_report, prepare_windows, row_kind
 from st_instruct.protocols.controls import read_control
 from st_instruct.protocols.imputation import (
+    MAE_ENCODER_ROW,
     imputation_baselines,
     imputation_target,
     pretrained_encoder_rows,
@@ -140,13 +141,16 @@ def evaluation_config(trained: DataConfig, dataset: str, data_dir: str | None = 
 
 
 def report_rows(task: Task, models: Sequence[str] | None, control_rows: Sequence[str] = (),
-                generate_rationales: bool = False, zero_shot: bool = False) -> list[str]:
+                generate_rationales: bool = False, zero_shot: bool = False,
+                pretrained_encoder: bool = False) -> list[str]:
     """The rows an evaluation reports: the forecaster, its generated-rationale forecast, its controls
     (``control_rows``, as :func:`read_control` names them), the baselines ``models`` (default every one ``task``
-    offers) and, zero-shot, the same baselines fitted on the source (``NAME@source``); a baseline that cannot run is
-    reported skipped."""
+    offers), with ``pretrained_encoder`` the imputation row :data:`~st_instruct.protocols.imputation.MAE_ENCODER_ROW`
+    and, zero-shot, the same baselines fitted on the source (``NAME@source``); a baseline that cannot run is reported
+    skipped."""
     baselines = list(task.baselines) if models is None else list(models)
     return [MODEL_ROW, *([GENERATED_ROW] if generate_rationales else []), *control_rows, *baselines,
+            *([MAE_ENCODER_ROW] if pretrained_encoder else []),
             *([f"{name}{SOURCE_SUFFIX}" for name in baselines] if zero_shot else [])]
 
 
@@ -320,7 +324,8 @@ def evaluate_forecaster(model_dir: str | Path, dataset: str, data_dir: str | Non
     task = get_task(config.task)
     if plot_models is not None:
         check_plot_models(plot_models, report_rows(task, models, list(control_rows), generate_rationales,
-                                                   zero_shot=kind == "zero-shot"))
+                                                   zero_shot=kind == "zero-shot" and not imputing,
+                                                   pretrained_encoder=pretrained_encoder is not None))
     windows = prepare_windows(dataset, config.history, config.horizon, config.split, config.dataset_channels,
                               config.dataset_start, config.dataset_end, stride=config.stride,
                               data_dir=config.dataset_dir, spec=dataset_spec(config))

@@ -215,3 +215,13 @@ def test_history_fill_is_refused_for_an_imputation_model(imputer):
 
     with pytest.raises(ValueError, match="--history-fill"):
         evaluate_forecaster(imputer, "synthetic-small", max_windows=2, progress=False, history_fill="forward")
+
+
+def test_plot_models_knows_the_pretrained_encoder_row_only_when_it_is_scored():
+    from st_instruct.protocols.evaluate import check_plot_models, report_rows
+    from st_instruct.protocols.imputation import MAE_ENCODER_ROW
+
+    task = get_task("imputation")
+    check_plot_models([MAE_ENCODER_ROW, "saits"], report_rows(task, None, pretrained_encoder=True))
+    with pytest.raises(ValueError, match="not a row of this evaluation"):
+        check_plot_models([MAE_ENCODER_ROW], report_rows(task, None))
