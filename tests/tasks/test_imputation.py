@@ -169,6 +169,21 @@ def test_predict_fills_the_gaps_and_keeps_every_observed_value_bit_identical(cli
     assert f"filled {int(was_gap.sum())} of {int(was_gap.sum())}" in result.out
 
 
+def test_predict_writes_a_rank_2_file_back_in_its_own_rank(cli, tmp_path, tmp_path_factory, tiny_backbone_dir):
+    """A ``[T, N]`` file (one channel) comes back as ``[T, N]``, its observed values bit-identical."""
+    one_channel = train_smoke(tmp_path_factory, tiny_backbone_dir, "--task", "imputation", "--horizon", "0",
+                              "--missing_pattern", "point:0.5", "--dataset_names", "synthetic-small[inflow]")
+    series, values, clock = _gappy_series(tmp_path, rank=2)
+    out = tmp_path / "filled.npz"
+    result = cli("predict", "--model", one_channel, "--input", series, *clock, "--task", "imputation", "--output",
+                 out, "--quiet")
+    assert result.code == 0, result.err
+    filled, was_gap = np.load(out)["data"], np.isnan(values)
+    assert values.ndim == 2 and filled.shape == values.shape
+    np.testing.assert_array_equal(filled[~was_gap], values[~was_gap])
+    assert np.isfinite(filled).all()
+
+
 def test_predict_on_a_series_without_gaps_says_so_and_writes_nothing(cli, imputer, tmp_path):
     series, values, clock = _gappy_series(tmp_path, rate=0.0)
     out = tmp_path / "filled.npz"
