@@ -223,12 +223,17 @@ def _quiet_pypots() -> Iterator[None]:
 
 class _PyPOTSImputer(_Fitted):
     """A PyPOTS imputer on windows of ``window`` steps, every (node, channel) series one feature, z-scored with
-    its training mean and deviation. ``fit`` cuts the training series into non-overlapping windows."""
+    its training mean and deviation. ``fit`` cuts the training series into windows every ``stride`` steps (default a
+    quarter window) and trains about ``steps`` optimiser steps: ``epochs`` = ``steps * batch_size / windows``,
+    rounded, at least 1 (or ``epochs`` given), so a short series is not left under-trained nor a long one run for
+    hours."""
 
-    def __init__(self, window: int = 24, epochs: int = 20, batch_size: int = 32, patience: int | None = None,
-                 device: str = "cpu") -> None:
-        self.window, self.epochs, self.batch_size, self.patience, self.device = (window, epochs, batch_size, patience,
-                                                                                device)
+    def __init__(self, window: int = 24, steps: int = 1000, epochs: int | None = None, batch_size: int = 32,
+                 stride: int | None = None, patience: int | None = None, device: str = "cpu") -> None:
+        self.window, self.steps, self.epochs, self.batch_size, self.patience, self.device = (
+            window, steps, epochs, batch_size, patience, device)
+        self.stride = stride or max(1, window // 4)
+        self.epochs_run: int | None = None  # what fit ran
         self.scale: np.ndarray | None = None  # [N, C]
         self.model = None
 
@@ -249,8 +254,10 @@ class _PyPOTSImputer(_Fitted):
         variance = ((np.where(visible, values, self.node_mean) - self.node_mean) ** 2).sum(0) / np.maximum(counts, 1)
         deviation = np.sqrt(variance)
         self.scale = np.where(deviation > 1e-8, deviation, 1.0)
-        n = T // self.window
-        train = self._scaled(values[: n * self.window], visible[: n * self.window]).reshape(n, self.window, N * C)
+        starts = np.arange(0, T - self.window + 1, self.stride)
+        scaled = self._scaled(values, visible)
+        train = scaled[starts[:, None] + np.arange(self.window)[None, :]]  # [windows, window, N * C]
+        self.epochs_run = self.epochs or max(1, round(self.steps * self.batch_size / len(starts)))
         numpy_state = np.random.get_state()
         try:
             with torch.random.fork_rng(devices=[]), _quiet_pypots():
@@ -289,7 +296,7 @@ class SAITS(_PyPOTSImputer):
         from pypots.imputation import SAITS as Model
 
         return Model(n_steps=self.window, n_features=n_features, **self.sizes, batch_size=self.batch_size,
-                     epochs=self.epochs, patience=self.patience, device=self.device, model_saving_strategy=None)
+                     epochs=self.epochs_run, patience=self.patience, device=self.device, model_saving_strategy=None)
 
 
 class BRITS(_PyPOTSImputer):
@@ -306,7 +313,7 @@ class BRITS(_PyPOTSImputer):
         from pypots.imputation import BRITS as Model
 
         return Model(n_steps=self.window, n_features=n_features, rnn_hidden_size=self.rnn_hidden_size,
-                     batch_size=self.batch_size, epochs=self.epochs, patience=self.patience, device=self.device,
+                     batch_size=self.batch_size, epochs=self.epochs_run, patience=self.patience, device=self.device,
                      model_saving_strategy=None)
 
 

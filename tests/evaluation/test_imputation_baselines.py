@@ -222,3 +222,15 @@ def test_learned_imputers_beat_the_mean_on_a_smooth_periodic_series():
     hidden = ~to_windows(visible[1920:])
     mae = {name: np.abs(result["pred"] - to_windows(values[1920:]))[hidden].mean() for name, result in results.items()}
     assert mae["saits"] < 0.6 * mae["mean"] and mae["brits"] < 0.6 * mae["mean"], mae
+
+
+@pytest.mark.parametrize("name", ["saits", "brits"])
+def test_learned_imputers_train_on_overlapping_windows_for_a_step_budget(name):
+    """Windows every quarter window (``stride``) and ``epochs = steps * batch_size / windows``: a short series gets
+    several epochs, an explicit ``epochs`` wins."""
+    rng = np.random.default_rng(0)
+    values, visible = rng.normal(size=(100, 2, 1)), rng.random((100, 2, 1)) < 0.8
+    imputer = build_imputer(name, steps=20, batch_size=8).fit(values, visible)
+    assert imputer.stride == 6  # starts 0, 6, ..., 72: 13 windows of 24 steps
+    assert imputer.epochs_run == round(20 * 8 / 13)
+    assert build_imputer(name, epochs=2).fit(values, visible).epochs_run == 2
