@@ -131,7 +131,7 @@ def evaluations(case: str, seed: int, args: argparse.Namespace, out: Path, cli: 
     control_dirs = [str(control_folder(out, model.name, control)) for control in args.controls]
     for pattern in patterns:
         json_path = out / f"{pattern.replace(':', '-')}.json"
-        found[pattern] = ([*cli, "evaluate", "--model", str(model), "--dataset", name,
+        found[pattern] = ([*cli, "evaluate", "--model", str(model), "--task", "imputation", "--dataset", name,
                            *(["--channels", channel] if channel else []), "--missing-pattern", pattern,
                            "--max-windows", str(args.windows),
                            *(["--controls", *control_dirs] if control_dirs else []), "--models", *BASELINES,

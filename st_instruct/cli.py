@@ -245,6 +245,15 @@ def _cmd_pretrain(args: argparse.Namespace) -> Path:
     return pretrain(*configs, overwrite=args.overwrite, progress=not getattr(args, "quiet", False))  # demo --quiet
 
 
+def _check_task(requested: str | None, trained: str, model: str | Path) -> None:
+    """``--task`` of predict / evaluate: None, or the task the model in ``model`` was trained for (one line
+    otherwise)."""
+    if requested is not None and requested != trained:
+        raise ValueError(f"--task {requested}: the model in {model} is trained for {trained}"
+                         + ("; fill gaps with an imputation model (recipes/llm4hrs_impute.yaml)"
+                            if requested == "imputation" else ""))
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     from st_instruct.evaluation.report import (
         check_evaluation_folder,
@@ -259,6 +268,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     model_dir = Path(args.model)
     controls = args.controls or []
+    if args.task is not None:
+        from st_instruct.model_dir import trained_data_config
+
+        _check_task(args.task, trained_data_config(model_dir).task, model_dir)
     # every output checked before the slow work: the results JSON, the evaluation folder and -- unless a few-shot
     # run makes a new one -- the model folder, where the evaluation is recorded
     _check_json_output(args)
@@ -359,10 +372,7 @@ def _cmd_predict(args: argparse.Namespace) -> None:
         disable_library_progress_bars()
     forecaster = load_forecaster(args.model)
     data = get_dataset(args.input, **_spec_kwargs(args))
-    if args.task is not None and args.task != forecaster.data_config.task:
-        raise ValueError(f"--task {args.task}: the model in {args.model} is trained for {forecaster.data_config.task}"
-                         + ("; fill gaps with an imputation model (recipes/llm4hrs_impute.yaml)"
-                            if args.task == "imputation" else ""))
+    _check_task(args.task, forecaster.data_config.task, args.model)
     if forecaster.data_config.task == "imputation":
         imputed = forecaster.impute_data(data, batch_size=args.batch_size, progress=not args.quiet,
                                          profile_name=args.name, fill_gaps=args.fill_gaps)
@@ -571,6 +581,10 @@ def build_parser() -> argparse.ArgumentParser:
                           "imputation model fills and is scored on them; a forecaster reads the history without "
                           "them (sparse-history forecasting; a forecaster trained without one: the baselines fit on "
                           "the full train split as it did, and read the same sparse history)")
+    evaluate.add_argument("--task", choices=("forecasting", "imputation"), default=None,
+                          help="what the model is evaluated on, checked against its task (default: the model's): "
+                          "forecasting scores the horizon after each history, imputation the entries hidden in "
+                          "each window")
     evaluate.add_argument("--history-fill", default=None, choices=("none", "forward"),
                           help="a forecaster: what it and the baselines read for a history entry hidden or missing, "
                           "instead of the recipe's history_fill -- none (forecast directly from the sparse history) "
@@ -680,7 +694,8 @@ def build_parser() -> argparse.ArgumentParser:
                       max_nodes=None, broadcast_channels=False, few_shot=None, few_shot_steps=None,
                       few_shot_output=None, controls=None, zero_shot_scaling="window", generate_rationales=False,
                       max_new_tokens=384, plot_models=None, tta=None, tta_mode=["reset"], tta_lr=None,
-                      missing_pattern=None, history_fill=None, few_shot_plan="whole", pretrained_encoder=None)
+                      missing_pattern=None, history_fill=None, few_shot_plan="whole", pretrained_encoder=None,
+                      task=None)
     for sub in (baselines, demo):
         sub.add_argument("--models", nargs="+", default=None, help="subset of baselines (default: all)")
         sub.add_argument("--seed", type=int, default=0)

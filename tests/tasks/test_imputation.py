@@ -240,3 +240,16 @@ def test_plot_models_knows_the_pretrained_encoder_row_only_when_it_is_scored():
     check_plot_models([MAE_ENCODER_ROW, "saits"], report_rows(task, None, pretrained_encoder=True))
     with pytest.raises(ValueError, match="not a row of this evaluation"):
         check_plot_models([MAE_ENCODER_ROW], report_rows(task, None))
+
+
+def test_evaluate_task_is_checked_against_the_model(cli, imputer, tmp_path):
+    from cli_check import assert_clean_failure
+
+    result = cli("evaluate", "--model", imputer, "--dataset", "synthetic-small", "--task", "forecasting", "--output",
+                 tmp_path / "wrong", "--quiet")
+    assert_clean_failure(result, "--task forecasting", "imputation")
+    assert not (tmp_path / "wrong").exists()
+    result = cli("evaluate", "--model", imputer, "--dataset", "synthetic-small", "--task", "imputation",
+                 "--max-windows", "2", "--models", "mean", "--output", tmp_path / "right", "--quiet")
+    assert result.code == 0, result.err
+    assert (tmp_path / "right" / "results.json").is_file()
