@@ -5,7 +5,7 @@ Usage::
 
     .venv/bin/python scripts/bench_imputation.py [--cases los-loop beijing-air:PM2.5 nyc-taxi:sparse-history]
         [--windows 64] [--sft-steps N] [--mae-steps 2000] [--controls no_llm random_llm]
-        [--forecast-windows 32] [--forecast-nodes 32] [--out outputs/bench_imputation] [--reuse] [--seed 0]
+        [--train-pattern PATTERN] [--patterns PATTERN ...] [--forecast-windows 32] [--forecast-nodes 32] [--out outputs/bench_imputation] [--reuse] [--seed 0]
         [--dry-run]
 
 Per case (``OUT/CASE/``), each stage one CLI command in its own process (``--reuse`` skips a stage whose folder or
@@ -80,10 +80,10 @@ def control_folder(out: Path, name: str, control: str) -> Path:
     return out / (name + ("" if control == "none" else f"-{control.replace('_', '-')}"))
 
 
-def stages(case: str, seed: int, out: Path, cli: list[str], sft_steps: int | None, controls: list[str],
-           mae_steps: int) -> dict:
+def stages(case: str, args: argparse.Namespace, out: Path, cli: list[str]) -> dict:
     """``name -> (command, folder, marker)`` of a case's training runs."""
-    budget = [] if sft_steps is None else ["--max_steps", str(sft_steps)]
+    seed = args.seed
+    budget = [] if args.sft_steps is None else ["--max_steps", str(args.sft_steps)]
     found = {}
     if case == SPARSE_CASE:
         pretrain = out / "pretrain"
@@ -96,26 +96,26 @@ def stages(case: str, seed: int, out: Path, cli: list[str], sft_steps: int | Non
                                    str(folder), "--report_to", "none", *budget], folder, "trainer_state.json")
         return found
     dataset, pattern, _ = CASES[case]
-    for control in ("none", *controls):
+    pattern = args.train_pattern or pattern
+    for control in ("none", *args.controls):
         folder = control_folder(out, f"imputer-s{seed}", control)
         found[folder.name] = ([*cli, "train", RECIPE, "--dataset_names", dataset, "--missing_pattern", pattern,
                                "--seed", str(seed), "--control", control, "--output_dir", str(folder),
                                "--report_to", "none", *budget], folder, "trainer_state.json")
     mae = out / "mae-encoder"
     found[mae.name] = ([*cli, "pretrain", MAE_RECIPE, "--dataset_names", dataset, "--history", str(HISTORY),
-                        "--pretrain_steps", str(mae_steps), "--pretrain_seed", str(seed), "--pretrain_output_dir",
+                        "--pretrain_steps", str(args.mae_steps), "--pretrain_seed", str(seed), "--pretrain_output_dir",
                         str(mae)], mae, "pretrain_log.json")
     return found
 
 
-def evaluations(case: str, seed: int, args: argparse.Namespace, out: Path, cli: list[str]
-                ) -> dict[str, tuple[list[str], Path]]:
+def evaluations(case: str, args: argparse.Namespace, out: Path, cli: list[str]) -> dict[str, tuple[list[str], Path]]:
     """``column -> (command, its --json path)``: a pattern of an imputation case, ``PATTERN FILL`` of the
     sparse-history case."""
-    found = {}
+    seed, found = args.seed, {}
     if case == SPARSE_CASE:
         model = out / f"forecaster-s{seed}"
-        for column in columns(case):
+        for column in columns(case, args.patterns):
             pattern, _, fill = column.partition(" ")
             sparse = ["--missing-pattern", pattern, "--history-fill", fill] if fill else []
             json_path = out / f"{column.replace(':', '-').replace(' ', '-')}.json"
@@ -125,7 +125,7 @@ def evaluations(case: str, seed: int, args: argparse.Namespace, out: Path, cli: 
                  str(control_folder(out, model.name, "no_llm")), "--seed", str(seed), "--json", str(json_path),
                  "--output", str(out / f"eval-{json_path.stem}"), "--overwrite", "--quiet"], json_path)
         return found
-    dataset, _, patterns = CASES[case]
+    patterns = columns(case, args.patterns)
     name, _, channel = case.partition(":")
     model = out / f"imputer-s{seed}"
     control_dirs = [str(control_folder(out, model.name, control)) for control in args.controls]
@@ -141,17 +141,19 @@ def evaluations(case: str, seed: int, args: argparse.Namespace, out: Path, cli: 
     return found
 
 
-def columns(case: str) -> list[str]:
-    """The case's evaluation columns, in table order."""
+def columns(case: str, patterns: list[str] | None = None) -> list[str]:
+    """The case's evaluation columns, in table order (only those of ``patterns`` when given)."""
     if case == SPARSE_CASE:  # the full history first, for what the gaps cost
-        return ["dense", *(f"{pattern} {fill}" for pattern in SPARSE_PATTERNS for fill in FILLS)]
-    return CASES[case][2]
+        found = ["dense", *(f"{pattern} {fill}" for pattern in SPARSE_PATTERNS for fill in FILLS)]
+    else:
+        found = CASES[case][2]
+    return [c for c in found if patterns is None or c.partition(" ")[0] in patterns or c in patterns]
 
 
-def table(case: str, reports: dict[str, dict]) -> tuple[str, dict]:
+def table(case: str, reports: dict[str, dict], patterns: list[str] | None = None) -> tuple[str, dict]:
     """Markdown of MAE / RMSE per row and column, and the verdicts: an imputation case's goals, or the
     sparse-history case's direct vs impute-then-forecast per row."""
-    found_columns = [c for c in columns(case) if "results" in reports.get(c, {})]
+    found_columns = [c for c in columns(case, patterns) if "results" in reports.get(c, {})]
     rows: list[str] = []
     for column in found_columns:
         for row in reports[column]["results"]:
@@ -207,6 +209,10 @@ def main() -> int:
     parser.add_argument("--mae-steps", type=int, default=2000, help="steps of the masked-autoencoder pretraining")
     parser.add_argument("--controls", nargs="*", default=["no_llm", "random_llm"], choices=["no_llm", "random_llm"],
                         help="the imputer's controls (the sparse-history forecaster has its no-LLM one)")
+    parser.add_argument("--train-pattern", default=None, metavar="PATTERN",
+                        help="train the imputers on this pattern instead of the case's (LLM4HRS trains one per rate)")
+    parser.add_argument("--patterns", nargs="+", default=None, metavar="PATTERN",
+                        help="score only these of the case's patterns (the sparse-history case: its rates)")
     parser.add_argument("--forecast-windows", type=int, default=32, help="test windows of the sparse-history case")
     parser.add_argument("--forecast-nodes", type=int, default=32, help="series per window of the sparse-history case")
     parser.add_argument("--out", default="outputs/bench_imputation", help="folder for the models, logs and JSON")
@@ -219,10 +225,9 @@ def main() -> int:
     if args.dry_run:
         for case in args.cases:
             folder = out / case.replace(":", "-")
-            for command, _, _ in stages(case, args.seed, folder, cli, args.sft_steps, args.controls,
-                                        args.mae_steps).values():
+            for command, _, _ in stages(case, args, folder, cli).values():
                 print(" ".join(command[2:]))
-            for command, _ in evaluations(case, args.seed, args, folder, cli).values():
+            for command, _ in evaluations(case, args, folder, cli).values():
                 print(" ".join(command[2:]))
         return 0
     out.mkdir(parents=True, exist_ok=True)
@@ -236,17 +241,15 @@ def main() -> int:
             old = bench.get(case, {})
             record = {"stages": dict(old.get("stages", {})), "evaluations": dict(old.get("evaluations", {}))}
             bench[case] = record
-            if not run_training_stages(stages(case, args.seed, folder, cli, args.sft_steps, args.controls,
-                                              args.mae_steps),
-                                       args.reuse, old.get("stages", {}), folder, record["stages"],
-                                       folder / "stages.json"):
+            if not run_training_stages(stages(case, args, folder, cli), args.reuse, old.get("stages", {}), folder,
+                                       record["stages"], folder / "stages.json"):
                 continue
-            for column, (command, json_path) in evaluations(case, args.seed, args, folder, cli).items():
+            for column, (command, json_path) in evaluations(case, args, folder, cli).items():
                 if args.reuse and json_path.is_file():
                     record["evaluations"][column] = json.loads(json_path.read_text())
                     continue
                 evaluate_stage(column, command, json_path, folder / f"{json_path.stem}.log", record)
-            text, record["verdicts"] = table(case, record["evaluations"])
+            text, record["verdicts"] = table(case, record["evaluations"], args.patterns)
             print(text, flush=True)
     finally:
         result_path.write_text(json.dumps(bench, indent=2, default=str) + "\n")
