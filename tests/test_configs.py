@@ -61,7 +61,7 @@ def test_the_dataset_flags_of_the_other_verbs_set_their_recipe_keys(tmp_path):
 
 def test_unknown_key_is_named_with_a_suggestion(tmp_path):
     path = write(tmp_path, "dataset_names: [synthetic]\nhistroy: 24\n")
-    with pytest.raises(RecipeError, match=r"recipe .*recipe.yaml: unknown key 'histroy'; did you mean 'history'\?"):
+    with pytest.raises(RecipeError, match=r"recipe .*recipe.yaml: unknown key 'histroy'; did you mean 'history'"):
         parse_recipe(RECIPE_DATACLASSES, [str(path)])
 
 
