@@ -463,6 +463,8 @@ def _cmd_render(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from st_instruct.configs.data import HISTORY_FILL_NAMES, TASK_NAMES  # the recipe's choices, declared once
+
     parser = argparse.ArgumentParser(prog="st-instruct", description=__doc__.splitlines()[0])
     verbs = parser.add_subparsers(dest="verb", required=True)
 
@@ -581,11 +583,11 @@ def build_parser() -> argparse.ArgumentParser:
                           "imputation model fills and is scored on them; a forecaster reads the history without "
                           "them (sparse-history forecasting; a forecaster trained without one: the baselines fit on "
                           "the full train split as it did, and read the same sparse history)")
-    evaluate.add_argument("--task", choices=("forecasting", "imputation"), default=None,
+    evaluate.add_argument("--task", choices=TASK_NAMES, default=None,
                           help="what the model is evaluated on, checked against its task (default: the model's): "
                           "forecasting scores the horizon after each history, imputation the entries hidden in "
                           "each window")
-    evaluate.add_argument("--history-fill", default=None, choices=("none", "forward"),
+    evaluate.add_argument("--history-fill", default=None, choices=HISTORY_FILL_NAMES,
                           help="a forecaster: what it and the baselines read for a history entry hidden or missing, "
                           "instead of the recipe's history_fill -- none (forecast directly from the sparse history) "
                           "or forward (impute-then-forecast: the last value read at or before the step)")
@@ -628,7 +630,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "recipe's stride), not only the steps after its end")
     predict.add_argument("--name", default=None, help="the training dataset the input belongs to (default: the one "
                          "with its node and channel counts)")
-    predict.add_argument("--task", choices=("forecasting", "imputation"), default=None,
+    predict.add_argument("--task", choices=TASK_NAMES, default=None,
                          help="what to do, checked against the model's task (default: the model's): forecasting "
                          "writes the steps after the input, imputation fills the input's gaps (NaN or --null-value) "
                          "and writes it back in its own layout")
