@@ -49,7 +49,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import PretrainedConfig
+from transformers import DynamicCache, PretrainedConfig
 from transformers.utils import ModelOutput
 
 from st_instruct.configs import (
@@ -71,10 +71,12 @@ from st_instruct.models.memory_prompts import PRIOR_KEYS, UniSTPrompt
 from st_instruct.models.mrffn import memory_layers, memory_modules, wrap_mlps
 from st_instruct.models.patching import (
     VISION_INPUTS,
+    cache_argument,
     hidden_size,
     input_embeddings,
     is_vision_language,
     replace_input_embeddings,
+    returned_cache,
     unwrap,
     vision_projector,
     vision_tower,
@@ -462,8 +464,10 @@ class STForecaster(nn.Module):
         """Every real node's positions must hold ``<st_his>`` / ``<st_pre>``: otherwise the encoder would overwrite,
         and the head read, arbitrary tokens without any error."""
         batch_index, node_index = node_mask.nonzero(as_tuple=True)
-        for kind, positions, token_id in (("his", his_positions, self.st_config.his_token_id),
-                                          ("pre", pre_positions, self.st_config.pre_token_id)):
+        checks = [("his", his_positions, self.st_config.his_token_id)]
+        if not torch.equal(pre_positions, his_positions):  # node-as-token: the head reads each <st_his> itself
+            checks.append(("pre", pre_positions, self.st_config.pre_token_id))
+        for kind, positions, token_id in checks:
             found = input_ids[batch_index, positions[batch_index, node_index]]
             if not bool((found == token_id).all()):
                 raise ValueError(f"{kind}_positions point at tokens {sorted(set(found.tolist()) - {token_id})}, not "
@@ -475,7 +479,7 @@ class STForecaster(nn.Module):
                 history_mask: torch.Tensor, history_tod: torch.Tensor, history_dow: torch.Tensor,
                 coords: torch.Tensor, labels: torch.Tensor | None = None, steps_per_day: torch.Tensor | None = None,
                 output_hidden_states: bool = False, logits_to_keep: int | torch.Tensor = 0,
-                **unused: Any) -> STForecasterOutput:
+                reuse_prefix: bool = False, **unused: Any) -> STForecasterOutput:
         """One teacher-forced pass. Shapes as ``STDataCollator`` gives them: ``input_ids`` / ``attention_mask`` /
         ``labels`` [B, S], positions and ``node_mask`` [B, N], ``history`` / ``history_mask`` [B, L, N, C],
         ``history_tod`` / ``history_dow`` [B, L], ``coords`` [B, N, K], ``steps_per_day`` [B]; for a
@@ -487,6 +491,12 @@ class STForecaster(nn.Module):
         the forecast needs no logits, and on a real vocabulary they dominate the cost of a pass. A 1-D tensor of
         positions keeps the logits there only (``STSFTTrainer`` computes the LM loss at the labelled ones).
         Without a backbone (the no-LLM control) only ``predictions`` is set: there is no LM to score the text.
+
+        ``reuse_prefix`` (prediction: :meth:`predict` sets it) passes only what can change a forecast: the tokens
+        after every node's last ST token are cut (causal attention: they cannot reach an earlier hidden state), and
+        the text before the first ``<st_his>``, when it is the same in every row, comes from a key/value cache
+        computed once per prefix and weights (:meth:`prediction_span`); the hidden states are then those of the
+        remaining tokens. Forecasts equal the full pass's (a test checks it).
         """
         if labels is not None and (torch.is_tensor(logits_to_keep) or logits_to_keep):
             raise ValueError("logits_to_keep drops the logits the LM loss needs; pass labels=None with it")
@@ -509,22 +519,55 @@ class STForecaster(nn.Module):
                              f"{type(unwrap(self.backbone)).__name__} is a text-only model; batch it with "
                              "STDataCollator, or use a vision-language backbone")
         shift = 0 if self.st_soft_prompt is None else self.st_soft_prompt.tokens  # the soft prompt's virtual tokens
-        with (self.st_inputs(input_ids, attention_mask, his_positions, pre_positions, node_mask,
-                             self.st_projector(nodes)),
-              self.spatial_context(coords, [his_positions + shift, pre_positions + shift], node_mask,
-                                   input_ids.shape[1] + shift)):
-            out = self.backbone_pass(input_ids, attention_mask, labels, logits_to_keep, vision)
+        start, end = 0, input_ids.shape[1]
+        if reuse_prefix and labels is None and not vision and shift == 0 and self.st_fusion is None:
+            start, end = self.prediction_span(input_ids, attention_mask, his_positions, pre_positions, node_mask)
+        past = self.prefix_cache(input_ids[0, :start]) if start else None
+        his, pre = (his_positions - start).clamp(min=0), (pre_positions - start).clamp(min=0)
+        with (self.st_inputs(input_ids[:, start:end], attention_mask, his, pre, node_mask, self.st_projector(nodes)),
+              self.spatial_context(coords, [his_positions + shift, pre_positions + shift], node_mask, end + shift)):
+            out = self.backbone_pass(input_ids[:, start:end], attention_mask[:, :end], labels, logits_to_keep, vision,
+                                     past)
         # hidden_states[-1] is after the final norm: what the LM head reads
         predictions, reconstruction = (
             None if head is None else self._denormalised(
-                head.from_hidden_states(out.hidden_states[-1], his_positions, pre_positions, node_mask, skip), stats)
+                head.from_hidden_states(out.hidden_states[-1], his, pre, node_mask, skip), stats)
             for head in (self.regression_head, self.st_reconstruction))
         return STForecasterOutput(loss=out.loss, logits=out.logits, predictions=predictions,
                                   hidden_states=out.hidden_states if output_hidden_states else None,
                                   reconstruction=reconstruction)
 
+    def prediction_span(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, his_positions: torch.Tensor,
+                        pre_positions: torch.Tensor, node_mask: torch.Tensor) -> tuple[int, int]:
+        """``(start, end)``: tokens ``[0, start)`` are the same text in every row of ``input_ids`` [B, S], none
+        padded, before any node's ``<st_his>`` (``start`` 0 when the rows differ there); no forecast depends on a
+        token at or after ``end``, one past the last real node's ``<st_pre>`` (causal attention)."""
+        length = input_ids.shape[1]
+        start = int(his_positions.masked_fill(~node_mask, length).min())
+        end = int(pre_positions.masked_fill(~node_mask, -1).max()) + 1
+        if not 0 < start < length or not bool(attention_mask[:, :start].all()) or \
+                not bool((input_ids[:, :start] == input_ids[:1, :start]).all()):
+            start = 0
+        return start, max(end, start + 1)
+
+    def prefix_cache(self, prefix_ids: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per decoder layer, the keys and values [1, Hkv, T, D] of the text ``prefix_ids`` [T]: computed by one pass
+        of the backbone (no ST token in it, so nothing of a window enters) and kept until the prefix, the weights
+        (any in-place update bumps a parameter's version) or their device / dtype change."""
+        weights = list(self.parameters())
+        stamp = (tuple(prefix_ids.tolist()), sum(p._version for p in weights), weights[0].data_ptr(),
+                 weights[0].device, weights[0].dtype)
+        cached = getattr(self, "_prefix_kv", None)
+        if cached is None or cached[0] != stamp:
+            out = self.backbone(input_ids=prefix_ids[None], attention_mask=torch.ones_like(prefix_ids[None]),
+                                use_cache=True, logits_to_keep=1)
+            layers = [(layer.keys, layer.values) for layer in returned_cache(out).layers]
+            cached = self._prefix_kv = (stamp, layers)
+        return cached[1]
+
     def backbone_pass(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor | None,
-                      logits_to_keep: int | torch.Tensor, vision: dict[str, Any]) -> Any:
+                      logits_to_keep: int | torch.Tensor, vision: dict[str, Any],
+                      past: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> Any:
         """The backbone's pass over ``input_ids`` [B, S] (every layer's hidden states, no cache). With a soft prompt
         (:mod:`~st_instruct.models.soft_prompts`) its ``T`` virtual tokens go first: the input embeddings are taken
         here from the backbone's embedding module (so the ST vectors of :meth:`st_inputs` are written in by its
@@ -532,6 +575,12 @@ class STForecaster(nn.Module):
         deep prompts on; the virtual positions are cut off the hidden states and the logits again, so the output
         reads as one over ``input_ids`` (the head at ``<st_pre>``, the LM loss' positions unchanged)."""
         prompt = self.st_soft_prompt
+        if past is not None:  # the keys / values of a prefix shared by every row (prediction_span), for this batch
+            batch = input_ids.shape[0]
+            cache = DynamicCache([(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)) for k, v in past],
+                                 config=unwrap(self.backbone).config)
+            return self.backbone(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True,
+                                 use_cache=True, logits_to_keep=logits_to_keep, **cache_argument(self.backbone, cache))
         if prompt is None:
             return self.backbone(input_ids=input_ids, attention_mask=attention_mask, labels=labels,
                                  output_hidden_states=True, use_cache=False, logits_to_keep=logits_to_keep, **vision)
@@ -560,7 +609,7 @@ class STForecaster(nn.Module):
         self.eval()
         try:
             with torch.no_grad():
-                scaled = self(**inputs, logits_to_keep=1).predictions
+                scaled = self(**inputs, logits_to_keep=1, reuse_prefix=True).predictions
         finally:
             self.train(was_training)
         return inverse_scale(scaled, inputs["scaler_mean"], inputs["scaler_std"]) * inputs["node_mask"][

@@ -21,6 +21,7 @@ positions (Qwen2-VL's M-RoPE) itself.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -389,6 +390,18 @@ def base_model(model: nn.Module) -> nn.Module:
     every extra keyword argument on to each decoder layer, its attention module and finally the attention function.
     A VLM's: its language model's body."""
     return language_model(model) if is_vision_language(model) else unwrap(model).base_model
+
+
+def cache_argument(model: nn.Module, cache: Any) -> dict[str, Any]:
+    """``{keyword: cache}`` to hand the key/value ``cache`` to ``model``'s forward under the name its transformers
+    version takes (:data:`CACHE_KWARGS`: ``cache`` from 5.24, ``past_key_values`` before)."""
+    parameters = inspect.signature(unwrap(model).forward).parameters
+    return {CACHE_KWARGS[0] if CACHE_KWARGS[0] in parameters else CACHE_KWARGS[1]: cache}
+
+
+def returned_cache(output: Any) -> Any:
+    """The key/value cache a forward with ``use_cache=True`` returned, under either name (:data:`CACHE_KWARGS`)."""
+    return next(getattr(output, name) for name in CACHE_KWARGS if getattr(output, name, None) is not None)
 
 
 def add_forward_kwargs(model: nn.Module, make_kwargs: Callable[[int], dict[str, Any]]) -> RemovableHandle:

@@ -12,7 +12,8 @@ with character offsets). The answer is located in the text, not in the ids:
 
 ``his_positions`` / ``pre_positions`` are the indices of the ``<st_his>`` / ``<st_pre>`` tokens in ``input_ids`` in
 order: the ST encoder's node embeddings replace the word embeddings at the first, the regression head reads the
-hidden states at the second (UrbanGPT, Li et al., KDD 2024). A sample of ``N'`` nodes must carry ``N'`` of each.
+hidden states at the second (UrbanGPT, Li et al., KDD 2024). A sample of ``N'`` nodes must carry ``N'`` of each, or
+``N'`` ``<st_his>`` and no ``<st_pre>`` (node-as-token, ST-LLM: ``pre_positions`` are then the ``<st_his>`` ones).
 """
 
 from __future__ import annotations
@@ -181,10 +182,13 @@ def _tokenize_batch(
                 stop += 1
             labels[first:stop] = input_ids[first:stop]
         his, pre = _positions(input_ids, ids.his), _positions(input_ids, ids.pre)
+        if his and not pre:  # node-as-token: the head reads each node's forecast at its <st_his>
+            pre = list(his)
         if num_nodes is not None and not len(his) == len(pre) == num_nodes[b]:
             raise TokenizationError(
                 f"{what} has {len(his)} <st_his> and {len(pre)} <st_pre> tokens but {num_nodes[b]} nodes (N' = "
-                "len(node_index)); the template must write one history and one prediction slot per node")
+                "len(node_index)); the template must write one history and one prediction slot per node (or one "
+                "<st_his> per node and no <st_pre>: node-as-token)")
         out["input_ids"].append(input_ids)
         out["labels"].append(labels)
         out["his_positions"].append(his)
