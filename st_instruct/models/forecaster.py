@@ -599,9 +599,11 @@ class STForecaster(nn.Module):
         """A head's output [B, T, N, C] in the batch's scale: RevIN's normalisation undone when it is on."""
         return scaled if stats is None else self.st_revin.denormalise(scaled, stats)
 
-    def predict(self, batch: dict[str, Any]) -> torch.Tensor:
+    def predict(self, batch: dict[str, Any], reuse_prefix: bool = True) -> torch.Tensor:
         """Forecasts [B, P, N, C] in original units (``scaled * scaler_std + scaler_mean``), one pass in eval mode
-        without gradients; zero on padded nodes. ``batch`` is an ``STDataCollator`` batch on any device."""
+        without gradients; zero on padded nodes. ``batch`` is an ``STDataCollator`` batch on any device.
+        ``reuse_prefix``: the shortened pass of :meth:`forward` (the same forecasts); False runs every token (a
+        caller that records the layers' inputs at the batch's positions needs that)."""
         device = self.regression_head.out.weight.device
         inputs = {key: value.to(device) if isinstance(value, torch.Tensor) else value
                   for key, value in batch.items() if key != "labels"}
@@ -609,7 +611,7 @@ class STForecaster(nn.Module):
         self.eval()
         try:
             with torch.no_grad():
-                scaled = self(**inputs, logits_to_keep=1, reuse_prefix=True).predictions
+                scaled = self(**inputs, logits_to_keep=1, reuse_prefix=reuse_prefix).predictions
         finally:
             self.train(was_training)
         return inverse_scale(scaled, inputs["scaler_mean"], inputs["scaler_std"]) * inputs["node_mask"][

@@ -271,7 +271,7 @@ def init_memories_from_data(model: Any, train_dataset: Any, tokenizer: Any, patt
             records = []
             with contextlib.ExitStack() as stack:
                 records = [stack.enter_context(recorded_inputs(w)) for w in wrappers]
-                model.predict(batch)
+                model.predict(batch, reuse_prefix=False)  # every token: the records are read at his_positions
             mask = batch["node_mask"]
             for rows, record in zip(patterns, records, strict=True):
                 hidden = record[0]
