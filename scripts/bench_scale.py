@@ -174,6 +174,58 @@ def build_memory(cli: list[str], out: Path, bench: dict) -> None:
     print(json.dumps(result, indent=2), flush=True)
 
 
+def graphs(cli: list[str], out: Path, reuse: bool, previous: dict, bench: dict, result_path: Path) -> None:
+    """Each synthetic city: build-data, train, evaluate 10 test windows; one process each, wall time and peak RSS."""
+    section = bench.setdefault("graphs", {})
+    for city, nodes in CITIES.items():
+        if reuse and "evaluate" in previous.get("graphs", {}).get(city, {}):
+            section[city] = previous["graphs"][city]
+            continue
+        cache, model, data = out / f"cache-{city}", out / f"scale-{city}", out / f"data-{city}"
+        recipe = ["recipes/scale_patches.yaml", "--dataset_names", city, "--dataset_cache_dir", str(cache)]
+        stages = {
+            "build_data": [*cli, "build-data", *recipe, "--output", str(data), "--overwrite"],
+            "train": [*cli, "train", *recipe, "--output_dir", str(model), "--report_to", "none", "--disable_tqdm",
+                      "true", "--overwrite"],
+            "evaluate": [*cli, "evaluate", "--model", str(model), "--dataset", city, "--max-windows", "10",
+                         "--models", "historical_average", "--json", str(out / f"eval-{city}.json"), "--quiet",
+                         "--output", str(out / f"eval-{city}")]}
+        figures: dict = {"nodes": nodes}
+        for stage, command in stages.items():
+            print(f"{city} {stage}:", " ".join(command[2:]), flush=True)
+            figures[stage] = run(command, out / f"{city}-{stage}.log")
+            print(json.dumps(figures[stage]), flush=True)
+            if figures[stage]["exit_code"] != 0:
+                raise SystemExit(f"{city} {stage} failed: {figures[stage]['error']}")
+        report = json.loads((out / f"eval-{city}.json").read_text())
+        result = report["results"]["st_forecaster"]
+        figures["evaluate"].update(MAE=result["MAE"], windows=10,
+                                   seconds_per_window=round(figures["evaluate"]["wall_seconds"] / 10, 2),
+                                   historical_average_MAE=report["results"]["historical_average"]["MAE"])
+        section[city] = figures
+        result_path.write_text(json.dumps(bench, indent=2) + "\n")
+    sizes = [section[city]["nodes"] for city in CITIES]
+    section["exponents"] = {
+        f"{stage}_{what}": round(fitted_exponent(sizes, [section[city][stage][what] for city in CITIES]), 2)
+        for stage in ("build_data", "train", "evaluate") for what in ("wall_seconds", "peak_rss_mib")}
+
+
+def graphs_table(section: dict) -> str:
+    lines = ["| city | sensors | build-data s / peak RSS MiB | 20 training steps s / RSS | evaluate 10 windows s / "
+             "RSS | s per window | MAE (historical average) |", "|---|---|---|---|---|---|---|"]
+    for city in CITIES:
+        f = section.get(city)
+        if not f:
+            continue
+        cells = [f"{f[stage]['wall_seconds']} / {f[stage]['peak_rss_mib']}" for stage in ("build_data", "train",
+                                                                                             "evaluate")]
+        lines.append(f"| {city} | {f['nodes']} | {' | '.join(cells)} | {f['evaluate']['seconds_per_window']} | "
+                     f"{f['evaluate']['MAE']:.2f} ({f['evaluate']['historical_average_MAE']:.2f}) |")
+    exponents = section.get("exponents", {})
+    lines.append("\nfitted exponents b of cost ~ N^b: " + ", ".join(f"{k} {v}" for k, v in exponents.items()))
+    return "\n".join(lines)
+
+
 def fitted_exponent(sizes: list[int], costs: list[float]) -> float:
     """``b`` of ``cost = a * N ** b``, least squares on the logs."""
     return float(np.polyfit(np.log(sizes), np.log(costs), 1)[0])
@@ -200,6 +252,9 @@ def main() -> int:
     if "build-memory" in args.parts:
         build_memory(cli, out, bench)
         result_path.write_text(json.dumps(bench, indent=2) + "\n")
+    if "graphs" in args.parts:
+        graphs(cli, out, args.reuse, previous, bench, result_path)
+        print(graphs_table(bench["graphs"]))
     if "taxi" in args.parts:
         taxi(cli, out, args.reuse, previous, bench, result_path, args.speed_windows_graph, args.batch_size)
         print(taxi_table(bench["taxi"]))

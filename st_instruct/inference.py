@@ -62,7 +62,7 @@ from st_instruct.models.saving import download_model, read_backbone_source
 from st_instruct.models.saving import load_forecaster as load_saved
 from st_instruct.outputs import check_output_file, staged_file
 from st_instruct.protocols.evaluate import require_rationale_training
-from st_instruct.samples.builder import plan_source, record_batch, sample_columns, sample_features
+from st_instruct.samples.builder import plan_source, record_batch, sample_features, window_samples
 from st_instruct.samples.prompts import load_template
 from st_instruct.samples.tokenize import tokenize_dataset
 
@@ -433,9 +433,9 @@ class Forecaster:
             plan = dataclasses.replace(plan, hidden=np.zeros_like(plan.hidden))
         template = load_template(config.template)
         schema = sample_features().arrow_schema
-        batches = [record_batch(sample_columns(plan, "test", np.arange(lo, min(lo + 256, len(starts))), template,
-                                               config.granularity), schema)
-                   for lo in range(0, len(starts), 256)]
+        batches = [record_batch(columns, schema) for lo in range(0, len(starts), 256)
+                   for columns in window_samples(plan, "test", np.arange(lo, min(lo + 256, len(starts))), template,
+                                                 config.granularity)]
         with datasets_progress_bars(progress):
             samples = tokenize_dataset(datasets.Dataset(pa.Table.from_batches(batches, schema=schema)),
                                        self.tokenizer)

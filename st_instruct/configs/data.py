@@ -150,6 +150,14 @@ class DataConfig:
     values_in_text: bool = field(default=False, metadata={"help": "also write the history values into the text"})
     values_decimals: int = field(default=1, metadata={"help": "decimals of values written into the text"})
     node_sample: float | None = field(default=None, metadata={"help": "nodes to keep: fraction or count"})
+    graph_patch_size: int | None = field(default=None, metadata={
+        "help": "graph samples of large graphs (PatchSTG-style): cut the nodes into spatial patches of at most this "
+                "many (KD-tree on the coordinates, st_instruct.data.patches; isolated nodes in patches of their own), "
+                "one sample per window and patch, each forecasting its patch's nodes (stitched back per window); "
+                "null: every node in one sample"})
+    graph_patch_context: int = field(default=2, metadata={
+        "help": "with graph_patch_size: summary tokens before a patch's nodes, one per nearest other patch (its "
+                "nodes' mean history at their mean coordinates), read but never forecast"})
     window_sample: float | None = field(default=None, metadata={
         "help": "windows to keep per split: fraction or count"})
     sample_seed: int = field(default=0, metadata={"help": "seed of node/window sampling"})
@@ -215,6 +223,18 @@ class DataConfig:
             raise RecipeError(f"scaling must be one of {SCALINGS}, found {self.scaling!r}")
         if self.coordinates not in COORDINATE_KINDS:
             raise RecipeError(f"coordinates must be one of {COORDINATE_KINDS}, found {self.coordinates!r}")
+        if self.graph_patch_size is not None and (self.granularity != "graph" or self.graph_patch_size < 1):
+            raise RecipeError(f"graph_patch_size cuts graph samples into patches of >= 1 node: it needs granularity: "
+                              f"graph and a size >= 1, found {self.graph_patch_size} with granularity "
+                              f"{self.granularity!r}")
+        if self.graph_patch_size is not None and self.coordinates == "learned":
+            raise RecipeError("graph_patch_size adds summary tokens of neighbouring patches, which no learned node "
+                              "table row stands for; use coordinates: geo, grid or laplacian")
+        if self.graph_patch_size is not None and self.values_in_text:
+            raise RecipeError("graph_patch_size keeps the values out of the text (a patch's summary tokens have no "
+                              "readings of their own): set values_in_text: false")
+        if self.graph_patch_context < 0:
+            raise RecipeError(f"graph_patch_context must be >= 0, found {self.graph_patch_context}")
         for key in ("node_sample", "window_sample"):
             value = getattr(self, key)
             if value is not None and value <= 0:

@@ -56,6 +56,10 @@ def check_recipe_consistency(data_config: DataConfig, model_config: ModelConfig)
     if model_config.st_encoder == "grid_patch" and data_config.coordinates != "grid":
         raise RecipeError(f"st_encoder: grid_patch places each node on its grid by its (row, col), so it needs "
                           f"coordinates: grid, found coordinates: {data_config.coordinates}")
+    if data_config.graph_patch_size is not None and (model_config.st_graph != "none" or model_config.unist_prompts):
+        raise RecipeError("graph_patch_size samples carry summary tokens of neighbouring patches, which neither the "
+                          "graph encoder (st_graph) nor UniST's memory prompts (unist_prompts) can place in the "
+                          "dataset's graph; drop graph_patch_size or those modules")
     check_architecture(data_config, model_config)
 
 

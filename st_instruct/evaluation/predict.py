@@ -56,7 +56,8 @@ def scatter_predictions(model: Any, collator: Any, samples: Any, starts: np.ndar
                     raise ValueError(f"sample {row['sample_id']!r} starts at step {start}, not a test window of "
                                      "the evaluation windows (the data or the split differ from the recipe's)")
                 r = row_of[start]
-                nodes = node_index[b][node_mask[b]]
-                pred[r][:, nodes] = out[b][:, node_mask[b]]
+                forecast = node_mask[b] & (node_index[b] >= 0)  # -1: a patch's summary token (never forecast)
+                nodes = node_index[b][forecast]
+                pred[r][:, nodes] = out[b][:, forecast]
                 covered[r, nodes] = True
     return pred, covered, seconds

@@ -64,6 +64,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import shutil
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -75,11 +76,13 @@ import numpy as np
 import pyarrow as pa
 import scipy.sparse as sp
 import xxhash
+from datasets.table import MemoryMappedTable
 
 from st_instruct.configs import DataConfig
 from st_instruct.data.graph import grid_coordinates, laplacian_eigenvectors
 from st_instruct.data.loaders import load_series
 from st_instruct.data.missing import MissingPattern, forward_fill, hide
+from st_instruct.data.patches import neighbour_patches, partition_nodes
 from st_instruct.data.registry import cache_dir
 from st_instruct.data.stdata import STData, STDataError
 from st_instruct.data.windows import SPLITS, STWindows, build_windows, window_statistics
@@ -224,6 +227,11 @@ class SourcePlan:
         values: ``[T, N', C]`` original values of the kept nodes (0 where missing), only with ``scaling: window``.
         history_fill: the recipe's ``history_fill``: what the history reads where an entry is hidden or missing
             (:func:`history_reading`).
+        patches / patch_context: with ``graph_patch_size``, the patches (positions into ``nodes``,
+            :func:`~st_instruct.data.patches.partition_nodes`) and per patch the nearest other patches ``[Q, k]``
+            (-1: none) whose summaries go before its nodes; :func:`patch_plan` makes one patch's plan.
+        patch / forecast: in a patch's plan, its number and ``[N']`` which of its nodes are forecast (False: a
+            summary token, ``node_index`` -1, whose target mask is all False).
     """
 
     data: STData
@@ -243,6 +251,10 @@ class SourcePlan:
     hidden: np.ndarray
     values: np.ndarray | None = None
     history_fill: str = "none"
+    patches: list[np.ndarray] | None = None
+    patch_context: np.ndarray | None = None
+    patch: int | None = None
+    forecast: np.ndarray | None = None
 
 
 def plan_source(data: STData, config: DataConfig, windows: STWindows | None = None) -> SourcePlan:
@@ -281,7 +293,68 @@ def plan_source(data: STData, config: DataConfig, windows: STWindows | None = No
         observed=np.ascontiguousarray(observed), value_text=value_text, iso=iso, task=get_task(config.task),
         seed=config.sample_seed, hidden=hidden,
         values=np.nan_to_num(data.values[:, nodes]).astype(np.float32) if config.scaling == "window" else None,
-        history_fill=config.history_fill)
+        history_fill=config.history_fill, **_patching(data, nodes, config))
+
+
+def _patching(data: STData, nodes: np.ndarray, config: DataConfig) -> dict[str, Any]:
+    """``{patches, patch_context}`` of :class:`SourcePlan` for ``config.graph_patch_size`` (empty without it):
+    partitioned on the dataset's coordinates (the graph's without them), neighbours by the same coordinates (the
+    sample coordinates without them)."""
+    if config.graph_patch_size is None:
+        return {}
+    where = None if data.coords is None else np.asarray(data.coords, dtype=np.float64)[nodes]
+    adjacency = None if data.adjacency is None else data.adjacency[nodes][:, nodes]
+    patches = partition_nodes(where, adjacency, config.graph_patch_size)
+    if where is None:
+        where = sample_coordinates(data, config)[nodes]
+    context = (neighbour_patches(patches, where, config.graph_patch_context) if config.graph_patch_context
+               else np.zeros((len(patches), 0), dtype=np.int64))
+    return {"patches": patches, "patch_context": context}
+
+
+def patch_plan(plan: SourcePlan, patch: int) -> SourcePlan:
+    """The plan of patch ``patch`` of ``plan``: a summary token per neighbouring patch (the mean of its nodes'
+    readable scaled values per step and channel, read where any is; their mean coordinates; ``node_index`` -1; never
+    forecast), then the patch's nodes, ascending."""
+    members = plan.patches[patch]
+    context = [int(c) for c in plan.patch_context[patch] if c >= 0]
+    readable = plan.observed & ~plan.hidden
+
+    def summaries(values: np.ndarray) -> np.ndarray:  # [T, k, C] over the context patches
+        out = [(values[:, plan.patches[c]] * readable[:, plan.patches[c]]).sum(1)
+               / np.maximum(readable[:, plan.patches[c]].sum(1), 1) for c in context]
+        return np.stack(out, axis=1).astype(values.dtype) if out else values[:, :0]
+
+    def joined(values: np.ndarray | None, summary: np.ndarray | None) -> np.ndarray | None:
+        return None if values is None else np.concatenate([summary, values[:, members]], axis=1)
+
+    seen = np.stack([readable[:, plan.patches[c]].any(1) for c in context], axis=1) if context else \
+        readable[:, :0]
+    coords = np.concatenate([np.stack([plan.coords[plan.patches[c]].mean(0) for c in context])
+                             if context else plan.coords[:0], plan.coords[members]])
+    facets = plan.nodes_context[int(members[0])]["facets"]
+    labels = [{"index": -1, "name": "", "label": f"area {c}", "description": "", "location": "", "facets": facets}
+              for c in context]
+    return dataclasses.replace(
+        plan, nodes=np.concatenate([np.full(len(context), -1), plan.nodes[members]]), coords=coords.astype(np.float32),
+        nodes_context=labels + [plan.nodes_context[int(j)] for j in members],
+        base_context={**plan.base_context, "num_nodes": len(context) + len(members)},
+        scaled=joined(plan.scaled, summaries(plan.scaled)), observed=joined(plan.observed, seen),
+        hidden=joined(plan.hidden, np.zeros_like(seen)),
+        values=joined(plan.values, None if plan.values is None else summaries(plan.values)),
+        patches=None, patch_context=None, patch=patch,
+        forecast=np.concatenate([np.zeros(len(context), bool), np.ones(len(members), bool)]))
+
+
+def window_samples(plan: SourcePlan, split: str, window_index: np.ndarray, template: PromptTemplate,
+                   granularity: str) -> Iterator[dict[str, Any]]:
+    """:func:`sample_columns` of windows ``window_index``: once, or with patches once per patch (each of the
+    windows' samples of that patch)."""
+    if plan.patches is None:
+        yield sample_columns(plan, split, window_index, template, granularity)
+        return
+    for patch in range(len(plan.patches)):
+        yield sample_columns(patch_plan(plan, patch), split, window_index, template, granularity)
 
 
 def history_reading(plan: SourcePlan, steps: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -347,14 +420,15 @@ def _window_messages(plan: SourcePlan, start: int, template: PromptTemplate, gra
 
 def _check_slots(messages: list[dict[str, str]], nodes: int, template: PromptTemplate, dataset: str,
                  start: int) -> None:
-    """One ``<st_his>`` per node in the prompt and one ``<st_pre>`` per node in the answer: the model's contract."""
+    """One ``<st_his>`` per node in the prompt and one ``<st_pre>`` per node in the answer: the model's contract; or
+    none in the answer at all (node-as-token, ``forecast_graph_tokens``: the head reads each node's ``<st_his>``)."""
     his = sum(m["content"].count(ST_HIS) for m in messages if m["role"] != "assistant")
     pre = sum(m["content"].count(ST_PRE) for m in messages if m["role"] == "assistant")
-    if his != nodes or pre != nodes:
+    if his != nodes or pre not in (0, nodes):
         raise TemplateError(
             f"prompt template {template.path} wrote {his} {ST_HIS} in the prompt and {pre} {ST_PRE} in the answer "
             f"for a sample of {nodes} node(s) ({dataset}, window at step {start}); it must write one {ST_HIS} per "
-            f"node in the system/user turns and one {ST_PRE} per node in the assistant turn")
+            f"node in the system/user turns and one {ST_PRE} per node in the assistant turn (or none: node-as-token)")
 
 
 def sample_columns(plan: SourcePlan, split: str, window_index: np.ndarray, template: PromptTemplate,
@@ -373,6 +447,8 @@ def sample_columns(plan: SourcePlan, split: str, window_index: np.ndarray, templ
     history_mask, history_scaled, history_values = history_reading(plan, hist)
     arrays = {"history_mask": history_mask,  # [B, L, n, C]
               "target_mask": plan.task.target_mask(plan.observed[fut], plan.hidden[fut])}
+    if plan.forecast is not None:  # a patch's summary tokens are read, never forecast
+        arrays["target_mask"] = arrays["target_mask"] & plan.forecast[None, None, :, None]
     if plan.values is None:  # scaling: train
         arrays.update(history=np.where(history_mask, history_scaled, 0.0).astype(np.float32),
                       target=plan.scaled[fut])
@@ -402,7 +478,8 @@ def sample_columns(plan: SourcePlan, split: str, window_index: np.ndarray, templ
         node_index = np.tile(plan.nodes, (B, 1))
         coords = np.broadcast_to(plan.coords, (B, *plan.coords.shape))
         sample_starts = starts
-        sample_ids = [f"{name}/{split}/w{s:06d}/all" for s in starts.tolist()]
+        part = "all" if plan.patch is None else f"p{plan.patch:04d}"
+        sample_ids = [f"{name}/{split}/w{s:06d}/{part}" for s in starts.tolist()]
     columns: dict[str, Any] = {
         "sample_id": sample_ids, "dataset": [name] * S, "city": [plan.data.city] * S, "split": [split] * S,
         "window_start": sample_starts.astype(np.int64), "time_start": plan.iso[sample_starts].tolist(),
@@ -458,19 +535,52 @@ def record_batch(columns: dict[str, Any], schema: pa.Schema) -> pa.RecordBatch:
 
 
 def _chunks(plan: SourcePlan, split: str, granularity: str) -> Iterator[np.ndarray]:
-    per_window = len(plan.nodes) if granularity == "node" else 1
+    per_window = len(plan.nodes) if granularity == "node" else 1 if plan.patches is None else len(plan.patches)
     step = max(1, CHUNK_SAMPLES // per_window)
     index = plan.window_index[split]
     for lo in range(0, len(index), step):
         yield index[lo:lo + step]
 
 
-def build_split_table(plans: list[SourcePlan], split: str, template: PromptTemplate, granularity: str) -> pa.Table:
-    """All samples of ``split`` of every source, concatenated, as one Arrow table."""
+def iter_split_batches(plans: list[SourcePlan], split: str, template: PromptTemplate, granularity: str,
+                       ) -> Iterator[pa.RecordBatch]:
+    """The samples of ``split`` of every source, in order, as Arrow record batches of at most about
+    :data:`CHUNK_SAMPLES` samples, rendered one batch at a time."""
     schema = sample_features().arrow_schema
-    batches = [record_batch(sample_columns(plan, split, chunk, template, granularity), schema)
-               for plan in plans for chunk in _chunks(plan, split, granularity)]
-    return pa.Table.from_batches(batches, schema=schema)
+    for plan in plans:
+        for chunk in _chunks(plan, split, granularity):
+            for columns in window_samples(plan, split, chunk, template, granularity):
+                yield record_batch(columns, schema)
+
+
+def build_split_table(plans: list[SourcePlan], split: str, template: PromptTemplate, granularity: str) -> pa.Table:
+    """All samples of ``split`` of every source, concatenated, as one Arrow table in memory: for small builds
+    (few-shot sets, tests); :func:`build_dataset` streams the batches to disk instead (:func:`write_split`)."""
+    return pa.Table.from_batches(list(iter_split_batches(plans, split, template, granularity)),
+                                 schema=sample_features().arrow_schema)
+
+
+def write_split(plans: list[SourcePlan], split: str, template: PromptTemplate, granularity: str,
+                path: str | Path) -> int:
+    """Write the samples of ``split`` to ``path`` as an Arrow IPC stream (the format of ``datasets``' cache files),
+    one record batch at a time as it is rendered, so that memory holds one batch, not the split. Returns the number
+    of samples written."""
+    rows = 0
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, sample_features().arrow_schema) as writer:
+        for batch in iter_split_batches(plans, split, template, granularity):
+            writer.write_batch(batch)
+            rows += batch.num_rows
+    return rows
+
+
+def _split_dataset(plans: list[SourcePlan], split: str, template: PromptTemplate, granularity: str,
+                   directory: Path, fingerprint: str) -> datasets.Dataset:
+    """:func:`write_split` into ``directory/<split>.arrow``, opened as a memory-mapped ``datasets.Dataset`` with
+    ``fingerprint`` (explicit: without one, ``datasets`` derives it from the file's path)."""
+    path = directory / f"{split}.arrow"
+    write_split(plans, split, template, granularity, path)
+    return datasets.Dataset(MemoryMappedTable.from_file(str(path)), split=datasets.Split(split),
+                            fingerprint=fingerprint)
 
 
 def iter_split_samples(plans: list[SourcePlan], split: str, template: PromptTemplate, granularity: str,
@@ -478,9 +588,9 @@ def iter_split_samples(plans: list[SourcePlan], split: str, template: PromptTemp
     """Samples of ``split`` one by one, as dicts of the schema's columns (numpy arrays), in the Arrow build's order."""
     for plan in plans:
         for chunk in _chunks(plan, split, granularity):
-            columns = sample_columns(plan, split, chunk, template, granularity)
-            for i in range(len(columns["sample_id"])):
-                yield {key: value[i] for key, value in columns.items()}
+            for columns in window_samples(plan, split, chunk, template, granularity):
+                for i in range(len(columns["sample_id"])):
+                    yield {key: value[i] for key, value in columns.items()}
 
 
 # ---------------------------------------------------------------------------------------------------- fingerprint
@@ -566,6 +676,23 @@ def _generate_split(config_json: str, split: str) -> Iterator[dict[str, Any]]:
     yield from iter_split_samples(plans, split, load_template(config.template), config.granularity)
 
 
+def _build_into(partial: Path, plans: list[SourcePlan], series: list[STData], config: DataConfig,
+                template: PromptTemplate, teacher: Any, fingerprint: str) -> None:
+    """Build every split into the staged cache folder ``partial`` (``save_to_disk`` layout) without holding a split:
+    each split's record batches are streamed to an Arrow file in ``partial/.stream`` (:func:`write_split`), which is
+    memory-mapped, given the rationales, saved beside it and removed."""
+    scratch = partial / ".stream"  # inside the staged folder: a killed build leaves nothing elsewhere
+    scratch.mkdir()
+    # An explicit fingerprint: without one, datasets would derive it from the scratch file's path.
+    built = datasets.DatasetDict({split: _split_dataset(plans, split, template, config.granularity, scratch,
+                                                        f"{fingerprint}-{split}") for split in SPLITS})
+    if teacher is not None:  # beside the built datasets (a test's dataset_cache_dir keeps its rationales too)
+        built = add_rationales(built, series, config, teacher, built_cache_root(config).parent / "rationales")
+    built.save_to_disk(str(partial))
+    del built  # unmaps the scratch files
+    shutil.rmtree(scratch)
+
+
 def build_dataset(config: DataConfig, tokenizer: Any = None, teacher: Any = None,
                   ) -> datasets.DatasetDict | datasets.IterableDatasetDict:
     """Build (or load from the fingerprint cache) the instruction dataset described by ``config``.
@@ -591,16 +718,10 @@ def build_dataset(config: DataConfig, tokenizer: Any = None, teacher: Any = None
         clean_stale_siblings(path.parent)  # partial copies of killed builds, of any fingerprint
         if not _complete_build(path):
             plans = [plan_source(data, config) for data in series]
-            # An explicit fingerprint: without one, datasets hashes the whole table (seconds per 100k samples).
-            built = datasets.DatasetDict({split: datasets.Dataset(
-                build_split_table(plans, split, template, config.granularity), split=datasets.Split(split),
-                fingerprint=f"{fingerprint}-{split}") for split in SPLITS})
-            if teacher is not None:  # beside the built datasets (a test's dataset_cache_dir keeps its rationales too)
-                built = add_rationales(built, series, config, teacher, built_cache_root(config).parent / "rationales")
             # one rename into place; a complete copy another process (rank) saved meanwhile is kept, as it may be
             # loading it right now; a broken leftover is replaced
             with staged_output(path, keep=_complete_build) as partial:
-                built.save_to_disk(str(partial))
+                _build_into(partial, plans, series, config, template, teacher, fingerprint)
         result = datasets.load_from_disk(str(path))
     if tokenizer is not None:
         result = tokenize_dataset(result, tokenizer, max_length=None)
