@@ -40,6 +40,7 @@ import datasets
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import torch
 
 from st_instruct.console import datasets_progress_bars
 from st_instruct.data.files import infer_freq
@@ -242,7 +243,7 @@ class Forecaster:
                  node_names: list[str] | None = None, coordinates: np.ndarray | None = None,
                  coord_kind: str | None = None, adjacency: Any = None, channels: list[str] | None = None,
                  units: list[str] | None = None, name: str | None = None, city: str | None = None,
-                 every_window: bool = False, batch_size: int = 16, rationale: bool = False,
+                 every_window: bool = False, batch_size: int | None = None, rationale: bool = False,
                  max_new_tokens: int = 384, progress: bool = False, min_observed: float = DEFAULT_MIN_OBSERVED,
                  fill_gaps: bool = False) -> Forecast:
         """Forecast the ``horizon`` steps after ``history`` (module docstring).
@@ -261,7 +262,8 @@ class Forecaster:
             name: the training dataset this input belongs to (default: the one whose node and channel counts it
                 has); another name forecasts it zero-shot under that name.
             every_window: forecast every window of the input (stride of the recipe), not only the last.
-            batch_size: samples per forward pass.
+            batch_size: samples per forward pass; ``None``: as many as a quarter of the free memory holds
+                (:func:`memory_batch_size`).
             rationale: a rationale-trained (AirGPT) forecaster writes its rationale first and the forecast is read
                 after it; the texts come back in ``Forecast.rationales``.
             min_observed: windows with a smaller share of their history observed get no forecast (NaN, listed in
@@ -283,7 +285,7 @@ class Forecaster:
                                   max_new_tokens=max_new_tokens, progress=progress, profile_name=name,
                                   min_observed=min_observed, fill_gaps=fill_gaps)
 
-    def forecast_data(self, data: STData, *, every_window: bool = False, batch_size: int = 16,
+    def forecast_data(self, data: STData, *, every_window: bool = False, batch_size: int | None = None,
                       rationale: bool = False, max_new_tokens: int = 384, progress: bool = False,
                       profile_name: str | None = None, min_observed: float = DEFAULT_MIN_OBSERVED,
                       fill_gaps: bool = False) -> Forecast:
@@ -317,6 +319,8 @@ class Forecaster:
                 found, forecast = generate_forecast(self.model, self.tokenizer, batch, max_new_tokens=max_new_tokens)
                 texts.extend(found)
                 return forecast
+        if batch_size is None:
+            batch_size = memory_batch_size(self.model, max(len(ids) for ids in samples["input_ids"]))
         pred, _, _ = scatter_predictions(self.model, collator, samples, starts, extended.num_nodes, batch_size,
                                          predict=predict, progress=progress, desc="forecasting")
         if universal:  # series n * C + c back at node n, channel c of the input
@@ -500,6 +504,32 @@ class Forecaster:
                               f"{self.directory} forecasts {self.model.st_config.channels}; give [T, N, "
                               f"{self.model.st_config.channels}] values")
         return data
+
+
+MAX_AUTO_BATCH = 256  # beyond this a bigger batch no longer speeds a pass up, on a CPU or a GPU
+
+
+def memory_batch_size(model: Any, tokens: int, free_bytes: int | None = None) -> int:
+    """Samples of ``tokens`` tokens per forward pass that fit in a quarter of ``free_bytes`` (default: the free
+    memory of the model's device: CUDA's free memory, else the machine's available memory), by the model's
+    :meth:`~st_instruct.models.forecaster.STForecaster.prediction_bytes`; 1 to :data:`MAX_AUTO_BATCH`."""
+    if free_bytes is None:
+        device = next(model.parameters()).device
+        free_bytes = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else available_memory()
+    return int(min(MAX_AUTO_BATCH, max(1, free_bytes // 4 // max(model.prediction_bytes(tokens), 1))))
+
+
+def available_memory() -> int:
+    """Bytes of memory this machine can give without swapping: ``MemAvailable`` of ``/proc/meminfo`` (Linux), else
+    the free physical pages."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
 
 
 def _nothing_to_forecast(observed: np.ndarray, min_observed: float, history: int, every_window: bool) -> str:

@@ -71,6 +71,7 @@ from st_instruct.models.memory_prompts import PRIOR_KEYS, UniSTPrompt
 from st_instruct.models.mrffn import memory_layers, memory_modules, wrap_mlps
 from st_instruct.models.patching import (
     VISION_INPUTS,
+    attention_geometry,
     cache_argument,
     hidden_size,
     input_embeddings,
@@ -536,6 +537,23 @@ class STForecaster(nn.Module):
         return STForecasterOutput(loss=out.loss, logits=out.logits, predictions=predictions,
                                   hidden_states=out.hidden_states if output_hidden_states else None,
                                   reconstruction=reconstruction)
+
+    def prediction_bytes(self, tokens: int) -> int:
+        """An upper estimate of the memory one sample of ``tokens`` tokens takes in :meth:`predict`: every layer's
+        hidden states (kept for the head), the key/value cache, and the largest transient of one layer (the
+        attention scores of every head, the MLP's two intermediate activations); the encoder's and the head's are
+        small beside them."""
+        weight = next(self.parameters())
+        width = weight.element_size()
+        if self.backbone is None:
+            return max(tokens, 1) * self.st_config.hidden_size * 8 * width
+        config = unwrap(self.backbone).config.get_text_config()
+        layers, hidden = int(config.num_hidden_layers), int(config.hidden_size)
+        heads, kv_heads, head_dim = attention_geometry(self.backbone)
+        inner = int(getattr(config, "intermediate_size", None) or 4 * hidden)
+        kept = (layers + 1) * tokens * hidden + 2 * layers * tokens * kv_heads * head_dim
+        transient = max(heads * tokens * tokens * 4 // width, 3 * tokens * inner)  # scores are float32
+        return int((kept + transient) * width)
 
     def prediction_span(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, his_positions: torch.Tensor,
                         pre_positions: torch.Tensor, node_mask: torch.Tensor) -> tuple[int, int]:

@@ -79,3 +79,17 @@ def test_rows_with_different_text_before_the_nodes_share_nothing_but_still_cut_t
     assert start == 0 and end <= batch["input_ids"].shape[1]
     torch.testing.assert_close(model.predict(batch), full_pass(model, batch) * batch["node_mask"][:, None, :, None],
                                atol=1e-5, rtol=1e-5)
+
+
+def test_the_batch_size_chosen_by_memory_follows_the_free_memory_and_the_sample_length(st_tok, built):
+    from st_instruct.inference import MAX_AUTO_BATCH, memory_batch_size
+
+    model = build_tiny_forecaster(st_tok, "llama")
+    per_sample = model.prediction_bytes(300)
+    assert per_sample > model.prediction_bytes(100) > 0  # longer samples take more
+    assert memory_batch_size(model, 300, free_bytes=4 * per_sample * 10) == 10  # a quarter of the free memory
+    assert memory_batch_size(model, 300, free_bytes=per_sample) == 1  # never 0
+    assert memory_batch_size(model, 300, free_bytes=1 << 50) == MAX_AUTO_BATCH
+    # at least the hidden states of every layer, which the pass keeps for the head
+    hidden = model.backbone.config.hidden_size * (model.backbone.config.num_hidden_layers + 1) * 300 * 4
+    assert per_sample >= hidden
