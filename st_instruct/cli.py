@@ -223,7 +223,7 @@ def _cmd_build_data(args: argparse.Namespace) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> Path:
-    from st_instruct.launch import launch_training
+    from st_instruct.launch import MACHINE_FLAG_NAMES, MachineFlags, launch_training
 
     # --overwrite is a flag, not a recipe key: recipe.yaml is saved with the model and must not overwrite anything
     # when re-run. The demo trains through here too, in this process (its parser has no launch flags).
@@ -233,8 +233,9 @@ def _cmd_train(args: argparse.Namespace) -> Path:
 
         disable_library_progress_bars()
         overrides = [*overrides, "--disable_tqdm", "true"]
+    machines = MachineFlags(*(getattr(args, name, None) for name in MACHINE_FLAG_NAMES))  # the demo has none
     return launch_training(args.recipe, overrides, getattr(args, "num_processes", None),
-                           getattr(args, "accelerate_config", None), overwrite=args.overwrite)
+                           getattr(args, "accelerate_config", None), overwrite=args.overwrite, machines=machines)
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> Path:
@@ -374,7 +375,8 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     data = get_dataset(args.input, **_spec_kwargs(args))
     _check_task(args.task, forecaster.data_config.task, args.model)
     if forecaster.data_config.task == "imputation":
-        imputed = forecaster.impute_data(data, batch_size=args.batch_size, progress=not args.quiet,
+        batch = {} if args.batch_size is None else {"batch_size": args.batch_size}
+        imputed = forecaster.impute_data(data, **batch, progress=not args.quiet,
                                          profile_name=args.name, fill_gaps=args.fill_gaps)
         path = imputed.save(args.output, overwrite=args.overwrite)
         print(f"input: {imputed.routing}")
@@ -498,13 +500,26 @@ def build_parser() -> argparse.ArgumentParser:
                              description="Any recipe key can be overridden as a flag, e.g. --max_steps 10 (the "
                              "dataset flags --freq, --series-start, ... too, as in build-data). With "
                              "--num_processes N and/or --accelerate_config it runs `accelerate launch -m "
-                             "st_instruct.train` for you (on the CPU when there is no CUDA device).")
+                             "st_instruct.train` for you (on the CPU when there is no CUDA device); with "
+                             "--num_machines M --machine_rank R --main_process_ip IP, this machine's part of a run "
+                             "over M machines (run it on each; output_dir on storage they share).")
     train.add_argument("recipe", help="training recipe YAML, or a shipped recipe by name (`st-instruct recipes`)")
     train.add_argument("--num_processes", default=None, metavar="N",
-                       help="processes to train on (default 1; several: DDP unless --accelerate_config says so)")
+                       help="processes to train on (default 1; several: DDP unless --accelerate_config says so); "
+                       "with --num_machines the TOTAL over all machines, as in accelerate (16 = 2 machines x 8)")
     train.add_argument("--accelerate_config", default=None, metavar="ddp|zero2|zero3|single|FILE",
                        help="a shipped accelerate config (recipes/accelerate/NAME.yaml) or an accelerate config file; "
                        "without --num_processes its own num_processes applies")
+    train.add_argument("--num_machines", default=None, metavar="M",
+                       help="machines to train on: run the same command on each, with its own --machine_rank")
+    train.add_argument("--machine_rank", default=None, metavar="R",
+                       help="with --num_machines: this machine's rank, 0 on the machine at --main_process_ip, "
+                       "1..M-1 on the others")
+    train.add_argument("--main_process_ip", default=None, metavar="IP",
+                       help="with --num_machines: the address of the machine of --machine_rank 0, reachable from all")
+    train.add_argument("--main_process_port", default=None, metavar="PORT",
+                       help="the port the main process listens on (default: the accelerate config's, else 29500); "
+                       "the same on every machine")
     train.set_defaults(func=_cmd_train)
     pretrain = verbs.add_parser("pretrain", help="pretrain the ST encoder of a recipe (forecast or masked "
                                 "autoencoder; no LLM)", description="Any recipe key can be overridden as a flag, "
@@ -634,7 +649,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="what to do, checked against the model's task (default: the model's): forecasting "
                          "writes the steps after the input, imputation fills the input's gaps (NaN or --null-value) "
                          "and writes it back in its own layout")
-    predict.add_argument("--batch-size", type=int, default=16, help="samples per forward pass (default 16)")
+    predict.add_argument("--batch-size", type=int, default=None,
+                         help="samples per forward pass (default: a forecaster takes as many as a quarter of the free "
+                              "memory holds, an imputer 16)")
     predict.add_argument("--rationale", action="store_true", help="rationale-trained forecasters (AirGPT): write "
                          "the rationale first, read the forecast after it, and print the texts")
     predict.add_argument("--max-new-tokens", type=int, default=384, help="with --rationale: at most this many tokens")
