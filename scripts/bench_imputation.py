@@ -5,7 +5,8 @@ Usage::
 
     .venv/bin/python scripts/bench_imputation.py [--cases los-loop beijing-air:PM2.5 nyc-taxi:sparse-history]
         [--windows 64] [--sft-steps N] [--mae-steps 2000] [--controls no_llm random_llm]
-        [--train-pattern PATTERN] [--patterns PATTERN ...] [--forecast-windows 32] [--forecast-nodes 32] [--out outputs/bench_imputation] [--reuse] [--seed 0]
+        [--train-pattern PATTERN] [--patterns PATTERN ...] [--forecast-windows 32] [--forecast-nodes 32]
+        [--out outputs/bench_imputation] [--reuse] [--seed 0]
         [--dry-run]
 
 Per case (``OUT/CASE/``), each stage one CLI command in its own process (``--reuse`` skips a stage whose folder or
