@@ -6,7 +6,7 @@ coordinate axis, so that the leaves are balanced and spatially compact. Attentio
 (depth) and across patches (breadth) instead of over all ``N^2`` node pairs.
 
 :func:`partition_nodes` builds such patches: from coordinates when there are some, otherwise from a spectral
-embedding of the graph (two eigenvectors of its normalised Laplacian, per connected component). Isolated nodes
+embedding of the graph (two eigenvectors of its Laplacian, per connected component). Isolated nodes
 (no edge to another node) never share a patch with connected ones. :func:`neighbour_patches` lists each patch's
 ``k`` nearest other patches by centroid distance.
 
@@ -49,8 +49,9 @@ def partition_nodes(coords: np.ndarray | None, adjacency: np.ndarray | sp.sparra
 
     With coordinates, each cut splits a group at the median of its coordinate of widest range (max - min), ties
     broken by node index, so the result is deterministic. Without, each connected component is cut on its own,
-    with two eigenvectors of its normalised Laplacian as the coordinates (the spectral layout; a breadth-first
-    order if the eigensolver does not converge).
+    with a two-dimensional spectral layout as the coordinates (:func:`_spectral_layout`: the slowest random-walk
+    eigenvectors of the component; a breadth-first order if the eigensolver does not converge), so a patch never
+    spans two components; a component no larger than ``patch_size`` is one patch.
 
     Raises:
         ValueError: ``patch_size`` not a positive integer; ``coords`` not a finite ``[N, K]`` array; ``adjacency``
@@ -193,27 +194,31 @@ def _kd_patches(points: np.ndarray, nodes: np.ndarray, size: int) -> list[np.nda
 
 
 def _spectral_layout(adj: sp.csr_array, dim: int = 2) -> np.ndarray:
-    """``[M, dim]`` coordinates of a connected graph's nodes: the eigenvectors of its normalised Laplacian after the
-    trivial one (signs fixed: largest-magnitude entry positive); a breadth-first order when that fails."""
+    """``[M, dim]`` coordinates of a connected graph's nodes: the random-walk eigenvectors ``D^-1/2 u`` of its
+    normalised Laplacian after the trivial one, each divided by the square root of its eigenvalue (a commute-time
+    embedding: slow, large-scale directions weigh more, so the KD cuts follow them); signs fixed (largest-magnitude
+    entry positive). A breadth-first order when the eigensolver fails."""
     m = adj.shape[0]
-    deg = np.asarray(adj.sum(1)).ravel()
-    scale = sp.diags_array(1.0 / np.sqrt(deg))
+    inv_sqrt_deg = 1.0 / np.sqrt(np.asarray(adj.sum(1)).ravel())
+    scale = sp.diags_array(inv_sqrt_deg)
     lap = sp.identity(m, format="csr") - scale @ adj @ scale
     k = min(dim, m - 1)  # non-trivial eigenvectors wanted
+    if k < 1:
+        return np.zeros((m, 1))
     try:
         if m <= _DENSE_EIGH_MAX:
-            _, vecs = np.linalg.eigh(lap.toarray())
-            vecs = vecs[:, 1 : k + 1]
+            vals, vecs = np.linalg.eigh(lap.toarray())
+            vals, vecs = vals[1 : k + 1], vecs[:, 1 : k + 1]
         else:
             v0 = np.cos(np.arange(m) * 0.7 + 0.3)  # a fixed start vector: same input, same output
             vals, vecs = eigsh(lap.tocsc(), k=k + 1, sigma=-1e-3, which="LM", v0=v0)
-            vecs = vecs[:, np.argsort(vals)[1:]]
+            order = np.argsort(vals)[1:]
+            vals, vecs = vals[order], vecs[:, order]
     except (ArpackNoConvergence, ArpackError, np.linalg.LinAlgError, RuntimeError):
         order = csgraph.breadth_first_order(adj, 0, directed=False, return_predecessors=False)
         position = np.empty(m)
         position[order] = np.arange(m)
         return position[:, None]
-    if vecs.shape[1] == 0:
-        return np.zeros((m, 1))
+    vecs = vecs * inv_sqrt_deg[:, None] / np.sqrt(np.maximum(vals, 1e-12))
     idx = np.argmax(np.abs(vecs), axis=0)
     return vecs * np.sign(vecs[idx, np.arange(vecs.shape[1])])
