@@ -186,7 +186,7 @@ def _place_coordinates(data: STData, kind: str, dim: int) -> np.ndarray:
     """``[N, K]`` float32 coordinates of every node's place (:func:`node_coordinates` without the channel)."""
     N = data.num_nodes
     if kind == "laplacian":
-        adj = data.dense_adjacency()
+        adj = data.adjacency  # dense, or scipy sparse (kept sparse for a large graph)
         return np.zeros((N, dim), np.float32) if adj is None else laplacian_eigenvectors(adj, dim)
     if kind == "geo":
         if data.coords is None or data.coord_kind not in ("latlon", "xy"):

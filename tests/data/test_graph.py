@@ -80,3 +80,22 @@ def test_grid():
     a4 = grid_adjacency(3, 3, 4)
     assert a8[4].sum() == 8 and a4[4].sum() == 4 and a8[0].sum() == 3 and a4[0].sum() == 2
     np.testing.assert_array_equal(a8, a8.T)
+
+
+def test_a_large_sparse_graph_gets_the_dense_solvers_eigenvectors(monkeypatch):
+    """The ARPACK path (sparse graphs above DENSE_EIGH_MAX nodes, LargeST-sized) against the dense eigh on one graph:
+    the same vectors up to the sign rule, which both apply (threshold lowered so the dense answer is cheap)."""
+    import scipy.sparse as sp
+
+    from st_instruct.data import graph
+    from st_instruct.data.synthetic import synthetic_graph
+
+    adjacency = synthetic_graph("sd", 0)[1]  # 716 sensors on a road network, sparse
+    dense = graph.laplacian_eigenvectors(adjacency.toarray(), 6)
+    monkeypatch.setattr(graph, "DENSE_EIGH_MAX", 100)
+    found = graph.laplacian_eigenvectors(sp.csr_array(adjacency), 6)
+    assert found.shape == dense.shape == (716, 6) and found.dtype == np.float32
+    # equal where the eigenvalues are apart; a degenerate pair may rotate, so compare the spanned subspace too
+    overlap = np.linalg.svd(dense.T.astype(np.float64) @ found.astype(np.float64), compute_uv=False)
+    assert overlap.min() > 0.999
+    np.testing.assert_allclose(np.abs(found[:, 0]), np.abs(dense[:, 0]), atol=1e-4)
