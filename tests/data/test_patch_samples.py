@@ -91,3 +91,26 @@ def test_patch_settings_that_cannot_work_are_refused_in_one_line(tmp_path):
         DataConfig(granularity="graph", template="forecast_graph", graph_patch_size=8, coordinates="learned")
     with pytest.raises(RecipeError, match="neither the graph encoder"):
         check_recipe_consistency(patched(tmp_path), ModelConfig(st_graph="static"))
+
+
+def test_isolated_sensors_are_forecast_in_patches_of_their_own(tmp_path):
+    from st_instruct.data.stdata import STData
+
+    rng = np.random.default_rng(0)
+    n = 14
+    adjacency = np.zeros((n, n), np.float32)
+    for i in range(10):  # sensors 0..10 on one road; 11, 12, 13 linked to nothing
+        adjacency[i, i + 1] = adjacency[i + 1, i] = 1.0
+    data = STData(values=rng.poisson(20.0, size=(400, n, 1)).astype(np.float32), name="mine", freq="1h",
+                  start="2024-01-01", channels=["flow"], units=["vehicles/h"], coords=rng.normal(size=(n, 2)),
+                  coord_kind="xy", adjacency=adjacency)
+    config = patched(tmp_path, graph_patch_size=6, graph_patch_context=1)
+    plan = builder.plan_source(data, config)
+    forecast_sets = [set(plan.nodes[p].tolist()) for p in plan.patches]
+    assert {11, 12, 13} in forecast_sets  # the isolated sensors share no patch with the road's
+    columns = list(builder.window_samples(plan, "test", np.arange(2), builder.load_template(config.template),
+                                          "graph"))
+    assert len(columns) == len(plan.patches)
+    for patch in columns:
+        nodes = patch["node_index"][0]
+        assert (nodes[:1] == -1).all() and len(nodes) == 1 + len(set(nodes[1:].tolist()))
