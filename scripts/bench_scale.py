@@ -59,10 +59,16 @@ def taxi_training_stages(cli: list[str], out: Path) -> dict:
             folder = out / f"taxi-{prompt}-s{seed}"
             stages[f"train_{prompt}_s{seed}"] = ([*cli, "train", *common, *flags, "--seed", str(seed),
                                                  "--output_dir", str(folder)], folder, "trainer_state.json")
-        folder = out / f"taxi-no_llm-s{seed}"  # the tokens model's recipe: a control differs in `control` only
+        # the tokens model's random-LLM control (its recipe with only `control` changed: evaluate --controls)
+        folder = out / f"taxi-random_llm-s{seed}"
+        stages[f"train_random_llm_s{seed}"] = ([*cli, "train", *common, *PROMPTS["tokens"], "--control",
+                                                "random_llm", "--seed", str(seed), "--output_dir", str(folder)],
+                                               folder, "trainer_state.json")
+        # no LLM: no backbone layers for SE-Attention and MRFFN to modify, so those are off (a model of its own)
+        folder = out / f"taxi-no_llm-s{seed}"
         stages[f"train_no_llm_s{seed}"] = ([*cli, "train", *common, *PROMPTS["tokens"], "--control", "no_llm",
-                                            "--seed", str(seed), "--output_dir", str(folder)], folder,
-                                           "trainer_state.json")
+                                            "--se_attention", "false", "--mrffn", "false", "--seed", str(seed),
+                                            "--output_dir", str(folder)], folder, "trainer_state.json")
     return stages
 
 
@@ -125,14 +131,13 @@ def taxi(cli: list[str], out: Path, reuse: bool, previous: dict, bench: dict, re
         raise SystemExit("a training stage failed (see the logs)")
     section.setdefault("evaluations", {})
     for seed in SEEDS:
-        for prompt in PROMPTS:
+        for prompt in (*PROMPTS, "no_llm"):
             case = f"{prompt} seed {seed}"
             json_path = out / f"eval-taxi-{prompt}-s{seed}.json"
             if reuse and json_path.is_file() and case in previous.get("taxi", {}).get("evaluations", {}):
                 section["evaluations"][case] = previous["taxi"]["evaluations"][case]
                 continue
-            # the no-LLM control does not read the prompt: scored once per seed, beside the tokens model
-            controls = ["--controls", str(out / f"taxi-no_llm-s{seed}")] if prompt == "tokens" else []
+            controls = ["--controls", str(out / f"taxi-random_llm-s{seed}")] if prompt == "tokens" else []
             command = [*cli, "evaluate", "--model", str(out / f"taxi-{prompt}-s{seed}"), *TAXI, "--models",
                        "historical_average", *controls, "--json", str(json_path), "--quiet", "--output",
                        str(out / f"eval-taxi-{prompt}-s{seed}")]
@@ -149,7 +154,7 @@ def taxi_table(section: dict) -> str:
     lines = ["| model | MAE seed 0 / seed 1 | spread | tokens per zone (sample / prediction pass) | "
              "zone-forecasts/s |", "|---|---|---|---|---|"]
     rows = {"graph": ("graph", "st_forecaster"), "tokens": ("tokens", "st_forecaster"),
-            "no_llm": ("tokens", "st_forecaster_no_llm")}
+            "random_llm": ("tokens", "st_forecaster_random_llm"), "no_llm": ("no_llm", "st_forecaster")}
     for name, (prompt, row) in rows.items():
         maes = [section.get("evaluations", {}).get(f"{prompt} seed {seed}", {}).get("results", {}).get(row, {})
                 .get("MAE", float("nan")) for seed in SEEDS]

@@ -425,15 +425,16 @@ def evaluate_forecaster(model_dir: str | Path, dataset: str, data_dir: str | Non
             baseline_results.update(pretrained_encoder_rows(pretrained_encoder, windows, split_name, rows, hidden))
         baseline_preds = {name: found["pred"] for name, found in baseline_results.items() if "pred" in found}
     else:
-        baseline_results, baseline_preds = run_baselines(fit_windows, offered, split=split_name, progress=progress,
-                                                         seed=seed, return_predictions=True, task=task)
-        baseline_preds = {name: found[rows] for name, found in baseline_preds.items()}
+        # scored on the evaluated windows only: all of a split's of 8,600 sensors would be gigabytes
+        baseline_results, baseline_preds = run_baselines(fit_windows.keeping_windows(split_name, rows), offered,
+                                                         split=split_name, progress=progress, seed=seed,
+                                                         return_predictions=True, task=task)
     fitted_on = {name: found.get("fitted_on", data.name) for name, found in baseline_results.items()}
     if kind == "zero-shot" and not imputing:
-        source_results, source_preds = _source_baselines(trained, sparse, models, split_name, progress, seed,
-                                                         task)
+        source_results, source_preds = _source_baselines(trained, sparse.keeping_windows(split_name, rows), models,
+                                                         split_name, progress, seed, task)
         baseline_results.update(source_results)
-        baseline_preds.update({name: found[rows] for name, found in source_preds.items()})
+        baseline_preds.update(source_preds)
         fitted_on.update({name: ", ".join(e.name for e in trained.corpus()) for name in source_results})
     results: dict[str, dict] = {MODEL_ROW: {**task.score(pred, target["y"], mask), "fit_seconds": 0.0,
                                              "predict_seconds": predict_seconds}}
