@@ -194,7 +194,7 @@ def graphs(cli: list[str], out: Path, reuse: bool, previous: dict, bench: dict, 
                       "true", "--overwrite"],
             "evaluate": [*cli, "evaluate", "--model", str(model), "--dataset", city, "--max-windows", "10",
                          "--models", "historical_average", "--json", str(out / f"eval-{city}.json"), "--quiet",
-                         "--output", str(out / f"eval-{city}")]}
+                         "--output", str(out / f"eval-{city}"), "--overwrite"]}
         figures: dict = {"nodes": nodes}
         for stage, command in stages.items():
             print(f"{city} {stage}:", " ".join(command[2:]), flush=True)
