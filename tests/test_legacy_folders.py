@@ -68,7 +68,8 @@ def legacy(tmp_path_factory, tiny_backbone_dir):
 
 def test_a_legacy_forecaster_folder_loads_and_forecasts_bit_identically(legacy):
     """Its flat st_forecaster_config.json is read into today's nested configuration, and the forecast of the same
-    input equals the one the legacy release made, bit for bit."""
+    input equals the one the legacy release made, to float32 rounding: prediction now runs a shorter pass (the tokens
+    after the last ST token cut, issue 26), whose attention sums the same terms in another order."""
     out, expected = legacy
     flat = (out / "model" / "st_forecaster_config.json").read_text()
     assert '"encoder_dim"' in flat and '"head":' not in flat  # the legacy format indeed
@@ -76,7 +77,7 @@ def test_a_legacy_forecaster_folder_loads_and_forecasts_bit_identically(legacy):
     assert forecaster.model.st_config.encoder.st_encoder_dim == 32  # the smoke recipe's, read from the flat key
     data = get_dataset("synthetic-small")
     result = forecaster.forecast(data.values[-48:], data.time_index()[-48:])
-    np.testing.assert_array_equal(result.values, expected)
+    np.testing.assert_allclose(result.values, expected, rtol=1e-5, atol=1e-4)
 
 
 def test_a_legacy_pretrained_encoder_starts_a_forecaster(legacy, tmp_path, tiny_backbone_dir):

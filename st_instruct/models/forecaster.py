@@ -466,7 +466,9 @@ class STForecaster(nn.Module):
         and the head read, arbitrary tokens without any error."""
         batch_index, node_index = node_mask.nonzero(as_tuple=True)
         checks = [("his", his_positions, self.st_config.his_token_id)]
-        if not torch.equal(pre_positions, his_positions):  # node-as-token: the head reads each <st_his> itself
+        node_as_token = torch.equal(pre_positions, his_positions) and \
+            not bool((input_ids == self.st_config.pre_token_id).any())  # the head reads each <st_his> itself
+        if not node_as_token:
             checks.append(("pre", pre_positions, self.st_config.pre_token_id))
         for kind, positions, token_id in checks:
             found = input_ids[batch_index, positions[batch_index, node_index]]
