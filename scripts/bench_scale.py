@@ -7,10 +7,12 @@ Usage::
 Parts (each writes its section of ``OUT/bench_scale.json`` and prints a markdown table):
 
 - ``taxi`` -- nyc-taxi 2019, ``recipes/stlink_sft.yaml`` (SmolLM2 first 6 layers + LoRA, SE-Attention, MRFFN, the
-  encoder pretrained by ``recipes/stlink_pretrain.yaml``), trained twice (seeds 0 and 1) with today's graph prompt
-  (``forecast_graph``: a name, ``<st_his>`` and ``<st_pre>`` per zone) and twice with the node-as-token prompt
-  (``forecast_graph_tokens``: one token per zone, ``loss_lm_weight 0``: there is no answer text to learn), beside the
-  no-LLM control of each seed; every model scored by one ``st-instruct evaluate`` on all 1,729 test windows. Then,
+  encoder pretrained by ``recipes/stlink_pretrain.yaml``), trained twice (seeds 0 and 1) with the graph prompt the
+  recipe had before issue 26 (``forecast_graph``: a name, ``<st_his>`` and ``<st_pre>`` per zone, ``loss_lm_weight
+  0.01``) and twice with the node-as-token prompt it has now (``forecast_graph_tokens``: one token per zone,
+  ``loss_lm_weight 0``: there is no answer text to learn), beside the random-LLM control of the latter and a no-LLM
+  model (the same encoder, head and budget; no backbone, so no SE-Attention or MRFFN) of each seed; every model
+  scored by one ``st-instruct evaluate`` on all 1,729 test windows. Then,
   alone on the machine, the public call ``load_forecaster(DIR).forecast(raw values, timestamps, every_window=True)``
   over the test split's inputs (raw trips in, forecasts in trips out: windowing, prompts, tokens, collating, the
   passes, inverse scaling): zone-forecasts per second, and the tokens per zone of both prompts.
@@ -41,7 +43,7 @@ from bench_forecaster import evaluate_stage, provenance, run, run_training_stage
 
 ROOT = Path(__file__).resolve().parents[1]
 TAXI = ["--dataset", "nyc-taxi", "--start", "2019-01-01", "--end", "2020-01-01"]
-PROMPTS = {"graph": ["--template", "forecast_graph"],
+PROMPTS = {"graph": ["--template", "forecast_graph", "--loss_lm_weight", "0.01"],  # the recipe before issue 26
            "tokens": ["--template", "forecast_graph_tokens", "--loss_lm_weight", "0"]}
 SEEDS = (0, 1)
 CITIES = {"synthetic-sd": 716, "synthetic-gla": 3834, "synthetic-ca": 8600}
