@@ -160,6 +160,14 @@ class SyntheticCitySpec:
 # what measured a synthetic city's channels, for prompts (STData.sensors): the same for every city
 SYNTHETIC_SENSOR_KIND = "simulated sensors"
 
+def _road_city(city: str, num_nodes: int, radius_km: float, description: str) -> SyntheticCitySpec:
+    """A LargeST-shaped road city: one flow channel of vehicle counts every 15 minutes over 4 weeks."""
+    return SyntheticCitySpec(
+        city=city, num_nodes=num_nodes, graph="road", freq="15min", num_weeks=4, channels=("flow",),
+        units=("vehicles/15min",), level=450.0, level_spread=0.4, radius_km=radius_km, node_label="Sensor",
+        description=f"{description}, vehicle counts every 15 minutes over 4 weeks.")
+
+
 SYNTHETIC_CITIES: dict[str, SyntheticCitySpec] = {
     "default": SyntheticCitySpec(
         city="Synthetic City A", num_nodes=48, graph="knn", freq="1h", num_weeks=12,
@@ -187,24 +195,14 @@ SYNTHETIC_CITIES: dict[str, SyntheticCitySpec] = {
                     "over 4 weeks."),
     # Road cities of the shape of LargeST (Liu et al., NeurIPS 2023 Datasets and Benchmarks): California's
     # 8,600 traffic sensors and its Greater Los Angeles (3,834) and San Diego (716) subsets, 15-minute flow.
-    "ca": SyntheticCitySpec(
-        city="Synthetic State F", num_nodes=8600, graph="road", freq="15min", num_weeks=4,
-        channels=("flow",), units=("vehicles/15min",), level=450.0, level_spread=0.4, radius_km=400.0,
-        node_label="Sensor",
-        description="8,600 loop detectors on the interstates, state routes and beltways of a state-sized region "
-                    "(800 km across, like LargeST CA), vehicle counts every 15 minutes over 4 weeks."),
-    "gla": SyntheticCitySpec(
-        city="Synthetic Metro Region G", num_nodes=3834, graph="road", freq="15min", num_weeks=4,
-        channels=("flow",), units=("vehicles/15min",), level=450.0, level_spread=0.4, radius_km=120.0,
-        node_label="Sensor",
-        description="3,834 loop detectors on the freeways of a large metropolitan region (240 km across, like "
-                    "LargeST GLA), vehicle counts every 15 minutes over 4 weeks."),
-    "sd": SyntheticCitySpec(
-        city="Synthetic County H", num_nodes=716, graph="road", freq="15min", num_weeks=4,
-        channels=("flow",), units=("vehicles/15min",), level=450.0, level_spread=0.4, radius_km=50.0,
-        node_label="Sensor",
-        description="716 loop detectors on the freeways of a county (100 km across, like LargeST SD), vehicle "
-                    "counts every 15 minutes over 4 weeks."),
+    "ca": _road_city("Synthetic State F", 8600, 400.0,
+                     "8,600 loop detectors on the interstates, state routes and beltways of a state-sized region "
+                     "(800 km across, like LargeST CA)"),
+    "gla": _road_city("Synthetic Metro Region G", 3834, 120.0,
+                      "3,834 loop detectors on the freeways of a large metropolitan region (240 km across, like "
+                      "LargeST GLA)"),
+    "sd": _road_city("Synthetic County H", 716, 50.0,
+                     "716 loop detectors on the freeways of a county (100 km across, like LargeST SD)"),
 }
 
 # Name roots and the landmark each one suggests, for node names and descriptions.
